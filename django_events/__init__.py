@@ -1,0 +1,34 @@
+"""django-events: announce what happened, and let anyone who cares respond.
+
+``publish()`` writes an event into the caller's transaction; ``@handler`` registers a
+function for a consumer group; ``manage.py consume_events`` delivers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Event", "handler", "publish"]
+
+if TYPE_CHECKING:
+    from .envelope import Event
+    from .outbox import publish
+    from .registry import handler
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so ``import django_events`` works before Django's apps are ready.
+    if name == "publish":
+        from .outbox import publish
+
+        return publish
+    if name == "handler":
+        from .registry import handler
+
+        return handler
+    if name == "Event":
+        from .envelope import Event
+
+        return Event
+    raise AttributeError(f"module 'django_events' has no attribute {name!r}")

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.core import checks
+
+
+class DjangoEventsConfig(AppConfig):
+    name = "django_events"
+    verbose_name = "Events"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.utils.module_loading import autodiscover_modules
+
+        from .checks import check_events
+        from .conf import get_settings
+        from .exceptions import EventsConfigurationError
+
+        checks.register(check_events, "django_events")
+        try:
+            modules = get_settings().autodiscover_modules
+        except EventsConfigurationError:
+            modules = ("events", "handlers")  # the E001 check reports the problem
+        autodiscover_modules(*modules)

@@ -1,0 +1,197 @@
+"""The ``DJANGO_EVENTS`` setting, read lazily so ``override_settings`` works.
+
+Every key has a typed default here; an unknown key or a value of the wrong kind raises
+``EventsConfigurationError`` naming it, at the first read rather than deep inside a worker.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .exceptions import EventsConfigurationError
+
+DEFAULT_TRANSPORT = "django_events.transports.database.DatabaseTransport"
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a failing handler is retried."""
+
+    max_attempts: int = 5
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+
+
+@dataclass(frozen=True)
+class Health:
+    """Thresholds beyond which ``events_status`` exits 2; ``None`` disables one."""
+
+    max_pending_age: float | None = 300.0
+    max_outbox_age: float | None = 60.0
+    max_dead: int | None = None
+
+
+@dataclass(frozen=True)
+class EventsSettings:
+    transports: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"default": {"BACKEND": DEFAULT_TRANSPORT, "OPTIONS": {}}}
+    )
+    groups: dict[str, RetryPolicy] = field(default_factory=dict)
+    outbox_databases: tuple[str, ...] = ("default",)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    lease: float = 30.0
+    poll_interval: float = 1.0
+    batch_size: int = 50
+    relay_batch_size: int = 500
+    max_payload_bytes: int = 256 * 1024
+    source: str = ""
+    log_retention: float | None = None
+    health: Health = field(default_factory=Health)
+    autodiscover_modules: tuple[str, ...] = ("events", "handlers")
+
+    def retry_for(self, group: str) -> RetryPolicy:
+        return self.groups.get(group, self.retry)
+
+
+_TOP_KEYS = {
+    "TRANSPORTS", "GROUPS", "OUTBOX_DATABASES", "MAX_ATTEMPTS", "BACKOFF_BASE", "BACKOFF_MAX",
+    "LEASE", "POLL_INTERVAL", "BATCH_SIZE", "RELAY_BATCH_SIZE", "MAX_PAYLOAD_BYTES", "SOURCE",
+    "LOG_RETENTION", "HEALTH", "AUTODISCOVER_MODULES",
+}
+_RETRY_KEYS = {"MAX_ATTEMPTS", "BACKOFF_BASE", "BACKOFF_MAX"}
+_HEALTH_KEYS = {"MAX_PENDING_AGE", "MAX_OUTBOX_AGE", "MAX_DEAD"}
+_TRANSPORT_KEYS = {"BACKEND", "OPTIONS"}
+
+
+def _unknown(given: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(given) - allowed)
+    if extra:
+        raise EventsConfigurationError(
+            f"{where}: unknown key {extra[0]!r}; expected one of {', '.join(sorted(allowed))}."
+        )
+
+
+def _number(
+    raw: dict[str, Any], key: str, default: float | None, where: str, *,
+    minimum: float = 0, integer: bool = False, optional: bool = False,
+) -> Any:
+    value = raw.get(key, default)
+    if value is None and optional:
+        return None
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+        wanted = "an integer" if integer else "a number"
+        raise EventsConfigurationError(
+            f"{where}[{key!r}] must be {wanted} >= {minimum}, got {value!r}."
+        )
+    return value
+
+
+def _retry(raw: dict[str, Any], base: RetryPolicy, where: str) -> RetryPolicy:
+    _unknown(raw, _RETRY_KEYS, where)
+    policy = RetryPolicy(
+        max_attempts=_number(raw, "MAX_ATTEMPTS", base.max_attempts, where, minimum=1, integer=True),
+        backoff_base=float(_number(raw, "BACKOFF_BASE", base.backoff_base, where)),
+        backoff_max=float(_number(raw, "BACKOFF_MAX", base.backoff_max, where)),
+    )
+    return policy
+
+
+def _dict(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise EventsConfigurationError(f"{where} must be a dict, got {type(value).__name__}.")
+    return value
+
+
+def parse(raw: Any) -> EventsSettings:
+    """Validate the raw setting into ``EventsSettings``."""
+    where = "DJANGO_EVENTS"
+    raw = _dict(raw if raw is not None else {}, where)
+    _unknown(raw, _TOP_KEYS, where)
+    defaults = EventsSettings()
+
+    transports = _dict(raw.get("TRANSPORTS", defaults.transports), f"{where}['TRANSPORTS']")
+    if "default" not in transports:
+        raise EventsConfigurationError(f"{where}['TRANSPORTS'] must define a 'default' transport.")
+    for alias, conf in transports.items():
+        here = f"{where}['TRANSPORTS'][{alias!r}]"
+        _unknown(_dict(conf, here), _TRANSPORT_KEYS, here)
+        if not isinstance(conf.get("BACKEND"), str):
+            raise EventsConfigurationError(f"{here}['BACKEND'] must be a dotted path string.")
+        _dict(conf.get("OPTIONS", {}), f"{here}['OPTIONS']")
+
+    retry = _retry({k: raw[k] for k in _RETRY_KEYS if k in raw}, defaults.retry, where)
+    groups: dict[str, RetryPolicy] = {}
+    for name, conf in _dict(raw.get("GROUPS", {}), f"{where}['GROUPS']").items():
+        here = f"{where}['GROUPS'][{name!r}]"
+        if not isinstance(name, str) or not GROUP_NAME.match(name):
+            raise EventsConfigurationError(f"{here}: invalid group name.")
+        groups[name] = _retry(_dict(conf or {}, here), retry, here)
+
+    health_raw = _dict(raw.get("HEALTH", {}), f"{where}['HEALTH']")
+    _unknown(health_raw, _HEALTH_KEYS, f"{where}['HEALTH']")
+    hw = f"{where}['HEALTH']"
+    health = Health(
+        max_pending_age=_number(health_raw, "MAX_PENDING_AGE", defaults.health.max_pending_age, hw, optional=True),
+        max_outbox_age=_number(health_raw, "MAX_OUTBOX_AGE", defaults.health.max_outbox_age, hw, optional=True),
+        max_dead=_number(health_raw, "MAX_DEAD", defaults.health.max_dead, hw, integer=True, optional=True),
+    )
+
+    databases = raw.get("OUTBOX_DATABASES", defaults.outbox_databases)
+    if isinstance(databases, str) or not all(isinstance(d, str) for d in databases) or not databases:
+        raise EventsConfigurationError(f"{where}['OUTBOX_DATABASES'] must be a list of aliases.")
+    modules = raw.get("AUTODISCOVER_MODULES", defaults.autodiscover_modules)
+    if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
+        raise EventsConfigurationError(f"{where}['AUTODISCOVER_MODULES'] must be a list of names.")
+    source = raw.get("SOURCE", defaults.source)
+    if not isinstance(source, str):
+        raise EventsConfigurationError(f"{where}['SOURCE'] must be a string.")
+
+    lease = float(_number(raw, "LEASE", defaults.lease, where, minimum=1))
+    return EventsSettings(
+        transports=transports,
+        groups=groups,
+        outbox_databases=tuple(databases),
+        retry=retry,
+        lease=lease,
+        poll_interval=float(_number(raw, "POLL_INTERVAL", defaults.poll_interval, where, minimum=0.01)),
+        batch_size=_number(raw, "BATCH_SIZE", defaults.batch_size, where, minimum=1, integer=True),
+        relay_batch_size=_number(
+            raw, "RELAY_BATCH_SIZE", defaults.relay_batch_size, where, minimum=1, integer=True
+        ),
+        max_payload_bytes=_number(
+            raw, "MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, where, minimum=64, integer=True
+        ),
+        source=source,
+        log_retention=_number(raw, "LOG_RETENTION", None, where, optional=True),
+        health=health,
+        autodiscover_modules=tuple(modules),
+    )
+
+
+_cached: EventsSettings | None = None
+
+
+def get_settings() -> EventsSettings:
+    """The validated settings, parsed once and re-read after ``setting_changed``."""
+    global _cached
+    if _cached is None:
+        _cached = parse(getattr(django_settings, "DJANGO_EVENTS", None))
+    return _cached
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    global _cached
+    if setting == "DJANGO_EVENTS":
+        _cached = None
+        from .transports import transports
+
+        transports.reset()

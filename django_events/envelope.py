@@ -1,0 +1,297 @@
+"""The event envelope: what every handler receives and every transport carries.
+
+Names follow CloudEvents where one exists (``id``, ``type``, ``source``, ``time`` for
+``occurred_at``, ``partitionkey`` for ``key``); ``to_cloudevent`` gives the wire form.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+from .exceptions import (
+    InvalidEvent,
+    InvalidEventType,
+    PayloadNotSerializable,
+    PayloadTooLarge,
+    UndecodableEvent,
+)
+
+EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_-]*)+$")
+MAX_TYPE_LENGTH = 200
+MAX_KEY_LENGTH = 200
+MAX_NESTING = 64
+
+_valid_types: set[str] = set()
+
+
+def validate_type(event_type: Any) -> str:
+    """Return ``event_type`` if it is a dotted lower-case name such as ``order.placed``."""
+    if event_type in _valid_types:
+        return event_type  # type: ignore[no-any-return]
+    if (
+        not isinstance(event_type, str)
+        or len(event_type) > MAX_TYPE_LENGTH
+        or not EVENT_TYPE.match(event_type)
+    ):
+        raise InvalidEventType(
+            f"Invalid event type {event_type!r}: use dotted lower-case names such as "
+            f"'order.placed' (at most {MAX_TYPE_LENGTH} characters)."
+        )
+    if len(_valid_types) < 10_000:
+        _valid_types.add(event_type)
+    return event_type
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A fact that happened, as published and as delivered."""
+
+    id: uuid.UUID
+    type: str
+    data: dict[str, Any]
+    version: int = 1
+    key: str | None = None
+    occurred_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    source: str = ""
+    correlation_id: uuid.UUID | None = None
+    causation_id: uuid.UUID | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_cloudevent(self) -> dict[str, Any]:
+        """The CloudEvents 1.0 structured form, with our extensions in lower case."""
+        body: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": str(self.id),
+            "type": self.type,
+            "source": self.source,
+            "time": self.occurred_at.isoformat(),
+            "datacontenttype": "application/json",
+            "dataversion": self.version,
+            "data": self.data,
+        }
+        if self.key is not None:
+            body["partitionkey"] = self.key
+        if self.correlation_id is not None:
+            body["correlationid"] = str(self.correlation_id)
+        if self.causation_id is not None:
+            body["causationid"] = str(self.causation_id)
+        if self.metadata:
+            body["metadata"] = self.metadata
+        return body
+
+
+# --- ids ------------------------------------------------------------------------------------
+
+_uuid7_lock = threading.Lock()
+_uuid7_last = [0, 0]  # last millisecond, last 12-bit counter
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7), monotonic within this process."""
+    ms = time.time_ns() // 1_000_000
+    with _uuid7_lock:
+        last_ms, counter = _uuid7_last
+        if ms <= last_ms:
+            ms, counter = last_ms, counter + 1
+            if counter > 0xFFF:
+                ms, counter = ms + 1, 0
+        else:
+            counter = int.from_bytes(os.urandom(2), "big") & 0x3FF
+        _uuid7_last[:] = [ms, counter]
+    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
+    return uuid.UUID(int=value)
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def _find_unserializable(value: Any, path: str) -> str | None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"{path} has a non-string key {k!r}"
+            found = _find_unserializable(v, f"{path}[{k!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _find_unserializable(v, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    try:
+        json.dumps(value, cls=DjangoJSONEncoder)
+    except (TypeError, ValueError):
+        return f"{path} is a {type(value).__name__}, which JSON cannot represent"
+    return None
+
+
+def encode_data(data: Any, max_bytes: int) -> str:
+    """Encode ``data`` as compact JSON, naming the field that cannot be encoded."""
+    if not isinstance(data, Mapping):
+        raise InvalidEvent(f"Event data must be a JSON object (a dict), got {type(data).__name__}.")
+    try:
+        text = json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        where = _find_unserializable(data, "data") if not isinstance(exc, RecursionError) else None
+        raise PayloadNotSerializable(
+            f"Event data cannot be encoded as JSON: {where or exc}. "
+            "Pass plain values (str, int, float, bool, None, Decimal, datetime, date, UUID, "
+            "lists and dicts)."
+        ) from exc
+    size = len(text.encode())
+    if size > max_bytes:
+        raise PayloadTooLarge(
+            f"Event data is {size} bytes encoded, over the MAX_PAYLOAD_BYTES limit of "
+            f"{max_bytes}. Publish a reference (an id) instead of the whole object."
+        )
+    return text
+
+
+def validate_key(key: Any) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidEvent(f"Event key must be a non-empty str of at most {MAX_KEY_LENGTH} characters.")
+    return key
+
+
+def validate_metadata(metadata: Any) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise InvalidEvent("Event metadata must be a dict of str to str.")
+    return dict(metadata)
+
+
+def validate_version(version: Any) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidEvent(f"Event version must be a positive int, got {version!r}.")
+    return version
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest bracket nesting, ignoring brackets inside strings; runs before any parse."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def decode_json(raw: str | bytes | dict[str, Any], max_bytes: int, what: str = "data") -> Any:
+    """Parse JSON from outside, checking size and nesting before parsing."""
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise UndecodableEvent(f"Event {what} is not UTF-8: {exc}.") from exc
+    if not isinstance(raw, str):
+        raise UndecodableEvent(f"Event {what} is a {type(raw).__name__}, not JSON text.")
+    if len(raw) > max_bytes:
+        raise UndecodableEvent(f"Event {what} is {len(raw)} bytes, over the {max_bytes} limit.")
+    if raw.count("[") + raw.count("{") > MAX_NESTING and _nesting_depth(raw) > MAX_NESTING:
+        raise UndecodableEvent(f"Event {what} nests deeper than {MAX_NESTING} levels.")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise UndecodableEvent(f"Event {what} is not valid JSON: {exc}.") from exc
+
+
+def _uuid_or_none(value: Any, name: str) -> uuid.UUID | None:
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError as exc:
+        raise UndecodableEvent(f"Event field {name!r} is not a UUID: {value!r}.") from exc
+
+
+def build_event(
+    *, id: Any, type: Any, version: Any, key: Any, data: Any, metadata: Any,
+    occurred_at: Any, source: Any, correlation_id: Any, causation_id: Any, max_bytes: int,
+) -> Event:
+    """Rebuild an ``Event`` from stored or received fields, validating every one."""
+    try:
+        event_type = validate_type(type)
+        version = validate_version(version)
+        key = validate_key(key)
+    except InvalidEvent as exc:
+        raise UndecodableEvent(str(exc)) from exc
+    payload = decode_json(data, max_bytes)
+    if not isinstance(payload, dict):
+        raise UndecodableEvent(f"Event data must be a JSON object, got {payload.__class__.__name__}.")
+    meta = decode_json(metadata, max_bytes, "metadata") if metadata else {}
+    try:
+        meta = validate_metadata(meta)
+    except InvalidEvent as exc:
+        raise UndecodableEvent(str(exc)) from exc
+    if isinstance(occurred_at, str):
+        try:
+            occurred_at = dt.datetime.fromisoformat(occurred_at)
+        except ValueError as exc:
+            raise UndecodableEvent(f"Event time is not ISO 8601: {occurred_at!r}.") from exc
+    if not isinstance(occurred_at, dt.datetime):
+        raise UndecodableEvent(f"Event time is missing or invalid: {occurred_at!r}.")
+    if occurred_at.tzinfo is None:
+        occurred_at = occurred_at.replace(tzinfo=dt.timezone.utc)
+    event_id = _uuid_or_none(id, "id")
+    if event_id is None:
+        raise UndecodableEvent("Event id is missing.")
+    return Event(
+        id=event_id, type=event_type, version=version, key=key, data=payload,
+        occurred_at=occurred_at, source=str(source or ""),
+        correlation_id=_uuid_or_none(correlation_id, "correlation_id"),
+        causation_id=_uuid_or_none(causation_id, "causation_id"), metadata=meta,
+    )
+
+
+def from_cloudevent(body: Any, max_bytes: int) -> Event:
+    """Rebuild an event from its CloudEvents JSON form (as sent by external transports)."""
+    if isinstance(body, (str, bytes)):
+        body = decode_json(body, max_bytes, "envelope")
+    if not isinstance(body, dict):
+        raise UndecodableEvent("Event envelope must be a JSON object.")
+    missing = [name for name in ("id", "type", "time", "data") if name not in body]
+    if missing:
+        raise UndecodableEvent(f"Event envelope is missing {', '.join(missing)}.")
+    return build_event(
+        id=body["id"], type=body["type"], version=body.get("dataversion", 1),
+        key=body.get("partitionkey"), data=body["data"], metadata=body.get("metadata"),
+        occurred_at=body["time"], source=body.get("source", ""),
+        correlation_id=body.get("correlationid"), causation_id=body.get("causationid"),
+        max_bytes=max_bytes,
+    )

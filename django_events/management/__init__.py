@@ -1,0 +1,40 @@
+"""Shared bits of the management commands."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+def configure_logging(verbosity: int, stream: TextIO) -> None:
+    """Map ``--verbosity`` to the django_events log level; add a handler only if none exists."""
+    logger = logging.getLogger("django_events")
+    logger.setLevel(LEVELS.get(verbosity, logging.DEBUG))
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """First SIGTERM/SIGINT/SIGQUIT: finish the current event and stop. Second: exit at once."""
+
+    def first(signum: int, frame: Any) -> None:
+        logging.getLogger("django_events").warning(
+            "Received %s: finishing the current event, then stopping (again to exit now)",
+            signal.Signals(signum).name,
+        )
+        stop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, second)
+
+    def second(signum: int, frame: Any) -> None:
+        sys.exit(1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, first)

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ...registry import registry
+from ...worker import Worker
+from .. import configure_logging, stop_on_signals
+
+
+class Command(BaseCommand):
+    help = "Deliver events to their handlers (and relay the outbox, unless --no-relay)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--group", action="append", dest="groups", metavar="G",
+            help="Consumer group to handle (repeatable). Default: every group with a handler.",
+        )
+        parser.add_argument(
+            "--once", action="store_true",
+            help="Handle everything available now, then exit 0 (for cron and tests).",
+        )
+        parser.add_argument("--no-relay", action="store_true", help="Do not relay the outbox.")
+        parser.add_argument("--batch-size", type=int, help="Events claimed per round trip.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        configure_logging(options["verbosity"], self.stderr._out)
+        known = registry.groups()
+        groups = options["groups"] or known
+        unknown = sorted(set(groups) - set(known))
+        if unknown:
+            raise CommandError(
+                f"No handler is registered for group {unknown[0]!r}; "
+                f"known groups: {', '.join(known) or 'none'}."
+            )
+        if options["batch_size"] is not None and options["batch_size"] < 1:
+            raise CommandError("--batch-size must be at least 1.")
+        worker = Worker(groups, relay=not options["no_relay"], batch_size=options["batch_size"])
+        if not options["once"]:
+            stop_on_signals(worker.stop)
+        worker.run(once=options["once"])

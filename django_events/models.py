@@ -1,0 +1,155 @@
+"""Tables behind the database queue.
+
+The outbox and the deliveries are hot work tables: rows are deleted as soon as they are
+done, so they stay small however long the history. The event log is append-only and
+kept apart from them (DESIGN.md, "table bloat").
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models.functions import Now
+
+
+class OutboxMessage(models.Model):
+    """An event committed by ``publish()`` that the relay has not moved on yet."""
+
+    position = models.BigAutoField(primary_key=True)
+    event_id = models.UUIDField()
+    type = models.CharField(max_length=200)
+    version = models.PositiveIntegerField(default=1)
+    key = models.CharField(max_length=200, null=True, blank=True)
+    data = models.TextField()
+    metadata = models.TextField(default="", blank=True)
+    occurred_at = models.DateTimeField()
+    source = models.CharField(max_length=200, default="", blank=True)
+    correlation_id = models.UUIDField(null=True, blank=True)
+    causation_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    claimed_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "django_events_outbox"
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class EventRecord(models.Model):
+    """The event log: every relayed event, kept for audit and replay."""
+
+    id = models.UUIDField(primary_key=True)
+    position = models.BigIntegerField(unique=True)
+    type = models.CharField(max_length=200, db_index=True)
+    version = models.PositiveIntegerField(default=1)
+    key = models.CharField(max_length=200, null=True, blank=True, db_index=True)
+    data = models.JSONField()
+    metadata = models.JSONField(default=dict, blank=True)
+    occurred_at = models.DateTimeField()
+    source = models.CharField(max_length=200, default="", blank=True)
+    correlation_id = models.UUIDField(null=True, blank=True, db_index=True)
+    causation_id = models.UUIDField(null=True, blank=True)
+    recorded_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "django_events_event"
+        verbose_name = "event"
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
+
+
+class Delivery(models.Model):
+    """One event owed to one consumer group by the database transport."""
+
+    id = models.BigAutoField(primary_key=True)
+    event = models.ForeignKey(
+        EventRecord, on_delete=models.DO_NOTHING, db_constraint=False, related_name="deliveries"
+    )
+    group_name = models.CharField(max_length=100)
+    position = models.BigIntegerField()
+    key = models.CharField(max_length=200, null=True, blank=True)
+    ordered = models.BooleanField(default=False)
+    attempts = models.PositiveIntegerField(default=0)
+    available_at = models.DateTimeField(db_default=Now())
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    lease_token = models.CharField(max_length=32, null=True, blank=True)
+    parked = models.BooleanField(default=False)
+    last_error = models.TextField(default="", blank=True)
+    first_failed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "django_events_delivery"
+        verbose_name_plural = "deliveries"
+        indexes = [
+            models.Index(fields=["group_name", "position"], name="django_events_dlv_claim"),
+            models.Index(
+                fields=["group_name", "key", "position"],
+                name="django_events_dlv_key_order",
+                condition=models.Q(ordered=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group_name}: {self.event_id}"
+
+
+class InboxRecord(models.Model):
+    """Proof that a group handled an event; written in the handler's own transaction."""
+
+    id = models.BigAutoField(primary_key=True)
+    group_name = models.CharField(max_length=100)
+    event_id = models.UUIDField()
+    handled_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "django_events_inbox"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["group_name", "event_id"], name="django_events_inbox_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group_name}: {self.event_id}"
+
+
+class DeadLetter(models.Model):
+    """An event a group gave up on after its last attempt; kept until someone decides."""
+
+    class State(models.TextChoices):
+        OPEN = "open", "open"
+        RETRIED = "retried", "retried"
+        DISCARDED = "discarded", "discarded"
+
+    id = models.BigAutoField(primary_key=True)
+    event = models.ForeignKey(
+        EventRecord, on_delete=models.DO_NOTHING, db_constraint=False, related_name="dead_letters"
+    )
+    group = models.CharField(max_length=100)
+    handler = models.CharField(max_length=300, blank=True, default="")
+    attempts = models.PositiveIntegerField()
+    error_class = models.CharField(max_length=300)
+    error_message = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    first_failed_at = models.DateTimeField()
+    last_failed_at = models.DateTimeField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=150, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "django_events_deadletter"
+        indexes = [
+            models.Index(fields=["state", "group"], name="django_events_dl_state"),
+        ]
+        permissions = [
+            ("retry_deadletter", "Can retry a dead letter (re-runs its handler)"),
+            ("discard_deadletter", "Can discard a dead letter"),
+            ("view_payload", "Can view event payloads and tracebacks"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group}: {self.error_class} on {self.event_id}"

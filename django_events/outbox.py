@@ -1,0 +1,144 @@
+"""``publish()``: the event joins the caller's transaction as one outbox row.
+
+The row is the guarantee: it commits or rolls back with the caller's own writes. On
+PostgreSQL the same statement sends one NOTIFY per transaction (never one per row) so
+an idle relay wakes at commit; if that wake-up is lost, the relay's poll finds the row.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import connections
+
+from . import signals, sql
+from .conf import get_settings
+from .envelope import (
+    Event,
+    encode_data,
+    uuid7,
+    validate_key,
+    validate_metadata,
+    validate_type,
+    validate_version,
+)
+from .exceptions import EventsConfigurationError
+
+OUTBOX_CHANNEL = "django_events_outbox"
+
+_current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
+    "django_events_current_event", default=None
+)
+
+_COLUMNS = (
+    "event_id, type, version, key, data, metadata, occurred_at, source, "
+    "correlation_id, causation_id, created_at"
+)
+
+
+@contextmanager
+def handling(event: Event) -> Iterator[None]:
+    """Mark ``event`` as the cause of whatever is published inside the block."""
+    token = _current_event.set(event)
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def _notified_in_this_transaction(connection: Any) -> bool:
+    """True once per transaction: the marker lives and dies with the transaction's on_commit list."""
+    if not connection.in_atomic_block:
+        return False
+    for entry in connection.run_on_commit:
+        if entry[1] is _wake_local:
+            return True
+    connection.on_commit(_wake_local)
+    return False
+
+
+def _wake_local() -> None:
+    from .wakeup import local_wakeup
+
+    local_wakeup.set()
+
+
+def _default_source() -> str:
+    from django.conf import settings
+
+    module = getattr(settings, "SETTINGS_MODULE", None) or "django"
+    return module.split(".")[0]
+
+
+def publish(
+    type: str,
+    data: Mapping[str, Any],
+    *,
+    key: str | None = None,
+    version: int = 1,
+    using: str = "default",
+    metadata: Mapping[str, str] | None = None,
+) -> Event:
+    """Record that ``type`` happened, inside the current transaction on ``using``.
+
+    Returns the envelope written. Raises ``InvalidEvent`` (and writes nothing) for an
+    invalid type, key, version or metadata, data JSON cannot hold, or data over the size
+    limit. Events published while a handler runs inherit its correlation id and take the
+    handled event's id as causation id.
+    """
+    conf = get_settings()
+    if using not in conf.outbox_databases:
+        raise EventsConfigurationError(
+            f"publish(using={using!r}): {using!r} is not in DJANGO_EVENTS['OUTBOX_DATABASES'] "
+            f"({', '.join(conf.outbox_databases)}), so no relay would read it."
+        )
+    event_type = validate_type(type)
+    text = encode_data(data, conf.max_payload_bytes)
+    event_id = uuid7()
+    cause = _current_event.get()
+    event = Event(
+        id=event_id,
+        type=event_type,
+        data=json.loads(text),
+        version=validate_version(version),
+        key=validate_key(key),
+        occurred_at=dt.datetime.now(dt.timezone.utc),
+        source=conf.source or _default_source(),
+        correlation_id=(cause.correlation_id or cause.id) if cause else event_id,
+        causation_id=cause.id if cause else None,
+        metadata=validate_metadata(metadata),
+    )
+    _insert(using, event, text)
+    signals.event_published.send(sender=publish, event=event, using=using)
+    return event
+
+
+def _insert(using: str, event: Event, data_text: str) -> None:
+    connection = connections[using]
+    kind = sql.vendor(using)
+    params: list[Any] = [
+        sql.uuid_value(kind, event.id), event.type, event.version, event.key, data_text,
+        json.dumps(event.metadata) if event.metadata else "",
+        sql.datetime_value(connection, event.occurred_at), event.source,
+        sql.uuid_value(kind, event.correlation_id), sql.uuid_value(kind, event.causation_id),
+    ]
+    insert = (
+        f"INSERT INTO {sql.table(connection, 'OutboxMessage')} ({_COLUMNS}) "
+        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(kind)})"
+    )
+    if kind == "postgresql" and not _notified_in_this_transaction(connection):
+        insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i"
+        params.append(OUTBOX_CHANNEL)
+    with connection.cursor() as cursor:
+        cursor.execute(insert, params)
+
+
+def new_id() -> uuid.UUID:
+    """A fresh time-ordered event id (exposed for tests and tools)."""
+    return uuid7()

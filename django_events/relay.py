@@ -1,0 +1,189 @@
+"""The relay: moves committed outbox rows to the transport and into the event log.
+
+It never tracks progress by id (DESIGN.md, "sequence gaps"): it takes whichever
+committed rows exist, oldest first, and deletes them as it moves them. When the
+transport lives in the same database the move is one short transaction; otherwise rows
+are leased in database time, sent with no transaction open, then deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import connections, transaction
+
+from . import sql
+from .conf import get_settings
+from .registry import registry
+from .transports import transports
+from .transports.base import Outgoing, Transport
+
+logger = logging.getLogger("django_events.relay")
+
+RELAY_LOCK = 0x6465_7665_6E74  # one relay moves at a time per database: keeps publish order
+_PRUNE_EVERY = 60.0
+_OUTBOX_FIELDS = (
+    "position, event_id, type, key, version, data, metadata, occurred_at, source, "
+    "correlation_id, causation_id"
+)
+_LOG_COLUMNS = (
+    "id, position, type, key, version, data, metadata, occurred_at, source, "
+    "correlation_id, causation_id, recorded_at"
+)
+
+
+class Relay:
+    def __init__(
+        self,
+        transport: Transport | None = None,
+        databases: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        conf = get_settings()
+        self.transport = transport or transports["default"]
+        self.databases = tuple(databases or conf.outbox_databases)
+        self.batch_size = batch_size or conf.relay_batch_size
+        self._pruned_at = 0.0
+
+    def run_once(self) -> int:
+        """Move everything committed so far; return how many events moved."""
+        moved = 0
+        for using in self.databases:
+            while True:
+                count = self.relay_batch(using)
+                moved += count
+                if count < self.batch_size:
+                    break
+        self._maybe_prune()
+        return moved
+
+    def relay_batch(self, using: str) -> int:
+        subscriptions = registry.subscriptions()
+        if self.transport.joins_outbox_transaction(using):
+            with transaction.atomic(using=using):
+                rows = self._take(using)
+                self.transport.publish(rows, subscriptions)
+            return len(rows)
+        rows = self._lease(using)
+        if rows:
+            self.transport.publish(rows, subscriptions)
+            with transaction.atomic(using=using):
+                self._complete(using, rows)
+        return len(rows)
+
+    # -- same-database move -------------------------------------------------------------
+
+    def _take(self, using: str) -> list[Outgoing]:
+        connection = connections[using]
+        vendor = sql.vendor(using)
+        outbox = sql.table(connection, "OutboxMessage")
+        log = sql.table(connection, "EventRecord")
+        with connection.cursor() as cursor:
+            if vendor == "postgresql":
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RELAY_LOCK])
+                cursor.execute(
+                    f"WITH moved AS (DELETE FROM {outbox} WHERE position IN (SELECT position "
+                    f"FROM {outbox} ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED) "
+                    f"RETURNING {_OUTBOX_FIELDS}), "
+                    f"logged AS (INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, "
+                    "type, key, version, data::jsonb, COALESCE(NULLIF(metadata, ''), '{}')::jsonb, "
+                    "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
+                    "FROM moved) SELECT position, event_id, type, key FROM moved ORDER BY position",
+                    [self.batch_size],
+                )
+                return [Outgoing(*row) for row in cursor.fetchall()]
+            cursor.execute(
+                f"DELETE FROM {outbox} WHERE position IN (SELECT position FROM {outbox} "
+                f"ORDER BY position LIMIT %s) RETURNING {_OUTBOX_FIELDS}",
+                [self.batch_size],
+            )
+            rows = sorted(cursor.fetchall())
+            if rows:
+                cursor.executemany(
+                    f"INSERT INTO {log} ({_LOG_COLUMNS}) VALUES "
+                    f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(vendor)})",
+                    [
+                        (r[1], r[0], r[2], r[3], r[4], r[5], r[6] or "{}", *r[7:])
+                        for r in rows
+                    ],
+                )
+        return [Outgoing(*row[:4]) for row in rows]
+
+    # -- leased move to an external transport -------------------------------------------
+
+    def _lease(self, using: str) -> list[Outgoing]:
+        connection = connections[using]
+        vendor = sql.vendor(using)
+        outbox = sql.table(connection, "OutboxMessage")
+        lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {outbox} SET claimed_until = {sql.now_plus(vendor)} WHERE position IN "
+                f"(SELECT position FROM {outbox} WHERE claimed_until IS NULL OR claimed_until < "
+                f"{sql.now(vendor)} ORDER BY position LIMIT %s{lock}) RETURNING {_OUTBOX_FIELDS}",
+                [sql.seconds(vendor, get_settings().lease), self.batch_size],
+            )
+            rows = sorted(cursor.fetchall())
+        return [Outgoing(*row) for row in rows]
+
+    def _complete(self, using: str, rows: Sequence[Outgoing]) -> None:
+        connection = connections[using]
+        vendor = sql.vendor(using)
+        outbox = sql.table(connection, "OutboxMessage")
+        log = sql.table(connection, "EventRecord")
+        positions = [row.position for row in rows]
+        data = "data::jsonb" if vendor == "postgresql" else "data"
+        metadata = "COALESCE(NULLIF(metadata, ''), '{}')"
+        if vendor == "postgresql":
+            metadata += "::jsonb"
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, type, key, "
+                f"version, {data}, {metadata}, occurred_at, source, correlation_id, causation_id, "
+                f"{sql.now(vendor)} FROM {outbox} WHERE position IN ({sql.in_list(len(positions))}) "
+                "ON CONFLICT DO NOTHING",
+                positions,
+            )
+            cursor.execute(
+                f"DELETE FROM {outbox} WHERE position IN ({sql.in_list(len(positions))})",
+                positions,
+            )
+
+    # -- retention ----------------------------------------------------------------------
+
+    def _maybe_prune(self) -> None:
+        retention = get_settings().log_retention
+        if retention is None or time.monotonic() - self._pruned_at < _PRUNE_EVERY:
+            return
+        self._pruned_at = time.monotonic()
+        for using in self.databases:
+            removed = prune_log(using, retention)
+            if removed:
+                logger.info("Removed %d events older than %ss from the event log", removed, retention)
+
+
+def prune_log(using: str, retention: float, batch: int = 1000) -> int:
+    """Delete logged events older than ``retention`` seconds that nothing still owes or holds."""
+    connection = connections[using]
+    vendor = sql.vendor(using)
+    log = sql.table(connection, "EventRecord")
+    delivery = sql.table(connection, "Delivery")
+    dead = sql.table(connection, "DeadLetter")
+    removed = 0
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {log} WHERE id IN (SELECT e.id FROM {log} e WHERE "
+                f"{sql.age_seconds(vendor, 'e.recorded_at')} > %s "
+                f"AND NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.event_id = e.id) "
+                f"AND NOT EXISTS (SELECT 1 FROM {dead} x WHERE x.event_id = e.id AND x.state = 'open') "
+                "ORDER BY e.position LIMIT %s)",
+                [retention, batch],
+            )
+            count: Any = cursor.rowcount
+        removed += int(count)
+        if count < batch:
+            return removed

@@ -1,0 +1,79 @@
+"""The numbers behind ``events_status`` and the admin status page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connections
+from django.db.models import Count
+
+from . import sql
+from .conf import get_settings
+from .models import DeadLetter
+from .registry import registry
+from .transports import transports
+
+
+def collect() -> dict[str, Any]:
+    """Per-group backlog, in-flight and dead counts, and the outbox backlog."""
+    conf = get_settings()
+    transport = transports["default"]
+    dead = dict(
+        DeadLetter.objects.using(transport.database)
+        .filter(state=DeadLetter.State.OPEN)
+        .values_list("group")
+        .annotate(n=Count("id"))
+        .values_list("group", "n")
+    )
+    groups_known = sorted({*registry.groups(), *conf.groups, *dead})
+    groups: dict[str, Any] = {}
+    for name, state in transport.status(groups_known).items():
+        groups[name] = {
+            "pending": state.pending,
+            "in_flight": state.in_flight,
+            "dead": dead.get(name, 0),
+            "oldest_pending_age_s": state.oldest_pending_age_s,
+            "retrying": state.retrying,
+            "parked": state.parked,
+        }
+    unrelayed, oldest = 0, None
+    for using in conf.outbox_databases:
+        connection = connections[using]
+        vendor = sql.vendor(using)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT COUNT(*), MAX({sql.age_seconds(vendor, 'created_at')}) "
+                f"FROM {sql.table(connection, 'OutboxMessage')}",
+                [],
+            )
+            count, age = cursor.fetchone()
+        unrelayed += int(count)
+        if age is not None:
+            oldest = max(oldest or 0.0, round(float(age), 3))
+    return {
+        "groups": groups,
+        "outbox": {"unrelayed": unrelayed, "oldest_age_s": oldest},
+        "transport": transport.alias,
+    }
+
+
+def problems(report: dict[str, Any]) -> list[str]:
+    """What exceeds the HEALTH thresholds, in words; empty when healthy."""
+    health = get_settings().health
+    found = []
+    for name, group in report["groups"].items():
+        age = group["oldest_pending_age_s"]
+        if health.max_pending_age is not None and age is not None and age > health.max_pending_age:
+            found.append(
+                f"group {name}: oldest pending event is {age:.0f}s old "
+                f"(MAX_PENDING_AGE {health.max_pending_age:g}s)"
+            )
+        if health.max_dead is not None and group["dead"] > health.max_dead:
+            found.append(f"group {name}: {group['dead']} dead letters (MAX_DEAD {health.max_dead})")
+    outbox_age = report["outbox"]["oldest_age_s"]
+    if health.max_outbox_age is not None and outbox_age is not None and outbox_age > health.max_outbox_age:
+        found.append(
+            f"outbox: oldest unrelayed event is {outbox_age:.0f}s old "
+            f"(MAX_OUTBOX_AGE {health.max_outbox_age:g}s): is a relay running?"
+        )
+    return found

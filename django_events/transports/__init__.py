@@ -1,0 +1,51 @@
+"""Transports, configured like ``CACHES``: ``transports["default"]`` is the configured one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.utils.connection import BaseConnectionHandler
+from django.utils.module_loading import import_string
+
+from ..exceptions import EventsConfigurationError
+from .base import Transport
+
+if TYPE_CHECKING:
+    _Handler = BaseConnectionHandler[Transport]
+else:
+    _Handler = BaseConnectionHandler
+
+
+class TransportHandler(_Handler):
+    settings_name = "DJANGO_EVENTS['TRANSPORTS']"
+    exception_class = EventsConfigurationError
+
+    def configure_settings(self, settings: Any) -> dict[str, Any]:
+        from ..conf import get_settings
+
+        return get_settings().transports
+
+    def create_connection(self, alias: str) -> Transport:
+        conf = self.settings[alias]
+        try:
+            backend = import_string(conf["BACKEND"])
+        except ImportError as exc:
+            raise EventsConfigurationError(
+                f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['BACKEND']: cannot import "
+                f"{conf['BACKEND']!r} ({exc})."
+            ) from exc
+        if not (isinstance(backend, type) and issubclass(backend, Transport)):
+            raise EventsConfigurationError(
+                f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['BACKEND']: {conf['BACKEND']!r} "
+                "is not a django_events Transport subclass."
+            )
+        return backend(alias, dict(conf.get("OPTIONS", {})))
+
+    def reset(self) -> None:
+        for transport in self.all(initialized_only=True):
+            transport.close()
+        self._connections = self._connections.__class__()
+        self.__dict__.pop("settings", None)
+
+
+transports = TransportHandler()

@@ -1,0 +1,131 @@
+"""The transport interface: the only thing the engine knows about a queue.
+
+A transport receives relayed events (``publish``), hands a worker the events owed to its
+groups under a lease (``claim``), and is told how each ended: ``ack``, ``retry_later`` or
+``dead_letter``. The engine owns everything else: decoding, the inbox, handlers, retry
+policy and ``DeadLetter`` rows. Capability flags say what a transport promises; the
+contract tests read them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.checks import CheckMessage
+
+from ..envelope import Event
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An event on its way from the outbox to a transport, fields as stored."""
+
+    position: int
+    event_id: uuid.UUID
+    type: str
+    key: str | None
+    version: int = 1
+    data: str = "{}"
+    metadata: str = ""
+    occurred_at: dt.datetime | None = None
+    source: str = ""
+    correlation_id: uuid.UUID | None = None
+    causation_id: uuid.UUID | None = None
+
+
+@dataclass
+class Claimed:
+    """One event claimed for one group, under a lease, with the attempt already counted."""
+
+    group: str
+    attempt: int
+    receipt: Any
+    event_id: uuid.UUID
+    event_type: str
+    event: Event | None = None
+    decode_error: str | None = None
+    first_failed_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    pending: int = 0
+    in_flight: int = 0
+    oldest_pending_age_s: float | None = None
+    retrying: int = 0
+    parked: int = 0
+
+
+class Transport:
+    """Base class; subclasses implement the dialect of one queue."""
+
+    supports_ordering: bool = False
+    """Honours ``ordered=True``: one event per key in flight, in publish order."""
+
+    supports_delayed_retry: bool = False
+    """``retry_later`` delays redelivery without blocking the rest of the group."""
+
+    persistent: bool = False
+    """Events survive a restart of the transport's server."""
+
+    acks_in_transaction: bool = False
+    """``ack`` runs inside the handler's transaction, so handling and acking commit together."""
+
+    wake_channel: str | None = None
+    """PostgreSQL channel notified when new work is claimable, if any."""
+
+    def __init__(self, alias: str, options: dict[str, Any]) -> None:
+        self.alias = alias
+        self.options = options
+
+    @property
+    def database(self) -> str:
+        """The database alias in which handlers, the inbox and dead letters commit."""
+        return str(self.options.get("database", "default"))
+
+    def check(self) -> list[CheckMessage]:
+        return []
+
+    def joins_outbox_transaction(self, using: str) -> bool:
+        """Whether ``publish`` can run inside the relay's transaction on ``using``."""
+        return False
+
+    def publish(self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]) -> None:
+        """Make ``events`` claimable by every subscribed group; idempotent per event id."""
+        raise NotImplementedError
+
+    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+        raise NotImplementedError
+
+    def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
+        """Extend the lease of events a live worker still holds."""
+        raise NotImplementedError
+
+    def release(self, claimed: Sequence[Claimed]) -> None:
+        """Give back events claimed but never attempted (the worker is stopping)."""
+        raise NotImplementedError
+
+    def ack(self, claimed: Claimed) -> bool:
+        """Done with ``claimed``; False if the claim was lost (its lease expired and another took it)."""
+        raise NotImplementedError
+
+    def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
+        raise NotImplementedError
+
+    def dead_letter(self, claimed: Claimed) -> None:
+        """Stop delivering ``claimed``; an ordered event keeps its key parked until redelivered."""
+        raise NotImplementedError
+
+    def redeliver(self, event_id: uuid.UUID, group: str) -> None:
+        """Deliver a dead-lettered event to ``group`` again, attempts reset."""
+        raise NotImplementedError
+
+    def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; the transport may be used again afterwards."""

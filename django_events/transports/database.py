@@ -1,0 +1,329 @@
+"""Level 0: the database is the queue (PostgreSQL in production, SQLite embedded).
+
+One ``Delivery`` row per (event, group). Workers claim rows with ``FOR UPDATE SKIP
+LOCKED`` under a lease in database time, counting the attempt as they claim. Acking
+deletes the row inside the handler's own transaction, so on this transport handling and
+acking commit together, and the row stays locked against other workers while the
+handler runs. Handled rows are deleted, never flagged, so the table stays small.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, Warning
+from django.db import connections
+from django.utils.dateparse import parse_datetime
+
+from .. import sql
+from ..envelope import build_event
+from ..exceptions import EventsConfigurationError, UndecodableEvent
+from .base import Claimed, GroupStatus, Outgoing, Transport
+
+DELIVERY_CHANNEL = "django_events_delivery"
+_OPTIONS = {"database", "notify"}
+
+
+class DatabaseTransport(Transport):
+    supports_ordering = True
+    supports_delayed_retry = True
+    persistent = True
+    acks_in_transaction = True
+
+    def __init__(self, alias: str, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise EventsConfigurationError(
+                f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']: unknown option "
+                f"{unknown[0]!r}; DatabaseTransport takes {', '.join(sorted(_OPTIONS))}."
+            )
+        super().__init__(alias, options)
+        self.notify = bool(options.get("notify", True))
+        self.wake_channel = DELIVERY_CHANNEL if self.notify else None
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @property
+    def _connection(self) -> Any:
+        return connections[self.database]
+
+    @property
+    def _vendor(self) -> str:
+        return sql.vendor(self.database)
+
+    def _tables(self) -> tuple[str, str]:
+        conn = self._connection
+        return sql.table(conn, "Delivery"), sql.table(conn, "EventRecord")
+
+    def _execute(self, query: str, params: Sequence[Any]) -> Any:
+        with self._connection.cursor() as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall() if cursor.description else cursor.rowcount
+
+    def _groups_clause(self, column: str, groups: Sequence[str]) -> tuple[str, list[Any]]:
+        if self._vendor == "postgresql":
+            return f"{column} = ANY(%s)", [list(groups)]
+        return f"{column} IN ({sql.in_list(len(groups))})", list(groups)
+
+    # -- checks -------------------------------------------------------------------------
+
+    def check(self) -> list[CheckMessage]:
+        errors: list[CheckMessage] = []
+        if self.database not in connections.settings:
+            return [Error(
+                f"DatabaseTransport {self.alias!r} uses database {self.database!r}, "
+                "which is not in DATABASES.", id="django_events.E004",
+            )]
+        vendor = connections[self.database].vendor
+        if vendor not in sql.SUPPORTED_VENDORS:
+            errors.append(Error(
+                f"Database {self.database!r} is {vendor}: the database transport needs "
+                "PostgreSQL (FOR UPDATE SKIP LOCKED, for competing consumers) or SQLite "
+                "(a single writer).", id="django_events.E004",
+                hint="Use PostgreSQL, or SQLite for a single machine.",
+            ))
+        elif vendor == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
+            errors.append(Error(
+                f"SQLite {sqlite3.sqlite_version} lacks RETURNING; the database transport "
+                "needs SQLite 3.35 or newer.", id="django_events.E005",
+            ))
+        elif vendor == "postgresql" and self.notify:
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                errors.append(Warning(
+                    "psycopg 3 is not installed: idle workers fall back to polling "
+                    "instead of LISTEN/NOTIFY wake-ups.", id="django_events.W001",
+                    hint="pip install 'django-events[postgres]'",
+                ))
+        return errors
+
+    # -- relay side ---------------------------------------------------------------------
+
+    def joins_outbox_transaction(self, using: str) -> bool:
+        return using == self.database
+
+    def publish(
+        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    ) -> None:
+        """Fan events out into one row per subscribed group, in SQL, from the event log."""
+        if not events or not subscriptions:
+            return
+        vendor = self._vendor
+        delivery, event = self._tables()
+        values = ", ".join(["(%s, %s, %s)"] * len(subscriptions))
+        params: list[Any] = [p for sub in subscriptions for p in sub]
+        if vendor == "postgresql":
+            positions, params = "e.position = ANY(%s)", [*params, [e.position for e in events]]
+        else:
+            positions = f"e.position IN ({sql.in_list(len(events))})"
+            params += [e.position for e in events]
+        now = sql.now(vendor)
+        inserted = self._execute(
+            f"INSERT INTO {delivery} (event_id, group_name, position, key, ordered, attempts, "
+            "available_at, parked, last_error, created_at) "
+            f"SELECT e.id, s.group_name, e.position, e.key, s.ordered AND e.key IS NOT NULL, 0, "
+            f"{now}, FALSE, '', {now} "
+            f"FROM {event} e JOIN (SELECT column1 AS event_type, column2 AS group_name, "
+            f"column3 AS ordered FROM (VALUES {values}) AS v) AS s "
+            f"ON s.event_type = e.type WHERE {positions}",
+            params,
+        )
+        if inserted and vendor == "postgresql" and self.notify:
+            self._execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL])
+
+    # -- worker side --------------------------------------------------------------------
+
+    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+        if not groups:
+            return []
+        vendor = self._vendor
+        delivery, event = self._tables()
+        token = uuid.uuid4().hex
+        in_groups, group_params = self._groups_clause("c.group_name", groups)
+        now = sql.now(vendor)
+        candidates = (
+            f"SELECT c.id FROM {delivery} c WHERE {in_groups} AND NOT c.parked "
+            f"AND c.available_at <= {now} AND (c.claimed_until IS NULL OR c.claimed_until < {now}) "
+            f"AND (NOT c.ordered OR NOT EXISTS (SELECT 1 FROM {delivery} h WHERE h.ordered "
+            "AND h.group_name = c.group_name AND h.key = c.key AND h.position < c.position)) "
+            "ORDER BY c.position LIMIT %s"
+        )
+        update = (
+            f"UPDATE {delivery} SET attempts = attempts + 1, claimed_until = {sql.now_plus(vendor)}, "
+            "lease_token = %s WHERE id IN ({candidates}) "
+            "RETURNING id, event_id, group_name, attempts, first_failed_at"
+        )
+        params = [sql.seconds(vendor, lease), token, *group_params, limit]
+        columns = (
+            "e.id, e.type, e.version, e.key, e.data, e.metadata, e.occurred_at, e.source, "
+            "e.correlation_id, e.causation_id"
+        )
+        if vendor == "postgresql":
+            rows = self._execute(
+                f"WITH d AS ({update.format(candidates=candidates + ' FOR UPDATE SKIP LOCKED')}) "
+                f"SELECT d.id, d.event_id, d.group_name, d.attempts, d.first_failed_at, {columns} "
+                f"FROM d LEFT JOIN {event} e ON e.id = d.event_id ORDER BY d.id",
+                params,
+            )
+        else:
+            claimed = self._execute(update.format(candidates=candidates), params)
+            if not claimed:
+                return []
+            ids = sorted({row[1] for row in claimed})
+            events = {
+                row[0]: row
+                for row in self._execute(
+                    f"SELECT {columns} FROM {event} e WHERE e.id IN ({sql.in_list(len(ids))})", ids
+                )
+            }
+            rows = [(*row, *events.get(row[1], (None,) * 10)) for row in sorted(claimed)]
+        return [self._claimed(row, token) for row in rows]
+
+    def _claimed(self, row: Sequence[Any], token: str) -> Claimed:
+        delivery_id, event_id, group, attempts, first_failed_at, *stored = row
+        event_id = event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id))
+        if isinstance(first_failed_at, str):
+            first_failed_at = parse_datetime(first_failed_at)
+        if isinstance(first_failed_at, dt.datetime) and first_failed_at.tzinfo is None:
+            first_failed_at = first_failed_at.replace(tzinfo=dt.timezone.utc)
+        claimed = Claimed(
+            group=group, attempt=attempts, receipt=(delivery_id, token), event_id=event_id,
+            event_type=stored[1] or "", first_failed_at=first_failed_at,
+        )
+        if stored[0] is None:
+            claimed.decode_error = f"Event {event_id} is missing from the event log."
+            return claimed
+        from ..conf import get_settings
+
+        try:
+            claimed.event = build_event(
+                id=stored[0], type=stored[1], version=stored[2], key=stored[3], data=stored[4],
+                metadata=stored[5], occurred_at=stored[6], source=stored[7],
+                correlation_id=stored[8], causation_id=stored[9],
+                max_bytes=get_settings().max_payload_bytes * 2,
+            )
+        except UndecodableEvent as exc:
+            claimed.decode_error = str(exc)
+        return claimed
+
+    def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
+        by_token: dict[str, list[int]] = {}
+        for item in claimed:
+            delivery_id, token = item.receipt
+            by_token.setdefault(token, []).append(delivery_id)
+        vendor = self._vendor
+        delivery, _ = self._tables()
+        for token, ids in by_token.items():
+            if vendor == "postgresql":
+                # Rows a handler is working on are locked by its transaction; skip them.
+                where = (
+                    f"id IN (SELECT id FROM {delivery} WHERE id = ANY(%s) AND lease_token = %s "
+                    "FOR UPDATE SKIP LOCKED)"
+                )
+                params: list[Any] = [ids, token]
+            else:
+                where = f"id IN ({sql.in_list(len(ids))}) AND lease_token = %s"
+                params = [*ids, token]
+            self._execute(
+                f"UPDATE {delivery} SET claimed_until = {sql.now_plus(vendor)} WHERE {where}",
+                [sql.seconds(vendor, lease), *params],
+            )
+
+    def release(self, claimed: Sequence[Claimed]) -> None:
+        delivery, _ = self._tables()
+        for item in claimed:
+            delivery_id, token = item.receipt
+            self._execute(
+                f"UPDATE {delivery} SET attempts = attempts - 1, claimed_until = NULL, "
+                "lease_token = NULL WHERE id = %s AND lease_token = %s",
+                [delivery_id, token],
+            )
+
+    def ack(self, claimed: Claimed) -> bool:
+        delivery, _ = self._tables()
+        delivery_id, token = claimed.receipt
+        return bool(self._execute(
+            f"DELETE FROM {delivery} WHERE id = %s AND lease_token = %s", [delivery_id, token]
+        ))
+
+    def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
+        vendor = self._vendor
+        delivery, _ = self._tables()
+        delivery_id, token = claimed.receipt
+        self._execute(
+            f"UPDATE {delivery} SET available_at = {sql.now_plus(vendor)}, claimed_until = NULL, "
+            f"lease_token = NULL, last_error = %s, first_failed_at = COALESCE(first_failed_at, "
+            f"{sql.now(vendor)}) WHERE id = %s AND lease_token = %s",
+            [sql.seconds(vendor, delay), error[:2000], delivery_id, token],
+        )
+
+    def dead_letter(self, claimed: Claimed) -> None:
+        delivery, _ = self._tables()
+        delivery_id, _token = claimed.receipt
+        # An ordered row stays as a parked head, holding back only its own key.
+        self._execute(
+            f"UPDATE {delivery} SET parked = TRUE, claimed_until = NULL, lease_token = NULL "
+            "WHERE id = %s AND ordered",
+            [delivery_id],
+        )
+        self._execute(f"DELETE FROM {delivery} WHERE id = %s AND NOT ordered", [delivery_id])
+
+    def redeliver(self, event_id: uuid.UUID, group: str) -> None:
+        from ..registry import registry
+
+        vendor = self._vendor
+        delivery, event = self._tables()
+        db_id = sql.uuid_value(vendor, event_id)
+        now = sql.now(vendor)
+        reopened = self._execute(
+            f"UPDATE {delivery} SET parked = FALSE, attempts = 0, available_at = {now}, "
+            "claimed_until = NULL, lease_token = NULL, first_failed_at = NULL, last_error = '' "
+            "WHERE event_id = %s AND group_name = %s",
+            [db_id, group],
+        )
+        if reopened:
+            return
+        rows = self._execute(f"SELECT type FROM {event} WHERE id = %s", [db_id])
+        if not rows:
+            raise LookupError(f"Event {event_id} is not in the event log.")
+        handler = registry.get(group, rows[0][0])
+        ordered = bool(handler and handler.ordered)
+        self._execute(
+            f"INSERT INTO {delivery} (event_id, group_name, position, key, ordered, attempts, "
+            "available_at, parked, last_error, created_at) "
+            f"SELECT id, %s, position, key, %s AND key IS NOT NULL, 0, {now}, FALSE, '', {now} "
+            f"FROM {event} WHERE id = %s",
+            [group, ordered, db_id],
+        )
+        if vendor == "postgresql" and self.notify:
+            self._execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL])
+
+    def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
+        vendor = self._vendor
+        delivery, _ = self._tables()
+        now = sql.now(vendor)
+        waiting = f"NOT parked AND (claimed_until IS NULL OR claimed_until < {now})"
+        rows = self._execute(
+            f"SELECT group_name, "
+            f"SUM(CASE WHEN {waiting} THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN claimed_until >= {now} THEN 1 ELSE 0 END), "
+            f"MAX(CASE WHEN {waiting} THEN {sql.age_seconds(vendor, 'created_at')} END), "
+            f"SUM(CASE WHEN {waiting} AND attempts > 0 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN parked THEN 1 ELSE 0 END) "
+            f"FROM {delivery} GROUP BY group_name",
+            [],
+        )
+        found = {
+            row[0]: GroupStatus(
+                pending=int(row[1] or 0), in_flight=int(row[2] or 0),
+                oldest_pending_age_s=None if row[3] is None else round(float(row[3]), 3),
+                retrying=int(row[4] or 0), parked=int(row[5] or 0),
+            )
+            for row in rows
+        }
+        return {group: found.get(group, GroupStatus()) for group in sorted({*groups, *found})}

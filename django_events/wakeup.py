@@ -1,0 +1,84 @@
+"""Waking idle workers early. Only ever a shortcut: the poll finds anything a wake-up misses.
+
+On PostgreSQL with psycopg 3 a dedicated connection LISTENs; elsewhere, and whenever that
+connection fails, the waiter sleeps for the poll interval (or until a publish in this
+very process sets ``local_wakeup``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import connections
+
+logger = logging.getLogger("django_events.wakeup")
+
+local_wakeup = threading.Event()
+_RETRY_LISTEN_AFTER = 30.0
+
+
+class Waiter:
+    def __init__(self, using: str, channels: Sequence[str]) -> None:
+        self.using = using
+        self.channels = [c for c in channels if c]
+        self._listener: Any = None
+        self._failed_at: float | None = None
+        self.can_listen = bool(self.channels) and self._psycopg3()
+
+    def _psycopg3(self) -> bool:
+        if connections[self.using].vendor != "postgresql":
+            return False
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def _connect(self) -> Any:
+        if self._listener is not None:
+            return self._listener
+        if self._failed_at is not None and time.monotonic() - self._failed_at < _RETRY_LISTEN_AFTER:
+            return None
+        wrapper = connections[self.using]
+        try:
+            raw = wrapper.get_new_connection(wrapper.get_connection_params())
+            raw.autocommit = True
+            for channel in self.channels:
+                raw.execute(f"LISTEN {wrapper.ops.quote_name(channel)}")
+        except Exception:
+            logger.warning("LISTEN failed; polling until it works again", exc_info=True)
+            self._failed_at = time.monotonic()
+            return None
+        self._listener, self._failed_at = raw, None
+        return raw
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True if woken by a notification."""
+        listener = self._connect() if self.can_listen else None
+        if listener is None:
+            woken = local_wakeup.wait(timeout)
+            local_wakeup.clear()
+            return woken
+        try:
+            woken = any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
+            if woken:  # swallow the rest of a burst: one wake-up is enough
+                for _ in listener.notifies(timeout=0):
+                    pass
+            return woken
+        except Exception:
+            logger.warning("LISTEN connection lost; polling until it is back", exc_info=True)
+            self.close()
+            self._failed_at = time.monotonic()
+            return False
+
+    def close(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except Exception:  # noqa: S110 - already broken; nothing more to release
+                pass
+            self._listener = None

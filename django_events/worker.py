@@ -1,0 +1,244 @@
+"""The worker: claims events for its groups and runs their handlers, one at a time.
+
+Each event is handled inside ``transaction.atomic()`` together with its inbox row (and,
+on the database transport, its ack), so its effects commit once. Attempts were already
+counted by the claim; a failure is retried with backoff or becomes a dead letter, and the
+group moves on. A heartbeat thread renews the leases of everything the worker holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback as tb
+import uuid
+from collections.abc import Sequence
+
+from django.db import DatabaseError, InterfaceError, close_old_connections, connections, transaction
+from django.db.models.functions import Now
+
+from . import inbox, signals
+from .conf import get_settings
+from .models import DeadLetter
+from .outbox import OUTBOX_CHANNEL, handling
+from .registry import Handler, registry
+from .relay import Relay
+from .retry import backoff, policy_for
+from .transports import transports
+from .transports.base import Claimed, Transport
+from .wakeup import Waiter
+
+logger = logging.getLogger("django_events.worker")
+
+
+class _ClaimLost(Exception):
+    """The lease expired and another worker took the event; leave it to them."""
+
+
+class Heartbeat(threading.Thread):
+    """Renews the leases of claimed events while this worker is alive."""
+
+    def __init__(self, transport: Transport, lease: float) -> None:
+        super().__init__(name="django-events-heartbeat", daemon=True)
+        self.transport = transport
+        self.lease = lease
+        self.held: dict[object, Claimed] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def hold(self, claimed: Sequence[Claimed]) -> None:
+        with self.lock:
+            self.held.update((id(c), c) for c in claimed)
+
+    def release(self, claimed: Claimed) -> None:
+        with self.lock:
+            self.held.pop(id(claimed), None)
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.lease / 3):
+                with self.lock:
+                    held = list(self.held.values())
+                if held:
+                    try:
+                        self.transport.renew(held, self.lease)
+                    except Exception:
+                        logger.warning("Could not renew %d leases", len(held), exc_info=True)
+                        connections.close_all()
+        finally:
+            connections.close_all()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class Worker:
+    def __init__(
+        self,
+        groups: Sequence[str] | None = None,
+        *,
+        transport: Transport | None = None,
+        relay: bool = True,
+        batch_size: int | None = None,
+        lease: float | None = None,
+        poll_interval: float | None = None,
+    ) -> None:
+        conf = get_settings()
+        self.transport = transport or transports["default"]
+        self.groups = list(groups) if groups is not None else registry.groups()
+        self.relay = Relay(self.transport) if relay else None
+        self.batch_size = batch_size or conf.batch_size
+        self.lease = lease or conf.lease
+        self.poll_interval = poll_interval or conf.poll_interval
+        self.database = self.transport.database
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.running = True
+        self.handled = 0
+        self._heartbeat: Heartbeat | None = None
+
+    # -- loop ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the event in hand, then return from ``run``."""
+        self.running = False
+
+    def run(self, *, once: bool = False) -> int:
+        """Relay and handle until stopped (or, with ``once``, until nothing is available)."""
+        channels = [self.transport.wake_channel or ""]
+        if self.relay:
+            channels.append(OUTBOX_CHANNEL)
+        waiter = Waiter(self.database, channels)
+        self._heartbeat = Heartbeat(self.transport, self.lease)
+        self._heartbeat.start()
+        logger.info("Worker %s started for groups %s", self.name, ", ".join(self.groups) or "-")
+        failures = 0
+        try:
+            while self.running:
+                try:
+                    worked = self.step()
+                    failures = 0
+                except (DatabaseError, InterfaceError):
+                    failures += 1
+                    delay = min(30.0, self.poll_interval * 2**failures)
+                    logger.exception("Database error; retrying in %.1fs", delay)
+                    connections.close_all()
+                    waiter.close()
+                    time.sleep(delay)
+                    continue
+                if worked:
+                    continue
+                if once:
+                    break
+                waiter.wait(self.poll_interval)
+                close_old_connections()
+        finally:
+            self._heartbeat.stop()
+            waiter.close()
+        logger.info("Worker %s stopped after %d events", self.name, self.handled)
+        return self.handled
+
+    def step(self) -> bool:
+        """Relay what is committed, then claim and handle one batch; True if anything moved."""
+        moved = self.relay.run_once() if self.relay else 0
+        return bool(self.process_batch()) or bool(moved)
+
+    def process_batch(self) -> int:
+        claimed = self.transport.claim(self.groups, self.batch_size, self.lease)
+        if self._heartbeat:
+            self._heartbeat.hold(claimed)
+        for index, item in enumerate(claimed):
+            if not self.running:
+                self.transport.release(claimed[index:])
+                break
+            try:
+                self.handle(item)
+            finally:
+                if self._heartbeat:
+                    self._heartbeat.release(item)
+        return len(claimed)
+
+    # -- one event ----------------------------------------------------------------------
+
+    def handle(self, claimed: Claimed) -> None:
+        handler = registry.get(claimed.group, claimed.event_type)
+        policy = policy_for(claimed.group, handler)
+        if claimed.decode_error is not None or claimed.event is None:
+            self._dead_letter(claimed, handler, "UndecodableEvent", claimed.decode_error or "", "")
+            return
+        if handler is None:
+            self._dead_letter(
+                claimed, None, "NoHandler",
+                f"Group {claimed.group!r} has no handler for {claimed.event_type!r} here.", "",
+            )
+            return
+        if claimed.attempt > policy.max_attempts:
+            self._dead_letter(
+                claimed, handler, "LeaseExpired",
+                "The worker running the last attempt stopped before finishing it "
+                "(killed, out of memory, or lost its connection).", "",
+            )
+            return
+        event = claimed.event
+        started = time.perf_counter()
+        try:
+            with transaction.atomic(using=self.database):
+                if self.transport.acks_in_transaction and not self.transport.ack(claimed):
+                    raise _ClaimLost
+                if inbox.record(self.database, claimed.group, event.id):
+                    with handling(event):
+                        handler.func(event)
+                else:
+                    logger.info("Skipped %s for %s: already handled", event.id, claimed.group)
+        except _ClaimLost:
+            logger.warning("Lost the claim on %s for %s; another worker has it", event.id, claimed.group)
+            return
+        except Exception as exc:
+            self._failed(claimed, handler, policy.max_attempts, exc)
+            return
+        if not self.transport.acks_in_transaction:
+            self.transport.ack(claimed)
+        self.handled += 1
+        signals.event_handled.send(
+            sender=Worker, event=event, group=claimed.group, handler=handler,
+            attempt=claimed.attempt, duration=time.perf_counter() - started,
+        )
+
+    def _failed(self, claimed: Claimed, handler: Handler, max_attempts: int, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        if claimed.attempt >= max_attempts:
+            self._dead_letter(
+                claimed, handler, _qualified(exc), str(exc), "".join(tb.format_exception(exc))
+            )
+            return
+        delay = backoff(policy_for(claimed.group, handler), claimed.attempt)
+        logger.warning(
+            "%s failed on %s %s (attempt %d of %d), retrying in %.1fs: %s",
+            handler.name, claimed.event_type, claimed.event_id, claimed.attempt, max_attempts,
+            delay, error,
+        )
+        self.transport.retry_later(claimed, delay, error)
+
+    def _dead_letter(
+        self, claimed: Claimed, handler: Handler | None, error_class: str, message: str, trace: str
+    ) -> None:
+        with transaction.atomic(using=self.database):
+            dead = DeadLetter.objects.using(self.database).create(
+                event_id=claimed.event_id, group=claimed.group,
+                handler=handler.name if handler else "", attempts=claimed.attempt,
+                error_class=error_class[:300], error_message=message, traceback=trace,
+                first_failed_at=claimed.first_failed_at or Now(), last_failed_at=Now(),
+            )
+            self.transport.dead_letter(claimed)
+        logger.error(
+            "Dead letter: %s %s for group %s after %d attempts: %s: %s",
+            claimed.event_type, claimed.event_id, claimed.group, claimed.attempt, error_class, message,
+        )
+        signals.event_dead_lettered.send(sender=Worker, dead_letter=dead)
+
+
+def _qualified(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,51 @@
+"""Settings shared by the SQLite and PostgreSQL test runs."""
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+SECRET_KEY = "django-events-tests"  # noqa: S105 - test-only
+DEBUG = False
+USE_TZ = True
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.admin",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_events",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+DJANGO_EVENTS = {
+    "BACKOFF_BASE": 0,
+    "LEASE": 30,
+    "POLL_INTERVAL": 0.2,
+}
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_events": {"handlers": ["console"], "level": "WARNING"}},
+}
+# Subprocess workers started by the tests point at the test database through this.
+TEST_DB_NAME = os.environ.get("DJANGO_EVENTS_TEST_DB_NAME")

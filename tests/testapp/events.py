@@ -1,0 +1,51 @@
+"""Handlers for the tests; ``event.data`` tells them how to misbehave."""
+
+import os
+import time
+from pathlib import Path
+
+from django_events import handler, publish
+
+from .models import Effect
+
+
+def behave(event):
+    data = event.data
+    if data.get("sleep"):
+        time.sleep(data["sleep"])
+    marker = data.get("crash_once")
+    if marker and not Path(marker).exists():
+        Path(marker).write_text(str(os.getpid()))
+        os._exit(9)
+    if data.get("crash"):
+        os._exit(9)
+    if data.get("fail"):
+        raise RuntimeError(f"asked to fail: {data.get('n')}")
+
+
+def record(group, event):
+    behave(event)
+    Effect.objects.create(
+        group=group, event_id=event.id, key=event.key, n=event.data.get("n"), pid=os.getpid()
+    )
+
+
+@handler("test.happened", group="alpha")
+def alpha(event):
+    record("alpha", event)
+
+
+@handler("test.happened", group="beta")
+def beta(event):
+    record("beta", event)
+
+
+@handler("test.sequenced", group="sequence", ordered=True)
+def sequence(event):
+    record("sequence", event)
+
+
+@handler("test.chained", group="chain")
+def chain(event):
+    record("chain", event)
+    publish("test.followed", {"after": str(event.id)})
