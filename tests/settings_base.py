@@ -1,5 +1,6 @@
 """Settings shared by the SQLite and PostgreSQL test runs."""
 
+import json
 import os
 from pathlib import Path
 
@@ -40,6 +41,8 @@ DJANGO_EVENTS = {
     "BACKOFF_BASE": 0,
     "LEASE": 30,
     "POLL_INTERVAL": 0.2,
+    # Worker subprocesses started by a test get that test's overrides through this.
+    **json.loads(os.environ.get("DJANGO_EVENTS_TEST_OVERRIDES", "{}")),
 }
 LOGGING = {
     "version": 1,

@@ -1,0 +1,133 @@
+"""Shared fixtures: the service check, and worker subprocesses on the test database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _postgres_unreachable() -> str | None:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        return None
+    try:
+        import psycopg
+
+        psycopg.connect(
+            host=db["HOST"], port=db["PORT"], user=db["USER"], dbname="postgres", connect_timeout=3
+        ).close()
+    except Exception as exc:
+        return f"PostgreSQL at {db['HOST']}:{db['PORT']} is unreachable ({exc})"
+    return None
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    reason = _postgres_unreachable()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        raise pytest.UsageError(f"{reason}; CI is set, so this fails instead of skipping.")
+    for item in items:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def vendor() -> str:
+    from django.db import connection
+
+    return connection.vendor
+
+
+postgres_only = pytest.mark.skipif(
+    "postgresql" not in settings.DATABASES["default"]["ENGINE"], reason="needs PostgreSQL"
+)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until truthy; fail with a clear message after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+class Workers:
+    """Worker subprocesses running ``manage.py consume_events`` against the test database."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.tmp_path = tmp_path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        from django.db import connection
+
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE),
+            DJANGO_EVENTS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
+            PYTHONPATH=str(ROOT),
+            **extra,
+        )
+        return env
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "django", "consume_events", *args],
+            cwd=ROOT, env=self.env(**env), stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def run(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "django", *args], cwd=ROOT, env=self.env(**env),
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("worker-*.log")))
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_transport() -> Iterator[None]:
+    """Each test gets transports built from its own settings."""
+    from django_events.transports import transports
+
+    transports.reset()
+    yield
+    transports.reset()
