@@ -175,6 +175,7 @@ class Worker:
             )
             return
         if claimed.attempt > policy.max_attempts:
+            claimed.attempt = policy.max_attempts  # this claim is not an attempt: none is left
             self._dead_letter(
                 claimed, handler, "LeaseExpired",
                 "The worker running the last attempt stopped before finishing it "

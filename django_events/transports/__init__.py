@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from asgiref.local import Local
 from django.utils.connection import BaseConnectionHandler
 from django.utils.module_loading import import_string
 
@@ -44,7 +45,7 @@ class TransportHandler(_Handler):
     def reset(self) -> None:
         for transport in self.all(initialized_only=True):
             transport.close()
-        self._connections = self._connections.__class__()
+        self._connections = Local(self.thread_critical)
         self.__dict__.pop("settings", None)
 
 

@@ -19,6 +19,8 @@ def behave(event):
         os._exit(9)
     if data.get("crash"):
         os._exit(9)
+    if data.get("fail_if_exists") and Path(data["fail_if_exists"]).exists():
+        raise RuntimeError(f"{data['fail_if_exists']} exists")
     if data.get("fail"):
         raise RuntimeError(f"asked to fail: {data.get('n')}")
 
@@ -49,3 +51,8 @@ def sequence(event):
 def chain(event):
     record("chain", event)
     publish("test.followed", {"after": str(event.id)})
+
+
+@handler("test.limited", group="limited", max_attempts=2)
+def limited(event):
+    record("limited", event)

@@ -1,0 +1,103 @@
+# django-events developer tasks.
+#
+#   make demo    run the example shop (creates .venv on first use)
+#   make test    run the test suite on SQLite, then on PostgreSQL
+#   make lint    ruff check + ruff format --check + mypy
+#   make docs    build the Sphinx docs into docs/_build/html
+#   make clean   remove build artefacts and caches (keeps .venv)
+#   make distclean   clean + remove .venv
+#
+# Override the bootstrap interpreter or the venv location, e.g.:
+#   make test PYTHON=python3.12 VENV=.venv312
+#   make test PYTEST_ARGS="-x -k outbox"
+
+PYTHON ?= python3
+VENV ?= .venv
+PYTEST_ARGS ?=
+# Extra pip flags for the venv install (e.g. PIP_FLAGS= for the full pip log).
+PIP_FLAGS ?= --quiet
+
+VENV_DIR := $(abspath $(VENV))
+VENV_BIN := $(VENV_DIR)/bin
+VENV_PYTHON := $(VENV_BIN)/python
+STAMP := $(VENV_DIR)/.installed
+
+PYTEST := $(VENV_PYTHON) -m pytest tests -p no:cacheprovider
+LINT_PATHS := django_events tests example_project
+
+.DEFAULT_GOAL := help
+
+.PHONY: help venv demo test test-sqlite test-postgres lint docs clean distclean
+
+help:
+	@echo "make demo       run the example shop demo"
+	@echo "make test       run the tests on SQLite and on PostgreSQL"
+	@echo "make lint       ruff check, ruff format --check, mypy"
+	@echo "make docs       build the HTML docs"
+	@echo "make clean      remove build artefacts and caches"
+	@echo "make distclean  clean and remove $(VENV)"
+
+venv: $(STAMP)
+
+# Python 3.10+ is required. The check runs on the bootstrap interpreter before
+# the venv is created, and on the venv's interpreter when the venv already exists.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+		echo "error: '$(PYTHON)' not found. django-events needs Python 3.10 or newer;" >&2; \
+		echo "       install it or run e.g. 'make PYTHON=/path/to/python3.12 ...'." >&2; \
+		exit 1; }
+	@if [ ! -x "$(VENV_PYTHON)" ]; then \
+		$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
+			echo "error: django-events needs Python 3.10 or newer, but '$(PYTHON)' is" \
+				"$$($(PYTHON) -c 'import platform; print(platform.python_version())')." >&2; \
+			echo "       Run e.g. 'make PYTHON=python3.12 ...'." >&2; \
+			exit 1; }; \
+		echo "Creating virtualenv in $(VENV_DIR)"; \
+		$(PYTHON) -m venv "$(VENV_DIR)"; \
+	fi
+	@"$(VENV_PYTHON)" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
+		echo "error: $(VENV_DIR) uses Python" \
+			"$$("$(VENV_PYTHON)" -c 'import platform; print(platform.python_version())')," \
+			"but django-events needs 3.10 or newer. Run 'make distclean' and retry" \
+			"with PYTHON=python3.10 (or newer)." >&2; \
+		exit 1; }
+	@echo "Installing django-events (editable) with its dev tools into $(VENV_DIR)..."
+	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) --upgrade pip
+	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) -e ".[dev]"
+	@touch "$@"
+
+demo: $(STAMP)
+	cd example_project && "$(VENV_PYTHON)" manage.py demo
+
+# Both suites always run; the target fails if either one failed.
+test: $(STAMP)
+	@status=0; \
+	echo "==> pytest on SQLite (tests.settings_sqlite)"; \
+	$(PYTEST) --ds=tests.settings_sqlite $(PYTEST_ARGS) || status=1; \
+	echo "==> pytest on PostgreSQL (tests.settings_postgres)"; \
+	$(PYTEST) --ds=tests.settings_postgres $(PYTEST_ARGS) || status=1; \
+	if [ $$status -ne 0 ]; then echo "make test: at least one suite failed" >&2; fi; \
+	exit $$status
+
+test-sqlite: $(STAMP)
+	$(PYTEST) --ds=tests.settings_sqlite $(PYTEST_ARGS)
+
+test-postgres: $(STAMP)
+	$(PYTEST) --ds=tests.settings_postgres $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	"$(VENV_BIN)/ruff" check $(LINT_PATHS)
+	"$(VENV_BIN)/ruff" format --check $(LINT_PATHS)
+	"$(VENV_BIN)/mypy" django_events
+
+docs: $(STAMP)
+	"$(VENV_BIN)/sphinx-build" -W -b html docs docs/_build/html
+
+clean:
+	rm -rf build dist *.egg-info docs/_build .mypy_cache .ruff_cache .pytest_cache .tox
+	rm -f example_project/db.sqlite3
+	find . \( -name .git -o -name .venv -o -name .tox \) -prune -o \
+		-type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean
+	rm -rf "$(VENV_DIR)"

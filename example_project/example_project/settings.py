@@ -1,0 +1,108 @@
+"""Settings for the django-events example shop (local demo only; not for production)."""
+
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Demo only: a fixed key and DEBUG on. Never deploy this project as-is.
+SECRET_KEY = "django-insecure-django-events-example-shop"  # noqa: S105
+DEBUG = True
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_events",
+    "shop",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# The embedded SQLite default. IMMEDIATE transactions take the write lock when
+# they begin, so concurrent writers (a web request and `consume_events`) wait on
+# the busy timeout instead of failing with "database is locked" when a read
+# transaction would have to upgrade to a write.
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": BASE_DIR / "db.sqlite3",
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+    }
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+
+# django-events: one database transport (the outbox table doubles as the queue)
+# and three consumer groups for the `order.placed` event. The CRM group gives up
+# after three attempts, retrying immediately, so the demo reaches its dead
+# letter within one run.
+DJANGO_EVENTS = {
+    "TRANSPORTS": {
+        "default": {
+            "BACKEND": "django_events.transports.database.DatabaseTransport",
+            "OPTIONS": {},
+        },
+    },
+    "GROUPS": {
+        "emails": {},
+        "analytics": {},
+        "crm": {"MAX_ATTEMPTS": 3, "BACKOFF_BASE": 0},
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "simple": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            # stdout, so log lines interleave in order with `manage.py demo`'s report.
+            "stream": "ext://sys.stdout",
+            "formatter": "simple",
+        },
+    },
+    "loggers": {
+        "django_events": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "shop": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}

@@ -1,0 +1,31 @@
+from decimal import Decimal
+
+from django.db import transaction
+
+from django_events import publish
+from shop.models import Order
+
+CENT = Decimal("0.01")
+
+
+def place_order(email: str, total: Decimal | str | int, kind: str = Order.Kind.RETAIL) -> Order:
+    """Create an order and publish `order.placed` in the same transaction.
+
+    The event goes into the outbox table inside the `atomic()` block: either the
+    order and its event are both committed, or neither is. Consumers run later,
+    in `consume_events`, never inside this request.
+    """
+    amount = Decimal(str(total)).quantize(CENT)
+    with transaction.atomic():
+        order = Order.objects.create(customer_email=email, total=amount, kind=kind)
+        publish(
+            "order.placed",
+            {
+                "order_id": order.pk,
+                "email": order.customer_email,
+                "total": order.total,
+                "kind": order.kind,
+            },
+            key=f"order-{order.pk}",
+        )
+    return order

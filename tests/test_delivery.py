@@ -1,0 +1,309 @@
+"""The delivery contract, in one process, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from django.db import connection, connections, transaction
+from django.test import override_settings
+
+from django_events import publish
+from django_events.models import Delivery, EventRecord, InboxRecord, OutboxMessage, DeadLetter
+from django_events.relay import Relay
+from django_events.testing import deliver
+from django_events.transports import transports
+from django_events.worker import Worker
+
+from .conftest import postgres_only
+from .testapp.models import Effect
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def effects(group: str | None = None) -> list[tuple[str, int | None]]:
+    rows = Effect.objects.order_by("id")
+    if group:
+        rows = rows.filter(group=group)
+    return list(rows.values_list("group", "n"))
+
+
+def test_rolled_back_event_is_never_delivered():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish("test.happened", {"n": 1})
+        raise RuntimeError("the order failed")
+    publish("test.happened", {"n": 2})
+    deliver()
+    assert sorted(effects()) == [("alpha", 2), ("beta", 2)]
+    assert EventRecord.objects.count() == 1
+
+
+def test_rolled_back_savepoint_event_is_never_delivered():
+    with transaction.atomic():
+        publish("test.happened", {"n": 1})
+        with pytest.raises(RuntimeError), transaction.atomic():
+            publish("test.happened", {"n": 2})
+            raise RuntimeError
+    deliver()
+    assert sorted(effects()) == [("alpha", 1), ("beta", 1)]
+
+
+def test_every_subscribed_group_gets_each_committed_event_once():
+    for n in range(5):
+        with transaction.atomic():
+            publish("test.happened", {"n": n})
+    assert deliver() == 10
+    assert sorted(effects("alpha")) == [("alpha", n) for n in range(5)]
+    assert sorted(effects("beta")) == [("beta", n) for n in range(5)]
+    assert Delivery.objects.count() == 0, "handled work rows are deleted"
+    assert InboxRecord.objects.count() == 10
+
+
+def test_relay_moves_outbox_rows_into_the_log_in_publish_order():
+    ids = [publish("test.happened", {"n": n}).id for n in range(3)]
+    publish("test.unsubscribed", {"n": 9})
+    assert OutboxMessage.objects.count() == 4
+    assert Relay().run_once() == 4
+    assert OutboxMessage.objects.count() == 0
+    logged = list(EventRecord.objects.order_by("position").values_list("id", flat=True))
+    assert logged[:3] == ids
+    # Nobody subscribes to test.unsubscribed: logged, never owed to a group.
+    assert not Delivery.objects.filter(event__type="test.unsubscribed").exists()
+    assert Delivery.objects.count() == 6
+
+
+@override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 3, "BACKOFF_BASE": 0})
+def test_poison_event_is_a_dead_letter_after_exactly_max_attempts_while_others_flow():
+    publish("test.happened", {"n": 0})
+    poison = publish("test.happened", {"n": 1, "fail": True})
+    publish("test.happened", {"n": 2})
+    deliver(["alpha"])
+    assert sorted(effects("alpha")) == [("alpha", 0), ("alpha", 2)]
+    dead = DeadLetter.objects.get()
+    assert (dead.event_id, dead.group, dead.attempts) == (poison.id, "alpha", 3)
+    assert dead.error_class == "RuntimeError"
+    assert "asked to fail: 1" in dead.error_message
+    assert "Traceback" in dead.traceback and "behave" in dead.traceback
+    assert dead.handler == "tests.testapp.events.alpha"
+    assert dead.first_failed_at <= dead.last_failed_at
+    assert not Delivery.objects.filter(group_name="alpha").exists()
+
+
+def test_handler_max_attempts_overrides_the_global_setting():
+    publish("test.limited", {"fail": True})
+    deliver()
+    assert DeadLetter.objects.get().attempts == 2
+
+
+@override_settings(DJANGO_EVENTS={"BACKOFF_BASE": 60})
+def test_failed_event_waits_for_its_backoff_before_the_next_attempt():
+    publish("test.happened", {"n": 1, "fail": True})
+    deliver(["alpha"])
+    row = Delivery.objects.get(group_name="alpha")
+    assert row.attempts == 1 and row.claimed_until is None
+    assert "asked to fail" in row.last_error and row.first_failed_at is not None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")  # same database clock as the engine
+    assert row.available_at > row.first_failed_at
+    assert deliver(["alpha"]) == 0
+    assert Delivery.objects.get(group_name="alpha").attempts == 1, "not due yet, not claimed"
+
+
+def test_duplicate_delivery_has_its_effect_once():
+    event = publish("test.happened", {"n": 7})
+    deliver(["alpha"])
+    logged = EventRecord.objects.get(id=event.id)
+    Delivery.objects.create(event=logged, group_name="alpha", position=logged.position)
+    deliver(["alpha"])
+    assert effects("alpha") == [("alpha", 7)]
+    assert Delivery.objects.filter(group_name="alpha").count() == 0
+    assert InboxRecord.objects.filter(group_name="alpha", event_id=event.id).count() == 1
+
+
+def test_event_type_without_handler_in_group_is_a_dead_letter():
+    event = publish("test.sequenced", {"n": 1}, key="k")
+    Relay().run_once()
+    logged = EventRecord.objects.get(id=event.id)
+    Delivery.objects.create(event=logged, group_name="alpha", position=logged.position)
+    deliver(["alpha"])
+    dead = DeadLetter.objects.get(group="alpha")
+    assert dead.error_class == "NoHandler"
+    assert "no handler for 'test.sequenced'" in dead.error_message
+
+
+def test_undecodable_payload_is_a_dead_letter_not_a_crash_loop():
+    bad = publish("test.happened", {"n": 1})
+    publish("test.happened", {"n": 2})
+    Relay().run_once()
+    EventRecord.objects.filter(id=bad.id).update(data=[1, 2, 3])  # valid JSON, not an object
+    deliver(["alpha"])
+    dead = DeadLetter.objects.get(group="alpha")
+    assert dead.error_class == "UndecodableEvent"
+    assert "JSON object" in dead.error_message
+    assert effects("alpha") == [("alpha", 2)]
+
+
+def test_attempt_is_counted_at_claim_and_an_expired_lease_frees_the_event():
+    event = publish("test.happened", {"n": 1})
+    Relay().run_once()
+    transport = transports["default"]
+    first = transport.claim(["alpha"], 10, lease=30)
+    assert [c.event_id for c in first] == [event.id] and first[0].attempt == 1
+    assert transport.claim(["alpha"], 10, lease=30) == [], "leased events are not claimable"
+    # The worker holding it dies without a word; its lease runs out (database time).
+    Delivery.objects.filter(group_name="alpha").update(claimed_until="2000-01-01T00:00:00Z")
+    second = transport.claim(["alpha"], 10, lease=30)
+    assert second[0].attempt == 2
+    Worker(["alpha"], relay=False).handle(second[0])
+    assert effects("alpha") == [("alpha", 1)]
+    assert transport.ack(first[0]) is False, "the dead worker's claim is void"
+
+
+@override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 2})
+def test_event_whose_worker_died_on_its_last_attempt_is_a_dead_letter():
+    publish("test.happened", {"n": 1})
+    Relay().run_once()
+    transport = transports["default"]
+    for _ in range(2):
+        assert transport.claim(["alpha"], 10, lease=30)
+        Delivery.objects.filter(group_name="alpha").update(claimed_until="2000-01-01T00:00:00Z")
+    deliver(["alpha"], relay=False)
+    dead = DeadLetter.objects.get()
+    assert (dead.error_class, dead.attempts) == ("LeaseExpired", 2)
+    assert effects("alpha") == []
+
+
+def test_lost_claim_is_not_handled_by_the_worker_that_lost_it():
+    publish("test.happened", {"n": 1})
+    Relay().run_once()
+    transport = transports["default"]
+    stale = transport.claim(["alpha"], 10, lease=30)[0]
+    Delivery.objects.filter(group_name="alpha").update(claimed_until="2000-01-01T00:00:00Z")
+    fresh = transport.claim(["alpha"], 10, lease=30)[0]
+    worker = Worker(["alpha"], relay=False)
+    worker.handle(stale)
+    assert effects("alpha") == []
+    worker.handle(fresh)
+    assert effects("alpha") == [("alpha", 1)]
+
+
+def test_heartbeat_renewal_extends_the_lease():
+    publish("test.happened", {"n": 1})
+    Relay().run_once()
+    transport = transports["default"]
+    claimed = transport.claim(["alpha"], 10, lease=5)
+    before = Delivery.objects.get(group_name="alpha").claimed_until
+    transport.renew(claimed, lease=300)
+    after = Delivery.objects.get(group_name="alpha").claimed_until
+    assert (after - before).total_seconds() > 250
+
+
+def test_released_events_were_not_attempted():
+    publish("test.happened", {"n": 1})
+    Relay().run_once()
+    transport = transports["default"]
+    transport.release(transport.claim(["alpha"], 10, lease=30))
+    row = Delivery.objects.get(group_name="alpha")
+    assert (row.attempts, row.claimed_until) == (0, None)
+
+
+def test_ordered_events_of_one_key_are_handled_one_at_a_time_in_publish_order():
+    for n in range(4):
+        publish("test.sequenced", {"n": n}, key="a")
+        publish("test.sequenced", {"n": 10 + n}, key="b")
+    Relay().run_once()
+    transport = transports["default"]
+    claimed = transport.claim(["sequence"], 100, lease=30)
+    assert sorted(c.event.data["n"] for c in claimed) == [0, 10], "only each key's head"
+    transport.release(claimed)
+    deliver(["sequence"])
+    assert [n for _, n in effects("sequence") if n < 10] == [0, 1, 2, 3]
+    assert [n for _, n in effects("sequence") if n >= 10] == [10, 11, 12, 13]
+
+
+@override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 1})
+def test_dead_letter_parks_only_its_own_key_until_redelivered(tmp_path: Path):
+    switch = tmp_path / "broken"
+    switch.write_text("on")
+    stuck = publish("test.sequenced", {"n": 1, "fail_if_exists": str(switch)}, key="a")
+    publish("test.sequenced", {"n": 2}, key="a")
+    publish("test.sequenced", {"n": 3}, key="b")
+    deliver(["sequence"])
+    assert effects("sequence") == [("sequence", 3)], "key a is parked behind its dead letter"
+    assert DeadLetter.objects.get().event_id == stuck.id
+    switch.unlink()
+    transports["default"].redeliver(stuck.id, "sequence")
+    deliver(["sequence"])
+    assert effects("sequence") == [("sequence", 3), ("sequence", 1), ("sequence", 2)]
+
+
+def test_redelivering_a_dead_letter_reaches_only_its_group(tmp_path: Path):
+    switch = tmp_path / "broken"
+    switch.write_text("on")
+    event = publish("test.happened", {"n": 1, "fail_if_exists": str(switch)})
+    with override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 1}):
+        deliver()
+    assert DeadLetter.objects.count() == 2
+    switch.unlink()
+    transports["default"].redeliver(event.id, "beta")
+    deliver()
+    assert effects() == [("beta", 1)]
+
+
+@postgres_only
+def test_commit_order_gap_is_never_skipped():
+    """Transaction A takes the lower position but commits after B; A is still relayed."""
+    a_inserted, a_may_commit = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow_writer() -> None:
+        try:
+            with transaction.atomic():
+                publish("test.happened", {"n": 1})
+                a_inserted.set()
+                a_may_commit.wait(10)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=slow_writer)
+    thread.start()
+    assert a_inserted.wait(10)
+    with transaction.atomic():
+        publish("test.happened", {"n": 2})
+    relay = Relay()
+    assert relay.run_once() == 1, "only B is committed"
+    a_may_commit.set()
+    thread.join(10)
+    assert not errors
+    assert relay.run_once() == 1, "A, committed last with the lower position, is not skipped"
+    positions = dict(EventRecord.objects.values_list("data__n", "position"))
+    assert positions[1] < positions[2]
+    deliver(["alpha"])
+    assert sorted(effects("alpha")) == [("alpha", 1), ("alpha", 2)]
+
+
+@postgres_only
+def test_one_notify_per_publishing_transaction():
+    import psycopg
+
+    settings_dict = connection.settings_dict
+    listener = psycopg.connect(
+        host=settings_dict["HOST"], port=settings_dict["PORT"], user=settings_dict["USER"],
+        dbname=settings_dict["NAME"], autocommit=True,
+    )
+    listener.execute("LISTEN django_events_outbox")
+    with transaction.atomic():
+        for n in range(5):
+            publish("test.happened", {"n": n})
+    with transaction.atomic():
+        with pytest.raises(RuntimeError), transaction.atomic():
+            publish("test.happened", {"n": 5})
+            raise RuntimeError
+        publish("test.happened", {"n": 6})  # the rolled-back NOTIFY must be sent again
+    publish("test.happened", {"n": 7})  # autocommit: its own transaction
+    received = list(listener.notifies(timeout=1.0))
+    listener.close()
+    assert len(received) == 3
