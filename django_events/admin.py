@@ -32,13 +32,13 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_fields(request, obj))
         if request.user.has_perm("django_events.view_payload"):
             return fields
         return [name for name in fields if name not in self.private_fields] + ["masked"]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return self.get_fields(request, obj)
 
     @admin.display(description="payload")
@@ -54,8 +54,17 @@ class EventRecordAdmin(ReadOnlyAdmin):
     ordering = ("-position",)
     show_full_result_count = False
     fields = (
-        "id", "type", "version", "key", "occurred_at", "recorded_at", "source",
-        "correlation_id", "causation_id", "metadata", "payload",
+        "id",
+        "type",
+        "version",
+        "key",
+        "occurred_at",
+        "recorded_at",
+        "source",
+        "correlation_id",
+        "causation_id",
+        "metadata",
+        "payload",
     )
     private_fields = ("payload", "metadata")
 
@@ -67,16 +76,32 @@ class EventRecordAdmin(ReadOnlyAdmin):
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReadOnlyAdmin):
     list_display = (
-        "event_type", "group", "handler", "error_class", "short_message", "attempts",
-        "last_failed_at", "state",
+        "event_type",
+        "group",
+        "handler",
+        "error_class",
+        "short_message",
+        "attempts",
+        "last_failed_at",
+        "state",
     )
     list_filter = ("state", "group", "error_class")
     search_fields = ("=event__id", "=event__key", "error_message")
     list_select_related = ("event",)
     ordering = ("-last_failed_at",)
     fields = (
-        "event", "group", "handler", "attempts", "state", "error_class", "error_message",
-        "first_failed_at", "last_failed_at", "resolved_at", "resolved_by", "reason",
+        "event",
+        "group",
+        "handler",
+        "attempts",
+        "state",
+        "error_class",
+        "error_message",
+        "first_failed_at",
+        "last_failed_at",
+        "resolved_at",
+        "resolved_by",
+        "reason",
         "traceback_shown",
     )
     private_fields = ("traceback_shown",)

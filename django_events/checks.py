@@ -41,38 +41,54 @@ def check_events(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         missing = getattr(cause, "name", None)
         if isinstance(cause, ImportError) and missing in OPTIONAL_DEPENDENCIES:
             extra = OPTIONAL_DEPENDENCIES[missing]
-            return [Error(
-                f"The configured transport needs {missing!r}, which is not installed.",
-                hint=f"pip install 'django-events[{extra}]'", id="django_events.E003",
-            )]
+            return [
+                Error(
+                    f"The configured transport needs {missing!r}, which is not installed.",
+                    hint=f"pip install 'django-events[{extra}]'",
+                    id="django_events.E003",
+                )
+            ]
         return [Error(str(exc), id="django_events.E002")]
     errors.extend(transport.check())
 
     for alias in conf.outbox_databases:
         if alias not in settings.DATABASES:
-            errors.append(Error(
-                f"DJANGO_EVENTS['OUTBOX_DATABASES'] names {alias!r}, which is not in DATABASES.",
-                id="django_events.E007",
-            ))
+            errors.append(
+                Error(
+                    f"DJANGO_EVENTS['OUTBOX_DATABASES'] names {alias!r}, "
+                    "which is not in DATABASES.",
+                    id="django_events.E007",
+                )
+            )
     handled_groups = set()
     for handler in registry:
         handled_groups.add(handler.group)
         if conf.groups and handler.group not in conf.groups:
-            errors.append(Error(
-                f"{handler.name} handles {handler.event_type!r} for group {handler.group!r}, "
-                "which is not in DJANGO_EVENTS['GROUPS'].",
-                hint=f"Add it ({', '.join(sorted(conf.groups))} are configured) or fix the name.",
-                obj=handler.func, id="django_events.E006",
-            ))
+            errors.append(
+                Error(
+                    f"{handler.name} handles {handler.event_type!r} for group {handler.group!r}, "
+                    "which is not in DJANGO_EVENTS['GROUPS'].",
+                    hint=f"Add it ({', '.join(sorted(conf.groups))} are configured) "
+                    "or fix the name.",
+                    obj=handler.func,
+                    id="django_events.E006",
+                )
+            )
         if handler.ordered and not transport.supports_ordering:
-            errors.append(Error(
-                f"{handler.name} asks for ordered=True, which {type(transport).__name__} "
-                "cannot promise.", obj=handler.func, id="django_events.E008",
-            ))
+            errors.append(
+                Error(
+                    f"{handler.name} asks for ordered=True, which {type(transport).__name__} "
+                    "cannot promise.",
+                    obj=handler.func,
+                    id="django_events.E008",
+                )
+            )
     for group in sorted(set(conf.groups) - handled_groups):
-        errors.append(Warning(
-            f"DJANGO_EVENTS['GROUPS'] configures {group!r}, but no handler uses that group.",
-            hint="Remove it, or check the group name in your @handler decorators.",
-            id="django_events.W002",
-        ))
+        errors.append(
+            Warning(
+                f"DJANGO_EVENTS['GROUPS'] configures {group!r}, but no handler uses that group.",
+                hint="Remove it, or check the group name in your @handler decorators.",
+                id="django_events.W002",
+            )
+        )
     return errors

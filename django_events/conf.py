@@ -61,9 +61,21 @@ class EventsSettings:
 
 
 _TOP_KEYS = {
-    "TRANSPORTS", "GROUPS", "OUTBOX_DATABASES", "MAX_ATTEMPTS", "BACKOFF_BASE", "BACKOFF_MAX",
-    "LEASE", "POLL_INTERVAL", "BATCH_SIZE", "RELAY_BATCH_SIZE", "MAX_PAYLOAD_BYTES", "SOURCE",
-    "LOG_RETENTION", "HEALTH", "AUTODISCOVER_MODULES",
+    "TRANSPORTS",
+    "GROUPS",
+    "OUTBOX_DATABASES",
+    "MAX_ATTEMPTS",
+    "BACKOFF_BASE",
+    "BACKOFF_MAX",
+    "LEASE",
+    "POLL_INTERVAL",
+    "BATCH_SIZE",
+    "RELAY_BATCH_SIZE",
+    "MAX_PAYLOAD_BYTES",
+    "SOURCE",
+    "LOG_RETENTION",
+    "HEALTH",
+    "AUTODISCOVER_MODULES",
 }
 _RETRY_KEYS = {"MAX_ATTEMPTS", "BACKOFF_BASE", "BACKOFF_MAX"}
 _HEALTH_KEYS = {"MAX_PENDING_AGE", "MAX_OUTBOX_AGE", "MAX_DEAD"}
@@ -79,8 +91,14 @@ def _unknown(given: dict[str, Any], allowed: set[str], where: str) -> None:
 
 
 def _number(
-    raw: dict[str, Any], key: str, default: float | None, where: str, *,
-    minimum: float = 0, integer: bool = False, optional: bool = False,
+    raw: dict[str, Any],
+    key: str,
+    default: float | None,
+    where: str,
+    *,
+    minimum: float = 0,
+    integer: bool = False,
+    optional: bool = False,
 ) -> Any:
     value = raw.get(key, default)
     if value is None and optional:
@@ -97,7 +115,9 @@ def _number(
 def _retry(raw: dict[str, Any], base: RetryPolicy, where: str) -> RetryPolicy:
     _unknown(raw, _RETRY_KEYS, where)
     policy = RetryPolicy(
-        max_attempts=_number(raw, "MAX_ATTEMPTS", base.max_attempts, where, minimum=1, integer=True),
+        max_attempts=_number(
+            raw, "MAX_ATTEMPTS", base.max_attempts, where, minimum=1, integer=True
+        ),
         backoff_base=float(_number(raw, "BACKOFF_BASE", base.backoff_base, where)),
         backoff_max=float(_number(raw, "BACKOFF_MAX", base.backoff_max, where)),
     )
@@ -139,13 +159,23 @@ def parse(raw: Any) -> EventsSettings:
     _unknown(health_raw, _HEALTH_KEYS, f"{where}['HEALTH']")
     hw = f"{where}['HEALTH']"
     health = Health(
-        max_pending_age=_number(health_raw, "MAX_PENDING_AGE", defaults.health.max_pending_age, hw, optional=True),
-        max_outbox_age=_number(health_raw, "MAX_OUTBOX_AGE", defaults.health.max_outbox_age, hw, optional=True),
-        max_dead=_number(health_raw, "MAX_DEAD", defaults.health.max_dead, hw, integer=True, optional=True),
+        max_pending_age=_number(
+            health_raw, "MAX_PENDING_AGE", defaults.health.max_pending_age, hw, optional=True
+        ),
+        max_outbox_age=_number(
+            health_raw, "MAX_OUTBOX_AGE", defaults.health.max_outbox_age, hw, optional=True
+        ),
+        max_dead=_number(
+            health_raw, "MAX_DEAD", defaults.health.max_dead, hw, integer=True, optional=True
+        ),
     )
 
     databases = raw.get("OUTBOX_DATABASES", defaults.outbox_databases)
-    if isinstance(databases, str) or not all(isinstance(d, str) for d in databases) or not databases:
+    if (
+        isinstance(databases, str)
+        or not all(isinstance(d, str) for d in databases)
+        or not databases
+    ):
         raise EventsConfigurationError(f"{where}['OUTBOX_DATABASES'] must be a list of aliases.")
     modules = raw.get("AUTODISCOVER_MODULES", defaults.autodiscover_modules)
     if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
@@ -161,7 +191,9 @@ def parse(raw: Any) -> EventsSettings:
         outbox_databases=tuple(databases),
         retry=retry,
         lease=lease,
-        poll_interval=float(_number(raw, "POLL_INTERVAL", defaults.poll_interval, where, minimum=0.01)),
+        poll_interval=float(
+            _number(raw, "POLL_INTERVAL", defaults.poll_interval, where, minimum=0.01)
+        ),
         batch_size=_number(raw, "BATCH_SIZE", defaults.batch_size, where, minimum=1, integer=True),
         relay_batch_size=_number(
             raw, "RELAY_BATCH_SIZE", defaults.relay_batch_size, where, minimum=1, integer=True

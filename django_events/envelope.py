@@ -38,7 +38,7 @@ _valid_types: set[str] = set()
 def validate_type(event_type: Any) -> str:
     """Return ``event_type`` if it is a dotted lower-case name such as ``order.placed``."""
     if event_type in _valid_types:
-        return event_type  # type: ignore[no-any-return]
+        return str(event_type)
     if (
         not isinstance(event_type, str)
         or len(event_type) > MAX_TYPE_LENGTH
@@ -165,7 +165,9 @@ def validate_key(key: Any) -> str | None:
     if key is None:
         return None
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
-        raise InvalidEvent(f"Event key must be a non-empty str of at most {MAX_KEY_LENGTH} characters.")
+        raise InvalidEvent(
+            f"Event key must be a non-empty str of at most {MAX_KEY_LENGTH} characters."
+        )
     return key
 
 
@@ -241,8 +243,18 @@ def _uuid_or_none(value: Any, name: str) -> uuid.UUID | None:
 
 
 def build_event(
-    *, id: Any, type: Any, version: Any, key: Any, data: Any, metadata: Any,
-    occurred_at: Any, source: Any, correlation_id: Any, causation_id: Any, max_bytes: int,
+    *,
+    id: Any,
+    type: Any,
+    version: Any,
+    key: Any,
+    data: Any,
+    metadata: Any,
+    occurred_at: Any,
+    source: Any,
+    correlation_id: Any,
+    causation_id: Any,
+    max_bytes: int,
 ) -> Event:
     """Rebuild an ``Event`` from stored or received fields, validating every one."""
     try:
@@ -253,7 +265,9 @@ def build_event(
         raise UndecodableEvent(str(exc)) from exc
     payload = decode_json(data, max_bytes)
     if not isinstance(payload, dict):
-        raise UndecodableEvent(f"Event data must be a JSON object, got {payload.__class__.__name__}.")
+        raise UndecodableEvent(
+            f"Event data must be a JSON object, got {payload.__class__.__name__}."
+        )
     meta = decode_json(metadata, max_bytes, "metadata") if metadata else {}
     try:
         meta = validate_metadata(meta)
@@ -272,10 +286,16 @@ def build_event(
     if event_id is None:
         raise UndecodableEvent("Event id is missing.")
     return Event(
-        id=event_id, type=event_type, version=version, key=key, data=payload,
-        occurred_at=occurred_at, source=str(source or ""),
+        id=event_id,
+        type=event_type,
+        version=version,
+        key=key,
+        data=payload,
+        occurred_at=occurred_at,
+        source=str(source or ""),
         correlation_id=_uuid_or_none(correlation_id, "correlation_id"),
-        causation_id=_uuid_or_none(causation_id, "causation_id"), metadata=meta,
+        causation_id=_uuid_or_none(causation_id, "causation_id"),
+        metadata=meta,
     )
 
 
@@ -289,9 +309,15 @@ def from_cloudevent(body: Any, max_bytes: int) -> Event:
     if missing:
         raise UndecodableEvent(f"Event envelope is missing {', '.join(missing)}.")
     return build_event(
-        id=body["id"], type=body["type"], version=body.get("dataversion", 1),
-        key=body.get("partitionkey"), data=body["data"], metadata=body.get("metadata"),
-        occurred_at=body["time"], source=body.get("source", ""),
-        correlation_id=body.get("correlationid"), causation_id=body.get("causationid"),
+        id=body["id"],
+        type=body["type"],
+        version=body.get("dataversion", 1),
+        key=body.get("partitionkey"),
+        data=body["data"],
+        metadata=body.get("metadata"),
+        occurred_at=body["time"],
+        source=body.get("source", ""),
+        correlation_id=body.get("correlationid"),
+        causation_id=body.get("causationid"),
         max_bytes=max_bytes,
     )

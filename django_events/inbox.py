@@ -19,7 +19,8 @@ def record(using: str, group: str, event_id: uuid.UUID) -> bool:
     vendor = sql.vendor(using)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {sql.table(connection, 'InboxRecord')} (group_name, event_id, handled_at) "
+            f"INSERT INTO {sql.table(connection, 'InboxRecord')} "
+            "(group_name, event_id, handled_at) "
             f"VALUES (%s, %s, {sql.now(vendor)}) ON CONFLICT (group_name, event_id) DO NOTHING",
             [group, sql.uuid_value(vendor, event_id)],
         )

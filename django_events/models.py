@@ -18,7 +18,7 @@ class OutboxMessage(models.Model):
     event_id = models.UUIDField()
     type = models.CharField(max_length=200)
     version = models.PositiveIntegerField(default=1)
-    key = models.CharField(max_length=200, null=True, blank=True)
+    key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - None means "no key"
     data = models.TextField()
     metadata = models.TextField(default="", blank=True)
     occurred_at = models.DateTimeField()
@@ -42,7 +42,7 @@ class EventRecord(models.Model):
     position = models.BigIntegerField(unique=True)
     type = models.CharField(max_length=200, db_index=True)
     version = models.PositiveIntegerField(default=1)
-    key = models.CharField(max_length=200, null=True, blank=True, db_index=True)
+    key = models.CharField(max_length=200, null=True, blank=True, db_index=True)  # noqa: DJ001 - None means "no key"
     data = models.JSONField()
     metadata = models.JSONField(default=dict, blank=True)
     occurred_at = models.DateTimeField()
@@ -68,12 +68,12 @@ class Delivery(models.Model):
     )
     group_name = models.CharField(max_length=100)
     position = models.BigIntegerField()
-    key = models.CharField(max_length=200, null=True, blank=True)
+    key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - None means "no key"
     ordered = models.BooleanField(default=False)
     attempts = models.PositiveIntegerField(default=0)
     available_at = models.DateTimeField(db_default=Now())
     claimed_until = models.DateTimeField(null=True, blank=True)
-    lease_token = models.CharField(max_length=32, null=True, blank=True)
+    lease_token = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
     parked = models.BooleanField(default=False)
     last_error = models.TextField(default="", blank=True)
     first_failed_at = models.DateTimeField(null=True, blank=True)

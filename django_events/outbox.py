@@ -53,7 +53,7 @@ def handling(event: Event) -> Iterator[None]:
 
 
 def _notified_in_this_transaction(connection: Any) -> bool:
-    """True once per transaction: the marker lives and dies with the transaction's on_commit list."""
+    """True after the first call in a transaction; the marker lives in its on_commit list."""
     if not connection.in_atomic_block:
         return False
     for entry in connection.run_on_commit:
@@ -123,10 +123,16 @@ def _insert(using: str, event: Event, data_text: str) -> None:
     connection = connections[using]
     kind = sql.vendor(using)
     params: list[Any] = [
-        sql.uuid_value(kind, event.id), event.type, event.version, event.key, data_text,
+        sql.uuid_value(kind, event.id),
+        event.type,
+        event.version,
+        event.key,
+        data_text,
         json.dumps(event.metadata) if event.metadata else "",
-        sql.datetime_value(connection, event.occurred_at), event.source,
-        sql.uuid_value(kind, event.correlation_id), sql.uuid_value(kind, event.causation_id),
+        sql.datetime_value(connection, event.occurred_at),
+        event.source,
+        sql.uuid_value(kind, event.correlation_id),
+        sql.uuid_value(kind, event.causation_id),
     ]
     insert = (
         f"INSERT INTO {sql.table(connection, 'OutboxMessage')} ({_COLUMNS}) "

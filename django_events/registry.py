@@ -94,7 +94,9 @@ def handler(
             f"Invalid group name {group!r}: letters, digits and _.:- (at most 100 characters)."
         )
     if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
-        raise HandlerRegistrationError(f"max_attempts must be a positive int, got {max_attempts!r}.")
+        raise HandlerRegistrationError(
+            f"max_attempts must be a positive int, got {max_attempts!r}."
+        )
     for value, name in ((backoff_base, "backoff_base"), (backoff_max, "backoff_max")):
         if value is not None and (not isinstance(value, (int, float)) or value < 0):
             raise HandlerRegistrationError(f"{name} must be a number >= 0, got {value!r}.")
@@ -105,8 +107,13 @@ def handler(
         for event_type in types:
             registry.add(
                 Handler(
-                    func=func, group=group, event_type=event_type, ordered=ordered,
-                    max_attempts=max_attempts, backoff_base=backoff_base, backoff_max=backoff_max,
+                    func=func,
+                    group=group,
+                    event_type=event_type,
+                    ordered=ordered,
+                    max_attempts=max_attempts,
+                    backoff_base=backoff_base,
+                    backoff_max=backoff_max,
                 )
             )
         return func

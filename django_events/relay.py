@@ -105,10 +105,7 @@ class Relay:
                 cursor.executemany(
                     f"INSERT INTO {log} ({_LOG_COLUMNS}) VALUES "
                     f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(vendor)})",
-                    [
-                        (r[1], r[0], r[2], r[3], r[4], r[5], r[6] or "{}", *r[7:])
-                        for r in rows
-                    ],
+                    [(r[1], r[0], r[2], r[3], r[4], r[5], r[6] or "{}", *r[7:]) for r in rows],
                 )
         return [Outgoing(*row[:4]) for row in rows]
 
@@ -143,7 +140,8 @@ class Relay:
             cursor.execute(
                 f"INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, type, key, "
                 f"version, {data}, {metadata}, occurred_at, source, correlation_id, causation_id, "
-                f"{sql.now(vendor)} FROM {outbox} WHERE position IN ({sql.in_list(len(positions))}) "
+                f"{sql.now(vendor)} FROM {outbox} "
+                f"WHERE position IN ({sql.in_list(len(positions))}) "
                 "ON CONFLICT DO NOTHING",
                 positions,
             )
@@ -162,7 +160,9 @@ class Relay:
         for using in self.databases:
             removed = prune_log(using, retention)
             if removed:
-                logger.info("Removed %d events older than %ss from the event log", removed, retention)
+                logger.info(
+                    "Removed %d events older than %ss from the event log", removed, retention
+                )
 
 
 def prune_log(using: str, retention: float, batch: int = 1000) -> int:
@@ -179,7 +179,8 @@ def prune_log(using: str, retention: float, batch: int = 1000) -> int:
                 f"DELETE FROM {log} WHERE id IN (SELECT e.id FROM {log} e WHERE "
                 f"{sql.age_seconds(vendor, 'e.recorded_at')} > %s "
                 f"AND NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.event_id = e.id) "
-                f"AND NOT EXISTS (SELECT 1 FROM {dead} x WHERE x.event_id = e.id AND x.state = 'open') "
+                f"AND NOT EXISTS (SELECT 1 FROM {dead} x "
+                "WHERE x.event_id = e.id AND x.state = 'open') "
                 "ORDER BY e.position LIMIT %s)",
                 [retention, batch],
             )

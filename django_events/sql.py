@@ -28,7 +28,7 @@ def vendor(using: str) -> str:
 
 
 def now(vendor: str) -> str:
-    """Current database time; per statement on PostgreSQL, so leases move within a test transaction."""
+    """Database time, per statement on PostgreSQL so leases move inside long transactions."""
     if vendor == "postgresql":
         return "statement_timestamp()"
     return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"

@@ -71,7 +71,11 @@ def problems(report: dict[str, Any]) -> list[str]:
         if health.max_dead is not None and group["dead"] > health.max_dead:
             found.append(f"group {name}: {group['dead']} dead letters (MAX_DEAD {health.max_dead})")
     outbox_age = report["outbox"]["oldest_age_s"]
-    if health.max_outbox_age is not None and outbox_age is not None and outbox_age > health.max_outbox_age:
+    if (
+        health.max_outbox_age is not None
+        and outbox_age is not None
+        and outbox_age > health.max_outbox_age
+    ):
         found.append(
             f"outbox: oldest unrelayed event is {outbox_age:.0f}s old "
             f"(MAX_OUTBOX_AGE {health.max_outbox_age:g}s): is a relay running?"

@@ -7,6 +7,7 @@ very process sets ``local_wakeup``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -77,8 +78,6 @@ class Waiter:
 
     def close(self) -> None:
         if self._listener is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken: nothing more to release
                 self._listener.close()
-            except Exception:  # noqa: S110 - already broken; nothing more to release
-                pass
             self._listener = None

@@ -170,16 +170,22 @@ class Worker:
             return
         if handler is None:
             self._dead_letter(
-                claimed, None, "NoHandler",
-                f"Group {claimed.group!r} has no handler for {claimed.event_type!r} here.", "",
+                claimed,
+                None,
+                "NoHandler",
+                f"Group {claimed.group!r} has no handler for {claimed.event_type!r} here.",
+                "",
             )
             return
         if claimed.attempt > policy.max_attempts:
             claimed.attempt = policy.max_attempts  # this claim is not an attempt: none is left
             self._dead_letter(
-                claimed, handler, "LeaseExpired",
+                claimed,
+                handler,
+                "LeaseExpired",
                 "The worker running the last attempt stopped before finishing it "
-                "(killed, out of memory, or lost its connection).", "",
+                "(killed, out of memory, or lost its connection).",
+                "",
             )
             return
         event = claimed.event
@@ -194,7 +200,9 @@ class Worker:
                 else:
                     logger.info("Skipped %s for %s: already handled", event.id, claimed.group)
         except _ClaimLost:
-            logger.warning("Lost the claim on %s for %s; another worker has it", event.id, claimed.group)
+            logger.warning(
+                "Lost the claim on %s for %s; another worker has it", event.id, claimed.group
+            )
             return
         except Exception as exc:
             self._failed(claimed, handler, policy.max_attempts, exc)
@@ -203,11 +211,17 @@ class Worker:
             self.transport.ack(claimed)
         self.handled += 1
         signals.event_handled.send(
-            sender=Worker, event=event, group=claimed.group, handler=handler,
-            attempt=claimed.attempt, duration=time.perf_counter() - started,
+            sender=Worker,
+            event=event,
+            group=claimed.group,
+            handler=handler,
+            attempt=claimed.attempt,
+            duration=time.perf_counter() - started,
         )
 
-    def _failed(self, claimed: Claimed, handler: Handler, max_attempts: int, exc: Exception) -> None:
+    def _failed(
+        self, claimed: Claimed, handler: Handler, max_attempts: int, exc: Exception
+    ) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if claimed.attempt >= max_attempts:
             self._dead_letter(
@@ -217,8 +231,13 @@ class Worker:
         delay = backoff(policy_for(claimed.group, handler), claimed.attempt)
         logger.warning(
             "%s failed on %s %s (attempt %d of %d), retrying in %.1fs: %s",
-            handler.name, claimed.event_type, claimed.event_id, claimed.attempt, max_attempts,
-            delay, error,
+            handler.name,
+            claimed.event_type,
+            claimed.event_id,
+            claimed.attempt,
+            max_attempts,
+            delay,
+            error,
         )
         self.transport.retry_later(claimed, delay, error)
 
@@ -227,19 +246,31 @@ class Worker:
     ) -> None:
         with transaction.atomic(using=self.database):
             dead = DeadLetter.objects.using(self.database).create(
-                event_id=claimed.event_id, group=claimed.group,
-                handler=handler.name if handler else "", attempts=claimed.attempt,
-                error_class=error_class[:300], error_message=message, traceback=trace,
-                first_failed_at=claimed.first_failed_at or Now(), last_failed_at=Now(),
+                event_id=claimed.event_id,
+                group=claimed.group,
+                handler=handler.name if handler else "",
+                attempts=claimed.attempt,
+                error_class=error_class[:300],
+                error_message=message,
+                traceback=trace,
+                first_failed_at=claimed.first_failed_at or Now(),
+                last_failed_at=Now(),
             )
             self.transport.dead_letter(claimed)
         logger.error(
             "Dead letter: %s %s for group %s after %d attempts: %s: %s",
-            claimed.event_type, claimed.event_id, claimed.group, claimed.attempt, error_class, message,
+            claimed.event_type,
+            claimed.event_id,
+            claimed.group,
+            claimed.attempt,
+            error_class,
+            message,
         )
         signals.event_dead_lettered.send(sender=Worker, dead_letter=dead)
 
 
 def _qualified(exc: BaseException) -> str:
     cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )

@@ -77,7 +77,9 @@ class Workers:
 
         env = dict(os.environ)
         env.update(
-            DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE),
+            DJANGO_SETTINGS_MODULE=os.environ.get(
+                "DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE
+            ),
             DJANGO_EVENTS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
             PYTHONPATH=str(ROOT),
             **extra,
@@ -88,19 +90,29 @@ class Workers:
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "django", "consume_events", *args],
-            cwd=ROOT, env=self.env(**env), stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.procs.append(proc)
         return proc
 
     def run(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "django", *args], cwd=ROOT, env=self.env(**env),
-            capture_output=True, text=True, timeout=timeout, check=False,
+            [sys.executable, "-m", "django", *args],
+            cwd=ROOT,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("worker-*.log")))
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("worker-*.log"))
+        )
 
     def stop_all(self) -> None:
         for proc in self.procs:

@@ -53,8 +53,13 @@ def test_killed_worker_event_comes_back_after_its_lease(workers: Workers, tmp_pa
     assert marker.exists()
     row = Delivery.objects.get(group_name="alpha")
     assert row.attempts == 1, "the attempt was counted when claimed"
-    wait_until(lambda: workers.run("consume_events", "--once", "--group", "alpha", **env).returncode == 0
-               and Effect.objects.filter(group="alpha").exists(), timeout=30)
+    wait_until(
+        lambda: (
+            workers.run("consume_events", "--once", "--group", "alpha", **env).returncode == 0
+            and Effect.objects.filter(group="alpha").exists()
+        ),
+        timeout=30,
+    )
     assert list(Effect.objects.values_list("group", "n")) == [("alpha", 1)]
     assert not DeadLetter.objects.exists()
 
@@ -84,7 +89,9 @@ def test_per_key_order_holds_with_two_workers(workers: Workers):
     env = overrides(BATCH_SIZE=4)
     workers.start("--group", "sequence", **env)
     workers.start("--group", "sequence", **env)
-    wait_until(lambda: Effect.objects.filter(group="sequence").count() >= per_key * len(keys), timeout=120)
+    wait_until(
+        lambda: Effect.objects.filter(group="sequence").count() >= per_key * len(keys), timeout=120
+    )
     workers.stop_all()
     seen: dict[str, list[int]] = defaultdict(list)
     for key, n in Effect.objects.order_by("id").values_list("key", "n"):

@@ -10,7 +10,7 @@ from django.db import connection, connections, transaction
 from django.test import override_settings
 
 from django_events import publish
-from django_events.models import Delivery, EventRecord, InboxRecord, OutboxMessage, DeadLetter
+from django_events.models import DeadLetter, Delivery, EventRecord, InboxRecord, OutboxMessage
 from django_events.relay import Relay
 from django_events.testing import deliver
 from django_events.transports import transports
@@ -291,8 +291,11 @@ def test_one_notify_per_publishing_transaction():
 
     settings_dict = connection.settings_dict
     listener = psycopg.connect(
-        host=settings_dict["HOST"], port=settings_dict["PORT"], user=settings_dict["USER"],
-        dbname=settings_dict["NAME"], autocommit=True,
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+        user=settings_dict["USER"],
+        dbname=settings_dict["NAME"],
+        autocommit=True,
     )
     listener.execute("LISTEN django_events_outbox")
     with transaction.atomic():

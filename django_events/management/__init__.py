@@ -11,7 +11,7 @@ from typing import Any, TextIO
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
 
-def configure_logging(verbosity: int, stream: TextIO) -> None:
+def configure_logging(verbosity: int, stream: TextIO | None = None) -> None:
     """Map ``--verbosity`` to the django_events log level; add a handler only if none exists."""
     logger = logging.getLogger("django_events")
     logger.setLevel(LEVELS.get(verbosity, logging.DEBUG))

@@ -22,7 +22,7 @@ def captured_events(db: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def deliver_events(db: Any) -> Callable[..., int]:
-    """Call to relay and run handlers now: ``deliver_events()`` or ``deliver_events(["emails"])``."""
+    """Relay and run handlers now: ``deliver_events()`` or ``deliver_events(["emails"])``."""
     from . import deliver
 
     return deliver

@@ -94,7 +94,9 @@ class Transport:
         """Whether ``publish`` can run inside the relay's transaction on ``using``."""
         return False
 
-    def publish(self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]) -> None:
+    def publish(
+        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    ) -> None:
         """Make ``events`` claimable by every subscribed group; idempotent per event id."""
         raise NotImplementedError
 
@@ -110,7 +112,7 @@ class Transport:
         raise NotImplementedError
 
     def ack(self, claimed: Claimed) -> bool:
-        """Done with ``claimed``; False if the claim was lost (its lease expired and another took it)."""
+        """Done with ``claimed``; False if the claim was lost (lease expired, another took it)."""
         raise NotImplementedError
 
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:

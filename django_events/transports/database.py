@@ -74,32 +74,44 @@ class DatabaseTransport(Transport):
     def check(self) -> list[CheckMessage]:
         errors: list[CheckMessage] = []
         if self.database not in connections.settings:
-            return [Error(
-                f"DatabaseTransport {self.alias!r} uses database {self.database!r}, "
-                "which is not in DATABASES.", id="django_events.E004",
-            )]
+            return [
+                Error(
+                    f"DatabaseTransport {self.alias!r} uses database {self.database!r}, "
+                    "which is not in DATABASES.",
+                    id="django_events.E004",
+                )
+            ]
         vendor = connections[self.database].vendor
         if vendor not in sql.SUPPORTED_VENDORS:
-            errors.append(Error(
-                f"Database {self.database!r} is {vendor}: the database transport needs "
-                "PostgreSQL (FOR UPDATE SKIP LOCKED, for competing consumers) or SQLite "
-                "(a single writer).", id="django_events.E004",
-                hint="Use PostgreSQL, or SQLite for a single machine.",
-            ))
+            errors.append(
+                Error(
+                    f"Database {self.database!r} is {vendor}: the database transport needs "
+                    "PostgreSQL (FOR UPDATE SKIP LOCKED, for competing consumers) or SQLite "
+                    "(a single writer).",
+                    id="django_events.E004",
+                    hint="Use PostgreSQL, or SQLite for a single machine.",
+                )
+            )
         elif vendor == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
-            errors.append(Error(
-                f"SQLite {sqlite3.sqlite_version} lacks RETURNING; the database transport "
-                "needs SQLite 3.35 or newer.", id="django_events.E005",
-            ))
+            errors.append(
+                Error(
+                    f"SQLite {sqlite3.sqlite_version} lacks RETURNING; the database transport "
+                    "needs SQLite 3.35 or newer.",
+                    id="django_events.E005",
+                )
+            )
         elif vendor == "postgresql" and self.notify:
             try:
                 import psycopg  # noqa: F401
             except ImportError:
-                errors.append(Warning(
-                    "psycopg 3 is not installed: idle workers fall back to polling "
-                    "instead of LISTEN/NOTIFY wake-ups.", id="django_events.W001",
-                    hint="pip install 'django-events[postgres]'",
-                ))
+                errors.append(
+                    Warning(
+                        "psycopg 3 is not installed: idle workers fall back to polling "
+                        "instead of LISTEN/NOTIFY wake-ups.",
+                        id="django_events.W001",
+                        hint="pip install 'django-events[postgres]'",
+                    )
+                )
         return errors
 
     # -- relay side ---------------------------------------------------------------------
@@ -154,7 +166,8 @@ class DatabaseTransport(Transport):
             "ORDER BY c.position LIMIT %s"
         )
         update = (
-            f"UPDATE {delivery} SET attempts = attempts + 1, claimed_until = {sql.now_plus(vendor)}, "
+            f"UPDATE {delivery} SET attempts = attempts + 1, "
+            f"claimed_until = {sql.now_plus(vendor)}, "
             "lease_token = %s WHERE id IN ({candidates}) "
             "RETURNING id, event_id, group_name, attempts, first_failed_at"
         )
@@ -192,8 +205,12 @@ class DatabaseTransport(Transport):
         if isinstance(first_failed_at, dt.datetime) and first_failed_at.tzinfo is None:
             first_failed_at = first_failed_at.replace(tzinfo=dt.timezone.utc)
         claimed = Claimed(
-            group=group, attempt=attempts, receipt=(delivery_id, token), event_id=event_id,
-            event_type=stored[1] or "", first_failed_at=first_failed_at,
+            group=group,
+            attempt=attempts,
+            receipt=(delivery_id, token),
+            event_id=event_id,
+            event_type=stored[1] or "",
+            first_failed_at=first_failed_at,
         )
         if stored[0] is None:
             claimed.decode_error = f"Event {event_id} is missing from the event log."
@@ -202,9 +219,16 @@ class DatabaseTransport(Transport):
 
         try:
             claimed.event = build_event(
-                id=stored[0], type=stored[1], version=stored[2], key=stored[3], data=stored[4],
-                metadata=stored[5], occurred_at=stored[6], source=stored[7],
-                correlation_id=stored[8], causation_id=stored[9],
+                id=stored[0],
+                type=stored[1],
+                version=stored[2],
+                key=stored[3],
+                data=stored[4],
+                metadata=stored[5],
+                occurred_at=stored[6],
+                source=stored[7],
+                correlation_id=stored[8],
+                causation_id=stored[9],
                 max_bytes=get_settings().max_payload_bytes * 2,
             )
         except UndecodableEvent as exc:
@@ -247,9 +271,11 @@ class DatabaseTransport(Transport):
     def ack(self, claimed: Claimed) -> bool:
         delivery, _ = self._tables()
         delivery_id, token = claimed.receipt
-        return bool(self._execute(
-            f"DELETE FROM {delivery} WHERE id = %s AND lease_token = %s", [delivery_id, token]
-        ))
+        return bool(
+            self._execute(
+                f"DELETE FROM {delivery} WHERE id = %s AND lease_token = %s", [delivery_id, token]
+            )
+        )
 
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
         vendor = self._vendor
@@ -320,9 +346,11 @@ class DatabaseTransport(Transport):
         )
         found = {
             row[0]: GroupStatus(
-                pending=int(row[1] or 0), in_flight=int(row[2] or 0),
+                pending=int(row[1] or 0),
+                in_flight=int(row[2] or 0),
                 oldest_pending_age_s=None if row[3] is None else round(float(row[3]), 3),
-                retrying=int(row[4] or 0), parked=int(row[5] or 0),
+                retrying=int(row[4] or 0),
+                parked=int(row[5] or 0),
             )
             for row in rows
         }

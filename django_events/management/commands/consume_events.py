@@ -14,18 +14,22 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--group", action="append", dest="groups", metavar="G",
+            "--group",
+            action="append",
+            dest="groups",
+            metavar="G",
             help="Consumer group to handle (repeatable). Default: every group with a handler.",
         )
         parser.add_argument(
-            "--once", action="store_true",
+            "--once",
+            action="store_true",
             help="Handle everything available now, then exit 0 (for cron and tests).",
         )
         parser.add_argument("--no-relay", action="store_true", help="Do not relay the outbox.")
         parser.add_argument("--batch-size", type=int, help="Events claimed per round trip.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        configure_logging(options["verbosity"], self.stderr._out)
+        configure_logging(options["verbosity"])
         known = registry.groups()
         groups = options["groups"] or known
         unknown = sorted(set(groups) - set(known))

@@ -15,7 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="Relay what is there, then exit.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        configure_logging(options["verbosity"], self.stderr._out)
+        configure_logging(options["verbosity"])
         # A worker with no groups only relays, with the same wake-ups and error handling.
         worker = Worker([], relay=True)
         if not options["once"]:
