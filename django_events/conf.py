@@ -6,6 +6,7 @@ Every key has a typed default here; an unknown key or a value of the wrong kind 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +105,12 @@ def _number(
     if value is None and optional:
         return None
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
         wanted = "an integer" if integer else "a number"
         raise EventsConfigurationError(
             f"{where}[{key!r}] must be {wanted} >= {minimum}, got {value!r}."
@@ -178,7 +184,7 @@ def parse(raw: Any) -> EventsSettings:
     ):
         raise EventsConfigurationError(f"{where}['OUTBOX_DATABASES'] must be a list of aliases.")
     modules = raw.get("AUTODISCOVER_MODULES", defaults.autodiscover_modules)
-    if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
+    if not isinstance(modules, (list, tuple)) or not all(isinstance(m, str) for m in modules):
         raise EventsConfigurationError(f"{where}['AUTODISCOVER_MODULES'] must be a list of names.")
     source = raw.get("SOURCE", defaults.source)
     if not isinstance(source, str):

@@ -31,6 +31,7 @@ EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_-]*)+$")
 MAX_TYPE_LENGTH = 200
 MAX_KEY_LENGTH = 200
 MAX_NESTING = 64
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
 
 _valid_types: set[str] = set()
 
@@ -143,6 +144,8 @@ def encode_data(data: Any, max_bytes: int) -> str:
     """Encode ``data`` as compact JSON, naming the field that cannot be encoded."""
     if not isinstance(data, Mapping):
         raise InvalidEvent(f"Event data must be a JSON object (a dict), got {type(data).__name__}.")
+    if not isinstance(data, dict):
+        data = dict(data)
     try:
         text = json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -152,19 +155,31 @@ def encode_data(data: Any, max_bytes: int) -> str:
             "Pass plain values (str, int, float, bool, None, Decimal, datetime, date, UUID, "
             "lists and dicts)."
         ) from exc
-    size = len(text.encode())
+    size = len(text) if text.isascii() else len(text.encode())
     if size > max_bytes:
         raise PayloadTooLarge(
             f"Event data is {size} bytes encoded, over the MAX_PAYLOAD_BYTES limit of "
             f"{max_bytes}. Publish a reference (an id) instead of the whole object."
         )
+    check_storable(text, "data")
     return text
+
+
+def check_storable(text: str, what: str) -> None:
+    """Refuse what consumers would refuse, so a bad event fails at publish, not downstream:
+    nesting deeper than ``MAX_NESTING`` and NUL characters, which PostgreSQL cannot store."""
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise InvalidEvent(
+            f"Event {what} contains a NUL character (\\u0000), which cannot be stored."
+        )
+    if text.count("[") + text.count("{") > MAX_NESTING and _nesting_depth(text) > MAX_NESTING:
+        raise InvalidEvent(f"Event {what} nests deeper than {MAX_NESTING} levels.")
 
 
 def validate_key(key: Any) -> str | None:
     if key is None:
         return None
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
         raise InvalidEvent(
             f"Event key must be a non-empty str of at most {MAX_KEY_LENGTH} characters."
         )
@@ -178,6 +193,8 @@ def validate_metadata(metadata: Any) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise InvalidEvent("Event metadata must be a dict of str to str.")
+    if any("\x00" in k or "\x00" in v for k, v in metadata.items()):
+        raise InvalidEvent("Event metadata contains a NUL character, which cannot be stored.")
     return dict(metadata)
 
 
@@ -216,15 +233,19 @@ def decode_json(raw: str | bytes | dict[str, Any], max_bytes: int, what: str = "
     """Parse JSON from outside, checking size and nesting before parsing."""
     if isinstance(raw, dict):
         return raw
+    if isinstance(raw, str):
+        size = len(raw) if raw.isascii() else len(raw.encode())
+    elif isinstance(raw, bytes):
+        size = len(raw)
+    else:
+        raise UndecodableEvent(f"Event {what} is a {type(raw).__name__}, not JSON text.")
+    if size > max_bytes:
+        raise UndecodableEvent(f"Event {what} is {size} bytes, over the {max_bytes} limit.")
     if isinstance(raw, bytes):
         try:
             raw = raw.decode()
         except UnicodeDecodeError as exc:
             raise UndecodableEvent(f"Event {what} is not UTF-8: {exc}.") from exc
-    if not isinstance(raw, str):
-        raise UndecodableEvent(f"Event {what} is a {type(raw).__name__}, not JSON text.")
-    if len(raw) > max_bytes:
-        raise UndecodableEvent(f"Event {what} is {len(raw)} bytes, over the {max_bytes} limit.")
     if raw.count("[") + raw.count("{") > MAX_NESTING and _nesting_depth(raw) > MAX_NESTING:
         raise UndecodableEvent(f"Event {what} nests deeper than {MAX_NESTING} levels.")
     try:

@@ -93,12 +93,16 @@ def handler(
         raise HandlerRegistrationError(
             f"Invalid group name {group!r}: letters, digits and _.:- (at most 100 characters)."
         )
-    if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+    ):
         raise HandlerRegistrationError(
             f"max_attempts must be a positive int, got {max_attempts!r}."
         )
     for value, name in ((backoff_base, "backoff_base"), (backoff_max, "backoff_max")):
-        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
+        ):
             raise HandlerRegistrationError(f"{name} must be a number >= 0, got {value!r}.")
     for event_type in types:
         validate_type(event_type)

@@ -16,9 +16,11 @@ import time
 import traceback as tb
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from django.db import DatabaseError, InterfaceError, close_old_connections, connections, transaction
 from django.db.models.functions import Now
+from django.dispatch import Signal
 
 from . import inbox, signals
 from .conf import get_settings
@@ -194,11 +196,10 @@ class Worker:
             with transaction.atomic(using=self.database):
                 if self.transport.acks_in_transaction and not self.transport.ack(claimed):
                     raise _ClaimLost
-                if inbox.record(self.database, claimed.group, event.id):
+                fresh = inbox.record(self.database, claimed.group, event.id)
+                if fresh:
                     with handling(event):
                         handler.func(event)
-                else:
-                    logger.info("Skipped %s for %s: already handled", event.id, claimed.group)
         except _ClaimLost:
             logger.warning(
                 "Lost the claim on %s for %s; another worker has it", event.id, claimed.group
@@ -209,9 +210,12 @@ class Worker:
             return
         if not self.transport.acks_in_transaction:
             self.transport.ack(claimed)
+        if not fresh:
+            logger.info("Skipped %s for %s: already handled", event.id, claimed.group)
+            return
         self.handled += 1
-        signals.event_handled.send(
-            sender=Worker,
+        _send(
+            signals.event_handled,
             event=event,
             group=claimed.group,
             handler=handler,
@@ -257,6 +261,7 @@ class Worker:
                 last_failed_at=Now(),
             )
             self.transport.dead_letter(claimed)
+        dead.refresh_from_db(fields=["first_failed_at", "last_failed_at"])
         logger.error(
             "Dead letter: %s %s for group %s after %d attempts: %s: %s",
             claimed.event_type,
@@ -266,7 +271,14 @@ class Worker:
             error_class,
             message,
         )
-        signals.event_dead_lettered.send(sender=Worker, dead_letter=dead)
+        _send(signals.event_dead_lettered, dead_letter=dead)
+
+
+def _send(signal: Signal, **kwargs: Any) -> None:
+    """Send a signal whose receivers must not stop the worker: their errors are logged."""
+    for receiver, result in signal.send_robust(sender=Worker, **kwargs):
+        if isinstance(result, Exception):
+            logger.error("Signal receiver %r failed", receiver, exc_info=result)
 
 
 def _qualified(exc: BaseException) -> str:

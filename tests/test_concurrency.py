@@ -39,8 +39,9 @@ def test_two_consumers_share_a_group_and_handle_each_event_once(workers: Workers
     handled = Counter(Effect.objects.filter(group="alpha").values_list("n", flat=True))
     assert sorted(handled) == list(range(total))
     assert set(handled.values()) == {1}, "no event handled twice"
-    by_pid = Counter(Effect.objects.filter(group="alpha").values_list("pid", flat=True))
-    assert len(by_pid) == 2, f"both workers took a share: {by_pid}"
+    if vendor() == "postgresql":  # SQLite's single writer may let one worker win every race
+        by_pid = Counter(Effect.objects.filter(group="alpha").values_list("pid", flat=True))
+        assert len(by_pid) == 2, f"both workers took a share: {by_pid}"
     assert not Delivery.objects.filter(group_name="alpha").exists()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -19,17 +18,38 @@ from ..envelope import Event
 from ..signals import event_published
 
 
-@dataclass
 class CapturedEvents:
-    """Events published inside ``capture_events()``, in publish order."""
+    """Events published inside ``capture_events()``, in publish order.
 
-    _seen: list[tuple[Event, object]] = field(default_factory=list)
-    _committed: set[object] = field(default_factory=set)
-    _closed: bool = False
+    An event counts once its transaction committed, or while it is still pending in an
+    enclosing transaction that has not rolled it back (as in a ``TestCase``).
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._seen: list[tuple[Event, Any]] = []
+        self._committed: set[int] = set()
+
+    def _record(self, event: Event) -> None:
+        index = len(self._seen)
+
+        def committed() -> None:
+            self._committed.add(index)
+
+        self._seen.append((event, committed))
+        if self._connection.in_atomic_block:
+            self._connection.on_commit(committed)
+        else:
+            committed()
 
     @property
     def events(self) -> list[Event]:
-        return [event for event, marker in self._seen if marker in self._committed]
+        pending = {entry[1] for entry in self._connection.run_on_commit}
+        return [
+            event
+            for index, (event, callback) in enumerate(self._seen)
+            if index in self._committed or callback in pending
+        ]
 
     @property
     def types(self) -> list[str]:
@@ -59,38 +79,19 @@ class CapturedEvents:
 
 @contextmanager
 def capture_events(using: str = DEFAULT_DB_ALIAS) -> Iterator[CapturedEvents]:
-    """Record events published in the block that commit (or would, in a TestCase).
-
-    An event counts once its transaction commits. Inside a test wrapped in a transaction
-    that never commits (``TestCase``), events still pending at the end of the block count
-    too, unless a savepoint around them rolled back.
-    """
-    captured = CapturedEvents()
+    """Record the events published in the block on ``using`` that commit (or may still)."""
     connection = connections[using]
+    captured = CapturedEvents(connection)
 
     def on_publish(sender: Any, event: Event, using: str, **kwargs: Any) -> None:
-        if using != connection.alias:
-            return
-        marker = object()
-        captured._seen.append((event, marker))
+        if using == connection.alias:
+            captured._record(event)
 
-        def committed(marker: object = marker) -> None:
-            captured._committed.add(marker)
-
-        connection.on_commit(committed) if connection.in_atomic_block else committed()
-        if connection.in_atomic_block:
-            pending[marker] = committed
-
-    pending: dict[object, Any] = {}
     event_published.connect(on_publish, weak=False)
     try:
         yield captured
     finally:
         event_published.disconnect(on_publish)
-        alive = {entry[1] for entry in connection.run_on_commit}
-        for marker, callback in pending.items():
-            if callback in alive:
-                captured._committed.add(marker)
 
 
 def deliver(groups: Sequence[str] | None = None, *, relay: bool = True) -> int:

@@ -43,8 +43,10 @@ class TransportHandler(_Handler):
         return backend(alias, dict(conf.get("OPTIONS", {})))
 
     def reset(self) -> None:
-        for transport in self.all(initialized_only=True):
-            transport.close()
+        """Forget every transport; settings are read again on next use, not now."""
+        if "settings" in self.__dict__:  # otherwise no transport was ever created
+            for transport in self.all(initialized_only=True):
+                transport.close()
         self._connections = Local(self.thread_critical)
         self.__dict__.pop("settings", None)
 

@@ -81,6 +81,19 @@ class DatabaseTransport(Transport):
                     id="django_events.E004",
                 )
             ]
+        from ..conf import get_settings
+
+        others = [a for a in get_settings().outbox_databases if a != self.database]
+        if others:
+            errors.append(
+                Error(
+                    f"DJANGO_EVENTS['OUTBOX_DATABASES'] includes {others[0]!r}, but the database "
+                    f"transport keeps its queue and event log in {self.database!r}; events "
+                    "published elsewhere would not reach it.",
+                    hint=f"Publish to {self.database!r} only (publish(..., using=...)).",
+                    id="django_events.E009",
+                )
+            )
         vendor = connections[self.database].vendor
         if vendor not in sql.SUPPORTED_VENDORS:
             errors.append(
