@@ -83,10 +83,10 @@ def test_event_that_kills_every_worker_is_a_dead_letter_after_max_attempts(worke
 def test_per_key_order_holds_with_two_workers(workers: Workers):
     keys = ["a", "b", "c", "d"]
     per_key = 25
-    with transaction.atomic():
-        for n in range(per_key):
-            for key in keys:
-                publish("test.sequenced", {"n": n, "sleep": 0.003}, key=key)
+    with transaction.atomic():  # each key's events side by side: a batch could take several
+        for key in keys:
+            for n in range(per_key):
+                publish("test.sequenced", {"n": n, "sleep": 0.001 * (n % 4)}, key=key)
     env = overrides(BATCH_SIZE=4)
     workers.start("--group", "sequence", **env)
     workers.start("--group", "sequence", **env)

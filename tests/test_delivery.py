@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from django.db import connection, connections, transaction
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from django_events import publish
 from django_events.models import DeadLetter, Delivery, EventRecord, InboxRecord, OutboxMessage
@@ -298,9 +299,10 @@ def test_one_notify_per_publishing_transaction():
         autocommit=True,
     )
     listener.execute("LISTEN django_events_outbox")
-    with transaction.atomic():
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
         for n in range(5):
             publish("test.happened", {"n": n})
+    assert sum("pg_notify" in q["sql"] for q in queries.captured_queries) == 1
     with transaction.atomic():
         with pytest.raises(RuntimeError), transaction.atomic():
             publish("test.happened", {"n": 5})
