@@ -10,6 +10,7 @@ DATABASES = {
         "USER": os.environ.get("PGUSER", "postgres"),
         "HOST": os.environ.get("PGHOST", "127.0.0.1"),
         "PORT": os.environ.get("PGPORT", "5432"),
-        "TEST": {"NAME": "test_django_events"},
+        # Parallel runs (helpers, tox) each set their own name.
+        "TEST": {"NAME": os.environ.get("DJANGO_EVENTS_TEST_PG_NAME", "test_django_events")},
     }
 }
