@@ -15,7 +15,7 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from . import sql
+from . import failpoints, sql
 from .conf import get_settings
 from .registry import registry
 from .transports import transports
@@ -66,10 +66,13 @@ class Relay:
             with transaction.atomic(using=using):
                 rows = self._take(using)
                 self.transport.publish(rows, subscriptions)
+                if rows:
+                    failpoints.hit("relay.after_take")
             return len(rows)
         rows = self._lease(using)
         if rows:
             self.transport.publish(rows, subscriptions)
+            failpoints.hit("relay.after_publish")
             with transaction.atomic(using=using):
                 self._complete(using, rows)
         return len(rows)

@@ -22,7 +22,7 @@ from django.db import DatabaseError, InterfaceError, close_old_connections, conn
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
-from . import inbox, signals
+from . import failpoints, inbox, signals
 from .conf import get_settings
 from .models import DeadLetter
 from .outbox import OUTBOX_CHANNEL, handling
@@ -151,7 +151,11 @@ class Worker:
         claimed = self.transport.claim(self.groups, self.batch_size, self.lease)
         if self._heartbeat:
             self._heartbeat.hold(claimed)
+        if claimed:
+            failpoints.hit("worker.after_claim")
         for index, item in enumerate(claimed):
+            if index == 1:
+                failpoints.hit("worker.mid_batch")
             if not self.running:
                 self.transport.release(claimed[index:])
                 break
@@ -200,6 +204,7 @@ class Worker:
                 if fresh:
                     with handling(event):
                         handler.func(event)
+                failpoints.hit("worker.after_handler")
         except _ClaimLost:
             logger.warning(
                 "Lost the claim on %s for %s; another worker has it", event.id, claimed.group
@@ -208,6 +213,7 @@ class Worker:
         except Exception as exc:
             self._failed(claimed, handler, policy.max_attempts, exc)
             return
+        failpoints.hit("worker.after_commit")
         if not self.transport.acks_in_transaction:
             self.transport.ack(claimed)
         if not fresh:
