@@ -22,18 +22,22 @@ VENV_BIN := $(VENV_DIR)/bin
 VENV_PYTHON := $(VENV_BIN)/python
 STAMP := $(VENV_DIR)/.installed
 
-PYTEST := $(VENV_PYTHON) -m pytest tests -p no:cacheprovider
+PYTEST := $(VENV_PYTHON) -m pytest tests -p no:cacheprovider --ignore=tests/faults
+FAULTS := $(VENV_PYTHON) -m pytest tests/faults -p no:cacheprovider --ds=tests.settings_postgres
 LINT_PATHS := django_events tests example_project
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv demo test test-sqlite test-postgres lint docs clean distclean
+.PHONY: help venv demo test test-sqlite test-postgres lint docs clean distclean \
+	bench bench-quick faults faults-quick
 
 help:
 	@echo "make demo       run the example shop demo"
 	@echo "make test       run the tests on SQLite and on PostgreSQL"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make docs       build the HTML docs"
+	@echo "make faults     fault-injection suite at full size (faults-quick: reduced)"
+	@echo "make bench      benchmark suite, about 10 min (bench-quick: about 1 min)"
 	@echo "make clean      remove build artefacts and caches"
 	@echo "make distclean  clean and remove $(VENV)"
 
@@ -84,6 +88,20 @@ test-sqlite: $(STAMP)
 
 test-postgres: $(STAMP)
 	$(PYTEST) --ds=tests.settings_postgres $(PYTEST_ARGS)
+
+# Fault injection (tests/faults): kills, restarts, cut connections, hostile input.
+faults: $(STAMP)
+	DJANGO_EVENTS_FAULTS=full $(FAULTS) $(PYTEST_ARGS)
+
+faults-quick: $(STAMP)
+	DJANGO_EVENTS_FAULTS=quick $(FAULTS) $(PYTEST_ARGS)
+
+# Benchmarks (bench/): ratios against the raw driver and the peer queues, one run each.
+bench: $(STAMP)
+	"$(VENV_PYTHON)" -m bench
+
+bench-quick: $(STAMP)
+	"$(VENV_PYTHON)" -m bench --quick
 
 lint: $(STAMP)
 	"$(VENV_BIN)/ruff" check $(LINT_PATHS)
