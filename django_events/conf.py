@@ -50,6 +50,7 @@ class EventsSettings:
     lease: float = 30.0
     poll_interval: float = 1.0
     batch_size: int = 50
+    batch_transactions: bool = True
     relay_batch_size: int = 500
     max_payload_bytes: int = 256 * 1024
     source: str = ""
@@ -71,6 +72,7 @@ _TOP_KEYS = {
     "LEASE",
     "POLL_INTERVAL",
     "BATCH_SIZE",
+    "BATCH_TRANSACTIONS",
     "RELAY_BATCH_SIZE",
     "MAX_PAYLOAD_BYTES",
     "SOURCE",
@@ -191,6 +193,9 @@ def parse(raw: Any) -> EventsSettings:
         raise EventsConfigurationError(f"{where}['SOURCE'] must be a string.")
 
     lease = float(_number(raw, "LEASE", defaults.lease, where, minimum=1))
+    batch_transactions = raw.get("BATCH_TRANSACTIONS", defaults.batch_transactions)
+    if not isinstance(batch_transactions, bool):
+        raise EventsConfigurationError(f"{where}['BATCH_TRANSACTIONS'] must be True or False.")
     return EventsSettings(
         transports=transports,
         groups=groups,
@@ -201,6 +206,7 @@ def parse(raw: Any) -> EventsSettings:
             _number(raw, "POLL_INTERVAL", defaults.poll_interval, where, minimum=0.01)
         ),
         batch_size=_number(raw, "BATCH_SIZE", defaults.batch_size, where, minimum=1, integer=True),
+        batch_transactions=batch_transactions,
         relay_batch_size=_number(
             raw, "RELAY_BATCH_SIZE", defaults.relay_batch_size, where, minimum=1, integer=True
         ),

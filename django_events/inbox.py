@@ -25,3 +25,30 @@ def record(using: str, group: str, event_id: uuid.UUID) -> bool:
             [group, sql.uuid_value(vendor, event_id)],
         )
         return bool(cursor.rowcount)
+
+
+def record_many(using: str, slots: list[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
+    """Insert many inbox rows at once; return the (group, event id) pairs that were new.
+
+    Rows go in sorted order so two workers inserting overlapping sets lock them in the
+    same order and cannot deadlock each other.
+    """
+    if not slots:
+        return set()
+    connection = connections[using]
+    vendor = sql.vendor(using)
+    ordered = sorted(set(slots), key=lambda slot: (slot[1], slot[0]))
+    values = ", ".join([f"(%s, %s, {sql.now(vendor)})"] * len(ordered))
+    params = [p for group, event_id in ordered for p in (group, sql.uuid_value(vendor, event_id))]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {sql.table(connection, 'InboxRecord')} "
+            f"(group_name, event_id, handled_at) VALUES {values} "
+            "ON CONFLICT (group_name, event_id) DO NOTHING RETURNING group_name, event_id",
+            params,
+        )
+        rows = cursor.fetchall()
+    return {
+        (group, event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id)))
+        for group, event_id in rows
+    }

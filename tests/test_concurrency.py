@@ -81,8 +81,8 @@ def test_event_that_kills_every_worker_is_a_dead_letter_after_max_attempts(worke
 
 
 def test_per_key_order_holds_with_two_workers(workers: Workers):
-    keys = ["a", "b", "c", "d"]
-    per_key = 25
+    keys = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    per_key = 15
     with transaction.atomic():  # each key's events side by side: a batch could take several
         for key in keys:
             for n in range(per_key):

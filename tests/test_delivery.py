@@ -312,3 +312,44 @@ def test_one_notify_per_publishing_transaction():
     received = list(listener.notifies(timeout=1.0))
     listener.close()
     assert len(received) == 3
+
+
+def test_a_batch_shares_one_transaction_and_a_failure_replays_it_event_by_event():
+    with override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 2, "BATCH_SIZE": 10, "BACKOFF_BASE": 0}):
+        for n in range(5):
+            publish("test.happened", {"n": n, "fail": n == 2})
+        Relay().run_once()
+        worker = Worker(["alpha"], relay=False)
+        worker.process_batch()
+        # The failure rolled the shared transaction back; each event was then handled alone.
+        assert sorted(effects("alpha")) == [("alpha", n) for n in (0, 1, 3, 4)]
+        row = Delivery.objects.get(group_name="alpha")
+        assert row.attempts == 1, "replaying the batch counted no extra attempt"
+        worker.process_batch()
+        assert DeadLetter.objects.get().attempts == 2
+        assert sorted(effects("alpha")) == [("alpha", n) for n in (0, 1, 3, 4)]
+
+
+@override_settings(DJANGO_EVENTS={"BATCH_TRANSACTIONS": False})
+def test_one_transaction_per_event_when_batches_are_off():
+    for n in range(3):
+        publish("test.happened", {"n": n})
+    with CaptureQueriesContext(connection) as queries:
+        deliver(["alpha"])
+    commits = [
+        q for q in queries.captured_queries if "INSERT INTO" in q["sql"] and "inbox" in q["sql"]
+    ]
+    assert len(commits) == 3
+    assert sorted(effects("alpha")) == [("alpha", n) for n in range(3)]
+
+
+def test_duplicate_deliveries_in_one_batch_have_their_effect_once():
+    event = publish("test.happened", {"n": 7})
+    Relay().run_once()
+    logged = EventRecord.objects.get(id=event.id)
+    Delivery.objects.create(event=logged, group_name="alpha", position=logged.position)
+    publish("test.happened", {"n": 8})
+    Relay().run_once()
+    deliver(["alpha"])
+    assert sorted(effects("alpha")) == [("alpha", 7), ("alpha", 8)]
+    assert not Delivery.objects.filter(group_name="alpha").exists()

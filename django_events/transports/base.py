@@ -115,6 +115,10 @@ class Transport:
         """Done with ``claimed``; False if the claim was lost (lease expired, another took it)."""
         raise NotImplementedError
 
+    def ack_many(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        """Ack several at once; return those whose claim still held."""
+        return [item for item in claimed if self.ack(item)]
+
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
         raise NotImplementedError
 

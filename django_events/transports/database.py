@@ -290,6 +290,24 @@ class DatabaseTransport(Transport):
             )
         )
 
+    def ack_many(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        by_receipt = {item.receipt: item for item in claimed}
+        tokens = {token for _, token in by_receipt}
+        if len(tokens) != 1:
+            return super().ack_many(claimed)
+        delivery, _ = self._tables()
+        ids = sorted(delivery_id for delivery_id, _ in by_receipt)
+        if self._vendor == "postgresql":
+            where, params = "id = ANY(%s)", [ids]
+        else:
+            where, params = f"id IN ({sql.in_list(len(ids))})", list(ids)
+        rows = self._execute(
+            f"DELETE FROM {delivery} WHERE {where} AND lease_token = %s RETURNING id",
+            [*params, *tokens],
+        )
+        token = next(iter(tokens))
+        return [by_receipt[(row[0], token)] for row in rows]
+
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
         vendor = self._vendor
         delivery, _ = self._tables()
