@@ -1,0 +1,292 @@
+"""Fixtures of the fault-injection suite: sizes, seeds, processes and the final table.
+
+``DJANGO_EVENTS_FAULTS=quick`` (the default, for CI) or ``full`` sizes every test;
+``DJANGO_EVENTS_FAULTS_SEED`` replays a run. Every test adds one row (or more) to the
+table printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from .checker import Report
+
+ROOT = Path(__file__).resolve().parents[2]
+MODE = os.environ.get("DJANGO_EVENTS_FAULTS", "quick")
+if MODE not in ("quick", "full"):
+    raise pytest.UsageError(f"DJANGO_EVENTS_FAULTS must be quick or full, not {MODE!r}")
+FULL = MODE == "full"
+SEED = int(os.environ.get("DJANGO_EVENTS_FAULTS_SEED") or random.SystemRandom().randrange(10**6))
+
+
+def size(quick: Any, full: Any) -> Any:
+    """The quick or the full value, as the run asks."""
+    return full if FULL else quick
+
+
+def rng_for(name: str) -> random.Random:
+    return random.Random(f"{SEED}:{name}")
+
+
+ROWS: list[dict[str, Any]] = []
+
+
+def add_row(name: str, report: Report | None = None, **extra: Any) -> None:
+    """One line of the final table; controls are marked as such by their name."""
+    row: dict[str, Any] = {"row": name}
+    if report is not None:
+        row.update(report.counts())
+    row.update(extra)
+    ROWS.append(row)
+
+
+_COLUMNS = [
+    ("row", 44),
+    ("events", 7),
+    ("lost", 5),
+    ("duplicated", 10),
+    ("unexpected", 10),
+    ("dead", 5),
+    ("kills", 5),
+    ("drain_s", 8),
+    ("secs", 6),
+    ("note", 0),
+]
+
+
+def format_table(rows: list[dict[str, Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.1f}"
+        return str(value)
+
+    lines = ["  ".join(name.ljust(width) for name, width in _COLUMNS).rstrip()]
+    for row in rows:
+        lines.append(
+            "  ".join(cell(row.get(name)).ljust(width) for name, width in _COLUMNS).rstrip()
+        )
+    return lines
+
+
+def pytest_report_header(config: Any) -> str:
+    return (
+        f"django-events faults: mode={MODE} seed={SEED} (replay: DJANGO_EVENTS_FAULTS_SEED={SEED})"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    write = terminalreporter.write_line
+    terminalreporter.section(f"fault-injection table (mode={MODE}, seed={SEED})")
+    for line in format_table(ROWS):
+        write(line)
+    write(f"replay with: DJANGO_EVENTS_FAULTS={MODE} DJANGO_EVENTS_FAULTS_SEED={SEED}")
+    out = os.environ.get("DJANGO_EVENTS_FAULTS_TABLE")
+    if out:
+        Path(out).write_text(json.dumps({"mode": MODE, "seed": SEED, "rows": ROWS}, indent=1))
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    if "postgresql" in settings.DATABASES["default"]["ENGINE"]:
+        return
+    for item in items:
+        if "tests/faults" in str(item.fspath):
+            item.add_marker(pytest.mark.skip(reason="the fault suite runs on PostgreSQL"))
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = ""
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what or condition}")
+        time.sleep(interval)
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    exits: list[int | None] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+class Procs:
+    """Subprocesses of one test; every one is killed when the test ends, pass or fail."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: dict[str, Proc] = {}
+
+    def env(self, *, overrides: dict[str, Any] | None = None, **extra: str) -> dict[str, str]:
+        from django.db import connection
+
+        env = dict(os.environ)
+        env.pop("DJANGO_EVENTS_FAILPOINT", None)
+        env.pop("DJANGO_EVENTS_FAULTS_CONTROL", None)
+        env.update(
+            DJANGO_SETTINGS_MODULE="tests.faults.settings_faults",
+            DJANGO_EVENTS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
+            PYTHONPATH=str(ROOT),
+            DJANGO_EVENTS_TEST_OVERRIDES=json.dumps(
+                {"BACKOFF_BASE": 0, "POLL_INTERVAL": 0.2, **(overrides or {})}
+            ),
+        )
+        env.update(extra)
+        return env
+
+    def start(self, name: str, *argv: str, env: dict[str, str]) -> Proc:
+        proc = self.procs.get(name)
+        if proc is None:
+            proc = Proc(name, list(argv), env, self.tmp_path / f"{name}.log")
+            self.procs[name] = proc
+        assert not proc.alive(), f"{name} is running"
+        with open(proc.log, "ab") as log:
+            log.write(f"--- start {proc.starts} at {time.time():.3f}\n".encode())
+            log.flush()
+            proc.popen = subprocess.Popen(
+                [sys.executable, *proc.argv],
+                cwd=ROOT,
+                env=proc.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc.starts += 1
+        return proc
+
+    def command(self, name: str, *args: str, env: dict[str, str]) -> Proc:
+        """A management command, through the runner (which applies any control)."""
+        return self.start(name, "-m", "tests.faults.runner", *args, env=env)
+
+    def restart(self, name: str) -> Proc:
+        proc = self.procs[name]
+        return self.start(name, *proc.argv, env=proc.env)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.popen is not None and proc.popen.poll() is None:
+            proc.popen.send_signal(sig)
+            proc.exits.append(proc.popen.wait(timeout=30))
+
+    def wait(self, name: str, timeout: float) -> int:
+        proc = self.procs[name]
+        assert proc.popen is not None
+        code = proc.popen.wait(timeout=timeout)
+        proc.exits.append(code)
+        return code
+
+    def logs(self, *names: str) -> str:
+        chosen = [self.procs[n] for n in names] if names else list(self.procs.values())
+        return "\n".join(
+            f"==== {p.name}\n{p.log.read_text(errors='replace')[-4000:]}"
+            for p in chosen
+            if p.log.exists()
+        )
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.alive():
+                assert proc.popen is not None
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            if proc.popen is None:
+                continue
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(timeout=30)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    pool = Procs(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_transport() -> Iterator[None]:
+    from django_events.transports import transports
+
+    transports.reset()
+    yield
+    transports.reset()
+
+
+def cursor_check(func: Callable[[Any], Any]) -> Any:
+    """Run ``func(cursor)`` on the test database, outside any test transaction."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        return func(cursor)
+
+
+def start_publishers(
+    procs: Procs,
+    count: int,
+    total: int,
+    tmp_path: Path,
+    *,
+    env: dict[str, str],
+    name: str = "pub",
+    sleep_max: float = 0.0,
+    rollback: float = 0.1,
+    rate: float = 0.0,
+    event_type: str = "test.happened",
+) -> list[Path]:
+    """``count`` publisher processes sharing ``total`` events; returns their truth files."""
+    outs = []
+    for i in range(count):
+        out = tmp_path / f"{name}-{i}.truth"
+        share = total // count + (1 if i < total % count else 0)
+        procs.start(
+            f"{name}{i}",
+            "-m",
+            "tests.faults.publisher",
+            f"--count={share}",
+            f"--out={out}",
+            f"--seed={SEED + i}",
+            f"--sleep-max={sleep_max}",
+            f"--rollback={rollback}",
+            f"--rate={rate / count if rate else 0}",
+            f"--type={event_type}",
+            env=env,
+        )
+        outs.append(out)
+    return outs
+
+
+def wait_exited(procs: Procs, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for name in names:
+        code = procs.wait(name, timeout=max(1.0, deadline - time.monotonic()))
+        assert code == 0, f"{name} exited {code}\n{procs.logs(name)}"

@@ -1,0 +1,65 @@
+"""Run a management command in a subprocess, optionally with one of the suite's controls.
+
+``python -m tests.faults.runner consume_events --group alpha``. With
+``DJANGO_EVENTS_FAULTS_CONTROL`` set, a deliberately broken variant of the engine runs
+instead, so a test can prove that the checker sees the fault the real engine prevents:
+
+``ack_first``
+    every claimed event is acknowledged (deleted) at once, before its handler runs.
+``no_inbox``
+    no inbox row, and the ack happens after the handler's commit (as on an external
+    transport), so a redelivery runs the handler again.
+``no_heartbeat``
+    the heartbeat thread never renews a lease.
+``no_precheck``
+    payloads are parsed with no nesting limit (and whatever size limit the settings give).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def apply_controls(names: list[str]) -> None:
+    from django_events import envelope, inbox, worker
+    from django_events.transports.database import DatabaseTransport
+
+    for name in names:
+        if name == "ack_first":
+            claim = DatabaseTransport.claim
+            ack = DatabaseTransport.ack
+
+            def claim_and_ack(self, *args, _claim=claim, _ack=ack, **kwargs):  # type: ignore[no-untyped-def]
+                claimed = _claim(self, *args, **kwargs)
+                for item in claimed:
+                    _ack(self, item)  # autocommit: the event is gone before it is handled
+                return claimed
+
+            DatabaseTransport.claim = claim_and_ack  # type: ignore[method-assign]
+            DatabaseTransport.acks_in_transaction = False
+        elif name == "no_inbox":
+            inbox.record = lambda *args, **kwargs: True  # type: ignore[assignment]
+            inbox.record_many = lambda using, slots: set(slots)  # type: ignore[attr-defined]
+            DatabaseTransport.acks_in_transaction = False
+        elif name == "no_heartbeat":
+            worker.Heartbeat.run = lambda self: None  # type: ignore[method-assign]
+        elif name == "no_precheck":
+            envelope.MAX_NESTING = 10**9
+        elif name:
+            raise SystemExit(f"unknown control {name!r}")
+
+
+def main() -> None:
+    import django
+
+    django.setup()
+    controls = [c for c in os.environ.get("DJANGO_EVENTS_FAULTS_CONTROL", "").split(",") if c]
+    apply_controls(controls)
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["django-admin", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    main()
