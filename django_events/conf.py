@@ -180,9 +180,9 @@ def parse(raw: Any) -> EventsSettings:
 
     databases = raw.get("OUTBOX_DATABASES", defaults.outbox_databases)
     if (
-        isinstance(databases, str)
-        or not all(isinstance(d, str) for d in databases)
+        not isinstance(databases, (list, tuple))
         or not databases
+        or not all(isinstance(d, str) for d in databases)
     ):
         raise EventsConfigurationError(f"{where}['OUTBOX_DATABASES'] must be a list of aliases.")
     modules = raw.get("AUTODISCOVER_MODULES", defaults.autodiscover_modules)

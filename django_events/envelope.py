@@ -38,8 +38,8 @@ _valid_types: set[str] = set()
 
 def validate_type(event_type: Any) -> str:
     """Return ``event_type`` if it is a dotted lower-case name such as ``order.placed``."""
-    if event_type in _valid_types:
-        return str(event_type)
+    if type(event_type) is str and event_type in _valid_types:
+        return event_type
     if (
         not isinstance(event_type, str)
         or len(event_type) > MAX_TYPE_LENGTH
@@ -118,18 +118,24 @@ def uuid7() -> uuid.UUID:
 # --- encoding -------------------------------------------------------------------------------
 
 
-def _find_unserializable(value: Any, path: str) -> str | None:
+def _find_unserializable(value: Any, path: str, parents: tuple[int, ...] = ()) -> str | None:
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in parents:
+            return f"{path} contains itself"
+        parents = (*parents, id(value))
+        if len(parents) > MAX_NESTING:
+            return f"{path} nests deeper than {MAX_NESTING} levels"
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str):
                 return f"{path} has a non-string key {k!r}"
-            found = _find_unserializable(v, f"{path}[{k!r}]")
+            found = _find_unserializable(v, f"{path}[{k!r}]", parents)
             if found:
                 return found
         return None
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            found = _find_unserializable(v, f"{path}[{i}]")
+            found = _find_unserializable(v, f"{path}[{i}]", parents)
             if found:
                 return found
         return None
