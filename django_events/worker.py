@@ -24,6 +24,7 @@ from django.dispatch import Signal
 
 from . import failpoints, inbox, signals
 from .conf import get_settings
+from .envelope import Event
 from .models import DeadLetter
 from .outbox import OUTBOX_CHANNEL, handling
 from .registry import Handler, registry
@@ -172,15 +173,16 @@ class Worker:
         return len(claimed)
 
     def _handle_together(self, claimed: list[Claimed]) -> list[Claimed]:
-        """Handle the claimed events in one transaction, sharing one commit.
+        """Handle each group's share of the batch in one transaction, sharing one commit.
 
         Acks, inbox rows and every handler's writes commit together, so effects stay
-        once per group. If any handler raises, the whole batch rolls back and every event
-        is handled again on its own (no attempt is counted twice): events are handled at
-        least once, and their database effects still happen once. Returns the events left
-        to handle one at a time.
+        once per group. If a handler raises, its group's transaction rolls back and those
+        events are handled again one by one (no attempt is counted twice); other groups
+        are not affected. Returns the events left to handle one at a time.
         """
-        ready: list[tuple[Claimed, Handler]] = []
+        if not self.transport.acks_in_transaction:
+            return claimed
+        by_group: dict[str, list[tuple[Claimed, Handler, Event]]] = {}
         alone: list[Claimed] = []
         for item in claimed:
             handler = registry.get(item.group, item.event_type)
@@ -191,46 +193,53 @@ class Worker:
             ):
                 alone.append(item)
             else:
-                ready.append((item, handler))
-        if len(ready) < 2 or not self.transport.acks_in_transaction:
-            return claimed
+                by_group.setdefault(item.group, []).append((item, handler, item.event))
+        for ready in by_group.values():
+            if len(ready) == 1 or not self._commit_together(ready):
+                alone.extend(item for item, _, _ in ready)
+        return alone
+
+    def _commit_together(self, ready: list[tuple[Claimed, Handler, Event]]) -> bool:
         started = time.perf_counter()
-        done: list[tuple[Claimed, Handler]] = []
+        done: list[tuple[Claimed, Handler, Event]] = []
         try:
             with transaction.atomic(using=self.database):
-                owned = self.transport.ack_many([item for item, _ in ready])
+                owned = self.transport.ack_many([item for item, _, _ in ready])
                 fresh = inbox.record_many(
                     self.database, [(item.group, item.event_id) for item in owned]
                 )
                 owned_ids = {id(item) for item in owned}
-                for index, (item, handler) in enumerate(ready):
+                for index, (item, handler, event) in enumerate(ready):
                     if index == 1:
                         failpoints.hit("worker.mid_batch")
                     slot = (item.group, item.event_id)
                     if id(item) in owned_ids and slot in fresh:
                         fresh.discard(slot)  # a second delivery in this batch is a duplicate
-                        with handling(item.event):  # type: ignore[arg-type]
-                            handler.func(item.event)  # type: ignore[arg-type]
-                        done.append((item, handler))
+                        with handling(event):
+                            handler.func(event)
+                        done.append((item, handler, event))
                 failpoints.hit("worker.after_handler")
         except Exception as exc:
             logger.info(
-                "%s in a batch of %d; handling each on its own", type(exc).__name__, len(ready)
+                "%s in a batch of %d for %s; handling each on its own",
+                type(exc).__name__,
+                len(ready),
+                ready[0][0].group,
             )
-            return claimed
+            return False
         failpoints.hit("worker.after_commit")
         duration = (time.perf_counter() - started) / len(ready)
-        for item, handler in done:
+        for item, handler, event in done:
             self.handled += 1
             _send(
                 signals.event_handled,
-                event=item.event,
+                event=event,
                 group=item.group,
                 handler=handler,
                 attempt=item.attempt,
                 duration=duration,
             )
-        return alone
+        return True
 
     # -- one event ----------------------------------------------------------------------
 

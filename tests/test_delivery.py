@@ -353,3 +353,20 @@ def test_duplicate_deliveries_in_one_batch_have_their_effect_once():
     deliver(["alpha"])
     assert sorted(effects("alpha")) == [("alpha", 7), ("alpha", 8)]
     assert not Delivery.objects.filter(group_name="alpha").exists()
+
+
+@override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 3, "BACKOFF_BASE": 60})
+def test_a_failing_group_does_not_replay_another_groups_handlers(tmp_path: Path):
+    trace = tmp_path / "calls"
+    for n in range(3):
+        publish(
+            "test.happened", {"n": n, "trace": str(trace), "fail_group": "beta" if n == 1 else ""}
+        )
+    Relay().run_once()
+    Worker(["alpha", "beta"], relay=False, batch_size=10).process_batch()
+    calls = trace.read_text().split()
+    assert sorted(c for c in calls if c.startswith("alpha")) == ["alpha:0", "alpha:1", "alpha:2"]
+    # beta's shared transaction rolled back at n=1, so beta's events were handled again alone.
+    assert calls.count("beta:0") == 2 and calls.count("beta:1") == 2
+    assert sorted(effects("alpha")) == [("alpha", n) for n in range(3)]
+    assert sorted(effects("beta")) == [("beta", 0), ("beta", 2)]

@@ -9,8 +9,13 @@ from django_events import handler, publish
 from .models import Effect
 
 
-def behave(event):
+def behave(event, group=""):
     data = event.data
+    if data.get("trace"):  # an external side effect: survives rollbacks
+        with open(data["trace"], "a") as trace:
+            trace.write(f"{group}:{data.get('n')}\n")
+    if data.get("fail_group") == group:
+        raise RuntimeError(f"{group} asked to fail: {data.get('n')}")
     if data.get("sleep"):
         time.sleep(data["sleep"])
     marker = data.get("crash_once")
@@ -26,7 +31,7 @@ def behave(event):
 
 
 def record(group, event):
-    behave(event)
+    behave(event, group)
     Effect.objects.create(
         group=group, event_id=event.id, key=event.key, n=event.data.get("n"), pid=os.getpid()
     )
