@@ -54,7 +54,7 @@ def add_row(name: str, report: Report | None = None, **extra: Any) -> None:
 
 
 _COLUMNS = [
-    ("row", 44),
+    ("row", 50),
     ("events", 7),
     ("lost", 5),
     ("duplicated", 10),
@@ -290,3 +290,60 @@ def wait_exited(procs: Procs, names: list[str], timeout: float) -> None:
     for name in names:
         code = procs.wait(name, timeout=max(1.0, deadline - time.monotonic()))
         assert code == 0, f"{name} exited {code}\n{procs.logs(name)}"
+
+
+def publish_truth(count: int, *, seed_name: str, rollback: float = 0.1, **data: Any) -> dict:
+    """Publish ``count`` events in this process, transactions of 1 to 5; return the truth."""
+    from django.db import transaction
+
+    from django_events import publish
+
+    from .checker import COMMITTED, ROLLED_BACK
+
+    rng = rng_for(seed_name)
+    truth: dict = {}
+    n = 0
+    while n < count:
+        ids = []
+        roll_back = rng.random() < rollback
+        try:
+            with transaction.atomic():
+                for _ in range(min(rng.randint(1, 5), count - n)):
+                    ids.append(publish("test.happened", {"n": n + len(ids), **data}).id)
+                if roll_back:
+                    raise _RolledBack
+        except _RolledBack:
+            pass
+        for event_id in ids:
+            truth[event_id] = ROLLED_BACK if roll_back else COMMITTED
+        n += len(ids)
+    return truth
+
+
+class _RolledBack(Exception):
+    pass
+
+
+def drain_with(procs: Procs, name: str, *args: str, env: dict[str, str], timeout: float) -> None:
+    """Run ``consume_events --once`` again and again until nothing is left."""
+    from .checker import backlog_from
+
+    deadline = time.monotonic() + timeout
+    while True:
+        procs.command(name, "consume_events", "--once", *args, env=env)
+        code = procs.wait(name, timeout=max(5.0, deadline - time.monotonic()))
+        assert code == 0, procs.logs(name)
+        if cursor_check(backlog_from) == (0, 0):
+            return
+        assert time.monotonic() < deadline, "not drained\n" + procs.logs()
+        time.sleep(0.3)
+
+
+def scalar(query: str, params: list[Any] | None = None) -> Any:
+    """The first column of the first row of ``query`` on the test database."""
+
+    def run(cursor: Any) -> Any:
+        cursor.execute(query, params or [])
+        return cursor.fetchone()[0]
+
+    return cursor_check(run)

@@ -11,6 +11,8 @@ instead, so a test can prove that the checker sees the fault the real engine pre
     transport), so a redelivery runs the handler again.
 ``no_heartbeat``
     the heartbeat thread never renews a lease.
+``late_attempts``
+    the attempt is not counted at claim (as if counted only when a handler fails).
 ``no_precheck``
     payloads are parsed with no nesting limit (and whatever size limit the settings give).
 """
@@ -44,6 +46,19 @@ def apply_controls(names: list[str]) -> None:
             DatabaseTransport.acks_in_transaction = False
         elif name == "no_heartbeat":
             worker.Heartbeat.run = lambda self: None  # type: ignore[method-assign]
+        elif name == "late_attempts":
+            claim = DatabaseTransport.claim
+
+            def claim_uncounted(self, *args, _claim=claim, **kwargs):  # type: ignore[no-untyped-def]
+                claimed = _claim(self, *args, **kwargs)
+                for item in claimed:  # undo the count at claim: only a failure would count
+                    self._execute(
+                        "UPDATE django_events_delivery SET attempts = attempts - 1 WHERE id = %s",
+                        [item.receipt[0]],
+                    )
+                return claimed
+
+            DatabaseTransport.claim = claim_uncounted  # type: ignore[method-assign]
         elif name == "no_precheck":
             envelope.MAX_NESTING = 10**9
         elif name:

@@ -21,7 +21,16 @@ from django_events import publish
 from django_events.relay import Relay
 
 from .checker import check_database, classify, logged_from, read_truth
-from .conftest import Procs, add_row, cursor_check, size, start_publishers, wait_exited, wait_until
+from .conftest import (
+    Procs,
+    add_row,
+    cursor_check,
+    scalar,
+    size,
+    start_publishers,
+    wait_exited,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -42,9 +51,7 @@ def test_f2_writers_commit_out_of_order_and_none_is_skipped(procs: Procs, tmp_pa
     wait_exited(procs, [f"writer{i}" for i in range(WRITERS)], timeout=size(240, 600))
     finished = time.monotonic()
     wait_until(
-        lambda: cursor_check(
-            lambda c: c.execute("SELECT COUNT(*) FROM django_events_outbox") or c.fetchone()[0] == 0
-        ),
+        lambda: scalar("SELECT COUNT(*) FROM django_events_outbox") == 0,
         timeout=60,
         what="outbox drained",
     )

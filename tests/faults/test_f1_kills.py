@@ -1,0 +1,119 @@
+"""F1, kills: publishers write while relays and consumers are SIGKILLed and restarted.
+
+4 publisher processes write events in transactions of 1 to 5, about 10% rolled back;
+2 relays and 3 consumers run; every 1 to 5 s one of them, at random, is SIGKILLed and
+restarted at once. Afterwards everything must drain within 60 s of the last kill, with
+every committed event handled once by each group (alpha, beta) and none rolled back
+seen. The control runs consumers that acknowledge before handling: kills lose events.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from .checker import backlog_from, check_database, read_truth
+from .conftest import (
+    Procs,
+    add_row,
+    cursor_check,
+    rng_for,
+    size,
+    start_publishers,
+    wait_exited,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+GROUPS = ["alpha", "beta"]
+OVERRIDES = {"LEASE": 2}
+
+
+def run_kills(
+    procs: Procs,
+    tmp_path: Path,
+    *,
+    events: int,
+    kills: int,
+    pause: tuple[float, float],
+    control: str = "",
+    targets: list[str] | None = None,
+    name: str,
+) -> tuple[object, int, float, float]:
+    rng = rng_for(name)
+    started = time.monotonic()
+    env = procs.env(overrides=OVERRIDES)
+    for i in range(2):
+        procs.command(f"relay{i}", "relay_events", env=env)
+    consumer_env = procs.env(overrides=OVERRIDES, DJANGO_EVENTS_FAULTS_CONTROL=control)
+    for i in range(3):
+        procs.command(f"consumer{i}", "consume_events", "--no-relay", env=consumer_env)
+    outs = start_publishers(procs, 4, events, tmp_path, env=env)
+    publishers = [f"pub{i}" for i in range(4)]
+    targets = targets or ["relay0", "relay1", "consumer0", "consumer1", "consumer2"]
+    done = 0
+    last_kill = time.monotonic()
+    deadline = time.monotonic() + size(240, 900)
+    while done < kills or any(procs.procs[p].alive() for p in publishers):
+        assert time.monotonic() < deadline, "publishers did not finish\n" + procs.logs()
+        time.sleep(rng.uniform(*pause))
+        victim = rng.choice(targets)
+        procs.kill(victim)
+        procs.restart(victim)
+        done += 1
+        last_kill = time.monotonic()
+    wait_exited(procs, publishers, timeout=60)
+
+    def drained() -> bool:
+        outbox, deliveries = cursor_check(backlog_from)
+        return outbox == 0 and deliveries == 0
+
+    drained_in = None
+    try:
+        wait_until(drained, timeout=60 - (time.monotonic() - last_kill), what="drained")
+        drained_in = time.monotonic() - last_kill
+    except AssertionError:
+        pass
+    report = cursor_check(lambda c: check_database(c, read_truth(outs), GROUPS))
+    return report, done, drained_in, time.monotonic() - started
+
+
+def test_f1_random_kills_lose_and_duplicate_nothing(procs: Procs, tmp_path: Path):
+    report, kills, drained_in, secs = run_kills(
+        procs,
+        tmp_path,
+        events=size(3000, 10_000),
+        kills=size(10, 24),
+        pause=size((0.5, 2.0), (1.0, 5.0)),
+        name="f1",
+    )
+    add_row(
+        "F1 kills: 4 pub, 2 relays, 3 consumers", report, kills=kills, drain_s=drained_in, secs=secs
+    )
+    assert drained_in is not None, f"not drained within 60 s of the last kill: {report}"
+    assert report.clean, f"{report}\n{procs.logs()}"
+    assert report.dead == 0, report
+
+
+def test_f1_control_ack_before_handling_loses_events(procs: Procs, tmp_path: Path):
+    report, kills, drained_in, secs = run_kills(
+        procs,
+        tmp_path,
+        events=size(1000, 3000),
+        kills=size(6, 10),
+        pause=(0.3, 1.0),
+        control="ack_first",
+        targets=["consumer0", "consumer1", "consumer2"],
+        name="f1-control",
+    )
+    add_row(
+        "F1 CONTROL consumers ack before handling",
+        report,
+        kills=kills,
+        drain_s=drained_in,
+        secs=secs,
+    )
+    assert report.lost > 0, f"the checker must see lost events: {report}"
