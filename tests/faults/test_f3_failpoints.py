@@ -14,7 +14,6 @@ commit) duplicates effects at ``worker.after_commit``.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
