@@ -139,11 +139,22 @@ class DeadLetter(models.Model):
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolved_by = models.CharField(max_length=150, blank=True, default="")
     reason = models.TextField(blank=True, default="")
+    fingerprint = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        help_text="Error class, handler and innermost project frame, hashed: one cause.",
+    )
 
     class Meta:
         db_table = "django_events_deadletter"
+        # The admin's filters and default order: state first, as triage looks at open ones.
         indexes = [
             models.Index(fields=["state", "group"], name="django_events_dl_state"),
+            models.Index(fields=["state", "fingerprint"], name="django_events_dl_fingerprint"),
+            models.Index(fields=["state", "-last_failed_at"], name="django_events_dl_state_last"),
+            models.Index(fields=["-last_failed_at"], name="django_events_dl_last"),
+            models.Index(fields=["error_class"], name="django_events_dl_error"),
         ]
         permissions = [
             ("retry_deadletter", "Can retry a dead letter (re-runs its handler)"),
@@ -153,3 +164,22 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.group}: {self.error_class} on {self.event_id}"
+
+
+class FailureGroup(DeadLetter):
+    """Open dead letters grouped by fingerprint: an admin page, no table of its own."""
+
+    class Meta:
+        proxy = True
+        default_permissions = ()
+        verbose_name = "failure group"
+
+
+class QueueStatus(DeadLetter):
+    """The numbers of ``events_status`` as an admin page; no table of its own."""
+
+    class Meta:
+        proxy = True
+        default_permissions = ()
+        verbose_name = "queue status"
+        verbose_name_plural = "queue status"

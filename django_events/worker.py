@@ -32,6 +32,7 @@ from .relay import Relay
 from .retry import backoff, policy_for
 from .transports import transports
 from .transports.base import Claimed, Transport
+from .triage import fingerprint
 from .wakeup import Waiter
 
 logger = logging.getLogger("django_events.worker")
@@ -338,6 +339,7 @@ class Worker:
                 error_class=error_class[:300],
                 error_message=message,
                 traceback=trace,
+                fingerprint=fingerprint(error_class, handler.name if handler else "", trace),
                 first_failed_at=claimed.first_failed_at or Now(),
                 last_failed_at=Now(),
             )
