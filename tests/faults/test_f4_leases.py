@@ -129,7 +129,7 @@ def test_f4_live_heartbeating_worker_keeps_its_events(procs: Procs, batch: bool)
 
 
 def test_f4_control_without_heartbeat_the_waiting_event_is_taken(procs: Procs):
-    pid, stolen, pids = _slow_batch(procs, False, "no_heartbeat")
+    _pid, stolen, pids = _slow_batch(procs, False, "no_heartbeat")
     add_row(
         "F4 CONTROL heartbeat disabled",
         None,
