@@ -86,7 +86,9 @@ class Relay:
         log = sql.table(connection, "EventRecord")
         with connection.cursor() as cursor:
             if vendor == "postgresql":
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RELAY_LOCK])
+                cursor.execute(
+                    f"SELECT pg_advisory_xact_lock(%s), {sql.RELAXED_COMMIT}", [RELAY_LOCK]
+                )
                 cursor.execute(
                     f"WITH moved AS (DELETE FROM {outbox} WHERE position IN (SELECT position "
                     f"FROM {outbox} ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED) "

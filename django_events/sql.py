@@ -41,6 +41,14 @@ def now_plus(vendor: str) -> str:
     return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)"
 
 
+RELAXED_COMMIT = "set_config('synchronous_commit', 'off', true)"
+"""Evaluated inside a PostgreSQL statement: its transaction commits without waiting for the
+disk. Used only for the engine's own bookkeeping (relaying, claiming), never for a handler's
+or publisher's transaction. A server crash can lose the last such commits, and losing one
+is harmless: the outbox rows or deliveries it moved come back and are moved again, and any
+later synchronous commit (a handler's) flushes the write-ahead log past it first."""
+
+
 def seconds(vendor: str, value: float) -> Any:
     return float(value) if vendor == "postgresql" else f"{float(value):+.3f} seconds"
 

@@ -169,19 +169,36 @@ class DatabaseTransport(Transport):
         vendor = self._vendor
         delivery, event = self._tables()
         token = uuid.uuid4().hex
-        in_groups, group_params = self._groups_clause("c.group_name", groups)
         now = sql.now(vendor)
-        candidates = (
-            f"SELECT c.id FROM {delivery} c WHERE {in_groups} AND NOT c.parked "
-            f"AND c.available_at <= {now} AND (c.claimed_until IS NULL OR c.claimed_until < {now}) "
+        claimable = (
+            f"NOT c.parked AND c.available_at <= {now} "
+            f"AND (c.claimed_until IS NULL OR c.claimed_until < {now}) "
             f"AND (NOT c.ordered OR NOT EXISTS (SELECT 1 FROM {delivery} h WHERE h.ordered "
-            "AND h.group_name = c.group_name AND h.key = c.key AND h.position < c.position)) "
-            "ORDER BY c.position LIMIT %s"
+            "AND h.group_name = c.group_name AND h.key = c.key AND h.position < c.position))"
         )
+        if vendor == "postgresql":
+            # One ordered index scan per group that stops at the limit, however long the
+            # backlog: `group_name = ANY(...)` would sort every pending row instead. Groups
+            # take turns at coming first so a busy one cannot starve the others.
+            self._turn = (getattr(self, "_turn", -1) + 1) % len(groups)
+            candidates = (
+                "SELECT c.id FROM unnest(%s::text[]) AS g(name) CROSS JOIN LATERAL "
+                f"(SELECT c.id FROM {delivery} c WHERE c.group_name = g.name AND {claimable} "
+                "ORDER BY c.position LIMIT %s FOR UPDATE SKIP LOCKED) c LIMIT %s"
+            )
+            group_params = [[*groups[self._turn :], *groups[: self._turn]], limit]
+            # ARRAY(...) runs once; the update then finds each row by primary key.
+            candidates = f"= ANY(ARRAY({candidates}))"
+        else:
+            in_groups, group_params = self._groups_clause("c.group_name", groups)
+            candidates = (
+                f"IN (SELECT c.id FROM {delivery} c WHERE {in_groups} AND {claimable} "
+                "ORDER BY c.position LIMIT %s)"
+            )
         update = (
             f"UPDATE {delivery} SET attempts = attempts + 1, "
             f"claimed_until = {sql.now_plus(vendor)}, "
-            "lease_token = %s WHERE id IN ({candidates}) "
+            "lease_token = %s WHERE id {candidates} "
             "RETURNING id, event_id, group_name, attempts, first_failed_at"
         )
         params = [sql.seconds(vendor, lease), token, *group_params, limit]
@@ -191,8 +208,9 @@ class DatabaseTransport(Transport):
         )
         if vendor == "postgresql":
             rows = self._execute(
-                f"WITH d AS ({update.format(candidates=candidates + ' FOR UPDATE SKIP LOCKED')}) "
-                f"SELECT d.id, d.event_id, d.group_name, d.attempts, d.first_failed_at, {columns} "
+                f"WITH d AS ({update.format(candidates=candidates)}) "
+                f"SELECT d.id, d.event_id, d.group_name, d.attempts, d.first_failed_at, {columns}, "
+                f"{sql.RELAXED_COMMIT} "
                 f"FROM d LEFT JOIN {event} e ON e.id = d.event_id ORDER BY d.id",
                 params,
             )
