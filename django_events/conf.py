@@ -51,6 +51,7 @@ class EventsSettings:
     poll_interval: float = 1.0
     batch_size: int = 50
     batch_transactions: bool = True
+    publish_notify: bool = True
     relay_batch_size: int = 500
     max_payload_bytes: int = 256 * 1024
     source: str = ""
@@ -73,6 +74,7 @@ _TOP_KEYS = {
     "POLL_INTERVAL",
     "BATCH_SIZE",
     "BATCH_TRANSACTIONS",
+    "PUBLISH_NOTIFY",
     "RELAY_BATCH_SIZE",
     "MAX_PAYLOAD_BYTES",
     "SOURCE",
@@ -193,9 +195,11 @@ def parse(raw: Any) -> EventsSettings:
         raise EventsConfigurationError(f"{where}['SOURCE'] must be a string.")
 
     lease = float(_number(raw, "LEASE", defaults.lease, where, minimum=1))
-    batch_transactions = raw.get("BATCH_TRANSACTIONS", defaults.batch_transactions)
-    if not isinstance(batch_transactions, bool):
-        raise EventsConfigurationError(f"{where}['BATCH_TRANSACTIONS'] must be True or False.")
+    flags = {}
+    for key in ("BATCH_TRANSACTIONS", "PUBLISH_NOTIFY"):
+        flags[key] = raw.get(key, getattr(defaults, key.lower()))
+        if not isinstance(flags[key], bool):
+            raise EventsConfigurationError(f"{where}[{key!r}] must be True or False.")
     return EventsSettings(
         transports=transports,
         groups=groups,
@@ -206,7 +210,8 @@ def parse(raw: Any) -> EventsSettings:
             _number(raw, "POLL_INTERVAL", defaults.poll_interval, where, minimum=0.01)
         ),
         batch_size=_number(raw, "BATCH_SIZE", defaults.batch_size, where, minimum=1, integer=True),
-        batch_transactions=batch_transactions,
+        batch_transactions=flags["BATCH_TRANSACTIONS"],
+        publish_notify=flags["PUBLISH_NOTIFY"],
         relay_batch_size=_number(
             raw, "RELAY_BATCH_SIZE", defaults.relay_batch_size, where, minimum=1, integer=True
         ),

@@ -114,12 +114,12 @@ def publish(
         causation_id=cause.id if cause else None,
         metadata=validate_metadata(metadata),
     )
-    _insert(using, event, text)
+    _insert(using, event, text, conf.publish_notify)
     signals.event_published.send(sender=publish, event=event, using=using)
     return event
 
 
-def _insert(using: str, event: Event, data_text: str) -> None:
+def _insert(using: str, event: Event, data_text: str, notify: bool) -> None:
     connection = connections[using]
     kind = sql.vendor(using)
     params: list[Any] = [
@@ -138,7 +138,7 @@ def _insert(using: str, event: Event, data_text: str) -> None:
         f"INSERT INTO {sql.table(connection, 'OutboxMessage')} ({_COLUMNS}) "
         f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(kind)})"
     )
-    if kind == "postgresql" and not _notified_in_this_transaction(connection):
+    if notify and kind == "postgresql" and not _notified_in_this_transaction(connection):
         insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i"
         params.append(OUTBOX_CHANNEL)
     with connection.cursor() as cursor:

@@ -370,3 +370,13 @@ def test_a_failing_group_does_not_replay_another_groups_handlers(tmp_path: Path)
     assert calls.count("beta:0") == 2 and calls.count("beta:1") == 2
     assert sorted(effects("alpha")) == [("alpha", n) for n in range(3)]
     assert sorted(effects("beta")) == [("beta", 0), ("beta", 2)]
+
+
+@postgres_only
+@override_settings(DJANGO_EVENTS={"PUBLISH_NOTIFY": False})
+def test_publish_sends_no_notify_when_turned_off():
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        publish("test.happened", {"n": 1})
+    assert not any("pg_notify" in q["sql"] for q in queries.captured_queries)
+    deliver(["alpha"])
+    assert effects("alpha") == [("alpha", 1)], "the relay's poll still finds it"
