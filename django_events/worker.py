@@ -231,15 +231,7 @@ class Worker:
         failpoints.hit("worker.after_commit")
         duration = (time.perf_counter() - started) / len(ready)
         for item, handler, event in done:
-            self.handled += 1
-            _send(
-                signals.event_handled,
-                event=event,
-                group=item.group,
-                handler=handler,
-                attempt=item.attempt,
-                duration=duration,
-            )
+            self._handled(item, handler, event, duration)
         return True
 
     # -- one event ----------------------------------------------------------------------
@@ -295,6 +287,9 @@ class Worker:
         if not fresh:
             logger.info("Skipped %s for %s: already handled", event.id, claimed.group)
             return
+        self._handled(claimed, handler, event, time.perf_counter() - started)
+
+    def _handled(self, claimed: Claimed, handler: Handler, event: Event, duration: float) -> None:
         self.handled += 1
         _send(
             signals.event_handled,
@@ -302,7 +297,7 @@ class Worker:
             group=claimed.group,
             handler=handler,
             attempt=claimed.attempt,
-            duration=time.perf_counter() - started,
+            duration=duration,
         )
 
     def _failed(
