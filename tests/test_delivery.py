@@ -380,3 +380,19 @@ def test_publish_sends_no_notify_when_turned_off():
     assert not any("pg_notify" in q["sql"] for q in queries.captured_queries)
     deliver(["alpha"])
     assert effects("alpha") == [("alpha", 1)], "the relay's poll still finds it"
+
+
+@postgres_only
+def test_a_burst_of_deliveries_refreshes_the_planner_statistics(monkeypatch):
+    from django_events.transports import database
+
+    monkeypatch.setattr(database, "ANALYZE_AFTER", 20)
+    with transaction.atomic():
+        for n in range(15):
+            publish("test.happened", {"n": n})
+    with CaptureQueriesContext(connection) as queries:
+        Relay().run_once()
+    assert any(q["sql"].startswith("ANALYZE") for q in queries.captured_queries)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'django_events_delivery'")
+        assert cursor.fetchone()[0] == 30

@@ -133,5 +133,8 @@ class Transport:
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
         raise NotImplementedError
 
+    def housekeeping(self) -> None:
+        """Called by the relay after each pass, outside any transaction; keep it cheap."""
+
     def close(self) -> None:
         """Release connections; the transport may be used again afterwards."""

@@ -25,6 +25,10 @@ from ..exceptions import EventsConfigurationError, UndecodableEvent
 from .base import Claimed, GroupStatus, Outgoing, Transport
 
 DELIVERY_CHANNEL = "django_events_delivery"
+ANALYZE_AFTER = 10_000
+"""Refresh the planner's statistics after this many new deliveries: a burst otherwise
+leaves PostgreSQL planning claims for the near-empty table it last sampled, sorting the
+whole backlog on every claim until autovacuum catches up."""
 _OPTIONS = {"database", "notify"}
 
 
@@ -44,6 +48,7 @@ class DatabaseTransport(Transport):
         super().__init__(alias, options)
         self.notify = bool(options.get("notify", True))
         self.wake_channel = DELIVERY_CHANNEL if self.notify else None
+        self._unanalyzed = 0
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -160,6 +165,13 @@ class DatabaseTransport(Transport):
         )
         if inserted and vendor == "postgresql" and self.notify:
             self._execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL])
+        self._unanalyzed += int(inserted)
+
+    def housekeeping(self) -> None:
+        if self._unanalyzed >= ANALYZE_AFTER and self._vendor == "postgresql":
+            self._unanalyzed = 0
+            delivery, _ = self._tables()
+            self._execute(f"ANALYZE {delivery}", [])
 
     # -- worker side --------------------------------------------------------------------
 
