@@ -97,10 +97,14 @@ faults-quick: $(STAMP)
 	DJANGO_EVENTS_FAULTS=quick $(FAULTS) $(PYTEST_ARGS)
 
 # Benchmarks (bench/): ratios against the raw driver and the peer queues, one run each.
-bench: $(STAMP)
+$(VENV_DIR)/.bench-installed: pyproject.toml $(STAMP)
+	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) -e ".[dev,bench]"
+	@touch "$@"
+
+bench: $(VENV_DIR)/.bench-installed
 	"$(VENV_PYTHON)" -m bench
 
-bench-quick: $(STAMP)
+bench-quick: $(VENV_DIR)/.bench-installed
 	"$(VENV_PYTHON)" -m bench --quick
 
 lint: $(STAMP)
