@@ -1,0 +1,242 @@
+"""PostgreSQL helpers shared by the scenarios: databases, pre-publishing, consumers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+
+from bench.runner import ROOT
+
+HOST = os.environ.get("PGHOST", "127.0.0.1")
+PORT = os.environ.get("PGPORT", "5432")
+USER = os.environ.get("PGUSER", "postgres")
+BENCH_DB = os.environ.get("DJANGO_EVENTS_BENCH_DB", "django_events_bench")
+
+# About 200 bytes of JSON, the payload of every scenario.
+PAYLOAD: dict[str, Any] = {
+    "order_id": 0,
+    "email": "someone@example.com",
+    "total": "19.90",
+    "currency": "EUR",
+    "lines": [{"sku": "SKU-123", "qty": 2}, {"sku": "SKU-456", "qty": 1}],
+    "channel": "web",
+    "note": "x" * 25,
+}
+PAYLOAD_TEXT = json.dumps(PAYLOAD)
+assert 180 <= len(PAYLOAD_TEXT) <= 220, len(PAYLOAD_TEXT)
+
+
+def dsn(dbname: str = BENCH_DB) -> str:
+    return f"host={HOST} port={PORT} user={USER} dbname={dbname}"
+
+
+def connect(dbname: str = BENCH_DB, autocommit: bool = True) -> psycopg.Connection:
+    return psycopg.connect(dsn(dbname), autocommit=autocommit)
+
+
+def recreate_database(name: str, template: str | None = None) -> None:
+    with connect("postgres") as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        extra = f' TEMPLATE "{template}"' if template else ""
+        conn.execute(f'CREATE DATABASE "{name}"{extra}')
+
+
+def drop_database(name: str) -> None:
+    with connect("postgres") as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = dict(os.environ)
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), out.get("PYTHONPATH", "")]))
+    out.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+    out.update(extra)
+    return out
+
+
+# --------------------------------------------------------------------------- django-events
+
+EVENT_TABLES = (
+    "django_events_outbox, django_events_event, django_events_delivery, "
+    "django_events_inbox, django_events_deadletter"
+)
+
+
+def reset_events(dbname: str = BENCH_DB) -> None:
+    """Empty the django-events tables, even with idle consumers connected.
+
+    TRUNCATE locks every table at once; a consumer's statement that holds one of them
+    and wants another would deadlock with it, so give up quickly and try again.
+    """
+    with connect(dbname) as conn:
+        conn.execute("SET lock_timeout = '200ms'")
+        for attempt in range(100):
+            try:
+                conn.execute(f"TRUNCATE {EVENT_TABLES} RESTART IDENTITY")
+                return
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                time.sleep(0.05 * (attempt % 5))
+        raise RuntimeError("could not empty the event tables")
+
+
+def prepublish(n: int, dbname: str = BENCH_DB, type: str = "bench.noop") -> None:
+    """Insert ``n`` outbox rows shaped exactly like ``publish()``'s, in one statement.
+
+    Faster than calling ``publish()`` n times; the scenarios that use it measure
+    what happens to committed events, not publishing.
+    """
+    with connect(dbname) as conn:
+        conn.execute(
+            "INSERT INTO django_events_outbox (event_id, type, version, key, data, metadata, "
+            "occurred_at, source, correlation_id, causation_id, created_at) "
+            "SELECT u, %s, 1, NULL, %s, '', now(), 'bench', u, NULL, now() "
+            "FROM (SELECT gen_random_uuid() AS u FROM generate_series(1, %s)) s",
+            [type, PAYLOAD_TEXT, n],
+        )
+        conn.execute("ANALYZE django_events_outbox")
+
+
+def wait_steady(
+    conn: psycopg.Connection,
+    started: Callable[[psycopg.Connection], bool],
+    done: Callable[[psycopg.Connection], bool],
+    procs: Sequence[subprocess.Popen[Any]],
+    timeout: float,
+    poll: float = 0.02,
+) -> tuple[float, float]:
+    """(first observed progress, done) perf_counter times, polling the database."""
+    deadline = time.perf_counter() + timeout
+    t_start: float | None = None
+    while True:
+        now = time.perf_counter()
+        if t_start is None and started(conn):
+            t_start = now
+        if t_start is not None and done(conn):
+            return t_start, time.perf_counter()
+        if now > deadline:
+            raise TimeoutError(f"not done after {timeout:.0f}s")
+        for p in procs:
+            if p.poll() not in (None, 0):
+                raise RuntimeError(f"worker exited with {p.returncode}")
+        time.sleep(poll)
+
+
+def stop(procs: Sequence[subprocess.Popen[Any]], timeout: float = 15) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+class Consumers:
+    """``processes`` consume_events kept running across repetitions (start-up paid once).
+
+    ``drain(n)`` returns the steady-state events/s at which they empty an outbox holding
+    ``n`` pre-published events: from the first relayed batch to the last handled event.
+    """
+
+    def __init__(self, processes: int = 2, dbname: str = BENCH_DB, group: str = "bench") -> None:
+        self.dbname = dbname
+        self.procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "django",
+                    "consume_events",
+                    "--group",
+                    group,
+                    "--verbosity",
+                    "0",
+                ],
+                env=env(DJANGO_EVENTS_BENCH_DB=dbname),
+                cwd=ROOT,
+            )
+            for _ in range(processes)
+        ]
+
+    def __enter__(self) -> Consumers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stop(self.procs)
+
+    def drain(self, n: int, timeout: float = 300) -> float:
+        with connect(self.dbname) as conn:
+            before = _count(conn, "django_events_inbox")
+            first = conn.execute("SELECT min(position) FROM django_events_outbox").fetchone()
+            first_position = first[0] if first else None
+
+            def started(c: psycopg.Connection) -> bool:
+                row = c.execute("SELECT min(position) FROM django_events_outbox").fetchone()
+                return row is None or row[0] != first_position
+
+            def done(c: psycopg.Connection) -> bool:
+                row = c.execute(
+                    "SELECT EXISTS (SELECT 1 FROM django_events_outbox) "
+                    "OR EXISTS (SELECT 1 FROM django_events_delivery)"
+                ).fetchone()
+                return not (row and row[0])
+
+            t0, t1 = wait_steady(conn, started, done, self.procs, timeout)
+            handled = _count(conn, "django_events_inbox") - before
+            if handled != n:
+                raise RuntimeError(f"{handled} events handled, {n} expected")
+        return n / (t1 - t0)
+
+
+def consume_events(n: int, *, processes: int = 2, dbname: str = BENCH_DB) -> float:
+    """One-shot: start ``processes`` consumers, drain ``n`` events, stop them."""
+    with Consumers(processes, dbname) as consumers:
+        return consumers.drain(n)
+
+
+def _count(conn: psycopg.Connection, table: str) -> int:
+    row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - fixed names
+    return int(row[0]) if row else 0
+
+
+def table_bytes(conn: psycopg.Connection, *tables: str) -> int:
+    total = 0
+    for t in tables:
+        row = conn.execute("SELECT pg_total_relation_size(%s)", [t]).fetchone()
+        total += int(row[0]) if row else 0
+    return total
+
+
+def child(role: str, args: dict[str, Any], **popen: Any) -> subprocess.Popen[str]:
+    """Start ``python -m bench.child ROLE ARGS`` (one JSON line in, results on stdout)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.child", role, json.dumps(args)],
+        env=env(**popen.pop("env", {})),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def child_result(proc: subprocess.Popen[str], timeout: float = 300) -> Any:
+    out, _ = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench child failed with exit code {proc.returncode}")
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1])["result"]
+
+
+def run_child(role: str, args: dict[str, Any], timeout: float = 300, **popen: Any) -> Any:
+    return child_result(child(role, args, **popen), timeout)

@@ -1,0 +1,90 @@
+"""S2: publishing 100 events in one transaction against the raw driver's batch insert."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from bench import pg
+from bench.runner import Context, Goal, Row, alternate, ratio_row
+
+ID = "S2"
+TITLE = "publish() x100 in one transaction"
+BASELINE = "raw psycopg executemany of 100 comparable rows"
+GOAL = Goal("<=", 1.5)
+EVENTS = 100
+
+
+def run(ctx: Context) -> list[Row]:
+    from django.db import connection, transaction
+
+    from django_events import publish
+
+    pg.reset_events()
+    raw = pg.connect(autocommit=False)
+    raw.execute("DROP TABLE IF EXISTS bench_raw_outbox")
+    raw.execute("CREATE TABLE bench_raw_outbox (LIKE django_events_outbox INCLUDING ALL)")
+    raw.commit()
+    connection.ensure_connection()
+    txs = ctx.size(60, 15)
+
+    def raw_batch() -> float:
+        t = time.perf_counter()
+        for _ in range(txs):
+            rows = []
+            for i in range(EVENTS):
+                u = uuid.uuid4()
+                rows.append(
+                    (
+                        u,
+                        "bench.noop",
+                        1,
+                        None,
+                        json.dumps({**pg.PAYLOAD, "order_id": i}),
+                        "",
+                        "bench",
+                        u,
+                    )
+                )
+            with raw.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO bench_raw_outbox (event_id, type, version, key, data, metadata, "
+                    "occurred_at, source, correlation_id, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, now(), %s, %s, now())",
+                    rows,
+                )
+            raw.commit()
+        return (time.perf_counter() - t) / txs * 1e3
+
+    def events_batch() -> float:
+        payload = dict(pg.PAYLOAD)
+        t = time.perf_counter()
+        for _ in range(txs):
+            with transaction.atomic():
+                for i in range(EVENTS):
+                    payload["order_id"] = i
+                    publish("bench.noop", payload)
+        return (time.perf_counter() - t) / txs * 1e3
+
+    try:
+        got = alternate(ctx, {"raw": raw_batch, "publish": events_batch})
+    finally:
+        raw.execute("DROP TABLE IF EXISTS bench_raw_outbox")
+        raw.commit()
+        raw.close()
+    return [
+        ratio_row(
+            ID,
+            TITLE,
+            BASELINE,
+            "time per transaction",
+            "ms",
+            got["publish"],
+            got["raw"],
+            GOAL,
+            higher_is_better=False,
+            notes=f"{txs} transactions of {EVENTS} events per repetition; executemany "
+            "is psycopg 3's pipelined batch",
+        ),
+    ]
