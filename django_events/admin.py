@@ -1,27 +1,164 @@
-"""Read-only admin for the event log and dead letters (triage actions are planned).
+"""The operator's admin: the event log, dead-letter triage, failure groups, queue status.
 
-Nobody adds or edits events or dead letters by hand. Payloads and tracebacks may hold
-personal data, so they are shown only to users with ``django_events.view_payload``.
+Nobody adds or edits events or dead letters by hand. The only writes are retry and
+discard, each a CSRF-protected POST behind its own permission, made through
+:mod:`django_events.triage` and recorded in the admin log. Payloads, metadata and
+tracebacks may hold personal data, so they are shown only to users with
+``django_events.view_payload``; others see the envelope and a masked body.
+
+Changelists issue a fixed number of queries whatever the page size, and their counts are
+capped (:class:`CappedPaginator`) so that a million-row log pages as fast as an empty one.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest
-from django.utils.html import format_html
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import flatten_fieldsets
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Count, Max, Min, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 from django.utils.safestring import SafeString
+from django.utils.timesince import timesince
 
-from .models import DeadLetter, EventRecord
+from . import triage
+from .models import DeadLetter, Delivery, EventRecord, FailureGroup, InboxRecord, QueueStatus
+from .registry import registry
+from .status import collect
 
 MASKED = "hidden: needs the “Can view event payloads and tracebacks” permission"
+COUNT_CAP = 10_000
+GONE = "(not in the event log)"
+
+
+def can_view_payload(request: HttpRequest) -> bool:
+    return request.user.has_perm("django_events.view_payload")
+
+
+def _pretty(value: Any) -> SafeString:
+    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True))
+
+
+def _url(name: str, *args: Any, query: dict[str, Any] | None = None) -> str:
+    url = reverse(f"admin:django_events_{name}", args=args)
+    return f"{url}?{urlencode(query)}" if query else url
+
+
+class CappedPaginator(Paginator):
+    """Counts at most ``COUNT_CAP + 1`` rows: a bounded cost however large the table.
+
+    Past the cap the changelist says "more than 10,000" and the last pages are reached
+    by filtering, not paging.
+    """
+
+    @cached_property
+    def count(self) -> int:
+        return int(self.object_list[: COUNT_CAP + 1].count())  # type: ignore[attr-defined]
+
+
+class EventTypeFilter(admin.SimpleListFilter):
+    """Types with a handler here; listing distinct types of a huge log would scan it."""
+
+    title = "event type"
+    parameter_name = "type"
+    field = "type"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        types = {h.event_type for h in registry}
+        if self.value():
+            types.add(str(self.value()))
+        return [(t, t) for t in sorted(types)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(**{self.field: self.value()}) if self.value() else queryset
+
+
+class DeadLetterTypeFilter(EventTypeFilter):
+    field = "event__type"
+
+
+class InputFilter(admin.SimpleListFilter):
+    """A text box instead of a list of choices (keys are unbounded)."""
+
+    template = "admin/django_events/input_filter.html"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("", "")]  # one dummy choice, so that the filter is shown
+
+    def choices(self, changelist: Any) -> Any:
+        others = {
+            k: v for k, v in changelist.get_filters_params().items() if k != self.parameter_name
+        }
+        yield {"value": self.value() or "", "others": others, "name": self.parameter_name}
+
+
+class KeyFilter(InputFilter):
+    title = "key"
+    parameter_name = "key"
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(key=self.value()) if self.value() else queryset
+
+
+class FailureGroupFilter(admin.SimpleListFilter):
+    """The most common open failure groups; any other by its fingerprint in the URL."""
+
+    title = "failure group"
+    parameter_name = "fingerprint"
+    shown = 15
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        groups = list(_failure_groups(limit=self.shown))
+        choices = [(g["fingerprint"], _group_label(g)) for g in groups]
+        if self.value() and self.value() not in {c[0] for c in choices}:
+            choices.append((str(self.value()), str(self.value())))
+        return choices
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(fingerprint=self.value()) if self.value() else queryset
+
+
+def _failure_groups(limit: int | None = None) -> QuerySet[Any]:
+    queryset = (
+        DeadLetter.objects.filter(state=DeadLetter.State.OPEN)
+        .values("fingerprint")
+        .annotate(
+            count=Count("id"),
+            error_class=Max("error_class"),
+            handler=Max("handler"),
+            first_seen=Min("first_failed_at"),
+            last_seen=Max("last_failed_at"),
+            example_id=Max("id"),
+        )
+        .order_by("-count", "fingerprint")
+    )
+    return queryset[:limit] if limit else queryset
+
+
+def _group_label(group: dict[str, Any]) -> str:
+    error = group["error_class"].rsplit(".", 1)[-1]
+    handler = group["handler"].rsplit(".", 1)[-1] or "no handler"
+    return f"{error} in {handler} ({group['count']})"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     private_fields: tuple[str, ...] = ()
     """Fields shown only with the view_payload permission; others see ``masked``."""
+
+    paginator = CappedPaginator
+    show_full_result_count = False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -32,27 +169,92 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        fields = list(super().get_fields(request, obj))
-        if request.user.has_perm("django_events.view_payload"):
-            return fields
-        return [name for name in fields if name not in self.private_fields] + ["masked"]
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        shown = can_view_payload(request)
+        out = []
+        for name, options in super().get_fieldsets(request, obj):
+            fields = [f for f in options["fields"] if shown or f not in self.private_fields]
+            if len(fields) < len(options["fields"]):
+                fields.append("masked")
+            out.append((name, {**options, "fields": fields}))
+        return out
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return self.get_fields(request, obj)
+        return flatten_fieldsets(self.get_fieldsets(request, obj))
 
     @admin.display(description="payload")
     def masked(self, obj: Any) -> str:
         return MASKED
 
 
+# --------------------------------------------------------------------------- event log
+
+
+def delivery_states(events: Sequence[EventRecord]) -> dict[uuid.UUID, list[tuple[str, str]]]:
+    """``(group, state)`` per subscribed group for each event, in three queries.
+
+    States: handled (inbox record), dead / retried / discarded (latest dead letter),
+    in flight, retrying or pending (a database-transport delivery row), else waiting
+    (not yet delivered, or held by a broker transport).
+    """
+    if not events:
+        return {}
+    ids = [event.id for event in events]
+    groups_by_type: dict[str, set[str]] = {}
+    for handler in registry:
+        groups_by_type.setdefault(handler.event_type, set()).add(handler.group)
+    all_groups = sorted({g for gs in groups_by_type.values() for g in gs})
+    handled = set(
+        InboxRecord.objects.filter(event_id__in=ids, group_name__in=all_groups).values_list(
+            "event_id", "group_name"
+        )
+    )
+    dead: dict[tuple[uuid.UUID, str], str] = {}
+    for event_id, group, state in (
+        DeadLetter.objects.filter(event_id__in=ids)
+        .order_by("id")
+        .values_list("event_id", "group", "state")
+    ):
+        dead[(event_id, group)] = "dead" if state == DeadLetter.State.OPEN else str(state)
+    now = timezone.now()
+    queued: dict[tuple[uuid.UUID, str], str] = {}
+    for event_id, group, attempts, claimed_until, parked in Delivery.objects.filter(
+        event_id__in=ids
+    ).values_list("event_id", "group_name", "attempts", "claimed_until", "parked"):
+        if parked:
+            state = "parked"
+        elif claimed_until and claimed_until > now:
+            state = "in flight"
+        else:
+            state = "retrying" if attempts else "pending"
+        queued[(event_id, group)] = state
+    out: dict[uuid.UUID, list[tuple[str, str]]] = {}
+    for event in events:
+        names = sorted(
+            groups_by_type.get(event.type, set())
+            | {g for (e, g) in [*dead, *queued] if e == event.id}
+        )
+        states = []
+        for group in names:
+            slot = (event.id, group)
+            if slot in handled:
+                state = "handled"
+            elif slot in queued:
+                state = queued[slot]
+            else:
+                state = dead.get(slot, "waiting")
+            states.append((group, state))
+        out[event.id] = states
+    return out
+
+
 @admin.register(EventRecord)
 class EventRecordAdmin(ReadOnlyAdmin):
-    list_display = ("type", "key", "occurred_at", "id", "version")
-    list_filter = ("type",)
-    search_fields = ("=id", "=key", "=correlation_id")
+    list_display = ("type", "key", "occurred_at", "id", "correlation_id", "deliveries")
+    list_filter = (EventTypeFilter, KeyFilter, "occurred_at")
+    search_fields = ("id", "correlation_id")  # see get_search_results: exact, indexed
+    search_help_text = "An event id or a correlation id."
     ordering = ("-position",)
-    show_full_result_count = False
     fields = (
         "id",
         "type",
@@ -61,20 +263,139 @@ class EventRecordAdmin(ReadOnlyAdmin):
         "occurred_at",
         "recorded_at",
         "source",
-        "correlation_id",
-        "causation_id",
+        "correlation",
+        "causation",
+        "delivery_table",
         "metadata",
         "payload",
     )
     private_fields = ("payload", "metadata")
 
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            value = uuid.UUID(term)
+        except ValueError:
+            return queryset.none(), False
+        return queryset.filter(Q(id=value) | Q(correlation_id=value)), False
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)
+        page = list(changelist.result_list)
+        states = delivery_states(page)
+        for event in page:
+            event.delivery_states = states.get(event.id, [])
+        return changelist
+
+    @admin.display(description="deliveries")
+    def deliveries(self, obj: EventRecord) -> SafeString:
+        states = getattr(obj, "delivery_states", None)
+        if states is None:
+            states = delivery_states([obj]).get(obj.id, [])
+        return format_html_join(
+            " ", '<span class="de-state de-{}">{}: {}</span>', ((s, g, s) for g, s in states)
+        )
+
+    @admin.display(description="deliveries per group")
+    def delivery_table(self, obj: EventRecord) -> SafeString:
+        rows = delivery_states([obj]).get(obj.id, [])
+        if not rows:
+            return format_html("{}", "no group subscribes to this type here")
+        dead_url = _url("deadletter_changelist", query={"q": str(obj.id)})
+        return format_html(
+            "<table>{}</table><p><a href='{}'>dead letters of this event</a></p>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td></tr>", rows),
+            dead_url,
+        )
+
+    @admin.display(description="correlation id")
+    def correlation(self, obj: EventRecord) -> SafeString:
+        return _correlation_link(obj)
+
+    @admin.display(description="causation id")
+    def causation(self, obj: EventRecord) -> SafeString:
+        return _event_link(obj.causation_id)
+
     @admin.display(description="data")
     def payload(self, obj: EventRecord) -> SafeString:
-        return format_html("<pre>{}</pre>", json.dumps(obj.data, indent=2, sort_keys=True))
+        return _pretty(obj.data)
+
+
+def _event_link(event_id: uuid.UUID | None) -> SafeString:
+    if event_id is None:
+        return format_html("{}", "-")
+    return format_html("<a href='{}'>{}</a>", _url("eventrecord_change", event_id), event_id)
+
+
+def _correlation_link(event: EventRecord | None) -> SafeString:
+    if event is None or event.correlation_id is None:
+        return format_html("{}", "-")
+    url = _url("eventrecord_changelist", query={"q": str(event.correlation_id)})
+    return format_html(
+        "{} (<a href='{}'>events of this correlation</a>)", event.correlation_id, url
+    )
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+class TriageMixin:
+    """Retry and discard: a confirmation page on GET, the operation on POST."""
+
+    admin_site: admin.AdminSite
+
+    def _check(self, request: HttpRequest, action: str) -> None:
+        if not request.user.has_perm("django_events.view_deadletter"):
+            raise PermissionDenied
+        triage.check_permission(request.user, action)
+
+    def _confirm_or_resolve(
+        self,
+        request: HttpRequest,
+        action: str,
+        queryset: QuerySet[DeadLetter],
+        *,
+        title: str,
+        back: str,
+        hidden: Sequence[tuple[str, str]] = (),
+    ) -> HttpResponse:
+        self._check(request, action)
+        reason = request.POST.get("reason", "").strip()
+        error = ""
+        if request.method == "POST" and request.POST.get("confirm"):
+            if action == triage.DISCARD and not reason:
+                error = "A discard needs a reason; it is kept with the dead letter."
+            else:
+                run = triage.retry if action == triage.RETRY else triage.discard
+                try:
+                    outcome = run(queryset, request.user, reason)
+                except LookupError as exc:
+                    messages.error(request, f"Nothing was retried: {exc}")
+                    return HttpResponseRedirect(back)
+                messages.success(request, outcome.message)
+                return HttpResponseRedirect(back)
+        open_ = queryset.filter(state=DeadLetter.State.OPEN)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": DeadLetter._meta,
+            "title": title,
+            "action": action,
+            "count": open_.count(),
+            "sample": list(open_.prefetch_related("event").order_by("-last_failed_at")[:10]),
+            "hidden": hidden,
+            "back": back,
+            "reason": reason,
+            "error": error,
+        }
+        return TemplateResponse(request, "admin/django_events/confirm.html", context)
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(ReadOnlyAdmin):
+class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
     list_display = (
         "event_type",
         "group",
@@ -82,38 +403,351 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         "error_class",
         "short_message",
         "attempts",
-        "last_failed_at",
-        "state",
-    )
-    list_filter = ("state", "group", "error_class")
-    search_fields = ("=event__id", "=event__key", "error_message")
-    list_select_related = ("event",)
-    ordering = ("-last_failed_at",)
-    fields = (
-        "event",
-        "group",
-        "handler",
-        "attempts",
-        "state",
-        "error_class",
-        "error_message",
         "first_failed_at",
         "last_failed_at",
-        "resolved_at",
-        "resolved_by",
-        "reason",
-        "traceback_shown",
+        "age",
+        "state",
     )
-    private_fields = ("traceback_shown",)
+    list_filter = (
+        "state",
+        FailureGroupFilter,
+        "group",
+        DeadLetterTypeFilter,
+        "error_class",
+        "last_failed_at",
+    )
+    search_fields = ("event__id", "event__key", "error_message")  # see get_search_results
+    search_help_text = "An event id, an event key, or words of the error message."
+    list_select_related = False  # the event is prefetched: a row outlives its log entry
+    ordering = ("-last_failed_at",)
+    actions = ("retry_selected", "discard_selected")
+    fieldsets = (
+        (
+            "Failure",
+            {
+                "fields": (
+                    "state",
+                    "group",
+                    "handler",
+                    "error_class",
+                    "error_message",
+                    "failure_group",
+                )
+            },
+        ),
+        (
+            "Envelope",
+            {
+                "fields": (
+                    "event_link",
+                    "event_type",
+                    "event_version",
+                    "event_key",
+                    "event_occurred_at",
+                    "correlation",
+                    "causation",
+                    "event_metadata",
+                )
+            },
+        ),
+        ("Payload", {"fields": ("payload",)}),
+        ("Stack trace", {"fields": ("traceback_shown",)}),
+        (
+            "Attempts",
+            {"fields": ("attempts", "first_failed_at", "last_failed_at", "delivery_error")},
+        ),
+        ("Resolution", {"fields": ("resolved_at", "resolved_by", "reason")}),
+    )
+    private_fields = ("payload", "event_metadata", "traceback_shown")
 
-    @admin.display(description="event type", ordering="event__type")
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
+        # Not select_related: its inner join would hide dead letters whose event has
+        # left the log (retention, or the UndecodableEvent "missing" case).
+        return super().get_queryset(request).prefetch_related("event")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(event_id=uuid.UUID(term)), False
+        except ValueError:
+            pass
+        keyed = EventRecord.objects.filter(key=term).values("id")
+        return queryset.filter(Q(event_id__in=keyed) | Q(error_message__icontains=term)), False
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(triage.PERMISSIONS[triage.RETRY])
+
+    def has_discard_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(triage.PERMISSIONS[triage.DISCARD])
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<int:pk>/retry/",
+                view(self.resolve_view),
+                {"action": triage.RETRY},
+                name="django_events_deadletter_retry",
+            ),
+            path(
+                "<int:pk>/discard/",
+                view(self.resolve_view),
+                {"action": triage.DISCARD},
+                name="django_events_deadletter_discard",
+            ),
+            *super().get_urls(),
+        ]
+
+    def resolve_view(self, request: HttpRequest, pk: int, action: str) -> HttpResponse:
+        self._check(request, action)
+        dead = DeadLetter.objects.filter(pk=pk)
+        if not dead.exists():
+            raise Http404
+        verb = "Retry" if action == triage.RETRY else "Discard"
+        return self._confirm_or_resolve(
+            request,
+            action,
+            dead,
+            title=f"{verb} dead letter {pk}",
+            back=_url("deadletter_change", pk),
+        )
+
+    @admin.action(description="Retry selected dead letters…", permissions=["retry"])
+    def retry_selected(
+        self, request: HttpRequest, queryset: QuerySet[DeadLetter]
+    ) -> HttpResponse | None:
+        return self._action(request, queryset, triage.RETRY)
+
+    @admin.action(description="Discard selected dead letters…", permissions=["discard"])
+    def discard_selected(
+        self, request: HttpRequest, queryset: QuerySet[DeadLetter]
+    ) -> HttpResponse | None:
+        return self._action(request, queryset, triage.DISCARD)
+
+    def _action(
+        self, request: HttpRequest, queryset: QuerySet[DeadLetter], action: str
+    ) -> HttpResponse:
+        selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
+        hidden = [("action", f"{action}_selected")] + [
+            (ACTION_CHECKBOX_NAME, pk) for pk in selected
+        ]
+        return self._confirm_or_resolve(
+            request,
+            action,
+            queryset,
+            title=f"{action.capitalize()} {len(selected)} selected dead letters",
+            back=request.get_full_path(),
+            hidden=hidden,
+        )
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        extra = {
+            "can_retry": self.has_retry_permission(request),
+            "can_discard": self.has_discard_permission(request),
+            **(extra_context or {}),
+        }
+        return super().change_view(request, object_id, form_url, extra)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra = {
+            "failure_groups_url": _url("failuregroup_changelist"),
+            "status_url": _url("queuestatus_changelist"),
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, extra)
+
+    @admin.display(description="event type")
     def event_type(self, obj: DeadLetter) -> str:
-        return obj.event.type
+        event = triage.event_of(obj)
+        return event.type if event else GONE
 
     @admin.display(description="message")
     def short_message(self, obj: DeadLetter) -> str:
         return obj.error_message[:120]
 
-    @admin.display(description="traceback")
+    @admin.display(description="age", ordering="first_failed_at")
+    def age(self, obj: DeadLetter) -> str:
+        return timesince(obj.first_failed_at, timezone.now(), depth=1)
+
+    @admin.display(description="failure group")
+    def failure_group(self, obj: DeadLetter) -> SafeString:
+        if not obj.fingerprint:
+            return format_html("{}", "-")
+        url = _url(
+            "deadletter_changelist", query={"fingerprint": obj.fingerprint, "state__exact": "open"}
+        )
+        return format_html("<a href='{}'>{} (open ones like this)</a>", url, obj.fingerprint)
+
+    @admin.display(description="event id")
+    def event_link(self, obj: DeadLetter) -> SafeString:
+        return _event_link(obj.event_id)
+
+    @admin.display(description="version")
+    def event_version(self, obj: DeadLetter) -> Any:
+        event = triage.event_of(obj)
+        return (event.version) if event else GONE
+
+    @admin.display(description="key")
+    def event_key(self, obj: DeadLetter) -> Any:
+        event = triage.event_of(obj)
+        return (event.key or "-") if event else GONE
+
+    @admin.display(description="occurred at")
+    def event_occurred_at(self, obj: DeadLetter) -> Any:
+        event = triage.event_of(obj)
+        return (event.occurred_at) if event else GONE
+
+    @admin.display(description="correlation id")
+    def correlation(self, obj: DeadLetter) -> SafeString:
+        return _correlation_link(triage.event_of(obj))
+
+    @admin.display(description="causation id")
+    def causation(self, obj: DeadLetter) -> SafeString:
+        event = triage.event_of(obj)
+        return _event_link(event.causation_id if event else None)
+
+    @admin.display(description="metadata")
+    def event_metadata(self, obj: DeadLetter) -> SafeString:
+        event = triage.event_of(obj)
+        return _pretty(event.metadata) if event else format_html("{}", GONE)
+
+    @admin.display(description="data")
+    def payload(self, obj: DeadLetter) -> SafeString:
+        event = triage.event_of(obj)
+        return _pretty(event.data) if event else format_html("{}", GONE)
+
+    @admin.display(description="stack trace")
     def traceback_shown(self, obj: DeadLetter) -> SafeString:
-        return format_html("<pre>{}</pre>", obj.traceback)
+        return format_html("<pre>{}</pre>", obj.traceback or "(none recorded)")
+
+    @admin.display(description="delivery's last error")
+    def delivery_error(self, obj: DeadLetter) -> str:
+        row = (
+            Delivery.objects.filter(event_id=obj.event_id, group_name=obj.group)
+            .values_list("last_error", flat=True)
+            .first()
+        )
+        if row is None:
+            return "(no delivery row left; a per-attempt history is not kept yet)"
+        return row or "-"
+
+
+# --------------------------------------------------------------------------- pages
+
+
+class PageAdmin(admin.ModelAdmin):
+    """An admin page without a table of its own, visible to dead-letter viewers."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("django_events.view_deadletter")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def _page(self, request: HttpRequest, template: str, **context: Any) -> TemplateResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": self.model._meta.verbose_name_plural.capitalize(),
+            **context,
+        }
+        return TemplateResponse(request, template, context)
+
+
+@admin.register(FailureGroup)
+class FailureGroupAdmin(TriageMixin, PageAdmin):
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<str:fingerprint>/retry/",
+                view(self.resolve_view),
+                {"action": triage.RETRY},
+                name="django_events_failuregroup_retry",
+            ),
+            path(
+                "<str:fingerprint>/discard/",
+                view(self.resolve_view),
+                {"action": triage.DISCARD},
+                name="django_events_failuregroup_discard",
+            ),
+            path("", view(self.changelist_view), name="django_events_failuregroup_changelist"),
+        ]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        groups = list(_failure_groups())
+        examples = DeadLetter.objects.prefetch_related("event").in_bulk(
+            [g["example_id"] for g in groups]
+        )
+        for group in groups:
+            group["example"] = examples.get(group["example_id"])
+            group["label"] = _group_label(group)
+            group["list_url"] = _url(
+                "deadletter_changelist",
+                query={"fingerprint": group["fingerprint"], "state__exact": "open"},
+            )
+        return self._page(
+            request,
+            "admin/django_events/failure_groups.html",
+            groups=groups,
+            can_retry=request.user.has_perm(triage.PERMISSIONS[triage.RETRY]),
+            can_discard=request.user.has_perm(triage.PERMISSIONS[triage.DISCARD]),
+            title="Failure groups",
+        )
+
+    def resolve_view(self, request: HttpRequest, fingerprint: str, action: str) -> HttpResponse:
+        self._check(request, action)
+        verb = "Retry" if action == triage.RETRY else "Discard"
+        return self._confirm_or_resolve(
+            request,
+            action,
+            DeadLetter.objects.filter(state=DeadLetter.State.OPEN, fingerprint=fingerprint),
+            title=f"{verb} every open dead letter of failure group {fingerprint}",
+            back=_url("failuregroup_changelist"),
+        )
+
+
+@admin.register(QueueStatus)
+class QueueStatusAdmin(PageAdmin):
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [path("", view(self.changelist_view), name="django_events_queuestatus_changelist")]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        report = collect()
+        for name, group in report["groups"].items():
+            group["dead_url"] = _url(
+                "deadletter_changelist", query={"group": name, "state__exact": "open"}
+            )
+        return self._page(
+            request, "admin/django_events/status.html", report=report, title="Queue status"
+        )

@@ -25,7 +25,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from .models import DeadLetter
+from .models import DeadLetter, EventRecord
 from .transports import transports
 
 logger = logging.getLogger("django_events.triage")
@@ -63,7 +63,7 @@ def _relative(path: str) -> str:
     for root in roots:
         if normal.startswith(root.rstrip(os.sep) + os.sep):
             return os.path.relpath(normal, root).replace(os.sep, "/")
-    return os.path.basename(normal)
+    return "/".join(normal.split(os.sep)[-2:])  # not importable from here: dir/file.py
 
 
 def innermost_project_frame(traceback: str) -> str:
@@ -87,6 +87,14 @@ def fingerprint(error_class: str, handler: str, traceback: str) -> str:
     frame = innermost_project_frame(traceback)
     digest = hashlib.sha256(f"{error_class}\n{handler}\n{frame}".encode()).hexdigest()
     return digest[:16]
+
+
+def event_of(dead: DeadLetter) -> EventRecord | None:
+    """The dead letter's event, or None once it has left the event log (retention)."""
+    try:
+        return dead.event
+    except EventRecord.DoesNotExist:
+        return None
 
 
 @dataclass
@@ -188,13 +196,15 @@ def _one(
     actor: str | None,
     outcome: Outcome,
 ) -> None:
-    if dead.state != DeadLetter.State.OPEN:
+    if dead.state != str(DeadLetter.State.OPEN):
         outcome.skipped.append(dead)
         return
     if action == RETRY:
         transport.redeliver(dead.event_id, dead.group)
     with transaction.atomic(using=dead._state.db or "default"):
-        dead.state = DeadLetter.State.RETRIED if action == RETRY else DeadLetter.State.DISCARDED
+        dead.state = (
+            str(DeadLetter.State.RETRIED) if action == RETRY else str(DeadLetter.State.DISCARDED)
+        )
         dead.resolved_at = timezone.now()
         dead.resolved_by = (user.get_username() if user is not None else str(actor))[:150]
         dead.reason = reason
