@@ -347,3 +347,45 @@ def scalar(query: str, params: list[Any] | None = None) -> Any:
         return cursor.fetchone()[0]
 
     return cursor_check(run)
+
+
+@dataclass
+class PrivateDB:
+    server: Any
+    name: str
+
+    def env(self, procs: Procs, **kwargs: Any) -> dict[str, str]:
+        """Subprocess settings pointing at this server (or at ``port``, e.g. a proxy)."""
+        port = kwargs.pop("port", self.server.port)
+        options = kwargs.pop("db_options", {"connect_timeout": 5})
+        env = procs.env(**kwargs)
+        env.update(
+            DJANGO_EVENTS_TEST_DB_NAME=self.name,
+            PGHOST="127.0.0.1",
+            PGPORT=str(port),
+            DJANGO_EVENTS_FAULTS_DB_OPTIONS=json.dumps(options),
+        )
+        return env
+
+    def check(self, func: Callable[[Any], Any]) -> Any:
+        with self.server.connect(self.name) as conn, conn.cursor() as cursor:
+            return func(cursor)
+
+
+@pytest.fixture
+def private_db(procs: Procs) -> Iterator[PrivateDB]:
+    """A private PostgreSQL server with a migrated database; removed afterwards."""
+    from .pgserver import PrivatePostgres
+
+    server = PrivatePostgres().init()
+    try:
+        server.start()
+        server.wait_ready()
+        server.create_database("faults")
+        db = PrivateDB(server, "faults")
+        procs.command("migrate", "migrate", "-v0", env=db.env(procs))
+        assert procs.wait("migrate", timeout=180) == 0, procs.logs("migrate")
+        yield db
+    finally:
+        procs.stop_all()
+        server.destroy()
