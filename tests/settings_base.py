@@ -14,6 +14,7 @@ INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",  # the admin's CSS in the browser test (live_server)
     "django_events",
     "tests.testapp",
 ]
@@ -37,6 +38,7 @@ TEMPLATES = [
     }
 ]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "static/"
 DJANGO_EVENTS = {
     "BACKOFF_BASE": 0,
     "LEASE": 30,
