@@ -237,6 +237,14 @@ def _spread(stats: Stats | None, unit: str = "", x: bool = False) -> str:
     return f"{_fmt(stats.median, unit)} ({lo}-{hi})"
 
 
+def _achieved(row: Row) -> str:
+    """What the goal is checked against: the ratio, or the candidate's own median."""
+    if row.goal is not None and row.goal.on == "value" and row.candidate is not None:
+        ratio = _spread(row.ratio, x=True)
+        return f"{_fmt(row.candidate.median, row.unit)} (baseline ratio {ratio})"
+    return _spread(row.ratio, x=True)
+
+
 def _met(row: Row) -> str:
     if row.na is not None:
         return "n/a"
@@ -438,7 +446,7 @@ def write_docs(json_path: Path, docs_path: Path) -> None:
     if unmet:
         lines += ["## Goals not met in this run", ""]
         lines += [
-            f"- **{r.id}** ({r.scenario}): {_spread(r.ratio, x=True)} against {r.goal}. {r.notes}"
+            f"- **{r.id}** ({r.scenario}): {_achieved(r)} against {r.goal}. {r.notes}"
             for r in unmet
         ]
         lines.append("")

@@ -99,7 +99,7 @@ def missing(module: str) -> str | None:
 
 
 def run(ctx: Context) -> list[Row]:
-    n = ctx.size(40_000, 3_000)
+    n = ctx.size(30_000, 3_000)
     # procrastinate handles a few hundred jobs/s here: a tenth of the events keeps it in budget.
     n_slow = max(200, n // 10)
     consumers = pg.Consumers(WORKERS)
