@@ -34,6 +34,7 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
 from . import triage
+from .conf import get_settings
 from .models import DeadLetter, Delivery, EventRecord, FailureGroup, InboxRecord, QueueStatus
 from .registry import registry
 from .status import collect
@@ -89,6 +90,38 @@ class DeadLetterTypeFilter(EventTypeFilter):
     field = "event__type"
 
 
+class GroupFilter(admin.SimpleListFilter):
+    """The groups known here (handlers and settings); no scan for distinct values."""
+
+    title = "group"
+    parameter_name = "group"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        groups = {*registry.groups(), *get_settings().groups}
+        if self.value():
+            groups.add(str(self.value()))
+        return [(g, g) for g in sorted(groups)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(group=self.value()) if self.value() else queryset
+
+
+class ErrorClassFilter(admin.SimpleListFilter):
+    """Error classes of the open failure groups (read once per request, with them)."""
+
+    title = "error class"
+    parameter_name = "error_class"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        errors = {g["error_class"] for g in _request_failure_groups(request)}
+        if self.value():
+            errors.add(str(self.value()))
+        return [(e, e) for e in sorted(errors)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(error_class=self.value()) if self.value() else queryset
+
+
 class InputFilter(admin.SimpleListFilter):
     """A text box instead of a list of choices (keys are unbounded)."""
 
@@ -120,7 +153,7 @@ class FailureGroupFilter(admin.SimpleListFilter):
     shown = 15
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        groups = list(_failure_groups(limit=self.shown))
+        groups = _request_failure_groups(request)[: self.shown]
         choices = [(g["fingerprint"], _group_label(g)) for g in groups]
         if self.value() and self.value() not in {c[0] for c in choices}:
             choices.append((str(self.value()), str(self.value())))
@@ -135,7 +168,7 @@ def _failure_groups(limit: int | None = None) -> QuerySet[Any]:
         DeadLetter.objects.filter(state=DeadLetter.State.OPEN)
         .values("fingerprint")
         .annotate(
-            count=Count("id"),
+            count=Count("*"),
             error_class=Max("error_class"),
             handler=Max("handler"),
             first_seen=Min("first_failed_at"),
@@ -145,6 +178,15 @@ def _failure_groups(limit: int | None = None) -> QuerySet[Any]:
         .order_by("-count", "fingerprint")
     )
     return queryset[:limit] if limit else queryset
+
+
+def _request_failure_groups(request: HttpRequest) -> list[dict[str, Any]]:
+    """The open failure groups, read once per request for the sidebar filters."""
+    cached = getattr(request, "_django_events_failure_groups", None)
+    if cached is None:
+        cached = list(_failure_groups())
+        request._django_events_failure_groups = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def _group_label(group: dict[str, Any]) -> str:
@@ -411,9 +453,9 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
     list_filter = (
         "state",
         FailureGroupFilter,
-        "group",
+        GroupFilter,
         DeadLetterTypeFilter,
-        "error_class",
+        ErrorClassFilter,
         "last_failed_at",
     )
     search_fields = ("event__id", "event__key", "error_message")  # see get_search_results

@@ -73,6 +73,7 @@ class Delivery(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     available_at = models.DateTimeField(db_default=Now())
     claimed_until = models.DateTimeField(null=True, blank=True)
+    claimed_alone = models.BooleanField(default=False, db_default=False)
     lease_token = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
     parked = models.BooleanField(default=False)
     last_error = models.TextField(default="", blank=True)
@@ -84,6 +85,11 @@ class Delivery(models.Model):
         verbose_name_plural = "deliveries"
         indexes = [
             models.Index(fields=["group_name", "position"], name="django_events_dlv_claim"),
+            models.Index(
+                fields=["claimed_until"],
+                name="django_events_dlv_held",
+                condition=models.Q(lease_token__isnull=False),
+            ),
             models.Index(
                 fields=["group_name", "key", "position"],
                 name="django_events_dlv_key_order",
@@ -151,7 +157,12 @@ class DeadLetter(models.Model):
         # The admin's filters and default order: state first, as triage looks at open ones.
         indexes = [
             models.Index(fields=["state", "group"], name="django_events_dl_state"),
-            models.Index(fields=["state", "fingerprint"], name="django_events_dl_fingerprint"),
+            # Covering (on PostgreSQL): the failure groups are read from the index alone.
+            models.Index(
+                fields=["state", "fingerprint"],
+                include=["id", "error_class", "handler", "first_failed_at", "last_failed_at"],
+                name="django_events_dl_fingerprint",
+            ),
             models.Index(fields=["state", "-last_failed_at"], name="django_events_dl_state_last"),
             models.Index(fields=["-last_failed_at"], name="django_events_dl_last"),
             models.Index(fields=["error_class"], name="django_events_dl_error"),

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import connections
@@ -23,8 +23,15 @@ _RETRY_LISTEN_AFTER = 30.0
 
 
 class Waiter:
-    def __init__(self, using: str, channels: Sequence[str]) -> None:
+    def __init__(
+        self,
+        using: str,
+        channels: Sequence[str],
+        ignore: Callable[[], int | None] | None = None,
+    ) -> None:
+        """``ignore`` names the backend whose notifications wake nobody (the waiter's own)."""
         self.using = using
+        self.ignore = ignore
         self.channels = [c for c in channels if c]
         self._listener: Any = None
         self._failed_at: float | None = None
@@ -64,12 +71,17 @@ class Waiter:
             woken = local_wakeup.wait(timeout)
             local_wakeup.clear()
             return woken
+        own = self.ignore() if self.ignore else None
+        deadline = time.monotonic() + timeout
         try:
-            woken = any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
-            if woken:  # swallow the rest of a burst: one wake-up is enough
-                for _ in listener.notifies(timeout=0):
-                    pass
-            return woken
+            while (left := deadline - time.monotonic()) > 0:
+                notes = list(listener.notifies(timeout=left, stop_after=1))
+                if not notes:
+                    return False
+                notes += listener.notifies(timeout=0)  # one wake-up serves a whole burst
+                if any(note.pid != own for note in notes):
+                    return True
+            return False
         except Exception:
             logger.warning("LISTEN connection lost; polling until it is back", exc_info=True)
             self.close()

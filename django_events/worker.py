@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, close_old_connections, connections, transaction
+from django.db import DatabaseError, InterfaceError, connections, transaction
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
@@ -116,7 +116,7 @@ class Worker:
         channels = [self.transport.wake_channel or ""]
         if self.relay:
             channels.append(OUTBOX_CHANNEL)
-        waiter = Waiter(self.database, channels)
+        waiter = Waiter(self.database, channels, ignore=self._own_backend)
         self._heartbeat = Heartbeat(self.transport, self.lease)
         self._heartbeat.start()
         logger.info("Worker %s started for groups %s", self.name, ", ".join(self.groups) or "-")
@@ -138,13 +138,21 @@ class Worker:
                     continue
                 if once:
                     break
+                # The connection is kept across waits (CONN_MAX_AGE does not apply to a worker):
+                # reconnecting on every wake-up would cost more than the work itself. A
+                # connection that broke meanwhile raises above and is replaced.
                 waiter.wait(self.poll_interval)
-                close_old_connections()
         finally:
             self._heartbeat.stop()
             waiter.close()
         logger.info("Worker %s stopped after %d events", self.name, self.handled)
         return self.handled
+
+    def _own_backend(self) -> int | None:
+        """PostgreSQL backend of this worker's connection: its relay's NOTIFY needs no wake-up."""
+        raw = connections[self.database].connection
+        info = getattr(raw, "info", None)
+        return getattr(info, "backend_pid", None)
 
     def step(self) -> bool:
         """Relay what is committed, then claim and handle one batch; True if anything moved."""
@@ -325,6 +333,29 @@ class Worker:
     def _dead_letter(
         self, claimed: Claimed, handler: Handler | None, error_class: str, message: str, trace: str
     ) -> None:
+        try:
+            dead = self._store_dead_letter(claimed, handler, error_class, message, trace)
+        except _ClaimLost:
+            logger.warning(
+                "Lost the claim on %s for %s before dead-lettering it; another worker has it",
+                claimed.event_id,
+                claimed.group,
+            )
+            return
+        logger.error(
+            "Dead letter: %s %s for group %s after %d attempts: %s: %s",
+            claimed.event_type,
+            claimed.event_id,
+            claimed.group,
+            claimed.attempt,
+            error_class,
+            message,
+        )
+        _send(signals.event_dead_lettered, dead_letter=dead)
+
+    def _store_dead_letter(
+        self, claimed: Claimed, handler: Handler | None, error_class: str, message: str, trace: str
+    ) -> DeadLetter:
         with transaction.atomic(using=self.database):
             dead = DeadLetter.objects.using(self.database).create(
                 event_id=claimed.event_id,
@@ -338,18 +369,10 @@ class Worker:
                 first_failed_at=claimed.first_failed_at or Now(),
                 last_failed_at=Now(),
             )
-            self.transport.dead_letter(claimed)
+            if not self.transport.dead_letter(claimed):
+                raise _ClaimLost
         dead.refresh_from_db(fields=["first_failed_at", "last_failed_at"])
-        logger.error(
-            "Dead letter: %s %s for group %s after %d attempts: %s: %s",
-            claimed.event_type,
-            claimed.event_id,
-            claimed.group,
-            claimed.attempt,
-            error_class,
-            message,
-        )
-        _send(signals.event_dead_lettered, dead_letter=dead)
+        return dead
 
 
 def _send(signal: Signal, **kwargs: Any) -> None:

@@ -76,7 +76,9 @@ def test_event_that_kills_every_worker_is_a_dead_letter_after_max_attempts(worke
             break
         time.sleep(0.3)
     dead = DeadLetter.objects.get()
-    assert crashes == 2
+    # The first crash came in a batch claim, which proves nothing about this event, so it
+    # was given back; the two crashes while claimed alone are the counted attempts.
+    assert crashes == 3
     assert (dead.error_class, dead.attempts) == ("LeaseExpired", 2)
 
 

@@ -149,7 +149,7 @@ def test_attempt_is_counted_at_claim_and_an_expired_lease_frees_the_event():
     event = publish("test.happened", {"n": 1})
     Relay().run_once()
     transport = transports["default"]
-    first = transport.claim(["alpha"], 10, lease=30)
+    first = transport.claim(["alpha"], 1, lease=30)
     assert [c.event_id for c in first] == [event.id] and first[0].attempt == 1
     assert transport.claim(["alpha"], 10, lease=30) == [], "leased events are not claimable"
     # The worker holding it dies without a word; its lease runs out (database time).
@@ -167,7 +167,7 @@ def test_event_whose_worker_died_on_its_last_attempt_is_a_dead_letter():
     Relay().run_once()
     transport = transports["default"]
     for _ in range(2):
-        assert transport.claim(["alpha"], 10, lease=30)
+        assert transport.claim(["alpha"], 1, lease=30)
         Delivery.objects.filter(group_name="alpha").update(claimed_until="2000-01-01T00:00:00Z")
     deliver(["alpha"], relay=False)
     dead = DeadLetter.objects.get()
@@ -396,3 +396,21 @@ def test_a_burst_of_deliveries_refreshes_the_planner_statistics(monkeypatch):
     with connection.cursor() as cursor:
         cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'django_events_delivery'")
         assert cursor.fetchone()[0] == 30
+
+
+def test_a_dead_workers_batch_comes_back_one_by_one_and_only_a_lone_claim_counts():
+    for n in range(3):
+        publish("test.happened", {"n": n})
+    Relay().run_once()
+    transport = transports["default"]
+    batch = transport.claim(["alpha"], 10, lease=30)
+    assert [c.attempt for c in batch] == [1, 1, 1]
+    # The worker dies somewhere in the batch: nobody knows which event killed it.
+    Delivery.objects.filter(group_name="alpha").update(claimed_until="2000-01-01T00:00:00Z")
+    again = transport.claim(["alpha"], 10, lease=30)
+    assert len(again) == 1, "an orphan comes back alone"
+    assert again[0].attempt == 1, "the batch attempt is given back"
+    Delivery.objects.filter(id=again[0].receipt[0]).update(claimed_until="2000-01-01T00:00:00Z")
+    alone_again = transport.claim(["alpha"], 10, lease=30)
+    assert alone_again[0].event_id == again[0].event_id
+    assert alone_again[0].attempt == 2, "dying while claimed alone counts"

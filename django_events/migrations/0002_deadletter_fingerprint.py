@@ -58,7 +58,9 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="deadletter",
             index=models.Index(
-                fields=["state", "fingerprint"], name="django_events_dl_fingerprint"
+                fields=["state", "fingerprint"],
+                include=("id", "error_class", "handler", "first_failed_at", "last_failed_at"),
+                name="django_events_dl_fingerprint",
             ),
         ),
         migrations.AddIndex(

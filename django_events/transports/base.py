@@ -122,8 +122,10 @@ class Transport:
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
         raise NotImplementedError
 
-    def dead_letter(self, claimed: Claimed) -> None:
-        """Stop delivering ``claimed``; an ordered event keeps its key parked until redelivered."""
+    def dead_letter(self, claimed: Claimed) -> bool:
+        """Stop delivering ``claimed``; an ordered event keeps its key parked until redelivered.
+
+        False if the claim was lost (another worker holds the event now)."""
         raise NotImplementedError
 
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:

@@ -176,19 +176,39 @@ class DatabaseTransport(Transport):
     # -- worker side --------------------------------------------------------------------
 
     def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+        """Claim events for ``groups``, counting an attempt for each.
+
+        An event whose last claim expired without an outcome (its worker died) is an
+        orphan. Orphans come back one at a time, before anything else, so a handler that
+        kills its process takes no healthy neighbour down with it. The death counts as an
+        attempt only if the orphan had been claimed alone: in a batch, the worker may have
+        died on a neighbour, so that attempt is given back.
+        """
         if not groups:
             return []
+        return self._claim(groups, 1, lease, orphans=True) or self._claim(
+            groups, limit, lease, orphans=False
+        )
+
+    def _claim(
+        self, groups: Sequence[str], limit: int, lease: float, *, orphans: bool
+    ) -> list[Claimed]:
         vendor = self._vendor
         delivery, event = self._tables()
         token = uuid.uuid4().hex
         now = sql.now(vendor)
+        held = (
+            "c.lease_token IS NOT NULL AND c.claimed_until < "
+            if orphans
+            else "c.lease_token IS NULL"
+        )
         claimable = (
-            f"NOT c.parked AND c.available_at <= {now} "
-            f"AND (c.claimed_until IS NULL OR c.claimed_until < {now}) "
+            f"NOT c.parked AND c.available_at <= {now} AND {held}{now if orphans else ''} "
             f"AND (NOT c.ordered OR NOT EXISTS (SELECT 1 FROM {delivery} h WHERE h.ordered "
             "AND h.group_name = c.group_name AND h.key = c.key AND h.position < c.position))"
         )
-        if vendor == "postgresql":
+        lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+        if vendor == "postgresql" and not orphans:
             # One ordered index scan per group that stops at the limit, however long the
             # backlog: `group_name = ANY(...)` would sort every pending row instead. Groups
             # take turns at coming first so a busy one cannot starve the others.
@@ -196,19 +216,23 @@ class DatabaseTransport(Transport):
             candidates = (
                 "SELECT c.id FROM unnest(%s::text[]) AS g(name) CROSS JOIN LATERAL "
                 f"(SELECT c.id FROM {delivery} c WHERE c.group_name = g.name AND {claimable} "
-                "ORDER BY c.position LIMIT %s FOR UPDATE SKIP LOCKED) c LIMIT %s"
+                f"ORDER BY c.position LIMIT %s{lock}) c LIMIT %s"
             )
             group_params = [[*groups[self._turn :], *groups[: self._turn]], limit]
-            # ARRAY(...) runs once; the update then finds each row by primary key.
-            candidates = f"= ANY(ARRAY({candidates}))"
         else:
             in_groups, group_params = self._groups_clause("c.group_name", groups)
             candidates = (
-                f"IN (SELECT c.id FROM {delivery} c WHERE {in_groups} AND {claimable} "
-                "ORDER BY c.position LIMIT %s)"
+                f"SELECT c.id FROM {delivery} c WHERE {in_groups} AND {claimable} "
+                f"ORDER BY c.position LIMIT %s{lock}"
             )
+        # On PostgreSQL ARRAY(...) runs once; the update then finds each row by primary key.
+        candidates = (
+            f"= ANY(ARRAY({candidates}))" if vendor == "postgresql" else f"IN ({candidates})"
+        )
+        counted = "CASE WHEN claimed_alone THEN 1 ELSE 0 END" if orphans else "1"
+        alone = "TRUE" if orphans or limit == 1 else "FALSE"
         update = (
-            f"UPDATE {delivery} SET attempts = attempts + 1, "
+            f"UPDATE {delivery} SET attempts = attempts + {counted}, claimed_alone = {alone}, "
             f"claimed_until = {sql.now_plus(vendor)}, "
             "lease_token = %s WHERE id {candidates} "
             "RETURNING id, event_id, group_name, attempts, first_failed_at"
@@ -349,16 +373,20 @@ class DatabaseTransport(Transport):
             [sql.seconds(vendor, delay), error[:2000], delivery_id, token],
         )
 
-    def dead_letter(self, claimed: Claimed) -> None:
+    def dead_letter(self, claimed: Claimed) -> bool:
         delivery, _ = self._tables()
-        delivery_id, _token = claimed.receipt
+        delivery_id, token = claimed.receipt
         # An ordered row stays as a parked head, holding back only its own key.
-        self._execute(
+        parked = self._execute(
             f"UPDATE {delivery} SET parked = TRUE, claimed_until = NULL, lease_token = NULL "
-            "WHERE id = %s AND ordered",
-            [delivery_id],
+            "WHERE id = %s AND lease_token = %s AND ordered",
+            [delivery_id, token],
         )
-        self._execute(f"DELETE FROM {delivery} WHERE id = %s AND NOT ordered", [delivery_id])
+        removed = self._execute(
+            f"DELETE FROM {delivery} WHERE id = %s AND lease_token = %s AND NOT ordered",
+            [delivery_id, token],
+        )
+        return bool(parked or removed)
 
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
         from ..registry import registry
