@@ -21,6 +21,7 @@ MODULES = [
     "m1_memory",
     "r1_redis",
     "q1_sqs",
+    "admin_changelist",
 ]
 
 

@@ -1,0 +1,161 @@
+"""A1: the triage admin with 100k dead letters and 1M events against a small database.
+
+Each page is fetched with Django's test client, in this process, as a superuser: the
+dead-letter list (plain, filtered, one failure group, searched by event id and by
+message), the failure groups, the event log (plain, by type, by key, by event id). The
+two databases are built from the migrated bench schema with ``INSERT … SELECT
+generate_series``, so both hold the same shape of data in different amounts.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+from bench import pg
+from bench.runner import Context, Goal, Row, alternate, ratio_row
+
+ID = "A1"
+TITLE = "admin pages with 100k dead letters and 1M events"
+BASELINE = "5k dead letters and 10k events"
+GOAL = Goal("<=", 3.0)
+SMALL_DB = pg.BENCH_DB + "_admin_small"
+BIG_DB = pg.BENCH_DB + "_admin_big"
+REQUESTS = 5  # per measurement; the median is kept
+
+EVENT_ID = "00000000-0000-4000-8000-000000000007"  # event number 7, a dead letter's
+
+PAGES: dict[str, str] = {
+    "dead letters": "/admin/django_events/deadletter/",
+    "dead letters, open in group g1": "/admin/django_events/deadletter/?state__exact=open&group=g1",
+    "one failure group": "/admin/django_events/deadletter/?fingerprint=fp03&state__exact=open",
+    "dead letter by event id": f"/admin/django_events/deadletter/?q={EVENT_ID}",
+    "dead letters by message": "/admin/django_events/deadletter/?q=timeout",
+    "failure groups": "/admin/django_events/failuregroup/",
+    "event log": "/admin/django_events/eventrecord/",
+    "event log by type": "/admin/django_events/eventrecord/?type=bench.noop",
+    "event log by key": "/admin/django_events/eventrecord/?key=order-4242",
+    "event by id": f"/admin/django_events/eventrecord/?q={EVENT_ID}",
+}
+
+
+def build(dbname: str, events: int, dead: int) -> float:
+    """A copy of the bench schema with ``events`` logged events and ``dead`` dead letters."""
+    from django.db import connections
+
+    connections.close_all()  # CREATE DATABASE … TEMPLATE needs the template unused
+    started = time.perf_counter()
+    pg.recreate_database(dbname, template=pg.BENCH_DB)
+    with pg.connect(dbname) as conn:
+        conn.execute(
+            "INSERT INTO django_events_event (id, position, type, key, version, data, metadata, "
+            "occurred_at, source, correlation_id, causation_id, recorded_at) "
+            "SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, g, "
+            "(ARRAY['bench.noop', 'order.placed', 'order.paid', 'user.signed_up'])[1 + g %% 4], "
+            "'order-' || (g %% 50000), 1, %s::jsonb, '{}'::jsonb, "
+            "now() - (g || ' seconds')::interval, 'bench', gen_random_uuid(), NULL, now() "
+            "FROM generate_series(1, %s) g",
+            [pg.PAYLOAD_TEXT, events],
+        )
+        conn.execute(
+            'INSERT INTO django_events_deadletter (event_id, "group", handler, attempts, '
+            "error_class, error_message, traceback, first_failed_at, last_failed_at, state, "
+            "resolved_at, resolved_by, reason, fingerprint) "
+            "SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, "
+            "'g' || (g %% 4), 'shop.events.handler_' || (g %% 4), 5, "
+            "'shop.errors.E' || (g %% 10), "
+            "(ARRAY['timeout talking to the CRM', 'card declined', 'no such order'])[1 + g %% 3] "
+            "|| ' for order ' || g, 'Traceback (most recent call last): …', "
+            "now() - (g || ' minutes')::interval, now() - (g || ' seconds')::interval, "
+            "(ARRAY['open', 'open', 'open', 'open', 'open', 'open', 'open', 'open', 'retried', "
+            "'discarded'])[1 + g %% 10], NULL, '', '', 'fp' || lpad((g %% 40)::text, 2, '0') "
+            "FROM generate_series(1, %s) g",
+            [dead],
+        )
+        conn.execute("VACUUM ANALYZE django_events_event")
+        conn.execute("VACUUM ANALYZE django_events_deadletter")
+    return time.perf_counter() - started
+
+
+class Admin:
+    """A logged-in test client whose requests go to one database or the other."""
+
+    def __init__(self) -> None:
+        from django.test import Client
+
+        self.client = Client()
+        self.current: str | None = None
+
+    def use(self, dbname: str) -> None:
+        from django.contrib.auth.models import User
+        from django.db import connections
+
+        if self.current == dbname:
+            return
+        connections["default"].close()
+        connections["default"].settings_dict["NAME"] = dbname
+        user, _ = User.objects.get_or_create(
+            username="bench-admin", defaults={"is_staff": True, "is_superuser": True}
+        )
+        self.client.force_login(user)
+        self.current = dbname
+
+    def timer(self, dbname: str, url: str) -> Callable[[], float]:
+        def measure() -> float:
+            self.use(dbname)
+            times = []
+            for _ in range(REQUESTS):
+                started = time.perf_counter()
+                response = self.client.get(url)
+                times.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{url}: HTTP {response.status_code}")
+            return statistics.median(times)
+
+        return measure
+
+
+def run(ctx: Context) -> list[Row]:
+    from django.conf import settings
+    from django.db import connections
+    from django.test import override_settings
+
+    events, dead = ctx.size(1_000_000, 100_000), ctx.size(100_000, 10_000)
+    small_events, small_dead = 10_000, 5_000
+    ctx.log(f"    built the small database in {build(SMALL_DB, small_events, small_dead):.1f}s")
+    ctx.log(f"    built the large database in {build(BIG_DB, events, dead):.1f}s")
+    original = settings.DATABASES["default"]["NAME"]
+    hosts = override_settings(ALLOWED_HOSTS=["testserver"])
+    hosts.enable()
+    admin = Admin()
+    rows = []
+    try:
+        for number, (name, url) in enumerate(PAGES.items(), start=1):
+            got = alternate(
+                ctx, {"small": admin.timer(SMALL_DB, url), "large": admin.timer(BIG_DB, url)}
+            )
+            rows.append(
+                ratio_row(
+                    f"A1.{number}",
+                    f"{TITLE}: {name}",
+                    BASELINE,
+                    "response time",
+                    "ms",
+                    got["large"],
+                    got["small"],
+                    GOAL,
+                    higher_is_better=False,
+                    notes=f"GET {url}; median of {REQUESTS} requests per repetition; "
+                    f"{events:,} events and {dead:,} dead letters (80% open) against "
+                    f"{small_events:,} and {small_dead:,}",
+                )
+            )
+    finally:
+        hosts.disable()
+        connections["default"].close()
+        connections["default"].settings_dict["NAME"] = original
+        connections.close_all()
+        pg.drop_database(SMALL_DB)
+        pg.drop_database(BIG_DB)
+    return rows
