@@ -74,6 +74,7 @@ class Delivery(models.Model):
     available_at = models.DateTimeField(db_default=Now())
     claimed_until = models.DateTimeField(null=True, blank=True)
     claimed_alone = models.BooleanField(default=False, db_default=False)
+    claimer = models.IntegerField(null=True, blank=True)  # PostgreSQL backend that claimed it
     lease_token = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
     parked = models.BooleanField(default=False)
     last_error = models.TextField(default="", blank=True)

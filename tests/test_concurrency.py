@@ -124,3 +124,25 @@ def test_idle_worker_is_woken_by_notify_long_before_its_poll(workers: Workers):
         publish("test.happened", {"n": 1})
     wait_until(lambda: Effect.objects.filter(group="alpha").exists(), timeout=15)
     assert proc.poll() is None
+
+
+@postgres_only
+def test_killed_workers_events_come_back_before_the_lease_ends(workers: Workers, tmp_path: Path):
+    marker = tmp_path / "crashed"
+    for n in range(5):
+        publish("test.happened", {"n": n, "crash_once": str(marker) if n == 2 else ""})
+    env = overrides(LEASE=600, MAX_ATTEMPTS=2)
+    first = workers.run("consume_events", "--once", "--group", "alpha", **env)
+    assert first.returncode == 9, first.stdout + first.stderr
+    started = time.monotonic()
+    # Its connection is gone, so PostgreSQL knows it is dead: no 10-minute wait.
+    wait_until(
+        lambda: (
+            workers.run("consume_events", "--once", "--group", "alpha", **env).returncode == 0
+            and Effect.objects.filter(group="alpha").count() == 5
+        ),
+        timeout=60,
+    )
+    assert time.monotonic() - started < 60
+    assert sorted(Effect.objects.values_list("n", flat=True)) == [0, 1, 2, 3, 4]
+    assert not DeadLetter.objects.exists(), "batch-mates of the crash were not charged"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,9 @@ from ..exceptions import EventsConfigurationError, UndecodableEvent
 from .base import Claimed, GroupStatus, Outgoing, Transport
 
 DELIVERY_CHANNEL = "django_events_delivery"
+ORPHAN_CHECK_INTERVAL = 0.5
+"""Seconds between looks for orphaned claims, so a busy worker does not pay for it on
+every claim; an orphan waits at most this long once its claimer is known dead."""
 ANALYZE_AFTER = 10_000
 """Refresh the planner's statistics after this many new deliveries: a burst otherwise
 leaves PostgreSQL planning claims for the near-empty table it last sampled, sorting the
@@ -49,6 +53,7 @@ class DatabaseTransport(Transport):
         self.notify = bool(options.get("notify", True))
         self.wake_channel = DELIVERY_CHANNEL if self.notify else None
         self._unanalyzed = 0
+        self._orphans_checked_at = 0.0
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -178,17 +183,28 @@ class DatabaseTransport(Transport):
     def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
         """Claim events for ``groups``, counting an attempt for each.
 
-        An event whose last claim expired without an outcome (its worker died) is an
-        orphan. Orphans come back one at a time, before anything else, so a handler that
+        An event whose last claim ended without an outcome is an orphan: its lease expired,
+        or (on PostgreSQL) the claiming connection is gone, which is how a killed worker
+        shows at once. Orphans come back one at a time, before anything else, so a handler that
         kills its process takes no healthy neighbour down with it. The death counts as an
         attempt only if the orphan had been claimed alone: in a batch, the worker may have
         died on a neighbour, so that attempt is given back.
         """
         if not groups:
             return []
-        return self._claim(groups, 1, lease, orphans=True) or self._claim(
-            groups, limit, lease, orphans=False
-        )
+        due = time.monotonic() >= self._orphans_checked_at + ORPHAN_CHECK_INTERVAL
+        if due and (orphan := self._orphan(groups, lease)):
+            return orphan
+        claimed = self._claim(groups, limit, lease, orphans=False)
+        if not claimed and not due:  # idle anyway: look now
+            return self._orphan(groups, lease)
+        return claimed
+
+    def _orphan(self, groups: Sequence[str], lease: float) -> list[Claimed]:
+        found = self._claim(groups, 1, lease, orphans=True)
+        # Found one: there may be more, so look again at the next claim.
+        self._orphans_checked_at = 0.0 if found else time.monotonic()
+        return found
 
     def _claim(
         self, groups: Sequence[str], limit: int, lease: float, *, orphans: bool
@@ -197,13 +213,18 @@ class DatabaseTransport(Transport):
         delivery, event = self._tables()
         token = uuid.uuid4().hex
         now = sql.now(vendor)
-        held = (
-            "c.lease_token IS NOT NULL AND c.claimed_until < "
-            if orphans
-            else "c.lease_token IS NULL"
-        )
+        if not orphans:
+            held = "c.lease_token IS NULL"
+        elif vendor == "postgresql":
+            # A claimer whose connection is gone is dead: no need to wait for its lease.
+            held = (
+                f"c.lease_token IS NOT NULL AND (c.claimed_until < {now} OR NOT EXISTS "
+                "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = c.claimer))"
+            )
+        else:
+            held = f"c.lease_token IS NOT NULL AND c.claimed_until < {now}"
         claimable = (
-            f"NOT c.parked AND c.available_at <= {now} AND {held}{now if orphans else ''} "
+            f"NOT c.parked AND c.available_at <= {now} AND {held} "
             f"AND (NOT c.ordered OR NOT EXISTS (SELECT 1 FROM {delivery} h WHERE h.ordered "
             "AND h.group_name = c.group_name AND h.key = c.key AND h.position < c.position))"
         )
@@ -230,10 +251,11 @@ class DatabaseTransport(Transport):
             f"= ANY(ARRAY({candidates}))" if vendor == "postgresql" else f"IN ({candidates})"
         )
         counted = "CASE WHEN claimed_alone THEN 1 ELSE 0 END" if orphans else "1"
+        claimer = "pg_backend_pid()" if vendor == "postgresql" else "NULL"
         alone = "TRUE" if orphans or limit == 1 else "FALSE"
         update = (
             f"UPDATE {delivery} SET attempts = attempts + {counted}, claimed_alone = {alone}, "
-            f"claimed_until = {sql.now_plus(vendor)}, "
+            f"claimed_until = {sql.now_plus(vendor)}, claimer = {claimer}, "
             "lease_token = %s WHERE id {candidates} "
             "RETURNING id, event_id, group_name, attempts, first_failed_at"
         )

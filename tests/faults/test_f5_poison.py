@@ -146,11 +146,6 @@ def test_f5_crashing_poison_with_batch_size_1(procs: Procs):
     _poison_vs_baseline(procs, ("fail", "crash"), 1, "F5 poison: raises + kills process (batch 1)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a crash costs an attempt to every event claimed in the same batch; "
-    "healthy batch-mates of a crashing event become LeaseExpired dead letters",
-)
 def test_f5_crashing_poison_in_a_batch(procs: Procs):
     _poison_vs_baseline(
         procs, ("fail", "crash"), 50, "F5 poison: raises + kills process (batch 50)"

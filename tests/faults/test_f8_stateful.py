@@ -276,11 +276,6 @@ def test_f8_control_without_inbox_the_model_catches_a_duplicate():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a stale claim past MAX_ATTEMPTS writes a second LeaseExpired dead letter "
-    "and deletes the delivery another worker holds (dead-letter paths ignore the lease token)",
-)
 def test_f8_stale_claim_on_its_last_attempt_dead_letters_once():
     """Found while modelling: worker B's lease ran out and C claimed the event again."""
     with override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 1, "BACKOFF_BASE": 0}):
