@@ -231,6 +231,25 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         yield pool
     finally:
         pool.stop_all()
+        _wait_for_other_sessions_to_end()
+
+
+def _wait_for_other_sessions_to_end(timeout: float = 15.0) -> None:
+    """Killed workers' server sessions end a moment later; the test database waits for them."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+            if not cursor.fetchone()[0]:
+                return
+        time.sleep(0.2)
 
 
 @pytest.fixture(autouse=True)
