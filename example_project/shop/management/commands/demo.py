@@ -151,6 +151,10 @@ class Command(BaseCommand):
             "  then open http://127.0.0.1:8000/admin/ (log in as admin / admin),"
             " or http://127.0.0.1:8000/ to place orders."
         )
+        if admin.site.is_registered(DeadLetter) and DeadLetter.objects.exists():
+            self.stdout.write(
+                "  Triage the dead letter there: Events > Failure groups, then retry or discard it."
+            )
 
     # --------------------------------------------------------------- helpers
 
