@@ -21,6 +21,7 @@ from django.db import connections
 from django.utils.dateparse import parse_datetime
 
 from .. import sql
+from ..conf import get_settings
 from ..envelope import build_event
 from ..exceptions import EventsConfigurationError, UndecodableEvent
 from .base import Claimed, GroupStatus, Outgoing, Transport
@@ -91,8 +92,6 @@ class DatabaseTransport(Transport):
                     id="django_events.E004",
                 )
             ]
-        from ..conf import get_settings
-
         others = [a for a in get_settings().outbox_databases if a != self.database]
         if others:
             errors.append(
@@ -216,10 +215,18 @@ class DatabaseTransport(Transport):
         if not orphans:
             held = "c.lease_token IS NULL"
         elif vendor == "postgresql":
-            # A claimer whose connection is gone is dead: no need to wait for its lease.
+            # A claimer whose connection is gone is dead: no need to wait for its lease,
+            # only for the retry backoff its death earned (as if the handler had raised).
+            policy = get_settings().retry
+            claimed_at = f"(c.claimed_until - make_interval(secs => {float(lease)!r}))"
+            backoff = (
+                f"LEAST({float(policy.backoff_max)!r}, {float(policy.backoff_base)!r} "
+                "* power(2, GREATEST(c.attempts - 1, 0)))"
+            )
             held = (
-                f"c.lease_token IS NOT NULL AND (c.claimed_until < {now} OR NOT EXISTS "
-                "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = c.claimer))"
+                f"c.lease_token IS NOT NULL AND (c.claimed_until < {now} OR ("
+                f"{claimed_at} + make_interval(secs => {backoff}) < {now} AND NOT EXISTS "
+                "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = c.claimer)))"
             )
         else:
             held = f"c.lease_token IS NOT NULL AND c.claimed_until < {now}"
@@ -304,8 +311,6 @@ class DatabaseTransport(Transport):
         if stored[0] is None:
             claimed.decode_error = f"Event {event_id} is missing from the event log."
             return claimed
-        from ..conf import get_settings
-
         try:
             claimed.event = build_event(
                 id=stored[0],
