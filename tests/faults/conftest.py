@@ -164,6 +164,7 @@ class Procs:
         if proc is None:
             proc = Proc(name, list(argv), env, self.tmp_path / f"{name}.log")
             self.procs[name] = proc
+        proc.argv, proc.env = list(argv), env
         assert not proc.alive(), f"{name} is running"
         with open(proc.log, "ab") as log:
             log.write(f"--- start {proc.starts} at {time.time():.3f}\n".encode())

@@ -52,14 +52,16 @@ def proxy() -> Iterator[FaultProxy]:
 
 
 class Publisher:
-    def __init__(self) -> None:
+    def __init__(self, **data: object) -> None:
         self.truth: dict = {}
         self.n = 0
+        self.data = data
 
     def some(self, count: int = 3) -> None:
         with transaction.atomic():
             for _ in range(count):
-                self.truth[publish("test.happened", {"n": self.n}).id] = COMMITTED
+                event = publish("test.happened", {"n": self.n, **self.data})
+                self.truth[event.id] = COMMITTED
                 self.n += 1
 
     def for_seconds(self, seconds: float) -> None:
@@ -85,7 +87,7 @@ def _scenario(
     procs.command("relay", "relay_events", env=env)
     for i in range(2):
         procs.command(f"consumer{i}", "consume_events", "--no-relay", env=env)
-    pub = Publisher()
+    pub = Publisher(sleep=0.05) if control else Publisher()  # controls: keep consumers busy
     pub.some()
     first = next(iter(pub.truth))
     wait_until(lambda: _handled(first), timeout=60, what="flowing before the fault")
