@@ -48,6 +48,7 @@ class EventsSettings:
     outbox_databases: tuple[str, ...] = ("default",)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     lease: float = 30.0
+    call_timeout: float = 30.0
     poll_interval: float = 1.0
     batch_size: int = 50
     batch_transactions: bool = True
@@ -71,6 +72,7 @@ _TOP_KEYS = {
     "BACKOFF_BASE",
     "BACKOFF_MAX",
     "LEASE",
+    "CALL_TIMEOUT",
     "POLL_INTERVAL",
     "BATCH_SIZE",
     "BATCH_TRANSACTIONS",
@@ -206,6 +208,7 @@ def parse(raw: Any) -> EventsSettings:
         outbox_databases=tuple(databases),
         retry=retry,
         lease=lease,
+        call_timeout=float(_number(raw, "CALL_TIMEOUT", defaults.call_timeout, where, minimum=1)),
         poll_interval=float(
             _number(raw, "POLL_INTERVAL", defaults.poll_interval, where, minimum=0.01)
         ),

@@ -34,8 +34,10 @@ from .transports import transports
 from .transports.base import Claimed, Transport
 from .triage import fingerprint
 from .wakeup import Waiter
+from .watchdog import Watchdog
 
 logger = logging.getLogger("django_events.worker")
+RECONNECT_MAX_DELAY = 2.0  # seconds between reconnection attempts once the database is back
 
 
 class _ClaimLost(Exception):
@@ -100,6 +102,7 @@ class Worker:
         self.poll_interval = poll_interval or conf.poll_interval
         self.database = self.transport.database
         self.batch_transactions = conf.batch_transactions
+        self._watchdog = Watchdog(conf.call_timeout)
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.running = True
         self.handled = 0
@@ -119,34 +122,41 @@ class Worker:
         waiter = Waiter(self.database, channels, ignore=self._own_backend)
         self._heartbeat = Heartbeat(self.transport, self.lease)
         self._heartbeat.start()
+        self._watchdog.start()
         logger.info("Worker %s started for groups %s", self.name, ", ".join(self.groups) or "-")
-        failures = 0
         try:
-            while self.running:
-                try:
-                    worked = self.step()
-                    failures = 0
-                except (DatabaseError, InterfaceError):
-                    failures += 1
-                    delay = min(30.0, self.poll_interval * 2**failures)
-                    logger.exception("Database error; retrying in %.1fs", delay)
-                    connections.close_all()
-                    waiter.close()
-                    time.sleep(delay)
-                    continue
-                if worked:
-                    continue
-                if once:
-                    break
-                # The connection is kept across waits (CONN_MAX_AGE does not apply to a worker):
-                # reconnecting on every wake-up would cost more than the work itself. A
-                # connection that broke meanwhile raises above and is replaced.
-                waiter.wait(self.poll_interval)
+            with connections[self.database].execute_wrapper(self._watchdog.wrapper):
+                self._loop(waiter, once)
         finally:
+            self._watchdog.stop()
             self._heartbeat.stop()
             waiter.close()
         logger.info("Worker %s stopped after %d events", self.name, self.handled)
         return self.handled
+
+    def _loop(self, waiter: Waiter, once: bool) -> None:
+        failures = 0
+        while self.running:
+            try:
+                worked = self.step()
+                failures = 0
+            except (DatabaseError, InterfaceError):
+                failures += 1
+                delay = min(RECONNECT_MAX_DELAY, self.poll_interval * 2**failures)
+                logger.exception("Database error; retrying in %.1fs", delay)
+                connections.close_all()
+                waiter.close()
+                time.sleep(delay)
+                continue
+            if worked:
+                continue
+            if once:
+                return
+            # The connection is kept across waits (CONN_MAX_AGE does not apply to a worker):
+            # reconnecting on every wake-up would cost more than the work itself. A
+            # connection that broke meanwhile raises above and is replaced.
+            self._watchdog.disarm()
+            waiter.wait(self.poll_interval)
 
     def _own_backend(self) -> int | None:
         """PostgreSQL backend of this worker's connection: its relay's NOTIFY needs no wake-up."""
@@ -224,7 +234,7 @@ class Worker:
                     slot = (item.group, item.event_id)
                     if id(item) in owned_ids and slot in fresh:
                         fresh.discard(slot)  # a second delivery in this batch is a duplicate
-                        with handling(event):
+                        with handling(event), self._watchdog.paused():
                             handler.func(event)
                         done.append((item, handler, event))
                 failpoints.hit("worker.after_handler")
@@ -278,7 +288,7 @@ class Worker:
                     raise _ClaimLost
                 fresh = inbox.record(self.database, claimed.group, event.id)
                 if fresh:
-                    with handling(event):
+                    with handling(event), self._watchdog.paused():
                         handler.func(event)
                 failpoints.hit("worker.after_handler")
         except _ClaimLost:

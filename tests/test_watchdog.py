@@ -1,0 +1,43 @@
+"""The watchdog bounds the engine's database calls, never handler code."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import OperationalError, connection, connections
+
+from django_events.watchdog import Watchdog
+
+from .conftest import postgres_only
+
+pytestmark = [pytest.mark.django_db(transaction=True), postgres_only]
+
+
+@pytest.fixture
+def watchdog():
+    dog = Watchdog(timeout=1.0)
+    dog.start()
+    yield dog
+    dog.stop()
+    connections.close_all()
+
+
+def test_an_engine_call_that_does_not_answer_is_cut(watchdog: Watchdog):
+    started = time.monotonic()
+    with (
+        connection.execute_wrapper(watchdog.wrapper),
+        pytest.raises(OperationalError),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT pg_sleep(30)")
+    assert time.monotonic() - started < 10
+
+
+def test_handler_code_is_never_timed(watchdog: Watchdog):
+    with connection.execute_wrapper(watchdog.wrapper), connection.cursor() as cursor:
+        cursor.execute("SELECT 1")  # arms the clock, as an engine statement would
+        with watchdog.paused():
+            time.sleep(2)  # a slow handler, longer than the timeout
+        cursor.execute("SELECT 2")
+        assert cursor.fetchone() == (2,)
