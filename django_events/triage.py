@@ -201,6 +201,8 @@ def _one(
         return
     if action == RETRY:
         transport.redeliver(dead.event_id, dead.group)
+    else:
+        transport.discard(dead.event_id, dead.group)
     with transaction.atomic(using=dead._state.db or "default"):
         dead.state = (
             str(DeadLetter.State.RETRIED) if action == RETRY else str(DeadLetter.State.DISCARDED)

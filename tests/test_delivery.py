@@ -414,3 +414,19 @@ def test_a_dead_workers_batch_comes_back_one_by_one_and_only_a_lone_claim_counts
     alone_again = transport.claim(["alpha"], 10, lease=30)
     assert alone_again[0].event_id == again[0].event_id
     assert alone_again[0].attempt == 2, "dying while claimed alone counts"
+
+
+@override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 1})
+def test_discarding_a_parked_dead_letter_releases_its_key():
+    from django.contrib.auth.models import User
+
+    from django_events import triage
+
+    stuck = publish("test.sequenced", {"n": 1, "fail": True}, key="a")
+    publish("test.sequenced", {"n": 2}, key="a")
+    deliver(["sequence"])
+    assert effects("sequence") == []
+    admin = User.objects.create_superuser("root", password="pw")  # noqa: S106
+    triage.discard(DeadLetter.objects.filter(event_id=stuck.id), admin, "bad data, refunded")
+    deliver(["sequence"])
+    assert effects("sequence") == [("sequence", 2)]

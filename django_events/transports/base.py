@@ -132,6 +132,10 @@ class Transport:
         """Deliver a dead-lettered event to ``group`` again, attempts reset."""
         raise NotImplementedError
 
+    def discard(self, event_id: uuid.UUID, group: str) -> None:
+        """Give up on a dead-lettered event for ``group`` for good, releasing its key if
+        it was parked. Nothing to do for a transport that keeps nothing after a dead letter."""
+
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
         raise NotImplementedError
 

@@ -445,6 +445,13 @@ class DatabaseTransport(Transport):
         if vendor == "postgresql" and self.notify:
             self._execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL])
 
+    def discard(self, event_id: uuid.UUID, group: str) -> None:
+        delivery, _ = self._tables()
+        self._execute(
+            f"DELETE FROM {delivery} WHERE event_id = %s AND group_name = %s AND parked",
+            [sql.uuid_value(self._vendor, event_id), group],
+        )
+
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
         vendor = self._vendor
         delivery, _ = self._tables()
