@@ -79,7 +79,7 @@ def _scenario(
     procs: Procs, proxy: FaultProxy, mode: str, seconds: int, db_options: dict, control: str = ""
 ):
     env = procs.env(
-        overrides={"LEASE": 3},
+        overrides={"LEASE": 3, "CALL_TIMEOUT": TIMEOUT},
         DJANGO_EVENTS_FAULTS_CONTROL=control,
         PGPORT=str(proxy.port),
         DJANGO_EVENTS_FAULTS_DB_OPTIONS=__import__("json").dumps(db_options),
@@ -131,17 +131,7 @@ def _row(name: str, report, recovery, drained, started) -> None:
     )
 
 
-BACKOFF_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a database outage the worker's reconnect backoff "
-    "(min(30, POLL_INTERVAL * 2**failures), worker.run) keeps growing to 30 s whatever "
-    "the timeouts, so recovery after a 15 s or 60 s outage takes over 2x the timeout",
-)
-CASES = [
-    pytest.param(mode, s, marks=[BACKOFF_BUG] if mode == "drop" and s >= 15 else [])
-    for mode in ("drop", "delay")
-    for s in DURATIONS
-]
+CASES = [pytest.param(mode, s) for mode in ("drop", "delay") for s in DURATIONS]
 
 
 @pytest.mark.parametrize(("mode", "seconds"), CASES)
@@ -160,12 +150,6 @@ def test_f7_connection_faults(procs: Procs, proxy: FaultProxy, mode: str, second
     assert report.clean, report
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a worker blocked in a query on a half-open connection waits forever: "
-    "no client-side call timeout exists (psycopg has none; keepalives and "
-    "tcp_user_timeout never fire while the peer's TCP stack still acknowledges)",
-)
 @pytest.mark.parametrize("seconds", DURATIONS)
 def test_f7_stall_half_open(procs: Procs, proxy: FaultProxy, seconds: int):
     started = time.monotonic()
