@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Event", "handler", "publish"]
+__all__ = ["Event", "handler", "publish", "publish_many"]
 
 if TYPE_CHECKING:
     from .envelope import Event
-    from .outbox import publish
+    from .outbox import publish, publish_many
     from .registry import handler
 
 
@@ -23,6 +23,10 @@ def __getattr__(name: str) -> Any:
         from .outbox import publish
 
         return publish
+    if name == "publish_many":
+        from .outbox import publish_many
+
+        return publish_many
     if name == "handler":
         from .registry import handler
 

@@ -11,7 +11,7 @@ import contextvars
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -92,57 +92,86 @@ def publish(
     limit. Events published while a handler runs inherit its correlation id and take the
     handled event's id as causation id.
     """
+    return publish_many([(type, data, key)], version=version, using=using, metadata=metadata)[0]
+
+
+def publish_many(
+    events: Iterable[tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], str | None]],
+    *,
+    version: int = 1,
+    using: str = "default",
+    metadata: Mapping[str, str] | None = None,
+) -> list[Event]:
+    """Publish several events in one statement: ``[(type, data), (type, data, key), ...]``.
+
+    All or nothing: every event is validated before anything is written, and all join the
+    current transaction, in order. Much cheaper than a ``publish()`` per event in a loop.
+    """
     conf = get_settings()
     if using not in conf.outbox_databases:
         raise EventsConfigurationError(
             f"publish(using={using!r}): {using!r} is not in DJANGO_EVENTS['OUTBOX_DATABASES'] "
             f"({', '.join(conf.outbox_databases)}), so no relay would read it."
         )
-    event_type = validate_type(type)
-    text = encode_data(data, conf.max_payload_bytes)
-    event_id = uuid7()
+    version = validate_version(version)
+    metadata = validate_metadata(metadata)
+    source = conf.source or _default_source()
     cause = _current_event.get()
-    event = Event(
-        id=event_id,
-        type=event_type,
-        data=json.loads(text),
-        version=validate_version(version),
-        key=validate_key(key),
-        occurred_at=dt.datetime.now(dt.timezone.utc),
-        source=conf.source or _default_source(),
-        correlation_id=(cause.correlation_id or cause.id) if cause else event_id,
-        causation_id=cause.id if cause else None,
-        metadata=validate_metadata(metadata),
-    )
-    _insert(using, event, text, conf.publish_notify)
-    signals.event_published.send(sender=publish, event=event, using=using)
-    return event
+    built: list[tuple[Event, str]] = []
+    for spec in events:
+        event_type, data, key = spec if len(spec) == 3 else (*spec, None)
+        text = encode_data(data, conf.max_payload_bytes)
+        event_id = uuid7()
+        event = Event(
+            id=event_id,
+            type=validate_type(event_type),
+            data=json.loads(text),
+            version=version,
+            key=validate_key(key),
+            occurred_at=dt.datetime.now(dt.timezone.utc),
+            source=source,
+            correlation_id=(cause.correlation_id or cause.id) if cause else event_id,
+            causation_id=cause.id if cause else None,
+            metadata=metadata,
+        )
+        built.append((event, text))
+    if built:
+        _insert(using, built, conf.publish_notify)
+    for event, _ in built:
+        signals.event_published.send(sender=publish, event=event, using=using)
+    return [event for event, _ in built]
 
 
-def _insert(using: str, event: Event, data_text: str, notify: bool) -> None:
+_ROWS_PER_STATEMENT = 500
+
+
+def _insert(using: str, events: list[tuple[Event, str]], notify: bool) -> None:
     connection = connections[using]
     kind = sql.vendor(using)
-    params: list[Any] = [
-        sql.uuid_value(kind, event.id),
-        event.type,
-        event.version,
-        event.key,
-        data_text,
-        json.dumps(event.metadata) if event.metadata else "",
-        sql.datetime_value(connection, event.occurred_at),
-        event.source,
-        sql.uuid_value(kind, event.correlation_id),
-        sql.uuid_value(kind, event.causation_id),
-    ]
-    insert = (
-        f"INSERT INTO {sql.table(connection, 'OutboxMessage')} ({_COLUMNS}) "
-        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(kind)})"
-    )
-    if notify and kind == "postgresql" and not _notified_in_this_transaction(connection):
-        insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i"
-        params.append(OUTBOX_CHANNEL)
-    with connection.cursor() as cursor:
-        cursor.execute(insert, params)
+    table = sql.table(connection, "OutboxMessage")
+    row = f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(kind)})"
+    for start in range(0, len(events), _ROWS_PER_STATEMENT):
+        chunk = events[start : start + _ROWS_PER_STATEMENT]
+        params: list[Any] = []
+        for event, data_text in chunk:
+            params += [
+                sql.uuid_value(kind, event.id),
+                event.type,
+                event.version,
+                event.key,
+                data_text,
+                json.dumps(event.metadata) if event.metadata else "",
+                sql.datetime_value(connection, event.occurred_at),
+                event.source,
+                sql.uuid_value(kind, event.correlation_id),
+                sql.uuid_value(kind, event.causation_id),
+            ]
+        insert = f"INSERT INTO {table} ({_COLUMNS}) VALUES {', '.join([row] * len(chunk))}"
+        if notify and kind == "postgresql" and not _notified_in_this_transaction(connection):
+            insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
+            params.append(OUTBOX_CHANNEL)
+        with connection.cursor() as cursor:
+            cursor.execute(insert, params)
 
 
 def new_id() -> uuid.UUID:

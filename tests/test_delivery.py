@@ -430,3 +430,28 @@ def test_discarding_a_parked_dead_letter_releases_its_key():
     triage.discard(DeadLetter.objects.filter(event_id=stuck.id), admin, "bad data, refunded")
     deliver(["sequence"])
     assert effects("sequence") == [("sequence", 2)]
+
+
+def test_publish_many_writes_all_in_one_statement_in_order():
+    from django_events import publish_many
+
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        events = publish_many(
+            [("test.happened", {"n": n}) for n in range(3)] + [("test.sequenced", {"n": 3}, "k")]
+        )
+    inserts = [q for q in queries.captured_queries if "django_events_outbox" in q["sql"]]
+    assert len(inserts) == 1
+    assert [e.key for e in events] == [None, None, None, "k"]
+    assert [e.id for e in events] == sorted(e.id for e in events)
+    deliver()
+    assert sorted(effects("alpha")) == [("alpha", n) for n in range(3)]
+    assert effects("sequence") == [("sequence", 3)]
+
+
+def test_publish_many_writes_nothing_if_one_event_is_invalid():
+    from django_events import publish_many
+    from django_events.exceptions import InvalidEventType
+
+    with pytest.raises(InvalidEventType):
+        publish_many([("test.happened", {"n": 1}), ("Not A Type", {"n": 2})])
+    assert OutboxMessage.objects.count() == 0
