@@ -8,12 +8,15 @@ are leased in database time, sent with no transaction open, then deleted.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
+from django.db.models.functions import Now
 
 from . import failpoints, sql
 from .conf import get_settings
@@ -63,6 +66,16 @@ class Relay:
         return moved
 
     def relay_batch(self, using: str) -> int:
+        """Move one batch; a row that cannot be moved is set aside, never left to block."""
+        try:
+            return self._relay_batch(using)
+        except (DataError, IntegrityError):
+            quarantined = quarantine_malformed(using, self.batch_size)
+            if not quarantined:
+                raise
+            return quarantined
+
+    def _relay_batch(self, using: str) -> int:
         subscriptions = registry.subscriptions()
         if self.transport.joins_outbox_transaction(using):
             with transaction.atomic(using=using):
@@ -71,12 +84,40 @@ class Relay:
                 if rows:
                     failpoints.hit("relay.after_take")
             return len(rows)
+        if sql.vendor(using) == "postgresql":
+            return self._send_under_lock(using, subscriptions)
         rows = self._lease(using)
         if rows:
             self.transport.publish(rows, subscriptions)
             failpoints.hit("relay.after_publish")
             with transaction.atomic(using=using):
                 self._complete(using, rows)
+        return len(rows)
+
+    def _send_under_lock(self, using: str, subscriptions: list[tuple[str, str, bool]]) -> int:
+        """One relay at a time sends, holding a session lock instead of leasing rows: no
+        row is written before the send, and a relay that dies releases the lock with its
+        connection."""
+        connection = connections[using]
+        outbox = sql.table(connection, "OutboxMessage")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [RELAY_LOCK])
+            if not cursor.fetchone()[0]:
+                return 0  # another relay is sending; it drains what is here
+            try:
+                cursor.execute(
+                    f"SELECT {_OUTBOX_FIELDS} FROM {outbox} ORDER BY position LIMIT %s",
+                    [self.batch_size],
+                )
+                rows = [Outgoing(*row) for row in cursor.fetchall()]
+                if rows:
+                    self.transport.publish(rows, subscriptions)
+                    failpoints.hit("relay.after_publish")
+                    with transaction.atomic(using=using):
+                        self._complete(using, rows)
+            finally:
+                with contextlib.suppress(DatabaseError):  # a lost connection lost the lock too
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [RELAY_LOCK])
         return len(rows)
 
     # -- same-database move -------------------------------------------------------------
@@ -144,6 +185,16 @@ class Relay:
         if vendor == "postgresql":
             metadata += "::jsonb"
         with connection.cursor() as cursor:
+            if vendor == "postgresql":
+                cursor.execute(
+                    f"WITH moved AS (DELETE FROM {outbox} WHERE position = ANY(%s) "
+                    f"RETURNING {_OUTBOX_FIELDS}) INSERT INTO {log} ({_LOG_COLUMNS}) "
+                    f"SELECT event_id, position, type, key, version, {data}, {metadata}, "
+                    "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
+                    f"FROM moved ON CONFLICT DO NOTHING",
+                    [positions],
+                )
+                return
             cursor.execute(
                 f"INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, type, key, "
                 f"version, {data}, {metadata}, occurred_at, source, correlation_id, causation_id, "
@@ -195,3 +246,56 @@ def prune_log(using: str, retention: float, batch: int = 1000) -> int:
         removed += int(count)
         if count < batch:
             return removed
+
+
+QUARANTINE_GROUP = "(relay)"
+"""The dead letters of outbox rows the relay could not move (not a real consumer group)."""
+
+
+def quarantine_malformed(using: str, batch: int) -> int:
+    """Turn outbox rows whose data or metadata is not a JSON object into dead letters.
+
+    ``publish()`` never writes such rows; something writing to the table directly can.
+    They would fail the relay's batch every time and hold back every later event, so each
+    is kept, raw, as a dead letter of the ``(relay)`` group and removed from the outbox.
+    """
+    from .models import DeadLetter
+    from .triage import fingerprint
+
+    connection = connections[using]
+    outbox = sql.table(connection, "OutboxMessage")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_OUTBOX_FIELDS} FROM {outbox} ORDER BY position LIMIT %s", [batch])
+        rows = [Outgoing(*row) for row in cursor.fetchall()]
+    bad = [(row, problem) for row in rows if (problem := _malformed(row))]
+    for row, problem in bad:
+        with transaction.atomic(using=using):
+            DeadLetter.objects.using(using).create(
+                event_id=row.event_id,
+                group=QUARANTINE_GROUP,
+                handler="django_events.relay",
+                attempts=1,
+                error_class="UndecodableEvent",
+                error_message=f"Outbox row {row.position} ({row.type}): {problem}",
+                traceback=f"data: {row.data[:65536]}\nmetadata: {row.metadata[:65536]}",
+                fingerprint=fingerprint("UndecodableEvent", "django_events.relay", ""),
+                first_failed_at=Now(),
+                last_failed_at=Now(),
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(f"DELETE FROM {outbox} WHERE position = %s", [row.position])
+        logger.error("Outbox row %s set aside as a dead letter: %s", row.position, problem)
+    return len(bad)
+
+
+def _malformed(row: Outgoing) -> str | None:
+    for name, text, blank_ok in (("data", row.data, False), ("metadata", row.metadata, True)):
+        if blank_ok and not text:
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return f"{name} is not valid JSON ({exc})"
+        if not isinstance(value, dict):
+            return f"{name} is not a JSON object"
+    return None

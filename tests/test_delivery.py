@@ -455,3 +455,16 @@ def test_publish_many_writes_nothing_if_one_event_is_invalid():
     with pytest.raises(InvalidEventType):
         publish_many([("test.happened", {"n": 1}), ("Not A Type", {"n": 2})])
     assert OutboxMessage.objects.count() == 0
+
+
+def test_a_malformed_outbox_row_becomes_a_dead_letter_and_blocks_nothing():
+    publish("test.happened", {"n": 1})
+    bad = publish("test.happened", {"n": 2})
+    OutboxMessage.objects.filter(event_id=bad.id).update(data="{not json")
+    publish("test.happened", {"n": 3})
+    deliver(["alpha"])
+    assert sorted(effects("alpha")) == [("alpha", 1), ("alpha", 3)]
+    dead = DeadLetter.objects.get()
+    assert (dead.group, dead.error_class, dead.event_id) == ("(relay)", "UndecodableEvent", bad.id)
+    assert "not valid JSON" in dead.error_message and "{not json" in dead.traceback
+    assert not OutboxMessage.objects.exists()

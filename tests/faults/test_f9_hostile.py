@@ -159,11 +159,6 @@ def _insert_outbox(data: str, metadata: str = "") -> uuid.UUID:
     return event_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: one malformed outbox row (data or metadata that is not JSON) makes the "
-    "relay's data::jsonb cast fail for its whole batch, every time: the outbox stalls",
-)
 def test_f9_malformed_outbox_row_does_not_stall_the_relay(procs: Procs):
     before = publish_truth(20, seed_name="f9:outbox:before", rollback=0)
     bad = [_insert_outbox("not json"), _insert_outbox('{"a": 1}', metadata="{broken")]
