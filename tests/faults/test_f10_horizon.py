@@ -29,7 +29,7 @@ from .conftest import Procs, add_row, cursor_check, size, start_publishers, wait
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 GROUPS = ["alpha", "beta"]
-HOLD = size(20, 120)
+HOLD = size(15, 120)
 RATE = size(100, 200)
 HEALTH = {"MAX_OUTBOX_AGE": size(8, 30), "MAX_PENDING_AGE": 300}
 

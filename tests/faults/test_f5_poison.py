@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 GROUPS = ["alpha", "beta"]
 MAX_ATTEMPTS = 3
-HEALTHY = size(1500, 6000)
+HEALTHY = size(1000, 6000)
 OVERRIDES = {"LEASE": 2, "MAX_ATTEMPTS": MAX_ATTEMPTS, "BACKOFF_BASE": 0.2}
 
 
