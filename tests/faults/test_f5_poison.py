@@ -18,13 +18,13 @@ from django_events import publish
 from django_events.models import DeadLetter
 
 from .checker import COMMITTED, backlog_from, check_database
-from .conftest import Procs, add_row, cursor_check, publish_truth, scalar, size
+from .conftest import FULL, Procs, add_row, cursor_check, publish_truth, scalar, size
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 GROUPS = ["alpha", "beta"]
 MAX_ATTEMPTS = 3
-HEALTHY = size(1000, 6000)
+HEALTHY = size(1000, 60_000)
 OVERRIDES = {"LEASE": 2, "MAX_ATTEMPTS": MAX_ATTEMPTS, "BACKOFF_BASE": 0.2}
 
 
@@ -133,9 +133,11 @@ def _poison_vs_baseline(procs: Procs, kinds: tuple[str, ...], batch_size: int, n
     )
     assert not wrong, wrong
     assert result["report"].lost == result["report"].duplicated == 0, result["report"]
-    # A quick run is too short to amortize the restarts a process-killing handler forces
-    # (each costs a Django start-up, about a second here); the full run asserts 90%.
-    assert ratio >= size(0.6, 0.9), f"healthy throughput {ratio:.0%} of the baseline"
+    # A quick run lasts a second or two: far too short to amortize the restarts a
+    # process-killing handler forces (each a Django start-up, about a second here). The
+    # ratio is printed; the full run, sized to last about a minute, asserts 90%.
+    if FULL or "crash" not in kinds:
+        assert ratio >= 0.9, f"healthy throughput {ratio:.0%} of the baseline"
 
 
 def test_f5_raising_poison_is_dead_lettered_and_healthy_events_flow(procs: Procs):
