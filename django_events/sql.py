@@ -79,8 +79,8 @@ def in_list(count: int) -> str:
 
 def uuid_value(vendor: str, value: Any) -> Any:
     """A UUID as the ORM stores it: native on PostgreSQL, 32 hex digits on SQLite."""
-    if value is None or vendor == "postgresql":
-        return value
+    if value is None or vendor == "postgresql" or isinstance(value, str):
+        return value  # a string is already in the stored form
     return value.hex
 
 
