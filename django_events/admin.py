@@ -532,22 +532,7 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
         return request.user.has_perm(triage.PERMISSIONS[triage.DISCARD])
 
     def get_urls(self) -> list[URLPattern]:
-        view = self.admin_site.admin_view
-        return [
-            path(
-                "<int:pk>/retry/",
-                view(self.resolve_view),
-                {"action": triage.RETRY},
-                name="django_events_deadletter_retry",
-            ),
-            path(
-                "<int:pk>/discard/",
-                view(self.resolve_view),
-                {"action": triage.DISCARD},
-                name="django_events_deadletter_discard",
-            ),
-            *super().get_urls(),
-        ]
+        return [*_resolve_urls(self, "<int:pk>", "deadletter"), *super().get_urls()]
 
     def resolve_view(self, request: HttpRequest, pk: int, action: str) -> HttpResponse:
         self._check(request, action)
@@ -726,18 +711,7 @@ class FailureGroupAdmin(TriageMixin, PageAdmin):
     def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
         return [
-            path(
-                "<str:fingerprint>/retry/",
-                view(self.resolve_view),
-                {"action": triage.RETRY},
-                name="django_events_failuregroup_retry",
-            ),
-            path(
-                "<str:fingerprint>/discard/",
-                view(self.resolve_view),
-                {"action": triage.DISCARD},
-                name="django_events_failuregroup_discard",
-            ),
+            *_resolve_urls(self, "<str:fingerprint>", "failuregroup"),
             path("", view(self.changelist_view), name="django_events_failuregroup_changelist"),
         ]
 
@@ -793,3 +767,14 @@ class QueueStatusAdmin(PageAdmin):
         return self._page(
             request, "admin/django_events/status.html", report=report, title="Queue status"
         )
+
+
+def _resolve_urls(model_admin: Any, target: str, model: str) -> list[URLPattern]:
+    """The retry and discard POST endpoints of ``target`` (a dead letter or failure group)."""
+    view = model_admin.admin_site.admin_view(model_admin.resolve_view)
+    return [
+        path(
+            f"{target}/{action}/", view, {"action": action}, name=f"django_events_{model}_{action}"
+        )
+        for action in (triage.RETRY, triage.DISCARD)
+    ]
