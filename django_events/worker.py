@@ -141,6 +141,8 @@ class Worker:
                 worked = self.step()
                 failures = 0
             except (DatabaseError, InterfaceError):
+                if once:  # cron and tests want an exit code, not a retry loop
+                    raise
                 failures += 1
                 delay = min(RECONNECT_MAX_DELAY, self.poll_interval * 2**failures)
                 logger.exception("Database error; retrying in %.1fs", delay)

@@ -146,3 +146,10 @@ def test_killed_workers_events_come_back_before_the_lease_ends(workers: Workers,
     assert time.monotonic() - started < 60
     assert sorted(Effect.objects.values_list("n", flat=True)) == [0, 1, 2, 3, 4]
     assert not DeadLetter.objects.exists(), "batch-mates of the crash were not charged"
+
+
+@postgres_only
+def test_consume_once_exits_with_an_error_when_the_database_is_unreachable(workers: Workers):
+    result = workers.run("consume_events", "--once", PGPORT="1", timeout=60)
+    assert result.returncode != 0
+    assert "OperationalError" in result.stderr or "connection" in result.stderr.lower()
