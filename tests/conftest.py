@@ -53,7 +53,9 @@ postgres_only = pytest.mark.skipif(
 )
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> Any:
     """Poll ``condition`` until truthy; fail with a clear message after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -61,7 +63,7 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: fl
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+            raise AssertionError(f"not within {timeout:.0f}s: {what or condition}")
         time.sleep(interval)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from ..conftest import wait_until  # noqa: F401 - shared with the fault tests
 from .checker import Report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,19 +107,6 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     for item in items:
         if "tests/faults" in str(item.fspath):
             item.add_marker(pytest.mark.skip(reason="the fault suite runs on PostgreSQL"))
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = ""
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what or condition}")
-        time.sleep(interval)
 
 
 @dataclass
