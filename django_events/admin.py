@@ -69,57 +69,60 @@ class CappedPaginator(Paginator):
         return int(self.object_list[: COUNT_CAP + 1].count())  # type: ignore[attr-defined]
 
 
-class EventTypeFilter(admin.SimpleListFilter):
+class KnownValuesFilter(admin.SimpleListFilter):
+    """Choices from what this process knows (``known``), never a scan for distinct values;
+    the current value stays listed even if unknown here."""
+
+    field = ""
+
+    def known(self, request: HttpRequest) -> set[str]:
+        raise NotImplementedError
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        values = self.known(request)
+        if self.value():
+            values.add(str(self.value()))
+        return [(v, v) for v in sorted(values)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(**{self.field: self.value()}) if self.value() else queryset
+
+
+class EventTypeFilter(KnownValuesFilter):
     """Types with a handler here; listing distinct types of a huge log would scan it."""
 
     title = "event type"
     parameter_name = "type"
     field = "type"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        types = {h.event_type for h in registry}
-        if self.value():
-            types.add(str(self.value()))
-        return [(t, t) for t in sorted(types)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(**{self.field: self.value()}) if self.value() else queryset
+    def known(self, request: HttpRequest) -> set[str]:
+        return {h.event_type for h in registry}
 
 
 class DeadLetterTypeFilter(EventTypeFilter):
     field = "event__type"
 
 
-class GroupFilter(admin.SimpleListFilter):
-    """The groups known here (handlers and settings); no scan for distinct values."""
+class GroupFilter(KnownValuesFilter):
+    """The groups known here (handlers and settings)."""
 
     title = "group"
     parameter_name = "group"
+    field = "group"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        groups = {*registry.groups(), *get_settings().groups}
-        if self.value():
-            groups.add(str(self.value()))
-        return [(g, g) for g in sorted(groups)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(group=self.value()) if self.value() else queryset
+    def known(self, request: HttpRequest) -> set[str]:
+        return {*registry.groups(), *get_settings().groups}
 
 
-class ErrorClassFilter(admin.SimpleListFilter):
+class ErrorClassFilter(KnownValuesFilter):
     """Error classes of the open failure groups (read once per request, with them)."""
 
     title = "error class"
     parameter_name = "error_class"
+    field = "error_class"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        errors = {g["error_class"] for g in _request_failure_groups(request)}
-        if self.value():
-            errors.add(str(self.value()))
-        return [(e, e) for e in sorted(errors)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(error_class=self.value()) if self.value() else queryset
+    def known(self, request: HttpRequest) -> set[str]:
+        return {g["error_class"] for g in _request_failure_groups(request)}
 
 
 class InputFilter(admin.SimpleListFilter):

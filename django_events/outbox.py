@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import json
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -172,8 +171,3 @@ def _insert(using: str, events: list[tuple[Event, str]], notify: bool) -> None:
             params.append(OUTBOX_CHANNEL)
         with connection.cursor() as cursor:
             cursor.execute(insert, params)
-
-
-def new_id() -> uuid.UUID:
-    """A fresh time-ordered event id (exposed for tests and tools)."""
-    return uuid7()
