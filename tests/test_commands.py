@@ -112,3 +112,14 @@ def test_consume_events_exits_zero_from_the_command_line(workers: Workers):
     assert result.returncode == 0, result.stderr
     assert "started for groups" in result.stderr
     assert Effect.objects.count() == 2
+
+
+def test_setup_events_is_a_no_op_for_the_database_transport():
+    out = io.StringIO()
+    call_command("setup_events", stdout=out)
+    assert "DatabaseTransport (default): nothing to set up." in out.getvalue()
+
+
+def test_setup_events_names_an_unknown_transport_alias():
+    with pytest.raises(CommandError, match="nope"):
+        call_command("setup_events", "--transport", "nope")

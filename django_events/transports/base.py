@@ -90,6 +90,16 @@ class Transport:
     def check(self) -> list[CheckMessage]:
         return []
 
+    def setup(
+        self, subscriptions: Sequence[tuple[str, str, bool]], *, dry_run: bool = False
+    ) -> list[str]:
+        """Create what the transport needs for ``subscriptions``, idempotently.
+
+        Returns one human-readable line per step taken (or, with ``dry_run``, planned).
+        A transport with nothing to provision returns an empty list.
+        """
+        return []
+
     def joins_outbox_transaction(self, using: str) -> bool:
         """Whether ``publish`` can run inside the relay's transaction on ``using``."""
         return False
