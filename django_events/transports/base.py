@@ -10,6 +10,7 @@ contract tests read them.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -139,8 +140,18 @@ class Transport:
         raise NotImplementedError
 
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
-        """Deliver a dead-lettered event to ``group`` again, attempts reset."""
-        raise NotImplementedError
+        """Deliver a dead-lettered event to ``group`` again, attempts reset.
+
+        By default the event is read back from the event log and published anew to that
+        one group, which suits a broker; a transport that keeps its own rows overrides it.
+        """
+        from ..registry import registry
+
+        found = logged_events([event_id], self.database)
+        if not found:
+            raise LookupError(f"Event {event_id} is not in the event log.")
+        handler = registry.get(group, found[0].type)
+        self.publish(found, [(found[0].type, group, bool(handler and handler.ordered))])
 
     def discard(self, event_id: uuid.UUID, group: str) -> None:
         """Give up on a dead-lettered event for ``group`` for good, releasing its key if
@@ -154,3 +165,26 @@ class Transport:
 
     def close(self) -> None:
         """Release connections; the transport may be used again afterwards."""
+
+
+def logged_events(event_ids: Sequence[uuid.UUID], using: str) -> list[Outgoing]:
+    """The logged events with these ids, as the relay sends them, in publish order."""
+    from ..models import EventRecord
+
+    records = EventRecord.objects.using(using).filter(id__in=event_ids).order_by("position")
+    return [
+        Outgoing(
+            position=r.position,
+            event_id=r.id,
+            type=r.type,
+            key=r.key,
+            version=r.version,
+            data=json.dumps(r.data, separators=(",", ":")),
+            metadata=json.dumps(r.metadata, separators=(",", ":")) if r.metadata else "",
+            occurred_at=r.occurred_at,
+            source=r.source,
+            correlation_id=r.correlation_id,
+            causation_id=r.causation_id,
+        )
+        for r in records
+    ]
