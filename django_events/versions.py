@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .envelope import Event, validate_type, validate_version
 from .exceptions import (
@@ -21,6 +21,9 @@ from .exceptions import (
     InvalidEvent,
     UnknownEventVersion,
 )
+
+if TYPE_CHECKING:
+    from .typed import TypedEvent
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 U = TypeVar("U", bound=Upcaster)
@@ -53,7 +56,7 @@ def upcasters() -> dict[tuple[str, int], Upcaster]:
     return dict(_upcasters)
 
 
-def upcaster(event_type: Any, *, from_version: int) -> Callable[[U], U]:
+def upcaster(event_type: str | type[TypedEvent], *, from_version: int) -> Callable[[U], U]:
     """Register the decorated function to turn ``event_type`` data of ``from_version``
     into data of ``from_version + 1``.
 
