@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from django.db.models.functions import Now
 from django.test import override_settings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from django_events import Event, TypedEvent, publish, publish_many
 from django_events.envelope import uuid7
@@ -320,3 +322,26 @@ def test_registering_typed_handlers_is_checked():
         handler(Abstract, group="typed")
     with pytest.raises(EventDeclarationError, match="declares no event type"):
         Abstract(parcel_id=1)
+
+
+# --- the JSON round trip ----------------------------------------------------------------------
+
+utc_offsets = st.builds(
+    lambda minutes: dt.timezone(dt.timedelta(minutes=minutes)), st.integers(-23 * 60, 23 * 60)
+)
+parcels = st.builds(
+    ParcelShipped,
+    parcel_id=st.integers(),
+    weight_kg=st.decimals(allow_nan=False, allow_infinity=False),
+    carrier=st.text(),
+    shipped_at=st.none() | st.datetimes(timezones=utc_offsets),
+    lines=st.lists(st.builds(Line, sku=st.text(), quantity=st.integers())),
+    labels=st.dictionaries(st.text(), st.text()),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(parcels)
+def test_what_a_typed_event_publishes_is_what_its_handler_gets_back(shipped: ParcelShipped):
+    data = json.loads(json.dumps(shipped.to_data()))
+    assert ParcelShipped.from_data(data) == shipped
