@@ -345,3 +345,14 @@ parcels = st.builds(
 def test_what_a_typed_event_publishes_is_what_its_handler_gets_back(shipped: ParcelShipped):
     data = json.loads(json.dumps(shipped.to_data()))
     assert ParcelShipped.from_data(data) == shipped
+
+
+def test_a_captured_event_turns_back_into_its_instance():
+    from django_events.testing import capture_events
+
+    with capture_events() as captured:
+        publish(parcel(), key="parcel-7")
+    shipped = ParcelShipped.from_event(captured.assert_published("test.parcel_shipped"))
+    assert shipped == parcel() and shipped.envelope.key == "parcel-7"
+    with pytest.raises(EventContractError, match="ParcelShippedV1 is test.parcel_shipped v1"):
+        ParcelShippedV1.from_event(shipped.envelope)
