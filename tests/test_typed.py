@@ -354,5 +354,5 @@ def test_a_captured_event_turns_back_into_its_instance():
         publish(parcel(), key="parcel-7")
     shipped = ParcelShipped.from_event(captured.assert_published("test.parcel_shipped"))
     assert shipped == parcel() and shipped.envelope.key == "parcel-7"
-    with pytest.raises(EventContractError, match="ParcelShippedV1 is test.parcel_shipped v1"):
+    with pytest.raises(EventContractError, match=r"ParcelShippedV1 is test\.parcel_shipped v1"):
         ParcelShippedV1.from_event(shipped.envelope)
