@@ -9,12 +9,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Event", "handler", "publish", "publish_many"]
+__all__ = ["Event", "TypedEvent", "event_data", "handler", "publish", "publish_many", "upcaster"]
 
 if TYPE_CHECKING:
+    from .context import event_data
     from .envelope import Event
     from .outbox import publish, publish_many
     from .registry import handler
+    from .typed import TypedEvent
+    from .versions import upcaster
+
+_LAZY = {
+    "TypedEvent": "typed",
+    "event_data": "context",
+    "upcaster": "versions",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -35,4 +44,8 @@ def __getattr__(name: str) -> Any:
         from .envelope import Event
 
         return Event
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'django_events' has no attribute {name!r}")

@@ -5,17 +5,19 @@ dependency · E004 unsupported database · E005 SQLite too old · E006 handler f
 not in GROUPS · E007 OUTBOX_DATABASES names an unknown database · E008 ordered handler on
 a transport without ordering · E009 an outbox database the transport cannot
 read · W001 no LISTEN/NOTIFY driver · W002 GROUPS entry without
-handlers.
+handlers · W020 event type named like a command · W021 schema snapshot missing or broken
+without a version bump · W022 a version with no upcaster to the next.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from .conf import get_settings
+from .conf import EventsSettings, get_settings
 from .exceptions import EventsConfigurationError
 
 OPTIONAL_DEPENDENCIES = {
@@ -92,4 +94,76 @@ def check_events(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 id="django_events.W002",
             )
         )
+    errors.extend(check_contracts(conf))
     return errors
+
+
+def check_contracts(conf: EventsSettings) -> list[CheckMessage]:
+    """W020 command-like type names, W021 the schema snapshot, W022 upcaster gaps."""
+    from . import schema, versions
+    from .naming import command_verb
+    from .registry import registry
+    from .typed import declarations
+
+    found: list[CheckMessage] = []
+    types = {h.event_type for h in registry} | set(versions.versioned_types())
+    for event_type in sorted(types - set(conf.allow_command_names)):
+        verb = command_verb(event_type)
+        if verb:
+            found.append(
+                Warning(
+                    f"Event type {event_type!r} reads as a command ({verb!r} is an imperative "
+                    "verb): events are facts that already happened.",
+                    hint="Name what happened, in the past tense (e.g. 'email.sent'), or list "
+                    "the type in DJANGO_EVENTS['ALLOW_COMMAND_NAMES'].",
+                    id="django_events.W020",
+                )
+            )
+    if conf.schema_dir:
+        directory = Path(conf.schema_dir)
+        hint = (
+            "Declare the change as a new version with an upcaster; if no event of that "
+            "version was ever published, run manage.py events_schema to accept it."
+        )
+        try:
+            snapshot = schema.load(directory)
+        except ValueError as exc:
+            snapshot, changes = {}, []
+            found.append(
+                Warning(f"Cannot read the schema snapshot: {exc}", id="django_events.W021")
+            )
+        else:
+            changes = schema.compare(snapshot, schema.current_schemas())
+        if not snapshot and declarations() and not found:
+            found.append(
+                Warning(
+                    f"No schema snapshot in {directory}.",
+                    hint="Run manage.py events_schema and commit what it writes.",
+                    id="django_events.W021",
+                )
+            )
+        for change in changes:
+            if change.breaking:
+                found.append(
+                    Warning(
+                        f"Breaking change without a version bump: {change}.",
+                        hint=hint,
+                        id="django_events.W021",
+                    )
+                )
+    steps = versions.upcasters()
+    for event_type in versions.versioned_types():
+        known = versions.known_versions(event_type)
+        for version in range(min(known), max(known)):
+            if (event_type, version) not in steps:
+                found.append(
+                    Warning(
+                        f"{event_type} has version {max(known)} but no upcaster from version "
+                        f"{version}: events of version {version} or older will be "
+                        "dead-lettered.",
+                        hint=f"Register one with @upcaster({event_type!r}, "
+                        f"from_version={version}).",
+                        id="django_events.W022",
+                    )
+                )
+    return found

@@ -7,6 +7,7 @@ Every key has a typed default here; an unknown key or a value of the wrong kind 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,8 @@ class EventsSettings:
     log_retention: float | None = None
     health: Health = field(default_factory=Health)
     autodiscover_modules: tuple[str, ...] = ("events", "handlers")
+    schema_dir: str | None = None
+    allow_command_names: tuple[str, ...] = ()
 
     def retry_for(self, group: str) -> RetryPolicy:
         return self.groups.get(group, self.retry)
@@ -83,6 +86,8 @@ _TOP_KEYS = {
     "LOG_RETENTION",
     "HEALTH",
     "AUTODISCOVER_MODULES",
+    "SCHEMA_DIR",
+    "ALLOW_COMMAND_NAMES",
 }
 _RETRY_KEYS = {"MAX_ATTEMPTS", "BACKOFF_BASE", "BACKOFF_MAX"}
 _HEALTH_KEYS = {"MAX_PENDING_AGE", "MAX_OUTBOX_AGE", "MAX_DEAD"}
@@ -196,6 +201,13 @@ def parse(raw: Any) -> EventsSettings:
     if not isinstance(source, str):
         raise EventsConfigurationError(f"{where}['SOURCE'] must be a string.")
 
+    schema_dir = raw.get("SCHEMA_DIR")
+    if schema_dir is not None and not isinstance(schema_dir, (str, os.PathLike)):
+        raise EventsConfigurationError(f"{where}['SCHEMA_DIR'] must be a path or None.")
+    allowed = raw.get("ALLOW_COMMAND_NAMES", ())
+    if not isinstance(allowed, (list, tuple)) or not all(isinstance(t, str) for t in allowed):
+        raise EventsConfigurationError(f"{where}['ALLOW_COMMAND_NAMES'] must be a list of types.")
+
     lease = float(_number(raw, "LEASE", defaults.lease, where, minimum=1))
     flags = {}
     for key in ("BATCH_TRANSACTIONS", "PUBLISH_NOTIFY"):
@@ -225,6 +237,8 @@ def parse(raw: Any) -> EventsSettings:
         log_retention=_number(raw, "LOG_RETENTION", None, where, optional=True),
         health=health,
         autodiscover_modules=tuple(modules),
+        schema_dir=None if schema_dir is None else os.fspath(schema_dir),
+        allow_command_names=tuple(allowed),
     )
 
 

@@ -42,3 +42,23 @@ class UndecodableEvent(EventsError, ValueError):
 
 class HandlerRegistrationError(EventsConfigurationError):
     """A handler was registered in a way that cannot work."""
+
+
+class EventDeclarationError(EventsConfigurationError, TypeError):
+    """A typed event class is declared in a way that cannot work."""
+
+
+class PermanentFailure(EventsError):
+    """Retrying cannot help: the event becomes a dead letter at once, without retries.
+
+    Raise it (or a subclass) from a handler for an event it can never handle; the dead
+    letter can still be retried by hand once the cause is fixed.
+    """
+
+
+class UnknownEventVersion(PermanentFailure, ValueError):
+    """The event's version is newer than any version this consumer knows."""
+
+
+class EventContractError(PermanentFailure, ValueError):
+    """The event's data does not match its declared type."""

@@ -27,7 +27,9 @@ from .envelope import (
     validate_type,
     validate_version,
 )
-from .exceptions import EventsConfigurationError
+from .exceptions import EventsConfigurationError, InvalidEvent
+from .typed import TypedEvent, check_data
+from .versions import publish_version
 
 OUTBOX_CHANNEL = "django_events_outbox"
 
@@ -75,33 +77,61 @@ def _default_source() -> str:
     return module.split(".")[0]
 
 
+PublishSpec = (
+    tuple[str, Mapping[str, Any]]
+    | tuple[str, Mapping[str, Any], str | None]
+    | TypedEvent
+    | tuple[TypedEvent, str | None]
+)
+
+
 def publish(
-    type: str,
-    data: Mapping[str, Any],
+    type: str | TypedEvent,
+    data: Mapping[str, Any] | None = None,
     *,
     key: str | None = None,
-    version: int = 1,
+    version: int | None = None,
     using: str = "default",
     metadata: Mapping[str, str] | None = None,
+    allow_old_version: bool = False,
 ) -> Event:
     """Record that ``type`` happened, inside the current transaction on ``using``.
 
+    ``type`` is a type name with its ``data`` dict, or a typed event instance (which
+    carries its own version). ``version`` defaults to the newest the type declares (1 if
+    it declares none); an older one needs ``allow_old_version=True``.
+
     Returns the envelope written. Raises ``InvalidEvent`` (and writes nothing) for an
-    invalid type, key, version or metadata, data JSON cannot hold, or data over the size
-    limit. Events published while a handler runs inherit its correlation id and take the
-    handled event's id as causation id.
+    invalid type, key, version or metadata, data JSON cannot hold, data that does not fit
+    the type's declaration, or data over the size limit. Events published while a handler
+    runs inherit its correlation id and take the handled event's id as causation id.
     """
-    return publish_many([(type, data, key)], version=version, using=using, metadata=metadata)[0]
+    spec: PublishSpec
+    if isinstance(type, TypedEvent):
+        if data is not None or version is not None:
+            raise InvalidEvent("A typed event carries its own data and version; pass neither.")
+        spec = (type, key)
+    else:
+        spec = (type, data, key)  # type: ignore[assignment]  # None is refused below
+    return publish_many(
+        [spec],
+        version=version,
+        using=using,
+        metadata=metadata,
+        allow_old_version=allow_old_version,
+    )[0]
 
 
 def publish_many(
-    events: Iterable[tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], str | None]],
+    events: Iterable[PublishSpec],
     *,
-    version: int = 1,
+    version: int | None = None,
     using: str = "default",
     metadata: Mapping[str, str] | None = None,
+    allow_old_version: bool = False,
 ) -> list[Event]:
-    """Publish several events in one statement: ``[(type, data), (type, data, key), ...]``.
+    """Publish several events in one statement: ``[(type, data), (type, data, key), ...]``,
+    typed instances, or ``(instance, key)`` pairs.
 
     All or nothing: every event is validated before anything is written, and all join the
     current transaction, in order. Much cheaper than a ``publish()`` per event in a loop.
@@ -112,20 +142,28 @@ def publish_many(
             f"publish(using={using!r}): {using!r} is not in DJANGO_EVENTS['OUTBOX_DATABASES'] "
             f"({', '.join(conf.outbox_databases)}), so no relay would read it."
         )
-    version = validate_version(version)
+    if version is not None:
+        version = validate_version(version)
     metadata = validate_metadata(metadata)
     source = conf.source or _default_source()
     cause = _current_event.get()
     built: list[tuple[Event, str]] = []
     for spec in events:
-        event_type, data, key = spec if len(spec) == 3 else (*spec, None)
-        text = encode_data(data, conf.max_payload_bytes)
+        typed, event_type, data, key = _unpack(spec)
+        event_type = validate_type(event_type)
+        event_version = publish_version(
+            event_type, typed.event_version if typed else version, allow_old_version
+        )
+        text = encode_data(typed.to_data() if typed else data, conf.max_payload_bytes)
+        decoded = json.loads(text)
+        if typed is None:
+            check_data(event_type, event_version, decoded)
         event_id = uuid7()
         event = Event(
             id=event_id,
-            type=validate_type(event_type),
-            data=json.loads(text),
-            version=version,
+            type=event_type,
+            data=decoded,
+            version=event_version,
             key=validate_key(key),
             occurred_at=dt.datetime.now(dt.timezone.utc),
             source=source,
@@ -139,6 +177,21 @@ def publish_many(
     for event, _ in built:
         signals.event_published.send(sender=publish, event=event, using=using)
     return [event for event, _ in built]
+
+
+def _unpack(spec: Any) -> tuple[TypedEvent | None, str, Any, str | None]:
+    if isinstance(spec, TypedEvent):
+        return spec, spec.event_type, None, None
+    if isinstance(spec, tuple) and spec and isinstance(spec[0], TypedEvent):
+        if len(spec) != 2:
+            raise InvalidEvent("Publish a typed event alone or as (instance, key).")
+        return spec[0], spec[0].event_type, None, spec[1]
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise InvalidEvent(
+            f"Cannot publish {spec!r}: expected (type, data), (type, data, key), a typed "
+            "event or (typed event, key)."
+        )
+    return None, spec[0], spec[1], spec[2] if len(spec) == 3 else None
 
 
 _ROWS_PER_STATEMENT = 500

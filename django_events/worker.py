@@ -25,6 +25,7 @@ from django.dispatch import Signal
 from . import failpoints, inbox, signals
 from .conf import get_settings
 from .envelope import Event
+from .exceptions import PermanentFailure
 from .models import DeadLetter
 from .outbox import OUTBOX_CHANNEL, handling
 from .registry import Handler, registry
@@ -237,7 +238,7 @@ class Worker:
                     if id(item) in owned_ids and slot in fresh:
                         fresh.discard(slot)  # a second delivery in this batch is a duplicate
                         with handling(event), self._watchdog.paused():
-                            handler.func(event)
+                            handler.call(event)
                         done.append((item, handler, event))
                 failpoints.hit("worker.after_handler")
         except Exception as exc:
@@ -291,7 +292,7 @@ class Worker:
                 fresh = inbox.record(self.database, claimed.group, event.id)
                 if fresh:
                     with handling(event), self._watchdog.paused():
-                        handler.func(event)
+                        handler.call(event)
                 failpoints.hit("worker.after_handler")
         except _ClaimLost:
             logger.warning(
@@ -324,7 +325,7 @@ class Worker:
         self, claimed: Claimed, handler: Handler, max_attempts: int, exc: Exception
     ) -> None:
         error = f"{type(exc).__name__}: {exc}"
-        if claimed.attempt >= max_attempts:
+        if claimed.attempt >= max_attempts or isinstance(exc, PermanentFailure):
             self._dead_letter(
                 claimed, handler, _qualified(exc), str(exc), "".join(tb.format_exception(exc))
             )

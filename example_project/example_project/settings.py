@@ -85,6 +85,9 @@ DJANGO_EVENTS = {
         "analytics": {},
         "crm": {"MAX_ATTEMPTS": 3, "BACKOFF_BASE": 0},
     },
+    # The committed event contracts: `manage.py events_schema` writes them,
+    # `events_schema --check` (and system check W021) compares against them.
+    "SCHEMA_DIR": BASE_DIR / "events",
 }
 
 LOGGING = {

@@ -10,10 +10,14 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.db.models import Sum
 
+from django_events import publish
 from django_events.models import DeadLetter, Delivery, EventRecord, InboxRecord, OutboxMessage
+from shop.contracts import OrderPlacedV1
 from shop.models import ConfirmationEmail, CrmContact, Order, SalesFigure
 from shop.services import place_order
 
+LEGACY_ORDER = ("dave@example.com", "15.00")
+"""Placed by the previous release, which published `order.placed` version 1."""
 DEMO_ORDERS = [
     ("alice@example.com", "19.90", Order.Kind.RETAIL),
     ("bob@example.com", "42.00", Order.Kind.RETAIL),
@@ -46,8 +50,13 @@ class Command(BaseCommand):
             order = place_order(email, total, kind)
             self.stdout.write(
                 f"  order #{order.pk:<3} {order.kind:<9} {order.total:>8}"
-                f"  {order.customer_email:<24} -> published order.placed, key order-{order.pk}"
+                f"  {order.customer_email:<24} -> published order.placed v2, key order-{order.pk}"
             )
+        order = self.place_legacy_order(*LEGACY_ORDER)
+        self.stdout.write(
+            f"  order #{order.pk:<3} {order.kind:<9} {order.total:>8}"
+            f"  {order.customer_email:<24} -> order.placed v1, as the previous release published"
+        )
 
         self.heading("3. consume_events --once")
         self.consume()
@@ -63,12 +72,27 @@ class Command(BaseCommand):
         self.heading("6. Admin")
         self.ensure_admin()
 
+        self.heading("7. Event contracts (events_schema --check)")
+        self.stdout.write(
+            "  Every handler received OrderPlaced v2: the v1 event was upcast on its way."
+        )
+        call_command("events_schema", check=True, stdout=self.stdout, stderr=self.stderr)
+
     # ------------------------------------------------------------------ steps
 
     def reset(self) -> None:
         with transaction.atomic():
             for model in [*EVENT_MODELS, *SHOP_MODELS]:
                 model.objects.all().delete()
+
+    def place_legacy_order(self, email: str, total: str) -> Order:
+        with transaction.atomic():
+            order = Order.objects.create(customer_email=email, total=Decimal(total))
+            legacy = OrderPlacedV1(
+                order_id=order.pk, email=email, total=order.total, kind=order.kind
+            )
+            publish(legacy, key=f"order-{order.pk}", allow_old_version=True)
+        return order
 
     def consume(self) -> None:
         # The crm group retries immediately (BACKOFF_BASE 0) and gives up after
