@@ -5,7 +5,7 @@ dependency · E004 unsupported database · E005 SQLite too old · E006 handler f
 not in GROUPS · E007 OUTBOX_DATABASES names an unknown database · E008 ordered handler on
 a transport without ordering · E009 an outbox database the transport cannot
 read · W001 no LISTEN/NOTIFY driver · W002 GROUPS entry without
-handlers.
+handlers · E030 INBOX_RETENTION within the redelivery window.
 """
 
 from __future__ import annotations
@@ -92,4 +92,7 @@ def check_events(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 id="django_events.W002",
             )
         )
+    from .retention import check_retention
+
+    errors.extend(check_retention(conf))
     return errors
