@@ -54,6 +54,14 @@ def parse_age(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
+def format_age(seconds: float) -> str:
+    """``seconds`` in the largest unit that divides it exactly: ``30d``, ``12h``, ``90s``."""
+    for unit in ("w", "d", "h", "m"):
+        if seconds >= _UNITS[unit] and seconds % _UNITS[unit] == 0:
+            return f"{int(seconds // _UNITS[unit])}{unit}"
+    return f"{seconds:g}s"
+
+
 def configured(conf: EventsSettings | None = None) -> dict[str, float | None]:
     """The retention setting of each kind, in seconds; None keeps that kind forever."""
     conf = conf or get_settings()

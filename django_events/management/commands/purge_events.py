@@ -77,6 +77,6 @@ class Command(BaseCommand):
                 )
                 for using in databases
             )
-            self.stdout.write(f"{kind}: {verb} {count} older than {seconds:g}s")
+            self.stdout.write(f"{kind}: {verb} {count} older than {retention.format_age(seconds)}")
         if options["dry_run"]:
             self.stdout.write("Dry run: nothing was removed.")
