@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django.db.models.functions import Now
@@ -50,6 +51,7 @@ class Relay:
         self.databases = tuple(databases or conf.outbox_databases)
         self.batch_size = batch_size or conf.relay_batch_size
         self._pruned_at = 0.0
+        self._purge_resume: dict[tuple[str, str], Any] = {}
 
     def run_once(self) -> int:
         """Move everything committed so far; return how many events moved."""
@@ -216,7 +218,9 @@ class Relay:
         self._pruned_at = time.monotonic()
         if any(seconds is not None for seconds in retention.configured().values()):
             retention.purge_expired(
-                [*self.databases, self.transport.database], max_batches=_PRUNE_BATCHES
+                [*self.databases, self.transport.database],
+                max_batches=_PRUNE_BATCHES,
+                resume=self._purge_resume,
             )
 
 

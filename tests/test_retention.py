@@ -76,9 +76,27 @@ def test_purge_walks_the_log_in_batches():
         publish("test.happened", {"n": n})
     deliver()
     age(EventRecord.objects.all(), "recorded_at", days=2)
-    assert retention.purge("events", "default", DAY, batch=2, max_batches=2) == 4
+    assert retention.walk("events", "default", DAY, batch=2, max_batches=2)[0] == 4
     assert "events: removed 3 " in purge("--only", "events", "--batch-size", "2")
     assert logged() == []
+
+
+@override_settings(DJANGO_EVENTS={"LOG_RETENTION": DAY})
+def test_a_bounded_purge_resumes_past_old_rows_it_must_keep():
+    kept = bulk(3)  # open dead letters hold their events, at the head of the log
+    bulk(2, state=DeadLetter.State.DISCARDED)
+    age(EventRecord.objects.all(), "recorded_at", days=2)
+    resume: dict = {}
+
+    def one_batch() -> int:
+        removed = retention.purge_expired(["default"], max_batches=1, batch=2, resume=resume)
+        return removed["events"]
+
+    assert [one_batch(), one_batch(), one_batch()] == [0, 1, 1]
+    assert resume == {("events", "default"): None}, "the walk ended; the next starts over"
+    assert sorted(EventRecord.objects.values_list("id", flat=True)) == sorted(
+        d.event_id for d in kept
+    )
 
 
 # --- inbox records and dead letters --------------------------------------------------------
