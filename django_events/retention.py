@@ -13,9 +13,10 @@ within retention, so a pass over a large table that has nothing to remove is che
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,21 +174,36 @@ def purge(
     older_than: float,
     *,
     batch: int = 1000,
-    max_batches: int | None = None,
     dry_run: bool = False,
 ) -> int:
-    """Remove (or with ``dry_run`` count) rows of ``kind`` older than ``older_than``
+    """Remove (or with ``dry_run`` count) every row of ``kind`` older than ``older_than``
     seconds that nothing still needs; one short statement per batch. Returns the count."""
+    return walk(kind, using, older_than, batch=batch, dry_run=dry_run)[0]
+
+
+def walk(
+    kind: str,
+    using: str,
+    older_than: float,
+    *,
+    batch: int = 1000,
+    max_batches: int | None = None,
+    after: Any = None,
+    dry_run: bool = False,
+) -> tuple[int, Any]:
+    """``purge`` for at most ``max_batches`` batches, starting after the key ``after``.
+
+    Returns the count and the key to resume after, or None once the walk reached rows
+    still within retention (or the end): a bounded caller resumes there next time rather
+    than walking again over old rows that are kept, such as those of open dead letters.
+    """
     connection = connections[using]
     vendor = sql.vendor(using)
     spec = _tables(connection)[kind]
     table = sql.table(connection, spec.model)
     old = f"{sql.age_seconds(vendor, 't.' + spec.age_column)} > %s"
     done = 0
-    after: Any = None
-    batches = 0
-    while max_batches is None or batches < max_batches:
-        batches += 1
+    for _ in itertools.count() if max_batches is None else range(max_batches):
         with connection.cursor() as cursor:
             if spec.walk_in_order:
                 cursor.execute(
@@ -207,15 +223,13 @@ def purge(
                 )
                 rows = cursor.fetchall()
                 expired = [row[0] for row in rows]
-            if not rows:
-                break
-            after = rows[-1][0]
             if expired:
                 done += _remove(cursor, vendor, table, spec, expired, dry_run)
         young = spec.walk_in_order and len(expired) < len(rows)
         if young or len(rows) < batch:
-            break
-    return done
+            return done, None
+        after = rows[-1][0]
+    return done, after
 
 
 def _remove(
@@ -241,31 +255,56 @@ def _remove(
 def purge_expired(
     databases: Iterable[str],
     *,
-    kinds: Sequence[str] = KINDS,
-    max_batches: int | None = None,
+    max_batches: int,
+    resume: dict[tuple[str, str], Any],
     batch: int = 1000,
 ) -> dict[str, int]:
-    """Apply the retention settings to ``databases``; the relay calls this periodically
-    with ``max_batches`` so a large backlog is worked off a bounded amount at a time."""
+    """Apply the retention settings to ``databases``, at most ``max_batches`` batches per
+    kind. The relay calls this about once a minute; ``resume`` (kept by the caller) holds
+    where each walk stopped, so a large backlog is worked off a bounded amount at a time."""
     settings = configured()
-    removed = dict.fromkeys(kinds, 0)
+    removed = dict.fromkeys(KINDS, 0)
     for using in dict.fromkeys(databases):
         if not _try_lock(using):
-            continue  # another relay is purging this database
+            continue  # another relay or purge_events is purging this database
         try:
-            for kind in kinds:
+            for kind in KINDS:
                 seconds = settings[kind]
-                if seconds is not None:
-                    removed[kind] += purge(
-                        kind, using, seconds, batch=batch, max_batches=max_batches
-                    )
+                if seconds is None:
+                    continue
+                count, resume[kind, using] = walk(
+                    kind,
+                    using,
+                    seconds,
+                    batch=batch,
+                    max_batches=max_batches,
+                    after=resume.get((kind, using)),
+                )
+                removed[kind] += count
         finally:
-            with contextlib.suppress(DatabaseError):  # a lost connection lost the lock too
-                _unlock(using)
+            if sql.vendor(using) == "postgresql":
+                with contextlib.suppress(DatabaseError):  # a lost connection lost the lock too
+                    _unlock(using)
     for kind, count in removed.items():
         if count:
             logger.info("Removed %d %s past %s", count, kind, SETTINGS[kind])
     return removed
+
+
+@contextlib.contextmanager
+def exclusive(using: str) -> Iterator[None]:
+    """Purge ``using`` alone: on PostgreSQL, wait for a relay's purge pass to finish, and
+    keep relays from starting one meanwhile (concurrent deletes could deadlock)."""
+    if sql.vendor(using) != "postgresql":
+        yield
+        return
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [PURGE_LOCK])
+    try:
+        yield
+    finally:
+        with contextlib.suppress(DatabaseError):  # a lost connection lost the lock too
+            _unlock(using)
 
 
 def _try_lock(using: str) -> bool:
@@ -277,6 +316,5 @@ def _try_lock(using: str) -> bool:
 
 
 def _unlock(using: str) -> None:
-    if sql.vendor(using) == "postgresql":
-        with connections[using].cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [PURGE_LOCK])
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s)", [PURGE_LOCK])

@@ -67,16 +67,16 @@ class Command(BaseCommand):
             if seconds is None:
                 self.stdout.write(f"{kind}: kept forever ({retention.SETTINGS[kind]} is None)")
                 continue
-            count = sum(
-                retention.purge(
-                    kind,
-                    using,
-                    seconds,
-                    batch=options["batch_size"],
-                    dry_run=options["dry_run"],
-                )
-                for using in databases
-            )
+            count = 0
+            for using in databases:
+                with retention.exclusive(using):
+                    count += retention.purge(
+                        kind,
+                        using,
+                        seconds,
+                        batch=options["batch_size"],
+                        dry_run=options["dry_run"],
+                    )
             self.stdout.write(f"{kind}: {verb} {count} older than {retention.format_age(seconds)}")
         if options["dry_run"]:
             self.stdout.write("Dry run: nothing was removed.")
