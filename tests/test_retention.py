@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.db.models import QuerySet
 from django.test import override_settings
 from django.utils import timezone
@@ -21,6 +22,7 @@ from django_events.relay import Relay
 from django_events.testing import deliver
 from django_events.triage import discard
 
+from .conftest import postgres_only
 from .deadletters import bulk
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -237,6 +239,25 @@ def test_relay_applies_the_retention_settings_periodically():
     relay.run_once()
     assert EventRecord.objects.count() == 0
     assert InboxRecord.objects.count() == 0
+
+
+@postgres_only
+@override_settings(DJANGO_EVENTS={"LOG_RETENTION": DAY})
+def test_one_purge_at_a_time_per_postgresql_database():
+    publish("test.happened", {"n": 1})
+    deliver()
+    age(EventRecord.objects.all(), "recorded_at", days=2)
+    other = connection.copy()  # another process purging: purge_events, or a relay
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [retention.PURGE_LOCK])
+        skipped = retention.purge_expired(["default"], max_batches=1, resume={})
+        assert skipped["events"] == 0 and EventRecord.objects.count() == 1
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [retention.PURGE_LOCK])
+    finally:
+        other.close()
+    assert retention.purge_expired(["default"], max_batches=1, resume={})["events"] == 1
 
 
 # --- settings and the system check -------------------------------------------------------
