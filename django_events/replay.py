@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +33,7 @@ from .exceptions import EventsError
 from .models import DeadLetter, EventRecord, InboxRecord, ReplayProgress
 from .registry import registry
 from .transports import transports
-from .transports.base import Transport, logged_events
+from .transports.base import Outgoing, Transport, as_outgoing
 
 
 class ReplayError(EventsError, ValueError):
@@ -249,15 +249,13 @@ class Replay:
         sent = 0
         while limit is None or sent < limit:
             size = self.batch_size if limit is None else min(self.batch_size, limit - sent)
-            batch = list(
-                self._to_send(progress.last_position, progress.upto_position).values_list(
-                    "id", "position"
-                )[:size]
+            batch = as_outgoing(
+                self._to_send(progress.last_position, progress.upto_position)[:size]
             )
             if not batch:
                 self._finish(progress)
                 break
-            self._send(progress, [event_id for event_id, _ in batch], batch[-1][1])
+            self._send(progress, batch)
             failpoints.hit("replay.after_batch")
             sent += len(batch)
             if on_batch:
@@ -267,22 +265,22 @@ class Replay:
                 break
         return sent
 
-    def _send(self, progress: ReplayProgress, event_ids: Sequence[Any], last: int) -> None:
+    def _send(self, progress: ReplayProgress, batch: list[Outgoing]) -> None:
         together = self.transport.joins_outbox_transaction(self.using)
         with transaction.atomic(using=self.using) if together else nullcontext():
             if self.spec.reprocess:
                 InboxRecord.objects.using(self.using).filter(
-                    group_name=self.spec.group, event_id__in=event_ids
+                    group_name=self.spec.group, event_id__in=[event.event_id for event in batch]
                 ).delete()
-            self.transport.publish(logged_events(event_ids, self.using), self.subscriptions)
+            self.transport.publish(batch, self.subscriptions)
             with transaction.atomic(using=self.using):
                 ReplayProgress.objects.using(self.using).filter(pk=progress.pk).update(
-                    last_position=last,
-                    replayed=F("replayed") + len(event_ids),
+                    last_position=batch[-1].position,
+                    replayed=F("replayed") + len(batch),
                     updated_at=Now(),
                 )
-        progress.last_position = last
-        progress.replayed += len(event_ids)
+        progress.last_position = batch[-1].position
+        progress.replayed += len(batch)
 
     def _finish(self, progress: ReplayProgress) -> None:
         ReplayProgress.objects.using(self.using).filter(pk=progress.pk).update(

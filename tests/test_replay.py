@@ -10,13 +10,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from django_events import publish
 from django_events.failpoints import EXIT_CODE
 from django_events.models import Delivery, EventRecord, InboxRecord, ReplayProgress
 from django_events.registry import Handler, registry
 from django_events.relay import Relay
+from django_events.replay import Replay, ReplaySpec
 from django_events.testing import deliver
 
 from .conftest import Workers
@@ -265,6 +268,24 @@ def test_restart_forgets_the_progress(new_group):
     replay("--group", NEW, "--restart")
 
     assert queued(NEW) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("reprocess", [False, True])
+def test_each_batch_costs_the_same_few_queries_whatever_its_size(new_group, reprocess: bool):
+    def queries_to_replay(events: int) -> int:
+        for n in range(events):
+            publish("test.happened", {"n": n})
+        Relay().run_once()
+        spec = ReplaySpec(group=NEW, reprocess=reprocess)
+        with CaptureQueriesContext(connection) as captured:
+            assert Replay(spec, batch_size=100).run() == events
+        Delivery.objects.filter(group_name=NEW).delete()
+        ReplayProgress.objects.all().delete()
+        EventRecord.objects.all().delete()
+        return len(captured)
+
+    new_group("test.happened")
+    assert queries_to_replay(3) == queries_to_replay(60)
 
 
 # --- progress display ------------------------------------------------------------------
