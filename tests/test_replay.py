@@ -257,6 +257,25 @@ def test_killed_replay_continues_where_it_stopped(workers: Workers):
     assert queued("alpha") == list(range(7))
 
 
+def test_ctrl_c_keeps_what_was_sent_and_says_how_to_continue(new_group, monkeypatch):
+    for n in range(5):
+        publish("test.happened", {"n": n})
+    Relay().run_once()
+    new_group("test.happened")
+    batches = iter([None, KeyboardInterrupt])
+
+    def interrupt(name: str) -> None:
+        if name == "replay.after_batch" and (stop := next(batches)):
+            raise stop
+
+    monkeypatch.setattr("django_events.failpoints.hit", interrupt)
+    with pytest.raises(CommandError, match="Run the same command again") as raised:
+        replay("--group", NEW, "--batch-size", "2")
+    assert raised.value.returncode == 130
+    assert queued(NEW) == [0, 1, 2, 3]
+    assert ReplayProgress.objects.get().replayed == 4
+
+
 def test_restart_forgets_the_progress(new_group):
     for n in range(3):
         publish("test.happened", {"n": n})
@@ -311,6 +330,16 @@ def test_progress_is_logged_when_not_on_a_terminal(new_group, caplog):
         out = replay("--group", NEW)
     assert "\r" not in out
     assert "Replayed 1 of 1 events to rebuilt" in caplog.text
+
+
+@override_settings(DJANGO_EVENTS={"INBOX_RETENTION": 86400})
+def test_replaying_past_the_inbox_retention_says_handled_events_run_again():
+    publish("test.happened", {"n": 1})
+    Relay().run_once()
+    EventRecord.objects.update(recorded_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    err = io.StringIO()
+    call_command("replay_events", "--group", "alpha", "--dry-run", stdout=io.StringIO(), stderr=err)
+    assert "INBOX_RETENTION is 86400s and this range holds older events" in err.getvalue()
 
 
 # --- bad input -------------------------------------------------------------------------
