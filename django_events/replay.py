@@ -95,6 +95,8 @@ class ReplayPlan:
 
 
 class Replay:
+    """One replay of ``spec``: ``plan`` counts what it would send, ``run`` sends it."""
+
     def __init__(
         self,
         spec: ReplaySpec,
