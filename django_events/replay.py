@@ -17,21 +17,22 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import Count, Exists, F, Max, Min, OuterRef, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from . import failpoints
+from . import failpoints, sql
 from .conf import get_settings
 from .exceptions import EventsError
 from .models import DeadLetter, EventRecord, InboxRecord, ReplayProgress
 from .registry import registry
+from .retention import PURGE_LOCK
 from .transports import transports
 from .transports.base import Outgoing, Transport, as_outgoing
 
@@ -251,13 +252,15 @@ class Replay:
         sent = 0
         while limit is None or sent < limit:
             size = self.batch_size if limit is None else min(self.batch_size, limit - sent)
-            batch = as_outgoing(
-                self._to_send(progress.last_position, progress.upto_position)[:size]
-            )
+            with self._batch_transaction():
+                batch = as_outgoing(
+                    self._to_send(progress.last_position, progress.upto_position)[:size]
+                )
+                if batch:
+                    self._send(progress, batch)
             if not batch:
                 self._finish(progress)
                 break
-            self._send(progress, batch)
             failpoints.hit("replay.after_batch")
             sent += len(batch)
             if on_batch:
@@ -267,20 +270,32 @@ class Replay:
                 break
         return sent
 
+    @contextmanager
+    def _batch_transaction(self) -> Iterator[None]:
+        """Read, publish and record a batch in one transaction when the transport lives
+        in the log's database. On PostgreSQL it also holds retention's purge lock, shared,
+        so no purge removes an event between this read and the commit of its delivery."""
+        if not self.transport.joins_outbox_transaction(self.using):
+            yield
+            return
+        with transaction.atomic(using=self.using):
+            if sql.vendor(self.using) == "postgresql":
+                with connections[self.using].cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [PURGE_LOCK])
+            yield
+
     def _send(self, progress: ReplayProgress, batch: list[Outgoing]) -> None:
-        together = self.transport.joins_outbox_transaction(self.using)
-        with transaction.atomic(using=self.using) if together else nullcontext():
-            if self.spec.reprocess:
-                InboxRecord.objects.using(self.using).filter(
-                    group_name=self.spec.group, event_id__in=[event.event_id for event in batch]
-                ).delete()
-            self.transport.publish(batch, self.subscriptions)
-            with transaction.atomic(using=self.using):
-                ReplayProgress.objects.using(self.using).filter(pk=progress.pk).update(
-                    last_position=batch[-1].position,
-                    replayed=F("replayed") + len(batch),
-                    updated_at=Now(),
-                )
+        if self.spec.reprocess:
+            InboxRecord.objects.using(self.using).filter(
+                group_name=self.spec.group, event_id__in=[event.event_id for event in batch]
+            ).delete()
+        self.transport.publish(batch, self.subscriptions)
+        with transaction.atomic(using=self.using):
+            ReplayProgress.objects.using(self.using).filter(pk=progress.pk).update(
+                last_position=batch[-1].position,
+                replayed=F("replayed") + len(batch),
+                updated_at=Now(),
+            )
         progress.last_position = batch[-1].position
         progress.replayed += len(batch)
 

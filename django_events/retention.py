@@ -38,7 +38,9 @@ SETTINGS = {
     INBOX: "INBOX_RETENTION",
     DEAD_LETTERS: "DEAD_LETTER_RETENTION",
 }
-PURGE_LOCK = 0x6465_7670_7267  # one periodic purge at a time per PostgreSQL database
+PURGE_LOCK = 0x6465_7670_7267
+"""PostgreSQL advisory lock: one purge at a time per database, and none while a replay
+batch (which holds it shared) reads events and commits their deliveries."""
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -6,11 +6,12 @@ import datetime as dt
 import io
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, connections
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
@@ -20,9 +21,10 @@ from django_events.models import Delivery, EventRecord, InboxRecord, ReplayProgr
 from django_events.registry import Handler, registry
 from django_events.relay import Relay
 from django_events.replay import Replay, ReplaySpec
+from django_events.retention import purge_expired
 from django_events.testing import deliver
 
-from .conftest import Workers
+from .conftest import Workers, postgres_only
 from .testapp.events import record
 from .testapp.models import Effect
 
@@ -305,6 +307,33 @@ def test_each_batch_costs_the_same_few_queries_whatever_its_size(new_group, repr
 
     new_group("test.happened")
     assert queries_to_replay(3) == queries_to_replay(60)
+
+
+@postgres_only
+@override_settings(DJANGO_EVENTS={"LOG_RETENTION": 3600})
+def test_no_purge_runs_while_a_replay_batch_reads_and_publishes(new_group):
+    publish("test.happened", {"n": 1})
+    deliver()
+    EventRecord.objects.update(recorded_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    new_group("test.happened")
+
+    def purge_elsewhere() -> int:
+        removed: list[int] = []
+
+        def run() -> None:
+            try:
+                removed.append(purge_expired(["default"], max_batches=1, resume={})["events"])
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(30)
+        return removed[0]
+
+    with Replay(ReplaySpec(group=NEW))._batch_transaction():
+        assert purge_elsewhere() == 0, "the relay's purge skips its pass"
+    assert purge_elsewhere() == 1
 
 
 # --- progress display ------------------------------------------------------------------
