@@ -349,6 +349,7 @@ def test_progress_is_redrawn_on_a_terminal(new_group):
     text = out.getvalue()
     assert "\r1/3 events (33%)" in text and "\r3/3 events (100%)" in text
     assert "/s  ETA " in text
+    assert "  \nReplayed 3 events to rebuilt." in text, "the summary gets a line of its own"
 
 
 def test_progress_is_logged_when_not_on_a_terminal(new_group, caplog):

@@ -28,6 +28,7 @@ class Progress:
         self.tty = tty
         self.started = time.monotonic()
         self.shown_at = self.started
+        self.drawn = False
 
     def __call__(self, done: int) -> None:
         now = time.monotonic()
@@ -44,6 +45,7 @@ class Progress:
                 f"\r{done}/{self.total} events{share}  {rate:.0f}/s  ETA {eta}  ", ending=""
             )
             self.command.stdout.flush()
+            self.drawn = True
         else:
             logger.info(
                 "Replayed %d of %d events to %s (%.0f/s, ETA %s)",
@@ -55,7 +57,8 @@ class Progress:
             )
 
     def end(self) -> None:
-        if self.tty:
+        """Leave the redrawn line behind, so what follows starts on a line of its own."""
+        if self.drawn:
             self.command.stdout.write("")
 
 
