@@ -6,7 +6,8 @@ not in GROUPS · E007 OUTBOX_DATABASES names an unknown database · E008 ordered
 a transport without ordering · E009 an outbox database the transport cannot
 read · W001 no LISTEN/NOTIFY driver · W002 GROUPS entry without
 handlers · W020 event type named like a command · W021 schema snapshot missing or broken
-without a version bump · W022 a version with no upcaster to the next.
+without a version bump · W022 a version with no upcaster to the next · E030
+INBOX_RETENTION within the redelivery window.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def check_events(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             )
         )
     errors.extend(check_contracts(conf))
+    from .retention import check_retention
+
+    errors.extend(check_retention(conf))
     return errors
 
 

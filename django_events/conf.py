@@ -58,6 +58,8 @@ class EventsSettings:
     max_payload_bytes: int = 256 * 1024
     source: str = ""
     log_retention: float | None = None
+    inbox_retention: float | None = None
+    dead_letter_retention: float | None = None
     health: Health = field(default_factory=Health)
     autodiscover_modules: tuple[str, ...] = ("events", "handlers")
     schema_dir: str | None = None
@@ -84,6 +86,8 @@ _TOP_KEYS = {
     "MAX_PAYLOAD_BYTES",
     "SOURCE",
     "LOG_RETENTION",
+    "INBOX_RETENTION",
+    "DEAD_LETTER_RETENTION",
     "HEALTH",
     "AUTODISCOVER_MODULES",
     "SCHEMA_DIR",
@@ -235,6 +239,8 @@ def parse(raw: Any) -> EventsSettings:
         ),
         source=source,
         log_retention=_number(raw, "LOG_RETENTION", None, where, optional=True),
+        inbox_retention=_number(raw, "INBOX_RETENTION", None, where, optional=True),
+        dead_letter_retention=_number(raw, "DEAD_LETTER_RETENTION", None, where, optional=True),
         health=health,
         autodiscover_modules=tuple(modules),
         schema_dir=None if schema_dir is None else os.fspath(schema_dir),

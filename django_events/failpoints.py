@@ -17,6 +17,7 @@ NAMES = (
     "worker.after_handler",  # handler done inside its transaction, before the commit
     "worker.after_commit",  # handler's transaction committed, before the transport ack
     "worker.mid_batch",  # after the first event of a claimed batch, before the rest
+    "replay.after_batch",  # a replay batch sent and its progress saved, before the next
 )
 
 _name, _, _count = os.environ.get("DJANGO_EVENTS_FAILPOINT", "").partition(":")

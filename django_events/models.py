@@ -195,3 +195,35 @@ class QueueStatus(DeadLetter):
         default_permissions = ()
         verbose_name = "queue status"
         verbose_name_plural = "queue status"
+
+
+class ReplayProgress(models.Model):
+    """How far a replay got, so re-running the same replay continues where it stopped.
+
+    One row per group and set of filters (``filters_key`` is their hash). The replay covers
+    the log up to ``upto_position``, its last position when it started; later events reach
+    the group live.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    group_name = models.CharField(max_length=100)
+    filters_key = models.CharField(max_length=64)
+    filters = models.JSONField(default=dict)
+    upto_position = models.BigIntegerField()
+    last_position = models.BigIntegerField(null=True, blank=True)
+    replayed = models.PositiveBigIntegerField(default=0)
+    started_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "django_events_replay"
+        verbose_name_plural = "replay progress"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["group_name", "filters_key"], name="django_events_replay_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group_name}: {self.replayed} replayed"

@@ -18,7 +18,7 @@ from typing import Any
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django.db.models.functions import Now
 
-from . import failpoints, sql
+from . import failpoints, retention, sql
 from .conf import get_settings
 from .registry import registry
 from .transports import transports
@@ -28,6 +28,7 @@ logger = logging.getLogger("django_events.relay")
 
 RELAY_LOCK = 0x6465_7665_6E74  # one relay moves at a time per database: keeps publish order
 _PRUNE_EVERY = 60.0
+_PRUNE_BATCHES = 10  # per kind and pass: retention never holds the relay up for long
 _OUTBOX_FIELDS = (
     "position, event_id, type, key, version, data, metadata, occurred_at, source, "
     "correlation_id, causation_id"
@@ -50,6 +51,7 @@ class Relay:
         self.databases = tuple(databases or conf.outbox_databases)
         self.batch_size = batch_size or conf.relay_batch_size
         self._pruned_at = 0.0
+        self._purge_resume: dict[tuple[str, str], Any] = {}
 
     def run_once(self) -> int:
         """Move everything committed so far; return how many events moved."""
@@ -211,41 +213,15 @@ class Relay:
     # -- retention ----------------------------------------------------------------------
 
     def _maybe_prune(self) -> None:
-        retention = get_settings().log_retention
-        if retention is None or time.monotonic() - self._pruned_at < _PRUNE_EVERY:
+        if time.monotonic() - self._pruned_at < _PRUNE_EVERY:
             return
         self._pruned_at = time.monotonic()
-        for using in self.databases:
-            removed = prune_log(using, retention)
-            if removed:
-                logger.info(
-                    "Removed %d events older than %ss from the event log", removed, retention
-                )
-
-
-def prune_log(using: str, retention: float, batch: int = 1000) -> int:
-    """Delete logged events older than ``retention`` seconds that nothing still owes or holds."""
-    connection = connections[using]
-    vendor = sql.vendor(using)
-    log = sql.table(connection, "EventRecord")
-    delivery = sql.table(connection, "Delivery")
-    dead = sql.table(connection, "DeadLetter")
-    removed = 0
-    while True:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {log} WHERE id IN (SELECT e.id FROM {log} e WHERE "
-                f"{sql.age_seconds(vendor, 'e.recorded_at')} > %s "
-                f"AND NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.event_id = e.id) "
-                f"AND NOT EXISTS (SELECT 1 FROM {dead} x "
-                "WHERE x.event_id = e.id AND x.state = 'open') "
-                "ORDER BY e.position LIMIT %s)",
-                [retention, batch],
+        if any(seconds is not None for seconds in retention.configured().values()):
+            retention.purge_expired(
+                [*self.databases, self.transport.database],
+                max_batches=_PRUNE_BATCHES,
+                resume=self._purge_resume,
             )
-            count: Any = cursor.rowcount
-        removed += int(count)
-        if count < batch:
-            return removed
 
 
 QUARANTINE_GROUP = "(relay)"

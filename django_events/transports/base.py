@@ -12,13 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.checks import CheckMessage
 
 from ..envelope import Event
+
+if TYPE_CHECKING:
+    from ..models import EventRecord
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,13 @@ def logged_events(event_ids: Sequence[uuid.UUID], using: str) -> list[Outgoing]:
     """The logged events with these ids, as the relay sends them, in publish order."""
     from ..models import EventRecord
 
-    records = EventRecord.objects.using(using).filter(id__in=event_ids).order_by("position")
+    return as_outgoing(
+        EventRecord.objects.using(using).filter(id__in=event_ids).order_by("position")
+    )
+
+
+def as_outgoing(records: Iterable[EventRecord]) -> list[Outgoing]:
+    """Logged events (a queryset read once) as the relay sends them."""
     return [
         Outgoing(
             position=r.position,
