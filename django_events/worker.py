@@ -273,7 +273,6 @@ class Worker:
             )
             return
         if claimed.attempt > policy.max_attempts:
-            claimed.attempt = policy.max_attempts  # this claim is not an attempt: none is left
             self._dead_letter(
                 claimed,
                 handler,
@@ -281,6 +280,7 @@ class Worker:
                 "The worker running the last attempt stopped before finishing it "
                 "(killed, out of memory, or lost its connection).",
                 "",
+                attempts=policy.max_attempts,  # this claim is not an attempt: none is left
             )
             return
         event = claimed.event
@@ -344,10 +344,18 @@ class Worker:
         self.transport.retry_later(claimed, delay, error)
 
     def _dead_letter(
-        self, claimed: Claimed, handler: Handler | None, error_class: str, message: str, trace: str
+        self,
+        claimed: Claimed,
+        handler: Handler | None,
+        error_class: str,
+        message: str,
+        trace: str,
+        *,
+        attempts: int | None = None,
     ) -> None:
+        attempts = claimed.attempt if attempts is None else attempts
         try:
-            dead = self._store_dead_letter(claimed, handler, error_class, message, trace)
+            dead = self._store_dead_letter(claimed, handler, error_class, message, trace, attempts)
         except _ClaimLost:
             logger.warning(
                 "Lost the claim on %s for %s before dead-lettering it; another worker has it",
@@ -360,21 +368,27 @@ class Worker:
             claimed.event_type,
             claimed.event_id,
             claimed.group,
-            claimed.attempt,
+            attempts,
             error_class,
             message,
         )
         _send(signals.event_dead_lettered, dead_letter=dead)
 
     def _store_dead_letter(
-        self, claimed: Claimed, handler: Handler | None, error_class: str, message: str, trace: str
+        self,
+        claimed: Claimed,
+        handler: Handler | None,
+        error_class: str,
+        message: str,
+        trace: str,
+        attempts: int,
     ) -> DeadLetter:
         with transaction.atomic(using=self.database):
             dead = DeadLetter.objects.using(self.database).create(
                 event_id=claimed.event_id,
                 group=claimed.group,
                 handler=handler.name if handler else "",
-                attempts=claimed.attempt,
+                attempts=attempts,
                 error_class=error_class[:300],
                 error_message=message,
                 traceback=trace,

@@ -169,10 +169,13 @@ def test_event_whose_worker_died_on_its_last_attempt_is_a_dead_letter():
     for _ in range(2):
         assert transport.claim(["alpha"], 1, lease=30)
         Delivery.objects.filter(group_name="alpha").update(claimed_until="2000-01-01T00:00:00Z")
-    deliver(["alpha"], relay=False)
+    (past_last,) = transport.claim(["alpha"], 1, lease=30)
+    Worker(["alpha"], relay=False).handle(past_last)
     dead = DeadLetter.objects.get()
     assert (dead.error_class, dead.attempts) == ("LeaseExpired", 2)
     assert effects("alpha") == []
+    # The claim is left as it was: callers (and F8's model) still see the attempt claimed.
+    assert past_last.attempt == 3
 
 
 def test_lost_claim_is_not_handled_by_the_worker_that_lost_it():
