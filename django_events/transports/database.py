@@ -144,17 +144,15 @@ class DatabaseTransport(Transport):
     def publish(
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
-        """Fan events out into one delivery row per subscribed group; an event already
-        owed to a group gets no second row."""
+        """Fan events out into one delivery row per subscribed group."""
         by_type: dict[str, list[tuple[str, bool]]] = {}
         for event_type, group, ordered in subscriptions:
             by_type.setdefault(event_type, []).append((group, ordered))
-        unique = {
-            (event.event_id, group): (event.position, event.key, ordered and event.key is not None)
+        rows = [
+            (event.event_id, group, event.position, event.key, ordered and event.key is not None)
             for event in events
             for group, ordered in by_type.get(event.type, ())
-        }
-        rows = [(event_id, group, *rest) for (event_id, group), rest in unique.items()]
+        ]
         if not rows:
             return
         vendor = self._vendor
@@ -164,29 +162,21 @@ class DatabaseTransport(Transport):
             f"INSERT INTO {delivery} (event_id, group_name, position, key, ordered, attempts, "
             "available_at, parked, last_error, created_at) "
         )
-        not_owed = (
-            f"WHERE NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.event_id = t.e "
-            "AND d.group_name = t.g)"
-        )
         if vendor == "postgresql":
             # Five arrays, whatever the batch size: a short statement for the driver to send.
             inserted = self._execute(
                 f"{columns}SELECT e, g, p, k, o, 0, {now}, FALSE, '', {now} FROM unnest("
-                "%s::uuid[], %s::text[], %s::bigint[], %s::text[], %s::bool[]) AS t(e, g, p, k, o) "
-                f"{not_owed}",
+                "%s::uuid[], %s::text[], %s::bigint[], %s::text[], %s::bool[]) AS t(e, g, p, k, o)",
                 [list(column) for column in zip(*rows, strict=True)],
             )
         else:
             inserted = 0
+            row_sql = f"(%s, %s, %s, %s, %s, 0, {now}, FALSE, '', {now})"
             for start in range(0, len(rows), 500):
                 chunk = rows[start : start + 500]
                 params = [p for row in chunk for p in (sql.uuid_value(vendor, row[0]), *row[1:])]
                 inserted += self._execute(
-                    f"{columns}SELECT e, g, p, k, o, 0, {now}, FALSE, '', {now} FROM "
-                    "(SELECT column1 AS e, column2 AS g, column3 AS p, column4 AS k, column5 AS o "
-                    f"FROM (VALUES {', '.join(['(%s, %s, %s, %s, %s)'] * len(chunk))})) t "
-                    f"{not_owed}",
-                    params,
+                    f"{columns}VALUES {', '.join([row_sql] * len(chunk))}", params
                 )
         if inserted and vendor == "postgresql" and self.notify:
             self._execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL])
