@@ -206,10 +206,14 @@ class Worker:
             # reconnecting on every wake-up would cost more than the work itself. A
             # connection that broke meanwhile raises above and is replaced.
             self._watchdog.disarm()
-            if self.transport.waits_for_work and self.groups:
-                self.transport.wait(self.groups, self.poll_interval)
-            else:
+            if not (self.transport.waits_for_work and self.groups):
                 waiter.wait(self.poll_interval)
+                continue
+            try:
+                self.transport.wait(self.groups, self.poll_interval)
+            except TransportUnavailable:
+                logger.warning("Transport unavailable while waiting", exc_info=True)
+                time.sleep(self.poll_interval)
 
     def _own_backend(self) -> int | None:
         """PostgreSQL backend of this worker's connection: its relay's NOTIFY needs no wake-up."""

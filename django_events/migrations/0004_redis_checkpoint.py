@@ -5,25 +5,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_events', '0003_delivery_claims'),
+        ("django_events", "0003_delivery_claims"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='StreamCheckpoint',
+            name="StreamCheckpoint",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('namespace', models.CharField(max_length=200)),
-                ('group', models.CharField(max_length=100)),
-                ('position', models.BigIntegerField(default=0)),
-                ('token', models.CharField(max_length=32)),
-                ('updated_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("namespace", models.CharField(max_length=200)),
+                ("group", models.CharField(max_length=100)),
+                ("position", models.BigIntegerField(default=0)),
+                ("token", models.CharField(max_length=32)),
+                (
+                    "updated_at",
+                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                ),
             ],
             options={
-                'db_table': 'django_events_stream_checkpoint',
-                'constraints': [models.UniqueConstraint(fields=('namespace', 'group'), name='django_events_checkpoint_unique')],
+                "db_table": "django_events_stream_checkpoint",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("namespace", "group"), name="django_events_checkpoint_unique"
+                    )
+                ],
             },
         ),
     ]

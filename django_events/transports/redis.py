@@ -90,6 +90,11 @@ class RedisStreamsTransport(Transport):
     persistent = True  # with appendonly; and whatever Redis loses is re-published from the log
     acks_in_transaction = False
     waits_for_work = True
+    ordering_note = (
+        "Redis Streams hand a group's entries to competing consumers with no per-key "
+        "lock, so per-key order cannot be kept. Drop ordered=True, or handle this group "
+        "with the database transport."
+    )
 
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
         where = f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']"
@@ -299,7 +304,7 @@ class RedisStreamsTransport(Transport):
             fields = _fields(event)
             for group in groups:
                 args.setdefault(group, ["1" if force else "0"]).extend(
-                    (str(event.event_id), str(event.position), str(len(fields)), *fields)
+                    (fields[1], str(event.position), str(len(fields)), *fields)
                 )
         if not args:
             return 0
@@ -648,9 +653,9 @@ def _positive(
 
 
 def _fields(event: Outgoing) -> list[str]:
-    """The stream entry's fields, flat: name, value, name, value..."""
+    """The stream entry's fields, flat: name, value, name, value... (the id second)."""
     fields = {
-        "id": str(event.event_id),
+        "id": str(uuid.UUID(str(event.event_id))),  # SQLite gives 32 hex digits
         "type": event.type,
         "version": str(event.version),
         "data": event.data,
