@@ -185,6 +185,16 @@ class RedisStreamsTransport(Transport):
             script = self._scripts[name] = self.client.register_script(getattr(redis_lua, name))
         return script
 
+    @_translating
+    def flush(self) -> int:
+        """Delete every key under this transport's prefix; for demos and tests, never in
+        production (what is in flight would wait for recovery). Returns how many."""
+        keys = list(self.client.scan_iter(match=f"{self.prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            self.client.delete(*keys[start : start + 1000])
+        self._created.clear()
+        return len(keys)
+
     def close(self) -> None:
         if self._ready:
             self.release(self._ready)
