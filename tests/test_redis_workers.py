@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +75,20 @@ def test_a_handler_that_kills_its_process_runs_out_of_attempts(
     dead = DeadLetter.objects.get()
     assert (dead.group, dead.attempts, dead.error_class) == ("limited", 2, "LeaseExpired")
     assert not Effect.objects.exists()
+
+
+def test_a_blocking_worker_handles_every_event_published_at_a_steady_pace(
+    workers: Workers, redis_env: dict[str, str]
+):
+    workers.start("--group", "alpha", **redis_env)
+    publish("test.happened", {"n": -1})
+    wait_until(lambda: Effect.objects.exists(), timeout=30, what="the worker is up")
+    started = time.monotonic()
+    for n in range(200):
+        time.sleep(max(0.0, started + n / 100 - time.monotonic()))
+        publish("test.happened", {"n": n})
+    wait_until(
+        lambda: Effect.objects.filter(group="alpha").count() == 201,
+        timeout=30,
+        what="every event handled",
+    )

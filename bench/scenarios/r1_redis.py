@@ -211,7 +211,8 @@ def _read_handled(path: str, count: int, offset: int) -> dict[int, float]:
         with open(path) as f:
             lines = f.read().splitlines()
         handled = {int(n): float(t) for n, t in (line.split() for line in lines)}
-        if sum(1 for n in handled if n >= offset) >= count or time.perf_counter() > deadline:
+        arrived = sum(1 for n in handled if offset <= n < offset + count)
+        if arrived >= count or time.perf_counter() > deadline:
             return handled
         time.sleep(0.05)
 
@@ -227,6 +228,9 @@ def events_round(count: int, path: str, offset: int) -> list[float]:
 
     committed = _paced(count, send)
     handled = _read_handled(path, count, offset)
+    missing = [offset + i for i in range(count) if offset + i not in handled]
+    if missing:
+        raise RuntimeError(f"events {missing[:10]} not handled within 30 s")
     return [(handled[offset + i] - committed[i]) * 1e3 for i in range(count)]
 
 

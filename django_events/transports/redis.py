@@ -37,7 +37,7 @@ import redis
 from django.core.checks import CheckMessage, Error, Warning
 
 from ..conf import get_settings
-from ..envelope import build_event
+from ..envelope import from_cloudevent
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 from . import redis_lua
 from .base import Claimed, GroupStatus, Outgoing, Transport
@@ -49,6 +49,8 @@ CONSUMER_GROUP = "django-events"
 one name everywhere lets a worker block on all its groups' streams in one XREADGROUP."""
 ORPHAN_CHECK_INTERVAL = 0.5
 """Seconds between looks for entries abandoned by a dead worker, when busy."""
+PROMOTE_INTERVAL = 0.1
+"""Seconds between moves of due retries back into the streams, at most."""
 HOUSEKEEPING_INTERVAL = 1.0
 """Seconds between trims and data-loss checks, however often the relay passes."""
 CHECKPOINT_INTERVAL = 5.0
@@ -81,7 +83,10 @@ class Receipt:
 
     stream: str
     entry_id: str
-    fields: tuple[tuple[str, str], ...]
+    raw: dict[bytes, bytes]
+
+    def fields(self) -> dict[str, str]:
+        return {key.decode(): value.decode() for key, value in self.raw.items()}
 
 
 class RedisStreamsTransport(Transport):
@@ -130,6 +135,7 @@ class RedisStreamsTransport(Transport):
         self._created: set[str] = set()
         self._cursors: dict[str, str] = {}
         self._orphans_checked_at = 0.0
+        self._promoted_at = 0.0
         self._kept_at = 0.0
         self._checkpointed_at = 0.0
         self._warned_lag_at = 0.0
@@ -392,9 +398,18 @@ class RedisStreamsTransport(Transport):
         if not groups:
             return []
         claimed, self._ready = self._ready[:limit], self._ready[limit:]
-        if len(claimed) < limit:
-            claimed += self._read(groups, limit - len(claimed), promote=True)
         now = time.monotonic()
+        if len(claimed) < limit:
+            # Due retries move back into the streams at most every PROMOTE_INTERVAL while
+            # busy, and whenever there is nothing new.
+            promote = now >= self._promoted_at
+            fresh = self._read(groups, limit - len(claimed), promote=promote)
+            if not fresh and not promote:
+                promote = True
+                fresh = self._read(groups, limit - len(claimed), promote=True)
+            if promote:
+                self._promoted_at = now + PROMOTE_INTERVAL
+            claimed += fresh
         if len(claimed) < limit and (not claimed or now >= self._orphans_checked_at):
             self._orphans_checked_at = now + ORPHAN_CHECK_INTERVAL
             claimed += self._orphans(groups, limit - len(claimed), lease)
@@ -486,8 +501,12 @@ class RedisStreamsTransport(Transport):
     def _claimed(
         self, group: str, entry_id: str, raw: dict[bytes, bytes], *, deliveries: int
     ) -> Claimed:
-        fields = {key.decode(): value.decode() for key, value in raw.items()}
-        receipt = Receipt(self.stream(group), entry_id, tuple(fields.items()))
+        fields = {  # the ones needed now; the rest stay bytes until a retry rewrites them
+            name: raw[name.encode()].decode()
+            for name in ("id", "type", "event", "attempts", "first_failed_at")
+            if name.encode() in raw
+        }
+        receipt = Receipt(self.stream(group), entry_id, raw)
         try:
             before = int(fields.get("attempts", "0"))
         except ValueError:
@@ -501,18 +520,8 @@ class RedisStreamsTransport(Transport):
             first_failed_at=_datetime(fields.get("first_failed_at")),
         )
         try:
-            claimed.event = build_event(
-                id=fields.get("id"),
-                type=fields.get("type"),
-                version=_int(fields.get("version", "1")),
-                key=fields.get("key"),
-                data=fields.get("data", ""),
-                metadata=fields.get("metadata", ""),
-                occurred_at=fields.get("time"),
-                source=fields.get("source", ""),
-                correlation_id=fields.get("correlation_id"),
-                causation_id=fields.get("causation_id"),
-                max_bytes=get_settings().max_payload_bytes * 2,
+            claimed.event = from_cloudevent(
+                fields.get("event", ""), get_settings().max_payload_bytes * 2
             )
         except UndecodableEvent as exc:
             claimed.decode_error = f"Stream entry {entry_id} of {receipt.stream}: {exc}"
@@ -535,7 +544,7 @@ class RedisStreamsTransport(Transport):
         script = self._script("RELEASE")
         pipe = self.client.pipeline(transaction=False)
         for item in claimed:
-            fields = dict(item.receipt.fields)
+            fields = item.receipt.fields()
             fields["attempts"] = str(max(0, item.attempt - 1))
             flat = [part for pair in fields.items() for part in pair]
             script(
@@ -574,7 +583,7 @@ class RedisStreamsTransport(Transport):
 
     @_translating
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
-        fields = dict(claimed.receipt.fields)
+        fields = claimed.receipt.fields()
         fields["attempts"] = str(claimed.attempt)
         if "first_failed_at" not in fields:
             seconds, micros = self.client.time()  # the server's clock, not this worker's
@@ -663,35 +672,35 @@ def _positive(
 
 
 def _fields(event: Outgoing) -> list[str]:
-    """The stream entry's fields, flat: name, value, name, value... (the id second)."""
-    fields = {
-        "id": str(uuid.UUID(str(event.event_id))),  # SQLite gives 32 hex digits
+    """The stream entry, flat (name, value, ...; the event id second): the event in its
+    CloudEvents JSON form, with its id and type beside it for when that form is broken."""
+    event_id = str(uuid.UUID(str(event.event_id)))  # SQLite gives 32 hex digits
+    head: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
         "type": event.type,
-        "version": str(event.version),
-        "data": event.data,
-        "metadata": event.metadata,
-        "time": event.occurred_at.isoformat() if event.occurred_at else "",
         "source": event.source,
-        "position": str(event.position),
-        "attempts": "0",
+        "time": event.occurred_at.isoformat() if event.occurred_at else "",
+        "datacontenttype": "application/json",
+        "dataversion": event.version,
     }
     for name, value in (
-        ("key", event.key),
-        ("correlation_id", event.correlation_id),
-        ("causation_id", event.causation_id),
+        ("partitionkey", event.key),
+        ("correlationid", event.correlation_id),
+        ("causationid", event.causation_id),
     ):
         if value is not None:
-            fields[name] = str(value)
-    return [part for pair in fields.items() for part in pair]
+            head[name] = str(value)
+    # data and metadata are JSON text already (as stored in the outbox): spliced, not re-encoded
+    body = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1]
+    if event.metadata:
+        body += f',"metadata":{event.metadata}'
+    body += f',"data":{event.data}}}'
+    return ["id", event_id, "type", event.type, "event", body, "attempts", "0"]
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _int(value: str) -> int | str:
-    """An int if it is one; otherwise the text, for the decode error to show."""
-    return int(value) if value.isdigit() else value
 
 
 def _uuid(value: str | None) -> uuid.UUID:
