@@ -13,8 +13,8 @@ Layout, under the ``prefix`` option (``django_events`` by default):
 Publishing to a group's own stream makes restricted publishes (replay, admin retry),
 per-group trimming and lag plain; the cost is one entry per event and group. Attempts
 are the entry's delivery count; acks follow the handler's commit; an entry idle longer
-than the lease is taken over with ``XAUTOCLAIM``. Per-key order is not offered: ordered
-handlers are refused by system check E008.
+than the lease is taken over (``XPENDING IDLE`` + ``XCLAIM``, in one script). Per-key
+order is not offered: ordered handlers are refused by system check E008.
 """
 
 from __future__ import annotations
@@ -84,6 +84,12 @@ class Receipt:
     stream: str
     entry_id: str
     raw: dict[bytes, bytes]
+    deliveries: int
+
+    @property
+    def claim(self) -> str:
+        """This claim's token for the scripts: the entry id and its delivery count."""
+        return f"{self.entry_id}/{self.deliveries}"
 
     def fields(self) -> dict[str, str]:
         return {key.decode(): value.decode() for key, value in self.raw.items()}
@@ -152,6 +158,9 @@ class RedisStreamsTransport(Transport):
 
     def delayed(self, group: str) -> str:
         return f"{self.prefix}:delayed:{group}"
+
+    def leases(self, group: str) -> str:
+        return f"{self.prefix}:leases:{group}"
 
     def owed(self, group: str) -> str:
         return f"{self.prefix}:owed:{group}"
@@ -457,45 +466,31 @@ class RedisStreamsTransport(Transport):
         return claimed
 
     def _orphans(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+        """Entries idle longer than the claim idle time (a dead worker's), unless a live
+        worker renewed them for longer; each is the next attempt (its delivery count)."""
         idle_ms = int((self.claim_idle or lease) * 1000)
+        script = self._script("TAKE_OVER")
         pipe = self.client.pipeline(transaction=False)
         for group in groups:
-            pipe.xautoclaim(
-                self.stream(group),
-                CONSUMER_GROUP,
-                self.consumer,
-                idle_ms,
-                self._cursors.get(group, "0-0"),
-                count=limit,
+            script(
+                keys=[self.stream(group), self.leases(group)],
+                args=[CONSUMER_GROUP, self.consumer, idle_ms, limit, self._cursors.get(group, "-")],
+                client=pipe,
             )
-        found: list[tuple[str, str, dict[bytes, bytes]]] = []
+        claimed = []
         for group, result in zip(groups, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(result, Exception):
                 if "NOGROUP" in str(result):
                     self.ensure_group(group, again=True)
                     continue
                 raise result
-            cursor, entries = result[0], result[1]
-            self._cursors[group] = cursor.decode()
-            if len(result) > 2 and result[2]:
-                logger.warning(
-                    "%d entries of group %s were claimed but are gone from its stream; "
-                    "the next recovery check re-publishes them from the event log",
-                    len(result[2]),
-                    group,
-                )
-            found.extend((group, entry_id.decode(), fields) for entry_id, fields in entries)
-        if not found:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for group, entry_id, _ in found:
-            pipe.xpending_range(self.stream(group), CONSUMER_GROUP, entry_id, entry_id, 1)
-        counts = pipe.execute()
-        claimed = []
-        for (group, entry_id, fields), pending in zip(found, counts, strict=True):
-            deliveries = pending[0]["times_delivered"] if pending else 1
-            claimed.append(self._claimed(group, entry_id, fields, deliveries=deliveries))
-        logger.info("Took over %d entries left by a worker that stopped", len(claimed))
+            cursor, taken = result
+            self._cursors[group] = _text(cursor)
+            for entry_id, flat, deliveries in taken:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                claimed.append(self._claimed(group, _text(entry_id), fields, deliveries=deliveries))
+        if claimed:
+            logger.info("Took over %d entries left by a worker that stopped", len(claimed))
         return claimed
 
     def _claimed(
@@ -506,7 +501,7 @@ class RedisStreamsTransport(Transport):
             for name in ("id", "type", "event", "attempts", "first_failed_at")
             if name.encode() in raw
         }
-        receipt = Receipt(self.stream(group), entry_id, raw)
+        receipt = Receipt(self.stream(group), entry_id, raw, deliveries)
         try:
             before = int(fields.get("attempts", "0"))
         except ValueError:
@@ -529,13 +524,19 @@ class RedisStreamsTransport(Transport):
 
     @_translating
     def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
-        by_stream: dict[str, list[str]] = {}
+        by_stream: dict[str, tuple[str, list[str]]] = {}
         for item in claimed:
-            by_stream.setdefault(item.receipt.stream, []).append(item.receipt.entry_id)
+            by_stream.setdefault(item.receipt.stream, (item.group, []))[1].append(
+                item.receipt.claim
+            )
         script = self._script("RENEW")
         pipe = self.client.pipeline(transaction=False)
-        for stream, ids in by_stream.items():
-            script(keys=[stream], args=[CONSUMER_GROUP, self.consumer, *ids], client=pipe)
+        for stream, (group, ids) in by_stream.items():
+            script(
+                keys=[stream, self.leases(group)],
+                args=[CONSUMER_GROUP, self.consumer, int(lease * 1000), *ids],
+                client=pipe,
+            )
         pipe.execute(raise_on_error=False)
 
     @_translating
@@ -549,7 +550,7 @@ class RedisStreamsTransport(Transport):
             flat = [part for pair in fields.items() for part in pair]
             script(
                 keys=[item.receipt.stream],
-                args=[CONSUMER_GROUP, self.consumer, item.receipt.entry_id, *flat],
+                args=[CONSUMER_GROUP, self.consumer, item.receipt.claim, *flat],
                 client=pipe,
             )
         pipe.execute(raise_on_error=False)
@@ -561,24 +562,30 @@ class RedisStreamsTransport(Transport):
 
     @_translating
     def ack_many(self, claimed: Sequence[Claimed]) -> list[Claimed]:
-        """XACK after the handler's commit, and drop the events from what the group owes.
-
-        Not checked against the owner: the effects are committed, so whoever holds the
-        entry now finds the inbox row and skips it."""
+        """XACK after the handler's commit, and drop the events from what the group owes:
+        one script call per group, in one round trip. An entry another claim took over
+        meanwhile is left to that claim (its handler finds the inbox row and skips it)."""
         if not claimed:
             return []
         by_group: dict[str, list[Claimed]] = {}
         for item in claimed:
             by_group.setdefault(item.group, []).append(item)
+        script = self._script("ACK")
         pipe = self.client.pipeline(transaction=False)
         for group, items in by_group.items():
-            pipe.xack(self.stream(group), CONSUMER_GROUP, *(i.receipt.entry_id for i in items))
-            pipe.zrem(self.owed(group), *{str(i.event_id) for i in items})
+            args: list[Any] = [CONSUMER_GROUP, self.consumer]
+            for item in items:
+                args += [item.receipt.claim, str(item.event_id)]
+            script(
+                keys=[self.stream(group), self.owed(group), self.leases(group)],
+                args=args,
+                client=pipe,
+            )
         results = pipe.execute(raise_on_error=False)
-        acked = []
-        for (_, items), count in zip(by_group.items(), results[::2], strict=True):
-            if isinstance(count, int) and count == len(items):
-                acked.extend(items)
+        acked: list[Claimed] = []
+        for items, positions in zip(by_group.values(), results, strict=True):
+            if isinstance(positions, list):
+                acked.extend(items[int(p) - 1] for p in positions)
         return acked
 
     @_translating
@@ -599,7 +606,7 @@ class RedisStreamsTransport(Transport):
             args=[
                 CONSUMER_GROUP,
                 self.consumer,
-                claimed.receipt.entry_id,
+                claimed.receipt.claim,
                 int(delay * 1000),
                 member,
             ],
@@ -613,7 +620,7 @@ class RedisStreamsTransport(Transport):
                 args=[
                     CONSUMER_GROUP,
                     self.consumer,
-                    claimed.receipt.entry_id,
+                    claimed.receipt.claim,
                     str(claimed.event_id),
                 ],
             )

@@ -16,9 +16,13 @@ end
 """
 
 _OWNED = """
-local function owned(stream, group, consumer, id)
+-- A claim is "<entry id>/<delivery count>": the count tells this claim from a later one
+-- by the same consumer after its lease ran out.
+local function owned(stream, group, consumer, claim)
+  local id, count = string.match(claim, '^(.+)/(%d+)$')
   local ok, found = pcall(redis.call, 'XPENDING', stream, group, id, id, 1)
-  return ok and #found == 1 and found[1][2] == consumer
+  local mine = ok and #found == 1 and found[1][2] == consumer and found[1][4] == tonumber(count)
+  return mine, id
 end
 """
 
@@ -57,10 +61,11 @@ RETRY_LATER = (
     _NOW_MS
     + _OWNED
     + """
--- KEYS: stream, delayed. ARGV: group, consumer, entry id, delay ms, entry as JSON fields.
-if not owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+-- KEYS: stream, delayed. ARGV: group, consumer, claim, delay ms, entry as JSON fields.
+local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if not mine then return 0 end
 redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[4]), ARGV[5])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XACK', KEYS[1], ARGV[1], id)
 return 1
 """
 )
@@ -68,9 +73,10 @@ return 1
 DEAD_LETTER = (
     _OWNED
     + """
--- KEYS: stream, owed. ARGV: group, consumer, entry id, event id.
-if not owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+-- KEYS: stream, owed. ARGV: group, consumer, claim, event id.
+local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if not mine then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], id)
 redis.call('ZREM', KEYS[2], ARGV[4])
 return 1
 """
@@ -79,27 +85,73 @@ return 1
 RELEASE = (
     _OWNED
     + """
--- KEYS: stream. ARGV: group, consumer, entry id, then the entry's fields to add again.
-if not owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+-- KEYS: stream. ARGV: group, consumer, claim, then the entry's fields to add again.
+local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if not mine then return 0 end
 redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XACK', KEYS[1], ARGV[1], id)
 return 1
 """
 )
 
 RENEW = (
-    _OWNED
+    _NOW_MS
+    + _OWNED
     + """
--- KEYS: stream. ARGV: group, consumer, entry ids. Resets the idle time of the entries this
--- consumer still owns (JUSTID: the delivery count, our attempt count, stays as it is).
-local renewed = 0
-for i = 3, #ARGV do
-  if owned(KEYS[1], ARGV[1], ARGV[2], ARGV[i]) then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+-- KEYS: stream, leases. ARGV: group, consumer, lease ms, claims. Resets the idle time of
+-- the entries this consumer still owns (JUSTID: the delivery count, our attempt count,
+-- stays as it is) and notes until when they are held, should that outlast the idle time.
+local renewed, held_until = 0, now_ms() + tonumber(ARGV[3])
+for i = 4, #ARGV do
+  local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[i])
+  if mine then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+    redis.call('HSET', KEYS[2], id, held_until)
     renewed = renewed + 1
   end
 end
 return renewed
+"""
+)
+
+TAKE_OVER = (
+    _NOW_MS
+    + """
+-- KEYS: stream, leases. ARGV: group, consumer, min idle ms, count, cursor. Claims entries
+-- idle at least min idle whose renewed lease (if any) has run out. Returns the next cursor
+-- and {id, fields, delivery count} per entry taken.
+local now = now_ms()
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], ARGV[5], '+', ARGV[4])
+local taken, cursor = {}, '-'
+for _, p in ipairs(pending) do
+  local held_until = tonumber(redis.call('HGET', KEYS[2], p[1]) or '0')
+  if held_until <= now then
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
+    redis.call('HDEL', KEYS[2], p[1])
+    if #got > 0 and got[1] then table.insert(taken, {got[1][1], got[1][2], p[4] + 1}) end
+  end
+end
+if #pending == tonumber(ARGV[4]) then cursor = '(' .. pending[#pending][1] end
+return {cursor, taken}
+"""
+)
+
+ACK = (
+    _OWNED
+    + """
+-- KEYS: stream, owed, leases. ARGV: group, consumer, then per entry: claim, event id.
+-- Acknowledges the entries this claim still holds; returns their positions in ARGV order.
+local acked = {}
+for i = 3, #ARGV, 2 do
+  local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[i])
+  if mine then
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('ZREM', KEYS[2], ARGV[i + 1])
+    redis.call('HDEL', KEYS[3], id)
+    table.insert(acked, (i - 1) / 2)
+  end
+end
+return acked
 """
 )
 
