@@ -419,3 +419,13 @@ def test_a_django_redis_cache_alias_works(prefix: str):
         publish("test.happened", {"n": 1})
         assert deliver() == 2
     transports.reset()
+
+
+def test_housekeeping_forgets_leases_of_entries_no_longer_pending(transport):
+    transport.publish([outgoing(1)], SUBSCRIBED)
+    held = transport.claim(["alpha"], 10, 30)
+    transport.renew(held, 60)
+    assert client().hlen(transport.leases("alpha")) == 1
+    transport.retry_later(held[0], 60, "boom")
+    transport.trim(["alpha"])
+    assert client().hlen(transport.leases("alpha")) == 0

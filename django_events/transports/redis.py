@@ -381,7 +381,9 @@ class RedisStreamsTransport(Transport):
         pipe = self.client.pipeline(transaction=False)
         groups = list(groups)
         for group in groups:
-            script(keys=[self.stream(group)], args=[CONSUMER_GROUP], client=pipe)
+            script(
+                keys=[self.stream(group), self.leases(group)], args=[CONSUMER_GROUP], client=pipe
+            )
         pipe.execute()
 
     # -- worker side --------------------------------------------------------------------

@@ -156,10 +156,11 @@ return acked
 )
 
 TRIM = """
--- KEYS: stream. ARGV: group. Trims what the group has acknowledged, never an entry it
--- has not read or not acknowledged: the cut is the oldest pending entry, or the first
--- entry after the last delivered one. Returns the number of entries removed, -1 if the
--- group does not exist.
+-- KEYS: stream, leases. ARGV: group. Trims what the group has acknowledged, never an entry
+-- it has not read or not acknowledged: the cut is the oldest pending entry, or the first
+-- entry after the last delivered one. Forgets renewed leases of entries no longer pending
+-- (retried or dead-lettered after a renewal). Returns the number of entries removed, -1
+-- if the group does not exist.
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
 if not ok then return -1 end
 local last
@@ -175,6 +176,11 @@ if not last then return -1 end
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
+end
+for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1) == 0 then
+    redis.call('HDEL', KEYS[2], id)
+  end
 end
 local ms, seq = parse(last)
 local cut_ms, cut_seq = ms, seq + 1
