@@ -177,6 +177,8 @@ class Worker:
                 self._relay_thread.stop()
                 self._relay_thread.join(timeout=self.poll_interval + 30)
                 self._relay_thread = None
+            if self.transport.waits_for_work:
+                self.transport.close()  # gives back what a last wait received
             waiter.close()
         logger.info("Worker %s stopped after %d events", self.name, self.handled)
         return self.handled

@@ -429,3 +429,11 @@ def test_housekeeping_forgets_leases_of_entries_no_longer_pending(transport):
     transport.retry_later(held[0], 60, "boom")
     transport.trim(["alpha"])
     assert client().hlen(transport.leases("alpha")) == 0
+
+
+def test_a_stopping_worker_gives_back_what_its_last_wait_received(transport):
+    transport.publish([outgoing(1)], SUBSCRIBED)
+    assert transport.wait(["alpha"], 0.5)
+    transport.close()  # as Worker.run does when it stops
+    again = RedisStreamsTransport("other", dict(transport.options)).claim(["alpha"], 10, 30)
+    assert [c.attempt for c in again] == [1], "given back, without an attempt"

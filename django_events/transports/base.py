@@ -126,7 +126,8 @@ class Transport:
         """Block up to ``timeout`` seconds until work for ``groups`` may be claimable.
 
         Only called when ``waits_for_work`` is set. True if something arrived; whatever
-        the wait already received is returned by the next ``claim``."""
+        the wait already received is returned by the next ``claim``, or given back by
+        ``close`` (which a worker that waits calls when it stops)."""
         raise NotImplementedError
 
     def renew(self, claimed: Sequence[Claimed], lease: float) -> None:

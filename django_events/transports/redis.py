@@ -19,6 +19,7 @@ order is not offered: ordered handlers are refused by system check E008.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -211,8 +212,11 @@ class RedisStreamsTransport(Transport):
         return len(keys)
 
     def close(self) -> None:
+        """Give back what a last ``wait`` received but nobody claimed, then disconnect."""
         if self._ready:
-            self.release(self._ready)
+            with contextlib.suppress(TransportUnavailable):  # they return after claim_idle
+                self.release(self._ready)
+            self._ready = []
         if self._client is not None and "url" in self.options:
             self._client.close()
         self._client = None
@@ -461,6 +465,8 @@ class RedisStreamsTransport(Transport):
             return []
         group_of = {self.stream(group): group for group in groups}
         claimed = []
+        if isinstance(response, dict):  # RESP3 replies map streams to entries
+            response = list(response.items())
         for stream, entries in response or ():
             group = group_of[stream.decode()]
             for entry_id, fields in entries:
