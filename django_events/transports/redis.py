@@ -6,9 +6,9 @@ Layout, under the ``prefix`` option (``django_events`` by default):
                               (``django-events``) by every worker of that group
 ``<prefix>:delayed:<group>``  retries waiting for their due time (sorted set, server time)
 ``<prefix>:owed:<group>``     event id -> log position of every event the group has not
-                              finished: the basis of the recovery checkpoint
-``<prefix>:markers``          one marker per group, also kept in the database: a missing
-                              or different marker means Redis lost the group's data
+                              finished, the basis of the recovery checkpoint; and one
+                              marker, also kept in the database: a missing or different
+                              marker means Redis lost the group's data
 
 Publishing to a group's own stream makes restricted publishes (replay, admin retry),
 per-group trimming and lag plain; the cost is one entry per event and group. Attempts
@@ -165,10 +165,6 @@ class RedisStreamsTransport(Transport):
 
     def owed(self, group: str) -> str:
         return f"{self.prefix}:owed:{group}"
-
-    @property
-    def markers(self) -> str:
-        return f"{self.prefix}:markers"
 
     @property
     def client(self) -> redis.Redis:

@@ -193,7 +193,8 @@ return redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-%d', cut_ms,
 """
 
 SNAPSHOT = """
--- KEYS: markers, owed. ARGV: group. One consistent read for the checkpoint: the group's
--- marker (missing after a data loss) and the lowest position it still owes.
-return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')}
+-- KEYS: owed. One consistent read for the checkpoint: the group's marker (the member scored
+-- +inf, missing after a data loss) and the owed set's lowest member, with its position.
+local marker = redis.call('ZRANGEBYSCORE', KEYS[1], '+inf', '+inf', 'LIMIT', 0, 1)[1]
+return {marker or false, redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')}
 """
