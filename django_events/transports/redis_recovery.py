@@ -2,7 +2,8 @@
 
 For each group the database keeps a checkpoint (``StreamCheckpoint``): a log position
 at or below which every event the group subscribes to is finished, and a token that is
-also stored in Redis (``<prefix>:markers``). The relay's housekeeping compares them:
+also stored in Redis, as a marker member of the group's owed set (scored +inf, so it
+never looks owed). The relay's housekeeping compares them:
 
 * marker missing or different: Redis restarted empty, was flushed, or evicted the
   group's keys. The group's events after the checkpoint are re-published from the log.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.db.models import Max
@@ -35,6 +36,9 @@ logger = logging.getLogger("django_events.transports.redis")
 
 TOP_UP_AFTER = 5.0
 """Seconds after a recovery before the group is topped up once more."""
+MARKER = "marker:"
+"""The owed set's one member that is not an event: ``marker:<token>``, scored +inf. It
+lives and dies with the group's data in Redis (a restart, a flush, an eviction)."""
 RECOVERY_LOCK_SECONDS = 300
 """One process re-publishes a group at a time; a crashed one's lock expires after this."""
 
@@ -74,12 +78,10 @@ class Recovery:
         if not groups:
             return []
         rows = self._rows()
-        markers = {
-            _text(k): _text(v) for k, v in cast(dict, client.hgetall(transport.markers)).items()
-        }
         pipe = client.pipeline(transaction=False)
         for group in groups:
             pipe.zcard(transport.owed(group))
+            pipe.zrangebyscore(transport.owed(group), "+inf", "+inf")
             pipe.xlen(transport.stream(group))
             pipe.zcard(transport.delayed(group))
         sizes = pipe.execute()
@@ -89,8 +91,9 @@ class Recovery:
             if row is None:
                 self._first_checkpoint(group)
                 continue
-            owed, length, delayed = sizes[index * 3 : index * 3 + 3]
-            if markers.get(group) != row.token:
+            owed, markers, length, delayed = sizes[index * 4 : index * 4 + 4]
+            owed -= len(markers)
+            if [_text(m) for m in markers] != [MARKER + row.token]:
                 reason = "its data is gone from Redis (restarted empty, flushed or evicted)"
             elif owed > length + delayed:
                 reason = f"it owes {owed} events but its stream and retries hold {length + delayed}"
@@ -111,7 +114,9 @@ class Recovery:
             group=group,
             defaults={"position": top, "token": token},
         )
-        self.transport.client.hsetnx(self.transport.markers, group, row.token)
+        self.transport.client.zadd(
+            self.transport.owed(group), {MARKER + row.token: "+inf"}, nx=True
+        )
 
     def republish(self, group: str, row: StreamCheckpoint, reason: str) -> bool:
         transport = self.transport
@@ -122,7 +127,10 @@ class Recovery:
             top = self._log_top()
             transport.ensure_group(group, again=True)
             count = self._publish_since(group, row.position)
-            transport.client.hset(transport.markers, group, row.token)
+            pipe = transport.client.pipeline(transaction=True)
+            pipe.zremrangebyscore(transport.owed(group), "+inf", "+inf")
+            pipe.zadd(transport.owed(group), {MARKER + row.token: "+inf"})
+            pipe.execute()
         finally:
             transport.client.delete(lock)
         self._top_ups[group] = (time.monotonic() + TOP_UP_AFTER, top)
@@ -176,15 +184,16 @@ class Recovery:
         script = transport._script("SNAPSHOT")
         pipe = transport.client.pipeline(transaction=False)
         for group in groups:
-            script(keys=[transport.markers, transport.owed(group)], args=[group], client=pipe)
+            script(keys=[transport.owed(group)], client=pipe)
         snapshots = pipe.execute()
         with transaction.atomic(using=self._db):
             for group, (marker, lowest) in zip(groups, snapshots, strict=True):
                 if marker is None:
                     continue  # lost since the last look: recovery first, next time
-                position = top if not lowest else min(top, int(float(lowest[1])) - 1)
+                owes = lowest and not _text(lowest[0]).startswith(MARKER)
+                position = min(top, int(float(lowest[1])) - 1) if owes else top
                 StreamCheckpoint.objects.using(self._db).filter(
-                    namespace=transport.prefix, group=group, token=marker.decode()
+                    namespace=transport.prefix, group=group, token=_text(marker)[len(MARKER) :]
                 ).update(position=position, updated_at=Now())
 
 
