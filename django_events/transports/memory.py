@@ -69,6 +69,7 @@ class InMemoryTransport(Transport):
     supports_delayed_retry = True
     persistent = False
     acks_in_transaction = False
+    idempotent_publish = True
 
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
         unknown = sorted(set(options) - _OPTIONS)

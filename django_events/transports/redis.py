@@ -101,6 +101,7 @@ class RedisStreamsTransport(Transport):
     supports_delayed_retry = True
     persistent = True  # with appendonly; and whatever Redis loses is re-published from the log
     acks_in_transaction = False
+    idempotent_publish = True  # while the group owes the event (the owed set, ZADD NX)
     waits_for_work = True
     ordering_note = (
         "Redis Streams hand a group's entries to competing consumers with no per-key "
