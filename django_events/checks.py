@@ -83,6 +83,7 @@ def check_events(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 Error(
                     f"{handler.name} asks for ordered=True, which {type(transport).__name__} "
                     "cannot promise.",
+                    hint=transport.ordering_note or None,
                     obj=handler.func,
                     id="django_events.E008",
                 )

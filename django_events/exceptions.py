@@ -40,6 +40,10 @@ class UndecodableEvent(EventsError, ValueError):
     """A stored or received event could not be decoded."""
 
 
+class TransportUnavailable(EventsError, ConnectionError):
+    """The transport's server cannot be reached; the worker retries with a growing delay."""
+
+
 class HandlerRegistrationError(EventsConfigurationError):
     """A handler was registered in a way that cannot work."""
 

@@ -178,6 +178,34 @@ class DeadLetter(models.Model):
         return f"{self.group}: {self.error_class} on {self.event_id}"
 
 
+class StreamCheckpoint(models.Model):
+    """How far a consumer group of an external transport (Redis Streams) is confirmed.
+
+    Every logged event at or below ``position`` that the group subscribes to has been
+    handled or dead-lettered. Kept in the database, outside the broker, so what a broker
+    loses can be re-published from the event log. ``token`` is also stored in the broker:
+    if the broker no longer has it, its data for the group is gone.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    namespace = models.CharField(max_length=200)  # the transport's key prefix
+    group = models.CharField(max_length=100)
+    position = models.BigIntegerField(default=0)
+    token = models.CharField(max_length=32)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "django_events_stream_checkpoint"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["namespace", "group"], name="django_events_checkpoint_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.namespace} {self.group}: {self.position}"
+
+
 class FailureGroup(DeadLetter):
     """Open dead letters grouped by fingerprint: an admin page, no table of its own."""
 

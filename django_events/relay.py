@@ -63,8 +63,7 @@ class Relay:
                 if count < self.batch_size:
                     break
         self._maybe_prune()
-        if moved:
-            self.transport.housekeeping()
+        self.transport.housekeeping()
         return moved
 
     def relay_batch(self, using: str) -> int:

@@ -35,6 +35,7 @@ def collect() -> dict[str, Any]:
             "oldest_pending_age_s": state.oldest_pending_age_s,
             "retrying": state.retrying,
             "parked": state.parked,
+            "lagging": state.lagging,
         }
     unrelayed, oldest = 0, None
     for using in conf.outbox_databases:
@@ -67,6 +68,10 @@ def problems(report: dict[str, Any]) -> list[str]:
             found.append(
                 f"group {name}: oldest pending event is {age:.0f}s old "
                 f"(MAX_PENDING_AGE {health.max_pending_age:g}s)"
+            )
+        if group.get("lagging"):
+            found.append(
+                f"group {name}: lags beyond the transport's bound; the relay is slowing down"
             )
         if health.max_dead is not None and group["dead"] > health.max_dead:
             found.append(f"group {name}: {group['dead']} dead letters (MAX_DEAD {health.max_dead})")

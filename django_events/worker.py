@@ -25,7 +25,7 @@ from django.dispatch import Signal
 from . import failpoints, inbox, signals
 from .conf import get_settings
 from .envelope import Event
-from .exceptions import PermanentFailure
+from .exceptions import PermanentFailure, TransportUnavailable
 from .models import DeadLetter
 from .outbox import OUTBOX_CHANNEL, handling
 from .registry import Handler, registry
@@ -83,6 +83,44 @@ class Heartbeat(threading.Thread):
         self.stopped.set()
 
 
+class RelayThread(threading.Thread):
+    """The relay of a worker whose transport waits for work itself (``waits_for_work``):
+    that worker blocks on the transport, so the outbox gets a thread of its own, woken
+    by LISTEN (or the local wake-up) and the poll as usual."""
+
+    def __init__(self, relay: Relay, database: str, poll_interval: float) -> None:
+        super().__init__(name="django-events-relay", daemon=True)
+        self.relay = relay
+        self.database = database
+        self.poll_interval = poll_interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        waiter = Waiter(self.database, [OUTBOX_CHANNEL])
+        failures = 0
+        try:
+            while not self.stopped.is_set():
+                try:
+                    moved = self.relay.run_once()
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    delay = min(RECONNECT_MAX_DELAY, self.poll_interval * 2**failures)
+                    logger.exception("Relay failed; retrying in %.1fs", delay)
+                    connections.close_all()
+                    waiter.close()
+                    self.stopped.wait(delay)
+                    continue
+                if not moved:
+                    waiter.wait(self.poll_interval)
+        finally:
+            waiter.close()
+            connections.close_all()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
 class Worker:
     def __init__(
         self,
@@ -108,6 +146,7 @@ class Worker:
         self.running = True
         self.handled = 0
         self._heartbeat: Heartbeat | None = None
+        self._relay_thread: RelayThread | None = None
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -124,6 +163,9 @@ class Worker:
         self._heartbeat = Heartbeat(self.transport, self.lease)
         self._heartbeat.start()
         self._watchdog.start()
+        if self.relay and self.groups and self.transport.waits_for_work and not once:
+            self._relay_thread = RelayThread(self.relay, self.database, self.poll_interval)
+            self._relay_thread.start()
         logger.info("Worker %s started for groups %s", self.name, ", ".join(self.groups) or "-")
         try:
             with connections[self.database].execute_wrapper(self._watchdog.wrapper):
@@ -131,6 +173,12 @@ class Worker:
         finally:
             self._watchdog.stop()
             self._heartbeat.stop()
+            if self._relay_thread:
+                self._relay_thread.stop()
+                self._relay_thread.join(timeout=self.poll_interval + 30)
+                self._relay_thread = None
+            if self.transport.waits_for_work:
+                self.transport.close()  # gives back what a last wait received
             waiter.close()
         logger.info("Worker %s stopped after %d events", self.name, self.handled)
         return self.handled
@@ -141,12 +189,13 @@ class Worker:
             try:
                 worked = self.step()
                 failures = 0
-            except (DatabaseError, InterfaceError):
+            except (DatabaseError, InterfaceError, TransportUnavailable) as exc:
                 if once:  # cron and tests want an exit code, not a retry loop
                     raise
                 failures += 1
                 delay = min(RECONNECT_MAX_DELAY, self.poll_interval * 2**failures)
-                logger.exception("Database error; retrying in %.1fs", delay)
+                what = "Transport" if isinstance(exc, TransportUnavailable) else "Database"
+                logger.exception("%s error; retrying in %.1fs", what, delay)
                 connections.close_all()
                 waiter.close()
                 time.sleep(delay)
@@ -159,7 +208,14 @@ class Worker:
             # reconnecting on every wake-up would cost more than the work itself. A
             # connection that broke meanwhile raises above and is replaced.
             self._watchdog.disarm()
-            waiter.wait(self.poll_interval)
+            if not (self.transport.waits_for_work and self.groups):
+                waiter.wait(self.poll_interval)
+                continue
+            try:
+                self.transport.wait(self.groups, self.poll_interval)
+            except TransportUnavailable:
+                logger.warning("Transport unavailable while waiting", exc_info=True)
+                time.sleep(self.poll_interval)
 
     def _own_backend(self) -> int | None:
         """PostgreSQL backend of this worker's connection: its relay's NOTIFY needs no wake-up."""
@@ -169,7 +225,7 @@ class Worker:
 
     def step(self) -> bool:
         """Relay what is committed, then claim and handle one batch; True if anything moved."""
-        moved = self.relay.run_once() if self.relay else 0
+        moved = self.relay.run_once() if self.relay and not self._relay_thread else 0
         return bool(self.process_batch()) or bool(moved)
 
     def process_batch(self) -> int:
@@ -200,10 +256,10 @@ class Worker:
         Acks, inbox rows and every handler's writes commit together, so effects stay
         once per group. If a handler raises, its group's transaction rolls back and those
         events are handled again one by one (no attempt is counted twice); other groups
-        are not affected. Returns the events left to handle one at a time.
+        are not affected. A transport that acks after the commit (``acks_in_transaction``
+        False) is acked for the whole batch once it committed. Returns the events left to
+        handle one at a time.
         """
-        if not self.transport.acks_in_transaction:
-            return claimed
         by_group: dict[str, list[tuple[Claimed, Handler, Event]]] = {}
         alone: list[Claimed] = []
         for item in claimed:
@@ -226,7 +282,9 @@ class Worker:
         done: list[tuple[Claimed, Handler, Event]] = []
         try:
             with transaction.atomic(using=self.database):
-                owned = self.transport.ack_many([item for item, _, _ in ready])
+                owned = [item for item, _, _ in ready]
+                if self.transport.acks_in_transaction:
+                    owned = self.transport.ack_many(owned)
                 fresh = inbox.record_many(
                     self.database, [(item.group, item.event_id) for item in owned]
                 )
@@ -250,6 +308,8 @@ class Worker:
             )
             return False
         failpoints.hit("worker.after_commit")
+        if not self.transport.acks_in_transaction:
+            self.transport.ack_many([item for item, _, _ in ready])
         duration = (time.perf_counter() - started) / len(ready)
         for item, handler, event in done:
             self._handled(item, handler, event, duration)

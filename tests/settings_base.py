@@ -54,3 +54,6 @@ LOGGING = {
 }
 # Subprocess workers started by the tests point at the test database through this.
 TEST_DB_NAME = os.environ.get("DJANGO_EVENTS_TEST_DB_NAME")
+# Worker subprocesses on a transport without ordering silence E008 (tests.testapp has an
+# ordered handler, which those tests do not consume).
+SILENCED_SYSTEM_CHECKS = json.loads(os.environ.get("DJANGO_EVENTS_TEST_SILENCED", "[]"))

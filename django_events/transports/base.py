@@ -62,6 +62,7 @@ class GroupStatus:
     oldest_pending_age_s: float | None = None
     retrying: int = 0
     parked: int = 0
+    lagging: bool = False
 
 
 class Transport:
@@ -85,6 +86,13 @@ class Transport:
 
     wake_channel: str | None = None
     """PostgreSQL channel notified when new work is claimable, if any."""
+
+    waits_for_work: bool = False
+    """An idle worker blocks in ``wait`` (a blocking read, a long poll) instead of sleeping;
+    its relay then runs in a thread of its own, woken by the outbox as before."""
+
+    ordering_note: str = ""
+    """Why ``ordered=True`` is refused: the hint of system check E008, without ordering."""
 
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
         self.alias = alias
@@ -122,6 +130,14 @@ class Transport:
         raise NotImplementedError
 
     def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+        raise NotImplementedError
+
+    def wait(self, groups: Sequence[str], timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until work for ``groups`` may be claimable.
+
+        Only called when ``waits_for_work`` is set. True if something arrived; whatever
+        the wait already received is returned by the next ``claim``, or given back by
+        ``close`` (which a worker that waits calls when it stops)."""
         raise NotImplementedError
 
     def renew(self, claimed: Sequence[Claimed], lease: float) -> None:

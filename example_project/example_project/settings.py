@@ -1,5 +1,6 @@
 """Settings for the django-events example shop (local demo only; not for production)."""
 
+import os
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -89,6 +90,18 @@ DJANGO_EVENTS = {
     # `events_schema --check` (and system check W021) compares against them.
     "SCHEMA_DIR": BASE_DIR / "events",
 }
+
+# Level 1, by settings alone: `DJANGO_EVENTS_TRANSPORT=redis python manage.py demo` runs the
+# same shop on Redis Streams (DJANGO_EVENTS_REDIS_URL, default the local Redis). No handler
+# or publishing code changes; `manage.py setup_events` creates the streams ahead of time.
+if os.environ.get("DJANGO_EVENTS_TRANSPORT", "database") == "redis":
+    DJANGO_EVENTS["TRANSPORTS"]["default"] = {
+        "BACKEND": "django_events.transports.redis.RedisStreamsTransport",
+        "OPTIONS": {
+            "url": os.environ.get("DJANGO_EVENTS_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            "prefix": "example-shop",
+        },
+    }
 
 LOGGING = {
     "version": 1,

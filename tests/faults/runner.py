@@ -15,6 +15,8 @@ instead, so a test can prove that the checker sees the fault the real engine pre
     the attempt is not counted at claim (as if counted only when a handler fails).
 ``no_precheck``
     payloads are parsed with no nesting limit (and whatever size limit the settings give).
+``no_redis_recovery``
+    the Redis transport never re-publishes what Redis lost.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def apply_controls(names: list[str]) -> None:
             DatabaseTransport.claim = claim_uncounted  # type: ignore[method-assign]
         elif name == "no_precheck":
             envelope.MAX_NESTING = 10**9
+        elif name == "no_redis_recovery":
+            from django_events.transports.redis_recovery import Recovery
+
+            Recovery.recover_lost = lambda self: []  # type: ignore[method-assign]
         elif name:
             raise SystemExit(f"unknown control {name!r}")
 

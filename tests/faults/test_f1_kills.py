@@ -5,15 +5,19 @@
 restarted at once. Afterwards everything must drain within 60 s of the last kill, with
 every committed event handled once by each group (alpha, beta) and none rolled back
 seen. The control runs consumers that acknowledge before handling: kills lose events.
+The same run is repeated on the Redis Streams transport (a unique key prefix on the
+local Redis; skipped when it is unreachable, failing instead when ``CI`` is set).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from ..redis_support import delete_prefix, events_settings, needs_redis, unique_prefix
 from .checker import backlog_from, check_database, read_truth
 from .conftest import (
     Procs,
@@ -42,13 +46,19 @@ def run_kills(
     control: str = "",
     targets: list[str] | None = None,
     name: str,
+    overrides: dict | None = None,
+    extra_env: dict[str, str] | None = None,
+    backlog: Callable[[], tuple[int, int]] | None = None,
 ) -> tuple[object, int, float, float]:
     rng = rng_for(name)
     started = time.monotonic()
-    env = procs.env(overrides=OVERRIDES)
+    overrides = overrides or OVERRIDES
+    env = procs.env(overrides=overrides, **(extra_env or {}))
     for i in range(2):
         procs.command(f"relay{i}", "relay_events", env=env)
-    consumer_env = procs.env(overrides=OVERRIDES, DJANGO_EVENTS_FAULTS_CONTROL=control)
+    consumer_env = procs.env(
+        overrides=overrides, DJANGO_EVENTS_FAULTS_CONTROL=control, **(extra_env or {})
+    )
     for i in range(3):
         procs.command(f"consumer{i}", "consume_events", "--no-relay", env=consumer_env)
     outs = start_publishers(procs, 4, events, tmp_path, env=env)
@@ -68,7 +78,7 @@ def run_kills(
     wait_exited(procs, publishers, timeout=60)
 
     def drained() -> bool:
-        outbox, deliveries = cursor_check(backlog_from)
+        outbox, deliveries = cursor_check(backlog_from) if backlog is None else backlog()
         return outbox == 0 and deliveries == 0
 
     drained_in = None
@@ -117,3 +127,51 @@ def test_f1_control_ack_before_handling_loses_events(procs: Procs, tmp_path: Pat
         secs=secs,
     )
     assert report.lost > 0, f"the checker must see lost events: {report}"
+
+
+@pytest.fixture
+def redis_run() -> Iterator[dict]:
+    """The F1 settings on the Redis transport under a fresh prefix, and its backlog."""
+    from django_events.transports.redis import RedisStreamsTransport
+
+    prefix = unique_prefix()
+    settings = events_settings(prefix)
+    transport = RedisStreamsTransport("f1", settings["TRANSPORTS"]["default"]["OPTIONS"])
+
+    def backlog() -> tuple[int, int]:
+        outbox, _ = cursor_check(backlog_from)
+        states = transport.status(GROUPS).values()
+        return outbox, sum(s.pending + s.in_flight for s in states)
+
+    yield {
+        "overrides": {**OVERRIDES, "TRANSPORTS": settings["TRANSPORTS"]},
+        "extra_env": {"DJANGO_EVENTS_TEST_SILENCED": '["django_events.E008"]'},
+        "backlog": backlog,
+    }
+    transport.close()
+    delete_prefix(prefix)
+
+
+@needs_redis()
+def test_f1_redis_random_kills_lose_and_duplicate_nothing(
+    procs: Procs, tmp_path: Path, redis_run: dict
+):
+    report, kills, drained_in, secs = run_kills(
+        procs,
+        tmp_path,
+        events=size(3000, 10_000),
+        kills=size(10, 24),
+        pause=size((0.5, 2.0), (1.0, 5.0)),
+        name="f1-redis",
+        **redis_run,
+    )
+    add_row(
+        "F1 kills on Redis Streams: 4 pub, 2 relays, 3 consumers",
+        report,
+        kills=kills,
+        drain_s=drained_in,
+        secs=secs,
+    )
+    assert drained_in is not None, f"not drained within 60 s of the last kill: {report}"
+    assert report.clean, f"{report}\n{procs.logs()}"
+    assert report.dead == 0, report

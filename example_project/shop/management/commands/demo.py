@@ -11,7 +11,15 @@ from django.db import transaction
 from django.db.models import Sum
 
 from django_events import publish
-from django_events.models import DeadLetter, Delivery, EventRecord, InboxRecord, OutboxMessage
+from django_events.models import (
+    DeadLetter,
+    Delivery,
+    EventRecord,
+    InboxRecord,
+    OutboxMessage,
+    StreamCheckpoint,
+)
+from django_events.transports import transports
 from shop.contracts import OrderPlacedV1
 from shop.models import ConfirmationEmail, CrmContact, Order, SalesFigure
 from shop.services import place_order
@@ -26,7 +34,7 @@ DEMO_ORDERS = [
 ]
 
 # Children before parents, so protected foreign keys never block the reset.
-EVENT_MODELS = [DeadLetter, InboxRecord, Delivery, EventRecord, OutboxMessage]
+EVENT_MODELS = [DeadLetter, InboxRecord, Delivery, EventRecord, OutboxMessage, StreamCheckpoint]
 SHOP_MODELS = [ConfirmationEmail, SalesFigure, CrmContact, Order]
 
 ADMIN_USERNAME = "admin"
@@ -84,6 +92,9 @@ class Command(BaseCommand):
         with transaction.atomic():
             for model in [*EVENT_MODELS, *SHOP_MODELS]:
                 model.objects.all().delete()
+        flush = getattr(transports["default"], "flush", None)
+        if flush is not None:  # a broker (Redis): forget the previous run's entries too
+            flush()
 
     def place_legacy_order(self, email: str, total: str) -> Order:
         with transaction.atomic():

@@ -1,0 +1,731 @@
+"""Level 1: Redis Streams. One stream per consumer group; the event log stays the truth.
+
+Layout, under the ``prefix`` option (``django_events`` by default):
+
+``<prefix>:stream:<group>``   the group's stream, read through one Redis consumer group
+                              (``django-events``) by every worker of that group
+``<prefix>:delayed:<group>``  retries waiting for their due time (sorted set, server time)
+``<prefix>:owed:<group>``     event id -> log position of every event the group has not
+                              finished, the basis of the recovery checkpoint; and one
+                              marker, also kept in the database: a missing or different
+                              marker means Redis lost the group's data
+
+Publishing to a group's own stream makes restricted publishes (replay, admin retry),
+per-group trimming and lag plain; the cost is one entry per event and group. Attempts
+are the entry's delivery count; acks follow the handler's commit; an entry idle longer
+than the lease is taken over (``XPENDING IDLE`` + ``XCLAIM``, in one script). Per-key
+order is not offered: ordered handlers are refused by system check E008.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import redis
+from django.core.checks import CheckMessage, Error, Warning
+
+from ..conf import get_settings
+from ..envelope import from_cloudevent
+from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
+from . import redis_lua
+from .base import Claimed, GroupStatus, Outgoing, Transport
+
+logger = logging.getLogger("django_events.transports.redis")
+
+CONSUMER_GROUP = "django-events"
+"""The Redis consumer group in every stream (the stream's name carries the events group);
+one name everywhere lets a worker block on all its groups' streams in one XREADGROUP."""
+ORPHAN_CHECK_INTERVAL = 0.5
+"""Seconds between looks for entries abandoned by a dead worker, when busy."""
+PROMOTE_INTERVAL = 0.1
+"""Seconds between moves of due retries back into the streams, at most."""
+HOUSEKEEPING_INTERVAL = 1.0
+"""Seconds between trims and data-loss checks, however often the relay passes."""
+CHECKPOINT_INTERVAL = 5.0
+"""Seconds between writes of the recovery checkpoint to the database."""
+BACKPRESSURE_PAUSE = 0.5
+"""Seconds the relay waits after publishing to a group whose stream is over ``max_len``."""
+PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_OPTIONS = {"url", "cache", "prefix", "max_len", "block", "claim_idle", "database"}
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _translating(method: F) -> F:
+    """Redis being unreachable is ``TransportUnavailable``, which the engine retries."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise TransportUnavailable(f"Redis is unavailable: {exc}") from exc
+
+    return cast(F, wrapper)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Where a claimed entry lives, and its fields, to put it back or retry it later."""
+
+    stream: str
+    entry_id: str
+    raw: dict[bytes, bytes]
+    deliveries: int
+
+    @property
+    def claim(self) -> str:
+        """This claim's token for the scripts: the entry id and its delivery count."""
+        return f"{self.entry_id}/{self.deliveries}"
+
+    def fields(self) -> dict[str, str]:
+        return {key.decode(): value.decode() for key, value in self.raw.items()}
+
+
+class RedisStreamsTransport(Transport):
+    supports_ordering = False
+    supports_delayed_retry = True
+    persistent = True  # with appendonly; and whatever Redis loses is re-published from the log
+    acks_in_transaction = False
+    idempotent_publish = True  # while the group owes the event (the owed set, ZADD NX)
+    waits_for_work = True
+    ordering_note = (
+        "Redis Streams hand a group's entries to competing consumers with no per-key "
+        "lock, so per-key order cannot be kept. Drop ordered=True, or handle this group "
+        "with the database transport."
+    )
+
+    def __init__(self, alias: str, options: dict[str, Any]) -> None:
+        where = f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']"
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise EventsConfigurationError(
+                f"{where}: unknown option {unknown[0]!r}; RedisStreamsTransport takes "
+                f"{', '.join(sorted(_OPTIONS))}."
+            )
+        if ("url" in options) == ("cache" in options):
+            raise EventsConfigurationError(
+                f"{where}: give exactly one of 'url' (redis://...) or 'cache' (a django-redis "
+                "CACHES alias)."
+            )
+        for name in ("url", "cache"):
+            if name in options and not isinstance(options[name], str):
+                raise EventsConfigurationError(f"{where}[{name!r}] must be a string.")
+        prefix = options.get("prefix", "django_events")
+        if not isinstance(prefix, str) or not PREFIX.match(prefix):
+            raise EventsConfigurationError(
+                f"{where}['prefix'] must be letters, digits and _.:- (at most 100), got {prefix!r}."
+            )
+        super().__init__(alias, options)
+        self.prefix = prefix
+        self.max_len = _positive(options, "max_len", 100_000, where, integer=True)
+        self.block = _positive(options, "block", None, where)
+        self.claim_idle = _positive(options, "claim_idle", None, where)
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._client: redis.Redis | None = None
+        self._client_lock = threading.Lock()
+        self._scripts: dict[str, Any] = {}
+        self._ready: list[Claimed] = []
+        self._created: set[str] = set()
+        self._cursors: dict[str, str] = {}
+        self._orphans_checked_at = 0.0
+        self._promoted_at = 0.0
+        self._kept_at = 0.0
+        self._checkpointed_at = 0.0
+        self._warned_lag_at = 0.0
+        self.lagging: dict[str, int] = {}
+        """Groups whose stream held more than ``max_len`` entries at the last publish."""
+        from .redis_recovery import Recovery
+
+        self.recovery = Recovery(self)
+
+    # -- names and client ---------------------------------------------------------------
+
+    def stream(self, group: str) -> str:
+        return f"{self.prefix}:stream:{group}"
+
+    def delayed(self, group: str) -> str:
+        return f"{self.prefix}:delayed:{group}"
+
+    def leases(self, group: str) -> str:
+        return f"{self.prefix}:leases:{group}"
+
+    def owed(self, group: str) -> str:
+        return f"{self.prefix}:owed:{group}"
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> redis.Redis:
+        if "cache" in self.options:
+            try:
+                from django_redis import get_redis_connection
+            except ImportError as exc:
+                raise EventsConfigurationError(
+                    "The 'cache' option needs django-redis: pip install 'django-events[redis]'."
+                ) from exc
+            return cast(redis.Redis, get_redis_connection(self.options["cache"]))
+        block = self.block or get_settings().poll_interval
+        return redis.Redis.from_url(
+            self.options["url"],
+            socket_timeout=block + 10.0,
+            socket_connect_timeout=5.0,
+            health_check_interval=30,
+        )
+
+    def _script(self, name: str) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.client.register_script(getattr(redis_lua, name))
+        return script
+
+    @_translating
+    def flush(self) -> int:
+        """Delete every key under this transport's prefix; for demos and tests, never in
+        production (what is in flight would wait for recovery). Returns how many."""
+        keys = list(self.client.scan_iter(match=f"{self.prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            self.client.delete(*keys[start : start + 1000])
+        self._created.clear()
+        return len(keys)
+
+    def close(self) -> None:
+        """Give back what a last ``wait`` received but nobody claimed, then disconnect."""
+        if self._ready:
+            with contextlib.suppress(TransportUnavailable):  # they return after claim_idle
+                self.release(self._ready)
+            self._ready = []
+        if self._client is not None and "url" in self.options:
+            self._client.close()
+        self._client = None
+        self._scripts.clear()
+
+    # -- checks and setup ---------------------------------------------------------------
+
+    def check(self) -> list[CheckMessage]:
+        errors: list[CheckMessage] = []
+        others = [a for a in get_settings().outbox_databases if a != self.database]
+        if others:
+            errors.append(
+                Error(
+                    f"DJANGO_EVENTS['OUTBOX_DATABASES'] includes {others[0]!r}, but the Redis "
+                    f"transport recovers lost data from the event log in {self.database!r} only.",
+                    hint=f"Publish to {self.database!r} only, or set the transport's "
+                    "'database' option to the database you publish to.",
+                    id="django_events.E009",
+                )
+            )
+        try:
+            config = {
+                **self.client.config_get("appendonly"),
+                **self.client.config_get("maxmemory-policy"),
+            }
+        except redis.ResponseError:  # CONFIG is disabled (managed Redis): nothing to read
+            return errors
+        except (*_UNAVAILABLE, EventsConfigurationError) as exc:
+            return [
+                *errors,
+                Warning(
+                    f"Redis for transport {self.alias!r} cannot be reached to check its "
+                    f"persistence settings: {exc}",
+                    id="django_events.W005",
+                ),
+            ]
+        if config.get("appendonly") == "no":
+            errors.append(
+                Warning(
+                    f"Redis for transport {self.alias!r} runs with appendonly no: a restart "
+                    "loses what is in flight. django-events re-publishes it from the event log, "
+                    "so nothing is lost, but handlers see those events again.",
+                    hint="Set appendonly yes (appendfsync everysec) on that Redis.",
+                    id="django_events.W003",
+                )
+            )
+        policy = config.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            errors.append(
+                Warning(
+                    f"Redis for transport {self.alias!r} has maxmemory-policy {policy}: it may "
+                    "evict streams under memory pressure.",
+                    hint="Use maxmemory-policy noeviction on the Redis that holds the streams.",
+                    id="django_events.W004",
+                )
+            )
+        return errors
+
+    @_translating
+    def setup(
+        self, subscriptions: Sequence[tuple[str, str, bool]], *, dry_run: bool = False
+    ) -> list[str]:
+        steps = []
+        for group in sorted({group for _, group, _ in subscriptions}):
+            key = self.stream(group)
+            try:
+                names = {info["name"] for info in self.client.xinfo_groups(key)}
+            except redis.ResponseError:  # no such stream yet
+                names = set()
+            if CONSUMER_GROUP.encode() in names:
+                continue
+            if not dry_run:
+                self.ensure_group(group)
+            steps.append(f"stream {key}: consumer group {CONSUMER_GROUP!r} for group {group!r}")
+        return steps
+
+    def ensure_group(self, group: str, *, again: bool = False) -> None:
+        """Create the group's stream and consumer group, reading from the stream's start."""
+        if group in self._created and not again:
+            return
+        try:
+            self.client.xgroup_create(self.stream(group), CONSUMER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._created.add(group)
+
+    # -- relay side ---------------------------------------------------------------------
+
+    @_translating
+    def publish(
+        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    ) -> None:
+        """Add each event to the stream of every group subscribed to its type: one script
+        call per group, all in one round trip. An event the group still owes is not added
+        twice."""
+        self.publish_to_groups(events, subscriptions)
+
+    def publish_to_groups(
+        self,
+        events: Sequence[Outgoing],
+        subscriptions: Sequence[tuple[str, str, bool]],
+        *,
+        force: bool = False,
+    ) -> int:
+        by_type: dict[str, list[str]] = {}
+        for event_type, group, _ in subscriptions:
+            by_type.setdefault(event_type, []).append(group)
+        args: dict[str, list[str]] = {}
+        for event in events:
+            groups = by_type.get(event.type)
+            if not groups:
+                continue
+            fields = _fields(event)
+            for group in groups:
+                args.setdefault(group, ["1" if force else "0"]).extend(
+                    (fields[1], str(event.position), str(len(fields)), *fields)
+                )
+        if not args:
+            return 0
+        for group in args:
+            self.ensure_group(group)
+        script = self._script("PUBLISH")
+        pipe = self.client.pipeline(transaction=False)
+        for group, argv in args.items():
+            script(keys=[self.stream(group), self.owed(group)], args=argv, client=pipe)
+        results = pipe.execute()
+        added = 0
+        for group, (count, length) in zip(args, results, strict=True):
+            added += int(count)
+            if length > self.max_len:
+                self.lagging[group] = int(length)
+            else:
+                self.lagging.pop(group, None)
+        if self.lagging:
+            self._slow_down()
+        return added
+
+    def _slow_down(self) -> None:
+        if time.monotonic() - self._warned_lag_at > 30:
+            self._warned_lag_at = time.monotonic()
+            logger.warning(
+                "Groups %s hold more than %d entries in their streams; relaying slowly "
+                "until they catch up",
+                ", ".join(sorted(self.lagging)),
+                self.max_len,
+            )
+        time.sleep(BACKPRESSURE_PAUSE)
+
+    @_translating
+    def housekeeping(self) -> None:
+        """Every second at most: check for lost data (and re-publish it), trim the streams;
+        every few seconds, write the recovery checkpoint to the database."""
+        now = time.monotonic()
+        if now - self._kept_at < HOUSEKEEPING_INTERVAL:
+            return
+        self._kept_at = now
+        self.recovery.recover_lost()
+        self.trim(self.recovery.groups())
+        if now - self._checkpointed_at >= CHECKPOINT_INTERVAL:
+            self._checkpointed_at = now
+            self.recovery.checkpoint()
+
+    def trim(self, groups: Iterable[str]) -> None:
+        script = self._script("TRIM")
+        pipe = self.client.pipeline(transaction=False)
+        groups = list(groups)
+        for group in groups:
+            script(
+                keys=[self.stream(group), self.leases(group)], args=[CONSUMER_GROUP], client=pipe
+            )
+        pipe.execute()
+
+    # -- worker side --------------------------------------------------------------------
+
+    @_translating
+    def wait(self, groups: Sequence[str], timeout: float) -> bool:
+        """Block in XREADGROUP until an entry arrives for ``groups``; keep what it read for
+        the next ``claim``."""
+        if self._ready:
+            return True
+        if not groups:
+            time.sleep(timeout)
+            return False
+        block = self.block if self.block is not None else timeout
+        self._ready = self._read(groups, get_settings().batch_size, block=block)
+        return bool(self._ready)
+
+    @_translating
+    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+        """New entries first (due retries are moved back into the streams just before),
+        then, twice a second or when there is nothing new, entries a dead worker left
+        behind. Every claim counts as an attempt: the entry's delivery count."""
+        if not groups:
+            return []
+        claimed, self._ready = self._ready[:limit], self._ready[limit:]
+        now = time.monotonic()
+        if len(claimed) < limit:
+            # Due retries move back into the streams at most every PROMOTE_INTERVAL while
+            # busy, and whenever there is nothing new.
+            promote = now >= self._promoted_at
+            fresh = self._read(groups, limit - len(claimed), promote=promote)
+            if not fresh and not promote:
+                promote = True
+                fresh = self._read(groups, limit - len(claimed), promote=True)
+            if promote:
+                self._promoted_at = now + PROMOTE_INTERVAL
+            claimed += fresh
+        if len(claimed) < limit and (not claimed or now >= self._orphans_checked_at):
+            self._orphans_checked_at = now + ORPHAN_CHECK_INTERVAL
+            claimed += self._orphans(groups, limit - len(claimed), lease)
+        return claimed
+
+    def _read(
+        self,
+        groups: Sequence[str],
+        limit: int,
+        *,
+        block: float | None = None,
+        promote: bool = False,
+    ) -> list[Claimed]:
+        for group in groups:
+            self.ensure_group(group)
+        streams: dict[Any, Any] = {self.stream(group): ">" for group in groups}
+        per_stream = max(1, limit // len(groups))
+        try:
+            if promote:
+                script = self._script("PROMOTE")
+                pipe = self.client.pipeline(transaction=False)
+                for group in groups:
+                    keys = [self.delayed(group), self.stream(group)]
+                    script(keys=keys, args=[limit], client=pipe)
+                pipe.xreadgroup(CONSUMER_GROUP, self.consumer, streams, count=per_stream)
+                response = pipe.execute()[-1]
+            else:
+                ms = None if block is None else max(1, int(block * 1000))
+                response = self.client.xreadgroup(
+                    CONSUMER_GROUP, self.consumer, streams, count=per_stream, block=ms
+                )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            logger.warning("Consumer groups missing in Redis (%s); creating them again", exc)
+            for group in groups:
+                self.ensure_group(group, again=True)
+            return []
+        group_of = {self.stream(group): group for group in groups}
+        claimed = []
+        if isinstance(response, dict):  # RESP3 replies map streams to entries
+            response = list(response.items())
+        for stream, entries in response or ():
+            group = group_of[stream.decode()]
+            for entry_id, fields in entries:
+                claimed.append(self._claimed(group, entry_id.decode(), fields, deliveries=1))
+        return claimed
+
+    def _orphans(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+        """Entries idle longer than the claim idle time (a dead worker's), unless a live
+        worker renewed them for longer; each is the next attempt (its delivery count)."""
+        idle_ms = int((self.claim_idle or lease) * 1000)
+        script = self._script("TAKE_OVER")
+        pipe = self.client.pipeline(transaction=False)
+        for group in groups:
+            script(
+                keys=[self.stream(group), self.leases(group)],
+                args=[CONSUMER_GROUP, self.consumer, idle_ms, limit, self._cursors.get(group, "-")],
+                client=pipe,
+            )
+        claimed = []
+        for group, result in zip(groups, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(result, Exception):
+                if "NOGROUP" in str(result):
+                    self.ensure_group(group, again=True)
+                    continue
+                raise result
+            cursor, taken = result
+            self._cursors[group] = _text(cursor)
+            for entry_id, flat, deliveries in taken:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                claimed.append(self._claimed(group, _text(entry_id), fields, deliveries=deliveries))
+        if claimed:
+            logger.info("Took over %d entries left by a worker that stopped", len(claimed))
+        return claimed
+
+    def _claimed(
+        self, group: str, entry_id: str, raw: dict[bytes, bytes], *, deliveries: int
+    ) -> Claimed:
+        fields = {  # the ones needed now; the rest stay bytes until a retry rewrites them
+            name: raw[name.encode()].decode()
+            for name in ("id", "type", "event", "attempts", "first_failed_at")
+            if name.encode() in raw
+        }
+        receipt = Receipt(self.stream(group), entry_id, raw, deliveries)
+        try:
+            before = int(fields.get("attempts", "0"))
+        except ValueError:
+            before = 0
+        claimed = Claimed(
+            group=group,
+            attempt=before + deliveries,
+            receipt=receipt,
+            event_id=_uuid(fields.get("id")),
+            event_type=fields.get("type", ""),
+            first_failed_at=_datetime(fields.get("first_failed_at")),
+        )
+        try:
+            claimed.event = from_cloudevent(
+                fields.get("event", ""), get_settings().max_payload_bytes * 2
+            )
+        except UndecodableEvent as exc:
+            claimed.decode_error = f"Stream entry {entry_id} of {receipt.stream}: {exc}"
+        return claimed
+
+    @_translating
+    def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
+        by_stream: dict[str, tuple[str, list[str]]] = {}
+        for item in claimed:
+            by_stream.setdefault(item.receipt.stream, (item.group, []))[1].append(
+                item.receipt.claim
+            )
+        script = self._script("RENEW")
+        pipe = self.client.pipeline(transaction=False)
+        for stream, (group, ids) in by_stream.items():
+            script(
+                keys=[stream, self.leases(group)],
+                args=[CONSUMER_GROUP, self.consumer, int(lease * 1000), *ids],
+                client=pipe,
+            )
+        pipe.execute(raise_on_error=False)
+
+    @_translating
+    def release(self, claimed: Sequence[Claimed]) -> None:
+        """Put entries back at the end of their stream, with the attempt given back."""
+        script = self._script("RELEASE")
+        pipe = self.client.pipeline(transaction=False)
+        for item in claimed:
+            fields = item.receipt.fields()
+            fields["attempts"] = str(max(0, item.attempt - 1))
+            flat = [part for pair in fields.items() for part in pair]
+            script(
+                keys=[item.receipt.stream],
+                args=[CONSUMER_GROUP, self.consumer, item.receipt.claim, *flat],
+                client=pipe,
+            )
+        pipe.execute(raise_on_error=False)
+        self._ready = [item for item in self._ready if item not in claimed]
+
+    @_translating
+    def ack(self, claimed: Claimed) -> bool:
+        return bool(self.ack_many([claimed]))
+
+    @_translating
+    def ack_many(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        """XACK after the handler's commit, and drop the events from what the group owes:
+        one script call per group, in one round trip. An entry another claim took over
+        meanwhile is left to that claim (its handler finds the inbox row and skips it)."""
+        if not claimed:
+            return []
+        by_group: dict[str, list[Claimed]] = {}
+        for item in claimed:
+            by_group.setdefault(item.group, []).append(item)
+        script = self._script("ACK")
+        pipe = self.client.pipeline(transaction=False)
+        for group, items in by_group.items():
+            args: list[Any] = [CONSUMER_GROUP, self.consumer]
+            for item in items:
+                args += [item.receipt.claim, str(item.event_id)]
+            script(
+                keys=[self.stream(group), self.owed(group), self.leases(group)],
+                args=args,
+                client=pipe,
+            )
+        results = pipe.execute(raise_on_error=False)
+        acked: list[Claimed] = []
+        for items, positions in zip(by_group.values(), results, strict=True):
+            if isinstance(positions, list):
+                acked.extend(items[int(p) - 1] for p in positions)
+        return acked
+
+    @_translating
+    def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
+        fields = claimed.receipt.fields()
+        fields["attempts"] = str(claimed.attempt)
+        if "first_failed_at" not in fields:
+            seconds, micros = self.client.time()  # the server's clock, not this worker's
+            failed = dt.datetime.fromtimestamp(seconds + micros / 1e6, dt.timezone.utc)
+            fields["first_failed_at"] = failed.isoformat()
+        member = json.dumps(
+            [part for pair in fields.items() for part in pair],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        self._script("RETRY_LATER")(
+            keys=[claimed.receipt.stream, self.delayed(claimed.group)],
+            args=[
+                CONSUMER_GROUP,
+                self.consumer,
+                claimed.receipt.claim,
+                int(delay * 1000),
+                member,
+            ],
+        )
+
+    @_translating
+    def dead_letter(self, claimed: Claimed) -> bool:
+        return bool(
+            self._script("DEAD_LETTER")(
+                keys=[claimed.receipt.stream, self.owed(claimed.group)],
+                args=[
+                    CONSUMER_GROUP,
+                    self.consumer,
+                    claimed.receipt.claim,
+                    str(claimed.event_id),
+                ],
+            )
+        )
+
+    # -- status -------------------------------------------------------------------------
+
+    @_translating
+    def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
+        found: dict[str, GroupStatus] = {}
+        seconds, micros = self.client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        for group in sorted(set(groups)):
+            stream = self.stream(group)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xinfo_groups(stream)
+            pipe.zcard(self.delayed(group))
+            pipe.xlen(stream)
+            info, delayed, length = pipe.execute(raise_on_error=False)
+            name = CONSUMER_GROUP.encode()
+            ours = [g for g in (info if isinstance(info, list) else []) if g["name"] == name]
+            if not ours:
+                found[group] = GroupStatus(pending=int(delayed), retrying=int(delayed))
+                continue
+            pending = int(ours[0]["pending"])
+            lag = ours[0].get("lag")
+            unread = int(lag) if lag is not None else max(0, int(length) - pending)
+            oldest = None
+            if unread:
+                last = _text(ours[0]["last-delivered-id"])
+                first = self.client.xrange(stream, f"({last}", "+", count=1)
+                if first:
+                    born = int(_text(first[0][0]).split("-")[0])
+                    oldest = round(max(0, now_ms - born) / 1000, 3)
+            found[group] = GroupStatus(
+                pending=unread + int(delayed),
+                in_flight=pending,
+                oldest_pending_age_s=oldest,
+                retrying=int(delayed),
+                lagging=int(length) > self.max_len,
+            )
+        return found
+
+
+def _positive(
+    options: dict[str, Any], name: str, default: Any, where: str, *, integer: bool = False
+) -> Any:
+    value = options.get(name, default)
+    if value is None:
+        return None
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        wanted = "a positive integer" if integer else "a positive number of seconds"
+        raise EventsConfigurationError(f"{where}[{name!r}] must be {wanted}, got {value!r}.")
+    return value if integer else float(value)
+
+
+def _fields(event: Outgoing) -> list[str]:
+    """The stream entry, flat (name, value, ...; the event id second): the event in its
+    CloudEvents JSON form, with its id and type beside it for when that form is broken."""
+    event_id = str(uuid.UUID(str(event.event_id)))  # SQLite gives 32 hex digits
+    head: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "type": event.type,
+        "source": event.source,
+        "time": event.occurred_at.isoformat() if event.occurred_at else "",
+        "datacontenttype": "application/json",
+        "dataversion": event.version,
+    }
+    for name, value in (
+        ("partitionkey", event.key),
+        ("correlationid", event.correlation_id),
+        ("causationid", event.causation_id),
+    ):
+        if value is not None:
+            head[name] = str(value)
+    # data and metadata are JSON text already (as stored in the outbox): spliced, not re-encoded
+    body = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1]
+    if event.metadata:
+        body += f',"metadata":{event.metadata}'
+    body += f',"data":{event.data}}}'
+    return ["id", event_id, "type", event.type, "event", body, "attempts", "0"]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _uuid(value: str | None) -> uuid.UUID:
+    try:
+        return uuid.UUID(value or "")
+    except ValueError:
+        return uuid.UUID(int=0)  # the decode error says what was wrong
+
+
+def _datetime(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None

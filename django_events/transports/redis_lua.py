@@ -1,0 +1,200 @@
+"""Lua scripts of the Redis Streams transport: each step that must not be seen half done.
+
+Every script names its keys in ``KEYS``; times come from the server's ``TIME``, never
+from a worker's clock. An entry's ownership is checked against the pending entries list
+before a worker acts on it, so a worker whose lease was taken over cannot undo the new
+owner's claim.
+"""
+
+from __future__ import annotations
+
+_NOW_MS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+_OWNED = """
+-- A claim is "<entry id>/<delivery count>": the count tells this claim from a later one
+-- by the same consumer after its lease ran out.
+local function owned(stream, group, consumer, claim)
+  local id, count = string.match(claim, '^(.+)/(%d+)$')
+  local ok, found = pcall(redis.call, 'XPENDING', stream, group, id, id, 1)
+  local mine = ok and #found == 1 and found[1][2] == consumer and found[1][4] == tonumber(count)
+  return mine, id
+end
+"""
+
+PUBLISH = """
+-- KEYS: stream, owed. ARGV: force, then per event: event id, position, field count, fields.
+-- The owed set (event id -> position) is what the group has not finished; an event
+-- already owed is not added twice unless forced (recovery after a data loss).
+local force = ARGV[1] == '1'
+local added, i = 0, 2
+while i <= #ARGV do
+  local id, position, width = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local fresh = redis.call('ZADD', KEYS[2], 'NX', position, id) == 1
+  if fresh or force then
+    redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 3, i + 2 + width))
+    added = added + 1
+  end
+  i = i + 3 + width
+end
+return {added, redis.call('XLEN', KEYS[1])}
+"""
+
+PROMOTE = (
+    _NOW_MS
+    + """
+-- KEYS: delayed, stream. ARGV: limit. Moves retries that are due back into the stream.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(member)))
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+)
+
+RETRY_LATER = (
+    _NOW_MS
+    + _OWNED
+    + """
+-- KEYS: stream, delayed. ARGV: group, consumer, claim, delay ms, entry as JSON fields.
+local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if not mine then return 0 end
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[4]), ARGV[5])
+redis.call('XACK', KEYS[1], ARGV[1], id)
+return 1
+"""
+)
+
+DEAD_LETTER = (
+    _OWNED
+    + """
+-- KEYS: stream, owed. ARGV: group, consumer, claim, event id.
+local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if not mine then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], id)
+redis.call('ZREM', KEYS[2], ARGV[4])
+return 1
+"""
+)
+
+RELEASE = (
+    _OWNED
+    + """
+-- KEYS: stream. ARGV: group, consumer, claim, then the entry's fields to add again.
+local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if not mine then return 0 end
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[1], id)
+return 1
+"""
+)
+
+RENEW = (
+    _NOW_MS
+    + _OWNED
+    + """
+-- KEYS: stream, leases. ARGV: group, consumer, lease ms, claims. Resets the idle time of
+-- the entries this consumer still owns (JUSTID: the delivery count, our attempt count,
+-- stays as it is) and notes until when they are held, should that outlast the idle time.
+local renewed, held_until = 0, now_ms() + tonumber(ARGV[3])
+for i = 4, #ARGV do
+  local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[i])
+  if mine then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+    redis.call('HSET', KEYS[2], id, held_until)
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+)
+
+TAKE_OVER = (
+    _NOW_MS
+    + """
+-- KEYS: stream, leases. ARGV: group, consumer, min idle ms, count, cursor. Claims entries
+-- idle at least min idle whose renewed lease (if any) has run out. Returns the next cursor
+-- and {id, fields, delivery count} per entry taken.
+local now = now_ms()
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], ARGV[5], '+', ARGV[4])
+local taken, cursor = {}, '-'
+for _, p in ipairs(pending) do
+  local held_until = tonumber(redis.call('HGET', KEYS[2], p[1]) or '0')
+  if held_until <= now then
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
+    redis.call('HDEL', KEYS[2], p[1])
+    if #got > 0 and got[1] then table.insert(taken, {got[1][1], got[1][2], p[4] + 1}) end
+  end
+end
+if #pending == tonumber(ARGV[4]) then cursor = '(' .. pending[#pending][1] end
+return {cursor, taken}
+"""
+)
+
+ACK = (
+    _OWNED
+    + """
+-- KEYS: stream, owed, leases. ARGV: group, consumer, then per entry: claim, event id.
+-- Acknowledges the entries this claim still holds; returns their positions in ARGV order.
+local acked = {}
+for i = 3, #ARGV, 2 do
+  local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[i])
+  if mine then
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('ZREM', KEYS[2], ARGV[i + 1])
+    redis.call('HDEL', KEYS[3], id)
+    table.insert(acked, (i - 1) / 2)
+  end
+end
+return acked
+"""
+)
+
+TRIM = """
+-- KEYS: stream, leases. ARGV: group. Trims what the group has acknowledged, never an entry
+-- it has not read or not acknowledged: the cut is the oldest pending entry, or the first
+-- entry after the last delivered one. Forgets renewed leases of entries no longer pending
+-- (retried or dead-lettered after a renewal). Returns the number of entries removed, -1
+-- if the group does not exist.
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return -1 end
+local last
+for _, info in ipairs(groups) do
+  local name, delivered
+  for i = 1, #info, 2 do
+    if info[i] == 'name' then name = info[i + 1] end
+    if info[i] == 'last-delivered-id' then delivered = info[i + 1] end
+  end
+  if name == ARGV[1] then last = delivered end
+end
+if not last then return -1 end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1) == 0 then
+    redis.call('HDEL', KEYS[2], id)
+  end
+end
+local ms, seq = parse(last)
+local cut_ms, cut_seq = ms, seq + 1
+local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
+if summary[1] > 0 then
+  local p_ms, p_seq = parse(summary[2])
+  if p_ms < cut_ms or (p_ms == cut_ms and p_seq < cut_seq) then cut_ms, cut_seq = p_ms, p_seq end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-%d', cut_ms, cut_seq))
+"""
+
+SNAPSHOT = """
+-- KEYS: owed. One consistent read for the checkpoint: the group's marker (the member scored
+-- +inf, missing after a data loss) and the owed set's lowest member, with its position.
+local marker = redis.call('ZRANGEBYSCORE', KEYS[1], '+inf', '+inf', 'LIMIT', 0, 1)[1]
+return {marker or false, redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')}
+"""

@@ -1,0 +1,457 @@
+"""The Redis Streams transport, in this process, against the real Redis (unique prefix)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.core.management import call_command
+from django.test import override_settings
+
+from django_events import publish
+from django_events.checks import check_events
+from django_events.exceptions import EventsConfigurationError
+from django_events.models import DeadLetter, EventRecord, StreamCheckpoint
+from django_events.status import collect, problems
+from django_events.testing import deliver
+from django_events.transports import transports
+from django_events.transports.base import Outgoing
+from django_events.transports.redis import CONSUMER_GROUP, RedisStreamsTransport
+from django_events.worker import Worker
+
+from .conftest import wait_until
+from .redis_support import (
+    REDIS_URL,
+    PrivateRedis,
+    delete_prefix,
+    events_settings,
+    needs_redis,
+    unique_prefix,
+)
+from .testapp.models import Effect
+
+pytestmark = [pytest.mark.django_db(transaction=True), needs_redis()]
+SUBSCRIBED = [("test.happened", "alpha", False), ("test.happened", "beta", False)]
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    name = unique_prefix()
+    yield name
+    delete_prefix(name)
+
+
+@pytest.fixture
+def configure(prefix: str) -> Iterator[object]:
+    """``configure(**options)``: the default transport is Redis under this test's prefix."""
+    stack: list[override_settings] = []
+
+    def apply(
+        url: str = REDIS_URL, events: dict | None = None, **options: object
+    ) -> RedisStreamsTransport:
+        if stack:
+            stack.pop().disable()
+        transports.reset()
+        settings = {**events_settings(prefix, url, **options), "BACKOFF_BASE": 60, **(events or {})}
+        override = override_settings(DJANGO_EVENTS=settings)
+        override.enable()
+        stack.append(override)
+        transport = transports["default"]
+        assert isinstance(transport, RedisStreamsTransport)
+        return transport
+
+    yield apply
+    transports.reset()
+    for override in stack:
+        override.disable()
+
+
+@pytest.fixture
+def transport(configure) -> RedisStreamsTransport:  # type: ignore[no-untyped-def]
+    return configure()
+
+
+def effects(group: str | None = None) -> list[tuple[str, int]]:
+    rows = Effect.objects.order_by("n")
+    if group:
+        rows = rows.filter(group=group)
+    return list(rows.values_list("group", "n"))
+
+
+def client() -> redis.Redis:
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def owed(transport: RedisStreamsTransport, group: str) -> int:
+    """Events the group owes (the marker, scored +inf, is not one)."""
+    return int(client().zcount(transport.owed(group), "-inf", "(inf"))
+
+
+def outgoing(n: int, event_type: str = "test.happened") -> Outgoing:
+    return Outgoing(
+        position=n,
+        event_id=uuid.uuid4(),
+        type=event_type,
+        key=None,
+        data=f'{{"n": {n}}}',
+        occurred_at=dt.datetime.now(dt.timezone.utc),
+    )
+
+
+# -- delivery ---------------------------------------------------------------------------
+
+
+def test_each_committed_event_reaches_every_subscribed_group_once(transport):
+    for n in range(5):
+        publish("test.happened", {"n": n})
+    assert deliver() == 10
+    assert effects("alpha") == [("alpha", n) for n in range(5)]
+    assert effects("beta") == [("beta", n) for n in range(5)]
+    r = client()
+    for group in ("alpha", "beta"):
+        assert r.xpending(transport.stream(group), CONSUMER_GROUP)["pending"] == 0
+        assert owed(transport, group) == 0, "finished events are no longer owed"
+
+
+def test_publish_reaches_only_the_groups_listed(transport):
+    event = outgoing(1)
+    transport.publish([event], [("test.happened", "beta", False)])
+    assert client().exists(transport.stream("alpha")) == 0
+    claimed = transport.claim(["alpha", "beta"], 10, 30)
+    assert [(c.group, c.event_id) for c in claimed] == [("beta", event.event_id)]
+
+
+def test_an_event_still_owed_is_not_added_twice(transport):
+    event = outgoing(1)
+    transport.publish([event], SUBSCRIBED)
+    transport.publish([event], SUBSCRIBED)
+    assert client().xlen(transport.stream("alpha")) == 1
+
+
+def test_nothing_is_acknowledged_when_the_handler_rolls_back(transport, tmp_path: Path):
+    publish("test.happened", {"n": 1, "fail_group": "alpha"})
+    deliver()
+    r = client()
+    assert effects() == [("beta", 1)]
+    assert owed(transport, "alpha") == 1, "alpha still owes the failed event"
+    assert r.zcard(transport.delayed("alpha")) == 1, "its retry waits in the delayed set"
+
+
+def test_a_retry_waits_without_blocking_the_stream(configure):
+    transport = configure(events={"BACKOFF_BASE": 1.0})
+    publish("test.happened", {"n": 1, "fail_group": "alpha"})
+    publish("test.happened", {"n": 2})
+    deliver(["alpha"])
+    assert effects("alpha") == [("alpha", 2)], "the later event is not held up"
+    assert transport.claim(["alpha"], 10, 30) == [], "the retry is not due yet"
+    time.sleep(1.1)
+    claimed = transport.claim(["alpha"], 10, 30)
+    assert [(c.event.data["n"], c.attempt) for c in claimed] == [(1, 2)]
+    assert claimed[0].first_failed_at is not None
+
+
+def test_attempts_run_out_into_a_dead_letter_that_admin_retry_redelivers(configure):
+    transport = configure(events={"BACKOFF_BASE": 0})
+    publish("test.limited", {"n": 7, "fail": True})
+    deliver()
+    deliver()
+    dead = DeadLetter.objects.get()
+    assert (dead.group, dead.attempts, dead.error_class) == ("limited", 2, "RuntimeError")
+    assert owed(transport, "limited") == 0
+    assert transport.claim(["limited"], 10, 30) == []
+    transport.redeliver(dead.event_id, "limited")
+    claimed = transport.claim(["limited"], 10, 30)
+    assert [(c.event_id, c.attempt) for c in claimed] == [(dead.event_id, 1)]
+
+
+def test_an_undecodable_entry_becomes_a_dead_letter(transport):
+    transport.ensure_group("alpha")
+    client().xadd(transport.stream("alpha"), {"id": str(uuid.uuid4()), "type": "test.happened"})
+    deliver(["alpha"])
+    dead = DeadLetter.objects.get()
+    assert dead.error_class == "UndecodableEvent"
+    assert "Stream entry" in dead.error_message
+
+
+# -- leases -----------------------------------------------------------------------------
+
+
+def test_a_dead_workers_entries_are_taken_over_after_the_idle_time(configure):
+    transport = configure(claim_idle=1)
+    transport.publish([outgoing(1)], SUBSCRIBED)
+    first = transport.claim(["alpha"], 10, 30)
+    assert [c.attempt for c in first] == [1]
+    other = RedisStreamsTransport("other", dict(transport.options))
+    assert other.claim(["alpha"], 10, 30) == [], "not idle long enough yet"
+    time.sleep(1.1)
+    other._orphans_checked_at = 0.0
+    taken = other.claim(["alpha"], 10, 30)
+    assert [(c.event_id, c.attempt) for c in taken] == [(first[0].event_id, 2)]
+    assert not transport.dead_letter(first[0]), "the first worker lost its claim"
+    other.close()
+
+
+def test_renewing_keeps_a_live_workers_entries(configure):
+    transport = configure(claim_idle=1)
+    transport.publish([outgoing(1)], SUBSCRIBED)
+    held = transport.claim(["alpha"], 10, 30)
+    other = RedisStreamsTransport("other", dict(transport.options))
+    for _ in range(4):
+        time.sleep(0.4)
+        transport.renew(held, 1)
+    other._orphans_checked_at = 0.0
+    assert other.claim(["alpha"], 10, 30) == []
+    other.close()
+
+
+def test_released_entries_come_back_without_an_attempt(transport):
+    transport.publish([outgoing(1)], SUBSCRIBED)
+    held = transport.claim(["alpha"], 10, 30)
+    transport.release(held)
+    again = transport.claim(["alpha"], 10, 30)
+    assert [(c.event_id, c.attempt) for c in again] == [(held[0].event_id, 1)]
+
+
+# -- trimming and backpressure ----------------------------------------------------------
+
+
+def test_trimming_keeps_every_entry_not_yet_acknowledged(transport):
+    transport.publish([outgoing(n) for n in range(1, 301)], SUBSCRIBED)
+    claimed = transport.claim(["alpha"], 250, 30)
+    transport.ack_many(claimed[:200])
+    transport.trim(["alpha"])
+    r = client()
+    length = r.xlen(transport.stream("alpha"))
+    assert 100 <= length < 300, "acknowledged entries go, approximately"
+    positions = {
+        json.loads(fields[b"event"])["data"]["n"]
+        for _, fields in r.xrange(transport.stream("alpha"), "-", "+")
+    }
+    assert set(range(201, 301)) <= positions, "claimed-but-unacked and unread entries stay"
+    transport.trim(["beta"])
+    assert r.xlen(transport.stream("beta")) == 300, "beta has read nothing: nothing goes"
+
+
+def test_a_group_lagging_beyond_the_bound_slows_the_relay_and_shows_in_status(configure):
+    transport = configure(max_len=5)
+    started = time.monotonic()
+    transport.publish([outgoing(n) for n in range(1, 11)], SUBSCRIBED)
+    assert time.monotonic() - started >= 0.4, "the relay paused"
+    assert set(transport.lagging) == {"alpha", "beta"}
+    report = collect()
+    assert report["groups"]["alpha"]["lagging"] is True
+    assert report["groups"]["alpha"]["pending"] == 10
+    assert any("alpha: lags beyond" in p for p in problems(report))
+
+
+def test_status_counts_unread_in_flight_and_retrying(transport):
+    transport.publish([outgoing(n) for n in range(1, 4)], SUBSCRIBED)
+    held = transport.claim(["alpha"], 1, 30)
+    transport.retry_later(held[0], 60, "boom")
+    transport.claim(["alpha"], 1, 30)
+    state = transport.status(["alpha"])["alpha"]
+    assert (state.pending, state.in_flight, state.retrying) == (2, 1, 1)
+    assert state.oldest_pending_age_s is not None
+
+
+# -- data loss --------------------------------------------------------------------------
+
+
+def test_redis_restarted_empty_is_refilled_from_the_event_log(configure):
+    server = PrivateRedis().start()
+    try:
+        transport = configure(url=server.url)
+        for n in range(3):
+            publish("test.happened", {"n": n})
+        deliver()
+        transport.housekeeping()  # first checkpoint: position 3 is confirmed for both groups
+        for n in range(3, 8):
+            publish("test.happened", {"n": n})
+        Worker(["alpha"], relay=True).step()  # relayed; alpha handles them, beta does not
+        transport._checkpointed_at = transport._kept_at = 0.0
+        transport.housekeeping()
+        checkpoints = dict(
+            StreamCheckpoint.objects.filter(group__in=["alpha", "beta"]).values_list(
+                "group", "position"
+            )
+        )
+        positions = dict(EventRecord.objects.values_list("data__n", "position"))
+        assert checkpoints == {"alpha": positions[7], "beta": positions[2]}
+        server.kill()
+        server.start()  # same port, empty
+        transports.reset()
+        transport = transports["default"]
+        recovered = transport.recovery.recover_lost()
+        assert {"alpha", "beta"} <= set(recovered), "every known group is checked"
+        deliver()
+        assert effects("alpha") == [("alpha", n) for n in range(8)], "no duplicate effects"
+        assert effects("beta") == [("beta", n) for n in range(8)], "nothing lost"
+        assert transport.recovery.recover_lost() == [], "recovered once"
+        assert transport.status(["beta"])["beta"].pending == 0
+    finally:
+        server.destroy()
+
+
+def test_a_stream_cut_short_from_outside_is_refilled(transport):
+    publish("test.happened", {"n": 1})
+    deliver(["alpha"])
+    transport.housekeeping()
+    publish("test.happened", {"n": 2})
+    Worker([], relay=True).step()
+    client().xtrim(transport.stream("beta"), maxlen=0)
+    assert transport.recovery.recover_lost() == ["beta"]
+    deliver()
+    assert effects("beta") == [("beta", 1), ("beta", 2)]
+
+
+def test_an_evicted_owed_set_takes_its_marker_along_and_is_refilled(transport):
+    publish("test.happened", {"n": 1})
+    deliver(["alpha"])
+    transport.housekeeping()
+    publish("test.happened", {"n": 2})
+    Worker([], relay=True).step()
+    client().delete(transport.owed("beta"), transport.stream("beta"))  # as an eviction would
+    transport.recovery.checkpoint()
+    assert transport.recovery.recover_lost() == ["beta"]
+    deliver()
+    assert effects("beta") == [("beta", 1), ("beta", 2)]
+
+
+def test_a_checkpoint_never_passes_an_event_still_owed(transport):
+    publish("test.happened", {"n": 1})
+    deliver(["alpha"])
+    transport.housekeeping()
+    publish("test.happened", {"n": 2, "fail_group": "alpha"})
+    deliver()
+    transport._checkpointed_at = transport._kept_at = 0.0
+    transport.housekeeping()
+    owed_position = int(client().zrange(transport.owed("alpha"), 0, 0, withscores=True)[0][1])
+    assert StreamCheckpoint.objects.get(group="alpha").position == owed_position - 1
+    assert StreamCheckpoint.objects.get(group="beta").position == owed_position
+
+
+# -- the worker waits in XREADGROUP -----------------------------------------------------
+
+
+def test_an_idle_worker_blocks_on_redis_and_its_relay_runs_in_a_thread(configure):
+    configure(block=5)
+    worker = Worker(["alpha"], relay=True)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        assert worker._relay_thread is not None
+        publish("test.happened", {"n": 1})
+        started = time.monotonic()
+        wait_until(lambda: effects("alpha"), timeout=10, what="handled")
+        assert time.monotonic() - started < 2.0, "woken by the stream, not the 5 s block"
+    finally:
+        worker.stop()
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+
+
+def test_a_worker_survives_redis_going_away(configure):
+    server = PrivateRedis().start()
+    configure(url=server.url)
+    worker = Worker(["alpha"], relay=True)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        publish("test.happened", {"n": 1})
+        wait_until(lambda: effects("alpha"), timeout=10, what="first handled")
+        server.kill()
+        time.sleep(1.0)
+        server.start()
+        publish("test.happened", {"n": 2})
+        wait_until(lambda: len(effects("alpha")) == 2, timeout=20, what="handled after restart")
+    finally:
+        worker.stop()
+        thread.join(timeout=15)
+        server.destroy()
+    assert not thread.is_alive()
+
+
+# -- setup, checks, options -------------------------------------------------------------
+
+
+def test_setup_events_creates_streams_and_groups_once(transport, capsys):
+    call_command("setup_events", "--dry-run")
+    assert client().exists(transport.stream("alpha")) == 0
+    call_command("setup_events")
+    out = capsys.readouterr().out
+    assert f"stream {transport.stream('alpha')}" in out
+    assert client().xinfo_groups(transport.stream("alpha"))[0]["name"] == CONSUMER_GROUP.encode()
+    call_command("setup_events")
+    assert "nothing to set up" in capsys.readouterr().out
+
+
+def test_checks_refuse_ordered_handlers_and_warn_about_persistence(configure):
+    server = PrivateRedis().start()
+    try:
+        configure(url=server.url)
+        redis.Redis.from_url(server.url).config_set("maxmemory-policy", "allkeys-lru")
+        found = {message.id: message for message in check_events()}
+        assert "django_events.E008" in found, "tests.testapp has an ordered handler"
+        assert "per-key order" in (found["django_events.E008"].hint or "")
+        assert "django_events.W003" in found, "appendonly no"
+        assert "django_events.W004" in found, "evicting policy"
+    finally:
+        server.destroy()
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({}, "exactly one of 'url'"),
+        ({"url": REDIS_URL, "cache": "default"}, "exactly one of 'url'"),
+        ({"url": REDIS_URL, "prefix": "bad prefix"}, "'prefix'"),
+        ({"url": REDIS_URL, "max_len": 0}, "'max_len'"),
+        ({"url": REDIS_URL, "block": "5"}, "'block'"),
+        ({"url": REDIS_URL, "maxlen": 5}, "unknown option 'maxlen'"),
+    ],
+)
+def test_bad_options_name_the_problem(options, words):
+    with pytest.raises(EventsConfigurationError, match=words):
+        RedisStreamsTransport("default", options)
+
+
+def test_a_django_redis_cache_alias_works(prefix: str):
+    caches = {
+        "events": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+        }
+    }
+    settings = events_settings(prefix)
+    settings["TRANSPORTS"]["default"]["OPTIONS"] = {"cache": "events", "prefix": prefix}
+    with override_settings(CACHES=caches, DJANGO_EVENTS=settings):
+        transports.reset()
+        publish("test.happened", {"n": 1})
+        assert deliver() == 2
+    transports.reset()
+
+
+def test_housekeeping_forgets_leases_of_entries_no_longer_pending(transport):
+    transport.publish([outgoing(1)], SUBSCRIBED)
+    held = transport.claim(["alpha"], 10, 30)
+    transport.renew(held, 60)
+    assert client().hlen(transport.leases("alpha")) == 1
+    transport.retry_later(held[0], 60, "boom")
+    transport.trim(["alpha"])
+    assert client().hlen(transport.leases("alpha")) == 0
+
+
+def test_a_stopping_worker_gives_back_what_its_last_wait_received(transport):
+    transport.publish([outgoing(1)], SUBSCRIBED)
+    assert transport.wait(["alpha"], 0.5)
+    transport.close()  # as Worker.run does when it stops
+    again = RedisStreamsTransport("other", dict(transport.options)).claim(["alpha"], 10, 30)
+    assert [c.attempt for c in again] == [1], "given back, without an attempt"
