@@ -131,6 +131,7 @@ class Worker:
             self._watchdog.stop()
             self._heartbeat.stop()
             waiter.close()
+            self.transport.close()  # a transport that defers acks sends them now
         logger.info("Worker %s stopped after %d events", self.name, self.handled)
         return self.handled
 

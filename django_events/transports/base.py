@@ -20,6 +20,10 @@ from django.core.checks import CheckMessage
 
 from ..envelope import Event
 
+ENVELOPE_RESERVE = 4096
+"""Bytes of ``max_message_bytes`` kept for what a transport wraps around data and metadata
+(type, key, ids, time, source, attributes): the longest allowed type and key fit."""
+
 
 @dataclass(frozen=True)
 class Outgoing:
@@ -79,6 +83,10 @@ class Transport:
     wake_channel: str | None = None
     """PostgreSQL channel notified when new work is claimable, if any."""
 
+    max_message_bytes: int | None = None
+    """Largest message the transport carries, envelope included; ``publish()`` refuses an
+    event whose data and metadata leave less than ``ENVELOPE_RESERVE`` bytes of it."""
+
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
         self.alias = alias
         self.options = options
@@ -100,6 +108,11 @@ class Transport:
         A transport with nothing to provision returns an empty list.
         """
         return []
+
+    def access_policies(self, subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, Any]:
+        """Least-privilege access policies by role (``setup_events --iam``), for transports
+        whose server has an access model; empty otherwise."""
+        return {}
 
     def joins_outbox_transaction(self, using: str) -> bool:
         """Whether ``publish`` can run inside the relay's transaction on ``using``."""
