@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -335,7 +337,7 @@ def test_status_reports_queue_depths(sqs: SnsSqsTransport):
 
 
 def test_options_are_validated_with_the_key_named():
-    with pytest.raises(EventsConfigurationError, match="'wait_time'.*0 to 20"):
+    with pytest.raises(EventsConfigurationError, match=r"'wait_time'.*0 to 20"):
         SnsSqsTransport("x", {"wait_time": 30})
     with pytest.raises(EventsConfigurationError, match="unknown option 'queue'"):
         SnsSqsTransport("x", {"queue": "q"})
@@ -360,3 +362,54 @@ def test_ordered_handlers_need_fifo(settings: Any, moto_endpoint: str, aws_env: 
     assert "django_events.E008" in {e.id for e in check_events()}
     settings.DJANGO_EVENTS = events_settings(moto_endpoint, unique_prefix(), fifo=True)
     assert "django_events.E008" not in {e.id for e in check_events()}
+
+
+AWS_PREFIX = os.environ.get("DJANGO_EVENTS_AWS_PREFIX", "")
+
+
+@pytest.mark.skipif(
+    not AWS_PREFIX,
+    reason="runs against a real AWS account: set DJANGO_EVENTS_AWS_PREFIX (e.g. 'de-ci-'), "
+    "AWS credentials and a region to run it",
+)
+def test_round_trip_on_real_aws(settings: Any):
+    prefix = f"{AWS_PREFIX}{uuid.uuid4().hex[:6]}-"
+    settings.DJANGO_EVENTS = {
+        "BACKOFF_BASE": 0,
+        "TRANSPORTS": {
+            "default": {
+                "BACKEND": SnsSqsTransport.__module__ + ".SnsSqsTransport",
+                "OPTIONS": {"prefix": prefix, "wait_time": 2},
+            }
+        },
+    }
+    transport = transports["default"]
+    assert isinstance(transport, SnsSqsTransport)
+    try:
+        transport.setup(registry.subscriptions())
+        time.sleep(5)  # subscriptions and queue policies take a moment to apply on AWS
+        with transaction.atomic():
+            for n in range(3):
+                publish("test.happened", {"n": n})
+        worker = Worker(["alpha", "beta"])
+        wait_until(
+            lambda: (worker.step(), Effect.objects.count() >= 6)[1], timeout=60, interval=0.5
+        )
+        assert sorted(Effect.objects.values_list("group", "n")) == [
+            (g, n) for g in ("alpha", "beta") for n in range(3)
+        ]
+    finally:
+        transport.close()
+        _delete_everything_named(transport, prefix)
+
+
+def _delete_everything_named(transport: SnsSqsTransport, prefix: str) -> None:
+    """Remove what the AWS test created: only names under its own random prefix."""
+    sqs, sns = transport._client("sqs"), transport._client("sns")
+    for url in sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []):
+        sqs.delete_queue(QueueUrl=url)
+    arn = transport.topic_arn
+    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=arn):
+        for item in page["Subscriptions"]:
+            sns.unsubscribe(SubscriptionArn=item["SubscriptionArn"])
+    sns.delete_topic(TopicArn=arn)

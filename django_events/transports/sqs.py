@@ -123,6 +123,7 @@ class SnsSqsTransport(Transport):
             raise EventsConfigurationError(f"{where}['dead_letter_poll'] must be seconds > 0.")
         self.dead_letter_poll = float(poll)
         self._lock = threading.Lock()
+        self._session: Any = None
         self._clients: dict[str, Any] = {}
         self._queue_urls: dict[str, str] = {}
         self._topic_arn: str | None = None
@@ -160,7 +161,9 @@ class SnsSqsTransport(Transport):
             with self._lock:
                 client = self._clients.get(service)
                 if client is None:
-                    client = boto3.session.Session().client(
+                    if self._session is None:
+                        self._session = boto3.session.Session()
+                    client = self._session.client(
                         service,
                         region_name=self.region,
                         endpoint_url=self.endpoint_url,
@@ -183,8 +186,9 @@ class SnsSqsTransport(Transport):
         return url
 
     def _arn(self, service: str, name: str, account: str | None = None) -> str:
-        region = self.region or self._client("sqs").meta.region_name
-        partition = boto3.session.Session().get_partition_for_region(region)
+        sqs = self._client("sqs")
+        region = sqs.meta.region_name
+        partition = sqs.meta.partition
         return f"arn:{partition}:{service}:{region}:{account or self.account()}:{name}"
 
     def account(self) -> str:
