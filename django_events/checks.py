@@ -4,7 +4,8 @@ E001 invalid DJANGO_EVENTS · E002 transport cannot be loaded · E003 missing op
 dependency · E004 unsupported database · E005 SQLite too old · E006 handler for a group
 not in GROUPS · E007 OUTBOX_DATABASES names an unknown database · E008 ordered handler on
 a transport without ordering · E009 an outbox database the transport cannot
-read · W001 no LISTEN/NOTIFY driver · W002 GROUPS entry without
+read · E030-E032 SNS/SQS transport (database, region, queue names and filter
+policies) · W001 no LISTEN/NOTIFY driver · W002 GROUPS entry without
 handlers.
 """
 
