@@ -1,9 +1,9 @@
 """Level 2: SNS + SQS. One topic fans events out; each consumer group reads its own queue.
 
-The relay publishes with ``PublishBatch``; each group's subscription carries a filter policy
-on the ``type`` message attribute and raw message delivery, so the queue holds the event's
-CloudEvents JSON as is. A publish meant for some groups only (an admin retry, a replay)
-bypasses the topic and goes straight to those groups' queues with ``SendMessageBatch``.
+The relay publishes with ``PublishBatch``; each message names its event type and the groups
+it is for in attributes, and each group's subscription has a filter policy on both, with
+raw message delivery, so the queue holds the event's CloudEvents JSON as is. A publish for
+some groups only (an admin retry, a replay) therefore reaches those groups' queues only.
 
 A claim is a receive under a visibility timeout (the worker's lease), and the attempt is
 SQS's ``ApproximateReceiveCount``. Acks are deletes, sent in batches after the handler's
@@ -112,6 +112,7 @@ class SnsSqsTransport(Transport):
             raise EventsConfigurationError(f"{where}['fifo'] must be True or False.")
         self.fifo = fifo
         self.supports_ordering = fifo
+        self.idempotent_publish = fifo  # deduplication by event id; standard SNS has none
         self.visibility_timeout = _int(
             options, "visibility_timeout", None, 1, MAX_VISIBILITY, where
         )
@@ -127,8 +128,11 @@ class SnsSqsTransport(Transport):
         self._clients: dict[str, Any] = {}
         self._queue_urls: dict[str, str] = {}
         self._topic_arn: str | None = None
+        self._account: str | None = None
         self._acks: list[Receipt] = []
+        self._leases: dict[str, float] = {}  # receipt handle: when its lease ends (monotonic)
         self._held: list[Claimed] = []  # FIFO: later events of a key, served after the first
+        self._busy: dict[tuple[str, str | None], str] = {}  # FIFO: key -> handle out
         self._turn = 0
         self._dead_checked_at = 0.0
 
@@ -143,7 +147,7 @@ class SnsSqsTransport(Transport):
         '-', and a hash of the group name then keeps two groups from sharing a queue."""
         safe = _UNSAFE.sub("-", group)
         if safe != group:
-            safe += "-" + hashlib.sha256(group.encode()).hexdigest()[:6]
+            safe += "-" + _digest(group)[:6]
         name = f"{self.prefix}{safe}{'-dlq' if dead else ''}{'.fifo' if self.fifo else ''}"
         if len(name) > 80:
             raise EventsConfigurationError(
@@ -193,9 +197,9 @@ class SnsSqsTransport(Transport):
 
     def account(self) -> str:
         """The AWS account id of the configured credentials (one STS call, then cached)."""
-        if "account" not in self._clients:
-            self._clients["account"] = self._client("sts").get_caller_identity()["Account"]
-        return str(self._clients["account"])
+        if self._account is None:
+            self._account = str(self._client("sts").get_caller_identity()["Account"])
+        return self._account
 
     @property
     def topic_arn(self) -> str:
@@ -246,79 +250,32 @@ class SnsSqsTransport(Transport):
     def publish(
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
-        """Send each event to the groups ``subscriptions`` lists for its type, and only them.
-
-        When those are all the groups the topic fans the type out to (the relay's case),
-        the event goes through the topic; otherwise (a retry or replay for some groups)
-        straight to each listed group's queue, with a fresh deduplication id in FIFO mode,
-        so a deliberate resend is never mistaken for a duplicate.
+        """Send each event through the topic to the groups ``subscriptions`` lists for its
+        type, and only them: the ``groups`` attribute names them and each subscription's
+        filter policy matches its own group (so a replay for one group reaches one queue).
         """
-        from ..registry import registry
-
         wanted = _groups_by_type(subscriptions)
-        fanout = _groups_by_type(registry.subscriptions())
-        via_topic: list[Outgoing] = []
-        direct: dict[str, list[Outgoing]] = {}
-        for event in events:
-            groups = wanted.get(event.type, set())
-            if not groups:
-                continue
-            if groups == fanout.get(event.type):
-                via_topic.append(event)
-            else:
-                for group in sorted(groups):
-                    direct.setdefault(group, []).append(event)
-        if via_topic:
-            self._send(
-                "sns",
-                "publish_batch",
-                {"TopicArn": self.topic_arn},
-                via_topic,
-                "Message",
-                fresh=False,
-            )
-        for group, group_events in direct.items():
-            self._send(
-                "sqs",
-                "send_message_batch",
-                {"QueueUrl": self._queue_url(group)},
-                group_events,
-                "MessageBody",
-                fresh=True,
-            )
+        self._publish([(e, sorted(wanted[e.type])) for e in events if wanted.get(e.type)])
 
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
-        """Send the logged event back to ``group``'s queue only; it starts at attempt 1."""
+        """Send the logged event to ``group`` only; it starts at attempt 1. In FIFO mode it
+        gets a fresh deduplication id, so it is never taken for the original."""
         found = logged_events([event_id], self.database)
         if not found:
             raise LookupError(f"Event {event_id} is not in the event log.")
-        self._send(
-            "sqs",
-            "send_message_batch",
-            {"QueueUrl": self._queue_url(group)},
-            found,
-            "MessageBody",
-            fresh=True,
-        )
+        self._publish([(found[0], [group])], fresh=True)
 
-    def _send(
-        self,
-        service: str,
-        method: str,
-        target: dict[str, str],
-        events: Sequence[Outgoing],
-        body_field: str,
-        *,
-        fresh: bool,
+    def _publish(
+        self, events: Sequence[tuple[Outgoing, list[str]]], *, fresh: bool = False
     ) -> None:
-        call = getattr(self._client(service), method)
-        entries_key = "PublishBatchRequestEntries" if service == "sns" else "Entries"
-        for chunk in self._chunks([self._entry(e, body_field, fresh) for e in events]):
-            response = call(**target, **{entries_key: chunk})
+        sns = self._client("sns")
+        entries = [self._entry(event, groups, fresh) for event, groups in events]
+        for chunk in self._chunks(entries):
+            response = sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=chunk)
             if response.get("Failed"):
                 failed = response["Failed"]
                 raise RuntimeError(
-                    f"{service.upper()} refused {len(failed)} of {len(chunk)} events: "
+                    f"SNS refused {len(failed)} of {len(chunk)} events: "
                     + "; ".join(f"{f.get('Code')}: {f.get('Message')}" for f in failed[:3])
                 )
 
@@ -340,22 +297,26 @@ class SnsSqsTransport(Transport):
         if chunk:
             yield chunk
 
-    def _entry(self, event: Outgoing, body_field: str, fresh: bool) -> tuple[dict[str, Any], int]:
+    def _entry(self, event: Outgoing, groups: list[str], fresh: bool) -> tuple[dict[str, Any], int]:
         event_id = _uuid_text(event.event_id)
         body = _cloudevent(event, event_id)
-        attributes = {"type": {"DataType": "String", "StringValue": event.type}}
+        attributes = {
+            "type": {"DataType": "String", "StringValue": event.type},
+            "groups": {"DataType": "String.Array", "StringValue": json.dumps(groups)},
+        }
         if event.key is not None:
             attributes["key"] = {"DataType": "String", "StringValue": event.key}
         entry: dict[str, Any] = {
-            "Id": event_id.replace("-", "")[:80],
-            body_field: body,
+            "Id": event_id.replace("-", ""),
+            "Message": body,
             "MessageAttributes": attributes,
         }
         if self.fifo:
+            # The same event to the same groups is one message (a relay that sends a batch
+            # twice); a redelivery, or a replay to other groups, is another.
+            suffix = uuid.uuid4().hex if fresh else _digest(",".join(groups))
             entry["MessageGroupId"] = event.key if event.key is not None else event_id
-            entry["MessageDeduplicationId"] = (
-                f"{event_id}.{uuid.uuid4().hex[:12]}" if fresh else event_id
-            )
+            entry["MessageDeduplicationId"] = f"{event_id}.{suffix}"
         size = len(body.encode()) + sum(
             len(name) + len(value["DataType"]) + len(value["StringValue"].encode())
             for name, value in attributes.items()
@@ -369,8 +330,8 @@ class SnsSqsTransport(Transport):
 
         Dead-letter queues are looked at every ``dead_letter_poll`` seconds; what is found
         there comes back with its attempts spent, so the worker records it as a dead letter.
-        In FIFO mode at most one event per key is handed out at a time: the rest of a
-        receive waits here, still leased, until the one before it is done.
+        In FIFO mode one event per key is out at a time: the rest of a receive waits here,
+        still leased, until the one before it is done.
         """
         self._flush_acks()
         if not groups:
@@ -393,8 +354,10 @@ class SnsSqsTransport(Transport):
                 claimed = self._receive_all(
                     order[:1], limit, lease, dead=False, wait=self.wait_time
                 )
-        if self.fifo:
-            claimed = self._one_per_key(claimed, limit)
+        if self.fifo and claimed:
+            with self._lock:
+                self._held.extend(claimed)
+            claimed = self._take_held(limit)
         return claimed
 
     def _receive_all(
@@ -422,7 +385,10 @@ class SnsSqsTransport(Transport):
                     MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
                     MessageAttributeNames=["type"],
                 ).get("Messages", [])
-                claimed.extend(self._claimed(group, url, m, dead) for m in messages)
+                deadline = time.monotonic() + lease
+                for message in messages:
+                    claimed.append(self._claimed(group, url, message, dead))
+                    self._leases[message["ReceiptHandle"]] = deadline
                 if len(messages) < wanted:
                     break
         return claimed
@@ -461,25 +427,41 @@ class SnsSqsTransport(Transport):
             get_settings().retry_for(group).max_attempts
         )
 
-    def _one_per_key(self, claimed: list[Claimed], limit: int) -> list[Claimed]:
+    # -- leases and FIFO keys -----------------------------------------------------------
+
+    def _holds(self, claimed: Claimed) -> bool:
+        """Whether this claim's lease still runs, as far as this process knows: SQS does
+        not tell whether a receipt handle is still the current one."""
+        return self._leases.get(claimed.receipt.handle, 0.0) > time.monotonic()
+
+    def _done(self, claimed: Claimed) -> None:
+        """``claimed`` has its outcome: forget its lease; its key may hand out the next."""
+        receipt = claimed.receipt
         with self._lock:
-            self._held.extend(claimed)
-        return self._take_held(limit)
+            self._leases.pop(receipt.handle, None)
+            key = (receipt.queue_url, receipt.message_group)
+            if self._busy.get(key) == receipt.handle:
+                del self._busy[key]
+            if len(self._leases) > 10_000:  # claims dropped without an outcome
+                now = time.monotonic()
+                self._leases = {h: d for h, d in self._leases.items() if d > now}
 
     def _take_held(self, limit: int) -> list[Claimed]:
-        """The first held event of each key (in receive order), up to ``limit``."""
+        """The first held event of each key not already out (in receive order), up to
+        ``limit``. A key whose event's lease ran out here is free again."""
+        now = time.monotonic()
         with self._lock:
             if not self._held:
                 return []
             taken: list[Claimed] = []
-            keys: set[tuple[str, str | None]] = set()
             rest: list[Claimed] = []
             for item in self._held:
                 key = (item.receipt.queue_url, item.receipt.message_group)
-                if key in keys or len(taken) >= limit:
+                out = self._busy.get(key)
+                if len(taken) >= limit or (out is not None and self._leases.get(out, 0) > now):
                     rest.append(item)
                 else:
-                    keys.add(key)
+                    self._busy[key] = item.receipt.handle
                     taken.append(item)
             self._held = rest
             return taken
@@ -494,24 +476,41 @@ class SnsSqsTransport(Transport):
             self._held = [c for c in self._held if c not in followers]
         return followers
 
+    # -- outcomes -----------------------------------------------------------------------
+
     def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
         with self._lock:
             held = list(self._held)
-        self._set_visibility([c.receipt for c in [*claimed, *held]], _seconds(lease, minimum=1))
+        items = [c for c in [*claimed, *held] if self._holds(c)]
+        self._set_visibility([c.receipt for c in items], _seconds(lease, minimum=1))
+        deadline = time.monotonic() + lease
+        with self._lock:
+            for item in items:
+                if item.receipt.handle in self._leases:
+                    self._leases[item.receipt.handle] = deadline
 
     def release(self, claimed: Sequence[Claimed]) -> None:
+        """Make the events visible at once. SQS has counted their receive all the same:
+        their next claim is one attempt further (docs/transport-sqs.md)."""
         with self._lock:
             held, self._held = self._held, []
         self._flush_acks()
-        self._set_visibility([c.receipt for c in [*claimed, *held]], 0)
+        items = [*claimed, *held]
+        self._set_visibility([c.receipt for c in items if self._holds(c)], 0)
+        for item in items:
+            self._done(item)
 
     def ack(self, claimed: Claimed) -> bool:
         """Queue the delete; it is sent with up to nine others, or at the next claim.
 
         The handler's transaction has committed, so a delete lost with the process only
-        means one more delivery, which the group's inbox skips. Always True: SQS does not
-        say whether a receipt handle is still current.
+        means one more delivery, which the group's inbox skips. False (and no delete) once
+        the lease has run out: another consumer may hold the message now.
         """
+        holds = self._holds(claimed)
+        self._done(claimed)
+        if not holds:
+            return False
         with self._lock:
             self._acks.append(claimed.receipt)
             full = len(self._acks) >= BATCH_LIMIT
@@ -522,18 +521,25 @@ class SnsSqsTransport(Transport):
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
         receipts = [claimed.receipt]
         if self.fifo:  # the key's later events wait behind this one, in order
-            receipts += [c.receipt for c in self._followers(claimed)]
+            for follower in self._followers(claimed):
+                receipts.append(follower.receipt)
+                self._done(follower)
+        self._done(claimed)
         self._set_visibility(receipts, _seconds(delay, minimum=0))
 
     def dead_letter(self, claimed: Claimed) -> bool:
         """Delete the message once the ``DeadLetter`` row has committed (never before, so a
         crash in between leaves the message to be dead-lettered again rather than lost).
+        False if the lease has run out.
 
         In FIFO mode this frees the key: the next event of it is delivered, the dead letter
         does not hold it back.
         """
-        transaction.on_commit(lambda: self._delete([claimed.receipt]), using=self.database)
-        return True
+        holds = self._holds(claimed)
+        self._done(claimed)
+        if holds:
+            transaction.on_commit(lambda: self._delete([claimed.receipt]), using=self.database)
+        return holds
 
     def close(self) -> None:
         """Send pending deletes and give back held events; clients are kept for reuse."""
@@ -691,6 +697,10 @@ def _id_in(body: str) -> uuid.UUID | None:
         return uuid.UUID(str(json.loads(body)["id"]))
     except (ValueError, TypeError, KeyError):
         return None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _code(exc: ClientError) -> str:

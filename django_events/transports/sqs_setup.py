@@ -49,7 +49,7 @@ def provision(
             f"{RETENTION // 86400} days, to {dead} after {receives} receives, "
             "writable by the topic",
             f"subscription {queue} to {transport.topic_name}: raw delivery, "
-            f"type in {', '.join(group_types)}",
+            f"type in {', '.join(group_types)}, groups includes {group!r}",
         ]
         if dry_run:
             lines += steps
@@ -68,7 +68,7 @@ def provision(
         wanted = {
             "RawMessageDelivery": "true",
             "FilterPolicyScope": "MessageAttributes",
-            "FilterPolicy": json.dumps({"type": group_types}),
+            "FilterPolicy": json.dumps({"type": group_types, "groups": [group]}),
         }
         subscription = existing.pop(queue_arn, None)
         if subscription is None:
@@ -158,8 +158,8 @@ def _topic_may_send(queue_arn: str, topic_arn: str) -> dict[str, Any]:
 def access_policies(
     transport: SnsSqsTransport, subscriptions: Sequence[tuple[str, str, bool]]
 ) -> dict[str, Any]:
-    """Least-privilege IAM policies: one for what relays (publishers, the admin's retry,
-    replays), one per group's consumer, one for running ``setup_events``."""
+    """Least-privilege IAM policies: one for what publishes to the topic (the relay, the
+    admin's retry, replays), one per group's consumer, one for running ``setup_events``."""
     try:
         account = transport.account()
     except (BotoCoreError, ClientError):
@@ -170,21 +170,14 @@ def access_policies(
     def arn(group: str, dead: bool = False) -> str:
         return transport._arn("sqs", transport.queue_name(group, dead=dead), account)
 
-    queues = [arn(g) for g in groups]
-    every_queue = [*queues, *(arn(g, True) for g in groups)]
+    every_queue = [arn(g, dead) for g in groups for dead in (False, True)]
 
     def policy(*statements: dict[str, Any]) -> dict[str, Any]:
         return {"Version": POLICY_VERSION, "Statement": list(statements)}
 
     policies: dict[str, Any] = {
         "relay": policy(
-            {"Sid": "Publish", "Effect": "Allow", "Action": ["sns:Publish"], "Resource": topic},
-            {
-                "Sid": "RedeliverToOneGroup",
-                "Effect": "Allow",
-                "Action": ["sqs:GetQueueUrl", "sqs:SendMessage"],
-                "Resource": queues or ["none"],
-            },
+            {"Sid": "Publish", "Effect": "Allow", "Action": ["sns:Publish"], "Resource": topic}
         )
     }
     for group in groups:
