@@ -80,6 +80,10 @@ class Transport:
     acks_in_transaction: bool = False
     """``ack`` runs inside the handler's transaction, so handling and acking commit together."""
 
+    idempotent_publish: bool = False
+    """Publishing an event already owed to a group adds no second delivery. Without it, the
+    batch a relay sends again after a crash may deliver twice, and the inbox absorbs that."""
+
     wake_channel: str | None = None
     """PostgreSQL channel notified when new work is claimable, if any."""
 
@@ -121,7 +125,10 @@ class Transport:
     def publish(
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
-        """Make ``events`` claimable by every subscribed group; idempotent per event id."""
+        """Make ``events`` claimable by every group in ``subscriptions``, and no other.
+
+        Delivered once per group however often published while owed, if
+        ``idempotent_publish``; at least once otherwise."""
         raise NotImplementedError
 
     def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:

@@ -1,0 +1,86 @@
+"""What the in-memory transport adds to the contract: settings, sharing, isolation."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from django.test import override_settings
+
+from django_events import publish
+from django_events.exceptions import EventsConfigurationError
+from django_events.models import Delivery, InboxRecord
+from django_events.testing import deliver
+from django_events.testing.contract import TYPE, claim_until, make_event
+from django_events.transports import transports
+from django_events.transports.memory import InMemoryTransport
+
+from .testapp.models import Effect
+
+SUBSCRIBED = [(TYPE, "g1", False)]
+
+
+@pytest.fixture
+def name() -> Iterator[str]:
+    name = f"memory-{uuid.uuid4().hex}"
+    yield name
+    InMemoryTransport("cleanup", {"name": name}).clear()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_configured_as_default_it_carries_events_from_publish_to_handlers(name: str) -> None:
+    backend = {"BACKEND": "django_events.transports.memory.InMemoryTransport"}
+    with override_settings(
+        DJANGO_EVENTS={
+            "BACKOFF_BASE": 0,
+            "TRANSPORTS": {"default": {**backend, "OPTIONS": {"name": name}}},
+        }
+    ):
+        event = publish("test.happened", {"n": 1})
+        assert deliver() == 2
+        assert sorted(Effect.objects.values_list("group", "n")) == [("alpha", 1), ("beta", 1)]
+        assert InboxRecord.objects.filter(event_id=event.id).count() == 2
+        assert not Delivery.objects.exists(), "nothing was queued in the database"
+        assert transports["default"].status(["alpha", "beta"])["alpha"].pending == 0
+
+
+def test_instances_with_one_name_share_a_queue_across_threads(name: str) -> None:
+    event = make_event()
+    InMemoryTransport("a", {"name": name}).publish([event], SUBSCRIBED)
+    claimed: list[uuid.UUID] = []
+
+    def worker() -> None:
+        claimed.extend(
+            c.event_id for c in InMemoryTransport("b", {"name": name}).claim(["g1"], 10, 30)
+        )
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert claimed == [event.event_id]
+
+
+def test_queues_with_different_names_are_isolated(name: str) -> None:
+    InMemoryTransport("a", {"name": name}).publish([make_event()], SUBSCRIBED)
+    other = InMemoryTransport("a", {"name": f"{name}-other"})
+    assert other.claim(["g1"], 10, 30) == []
+    assert len(claim_until(InMemoryTransport("a", {"name": name}), ["g1"], 1, 0)) == 1
+
+
+def test_the_alias_names_the_queue_by_default() -> None:
+    assert InMemoryTransport("demo", {}).name == "demo"
+
+
+def test_clear_forgets_every_event(name: str) -> None:
+    transport = InMemoryTransport("a", {"name": name})
+    transport.publish([make_event(), make_event()], SUBSCRIBED)
+    transport.clear()
+    assert transport.claim(["g1"], 10, 30) == []
+    assert transport.status(["g1"])["g1"].pending == 0
+
+
+def test_an_unknown_option_is_named() -> None:
+    with pytest.raises(EventsConfigurationError, match="unknown option 'location'"):
+        InMemoryTransport("default", {"location": "x"})
