@@ -53,6 +53,7 @@ loses nothing (the SQS default would drop them after four)."""
 MAX_FILTER_VALUES = 150
 """An SNS filter policy holds at most this many values: the event types one group handles."""
 
+_ID_FIELD = re.compile(r'"id":\s*"([0-9a-fA-F-]{32,36})"')
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{0,40}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _OPTIONS = {
@@ -82,6 +83,7 @@ class Receipt:
     handle: str
     message_group: str | None = None
     dead: bool = False
+    ordered: bool = False
 
 
 class SnsSqsTransport(Transport):
@@ -254,19 +256,24 @@ class SnsSqsTransport(Transport):
         type, and only them: the ``groups`` attribute names them and each subscription's
         filter policy matches its own group (so a replay for one group reaches one queue).
         """
-        wanted = _groups_by_type(subscriptions)
-        self._publish([(e, sorted(wanted[e.type])) for e in events if wanted.get(e.type)])
+        wanted: dict[str, dict[str, bool]] = {}
+        for event_type, group, ordered in subscriptions:
+            wanted.setdefault(event_type, {})[group] = ordered
+        self._publish([(e, wanted[e.type]) for e in events if wanted.get(e.type)])
 
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
         """Send the logged event to ``group`` only; it starts at attempt 1. In FIFO mode it
         gets a fresh deduplication id, so it is never taken for the original."""
+        from ..registry import registry
+
         found = logged_events([event_id], self.database)
         if not found:
             raise LookupError(f"Event {event_id} is not in the event log.")
-        self._publish([(found[0], [group])], fresh=True)
+        handler = registry.get(group, found[0].type)
+        self._publish([(found[0], {group: bool(handler and handler.ordered)})], fresh=True)
 
     def _publish(
-        self, events: Sequence[tuple[Outgoing, list[str]]], *, fresh: bool = False
+        self, events: Sequence[tuple[Outgoing, dict[str, bool]]], *, fresh: bool = False
     ) -> None:
         sns = self._client("sns")
         entries = [self._entry(event, groups, fresh) for event, groups in events]
@@ -297,15 +304,24 @@ class SnsSqsTransport(Transport):
         if chunk:
             yield chunk
 
-    def _entry(self, event: Outgoing, groups: list[str], fresh: bool) -> tuple[dict[str, Any], int]:
+    def _entry(
+        self, event: Outgoing, groups: dict[str, bool], fresh: bool
+    ) -> tuple[dict[str, Any], int]:
         event_id = _uuid_text(event.event_id)
         body = _cloudevent(event, event_id)
+        names = sorted(groups)
         attributes = {
             "type": {"DataType": "String", "StringValue": event.type},
-            "groups": {"DataType": "String.Array", "StringValue": json.dumps(groups)},
+            "groups": {"DataType": "String.Array", "StringValue": json.dumps(names)},
         }
         if event.key is not None:
             attributes["key"] = {"DataType": "String", "StringValue": event.key}
+            ordered = [group for group in names if groups[group]]
+            if self.fifo and ordered:  # these groups take the key's events one at a time
+                attributes["ordered"] = {
+                    "DataType": "String.Array",
+                    "StringValue": json.dumps(ordered),
+                }
         entry: dict[str, Any] = {
             "Id": event_id.replace("-", ""),
             "Message": body,
@@ -314,7 +330,7 @@ class SnsSqsTransport(Transport):
         if self.fifo:
             # The same event to the same groups is one message (a relay that sends a batch
             # twice); a redelivery, or a replay to other groups, is another.
-            suffix = uuid.uuid4().hex if fresh else _digest(",".join(groups))
+            suffix = uuid.uuid4().hex if fresh else _digest(",".join(names))
             entry["MessageGroupId"] = event.key if event.key is not None else event_id
             entry["MessageDeduplicationId"] = f"{event_id}.{suffix}"
         size = len(body.encode()) + sum(
@@ -354,10 +370,11 @@ class SnsSqsTransport(Transport):
                 claimed = self._receive_all(
                     order[:1], limit, lease, dead=False, wait=self.wait_time
                 )
-        if self.fifo and claimed:
+        if self.fifo and any(c.receipt.ordered for c in claimed):
             with self._lock:
-                self._held.extend(claimed)
-            claimed = self._take_held(limit)
+                self._held.extend(c for c in claimed if c.receipt.ordered)
+            free = [c for c in claimed if not c.receipt.ordered]
+            claimed = free + self._take_held(limit - len(free))
         return claimed
 
     def _receive_all(
@@ -383,7 +400,7 @@ class SnsSqsTransport(Transport):
                     VisibilityTimeout=_seconds(lease, minimum=1),
                     WaitTimeSeconds=wait,
                     MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
-                    MessageAttributeNames=["type"],
+                    MessageAttributeNames=["type", "ordered"],
                 ).get("Messages", [])
                 deadline = time.monotonic() + lease
                 for message in messages:
@@ -396,14 +413,18 @@ class SnsSqsTransport(Transport):
     def _claimed(self, group: str, url: str, message: dict[str, Any], dead: bool) -> Claimed:
         attributes = message.get("Attributes", {})
         received = int(attributes.get("ApproximateReceiveCount", 1))
-        receipt = Receipt(url, message["ReceiptHandle"], attributes.get("MessageGroupId"), dead)
+        tags = message.get("MessageAttributes", {})
+        ordered = group in _string_array(tags.get("ordered")) and not dead
+        receipt = Receipt(
+            url, message["ReceiptHandle"], attributes.get("MessageGroupId"), dead, ordered
+        )
         claimed = Claimed(
             group=group,
             # A message the queue redrove has used every attempt: the worker records it.
             attempt=max(received, self._max_receives(group) + 1) if dead else received,
             receipt=receipt,
             event_id=uuid.UUID(message["MessageId"]),
-            event_type=message.get("MessageAttributes", {}).get("type", {}).get("StringValue", ""),
+            event_type=tags.get("type", {}).get("StringValue", ""),
         )
         first = attributes.get("ApproximateFirstReceiveTimestamp")
         if first and claimed.attempt > 1:  # the first receive was the first failed attempt
@@ -520,7 +541,7 @@ class SnsSqsTransport(Transport):
 
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
         receipts = [claimed.receipt]
-        if self.fifo:  # the key's later events wait behind this one, in order
+        if claimed.receipt.ordered:  # the key's later events wait behind this one, in order
             for follower in self._followers(claimed):
                 receipts.append(follower.receipt)
                 self._done(follower)
@@ -692,11 +713,19 @@ def _cloudevent(event: Outgoing, event_id: str) -> str:
 
 
 def _id_in(body: str) -> uuid.UUID | None:
-    """The event id of an undecodable body, if it has one, so its dead letter names it."""
+    """The event id of an undecodable body, if it has one, so its dead letter names it.
+    Looked for as text: the body may not parse (the transport writes ``id`` early on)."""
+    found = _ID_FIELD.search(body[:500])
+    return uuid.UUID(found[1]) if found else None
+
+
+def _string_array(attribute: dict[str, Any] | None) -> list[str]:
+    """The values of a ``String.Array`` message attribute; none if absent or malformed."""
     try:
-        return uuid.UUID(str(json.loads(body)["id"]))
-    except (ValueError, TypeError, KeyError):
-        return None
+        values = json.loads((attribute or {}).get("StringValue", "[]"))
+    except ValueError:
+        return []
+    return [v for v in values if isinstance(v, str)] if isinstance(values, list) else []
 
 
 def _digest(text: str) -> str:
@@ -705,13 +734,6 @@ def _digest(text: str) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _groups_by_type(subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for event_type, group, _ in subscriptions:
-        found.setdefault(event_type, set()).add(group)
-    return found
 
 
 def _types_by_group(subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, list[str]]:
