@@ -261,13 +261,14 @@ def test_killed_consumer_event_comes_back_after_visibility_timeout(
 def test_heartbeat_renewal_keeps_a_long_handler_leased(sqs: SnsSqsTransport, settings: Any):
     publish("test.happened", {"n": 1})
     relay()
-    (claimed,) = sqs.claim(["alpha"], 10, 1)
-    sqs.renew([claimed], 3)
-    time.sleep(1.5)
+    (claimed,) = sqs.claim(["alpha"], 10, 2)
+    sqs.renew([claimed], 6)
+    time.sleep(3)  # past the first lease
     other = SnsSqsTransport("other", settings.DJANGO_EVENTS["TRANSPORTS"]["default"]["OPTIONS"])
     assert other.claim(["alpha"], 10, 1) == [], "renewed: still held"
-    time.sleep(2)
-    assert [c.event_id for c in other.claim(["alpha"], 10, 1)] == [claimed.event_id]
+    (again,) = wait_until(lambda: other.claim(["alpha"], 10, 1), timeout=10)
+    assert (again.event_id, again.attempt) == (claimed.event_id, 2)
+    assert sqs.ack(claimed) is False, "the lease ran out: another consumer has it"
 
 
 def test_an_event_over_the_message_limit_is_refused_at_publish(sqs: SnsSqsTransport):
