@@ -64,6 +64,14 @@ class TestSqsContract(_SqsContract):
 class TestSqsFifoContract(_SqsContract):
     fifo = True
 
+    @pytest.mark.xfail(
+        strict=False,
+        reason="moto's FIFO queues sometimes hand one message to two concurrent receives "
+        "(reproduced with raw boto3, 4 threads, about 1 run in 10); SQS does not",
+    )
+    def test_competing_claims_never_share_an_event(self, provisioned: Transport) -> None:
+        super().test_competing_claims_never_share_an_event(provisioned)
+
     @NO_PARKING
     def test_a_dead_lettered_key_stays_parked_while_other_keys_flow_until_redelivered(
         self, provisioned: Transport
