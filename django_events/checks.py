@@ -5,9 +5,10 @@ dependency · E004 unsupported database · E005 SQLite too old · E006 handler f
 not in GROUPS · E007 OUTBOX_DATABASES names an unknown database · E008 ordered handler on
 a transport without ordering · E009 an outbox database the transport cannot
 read · W001 no LISTEN/NOTIFY driver · W002 GROUPS entry without
-handlers · W020 event type named like a command · W021 schema snapshot missing or broken
-without a version bump · W022 a version with no upcaster to the next · E030
-INBOX_RETENTION within the redelivery window.
+handlers · W003-W005 Redis persistence, eviction, reachability · W020 event type named
+like a command · W021 schema snapshot missing or broken without a version bump · W022 a
+version with no upcaster to the next · E030 INBOX_RETENTION within the redelivery
+window · E040-E042 SNS/SQS transport (database, region, queue names and filter policies).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from .envelope import (
     validate_type,
     validate_version,
 )
-from .exceptions import EventsConfigurationError, InvalidEvent
+from .exceptions import EventsConfigurationError, InvalidEvent, PayloadTooLarge
+from .transports.base import ENVELOPE_RESERVE
 from .typed import TypedEvent, check_data
 from .versions import publish_version
 
@@ -147,6 +148,7 @@ def publish_many(
     metadata = validate_metadata(metadata)
     source = conf.source or _default_source()
     cause = _current_event.get()
+    room = _message_room(metadata)
     built: list[tuple[Event, str]] = []
     for spec in events:
         typed, event_type, data, key = _unpack(spec)
@@ -158,6 +160,13 @@ def publish_many(
         decoded = json.loads(text)
         if typed is None:
             check_data(event_type, event_version, decoded)
+        if room is not None and (len(text) if text.isascii() else len(text.encode())) > room[0]:
+            raise PayloadTooLarge(
+                f"Event {event_type!r} does not fit in one message of the {room[1]} transport: "
+                f"its data is {len(text.encode())} bytes encoded, and the transport's limit is "
+                f"{room[2]} bytes including metadata and a {ENVELOPE_RESERVE}-byte envelope. "
+                "Publish a reference (an id) instead of the whole object."
+            )
         event_id = uuid7()
         event = Event(
             id=event_id,
@@ -192,6 +201,18 @@ def _unpack(spec: Any) -> tuple[TypedEvent | None, str, Any, str | None]:
             "event or (typed event, key)."
         )
     return None, spec[0], spec[1], spec[2] if len(spec) == 3 else None
+
+
+def _message_room(metadata: Mapping[str, str]) -> tuple[int, str, int] | None:
+    """Bytes left for data in one message of the configured transport, if it has a limit."""
+    from .transports import transports
+
+    transport = transports["default"]
+    limit = transport.max_message_bytes
+    if limit is None:
+        return None
+    meta = len(json.dumps(metadata).encode()) if metadata else 0
+    return limit - ENVELOPE_RESERVE - meta, type(transport).__name__, limit
 
 
 _ROWS_PER_STATEMENT = 500

@@ -180,6 +180,7 @@ class Worker:
             if self.transport.waits_for_work:
                 self.transport.close()  # gives back what a last wait received
             waiter.close()
+            self.transport.close()  # a transport that defers acks sends them now
         logger.info("Worker %s stopped after %d events", self.name, self.handled)
         return self.handled
 

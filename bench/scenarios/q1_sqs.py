@@ -1,31 +1,203 @@
-"""Q1: SNS/SQS transport; joins when the transport lands (one module, this one)."""
+"""Q1: the SNS/SQS transport against raw boto3 doing the same batched calls, on one moto
+server started for the run.
+
+Per repetition, ``n`` events go through the topic into one group's queue and are consumed
+and deleted. The transport's path is ``publish()`` (what the relay calls), then ``claim()``
+and ``ack()`` per event (what the worker calls) until all are back; the baseline builds
+the same messages and calls ``PublishBatch``, ``ReceiveMessage`` and
+``DeleteMessageBatch`` directly, ten at a time. API calls are counted with botocore's
+``before-call`` event on the transport's own clients. The database is not involved: its
+share of the worker's cost is measured by S4.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any
 
-from bench.runner import Context, Goal, Row, na_row
+from bench import pg
+from bench.runner import Context, Goal, Row, Stats, alternate, na_row, ratio_row
 
 ID = "Q1"
-TITLE = "SNS + SQS transport, end to end"
+TITLE = "SNS + SQS transport, publish then consume"
 BASELINE = "raw boto3 PublishBatch / ReceiveMessage / DeleteMessageBatch"
-GOAL: Goal | None = None
+GOAL: Goal | None = Goal(">=", 0.8)
+PUBLISH_GOAL = Goal("<=", 0.11, on="value", unit="calls")
+CONSUME_GOAL = Goal("<=", 0.25, on="value", unit="calls")
 TRANSPORT = "django_events.transports.sqs"
+EVENT_TYPE = "bench.sqs"
+GROUP = "q1"
 
 
 def run(ctx: Context) -> list[Row]:
-    if importlib.util.find_spec(TRANSPORT) is None:
-        return [
-            na_row(
-                ID,
-                TITLE,
-                BASELINE,
-                GOAL,
-                f"not measured: {TRANSPORT} does not exist yet (planned transport)",
-            )
-        ]
-    return [
-        na_row(
-            ID, TITLE, BASELINE, GOAL, "the transport exists but this scenario is not written yet"
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("boto3") is None:
+        return [na_row(ID, TITLE, BASELINE, GOAL, "not measured: boto3 and moto[server] needed")]
+    from moto.server import ThreadedMotoServer
+
+    from django_events.registry import Handler, registry
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
+        os.environ.setdefault(name, value)
+    registry.add(Handler(func=_noop, group=GROUP, event_type=EVENT_TYPE))
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        return _measure(ctx, f"http://{host}:{port}")
+    finally:
+        server.stop()
+
+
+def _noop(event: Any) -> None:
+    """The bench group's handler; never called (the worker is not part of Q1)."""
+
+
+def _measure(ctx: Context, endpoint: str) -> list[Row]:
+    from django_events.registry import registry
+    from django_events.transports.base import Outgoing
+    from django_events.transports.sqs import SnsSqsTransport
+
+    n = ctx.size(2_000, 500)  # moto answers a receive in tens of milliseconds
+    subscriptions = registry.subscriptions()
+    now = dt.datetime.now(dt.timezone.utc)
+    events = [
+        Outgoing(
+            position=i,
+            event_id=uuid.uuid4(),
+            type=EVENT_TYPE,
+            key=f"order-{i}",
+            data=pg.PAYLOAD_TEXT,
+            occurred_at=now,
+            source="bench",
         )
+        for i in range(n)
     ]
+    calls = {"publish": [], "consume": []}  # type: dict[str, list[float]]
+
+    def fresh() -> SnsSqsTransport:
+        options = {"endpoint_url": endpoint, "region": "us-east-1", "wait_time": 0}
+        transport = SnsSqsTransport("bench", {**options, "prefix": f"q{uuid.uuid4().hex[:8]}-"})
+        transport.setup(subscriptions)
+        return transport
+
+    def transport_run() -> float:
+        transport = fresh()
+        counted = _counter(transport)
+        started = time.perf_counter()
+        transport.publish(events, subscriptions)
+        calls["publish"].append(counted[0] / n)
+        counted[0] = 0
+        got = 0
+        while got < n:
+            claimed = transport.claim([GROUP], 100, 30)
+            for item in claimed:
+                transport.ack(item)
+            got += len(claimed)
+        transport.close()
+        seconds = time.perf_counter() - started
+        calls["consume"].append(counted[0] / n)
+        return n / seconds
+
+    def raw_run() -> float:
+        transport = fresh()
+        sns, sqs = transport._client("sns"), transport._client("sqs")
+        topic, queue = transport.topic_arn, transport._queue_url(GROUP)
+        started = time.perf_counter()
+        for start in range(0, n, 10):
+            entries = [
+                {
+                    "Id": str(i),
+                    "Message": _body(e),
+                    "MessageAttributes": {
+                        "type": {"DataType": "String", "StringValue": e.type},
+                        "key": {"DataType": "String", "StringValue": str(e.key)},
+                    },
+                }
+                for i, e in enumerate(events[start : start + 10])
+            ]
+            sns.publish_batch(TopicArn=topic, PublishBatchRequestEntries=entries)
+        got = 0
+        while got < n:
+            messages = sqs.receive_message(
+                QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=30, WaitTimeSeconds=0
+            ).get("Messages", [])
+            for m in messages:
+                json.loads(m["Body"])  # a consumer reads what it receives
+            if messages:
+                sqs.delete_message_batch(
+                    QueueUrl=queue,
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                        for i, m in enumerate(messages)
+                    ],
+                )
+            got += len(messages)
+        return n / (time.perf_counter() - started)
+
+    got = alternate(ctx, {"raw": raw_run, "transport": transport_run})
+    measured = calls["publish"][1:], calls["consume"][1:]  # without the warm-up
+    note = f"{n:,} events per repetition, one group, moto server in this process"
+    return [
+        ratio_row(
+            ID,
+            TITLE,
+            BASELINE,
+            "throughput",
+            "events/s",
+            got["transport"],
+            got["raw"],
+            GOAL,
+            higher_is_better=True,
+            notes=note + "; publish() + claim()/ack() against the same calls made by hand",
+        ),
+        _calls_row("API calls per published event", measured[0], PUBLISH_GOAL, note),
+        _calls_row("API calls per consumed event", measured[1], CONSUME_GOAL, note),
+    ]
+
+
+def _calls_row(metric: str, values: list[float], goal: Goal, note: str) -> Row:
+    return Row(
+        id=ID,
+        scenario=TITLE,
+        baseline="—",
+        metric=metric,
+        unit="calls",
+        candidate=Stats.of(values),
+        goal=goal,
+        notes=note + "; counted with botocore's before-call event",
+    )
+
+
+def _counter(transport: Any) -> list[int]:
+    counted = [0]
+
+    def count(**kwargs: Any) -> None:
+        counted[0] += 1
+
+    for service in ("sns", "sqs"):
+        transport._client(service).meta.events.register("before-call", count)
+    return counted
+
+
+def _body(event: Any) -> str:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": str(event.event_id),
+            "type": event.type,
+            "source": event.source,
+            "time": event.occurred_at.isoformat(),
+            "datacontenttype": "application/json",
+            "dataversion": 1,
+            "partitionkey": event.key,
+            "data": json.loads(event.data),
+        },
+        separators=(",", ":"),
+    )

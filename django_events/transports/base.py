@@ -23,6 +23,10 @@ from ..envelope import Event
 if TYPE_CHECKING:
     from ..models import EventRecord
 
+ENVELOPE_RESERVE = 4096
+"""Bytes of ``max_message_bytes`` kept for what a transport wraps around data and metadata
+(type, key, ids, time, source, attributes): the longest allowed type and key fit."""
+
 
 @dataclass(frozen=True)
 class Outgoing:
@@ -94,6 +98,10 @@ class Transport:
     ordering_note: str = ""
     """Why ``ordered=True`` is refused: the hint of system check E008, without ordering."""
 
+    max_message_bytes: int | None = None
+    """Largest message the transport carries, envelope included; ``publish()`` refuses an
+    event whose data and metadata leave less than ``ENVELOPE_RESERVE`` bytes of it."""
+
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
         self.alias = alias
         self.options = options
@@ -115,6 +123,11 @@ class Transport:
         A transport with nothing to provision returns an empty list.
         """
         return []
+
+    def access_policies(self, subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, Any]:
+        """Least-privilege access policies by role (``setup_events --iam``), for transports
+        whose server has an access model; empty otherwise."""
+        return {}
 
     def joins_outbox_transaction(self, using: str) -> bool:
         """Whether ``publish`` can run inside the relay's transaction on ``using``."""

@@ -103,6 +103,19 @@ if os.environ.get("DJANGO_EVENTS_TRANSPORT", "database") == "redis":
         },
     }
 
+# The same demo on SNS + SQS, by settings alone: start a local server (`moto_server -p 5000`)
+# and set EXAMPLE_SQS_ENDPOINT=http://127.0.0.1:5000. Credentials come from boto3's usual
+# chain (for moto, any: AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing).
+if os.environ.get("EXAMPLE_SQS_ENDPOINT"):
+    DJANGO_EVENTS["TRANSPORTS"]["default"] = {
+        "BACKEND": "django_events.transports.sqs.SnsSqsTransport",
+        "OPTIONS": {
+            "endpoint_url": os.environ["EXAMPLE_SQS_ENDPOINT"],
+            "region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "prefix": os.environ.get("EXAMPLE_SQS_PREFIX", "example-shop-"),
+        },
+    }
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -22,12 +23,23 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="Print the plan without changing anything."
         )
+        parser.add_argument(
+            "--iam",
+            action="store_true",
+            help="Print least-privilege access policies (JSON, by role) instead of setting up.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             transport = transports[options["transport"]]
         except EventsConfigurationError as exc:
             raise CommandError(str(exc)) from exc
+        if options["iam"]:
+            policies = transport.access_policies(registry.subscriptions())
+            if not policies:
+                raise CommandError(f"{type(transport).__name__} has no access policies to print.")
+            self.stdout.write(json.dumps(policies, indent=2))
+            return
         steps = transport.setup(registry.subscriptions(), dry_run=options["dry_run"])
         name = type(transport).__name__
         if not steps:

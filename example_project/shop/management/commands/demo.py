@@ -52,6 +52,8 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0, interactive=False)
         self.reset()
         self.stdout.write("  migrated, and emptied the shop and django-events tables")
+        # Creates the topic and queues on SNS/SQS; the database transport needs nothing.
+        call_command("setup_events", stdout=self.stdout)
 
         self.heading("2. Place orders (order + order.placed event, one transaction each)")
         for email, total, kind in DEMO_ORDERS:

@@ -1,0 +1,754 @@
+"""Level 2: SNS + SQS. One topic fans events out; each consumer group reads its own queue.
+
+The relay publishes with ``PublishBatch``; each message names its event type and the groups
+it is for in attributes, and each group's subscription has a filter policy on both, with
+raw message delivery, so the queue holds the event's CloudEvents JSON as is. A publish for
+some groups only (an admin retry, a replay) therefore reaches those groups' queues only.
+
+A claim is a receive under a visibility timeout (the worker's lease), and the attempt is
+SQS's ``ApproximateReceiveCount``. Acks are deletes, sent in batches after the handler's
+transaction commits. Each queue redrives to its own dead-letter queue after the group's
+maximum attempts; workers mirror what lands there into ``DeadLetter`` rows. In FIFO mode the
+event key is the ``MessageGroupId``, which gives per-key order across consumers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from django.core.checks import CheckMessage, Error
+from django.db import connections, transaction
+
+from ..conf import get_settings
+from ..envelope import from_cloudevent
+from ..exceptions import EventsConfigurationError, UndecodableEvent
+from .base import Claimed, GroupStatus, Outgoing, Transport, logged_events
+
+logger = logging.getLogger("django_events.transports.sqs")
+
+MESSAGE_LIMIT = 256 * 1024
+"""Bytes per SNS message and per batch call, attributes included (the SNS limit; SQS's is
+larger but the topic's governs)."""
+BATCH_LIMIT = 10
+"""Entries per PublishBatch, SendMessageBatch, DeleteMessageBatch and receive."""
+MAX_VISIBILITY = 12 * 60 * 60
+"""SQS caps a visibility timeout (a lease or a retry delay) at twelve hours."""
+RETENTION = 14 * 24 * 60 * 60
+"""Messages are kept the longest SQS allows, so a group whose workers are down for days
+loses nothing (the SQS default would drop them after four)."""
+MAX_FILTER_VALUES = 150
+"""An SNS filter policy holds at most this many values: the event types one group handles."""
+
+_ID_FIELD = re.compile(r'"id":\s*"([0-9a-fA-F-]{32,36})"')
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]{0,40}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_OPTIONS = {
+    "database",
+    "region",
+    "endpoint_url",
+    "prefix",
+    "fifo",
+    "visibility_timeout",
+    "wait_time",
+    "receive_batch",
+    "publish_batch",
+    "dead_letter_poll",
+}
+_SYSTEM_ATTRIBUTES = [
+    "ApproximateReceiveCount",
+    "ApproximateFirstReceiveTimestamp",
+    "MessageGroupId",
+]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Where a received message lives, and the handle to delete or delay it."""
+
+    queue_url: str
+    handle: str
+    message_group: str | None = None
+    dead: bool = False
+    ordered: bool = False
+
+
+class SnsSqsTransport(Transport):
+    supports_delayed_retry = True
+    persistent = True
+    acks_in_transaction = False
+    max_message_bytes = MESSAGE_LIMIT
+
+    def __init__(self, alias: str, options: dict[str, Any]) -> None:
+        where = f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']"
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise EventsConfigurationError(
+                f"{where}: unknown option {unknown[0]!r}; SnsSqsTransport takes "
+                f"{', '.join(sorted(_OPTIONS))}."
+            )
+        super().__init__(alias, options)
+        self.region: str | None = _text(options, "region", where)
+        self.endpoint_url: str | None = _text(options, "endpoint_url", where)
+        self.prefix = options.get("prefix", "django-events-")
+        if not isinstance(self.prefix, str) or not _PREFIX.match(self.prefix):
+            raise EventsConfigurationError(
+                f"{where}['prefix'] must be at most 40 letters, digits, '-' or '_', "
+                f"got {self.prefix!r}."
+            )
+        fifo = options.get("fifo", False)
+        if not isinstance(fifo, bool):
+            raise EventsConfigurationError(f"{where}['fifo'] must be True or False.")
+        self.fifo = fifo
+        self.supports_ordering = fifo
+        self.idempotent_publish = fifo  # deduplication by event id; standard SNS has none
+        self.visibility_timeout = _int(
+            options, "visibility_timeout", None, 1, MAX_VISIBILITY, where
+        )
+        self.wait_time = _int(options, "wait_time", 1, 0, 20, where)
+        self.receive_batch = _int(options, "receive_batch", BATCH_LIMIT, 1, BATCH_LIMIT, where)
+        self.publish_batch = _int(options, "publish_batch", BATCH_LIMIT, 1, BATCH_LIMIT, where)
+        poll = options.get("dead_letter_poll", 10.0)
+        if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not poll > 0:
+            raise EventsConfigurationError(f"{where}['dead_letter_poll'] must be seconds > 0.")
+        self.dead_letter_poll = float(poll)
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._clients: dict[str, Any] = {}
+        self._queue_urls: dict[str, str] = {}
+        self._topic_arn: str | None = None
+        self._account: str | None = None
+        self._acks: list[Receipt] = []
+        self._leases: dict[str, float] = {}  # receipt handle: when its lease ends (monotonic)
+        self._held: list[Claimed] = []  # FIFO: later events of a key, served after the first
+        self._busy: dict[tuple[str, str | None], str] = {}  # FIFO: key -> handle out
+        self._turn = 0
+        self._dead_checked_at = 0.0
+
+    # -- names --------------------------------------------------------------------------
+
+    @property
+    def topic_name(self) -> str:
+        return f"{self.prefix}topic{'.fifo' if self.fifo else ''}"
+
+    def queue_name(self, group: str, *, dead: bool = False) -> str:
+        """The group's queue (or dead-letter queue). Characters SQS refuses ('.', ':') become
+        '-', and a hash of the group name then keeps two groups from sharing a queue."""
+        safe = _UNSAFE.sub("-", group)
+        if safe != group:
+            safe += "-" + _digest(group)[:6]
+        name = f"{self.prefix}{safe}{'-dlq' if dead else ''}{'.fifo' if self.fifo else ''}"
+        if len(name) > 80:
+            raise EventsConfigurationError(
+                f"SQS queue name {name!r} for group {group!r} is over 80 characters; "
+                "use a shorter prefix or group name."
+            )
+        return name
+
+    # -- clients ------------------------------------------------------------------------
+
+    def _client(self, service: str) -> Any:
+        """A boto3 client, made on first use; credentials come from boto3's own chain."""
+        client = self._clients.get(service)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(service)
+                if client is None:
+                    if self._session is None:
+                        self._session = boto3.session.Session()
+                    client = self._session.client(
+                        service,
+                        region_name=self.region,
+                        endpoint_url=self.endpoint_url,
+                        config=Config(
+                            connect_timeout=5,
+                            read_timeout=self.wait_time + 25,
+                            retries={"mode": "standard", "max_attempts": 5},
+                            max_pool_connections=20,
+                        ),
+                    )
+                    self._clients[service] = client
+        return client
+
+    def _queue_url(self, group: str, *, dead: bool = False) -> str:
+        name = self.queue_name(group, dead=dead)
+        url = self._queue_urls.get(name)
+        if url is None:
+            url = self._client("sqs").get_queue_url(QueueName=name)["QueueUrl"]
+            self._queue_urls[name] = url
+        return url
+
+    def _arn(self, service: str, name: str, account: str | None = None) -> str:
+        sqs = self._client("sqs")
+        region = sqs.meta.region_name
+        partition = sqs.meta.partition
+        return f"arn:{partition}:{service}:{region}:{account or self.account()}:{name}"
+
+    def account(self) -> str:
+        """The AWS account id of the configured credentials (one STS call, then cached)."""
+        if self._account is None:
+            self._account = str(self._client("sts").get_caller_identity()["Account"])
+        return self._account
+
+    @property
+    def topic_arn(self) -> str:
+        if self._topic_arn is None:
+            self._topic_arn = self._arn("sns", self.topic_name)
+        return self._topic_arn
+
+    # -- checks -------------------------------------------------------------------------
+
+    def check(self) -> list[CheckMessage]:
+        from ..registry import registry
+
+        errors: list[CheckMessage] = []
+        if self.database not in connections.settings:
+            errors.append(
+                Error(
+                    f"SnsSqsTransport {self.alias!r} keeps dead letters in database "
+                    f"{self.database!r}, which is not in DATABASES.",
+                    id="django_events.E040",
+                )
+            )
+        if not (self.region or boto3.session.Session().region_name):
+            errors.append(
+                Error(
+                    f"SnsSqsTransport {self.alias!r} has no AWS region.",
+                    hint="Set OPTIONS['region'] or the AWS_DEFAULT_REGION environment variable.",
+                    id="django_events.E041",
+                )
+            )
+        for group, types in _types_by_group(registry.subscriptions()).items():
+            try:
+                self.queue_name(group, dead=True)
+            except EventsConfigurationError as exc:
+                errors.append(Error(str(exc), id="django_events.E042"))
+            if len(types) > MAX_FILTER_VALUES:
+                errors.append(
+                    Error(
+                        f"Group {group!r} handles {len(types)} event types; an SNS filter "
+                        f"policy holds at most {MAX_FILTER_VALUES}.",
+                        hint="Split the group.",
+                        id="django_events.E042",
+                    )
+                )
+        return errors
+
+    # -- relay side ---------------------------------------------------------------------
+
+    def publish(
+        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    ) -> None:
+        """Send each event through the topic to the groups ``subscriptions`` lists for its
+        type, and only them: the ``groups`` attribute names them and each subscription's
+        filter policy matches its own group (so a replay for one group reaches one queue).
+        """
+        wanted: dict[str, dict[str, bool]] = {}
+        for event_type, group, ordered in subscriptions:
+            wanted.setdefault(event_type, {})[group] = ordered
+        self._publish([(e, wanted[e.type]) for e in events if wanted.get(e.type)])
+
+    def redeliver(self, event_id: uuid.UUID, group: str) -> None:
+        """Send the logged event to ``group`` only; it starts at attempt 1. In FIFO mode it
+        gets a fresh deduplication id, so it is never taken for the original."""
+        from ..registry import registry
+
+        found = logged_events([event_id], self.database)
+        if not found:
+            raise LookupError(f"Event {event_id} is not in the event log.")
+        handler = registry.get(group, found[0].type)
+        self._publish([(found[0], {group: bool(handler and handler.ordered)})], fresh=True)
+
+    def _publish(
+        self, events: Sequence[tuple[Outgoing, dict[str, bool]]], *, fresh: bool = False
+    ) -> None:
+        sns = self._client("sns")
+        entries = [self._entry(event, groups, fresh) for event, groups in events]
+        for chunk in self._chunks(entries):
+            response = sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=chunk)
+            if response.get("Failed"):
+                failed = response["Failed"]
+                raise RuntimeError(
+                    f"SNS refused {len(failed)} of {len(chunk)} events: "
+                    + "; ".join(f"{f.get('Code')}: {f.get('Message')}" for f in failed[:3])
+                )
+
+    def _chunks(self, entries: list[tuple[dict[str, Any], int]]) -> Iterator[list[dict[str, Any]]]:
+        """Batches of at most ``publish_batch`` entries and ``MESSAGE_LIMIT`` bytes."""
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for entry, entry_size in entries:
+            if entry_size > MESSAGE_LIMIT:
+                raise ValueError(
+                    f"Event {entry['Id']} is {entry_size} bytes as an SNS/SQS message, over "
+                    f"the {MESSAGE_LIMIT}-byte (256 KiB) limit."
+                )
+            if chunk and (len(chunk) >= self.publish_batch or size + entry_size > MESSAGE_LIMIT):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(entry)
+            size += entry_size
+        if chunk:
+            yield chunk
+
+    def _entry(
+        self, event: Outgoing, groups: dict[str, bool], fresh: bool
+    ) -> tuple[dict[str, Any], int]:
+        event_id = _uuid_text(event.event_id)
+        body = _cloudevent(event, event_id)
+        names = sorted(groups)
+        attributes = {
+            "type": {"DataType": "String", "StringValue": event.type},
+            "groups": {"DataType": "String.Array", "StringValue": json.dumps(names)},
+        }
+        if event.key is not None:
+            attributes["key"] = {"DataType": "String", "StringValue": event.key}
+            ordered = [group for group in names if groups[group]]
+            if self.fifo and ordered:  # these groups take the key's events one at a time
+                attributes["ordered"] = {
+                    "DataType": "String.Array",
+                    "StringValue": json.dumps(ordered),
+                }
+        entry: dict[str, Any] = {
+            "Id": event_id.replace("-", ""),
+            "Message": body,
+            "MessageAttributes": attributes,
+        }
+        if self.fifo:
+            # The same event to the same groups is one message (a relay that sends a batch
+            # twice); a redelivery, or a replay to other groups, is another.
+            suffix = uuid.uuid4().hex if fresh else _digest(",".join(names))
+            entry["MessageGroupId"] = event.key if event.key is not None else event_id
+            entry["MessageDeduplicationId"] = f"{event_id}.{suffix}"
+        size = len(body.encode()) + sum(
+            len(name) + len(value["DataType"]) + len(value["StringValue"].encode())
+            for name, value in attributes.items()
+        )
+        return entry, size
+
+    # -- worker side --------------------------------------------------------------------
+
+    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+        """Receive up to ``limit`` events; an idle call long-polls for at most ``wait_time``.
+
+        Dead-letter queues are looked at every ``dead_letter_poll`` seconds; what is found
+        there comes back with its attempts spent, so the worker records it as a dead letter.
+        In FIFO mode one event per key is out at a time: the rest of a receive waits here,
+        still leased, until the one before it is done.
+        """
+        self._flush_acks()
+        if not groups:
+            return []
+        held = self._take_held(limit)
+        if held:
+            return held
+        if time.monotonic() >= self._dead_checked_at + self.dead_letter_poll:
+            self._dead_checked_at = time.monotonic()
+            dead = self._receive_all(groups, limit, lease, dead=True, wait=0)
+            if dead:
+                return dead
+        self._turn = (self._turn + 1) % len(groups)
+        order = [*groups[self._turn :], *groups[: self._turn]]
+        if len(order) == 1:
+            claimed = self._receive_all(order, limit, lease, dead=False, wait=self.wait_time)
+        else:
+            claimed = self._receive_all(order, limit, lease, dead=False, wait=0)
+            if not claimed and self.wait_time:
+                claimed = self._receive_all(
+                    order[:1], limit, lease, dead=False, wait=self.wait_time
+                )
+        if self.fifo and any(c.receipt.ordered for c in claimed):
+            with self._lock:
+                self._held.extend(c for c in claimed if c.receipt.ordered)
+            free = [c for c in claimed if not c.receipt.ordered]
+            claimed = free + self._take_held(limit - len(free))
+        return claimed
+
+    def _receive_all(
+        self, groups: Sequence[str], limit: int, lease: float, *, dead: bool, wait: int
+    ) -> list[Claimed]:
+        sqs = self._client("sqs")
+        claimed: list[Claimed] = []
+        for group in groups:
+            try:
+                url = self._queue_url(group, dead=dead)
+            except ClientError as exc:
+                if _code(exc) in {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}:
+                    raise EventsConfigurationError(
+                        f"SQS queue {self.queue_name(group, dead=dead)!r} for group {group!r} "
+                        "does not exist; run `manage.py setup_events`."
+                    ) from exc
+                raise
+            while len(claimed) < limit:
+                wanted = min(self.receive_batch, limit - len(claimed))
+                messages = sqs.receive_message(
+                    QueueUrl=url,
+                    MaxNumberOfMessages=wanted,
+                    VisibilityTimeout=_seconds(lease, minimum=1),
+                    WaitTimeSeconds=wait,
+                    MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
+                    MessageAttributeNames=["type", "ordered"],
+                ).get("Messages", [])
+                deadline = time.monotonic() + lease
+                for message in messages:
+                    claimed.append(self._claimed(group, url, message, dead))
+                    self._leases[message["ReceiptHandle"]] = deadline
+                if len(messages) < wanted:
+                    break
+        return claimed
+
+    def _claimed(self, group: str, url: str, message: dict[str, Any], dead: bool) -> Claimed:
+        attributes = message.get("Attributes", {})
+        received = int(attributes.get("ApproximateReceiveCount", 1))
+        tags = message.get("MessageAttributes", {})
+        ordered = group in _string_array(tags.get("ordered")) and not dead
+        receipt = Receipt(
+            url, message["ReceiptHandle"], attributes.get("MessageGroupId"), dead, ordered
+        )
+        claimed = Claimed(
+            group=group,
+            # A message the queue redrove has used every attempt: the worker records it.
+            attempt=max(received, self._max_receives(group) + 1) if dead else received,
+            receipt=receipt,
+            event_id=uuid.UUID(message["MessageId"]),
+            event_type=tags.get("type", {}).get("StringValue", ""),
+        )
+        first = attributes.get("ApproximateFirstReceiveTimestamp")
+        if first and claimed.attempt > 1:  # the first receive was the first failed attempt
+            claimed.first_failed_at = dt.datetime.fromtimestamp(int(first) / 1000, dt.timezone.utc)
+        try:
+            claimed.event = from_cloudevent(message["Body"], get_settings().max_payload_bytes * 2)
+        except UndecodableEvent as exc:
+            claimed.decode_error = str(exc)
+            claimed.event_id = _id_in(message["Body"]) or claimed.event_id
+        else:
+            claimed.event_id, claimed.event_type = claimed.event.id, claimed.event.type
+        return claimed
+
+    def _max_receives(self, group: str) -> int:
+        """The most attempts any of the group's handlers gets: the queue's maxReceiveCount."""
+        from ..registry import registry
+        from ..retry import policy_for
+
+        handlers = [h for h in registry if h.group == group]
+        return max((policy_for(group, h).max_attempts for h in handlers), default=0) or (
+            get_settings().retry_for(group).max_attempts
+        )
+
+    # -- leases and FIFO keys -----------------------------------------------------------
+
+    def _holds(self, claimed: Claimed) -> bool:
+        """Whether this claim's lease still runs, as far as this process knows: SQS does
+        not tell whether a receipt handle is still the current one."""
+        return self._leases.get(claimed.receipt.handle, 0.0) > time.monotonic()
+
+    def _done(self, claimed: Claimed) -> None:
+        """``claimed`` has its outcome: forget its lease; its key may hand out the next."""
+        receipt = claimed.receipt
+        with self._lock:
+            self._leases.pop(receipt.handle, None)
+            key = (receipt.queue_url, receipt.message_group)
+            if self._busy.get(key) == receipt.handle:
+                del self._busy[key]
+            if len(self._leases) > 10_000:  # claims dropped without an outcome
+                now = time.monotonic()
+                self._leases = {h: d for h, d in self._leases.items() if d > now}
+
+    def _take_held(self, limit: int) -> list[Claimed]:
+        """The first held event of each key not already out (in receive order), up to
+        ``limit``. A key whose event's lease ran out here is free again."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._held:
+                return []
+            taken: list[Claimed] = []
+            rest: list[Claimed] = []
+            for item in self._held:
+                key = (item.receipt.queue_url, item.receipt.message_group)
+                out = self._busy.get(key)
+                if len(taken) >= limit or (out is not None and self._leases.get(out, 0) > now):
+                    rest.append(item)
+                else:
+                    self._busy[key] = item.receipt.handle
+                    taken.append(item)
+            self._held = rest
+            return taken
+
+    def _followers(self, claimed: Claimed) -> list[Claimed]:
+        """Held events of ``claimed``'s key, taken out of the hold."""
+        key = (claimed.receipt.queue_url, claimed.receipt.message_group)
+        with self._lock:
+            followers = [
+                c for c in self._held if (c.receipt.queue_url, c.receipt.message_group) == key
+            ]
+            self._held = [c for c in self._held if c not in followers]
+        return followers
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
+        with self._lock:
+            held = list(self._held)
+        items = [c for c in [*claimed, *held] if self._holds(c)]
+        self._set_visibility([c.receipt for c in items], _seconds(lease, minimum=1))
+        deadline = time.monotonic() + lease
+        with self._lock:
+            for item in items:
+                if item.receipt.handle in self._leases:
+                    self._leases[item.receipt.handle] = deadline
+
+    def release(self, claimed: Sequence[Claimed]) -> None:
+        """Make the events visible at once. SQS has counted their receive all the same:
+        their next claim is one attempt further (docs/transport-sqs.md)."""
+        with self._lock:
+            held, self._held = self._held, []
+        self._flush_acks()
+        items = [*claimed, *held]
+        self._set_visibility([c.receipt for c in items if self._holds(c)], 0)
+        for item in items:
+            self._done(item)
+
+    def ack(self, claimed: Claimed) -> bool:
+        """Queue the delete; it is sent with up to nine others, or at the next claim.
+
+        The handler's transaction has committed, so a delete lost with the process only
+        means one more delivery, which the group's inbox skips. False (and no delete) once
+        the lease has run out: another consumer may hold the message now.
+        """
+        holds = self._holds(claimed)
+        self._done(claimed)
+        if not holds:
+            return False
+        with self._lock:
+            self._acks.append(claimed.receipt)
+            full = len(self._acks) >= BATCH_LIMIT
+        if full:
+            self._flush_acks()
+        return True
+
+    def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
+        receipts = [claimed.receipt]
+        if claimed.receipt.ordered:  # the key's later events wait behind this one, in order
+            for follower in self._followers(claimed):
+                receipts.append(follower.receipt)
+                self._done(follower)
+        self._done(claimed)
+        self._set_visibility(receipts, _seconds(delay, minimum=0))
+
+    def dead_letter(self, claimed: Claimed) -> bool:
+        """Delete the message once the ``DeadLetter`` row has committed (never before, so a
+        crash in between leaves the message to be dead-lettered again rather than lost).
+        False if the lease has run out.
+
+        In FIFO mode this frees the key: the next event of it is delivered, the dead letter
+        does not hold it back.
+        """
+        holds = self._holds(claimed)
+        self._done(claimed)
+        if holds:
+            transaction.on_commit(lambda: self._delete([claimed.receipt]), using=self.database)
+        return holds
+
+    def close(self) -> None:
+        """Send pending deletes and give back held events; clients are kept for reuse."""
+        self.release([])
+
+    def _flush_acks(self) -> None:
+        with self._lock:
+            receipts, self._acks = self._acks, []
+        if receipts:
+            self._delete(receipts)
+
+    def _delete(self, receipts: Sequence[Receipt]) -> None:
+        if not receipts:
+            return
+        sqs = self._client("sqs")
+        for url, chunk in _by_queue(receipts):
+            response = sqs.delete_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": r.handle} for i, r in enumerate(chunk)],
+            )
+            for failed in response.get("Failed", []):
+                # An expired handle: the message comes back once, and the inbox skips it.
+                logger.warning("Could not delete an SQS message: %s", failed.get("Message"))
+
+    def _set_visibility(self, receipts: Sequence[Receipt], seconds: int) -> None:
+        if not receipts:
+            return
+        sqs = self._client("sqs")
+        for url, chunk in _by_queue(receipts):
+            response = sqs.change_message_visibility_batch(
+                QueueUrl=url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": r.handle, "VisibilityTimeout": seconds}
+                    for i, r in enumerate(chunk)
+                ],
+            )
+            for failed in response.get("Failed", []):
+                logger.info(
+                    "Could not change an SQS message's visibility: %s", failed.get("Message")
+                )
+
+    # -- status -------------------------------------------------------------------------
+
+    def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
+        """Queue depths from SQS. ``in_flight`` includes events waiting for a retry (SQS
+        hides them the same way); ``parked`` counts dead letters not yet mirrored."""
+        found: dict[str, GroupStatus] = {}
+        for group in groups:
+            try:
+                main = self._attributes(self._queue_url(group))
+                dead = self._attributes(self._queue_url(group, dead=True))
+            except (ClientError, EventsConfigurationError):
+                found[group] = GroupStatus()  # not a queue (yet): setup_events makes it
+                continue
+            found[group] = GroupStatus(
+                pending=main.get("ApproximateNumberOfMessages", 0)
+                + main.get("ApproximateNumberOfMessagesDelayed", 0),
+                in_flight=main.get("ApproximateNumberOfMessagesNotVisible", 0),
+                parked=dead.get("ApproximateNumberOfMessages", 0),
+            )
+        return found
+
+    def _attributes(self, url: str) -> dict[str, int]:
+        attributes = self._client("sqs").get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )["Attributes"]
+        return {name: int(value) for name, value in attributes.items()}
+
+    # -- provisioning -------------------------------------------------------------------
+
+    def setup(
+        self, subscriptions: Sequence[tuple[str, str, bool]], *, dry_run: bool = False
+    ) -> list[str]:
+        from .sqs_setup import provision
+
+        return provision(self, subscriptions, dry_run=dry_run)
+
+    def access_policies(self, subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, Any]:
+        from .sqs_setup import access_policies
+
+        return access_policies(self, subscriptions)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _text(options: dict[str, Any], name: str, where: str) -> str | None:
+    value = options.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise EventsConfigurationError(f"{where}[{name!r}] must be a non-empty string.")
+    return value
+
+
+def _int(
+    options: dict[str, Any], name: str, default: int | None, low: int, high: int, where: str
+) -> Any:
+    value = options.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise EventsConfigurationError(
+            f"{where}[{name!r}] must be an integer from {low} to {high}, got {value!r}."
+        )
+    return value
+
+
+def _seconds(value: float, *, minimum: int) -> int:
+    """SQS counts whole seconds: round up (a lease never ends early), within its limits."""
+    return max(minimum, min(MAX_VISIBILITY, math.ceil(value)))
+
+
+def _uuid_text(value: Any) -> str:
+    return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.isoformat()
+    return str(value)
+
+
+def _cloudevent(event: Outgoing, event_id: str) -> str:
+    """The CloudEvents JSON body, with the stored data spliced in rather than re-encoded."""
+    head: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "type": event.type,
+        "source": event.source,
+        "time": _iso(event.occurred_at),
+        "datacontenttype": "application/json",
+        "dataversion": event.version,
+    }
+    if event.key is not None:
+        head["partitionkey"] = event.key
+    if event.correlation_id is not None:
+        head["correlationid"] = _uuid_text(event.correlation_id)
+    if event.causation_id is not None:
+        head["causationid"] = _uuid_text(event.causation_id)
+    text = json.dumps(head, separators=(",", ":"))[:-1]
+    if event.metadata:
+        text += ',"metadata":' + event.metadata
+    return text + ',"data":' + (event.data or "{}") + "}"
+
+
+def _id_in(body: str) -> uuid.UUID | None:
+    """The event id of an undecodable body, if it has one, so its dead letter names it.
+    Looked for as text: the body may not parse (the transport writes ``id`` early on)."""
+    found = _ID_FIELD.search(body[:500])
+    return uuid.UUID(found[1]) if found else None
+
+
+def _string_array(attribute: dict[str, Any] | None) -> list[str]:
+    """The values of a ``String.Array`` message attribute; none if absent or malformed."""
+    try:
+        values = json.loads((attribute or {}).get("StringValue", "[]"))
+    except ValueError:
+        return []
+    return [v for v in values if isinstance(v, str)] if isinstance(values, list) else []
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _types_by_group(subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for event_type, group, _ in subscriptions:
+        found.setdefault(group, []).append(event_type)
+    return {group: sorted(set(types)) for group, types in sorted(found.items())}
+
+
+def _by_queue(receipts: Sequence[Receipt]) -> Iterator[tuple[str, list[Receipt]]]:
+    """Receipts grouped by queue, in batches of at most ten, duplicates dropped."""
+    by_url: dict[str, dict[str, Receipt]] = {}
+    for receipt in receipts:
+        by_url.setdefault(receipt.queue_url, {})[receipt.handle] = receipt
+    for url, found in by_url.items():
+        items = list(found.values())
+        for start in range(0, len(items), BATCH_LIMIT):
+            yield url, items[start : start + BATCH_LIMIT]

@@ -1,0 +1,223 @@
+"""Provisioning for the SNS + SQS transport: what ``setup_events`` creates, and the IAM
+policies it prints with ``--iam``.
+
+Everything is converged rather than created blindly: an existing queue gets the
+attributes it should have, an existing subscription its filter policy, so the command is
+safe to run on every deploy. Nothing is ever deleted; what no handler uses any more is
+reported and left for a person to remove.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .sqs import RETENTION, _code, _types_by_group
+
+if TYPE_CHECKING:
+    from .sqs import SnsSqsTransport
+
+POLICY_VERSION = "2012-10-17"
+
+
+def provision(
+    transport: SnsSqsTransport, subscriptions: Sequence[tuple[str, str, bool]], *, dry_run: bool
+) -> list[str]:
+    """Create or update the topic, each group's queue and dead-letter queue, and the
+    subscriptions; return one line per step. A dry run makes no AWS call at all."""
+    types = _types_by_group(subscriptions)
+    fifo = " (FIFO)" if transport.fifo else ""
+    lines = [f"topic {transport.topic_name}{fifo}"]
+    if not dry_run:
+        sns = transport._client("sns")
+        attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "false"}
+        topic_arn = sns.create_topic(
+            Name=transport.topic_name, Attributes=attributes if transport.fifo else {}
+        )["TopicArn"]
+        transport._topic_arn = topic_arn
+        existing = _subscriptions(sns, topic_arn)
+    for group, group_types in types.items():
+        queue, dead = transport.queue_name(group), transport.queue_name(group, dead=True)
+        receives = transport._max_receives(group)
+        visibility = transport.visibility_timeout or _lease()
+        steps = [
+            f"queue {dead}: dead letters of group {group!r}, kept {RETENTION // 86400} days",
+            f"queue {queue}: group {group!r}, visibility {visibility}s, kept "
+            f"{RETENTION // 86400} days, to {dead} after {receives} receives, "
+            "writable by the topic",
+            f"subscription {queue} to {transport.topic_name}: raw delivery, "
+            f"type in {', '.join(group_types)}, groups includes {group!r}",
+        ]
+        if dry_run:
+            lines += steps
+            continue
+        dead_url, created = _ensure_queue(transport, dead, _base_attributes(transport, visibility))
+        lines.append(f"{steps[0]} ({created})")
+        dead_arn = _queue_arn(transport, dead_url)
+        queue_arn = transport._arn("sqs", queue, topic_arn.split(":")[4])
+        attributes = _base_attributes(transport, visibility)
+        attributes["RedrivePolicy"] = json.dumps(
+            {"deadLetterTargetArn": dead_arn, "maxReceiveCount": str(receives)}
+        )
+        attributes["Policy"] = json.dumps(_topic_may_send(queue_arn, topic_arn))
+        _, created = _ensure_queue(transport, queue, attributes)
+        lines.append(f"{steps[1]} ({created})")
+        wanted = {
+            "RawMessageDelivery": "true",
+            "FilterPolicyScope": "MessageAttributes",
+            "FilterPolicy": json.dumps({"type": group_types, "groups": [group]}),
+        }
+        subscription = existing.pop(queue_arn, None)
+        if subscription is None:
+            sns.subscribe(
+                TopicArn=topic_arn,
+                Protocol="sqs",
+                Endpoint=queue_arn,
+                Attributes=wanted,
+                ReturnSubscriptionArn=True,
+            )
+            lines.append(f"{steps[2]} (created)")
+        else:
+            for name, value in wanted.items():
+                sns.set_subscription_attributes(
+                    SubscriptionArn=subscription, AttributeName=name, AttributeValue=value
+                )
+            lines.append(f"{steps[2]} (updated)")
+    if not dry_run:
+        for endpoint in sorted(existing):
+            lines.append(
+                f"left alone: the topic's subscription of {endpoint}, which no handler "
+                "group uses (remove it by hand if it is stale)"
+            )
+    return lines
+
+
+def _lease() -> int:
+    from ..conf import get_settings
+
+    return max(1, round(get_settings().lease))
+
+
+def _base_attributes(transport: SnsSqsTransport, visibility: int) -> dict[str, str]:
+    attributes = {"VisibilityTimeout": str(visibility), "MessageRetentionPeriod": str(RETENTION)}
+    if transport.fifo:
+        attributes.update(FifoQueue="true", ContentBasedDeduplication="false")
+    return attributes
+
+
+def _ensure_queue(
+    transport: SnsSqsTransport, name: str, attributes: dict[str, str]
+) -> tuple[str, str]:
+    """Create the queue, or bring an existing one's attributes up to date."""
+    sqs = transport._client("sqs")
+    try:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except ClientError as exc:
+        if _code(exc) not in {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}:
+            raise
+        return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"], "created"
+    changeable = {k: v for k, v in attributes.items() if k != "FifoQueue"}
+    sqs.set_queue_attributes(QueueUrl=url, Attributes=changeable)
+    return url, "updated"
+
+
+def _queue_arn(transport: SnsSqsTransport, url: str) -> str:
+    found = transport._client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return str(found["Attributes"]["QueueArn"])
+
+
+def _subscriptions(sns: Any, topic_arn: str) -> dict[str, str]:
+    """The topic's SQS subscriptions: queue ARN to subscription ARN."""
+    found: dict[str, str] = {}
+    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn):
+        for item in page["Subscriptions"]:
+            if item["Protocol"] == "sqs" and item["SubscriptionArn"].startswith("arn:"):
+                found[item["Endpoint"]] = item["SubscriptionArn"]
+    return found
+
+
+def _topic_may_send(queue_arn: str, topic_arn: str) -> dict[str, Any]:
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "TopicMaySend",
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            }
+        ],
+    }
+
+
+def access_policies(
+    transport: SnsSqsTransport, subscriptions: Sequence[tuple[str, str, bool]]
+) -> dict[str, Any]:
+    """Least-privilege IAM policies: one for what publishes to the topic (the relay, the
+    admin's retry, replays), one per group's consumer, one for running ``setup_events``."""
+    try:
+        account = transport.account()
+    except (BotoCoreError, ClientError):
+        account = "*"  # no credentials here: the names still scope every statement
+    groups = sorted(_types_by_group(subscriptions))
+    topic = transport._arn("sns", transport.topic_name, account)
+
+    def arn(group: str, dead: bool = False) -> str:
+        return transport._arn("sqs", transport.queue_name(group, dead=dead), account)
+
+    every_queue = [arn(g, dead) for g in groups for dead in (False, True)]
+
+    def policy(*statements: dict[str, Any]) -> dict[str, Any]:
+        return {"Version": POLICY_VERSION, "Statement": list(statements)}
+
+    policies: dict[str, Any] = {
+        "relay": policy(
+            {"Sid": "Publish", "Effect": "Allow", "Action": ["sns:Publish"], "Resource": topic}
+        )
+    }
+    for group in groups:
+        policies[f"consumer {group}"] = policy(
+            {
+                "Sid": "Consume",
+                "Effect": "Allow",
+                "Action": [
+                    "sqs:ChangeMessageVisibility",
+                    "sqs:DeleteMessage",
+                    "sqs:GetQueueAttributes",
+                    "sqs:GetQueueUrl",
+                    "sqs:ReceiveMessage",
+                ],
+                "Resource": [arn(group), arn(group, True)],
+            }
+        )
+    policies["setup"] = policy(
+        {
+            "Sid": "Topic",
+            "Effect": "Allow",
+            "Action": [
+                "sns:CreateTopic",
+                "sns:GetTopicAttributes",
+                "sns:ListSubscriptionsByTopic",
+                "sns:SetSubscriptionAttributes",
+                "sns:Subscribe",
+            ],
+            "Resource": topic,
+        },
+        {
+            "Sid": "Queues",
+            "Effect": "Allow",
+            "Action": [
+                "sqs:CreateQueue",
+                "sqs:GetQueueAttributes",
+                "sqs:GetQueueUrl",
+                "sqs:SetQueueAttributes",
+            ],
+            "Resource": every_queue or ["none"],
+        },
+    )
+    return policies
