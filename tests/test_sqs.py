@@ -195,22 +195,24 @@ def test_fifo_keeps_per_key_order_with_two_consumers(
     settings: Any,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    keys = ["a", "b", "c"]
-    with transaction.atomic():
-        for n in range(36):
-            publish("test.sequenced", {"n": n, "sleep": 0.01}, key=keys[n % 3])
-    relay()
+    keys = [f"k{i}" for i in range(12)]  # more keys than one claim takes: both get some
     env = worker_env(monkeypatch, settings.DJANGO_EVENTS, aws_env)
     workers.start("--group", "sequence", "--no-relay", "--batch-size", "5", **env)
     workers.start("--group", "sequence", "--no-relay", "--batch-size", "5", **env)
-    wait_until(lambda: Effect.objects.count() >= 36, timeout=60, what=workers.logs)
+    # Both compete from the first event: otherwise the first to start may take every key.
+    wait_until(lambda: workers.logs().count(" started for groups") == 2, timeout=60)
+    with transaction.atomic():
+        for n in range(60):
+            publish("test.sequenced", {"n": n, "sleep": 0.01}, key=keys[n % len(keys)])
+    relay()
+    wait_until(lambda: Effect.objects.count() >= 60, timeout=60, what=workers.logs)
     workers.stop_all()
     by_key: dict[str, list[int]] = defaultdict(list)
     for key, n in Effect.objects.order_by("id").values_list("key", "n"):
         by_key[key].append(n)
     for key, handled in by_key.items():
         assert handled == sorted(handled), f"key {key} out of order: {handled}"
-    assert sorted(n for ns in by_key.values() for n in ns) == list(range(36))
+    assert sorted(n for ns in by_key.values() for n in ns) == list(range(60))
     pids = set(Effect.objects.values_list("pid", flat=True))
     assert len(pids) == 2, "both consumers took keys"
 
