@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.checks import CheckMessage
 
 from ..envelope import Event
+from ..exceptions import EventsConfigurationError
 
 if TYPE_CHECKING:
     from ..models import EventRecord
@@ -102,7 +103,18 @@ class Transport:
     """Largest message the transport carries, envelope included; ``publish()`` refuses an
     event whose data and metadata leave less than ``ENVELOPE_RESERVE`` bytes of it."""
 
+    accepted_options: frozenset[str] | None = None
+    """The ``OPTIONS`` keys this transport understands; any other is refused by name."""
+
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
+        if self.accepted_options is not None:
+            unknown = sorted(set(options) - self.accepted_options)
+            if unknown:
+                raise EventsConfigurationError(
+                    f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']: unknown option "
+                    f"{unknown[0]!r}; {type(self).__name__} takes "
+                    f"{', '.join(sorted(self.accepted_options))}."
+                )
         self.alias = alias
         self.options = options
 

@@ -23,7 +23,7 @@ from django.utils.dateparse import parse_datetime
 from .. import sql
 from ..conf import get_settings
 from ..envelope import build_event
-from ..exceptions import EventsConfigurationError, UndecodableEvent
+from ..exceptions import UndecodableEvent
 from .base import Claimed, GroupStatus, Outgoing, Transport
 
 DELIVERY_CHANNEL = "django_events_delivery"
@@ -43,13 +43,9 @@ class DatabaseTransport(Transport):
     persistent = True
     acks_in_transaction = True
 
+    accepted_options = frozenset(_OPTIONS)
+
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise EventsConfigurationError(
-                f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']: unknown option "
-                f"{unknown[0]!r}; DatabaseTransport takes {', '.join(sorted(_OPTIONS))}."
-            )
         super().__init__(alias, options)
         self.notify = bool(options.get("notify", True))
         self.wake_channel = DELIVERY_CHANNEL if self.notify else None

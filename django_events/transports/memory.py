@@ -20,7 +20,7 @@ from typing import Any
 
 from ..conf import get_settings
 from ..envelope import build_event
-from ..exceptions import EventsConfigurationError, UndecodableEvent
+from ..exceptions import UndecodableEvent
 from .base import Claimed, GroupStatus, Outgoing, Transport
 
 _OPTIONS = {"database", "name"}
@@ -71,13 +71,9 @@ class InMemoryTransport(Transport):
     acks_in_transaction = False
     idempotent_publish = True
 
+    accepted_options = frozenset(_OPTIONS)
+
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise EventsConfigurationError(
-                f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']: unknown option "
-                f"{unknown[0]!r}; InMemoryTransport takes {', '.join(sorted(_OPTIONS))}."
-            )
         super().__init__(alias, options)
         self.name = str(options.get("name", alias))
         with _queues_lock:

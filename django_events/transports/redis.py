@@ -109,14 +109,11 @@ class RedisStreamsTransport(Transport):
         "with the database transport."
     )
 
+    accepted_options = frozenset(_OPTIONS)
+
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
         where = f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']"
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise EventsConfigurationError(
-                f"{where}: unknown option {unknown[0]!r}; RedisStreamsTransport takes "
-                f"{', '.join(sorted(_OPTIONS))}."
-            )
+        super().__init__(alias, options)
         if ("url" in options) == ("cache" in options):
             raise EventsConfigurationError(
                 f"{where}: give exactly one of 'url' (redis://...) or 'cache' (a django-redis "
@@ -130,7 +127,6 @@ class RedisStreamsTransport(Transport):
             raise EventsConfigurationError(
                 f"{where}['prefix'] must be letters, digits and _.:- (at most 100), got {prefix!r}."
             )
-        super().__init__(alias, options)
         self.prefix = prefix
         self.max_len = _positive(options, "max_len", 100_000, where, integer=True)
         self.block = _positive(options, "block", None, where)

@@ -92,14 +92,10 @@ class SnsSqsTransport(Transport):
     acks_in_transaction = False
     max_message_bytes = MESSAGE_LIMIT
 
+    accepted_options = frozenset(_OPTIONS)
+
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
         where = f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']"
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise EventsConfigurationError(
-                f"{where}: unknown option {unknown[0]!r}; SnsSqsTransport takes "
-                f"{', '.join(sorted(_OPTIONS))}."
-            )
         super().__init__(alias, options)
         self.region: str | None = _text(options, "region", where)
         self.endpoint_url: str | None = _text(options, "endpoint_url", where)
