@@ -5,7 +5,9 @@
 instead, so a test can prove that the checker sees the fault the real engine prevents:
 
 ``ack_first``
-    every claimed event is acknowledged (deleted) at once, before its handler runs.
+    every claimed event is acknowledged (deleted) at once, before its handler runs;
+    ``DJANGO_EVENTS_FAULTS_ACK_GAP`` seconds pass between that ack and the handlers (a
+    handler's working time), so that a kill lands in the window rather than by luck.
 ``no_inbox``
     no inbox row, and the ack happens after the handler's commit (as on an external
     transport), so a redelivery runs the handler again.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 
 def apply_controls(names: list[str]) -> None:
@@ -33,11 +36,14 @@ def apply_controls(names: list[str]) -> None:
         if name == "ack_first":
             claim = DatabaseTransport.claim
             ack = DatabaseTransport.ack
+            gap = float(os.environ.get("DJANGO_EVENTS_FAULTS_ACK_GAP") or 0)
 
-            def claim_and_ack(self, *args, _claim=claim, _ack=ack, **kwargs):  # type: ignore[no-untyped-def]
+            def claim_and_ack(self, *args, _claim=claim, _ack=ack, _gap=gap, **kwargs):  # type: ignore[no-untyped-def]
                 claimed = _claim(self, *args, **kwargs)
                 for item in claimed:
                     _ack(self, item)  # autocommit: the event is gone before it is handled
+                if claimed and _gap:
+                    time.sleep(_gap)
                 return claimed
 
             DatabaseTransport.claim = claim_and_ack  # type: ignore[method-assign]

@@ -43,7 +43,9 @@ def run_kills(
     events: int,
     kills: int,
     pause: tuple[float, float],
+    rate: float = 0.0,
     control: str = "",
+    control_env: dict[str, str] | None = None,
     targets: list[str] | None = None,
     name: str,
     overrides: dict | None = None,
@@ -57,11 +59,14 @@ def run_kills(
     for i in range(2):
         procs.command(f"relay{i}", "relay_events", env=env)
     consumer_env = procs.env(
-        overrides=overrides, DJANGO_EVENTS_FAULTS_CONTROL=control, **(extra_env or {})
+        overrides=overrides,
+        DJANGO_EVENTS_FAULTS_CONTROL=control,
+        **(control_env or {}),
+        **(extra_env or {}),
     )
     for i in range(3):
         procs.command(f"consumer{i}", "consume_events", "--no-relay", env=consumer_env)
-    outs = start_publishers(procs, 4, events, tmp_path, env=env)
+    outs = start_publishers(procs, 4, events, tmp_path, env=env, rate=rate)
     publishers = [f"pub{i}" for i in range(4)]
     targets = targets or ["relay0", "relay1", "consumer0", "consumer1", "consumer2"]
     done = 0
@@ -109,13 +114,21 @@ def test_f1_random_kills_lose_and_duplicate_nothing(procs: Procs, tmp_path: Path
 
 
 def test_f1_control_ack_before_handling_loses_events(procs: Procs, tmp_path: Path):
+    """CONTROL: consumers that ack first lose the events in hand when they are killed.
+
+    Events arrive at a steady 200 a second, for the whole run of kills, and each batch
+    is held 0.25 s between its ack and its handlers: a kill lands in that window most
+    of the time, never only by luck (flat out, the backlog can drain before the kills).
+    """
     report, kills, drained_in, secs = run_kills(
         procs,
         tmp_path,
         events=size(1000, 3000),
         kills=size(6, 10),
         pause=(0.3, 1.0),
+        rate=200,
         control="ack_first",
+        control_env={"DJANGO_EVENTS_FAULTS_ACK_GAP": "0.25"},
         targets=["consumer0", "consumer1", "consumer2"],
         name="f1-control",
     )
