@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -17,12 +18,16 @@ from django.core.management import call_command
 from django.db import transaction
 
 from django_events import publish
-from django_events.exceptions import EventsConfigurationError, PayloadTooLarge
+from django_events.exceptions import (
+    EventsConfigurationError,
+    PayloadTooLarge,
+    TransportUnavailable,
+)
 from django_events.models import DeadLetter, OutboxMessage
 from django_events.registry import registry
 from django_events.relay import Relay
 from django_events.transports import transports
-from django_events.transports.base import logged_events
+from django_events.transports.base import Outgoing, logged_events
 from django_events.transports.sqs import SnsSqsTransport
 from django_events.triage import retry
 from django_events.worker import Worker
@@ -416,3 +421,105 @@ def _delete_everything_named(transport: SnsSqsTransport, prefix: str) -> None:
         for item in page["Subscriptions"]:
             sns.unsubscribe(SubscriptionArn=item["SubscriptionArn"])
     sns.delete_topic(TopicArn=arn)
+
+
+# -- idle workers and outages --------------------------------------------------------------
+
+
+def _sqs_calls(transport: SnsSqsTransport) -> list[tuple[str, dict[str, Any]]]:
+    """Every SQS call ``transport`` makes from now on, with its parameters (botocore's
+    own event hooks: the calls still go to the server)."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        calls.append((model.name, dict(params)))
+
+    transport._client("sqs").meta.events.register("provide-client-params.sqs", record)
+    return calls
+
+
+def test_an_idle_worker_long_polls_in_wait_and_claims_what_it_received(
+    sqs: SnsSqsTransport, settings: Any
+):
+    options = settings.DJANGO_EVENTS["TRANSPORTS"]["default"]["OPTIONS"]
+    waiting = SnsSqsTransport("waiting", {**options, "wait_time": 2})
+    assert waiting.waits_for_work
+    calls = _sqs_calls(waiting)
+    event = publish("test.happened", {"n": 1})
+    relay()
+    assert waiting.wait(["alpha"], 0.1) is True
+    receives = [params for name, params in calls if name == "ReceiveMessage"]
+    assert [params["WaitTimeSeconds"] for params in receives] == [2]
+    calls.clear()
+    (claimed,) = waiting.claim(["alpha"], 10, 30)
+    assert claimed.event_id == event.id
+    assert [name for name, _ in calls] == [], "claimed what the long poll received"
+    assert waiting.claim(["alpha"], 10, 30) == []
+    assert waiting.wait(["alpha"], 0.1) is False, "nothing more arrived"
+
+
+def test_close_gives_back_what_a_wait_received(sqs: SnsSqsTransport, settings: Any):
+    options = settings.DJANGO_EVENTS["TRANSPORTS"]["default"]["OPTIONS"]
+    waiting = SnsSqsTransport("waiting", {**options, "wait_time": 1})
+    event = publish("test.happened", {"n": 1})
+    relay()
+    assert waiting.wait(["alpha"], 0.1) is True
+    assert sqs.claim(["alpha"], 10, 30) == [], "leased to the waiting worker"
+    waiting.close()
+    (again,) = sqs.claim(["alpha"], 10, 30)
+    assert (again.event_id, again.attempt) == (event.id, 2), "visible at once, one receive more"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_aws_out_of_reach_is_transport_unavailable(aws_env: dict[str, str]):
+    transport = SnsSqsTransport(
+        "away", {"endpoint_url": f"http://127.0.0.1:{_closed_port()}", "region": "us-east-1"}
+    )
+    with pytest.raises(TransportUnavailable, match="SNS/SQS is unreachable"):
+        transport.claim(["alpha"], 10, 30)
+    with pytest.raises(TransportUnavailable, match="Could not connect"):
+        transport.wait(["alpha"], 0.1)
+    event = Outgoing(1, uuid.uuid4(), "test.happened", None, data='{"n": 1}')
+    with pytest.raises(TransportUnavailable):
+        transport.publish([event], [("test.happened", "alpha", False)])
+    transport.close()  # gives up quietly: nothing to give back that would not come back
+
+
+@pytest.mark.slow
+def test_a_worker_rides_out_an_outage_and_loses_nothing(
+    settings: Any,
+    aws_env: dict[str, str],
+    workers: Workers,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Its own moto server, stopped and started again on the same port while a worker runs
+    (moto keeps its state in this process: the queues survive, as AWS's would)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        settings.DJANGO_EVENTS = events_settings(f"http://{host}:{port}", unique_prefix())
+        provisioned()
+        env = worker_env(monkeypatch, settings.DJANGO_EVENTS, aws_env, LEASE=5)
+        workers.start("--group", "alpha", **env)
+        publish("test.happened", {"n": 1})
+        wait_until(lambda: Effect.objects.filter(n=1).exists(), timeout=30)
+        server.stop()
+        publish("test.happened", {"n": 2})  # the relay cannot send it: it stays in the outbox
+        wait_until(lambda: "Transport error" in workers.logs(), timeout=30)
+        assert OutboxMessage.objects.exists()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        wait_until(lambda: Effect.objects.filter(n=2).exists(), timeout=30)
+    finally:
+        workers.stop_all()
+        server.stop()
+    assert sorted(Effect.objects.values_list("n", flat=True)) == [1, 2], workers.logs()
+    assert not DeadLetter.objects.exists()

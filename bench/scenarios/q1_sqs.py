@@ -1,5 +1,6 @@
 """Q1: the SNS/SQS transport against raw boto3 doing the same batched calls, on one moto
-server started for the run.
+server started for the run in a process of its own (in this one, it would share the GIL
+with the code measured).
 
 Per repetition, ``n`` events go through the topic into one group's queue and are consumed
 and deleted. The transport's path is ``publish()`` (what the relay calls), then ``claim()``
@@ -15,8 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
-import logging
 import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -38,21 +41,41 @@ GROUP = "q1"
 def run(ctx: Context) -> list[Row]:
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("boto3") is None:
         return [na_row(ID, TITLE, BASELINE, GOAL, "not measured: boto3 and moto[server] needed")]
-    from moto.server import ThreadedMotoServer
-
     from django_events.registry import Handler, registry
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
         os.environ.setdefault(name, value)
     registry.add(Handler(func=_noop, group=GROUP, event_type=EVENT_TYPE))
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        host, port = server.get_host_and_port()
-        return _measure(ctx, f"http://{host}:{port}")
+        _wait_listening(port, server)
+        return _measure(ctx, f"http://127.0.0.1:{port}")
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=15)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(port: int, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {server.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not listen on port {port} within {timeout:.0f}s")
 
 
 def _noop(event: Any) -> None:
@@ -143,7 +166,7 @@ def _measure(ctx: Context, endpoint: str) -> list[Row]:
 
     got = alternate(ctx, {"raw": raw_run, "transport": transport_run})
     measured = calls["publish"][1:], calls["consume"][1:]  # without the warm-up
-    note = f"{n:,} events per repetition, one group, moto server in this process"
+    note = f"{n:,} events per repetition, one group, moto server in its own process"
     return [
         ratio_row(
             ID,

@@ -14,7 +14,9 @@ event key is the ``MessageGroupId``, which gives per-key order across consumers.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -23,19 +25,20 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from django.core.checks import CheckMessage, Error
 from django.db import connections, transaction
 
 from ..conf import get_settings
 from ..envelope import from_cloudevent
-from ..exceptions import EventsConfigurationError, UndecodableEvent
+from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 from .base import Claimed, GroupStatus, Outgoing, Transport, logged_events
 
 logger = logging.getLogger("django_events.transports.sqs")
@@ -68,11 +71,37 @@ _OPTIONS = {
     "publish_batch",
     "dead_letter_poll",
 }
+_UNREACHABLE = (BotoConnectionError, HTTPClientError)
+_SEND_ERRORS = (*_UNREACHABLE, ClientError)
+_BUSY = {"Throttling", "ThrottlingException", "RequestThrottled", "ServiceUnavailable"}
+"""Error codes (besides any 5xx) that mean AWS is there but not answering now."""
 _SYSTEM_ATTRIBUTES = [
     "ApproximateReceiveCount",
     "ApproximateFirstReceiveTimestamp",
     "MessageGroupId",
 ]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _translating(method: F) -> F:
+    """AWS out of reach (after botocore's own retries) is ``TransportUnavailable``, which
+    the engine retries with a growing delay; any other error keeps its own class."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise TransportUnavailable(f"SNS/SQS is unreachable: {exc}") from exc
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status >= 500 or _code(exc) in _BUSY:
+                raise TransportUnavailable(f"SNS/SQS is unavailable: {exc}") from exc
+            raise
+
+    return cast(F, wrapper)
 
 
 @dataclass(frozen=True)
@@ -90,6 +119,7 @@ class SnsSqsTransport(Transport):
     supports_delayed_retry = True
     persistent = True
     acks_in_transaction = False
+    waits_for_work = True
     max_message_bytes = MESSAGE_LIMIT
 
     accepted_options = frozenset(_OPTIONS)
@@ -129,9 +159,11 @@ class SnsSqsTransport(Transport):
         self._account: str | None = None
         self._acks: list[Receipt] = []
         self._leases: dict[str, float] = {}  # receipt handle: when its lease ends (monotonic)
+        self._ready: list[Claimed] = []  # received by a long poll in ``wait``, not claimed
         self._held: list[Claimed] = []  # FIFO: later events of a key, served after the first
         self._busy: dict[tuple[str, str | None], str] = {}  # FIFO: key -> handle out
         self._turn = 0
+        self._lease = get_settings().lease  # the visibility timeout of a ``wait``'s receive
         self._dead_checked_at = 0.0
 
     # -- names --------------------------------------------------------------------------
@@ -245,6 +277,7 @@ class SnsSqsTransport(Transport):
 
     # -- relay side ---------------------------------------------------------------------
 
+    @_translating
     def publish(
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
@@ -257,6 +290,7 @@ class SnsSqsTransport(Transport):
             wanted.setdefault(event_type, {})[group] = ordered
         self._publish([(e, wanted[e.type]) for e in events if wanted.get(e.type)])
 
+    @_translating
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
         """Send the logged event to ``group`` only; it starts at attempt 1. In FIFO mode it
         gets a fresh deduplication id, so it is never taken for the original."""
@@ -337,8 +371,10 @@ class SnsSqsTransport(Transport):
 
     # -- worker side --------------------------------------------------------------------
 
+    @_translating
     def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
-        """Receive up to ``limit`` events; an idle call long-polls for at most ``wait_time``.
+        """Receive up to ``limit`` events from the groups' queues, without waiting: an idle
+        worker long-polls in ``wait``, and what that received is claimed first here.
 
         Dead-letter queues are looked at every ``dead_letter_poll`` seconds; what is found
         there comes back with its attempts spent, so the worker records it as a dead letter.
@@ -348,30 +384,52 @@ class SnsSqsTransport(Transport):
         self._flush_acks()
         if not groups:
             return []
+        self._lease = lease
         held = self._take_held(limit)
         if held:
             return held
-        if time.monotonic() >= self._dead_checked_at + self.dead_letter_poll:
-            self._dead_checked_at = time.monotonic()
-            dead = self._receive_all(groups, limit, lease, dead=True, wait=0)
-            if dead:
-                return dead
-        self._turn = (self._turn + 1) % len(groups)
-        order = [*groups[self._turn :], *groups[: self._turn]]
-        if len(order) == 1:
-            claimed = self._receive_all(order, limit, lease, dead=False, wait=self.wait_time)
-        else:
-            claimed = self._receive_all(order, limit, lease, dead=False, wait=0)
-            if not claimed and self.wait_time:
-                claimed = self._receive_all(
-                    order[:1], limit, lease, dead=False, wait=self.wait_time
-                )
+        with self._lock:
+            claimed, self._ready = self._ready[:limit], self._ready[limit:]
+        if not claimed:
+            if time.monotonic() >= self._dead_checked_at + self.dead_letter_poll:
+                self._dead_checked_at = time.monotonic()
+                dead = self._receive_all(groups, limit, lease, dead=True, wait=0)
+                if dead:
+                    return dead
+            claimed = self._receive_all(self._in_turn(groups), limit, lease, dead=False, wait=0)
         if self.fifo and any(c.receipt.ordered for c in claimed):
             with self._lock:
                 self._held.extend(c for c in claimed if c.receipt.ordered)
             free = [c for c in claimed if not c.receipt.ordered]
             claimed = free + self._take_held(limit - len(free))
         return claimed
+
+    @_translating
+    def wait(self, groups: Sequence[str], timeout: float) -> bool:
+        """Long-poll one group's queue (each in turn) for up to ``wait_time`` seconds; keep
+        what arrives, leased, for the next ``claim``. Sleeps ``timeout`` if ``wait_time``
+        is 0."""
+        self._flush_acks()
+        if self._ready:
+            return True
+        if not groups or not self.wait_time:
+            time.sleep(timeout)
+            return False
+        received = self._receive_all(
+            self._in_turn(groups)[:1],
+            get_settings().batch_size,
+            self._lease,
+            dead=False,
+            wait=self.wait_time,
+        )
+        with self._lock:
+            self._ready.extend(received)
+        return bool(received)
+
+    def _in_turn(self, groups: Sequence[str]) -> list[str]:
+        """The groups, starting one further each call, so no group waits behind another."""
+        self._turn = (self._turn + 1) % len(groups)
+        return [*groups[self._turn :], *groups[: self._turn]]
 
     def _receive_all(
         self, groups: Sequence[str], limit: int, lease: float, *, dead: bool, wait: int
@@ -495,9 +553,10 @@ class SnsSqsTransport(Transport):
 
     # -- outcomes -----------------------------------------------------------------------
 
+    @_translating
     def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
         with self._lock:
-            held = list(self._held)
+            held = [*self._held, *self._ready]
         items = [c for c in [*claimed, *held] if self._holds(c)]
         self._set_visibility([c.receipt for c in items], _seconds(lease, minimum=1))
         deadline = time.monotonic() + lease
@@ -506,11 +565,14 @@ class SnsSqsTransport(Transport):
                 if item.receipt.handle in self._leases:
                     self._leases[item.receipt.handle] = deadline
 
+    @_translating
     def release(self, claimed: Sequence[Claimed]) -> None:
-        """Make the events visible at once. SQS has counted their receive all the same:
-        their next claim is one attempt further (docs/transport-sqs.md)."""
+        """Make the events visible at once, with those held or received here and not yet
+        claimed. SQS has counted their receive all the same: their next claim is one
+        attempt further (docs/transport-sqs.md)."""
         with self._lock:
-            held, self._held = self._held, []
+            held = [*self._held, *self._ready]
+            self._held, self._ready = [], []
         self._flush_acks()
         items = [*claimed, *held]
         self._set_visibility([c.receipt for c in items if self._holds(c)], 0)
@@ -531,10 +593,12 @@ class SnsSqsTransport(Transport):
         with self._lock:
             self._acks.append(claimed.receipt)
             full = len(self._acks) >= BATCH_LIMIT
-        if full:
-            self._flush_acks()
+        if full:  # on an error they stay queued: the next claim sends them, or says why
+            with contextlib.suppress(*_SEND_ERRORS):
+                self._flush_acks()
         return True
 
+    @_translating
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
         receipts = [claimed.receipt]
         if claimed.receipt.ordered:  # the key's later events wait behind this one, in order
@@ -559,14 +623,24 @@ class SnsSqsTransport(Transport):
         return holds
 
     def close(self) -> None:
-        """Send pending deletes and give back held events; clients are kept for reuse."""
-        self.release([])
+        """Send pending deletes and give back held events; clients are kept for reuse.
+
+        With AWS out of reach they are not lost: the events come back when their
+        visibility timeout ends, and the group's inbox skips those already handled."""
+        try:
+            self.release([])
+        except TransportUnavailable:
+            logger.warning("SNS/SQS unreachable at close: unsent deletes are redelivered")
 
     def _flush_acks(self) -> None:
         with self._lock:
             receipts, self._acks = self._acks, []
-        if receipts:
+        try:
             self._delete(receipts)
+        except _SEND_ERRORS:
+            with self._lock:  # kept for the next flush: an outage is no reason to redeliver
+                self._acks[:0] = receipts
+            raise
 
     def _delete(self, receipts: Sequence[Receipt]) -> None:
         if not receipts:
@@ -600,6 +674,7 @@ class SnsSqsTransport(Transport):
 
     # -- status -------------------------------------------------------------------------
 
+    @_translating
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
         """Queue depths from SQS. ``in_flight`` includes events waiting for a retry (SQS
         hides them the same way); ``parked`` counts dead letters not yet mirrored."""
@@ -632,6 +707,7 @@ class SnsSqsTransport(Transport):
 
     # -- provisioning -------------------------------------------------------------------
 
+    @_translating
     def setup(
         self, subscriptions: Sequence[tuple[str, str, bool]], *, dry_run: bool = False
     ) -> list[str]:
