@@ -49,14 +49,14 @@ TEMPLATES = [
     },
 ]
 
-# The embedded SQLite default. IMMEDIATE transactions take the write lock when
+# The embedded SQLite default (EXAMPLE_DATABASE puts the file elsewhere). IMMEDIATE transactions take the write lock when
 # they begin, so concurrent writers (a web request and `consume_events`) wait on
 # the busy timeout instead of failing with "database is locked" when a read
 # transaction would have to upgrade to a write.
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": BASE_DIR / "db.sqlite3",
+        "NAME": os.environ.get("EXAMPLE_DATABASE") or BASE_DIR / "db.sqlite3",
         "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
     }
 }
