@@ -85,13 +85,16 @@ def test_event_that_kills_every_worker_is_a_dead_letter_after_max_attempts(worke
 def test_per_key_order_holds_with_two_workers(workers: Workers):
     keys = ["a", "b", "c", "d", "e", "f", "g", "h"]
     per_key = 15
-    with transaction.atomic():  # each key's events side by side: a batch could take several
-        for key in keys:
-            for n in range(per_key):
-                publish("test.sequenced", {"n": n, "sleep": 0.001 * (n % 4)}, key=key)
     env = overrides(BATCH_SIZE=4)
     workers.start("--group", "sequence", **env)
     workers.start("--group", "sequence", **env)
+    # Both wait before anything is published: a worker still starting up (a second or two
+    # of Django on a busy machine) would otherwise find the work already done.
+    wait_until(lambda: workers.logs().count(" started for groups") == 2, timeout=60)
+    with transaction.atomic():  # each key's events side by side: a batch could take several
+        for key in keys:
+            for n in range(per_key):
+                publish("test.sequenced", {"n": n, "sleep": 0.002 * (n % 4)}, key=key)
     wait_until(
         lambda: Effect.objects.filter(group="sequence").count() >= per_key * len(keys), timeout=120
     )

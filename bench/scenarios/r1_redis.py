@@ -193,15 +193,19 @@ _VARIANTS = ("publish:events", "publish:raw", "consume:events", "consume:raw")
 # --------------------------------------------------------------------------- latency
 
 
-def _paced(count: int, send: Any) -> dict[int, float]:
+def _paced(count: int, send: Any, *, stamp_before: bool = False) -> dict[int, float]:
+    """Send ``count`` events at ``RATE``; when each counts as sent: after ``send`` returns
+    (a commit), or, with ``stamp_before``, when it is called (a raw XADD reaches a blocked
+    reader before its own reply is back, so its return would come after the handling)."""
     committed: dict[int, float] = {}
     start = time.perf_counter()
     for i in range(count):
         delay = start + i / RATE - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+        before = time.perf_counter()
         send(i)
-        committed[i] = time.perf_counter()
+        committed[i] = before if stamp_before else time.perf_counter()
     return committed
 
 
@@ -241,7 +245,7 @@ def raw_round(prefix: str, count: int, path: str, offset: int) -> list[float]:
     def send(i: int) -> None:
         client.xadd(stream, {"n": str(offset + i), "data": pg.PAYLOAD_TEXT})
 
-    committed = _paced(count, send)
+    committed = _paced(count, send, stamp_before=True)
     handled = _read_handled(path, count, offset)
     return [(handled[offset + i] - committed[i]) * 1e3 for i in range(count)]
 

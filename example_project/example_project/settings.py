@@ -49,10 +49,10 @@ TEMPLATES = [
     },
 ]
 
-# The embedded SQLite default (EXAMPLE_DATABASE puts the file elsewhere). IMMEDIATE transactions take the write lock when
-# they begin, so concurrent writers (a web request and `consume_events`) wait on
-# the busy timeout instead of failing with "database is locked" when a read
-# transaction would have to upgrade to a write.
+# The embedded SQLite default (EXAMPLE_DATABASE puts the file elsewhere). IMMEDIATE
+# transactions take the write lock when they begin, so concurrent writers (a web request
+# and `consume_events`) wait on the busy timeout instead of failing with "database is
+# locked" when a read transaction would have to upgrade to a write.
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
