@@ -43,7 +43,7 @@ class _SqsContract(TransportContract):
                 "region": REGION,
                 "prefix": unique_prefix(),
                 "fifo": self.fifo,
-                "wait_time": 0,
+                "wait_time": 1,  # the long poll of wait(); claims never wait
                 "dead_letter_poll": 60,
             },
         )

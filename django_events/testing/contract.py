@@ -11,7 +11,8 @@ yields a fresh, isolated instance; pytest collects the inherited tests::
             t.close()
 
 Tests of a feature the transport does not promise (its ``supports_ordering``,
-``supports_delayed_retry``, ``persistent`` and ``acks_in_transaction`` flags) are skipped
+``supports_delayed_retry``, ``persistent``, ``acks_in_transaction`` and ``waits_for_work``
+flags) are skipped
 with a reason naming the flag; ``idempotent_publish`` decides whether a republished event
 may arrive twice. Claims are polled (``claim_until``) because brokers deliver
 asynchronously. The suite builds ``Outgoing`` events itself and calls the interface
@@ -167,6 +168,7 @@ needs_ordering = _requires("supports_ordering")
 needs_delayed_retry = _requires("supports_delayed_retry")
 needs_persistence = _requires("persistent")
 needs_acks_in_transaction = _requires("acks_in_transaction")
+needs_waiting = _requires("waits_for_work")
 
 
 @contextmanager
@@ -600,6 +602,39 @@ class TransportContract:
         try:
             [claimed] = self.claim(other, ["g1"])
             assert claimed.event_id == event.event_id
+        finally:
+            other.close()
+
+    # -- waiting for work ------------------------------------------------------------------
+
+    def _wait_for(self, transport: Transport, groups: Sequence[str]) -> None:
+        """``wait`` until it says something arrived, within the settle time."""
+        deadline = time.monotonic() + self.settle + 10.0
+        while not transport.wait(groups, 0.2):
+            assert time.monotonic() < deadline, "wait never said that work arrived"
+
+    def test_what_a_wait_received_is_claimed_next(self, provisioned: Transport) -> None:
+        needs_waiting(provisioned)
+        event = make_event()
+        self.publish(provisioned, [event])
+        self._wait_for(provisioned, ["g1"])
+        got = provisioned.claim(["g1"], 10, self.lease)
+        assert _ids(got) == [event.event_id], "claimed at once, as the wait received it"
+        assert provisioned.ack(got[0]) is True
+        self.nothing(provisioned, ["g1"], within=self.lease * 1.2)
+
+    def test_close_gives_back_what_a_wait_received(self, provisioned: Transport) -> None:
+        """A stopping worker does not leave events to wait out a lease nobody renews."""
+        needs_waiting(provisioned)
+        event = make_event()
+        self.publish(provisioned, [event])
+        self._wait_for(provisioned, ["g1"])
+        provisioned.close()
+        other = self.reopen(provisioned)
+        try:
+            # A long lease: what a dead consumer holds is not taken over within the window.
+            got = claim_until(other, ["g1"], 1, timeout=self.settle + 3.0, lease=60.0)
+            assert _ids(got) == [event.event_id], "given back at close, not after a lease"
         finally:
             other.close()
 
