@@ -10,19 +10,44 @@ contract tests read them.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.core.checks import CheckMessage
 
 from ..envelope import Event
-from ..exceptions import EventsConfigurationError
+from ..exceptions import EventsConfigurationError, TransportUnavailable
 
 if TYPE_CHECKING:
     from ..models import EventRecord
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def translating(unavailable: Callable[[Exception], str | None]) -> Callable[[F], F]:
+    """A method decorator for a broker transport: an error that ``unavailable`` describes
+    (it returns a message, or None for any other error) is raised again as
+    ``TransportUnavailable``, which the engine retries with a growing delay."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                message = unavailable(exc)
+                if message is None:
+                    raise
+                raise TransportUnavailable(message) from exc
+
+        return cast(F, wrapper)
+
+    return decorate
+
 
 ENVELOPE_RESERVE = 4096
 """Bytes of ``max_message_bytes`` kept for what a transport wraps around data and metadata

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import json
 import logging
 import os
@@ -30,9 +29,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import redis
 from django.core.checks import CheckMessage, Error, Warning
@@ -41,7 +40,7 @@ from ..conf import get_settings
 from ..envelope import from_cloudevent
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 from . import redis_lua
-from .base import Claimed, GroupStatus, Outgoing, Transport
+from .base import Claimed, GroupStatus, Outgoing, Transport, translating
 
 logger = logging.getLogger("django_events.transports.redis")
 
@@ -62,20 +61,13 @@ PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 _OPTIONS = {"url", "cache", "prefix", "max_len", "block", "claim_idle", "database"}
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-
-def _translating(method: F) -> F:
+def _unavailable(exc: Exception) -> str | None:
     """Redis being unreachable is ``TransportUnavailable``, which the engine retries."""
+    return f"Redis is unavailable: {exc}" if isinstance(exc, _UNAVAILABLE) else None
 
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except _UNAVAILABLE as exc:
-            raise TransportUnavailable(f"Redis is unavailable: {exc}") from exc
 
-    return cast(F, wrapper)
+_translating = translating(_unavailable)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import hashlib
 import json
 import logging
@@ -25,9 +24,9 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -39,7 +38,7 @@ from django.db import connections, transaction
 from ..conf import get_settings
 from ..envelope import from_cloudevent
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
-from .base import Claimed, GroupStatus, Outgoing, Transport, logged_events
+from .base import Claimed, GroupStatus, Outgoing, Transport, logged_events, translating
 
 logger = logging.getLogger("django_events.transports.sqs")
 
@@ -82,26 +81,19 @@ _SYSTEM_ATTRIBUTES = [
 ]
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _translating(method: F) -> F:
+def _unavailable(exc: Exception) -> str | None:
     """AWS out of reach (after botocore's own retries) is ``TransportUnavailable``, which
     the engine retries with a growing delay; any other error keeps its own class."""
+    if isinstance(exc, _UNREACHABLE):
+        return f"SNS/SQS is unreachable: {exc}"
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if status >= 500 or _code(exc) in _BUSY:
+            return f"SNS/SQS is unavailable: {exc}"
+    return None
 
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except _UNREACHABLE as exc:
-            raise TransportUnavailable(f"SNS/SQS is unreachable: {exc}") from exc
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if status >= 500 or _code(exc) in _BUSY:
-                raise TransportUnavailable(f"SNS/SQS is unavailable: {exc}") from exc
-            raise
 
-    return cast(F, wrapper)
+_translating = translating(_unavailable)
 
 
 @dataclass(frozen=True)
