@@ -12,9 +12,8 @@ yields a fresh, isolated instance; pytest collects the inherited tests::
 
 Tests of a feature the transport does not promise (its ``supports_ordering``,
 ``supports_delayed_retry``, ``persistent``, ``acks_in_transaction`` and ``waits_for_work``
-flags) are skipped
-with a reason naming the flag; ``idempotent_publish`` decides whether a republished event
-may arrive twice. Claims are polled (``claim_until``) because brokers deliver
+flags) are skipped with a reason naming the flag; ``idempotent_publish`` decides whether a
+republished event may arrive twice. Claims are polled (``claim_until``) because brokers deliver
 asynchronously. The suite builds ``Outgoing`` events itself and calls the interface
 directly; it needs the database (the event log, the inbox) and nothing from settings
 beyond the defaults. docs/transports.md describes each promise.

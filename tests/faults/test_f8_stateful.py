@@ -47,6 +47,7 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 GROUPS = ("alpha", "beta")
 MAX_ATTEMPTS = 3
+OVERRIDES = {"MAX_ATTEMPTS": MAX_ATTEMPTS, "BACKOFF_BASE": 0, "LEASE": 30}
 EXAMPLES = size(500, 3000)
 STEPS = size(30, 50)
 _TABLES = (
@@ -282,8 +283,7 @@ def _run_machine(examples: int, *, shrink: bool = True) -> None:
         suppress_health_check=list(HealthCheck),
         phases=list(Phase) if shrink else [Phase.generate],
     )
-    overrides = {"MAX_ATTEMPTS": MAX_ATTEMPTS, "BACKOFF_BASE": 0, "LEASE": 30}
-    with override_settings(DJANGO_EVENTS=overrides):
+    with override_settings(DJANGO_EVENTS=OVERRIDES):
         run_state_machine_as_test(seed(SEED)(Engine), settings=run)
 
 
@@ -323,8 +323,7 @@ def _lost_claim(machine: Engine) -> None:
 
 
 def _scripted(broken: bool) -> None:
-    overrides = {"MAX_ATTEMPTS": MAX_ATTEMPTS, "BACKOFF_BASE": 0, "LEASE": 30}
-    with override_settings(DJANGO_EVENTS=overrides), _patches() if broken else nullcontext():
+    with override_settings(DJANGO_EVENTS=OVERRIDES), _patches() if broken else nullcontext():
         machine = Engine()
         try:
             _lost_claim(machine)
