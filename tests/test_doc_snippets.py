@@ -221,6 +221,14 @@ def test_the_readme_runs_in_a_fresh_project(tmp_path: Path):
     project.run([sys.executable, "-m", "django", "startproject", "mysite", "."], "setup")
     project.run([sys.executable, "manage.py", "startapp", "shop"], "setup")
     run_document(project, ROOT / "README.md")
+    # The README shows place_order() but does not call it: call it as a view would.
+    manage = [sys.executable, "manage.py"]
+    place = "from shop.services import place_order; place_order('ada@example.com', '9.50')"
+    project.run([*manage, "shell", "-c", place], "after the README")
+    project.run([*manage, "consume_events", "--once"], "after the README")
+    count = "from shop.models import ConfirmationEmail; print(ConfirmationEmail.objects.count())"
+    emails = project.run([*manage, "shell", "-c", count], "after the README")
+    assert emails.splitlines()[-1] == "1"
 
 
 OTHERS = [
