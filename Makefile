@@ -4,6 +4,7 @@
 #   make test    run the test suite on SQLite, then on PostgreSQL
 #   make lint    ruff check + ruff format --check + mypy
 #   make docs    build the Sphinx docs into docs/_build/html
+#   make dist    build sdist + wheel into dist/, twine check, install the wheel in a clean venv
 #   make clean   remove build artefacts and caches (keeps .venv)
 #   make distclean   clean + remove .venv
 #
@@ -29,13 +30,14 @@ LINT_PATHS := django_events tests example_project
 .DEFAULT_GOAL := help
 
 .PHONY: help venv demo test test-sqlite test-postgres lint docs clean distclean \
-	bench bench-quick faults faults-quick
+	bench bench-quick faults faults-quick dist
 
 help:
 	@echo "make demo       run the example shop demo"
 	@echo "make test       run the tests on SQLite and on PostgreSQL"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make docs       build the HTML docs"
+	@echo "make dist       build and check the sdist and wheel (dist/)"
 	@echo "make faults     fault-injection suite at full size (faults-quick: reduced)"
 	@echo "make bench      benchmark suite, about 10 min (bench-quick: about 1 min)"
 	@echo "make clean      remove build artefacts and caches"
@@ -114,6 +116,11 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	"$(VENV_BIN)/sphinx-build" -W -b html docs docs/_build/html
+
+# Release check: python -m build, twine check --strict, then the wheel alone in a clean
+# venv with a fresh `django-admin startproject` passing `manage.py check` (.ci/wheel-check).
+dist: $(STAMP)
+	VENV_PYTHON="$(VENV_PYTHON)" BASE_PYTHON="$(PYTHON)" DIST_DIR="$(abspath dist)" .ci/wheel-check
 
 clean:
 	rm -rf build dist *.egg-info docs/_build .mypy_cache .ruff_cache .pytest_cache .tox

@@ -49,7 +49,7 @@ def check_events(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             return [
                 Error(
                     f"The configured transport needs {missing!r}, which is not installed.",
-                    hint=f"pip install 'django-events[{extra}]'",
+                    hint=f"pip install 'django-events-outbox[{extra}]'",
                     id="django_events.E003",
                 )
             ]

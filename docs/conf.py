@@ -9,7 +9,7 @@ author = "django-events contributors"
 copyright = "2026, django-events contributors"
 
 try:
-    release = metadata.version("django-events")
+    release = metadata.version("django-events-outbox")
 except metadata.PackageNotFoundError:  # building docs without the package installed
     release = "0.1.0"
 version = ".".join(release.split(".")[:2])

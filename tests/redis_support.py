@@ -29,7 +29,7 @@ def redis_unreachable(url: str = REDIS_URL) -> str | None:
     try:
         import redis
     except ImportError:
-        return "redis-py is not installed (pip install 'django-events[redis]')"
+        return "redis-py is not installed (pip install 'django-events-outbox[redis]')"
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:

@@ -149,7 +149,7 @@ def test_transport_missing_an_optional_dependency_is_e003_naming_the_extra(
     messages = checked(backend(f"{module}.Transport"))
     assert ids(messages) == ["django_events.E003"]
     assert f"{dependency!r}" in messages[0].msg
-    assert messages[0].hint == f"pip install 'django-events[{extra}]'"
+    assert messages[0].hint == f"pip install 'django-events-outbox[{extra}]'"
 
 
 def test_import_error_of_an_unrelated_module_is_e002_not_e003(checked: Any) -> None:

@@ -127,7 +127,7 @@ class DatabaseTransport(Transport):
                         "psycopg 3 is not installed: idle workers fall back to polling "
                         "instead of LISTEN/NOTIFY wake-ups.",
                         id="django_events.W001",
-                        hint="pip install 'django-events[postgres]'",
+                        hint="pip install 'django-events-outbox[postgres]'",
                     )
                 )
         return errors

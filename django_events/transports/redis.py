@@ -169,7 +169,8 @@ class RedisStreamsTransport(Transport):
                 from django_redis import get_redis_connection
             except ImportError as exc:
                 raise EventsConfigurationError(
-                    "The 'cache' option needs django-redis: pip install 'django-events[redis]'."
+                    "The 'cache' option needs django-redis: "
+                    "pip install 'django-events-outbox[redis]'."
                 ) from exc
             return cast(redis.Redis, get_redis_connection(self.options["cache"]))
         block = self.block or get_settings().poll_interval

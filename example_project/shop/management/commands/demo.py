@@ -43,8 +43,8 @@ ADMIN_PASSWORD = "admin"  # noqa: S105 - local demo only
 
 class Command(BaseCommand):
     help = (
-        "Reset the example shop, place four orders, consume their events once and "
-        "report what each consumer group did, including the dead letter."
+        "Reset the example shop, place five orders (one as a version-1 event), consume "
+        "their events once and report what each consumer group did, including the dead letter."
     )
 
     def handle(self, *args: object, **options: object) -> None:
