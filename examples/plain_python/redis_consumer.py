@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 import redis
-from wire import Undecodable, decode, emit, summary
+from wire import Undecodable, common_arguments, decode, emit, summary
 
 CONSUMER_GROUP = "django-events"
 """The Redis consumer group in every group's stream (wire format 1)."""
@@ -140,18 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--prefix", default="django_events", help="the transport's prefix")
-    parser.add_argument("--group", required=True, help="the django-events group to consume")
     parser.add_argument("--consumer", help="this process's consumer name (default: host:pid)")
     parser.add_argument("--max-attempts", type=int, default=5)
     parser.add_argument("--retry-after", type=float, default=30.0, help="seconds")
     parser.add_argument("--block", type=float, default=1.0, help="seconds an idle read waits")
     parser.add_argument("--batch", type=int, default=10)
-    parser.add_argument("--fail-type", action="append", help="fail events of this type (demo)")
-    parser.add_argument(
-        "--until-idle",
-        action="store_true",
-        help="exit once nothing is new and nothing is pending (for cron and tests)",
-    )
+    common_arguments(parser, idle="nothing is new and nothing is pending")
     args = parser.parse_args(argv)
     consumer = Consumer(redis.Redis.from_url(args.url), args)
     consumer.ensure_group()

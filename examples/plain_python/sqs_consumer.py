@@ -27,7 +27,7 @@ import re
 from typing import Any
 
 import boto3
-from wire import Undecodable, decode, emit, summary
+from wire import Undecodable, common_arguments, decode, emit, summary
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -112,7 +112,6 @@ class Consumer:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prefix", default="django-events-", help="the transport's prefix")
-    parser.add_argument("--group", required=True, help="the django-events group to consume")
     parser.add_argument("--fifo", action="store_true", help="the transport runs in FIFO mode")
     parser.add_argument("--region")
     parser.add_argument("--endpoint-url", help="a local server (moto, LocalStack)")
@@ -120,12 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--visibility", type=int, default=30, help="lease, seconds")
     parser.add_argument("--retry-after", type=int, default=30, help="seconds")
     parser.add_argument("--max-attempts", type=int, default=5, help="without a redrive policy")
-    parser.add_argument("--fail-type", action="append", help="fail events of this type (demo)")
-    parser.add_argument(
-        "--until-idle",
-        action="store_true",
-        help="exit once the queue holds nothing, not even in flight (for cron and tests)",
-    )
+    common_arguments(parser, idle="the queue holds nothing, not even in flight")
     args = parser.parse_args(argv)
     sqs = boto3.client("sqs", region_name=args.region, endpoint_url=args.endpoint_url)
     name = queue_name(args.prefix, args.group, fifo=args.fifo)

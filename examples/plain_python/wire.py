@@ -8,6 +8,7 @@ can) and ignores attributes it does not know.
 
 from __future__ import annotations
 
+import argparse
 import json
 import uuid
 from typing import Any
@@ -78,3 +79,12 @@ def summary(envelope: dict[str, Any], attempt: int) -> dict[str, Any]:
 def emit(outcome: str, **fields: Any) -> None:
     """One JSON line per outcome on stdout: what a real consumer would do with the event."""
     print(json.dumps({"outcome": outcome, **fields}, ensure_ascii=False), flush=True)
+
+
+def common_arguments(parser: argparse.ArgumentParser, idle: str) -> None:
+    """The options both example consumers take; ``idle`` says when ``--until-idle`` stops."""
+    parser.add_argument("--group", required=True, help="the django-events group to consume")
+    parser.add_argument("--fail-type", action="append", help="fail events of this type (demo)")
+    parser.add_argument(
+        "--until-idle", action="store_true", help=f"exit once {idle} (for cron and tests)"
+    )
