@@ -25,7 +25,7 @@ STAMP := $(VENV_DIR)/.installed
 
 PYTEST := $(VENV_PYTHON) -m pytest tests -p no:cacheprovider --ignore=tests/faults
 FAULTS := $(VENV_PYTHON) -m pytest tests/faults -p no:cacheprovider --ds=tests.settings_postgres
-LINT_PATHS := django_events tests example_project
+LINT_PATHS := django_events tests example_project examples
 
 .DEFAULT_GOAL := help
 

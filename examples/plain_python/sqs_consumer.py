@@ -1,0 +1,133 @@
+"""Consume one django-events group from its SQS queue, without Django (wire format 1).
+
+    python sqs_consumer.py --prefix shop- --group emails --region eu-west-1
+
+What it does, as docs/wire-format.md ("SNS + SQS: what a consumer does") says:
+
+* long-polls the group's queue ``<prefix><group>`` with ``ReceiveMessage``; the body is
+  the CloudEvents JSON envelope as is (raw message delivery);
+* decodes it and handles it: here, prints one JSON line;
+* acknowledges with ``DeleteMessage`` once the work is done;
+* on a failure hides the message for ``--retry-after`` seconds
+  (``ChangeMessageVisibility``); the attempt is SQS's ``ApproximateReceiveCount``;
+* on the last attempt (the queue's redrive ``maxReceiveCount``), or at once for an
+  envelope it cannot decode, records a dead letter (a JSON line here) and deletes the
+  message. A message whose consumer crashed on every attempt is moved by SQS to
+  ``<prefix><group>-dlq``.
+
+Needs only boto3 (``pip install boto3``); credentials come from boto3's usual chain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from typing import Any
+
+import boto3
+from wire import Undecodable, common_arguments, decode, emit, summary
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def queue_name(prefix: str, group: str, *, fifo: bool = False, dead: bool = False) -> str:
+    """The group's queue name: characters SQS refuses become '-', and then six hex digits
+    of the group name's SHA-256 keep two groups apart (wire format 1)."""
+    safe = _UNSAFE.sub("-", group)
+    if safe != group:
+        safe += "-" + hashlib.sha256(group.encode()).hexdigest()[:6]
+    return f"{prefix}{safe}{'-dlq' if dead else ''}{'.fifo' if fifo else ''}"
+
+
+class Consumer:
+    def __init__(self, sqs: Any, url: str, args: argparse.Namespace) -> None:
+        self.sqs = sqs
+        self.url = url
+        self.wait = args.wait
+        self.visibility = args.visibility
+        self.retry_after = max(0, int(args.retry_after))
+        self.fail_types = set(args.fail_type or ())
+        redrive = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+        policy = json.loads(redrive.get("Attributes", {}).get("RedrivePolicy", "{}"))
+        self.max_attempts = int(policy.get("maxReceiveCount", args.max_attempts))
+
+    def step(self) -> int:
+        messages = self.sqs.receive_message(
+            QueueUrl=self.url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=self.wait,
+            VisibilityTimeout=self.visibility,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        for message in messages:
+            self.process(message)
+        return len(messages)
+
+    def in_queue(self) -> int:
+        """Messages waiting or in flight (hidden for a retry, or held by a consumer)."""
+        found = self.sqs.get_queue_attributes(
+            QueueUrl=self.url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return sum(int(value) for value in found.values())
+
+    def process(self, message: dict[str, Any]) -> None:
+        attempt = int(message["Attributes"]["ApproximateReceiveCount"])
+        try:
+            envelope = decode(message["Body"])
+        except Undecodable as exc:
+            type_attribute = message.get("MessageAttributes", {}).get("type", {})
+            emit("dead-lettered", type=type_attribute.get("StringValue"), reason=str(exc))
+            self.delete(message)
+            return
+        try:
+            self.handle(envelope, attempt)
+        except Exception as exc:  # a handler's failure: retry later, or give up
+            if attempt >= self.max_attempts:
+                emit("dead-lettered", id=envelope["id"], attempt=attempt, reason=repr(exc))
+                self.delete(message)
+            else:
+                emit("retry", id=envelope["id"], attempt=attempt, reason=repr(exc))
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.url,
+                    ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=self.retry_after,
+                )
+            return
+        self.delete(message)
+
+    def handle(self, envelope: dict[str, Any], attempt: int) -> None:
+        """Your code goes here. This one prints the event, or fails for ``--fail-type``."""
+        if envelope["type"] in self.fail_types:
+            raise RuntimeError(f"asked to fail for {envelope['type']}")
+        emit("handled", **summary(envelope, attempt))
+
+    def delete(self, message: dict[str, Any]) -> None:
+        self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prefix", default="django-events-", help="the transport's prefix")
+    parser.add_argument("--fifo", action="store_true", help="the transport runs in FIFO mode")
+    parser.add_argument("--region")
+    parser.add_argument("--endpoint-url", help="a local server (moto, LocalStack)")
+    parser.add_argument("--wait", type=int, default=20, help="long poll, 0-20 seconds")
+    parser.add_argument("--visibility", type=int, default=30, help="lease, seconds")
+    parser.add_argument("--retry-after", type=int, default=30, help="seconds")
+    parser.add_argument("--max-attempts", type=int, default=5, help="without a redrive policy")
+    common_arguments(parser, idle="the queue holds nothing, not even in flight")
+    args = parser.parse_args(argv)
+    sqs = boto3.client("sqs", region_name=args.region, endpoint_url=args.endpoint_url)
+    name = queue_name(args.prefix, args.group, fifo=args.fifo)
+    consumer = Consumer(sqs, sqs.get_queue_url(QueueName=name)["QueueUrl"], args)
+    while True:
+        if not consumer.step() and args.until_idle and not consumer.in_queue():
+            return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
