@@ -697,7 +697,7 @@ _request = threading.local()
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(ReadOnlyAdmin):
     """Who consumes what, by service; an orphan (retired, declared by no service) can be
     unsubscribed here, behind ``django_events.unsubscribe``, and the admin log keeps it."""
 
@@ -715,15 +715,22 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_filter = ("service", "group", "ordered", ("retired_at", admin.EmptyFieldListFilter))
     ordering = ("service", "group", "event_type")
     actions = ("unsubscribe_selected",)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "service",
+                    "group",
+                    "event_type",
+                    "ordered",
+                    "declared_at",
+                    "last_seen_at",
+                    "retired_at",
+                )
+            },
+        ),
+    )
 
     def has_unsubscribe_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(subscriptions.UNSUBSCRIBE_PERMISSION)

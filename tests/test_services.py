@@ -75,6 +75,17 @@ def assert_once(label: str, numbers: range) -> None:
     assert set(counts.values()) == {1}, f"{label}: handled twice: {counts.most_common(3)}"
 
 
+def both_groups_get_every_order_once(workers: Workers) -> None:
+    labels = ("shop:emails:order.placed", "warehouse:picking:order.placed")
+    for label in labels:
+        wait_handled(label, ORDERS)
+    workers.stop_all()
+    for label in labels:
+        assert_once(label, range(ORDERS))
+    assert not DeadLetter.objects.exists()
+    assert not OutboxMessage.objects.exists() and not Delivery.objects.exists()
+
+
 @pytest.mark.parametrize("first", ["warehouse", "shop"])
 def test_each_group_gets_every_event_once_whichever_service_relays(workers: Workers, first: str):
     shop, warehouse = project(SHOP), project(WAREHOUSE)
@@ -94,13 +105,7 @@ def test_each_group_gets_every_event_once_whichever_service_relays(workers: Work
     wait_handled(own, ORDERS)
     wait_until(lambda: waiting(other_group, "order.placed") == ORDERS, timeout=60)
     start(workers, warehouse if first == "shop" else shop, 2)
-    for label in ("shop:emails:order.placed", "warehouse:picking:order.placed"):
-        wait_handled(label, ORDERS)
-    workers.stop_all()
-    assert_once("shop:emails:order.placed", range(ORDERS))
-    assert_once("warehouse:picking:order.placed", range(ORDERS))
-    assert not DeadLetter.objects.exists()
-    assert not OutboxMessage.objects.exists() and not Delivery.objects.exists()
+    both_groups_get_every_order_once(workers)
 
 
 def test_both_relays_racing_each_group_gets_every_event_once(workers: Workers):
@@ -110,12 +115,7 @@ def test_both_relays_racing_each_group_gets_every_event_once(workers: Workers):
     start(workers, warehouse, 2)
     start(workers, shop, 3)
     place_orders(workers, ORDERS, "--per-transaction", "3", **shop)
-    for label in ("shop:emails:order.placed", "warehouse:picking:order.placed"):
-        wait_handled(label, ORDERS)
-    workers.stop_all()
-    assert_once("shop:emails:order.placed", range(ORDERS))
-    assert_once("warehouse:picking:order.placed", range(ORDERS))
-    assert not DeadLetter.objects.exists()
+    both_groups_get_every_order_once(workers)
 
 
 def test_rolling_deploy_adding_a_group_and_a_type_loses_and_dead_letters_nothing(

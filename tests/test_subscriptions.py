@@ -134,6 +134,7 @@ def test_admin_unsubscribes_an_orphan_only_with_the_permission_and_logs_it(allow
     page = client.get(url)
     assert b"ORPHANED" in page.content
     row = Subscription.objects.get(group=ARCHIVE)
+    assert client.get(f"{url}{row.pk}/change/").status_code == 200, "shown, read-only"
     response = client.post(
         url, {"action": "unsubscribe_selected", "_selected_action": [row.pk]}, follow=True
     )
