@@ -217,8 +217,8 @@ def check_subscriptions(
         found.append(
             Warning(
                 f"Group {group!r} is declared by services {', '.join(names)}: group names are "
-                "shared by every service in the database (one inbox, one backlog), so they "
-                "take turns at its events instead of each getting them"
+                "shared by every service in the database (one inbox, one backlog), so an "
+                "event type both handle in it reaches only one of them"
                 + (", and they disagree on ordered (ordered wins)." if mixed else "."),
                 hint="Give each service's groups their own names, e.g. prefixed with the service.",
                 id="django_events.W051",
