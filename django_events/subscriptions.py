@@ -66,11 +66,11 @@ class Declaration:
         found = []
         for verb, pairs in (
             ("subscribed", self.added),
-            ("changed ordering of", self.reordered),
+            ("ordering changed", self.reordered),
             ("declared again", self.reopened),
-            ("retired (still receives events until unsubscribed)", self.retired),
+            ("retired (it still receives events until unsubscribed)", self.retired),
         ):
-            found += [f"{self.service}: {verb} {group} on {type_}" for group, type_ in pairs]
+            found += [f"{self.service}: {group} on {type_}: {verb}" for group, type_ in pairs]
         return found
 
 
