@@ -13,6 +13,7 @@ capped (:class:`CappedPaginator`) so that a million-row log pages as fast as an 
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Sequence
 from functools import cached_property
@@ -33,11 +34,20 @@ from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
-from . import triage
+from . import subscriptions, triage
 from .conf import get_settings
-from .models import DeadLetter, Delivery, EventRecord, FailureGroup, InboxRecord, QueueStatus
+from .models import (
+    DeadLetter,
+    Delivery,
+    EventRecord,
+    FailureGroup,
+    InboxRecord,
+    QueueStatus,
+    Subscription,
+)
 from .registry import registry
 from .status import collect
+from .transports import transports
 
 MASKED = "hidden: needs the “Can view event payloads and tracebacks” permission"
 COUNT_CAP = 10_000
@@ -444,6 +454,7 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
     list_display = (
         "event_type",
         "group",
+        "service",
         "handler",
         "error_class",
         "short_message",
@@ -473,6 +484,7 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
                 "fields": (
                     "state",
                     "group",
+                    "service",
                     "handler",
                     "error_class",
                     "error_message",
@@ -677,6 +689,83 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
         if row is None:
             return "(no delivery row left; a per-attempt history is not kept yet)"
         return row or "-"
+
+
+# --------------------------------------------------------------------------- subscriptions
+
+_request = threading.local()
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(ReadOnlyAdmin):
+    """Who consumes what, by service; an orphan (retired, declared by no service) can be
+    unsubscribed here, behind ``django_events.unsubscribe``, and the admin log keeps it."""
+
+    list_display = (
+        "service",
+        "group",
+        "event_type",
+        "ordered",
+        "state",
+        "backlog",
+        "declared_at",
+        "last_seen_at",
+        "retired_at",
+    )
+    list_filter = ("service", "group", "ordered", ("retired_at", admin.EmptyFieldListFilter))
+    ordering = ("service", "group", "event_type")
+    actions = ("unsubscribe_selected",)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "service",
+                    "group",
+                    "event_type",
+                    "ordered",
+                    "declared_at",
+                    "last_seen_at",
+                    "retired_at",
+                )
+            },
+        ),
+    )
+
+    def has_unsubscribe_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(subscriptions.UNSUBSCRIBE_PERMISSION)
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # Read once per page: the rows' state and backlog come from these.
+        transport = transports["default"]
+        rows = subscriptions.all_rows(transport.database)
+        _request.orphans = {row.pk for row in subscriptions.orphaned(rows)}
+        _request.backlog = transport.backlog_by_type()
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="state")
+    def state(self, obj: Subscription) -> str:
+        if obj.pk in getattr(_request, "orphans", ()):
+            return "ORPHANED: no service declares it"
+        return "retired (declared by another service)" if obj.retired_at else "declared"
+
+    @admin.display(description="pending")
+    def backlog(self, obj: Subscription) -> Any:
+        found = getattr(_request, "backlog", None)
+        return "?" if found is None else found.get((obj.group, obj.event_type), 0)
+
+    @admin.action(description="Unsubscribe selected orphans", permissions=["unsubscribe"])
+    def unsubscribe_selected(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+        outcome = subscriptions.unsubscribe(queryset, user=request.user)
+        level = messages.WARNING if outcome.skipped else messages.SUCCESS
+        self.message_user(request, outcome.message, level)
 
 
 # --------------------------------------------------------------------------- pages

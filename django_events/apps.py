@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 from django.core import checks
+from django.db.models.signals import post_migrate
 
 
 class DjangoEventsConfig(AppConfig):
@@ -12,11 +13,14 @@ class DjangoEventsConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from .checks import check_events
+        from .checks import check_events, check_subscriptions
         from .conf import get_settings
         from .exceptions import EventsConfigurationError
+        from .subscriptions import declare_on_migrate
 
         checks.register(check_events, "django_events")
+        checks.register(check_subscriptions, "django_events", checks.Tags.database)
+        post_migrate.connect(declare_on_migrate, sender=self)
         try:
             modules = get_settings().autodiscover_modules
         except EventsConfigurationError:

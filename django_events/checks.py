@@ -8,7 +8,9 @@ read · W001 no LISTEN/NOTIFY driver · W002 GROUPS entry without
 handlers · W003-W005 Redis persistence, eviction, reachability · W020 event type named
 like a command · W021 schema snapshot missing or broken without a version bump · W022 a
 version with no upcaster to the next · E030 INBOX_RETENTION within the redelivery
-window · E040-E042 SNS/SQS transport (database, region, queue names and filter policies).
+window · E040-E042 SNS/SQS transport (database, region, queue names and filter policies) ·
+W050 an orphaned subscription · W051 a group declared by several services (W05x read the
+database: they run with ``migrate`` and ``check --database``).
 """
 
 from __future__ import annotations
@@ -172,4 +174,54 @@ def check_contracts(conf: EventsSettings) -> list[CheckMessage]:
                         id="django_events.W022",
                     )
                 )
+    return found
+
+
+def check_subscriptions(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W050 orphaned subscriptions, W051 groups shared by services: read from the store, so
+    only when the check is given its database (``migrate``, ``check --database``)."""
+    from django.db import DatabaseError
+
+    from . import subscriptions
+    from .transports import transports
+
+    try:
+        transport = transports["default"]
+    except EventsConfigurationError:
+        return []  # E001/E002 report it
+    if not databases or transport.database not in databases:
+        return []
+    try:
+        rows = subscriptions.all_rows(transport.database)
+        backlog = transport.backlog_by_type()
+    except DatabaseError:
+        return []  # not migrated yet
+    found: list[CheckMessage] = []
+    for row in subscriptions.orphaned(rows):
+        held = "" if backlog is None else f", {backlog.get((row.group, row.event_type), 0)} pending"
+        found.append(
+            Warning(
+                f"Subscription {row.service}: {row.group} on {row.event_type!r} is orphaned "
+                f"(retired {row.retired_at:%Y-%m-%d %H:%M}, no service declares it{held}): "
+                "its group keeps receiving events that no handler takes.",
+                hint="Once no worker of an older version runs, remove it with "
+                "manage.py setup_events --prune (--dry-run lists it), or from the admin.",
+                id="django_events.W050",
+            )
+        )
+    for group, declared in subscriptions.shared_groups(rows).items():
+        names = sorted({row.service for row in declared})
+        mixed = len({row.ordered for row in declared}) > 1
+        found.append(
+            Warning(
+                f"Group {group!r} is declared by services {', '.join(names)}: group names are "
+                "shared by every service in the database (one inbox, one backlog), so an "
+                "event type both handle in it reaches only one of them"
+                + (", and they disagree on ordered (ordered wins)." if mixed else "."),
+                hint="Give each service's groups their own names, e.g. prefixed with the service.",
+                id="django_events.W051",
+            )
+        )
     return found

@@ -22,6 +22,13 @@ DEFAULT_TRANSPORT = "django_events.transports.database.DatabaseTransport"
 GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 
 
+def default_service() -> str:
+    """The top-level package of the settings module (``shop`` for ``shop.settings``), or
+    ``"default"`` when settings were configured by hand: one name per Django project."""
+    module = getattr(django_settings, "SETTINGS_MODULE", None)
+    return module.split(".")[0] if module else "default"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently a failing handler is retried."""
@@ -57,6 +64,8 @@ class EventsSettings:
     relay_batch_size: int = 500
     max_payload_bytes: int = 256 * 1024
     source: str = ""
+    service: str = field(default_factory=default_service)
+    subscriptions_cache: float = 0.0
     log_retention: float | None = None
     inbox_retention: float | None = None
     dead_letter_retention: float | None = None
@@ -85,6 +94,8 @@ _TOP_KEYS = {
     "RELAY_BATCH_SIZE",
     "MAX_PAYLOAD_BYTES",
     "SOURCE",
+    "SERVICE",
+    "SUBSCRIPTIONS_CACHE",
     "LOG_RETENTION",
     "INBOX_RETENTION",
     "DEAD_LETTER_RETENTION",
@@ -204,6 +215,12 @@ def parse(raw: Any) -> EventsSettings:
     source = raw.get("SOURCE", defaults.source)
     if not isinstance(source, str):
         raise EventsConfigurationError(f"{where}['SOURCE'] must be a string.")
+    service = raw.get("SERVICE") or default_service()
+    if not isinstance(service, str) or not GROUP_NAME.match(service):
+        raise EventsConfigurationError(
+            f"{where}['SERVICE'] must be a name of letters, digits and _.:- (at most 100 "
+            f"characters), got {service!r}."
+        )
 
     schema_dir = raw.get("SCHEMA_DIR")
     if schema_dir is not None and not isinstance(schema_dir, (str, os.PathLike)):
@@ -238,6 +255,8 @@ def parse(raw: Any) -> EventsSettings:
             raw, "MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, where, minimum=64, integer=True
         ),
         source=source,
+        service=service,
+        subscriptions_cache=float(_number(raw, "SUBSCRIPTIONS_CACHE", 0.0, where)),
         log_retention=_number(raw, "LOG_RETENTION", None, where, optional=True),
         inbox_retention=_number(raw, "INBOX_RETENTION", None, where, optional=True),
         dead_letter_retention=_number(raw, "DEAD_LETTER_RETENTION", None, where, optional=True),
@@ -246,6 +265,14 @@ def parse(raw: Any) -> EventsSettings:
         schema_dir=None if schema_dir is None else os.fspath(schema_dir),
         allow_command_names=tuple(allowed),
     )
+
+
+def current_service() -> str:
+    """This deployment's ``SERVICE``: recorded on the dead letters its workers create."""
+    try:
+        return get_settings().service
+    except EventsConfigurationError:
+        return default_service()
 
 
 _cached: EventsSettings | None = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 from django.db import models
 from django.db.models.functions import Now
 
+from .conf import current_service
+
 
 class OutboxMessage(models.Model):
     """An event committed by ``publish()`` that the relay has not moved on yet."""
@@ -67,6 +69,15 @@ class Delivery(models.Model):
         EventRecord, on_delete=models.DO_NOTHING, db_constraint=False, related_name="deliveries"
     )
     group_name = models.CharField(max_length=100)
+    event_type = models.CharField(
+        max_length=200,
+        default="",
+        db_default="",
+        blank=True,
+        help_text="The event's type, so a worker claims only the types it handles; empty on "
+        "rows written without it (by hand, or by a relay of an older release): any worker "
+        "of the group claims those.",
+    )
     position = models.BigIntegerField()
     key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - None means "no key"
     ordered = models.BooleanField(default=False)
@@ -85,7 +96,9 @@ class Delivery(models.Model):
         db_table = "django_events_delivery"
         verbose_name_plural = "deliveries"
         indexes = [
-            models.Index(fields=["group_name", "position"], name="django_events_dlv_claim"),
+            models.Index(
+                fields=["group_name", "event_type", "position"], name="django_events_dlv_claim_type"
+            ),
             models.Index(
                 fields=["claimed_until"],
                 name="django_events_dlv_held",
@@ -136,6 +149,12 @@ class DeadLetter(models.Model):
     )
     group = models.CharField(max_length=100)
     handler = models.CharField(max_length=300, blank=True, default="")
+    service = models.CharField(
+        max_length=100,
+        blank=True,
+        default=current_service,
+        help_text="The SERVICE whose worker gave up on the event (whose handler failed).",
+    )
     attempts = models.PositiveIntegerField()
     error_class = models.CharField(max_length=300)
     error_message = models.TextField(blank=True, default="")
@@ -204,6 +223,40 @@ class StreamCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.namespace} {self.group}: {self.position}"
+
+
+class Subscription(models.Model):
+    """A group's subscription to an event type, declared by the service that consumes it.
+
+    Every relay that shares this database fans out to every row, whichever service wrote
+    it, so a consumer needs no change in the publisher's code. A deployment declares its
+    own service's rows (``migrate``, ``setup_events``, worker start); a row its service no
+    longer declares gets ``retired_at`` and keeps receiving events, visibly, until an
+    operator unsubscribes it (see docs/services.md).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    service = models.CharField(max_length=100)
+    group = models.CharField(max_length=100)
+    event_type = models.CharField(max_length=200)
+    ordered = models.BooleanField(default=False)
+    declared_at = models.DateTimeField(db_default=Now())
+    last_seen_at = models.DateTimeField(db_default=Now())
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "django_events_subscription"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service", "group", "event_type"], name="django_events_subscription_once"
+            )
+        ]
+        permissions = [
+            ("unsubscribe", "Can unsubscribe a retired subscription (drops its backlog)"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service}: {self.group} on {self.event_type}"
 
 
 class FailureGroup(DeadLetter):

@@ -71,13 +71,6 @@ def _wake_local() -> None:
     local_wakeup.set()
 
 
-def _default_source() -> str:
-    from django.conf import settings
-
-    module = getattr(settings, "SETTINGS_MODULE", None) or "django"
-    return module.split(".")[0]
-
-
 PublishSpec = (
     tuple[str, Mapping[str, Any]]
     | tuple[str, Mapping[str, Any], str | None]
@@ -146,7 +139,7 @@ def publish_many(
     if version is not None:
         version = validate_version(version)
     metadata = validate_metadata(metadata)
-    source = conf.source or _default_source()
+    source = conf.source or conf.service
     cause = _current_event.get()
     room = _message_room(metadata)
     built: list[tuple[Event, str]] = []

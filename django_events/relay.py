@@ -20,7 +20,7 @@ from django.db.models.functions import Now
 
 from . import failpoints, retention, sql
 from .conf import get_settings
-from .registry import registry
+from .subscriptions import fan_out
 from .transports import transports
 from .transports.base import Outgoing, Transport
 
@@ -76,26 +76,30 @@ class Relay:
                 raise
             return quarantined
 
+    def _subscriptions(self, rows: Sequence[Outgoing]) -> list[tuple[str, str, bool]]:
+        """Read after the rows were taken (in the same transaction, for the database
+        transport): every subscription declared before these events committed is in it."""
+        return fan_out(self.transport) if rows else []
+
     def _relay_batch(self, using: str) -> int:
-        subscriptions = registry.subscriptions()
         if self.transport.joins_outbox_transaction(using):
             with transaction.atomic(using=using):
                 rows = self._take(using)
-                self.transport.publish(rows, subscriptions)
+                self.transport.publish(rows, self._subscriptions(rows))
                 if rows:
                     failpoints.hit("relay.after_take")
             return len(rows)
         if sql.vendor(using) == "postgresql":
-            return self._send_under_lock(using, subscriptions)
+            return self._send_under_lock(using)
         rows = self._lease(using)
         if rows:
-            self.transport.publish(rows, subscriptions)
+            self.transport.publish(rows, self._subscriptions(rows))
             failpoints.hit("relay.after_publish")
             with transaction.atomic(using=using):
                 self._complete(using, rows)
         return len(rows)
 
-    def _send_under_lock(self, using: str, subscriptions: list[tuple[str, str, bool]]) -> int:
+    def _send_under_lock(self, using: str) -> int:
         """One relay at a time sends, holding a session lock instead of leasing rows: no
         row is written before the send, and a relay that dies releases the lock with its
         connection."""
@@ -112,7 +116,7 @@ class Relay:
                 )
                 rows = [Outgoing(*row) for row in cursor.fetchall()]
                 if rows:
-                    self.transport.publish(rows, subscriptions)
+                    self.transport.publish(rows, self._subscriptions(rows))
                     failpoints.hit("relay.after_publish")
                     with transaction.atomic(using=using):
                         self._complete(using, rows)

@@ -7,9 +7,9 @@ from typing import Any
 from django.db import connections
 from django.db.models import Count
 
-from . import sql
+from . import sql, subscriptions
 from .conf import get_settings
-from .models import DeadLetter
+from .models import DeadLetter, Subscription
 from .registry import registry
 from .transports import transports
 
@@ -25,10 +25,15 @@ def collect() -> dict[str, Any]:
         .annotate(n=Count("id"))
         .values_list("group", "n")
     )
-    groups_known = sorted({*registry.groups(), *conf.groups, *dead})
+    declared = subscriptions.all_rows(transport.database)
+    services: dict[str, set[str]] = {}
+    for row in declared:
+        services.setdefault(row.group, set()).add(row.service)
+    groups_known = sorted({*registry.groups(), *conf.groups, *dead, *services})
     groups: dict[str, Any] = {}
     for name, state in transport.status(groups_known).items():
         groups[name] = {
+            "services": sorted(services.get(name, ())),
             "pending": state.pending,
             "in_flight": state.in_flight,
             "dead": dead.get(name, 0),
@@ -52,10 +57,35 @@ def collect() -> dict[str, Any]:
         if age is not None:
             oldest = max(oldest or 0.0, round(float(age), 3))
     return {
+        "service": conf.service,
+        "subscriptions": subscription_report(declared, transport.backlog_by_type()),
         "groups": groups,
         "outbox": {"unrelayed": unrelayed, "oldest_age_s": oldest},
         "transport": transport.alias,
     }
+
+
+def subscription_report(
+    rows: list[Subscription], backlog: dict[tuple[str, str], int] | None
+) -> list[dict[str, Any]]:
+    """Every declared subscription, by service; an orphaned one (retired, declared by no
+    service) with what it still holds: ``backlog`` is None when the transport cannot
+    count per type."""
+    orphans = {row.pk for row in subscriptions.orphaned(rows)}
+    return [
+        {
+            "service": row.service,
+            "group": row.group,
+            "event_type": row.event_type,
+            "ordered": row.ordered,
+            "declared_at": row.declared_at.isoformat(),
+            "last_seen_at": row.last_seen_at.isoformat(),
+            "retired_at": row.retired_at.isoformat() if row.retired_at else None,
+            "orphaned": row.pk in orphans,
+            "backlog": None if backlog is None else backlog.get((row.group, row.event_type), 0),
+        }
+        for row in rows
+    ]
 
 
 def problems(report: dict[str, Any]) -> list[str]:

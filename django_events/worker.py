@@ -16,7 +16,7 @@ import time
 import traceback as tb
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from django.db import DatabaseError, InterfaceError, connections, transaction
 from django.db.models.functions import Now
@@ -31,8 +31,9 @@ from .outbox import OUTBOX_CHANNEL, handling
 from .registry import Handler, registry
 from .relay import Relay
 from .retry import backoff, policy_for
+from .subscriptions import handled_types
 from .transports import transports
-from .transports.base import Claimed, Transport
+from .transports.base import Claimed, FiltersTypes, Transport
 from .triage import fingerprint
 from .wakeup import Waiter
 from .watchdog import Watchdog
@@ -135,6 +136,8 @@ class Worker:
         conf = get_settings()
         self.transport = transport or transports["default"]
         self.groups = list(groups) if groups is not None else registry.groups()
+        # Claim only what this code handles: a newer version's groups and types wait for it.
+        self.types = handled_types(registry, self.groups) if self.transport.filters_types else None
         self.relay = Relay(self.transport) if relay else None
         self.batch_size = batch_size or conf.batch_size
         self.lease = lease or conf.lease
@@ -231,7 +234,7 @@ class Worker:
 
     def process_batch(self) -> int:
         """Claim up to ``batch_size`` events and handle them; return how many were claimed."""
-        claimed = self.transport.claim(self.groups, self.batch_size, self.lease)
+        claimed = self._claim()
         if not claimed:
             return 0
         if self._heartbeat:
@@ -250,6 +253,12 @@ class Worker:
             if self._heartbeat:
                 self._heartbeat.release(claimed)
         return len(claimed)
+
+    def _claim(self) -> list[Claimed]:
+        if self.types is None:
+            return self.transport.claim(self.groups, self.batch_size, self.lease)
+        claim = cast(FiltersTypes, self.transport).claim
+        return claim(self.groups, self.batch_size, self.lease, types=self.types)
 
     def _handle_together(self, claimed: list[Claimed]) -> list[Claimed]:
         """Handle each group's share of the batch in one transaction, sharing one commit.

@@ -84,8 +84,8 @@ class Workers:
             ),
             DJANGO_EVENTS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
             PYTHONPATH=str(ROOT),
-            **extra,
         )
+        env.update(extra)  # may name another project's settings (tests/services)
         return env
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:

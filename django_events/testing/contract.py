@@ -29,14 +29,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from django.db import connections, transaction
 
 from ..envelope import Event
 from ..registry import Handler, registry
-from ..transports.base import Claimed, Outgoing, Transport
+from ..transports.base import Claimed, FiltersTypes, Outgoing, Transport
 
 TYPE = "contract.happened"
 """Subscribed to by groups ``g1`` and ``g2``."""
@@ -168,6 +168,7 @@ needs_delayed_retry = _requires("supports_delayed_retry")
 needs_persistence = _requires("persistent")
 needs_acks_in_transaction = _requires("acks_in_transaction")
 needs_waiting = _requires("waits_for_work")
+needs_type_filter = _requires("filters_types")
 
 
 @contextmanager
@@ -290,6 +291,23 @@ class TransportContract:
             assert groups == ["g1", "g2"], f"delivered twice: {_describe(claimed)}"
         assert provisioned.ack_many(claimed) == claimed
         self.nothing(provisioned, ["g1", "g2"])
+
+    def test_a_claim_for_some_types_leaves_the_others_unattempted(
+        self, provisioned: Transport
+    ) -> None:
+        """An old worker during a rolling deploy: what only a newer one handles waits for it,
+        with no attempt counted (``filters_types``)."""
+        needs_type_filter(provisioned)
+        known, newer = make_event(), make_event(OTHER_TYPE)
+        both = [(TYPE, "g1", False), (OTHER_TYPE, "g1", False)]
+        self.publish(provisioned, [newer, known], both)
+        claim = cast(FiltersTypes, provisioned).claim
+        got = claim(["g1"], 10, self.lease, types={"g1": [TYPE]})
+        assert _ids(got) == [known.event_id], _describe(got)
+        assert claim(["g1"], 10, self.lease, types={"g1": [TYPE]}) == []
+        [later] = claim(["g1"], 10, self.lease, types={"g1": [TYPE, OTHER_TYPE]})
+        assert (later.event_id, later.attempt) == (newer.event_id, 1)
+        assert provisioned.ack_many([*got, later]) == [*got, later]
 
     def test_each_subscribed_group_gets_the_event_and_no_other_group_does(
         self, provisioned: Transport

@@ -13,9 +13,9 @@ import datetime as dt
 import functools
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from django.core.checks import CheckMessage
 
@@ -95,6 +95,20 @@ class GroupStatus:
     lagging: bool = False
 
 
+class FiltersTypes(Protocol):
+    """The claim of a transport with ``filters_types``: ``types`` restricts each group to
+    the event types listed for it (a group left out gets none); None claims every type."""
+
+    def claim(
+        self,
+        groups: Sequence[str],
+        limit: int,
+        lease: float,
+        *,
+        types: Mapping[str, Collection[str]] | None = None,
+    ) -> list[Claimed]: ...
+
+
 class Transport:
     """Base class; subclasses implement the dialect of one queue."""
 
@@ -127,6 +141,15 @@ class Transport:
     max_message_bytes: int | None = None
     """Largest message the transport carries, envelope included; ``publish()`` refuses an
     event whose data and metadata leave less than ``ENVELOPE_RESERVE`` bytes of it."""
+
+    filters_types: bool = False
+    """``claim(types=...)`` takes only the event types asked for in each group, leaving the
+    rest for a worker that handles them (a newer version, during a rolling deploy). Without
+    it a worker may be handed a type it has no handler for (a ``NoHandler`` dead letter)."""
+
+    subscriptions_in_database: bool = False
+    """The relay fans out to every subscription declared in this transport's ``database``,
+    by any service sharing it; otherwise to the relay's own handlers only."""
 
     accepted_options: frozenset[str] | None = None
     """The ``OPTIONS`` keys this transport understands; any other is refused by name."""
@@ -235,6 +258,17 @@ class Transport:
 
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
         raise NotImplementedError
+
+    def backlog_by_type(self) -> dict[tuple[str, str], int] | None:
+        """Events owed per ``(group, event type)``, or None if the transport cannot tell
+        (a broker counts per group). Shows what a retired subscription still holds."""
+        return None
+
+    def drop_backlog(self, group: str, event_type: str) -> int | None:
+        """Stop owing ``group`` the events of ``event_type`` it was owed (the subscription
+        was unsubscribed); return how many were dropped, or None if the transport keeps
+        nothing per type. The events stay in the event log, for ``replay_events``."""
+        return None
 
     def housekeeping(self) -> None:
         """Called by the relay after each pass, outside any transaction; keep it cheap."""

@@ -13,7 +13,7 @@ import datetime as dt
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning
@@ -42,6 +42,8 @@ class DatabaseTransport(Transport):
     supports_delayed_retry = True
     persistent = True
     acks_in_transaction = True
+    filters_types = True
+    subscriptions_in_database = True
 
     accepted_options = frozenset(_OPTIONS)
 
@@ -75,6 +77,16 @@ class DatabaseTransport(Transport):
         if self._vendor == "postgresql":
             return f"{column} = ANY(%s)", [list(groups)]
         return f"{column} IN ({sql.in_list(len(groups))})", list(groups)
+
+    def _pairs_clause(self, pairs: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+        """Rows of these (group, type) pairs; ``pairs`` includes ``(group, "")`` per group."""
+        if self._vendor == "postgresql":
+            return (
+                "(c.group_name, c.event_type) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                [[g for g, _ in pairs], [t for _, t in pairs]],
+            )
+        values = ", ".join(["(%s, %s)"] * len(pairs))
+        return f"(c.group_name, c.event_type) IN (VALUES {values})", [v for p in pairs for v in p]
 
     # -- checks -------------------------------------------------------------------------
 
@@ -145,7 +157,14 @@ class DatabaseTransport(Transport):
         for event_type, group, ordered in subscriptions:
             by_type.setdefault(event_type, []).append((group, ordered))
         rows = [
-            (event.event_id, group, event.position, event.key, ordered and event.key is not None)
+            (
+                event.event_id,
+                group,
+                event.type,
+                event.position,
+                event.key,
+                ordered and event.key is not None,
+            )
             for event in events
             for group, ordered in by_type.get(event.type, ())
         ]
@@ -155,19 +174,20 @@ class DatabaseTransport(Transport):
         delivery, _ = self._tables()
         now = sql.now(vendor)
         columns = (
-            f"INSERT INTO {delivery} (event_id, group_name, position, key, ordered, attempts, "
-            "available_at, parked, last_error, created_at) "
+            f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, ordered, "
+            "attempts, available_at, parked, last_error, created_at) "
         )
         if vendor == "postgresql":
-            # Five arrays, whatever the batch size: a short statement for the driver to send.
+            # Six arrays, whatever the batch size: a short statement for the driver to send.
             inserted = self._execute(
-                f"{columns}SELECT e, g, p, k, o, 0, {now}, FALSE, '', {now} FROM unnest("
-                "%s::uuid[], %s::text[], %s::bigint[], %s::text[], %s::bool[]) AS t(e, g, p, k, o)",
+                f"{columns}SELECT e, g, y, p, k, o, 0, {now}, FALSE, '', {now} FROM unnest("
+                "%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::bool[]) "
+                "AS u(e, g, y, p, k, o)",
                 [list(column) for column in zip(*rows, strict=True)],
             )
         else:
             inserted = 0
-            row_sql = f"(%s, %s, %s, %s, %s, 0, {now}, FALSE, '', {now})"
+            row_sql = f"(%s, %s, %s, %s, %s, %s, 0, {now}, FALSE, '', {now})"
             for start in range(0, len(rows), 500):
                 chunk = rows[start : start + 500]
                 params = [p for row in chunk for p in (sql.uuid_value(vendor, row[0]), *row[1:])]
@@ -186,8 +206,19 @@ class DatabaseTransport(Transport):
 
     # -- worker side --------------------------------------------------------------------
 
-    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+    def claim(
+        self,
+        groups: Sequence[str],
+        limit: int,
+        lease: float,
+        *,
+        types: Mapping[str, Collection[str]] | None = None,
+    ) -> list[Claimed]:
         """Claim events for ``groups``, counting an attempt for each.
+
+        With ``types``, only those event types of each group, and deliveries whose type
+        was never recorded (written by hand or by an older release), which any worker of
+        the group takes as before; the rest wait for a worker that handles them.
 
         An event whose last claim ended without an outcome is an orphan: its lease expired,
         or (on PostgreSQL) the claiming connection is gone, which is how a killed worker
@@ -198,22 +229,31 @@ class DatabaseTransport(Transport):
         """
         if not groups:
             return []
+        pairs = None if types is None else _pairs(groups, types)
         due = time.monotonic() >= self._orphans_checked_at + ORPHAN_CHECK_INTERVAL
-        if due and (orphan := self._orphan(groups, lease)):
+        if due and (orphan := self._orphan(groups, lease, pairs)):
             return orphan
-        claimed = self._claim(groups, limit, lease, orphans=False)
+        claimed = self._claim(groups, limit, lease, orphans=False, pairs=pairs)
         if not claimed and not due:  # idle anyway: look now
-            return self._orphan(groups, lease)
+            return self._orphan(groups, lease, pairs)
         return claimed
 
-    def _orphan(self, groups: Sequence[str], lease: float) -> list[Claimed]:
-        found = self._claim(groups, 1, lease, orphans=True)
+    def _orphan(
+        self, groups: Sequence[str], lease: float, pairs: list[tuple[str, str]] | None
+    ) -> list[Claimed]:
+        found = self._claim(groups, 1, lease, orphans=True, pairs=pairs)
         # Found one: there may be more, so look again at the next claim.
         self._orphans_checked_at = 0.0 if found else time.monotonic()
         return found
 
     def _claim(
-        self, groups: Sequence[str], limit: int, lease: float, *, orphans: bool
+        self,
+        groups: Sequence[str],
+        limit: int,
+        lease: float,
+        *,
+        orphans: bool,
+        pairs: list[tuple[str, str]] | None = None,
     ) -> list[Claimed]:
         vendor = self._vendor
         delivery, event = self._tables()
@@ -243,10 +283,22 @@ class DatabaseTransport(Transport):
             "AND h.group_name = c.group_name AND h.key = c.key AND h.position < c.position))"
         )
         lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
-        if vendor == "postgresql" and not orphans:
-            # One ordered index scan per group that stops at the limit, however long the
-            # backlog: `group_name = ANY(...)` would sort every pending row instead. Groups
-            # take turns at coming first so a busy one cannot starve the others.
+        if vendor == "postgresql" and not orphans and pairs is not None:
+            # One ordered index scan per (group, type) that stops at the limit, however
+            # long the backlog, and never walks past types this worker leaves to others.
+            # Pairs take turns at coming first so a busy one cannot starve the others.
+            self._turn = (getattr(self, "_turn", -1) + 1) % len(pairs)
+            turned = [*pairs[self._turn :], *pairs[: self._turn]]
+            candidates = (
+                "SELECT c.id FROM unnest(%s::text[], %s::text[]) AS g(name, type) "
+                f"CROSS JOIN LATERAL (SELECT c.id FROM {delivery} c WHERE c.group_name = g.name "
+                f"AND c.event_type = g.type AND {claimable} "
+                f"ORDER BY c.position LIMIT %s{lock}) c LIMIT %s"
+            )
+            group_params = [[g for g, _ in turned], [t for _, t in turned], limit]
+        elif vendor == "postgresql" and not orphans:
+            # One scan per group that stops at the limit: `group_name = ANY(...)` would
+            # sort every pending row instead. Groups take turns at coming first.
             self._turn = (getattr(self, "_turn", -1) + 1) % len(groups)
             candidates = (
                 "SELECT c.id FROM unnest(%s::text[]) AS g(name) CROSS JOIN LATERAL "
@@ -256,6 +308,10 @@ class DatabaseTransport(Transport):
             group_params = [[*groups[self._turn :], *groups[: self._turn]], limit]
         else:
             in_groups, group_params = self._groups_clause("c.group_name", groups)
+            if pairs is not None:
+                typed, typed_params = self._pairs_clause(pairs)
+                in_groups = f"{in_groups} AND {typed}"
+                group_params += typed_params
             candidates = (
                 f"SELECT c.id FROM {delivery} c WHERE {in_groups} AND {claimable} "
                 f"ORDER BY c.position LIMIT %s{lock}"
@@ -423,7 +479,7 @@ class DatabaseTransport(Transport):
         return bool(parked or removed)
 
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
-        from ..registry import registry
+        from ..subscriptions import current
 
         vendor = self._vendor
         delivery, event = self._tables()
@@ -440,13 +496,13 @@ class DatabaseTransport(Transport):
         rows = self._execute(f"SELECT type FROM {event} WHERE id = %s", [db_id])
         if not rows:
             raise LookupError(f"Event {event_id} is not in the event log.")
-        handler = registry.get(group, rows[0][0])
-        ordered = bool(handler and handler.ordered)
+        # The group may belong to another service: its declared subscriptions say if ordered.
+        ordered = (rows[0][0], group, True) in current(self.database)
         self._execute(
-            f"INSERT INTO {delivery} (event_id, group_name, position, key, ordered, attempts, "
-            "available_at, parked, last_error, created_at) "
-            f"SELECT id, %s, position, key, %s AND key IS NOT NULL, 0, {now}, FALSE, '', {now} "
-            f"FROM {event} WHERE id = %s",
+            f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, ordered, "
+            "attempts, available_at, parked, last_error, created_at) "
+            f"SELECT id, %s, type, position, key, %s AND key IS NOT NULL, 0, {now}, FALSE, '', "
+            f"{now} FROM {event} WHERE id = %s",
             [group, ordered, db_id],
         )
         if vendor == "postgresql" and self.notify:
@@ -457,6 +513,24 @@ class DatabaseTransport(Transport):
         self._execute(
             f"DELETE FROM {delivery} WHERE event_id = %s AND group_name = %s AND parked",
             [sql.uuid_value(self._vendor, event_id), group],
+        )
+
+    def backlog_by_type(self) -> dict[tuple[str, str], int]:
+        delivery, _ = self._tables()
+        rows = self._execute(
+            f"SELECT group_name, event_type, COUNT(*) FROM {delivery} "
+            "GROUP BY group_name, event_type",
+            [],
+        )
+        return {(group, event_type): int(count) for group, event_type, count in rows}
+
+    def drop_backlog(self, group: str, event_type: str) -> int:
+        delivery, _ = self._tables()
+        return int(
+            self._execute(
+                f"DELETE FROM {delivery} WHERE group_name = %s AND event_type = %s",
+                [group, event_type],
+            )
         )
 
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
@@ -485,3 +559,8 @@ class DatabaseTransport(Transport):
             for row in rows
         }
         return {group: found.get(group, GroupStatus()) for group in sorted({*groups, *found})}
+
+
+def _pairs(groups: Sequence[str], types: Mapping[str, Collection[str]]) -> list[tuple[str, str]]:
+    """The (group, type) pairs to claim: each listed type, and ``""`` (type not recorded)."""
+    return [(g, t) for g in groups for t in [*sorted(types.get(g, ())), ""]]

@@ -14,7 +14,7 @@ import datetime as dt
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ class InMemoryTransport(Transport):
     persistent = False
     acks_in_transaction = False
     idempotent_publish = True
+    filters_types = True
 
     accepted_options = frozenset(_OPTIONS)
 
@@ -111,9 +112,17 @@ class InMemoryTransport(Transport):
 
     # -- worker side --------------------------------------------------------------------
 
-    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+    def claim(
+        self,
+        groups: Sequence[str],
+        limit: int,
+        lease: float,
+        *,
+        types: Mapping[str, Collection[str]] | None = None,
+    ) -> list[Claimed]:
         """Claim up to ``limit`` due events, counting an attempt for each; groups take
-        turns at coming first, and an ordered key yields only its oldest event."""
+        turns at coming first, and an ordered key yields only its oldest event. With
+        ``types``, other types are left untouched for a worker that handles them."""
         if not groups or limit < 1:
             return []
         self._turn = (self._turn + 1) % len(groups)
@@ -123,13 +132,16 @@ class InMemoryTransport(Transport):
             now = time.monotonic()
             for group in [*groups[self._turn :], *groups[: self._turn]]:
                 blocked: set[str | None] = set()
+                wanted = None if types is None else types.get(group, ())
                 for entry in self._queue.groups.get(group, {}).values():
                     if len(taken) >= limit:
                         break
                     if entry.ordered:
                         if entry.event.key in blocked:
                             continue
-                        blocked.add(entry.event.key)
+                        blocked.add(entry.event.key)  # a head left for others still blocks
+                    if wanted is not None and entry.event.type not in wanted:
+                        continue
                     if entry.parked or entry.available_at > now or entry.held(now):
                         continue
                     entry.attempts += 1
@@ -207,6 +219,23 @@ class InMemoryTransport(Transport):
             entry = queue.get(event_id)
             if entry is not None and entry.parked:
                 del queue[event_id]
+
+    def backlog_by_type(self) -> dict[tuple[str, str], int]:
+        found: dict[tuple[str, str], int] = {}
+        with self._queue.lock:
+            for group, queue in self._queue.groups.items():
+                for entry in queue.values():
+                    slot = (group, entry.event.type)
+                    found[slot] = found.get(slot, 0) + 1
+        return found
+
+    def drop_backlog(self, group: str, event_type: str) -> int:
+        with self._queue.lock:
+            queue = self._queue.groups.get(group, {})
+            gone = [key for key, entry in queue.items() if entry.event.type == event_type]
+            for key in gone:
+                del queue[key]
+        return len(gone)
 
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
         found: dict[str, GroupStatus] = {}

@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...registry import registry
+from ...subscriptions import declare_current
 from ...worker import Worker
 from .. import configure_logging, stop_on_signals
 
@@ -40,6 +41,9 @@ class Command(BaseCommand):
             )
         if options["batch_size"] is not None and options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1.")
+        # Stored without retiring anything: this may be an old version during a rolling
+        # deploy, and only a deploy (migrate, setup_events) replaces the service's set.
+        declare_current(replace=False)
         worker = Worker(groups, relay=not options["no_relay"], batch_size=options["batch_size"])
         if not options["once"]:
             stop_on_signals(worker.stop)

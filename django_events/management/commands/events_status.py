@@ -27,12 +27,42 @@ class Command(BaseCommand):
         if found:
             sys.exit(2)
 
+    def _subscriptions(self, report: dict[str, Any]) -> None:
+        """Subscriptions by service; orphans stand out, with what they still hold."""
+        out = self.stdout
+        rows = report["subscriptions"]
+        if not rows:
+            return
+        out.write(f"subscriptions (this is service {report['service']}):")
+        for row in rows:
+            line = f"  {row['service']:<16}{row['group']:<24}{row['event_type']}"
+            if row["ordered"]:
+                line += " (ordered)"
+            if row["orphaned"]:
+                held = "?" if row["backlog"] is None else row["backlog"]
+                out.write(
+                    self.style.WARNING(
+                        f"{line}  ORPHANED since {row['retired_at']}: no service declares it, "
+                        f"{held} pending; unsubscribe with setup_events --prune"
+                    )
+                )
+            elif row["retired_at"]:
+                out.write(f"{line}  retired by its service, still declared by another")
+            else:
+                out.write(line)
+
     def _table(self, report: dict[str, Any]) -> None:
         out = self.stdout
-        out.write(f"{'group':<24}{'pending':>9}{'in flight':>11}{'dead':>7}{'oldest (s)':>12}")
+        out.write(
+            f"{'group':<24}{'pending':>9}{'in flight':>11}{'dead':>7}{'oldest (s)':>12}  services"
+        )
         for name, g in report["groups"].items():
             age = "-" if g["oldest_pending_age_s"] is None else f"{g['oldest_pending_age_s']:.1f}"
-            out.write(f"{name:<24}{g['pending']:>9}{g['in_flight']:>11}{g['dead']:>7}{age:>12}")
+            out.write(
+                f"{name:<24}{g['pending']:>9}{g['in_flight']:>11}{g['dead']:>7}{age:>12}  "
+                f"{', '.join(g['services']) or '-'}"
+            )
+        self._subscriptions(report)
         box = report["outbox"]
         age = "-" if box["oldest_age_s"] is None else f"{box['oldest_age_s']:.1f}s"
         out.write(f"outbox: {box['unrelayed']} unrelayed, oldest {age}")

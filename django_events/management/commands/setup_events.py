@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import getpass
 import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ... import subscriptions
 from ...exceptions import EventsConfigurationError
 from ...registry import registry
+from ...subscriptions import declare_current
 from ...transports import transports
+from ...transports.base import Transport
 
 
 class Command(BaseCommand):
@@ -24,6 +28,13 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="Print the plan without changing anything."
         )
         parser.add_argument(
+            "--prune",
+            action="store_true",
+            help="Unsubscribe orphaned subscriptions (retired, declared by no service), "
+            "dropping what their groups are still owed; with --dry-run, list them only.",
+        )
+        parser.add_argument("--service", help="With --prune: only subscriptions of this service.")
+        parser.add_argument(
             "--iam",
             action="store_true",
             help="Print least-privilege access policies (JSON, by role) instead of setting up.",
@@ -34,12 +45,18 @@ class Command(BaseCommand):
             transport = transports[options["transport"]]
         except EventsConfigurationError as exc:
             raise CommandError(str(exc)) from exc
+        if options["prune"]:
+            self._prune(transport, options["service"], dry_run=options["dry_run"])
+            return
         if options["iam"]:
             policies = transport.access_policies(registry.subscriptions())
             if not policies:
                 raise CommandError(f"{type(transport).__name__} has no access policies to print.")
             self.stdout.write(json.dumps(policies, indent=2))
             return
+        if not options["dry_run"]:
+            for line in declare_current().lines():
+                self.stdout.write(f"Subscriptions: {line}")
         steps = transport.setup(registry.subscriptions(), dry_run=options["dry_run"])
         name = type(transport).__name__
         if not steps:
@@ -49,3 +66,29 @@ class Command(BaseCommand):
         self.stdout.write(f"{name} ({options['transport']}) {verb}:")
         for step in steps:
             self.stdout.write(f"  {step}")
+
+    def _prune(self, transport: Transport, service: str | None, *, dry_run: bool) -> None:
+        rows = [
+            row
+            for row in subscriptions.orphaned(subscriptions.all_rows(transport.database))
+            if service is None or row.service == service
+        ]
+        if not rows:
+            self.stdout.write("No orphaned subscriptions.")
+            return
+        backlog = transport.backlog_by_type() or {}
+        verb = "Would unsubscribe" if dry_run else "Unsubscribing"
+        for row in rows:
+            held = backlog.get((row.group, row.event_type), 0)
+            self.stdout.write(
+                f"{verb} {row.service}: {row.group} from {row.event_type} "
+                f"(retired {row.retired_at:%Y-%m-%d %H:%M}, {held} pending)"
+            )
+        if dry_run:
+            return
+        try:
+            who = getpass.getuser()
+        except (OSError, KeyError):  # no login name (a container)
+            who = "unknown user"
+        actor = f"manage.py setup_events --prune ({who})"
+        self.stdout.write(subscriptions.unsubscribe(rows, actor=actor).message)

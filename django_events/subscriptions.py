@@ -1,0 +1,343 @@
+"""Subscriptions as data: each service declares the groups it consumes, every relay reads them.
+
+A consumer group used to exist only in the code of the process whose relay moved the
+outbox, so a relay of another service (or of the previous version during a rolling
+deploy) fanned out without it and the group silently missed events. Here every
+deployment writes its own service's subscriptions into the ``Subscription`` table of the
+database its transport uses, and every relay sharing that database fans out to all of
+them, whichever service declared them (docs/services.md).
+
+When a subscription counts: the relay reads the table in the transaction that moves each
+batch, after taking the batch's rows. An event is therefore fanned out to every
+subscription whose declaration committed before the event did. With
+``SUBSCRIPTIONS_CACHE`` above 0 a relay may use a list that old, so ``declare`` waits
+that long after storing a new subscription before it returns: once ``migrate`` (or
+``setup_events``) is done, every relay sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.core.signals import setting_changed
+from django.db import transaction
+from django.db.models.functions import Now
+from django.dispatch import receiver
+
+from .conf import get_settings
+
+if TYPE_CHECKING:
+    from .models import Subscription
+    from .registry import Handler
+    from .transports.base import Transport
+
+logger = logging.getLogger("django_events.subscriptions")
+
+FanOut = list[tuple[str, str, bool]]
+"""``(event_type, group, ordered)`` rows, the shape ``Transport.publish`` takes."""
+
+_cache: dict[str, tuple[float, FanOut]] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass
+class Declaration:
+    """What one ``declare`` changed, as ``(group, event_type)`` pairs."""
+
+    service: str
+    added: list[tuple[str, str]] = field(default_factory=list)
+    reordered: list[tuple[str, str]] = field(default_factory=list)
+    reopened: list[tuple[str, str]] = field(default_factory=list)
+    retired: list[tuple[str, str]] = field(default_factory=list)
+    kept: int = 0
+
+    @property
+    def fan_out_changed(self) -> bool:
+        """Whether relays must re-read to fan out correctly (retired rows still receive)."""
+        return bool(self.added or self.reordered)
+
+    def lines(self) -> list[str]:
+        """One line per change, for ``migrate`` and ``setup_events`` output."""
+        found = []
+        for verb, pairs in (
+            ("subscribed", self.added),
+            ("ordering changed", self.reordered),
+            ("declared again", self.reopened),
+            ("retired (it still receives events until unsubscribed)", self.retired),
+        ):
+            found += [f"{self.service}: {group} on {type_}: {verb}" for group, type_ in pairs]
+        return found
+
+
+def declare(
+    service: str, handlers: Iterable[Handler], *, using: str, replace: bool = True
+) -> Declaration:
+    """Store ``service``'s subscriptions: one per (group, event type) of ``handlers``.
+
+    With ``replace`` (a deploy: ``migrate``, ``setup_events``) this is the service's whole
+    set: rows it no longer declares are marked retired, never deleted, and rows declared
+    again are reopened. Without it (a worker starting, maybe of an older version during a
+    rolling deploy) rows are only added and their ``last_seen_at`` refreshed, so an old
+    worker never retires what the new version declared.
+    """
+    from .models import Subscription
+
+    wanted: dict[tuple[str, str], bool] = {}
+    for handler in handlers:
+        slot = (handler.group, handler.event_type)
+        wanted[slot] = wanted.get(slot, False) or handler.ordered
+    result = Declaration(service)
+    table = Subscription.objects.using(using)
+    with transaction.atomic(using=using):
+        rows = {
+            (row.group, row.event_type): row
+            for row in table.select_for_update().filter(service=service)
+        }
+        new = [slot for slot in wanted if slot not in rows]
+        table.bulk_create(
+            [
+                Subscription(service=service, group=g, event_type=t, ordered=wanted[(g, t)])
+                for g, t in new
+            ],
+            ignore_conflicts=True,  # a worker starting at the same moment declared it too
+        )
+        result.added = sorted(new)
+        seen = [rows[slot].pk for slot in wanted if slot in rows]
+        result.kept = len(seen)
+        table.filter(pk__in=seen).update(last_seen_at=Now())
+        for slot, ordered in wanted.items():
+            row = rows.get(slot)
+            if row is not None and row.ordered != ordered:
+                table.filter(pk=row.pk).update(ordered=ordered)
+                result.reordered.append(slot)
+        if replace:
+            reopen = [slot for slot in wanted if slot in rows and rows[slot].retired_at]
+            retire = [s for s, row in rows.items() if s not in wanted and not row.retired_at]
+            table.filter(pk__in=[rows[s].pk for s in reopen]).update(retired_at=None)
+            table.filter(pk__in=[rows[s].pk for s in retire]).update(retired_at=Now())
+            result.reopened, result.retired = sorted(reopen), sorted(retire)
+    for line in result.lines():
+        logger.info("Subscriptions: %s", line)
+    wait = get_settings().subscriptions_cache
+    if result.fan_out_changed and wait > 0:
+        time.sleep(wait)  # every relay's cached list is now younger than this declaration
+    return result
+
+
+def declare_current(*, using: str | None = None, replace: bool = True) -> Declaration:
+    """Declare this deployment's handlers as its ``SERVICE``'s subscriptions, in the
+    database of the default transport (the store the services share)."""
+    from .registry import registry
+    from .transports import transports
+
+    return declare(
+        get_settings().service,
+        registry,
+        using=using or transports["default"].database,
+        replace=replace,
+    )
+
+
+def declare_on_migrate(*, using: str = "default", verbosity: int = 1, **kwargs: Any) -> None:
+    """``post_migrate`` of django_events: a deploy's ``migrate`` declares the new code's
+    subscriptions before its workers start, so old relays already fan out to them."""
+    from django.db import connections
+
+    from .exceptions import EventsConfigurationError
+    from .models import Subscription
+    from .transports import transports
+
+    try:
+        store = transports["default"].database
+    except EventsConfigurationError:
+        return  # check E001/E002 reports it
+    if using != store:
+        return
+    if Subscription._meta.db_table not in connections[using].introspection.table_names():
+        return  # migrated back below the table
+    result = declare_current(using=using)
+    stdout = kwargs.get("stdout")
+    if verbosity >= 1 and stdout is not None:
+        for line in result.lines():
+            stdout.write(f"  django-events: {line}\n")
+
+
+def current(using: str) -> FanOut:
+    """Every subscription declared in ``using``, by any service, together with this
+    process's own handlers (declared by its code even before they are stored), one row
+    per (event type, group); ordered if any declaration asks for it.
+
+    Read from the table at each call, or at most ``SUBSCRIPTIONS_CACHE`` seconds old.
+    """
+    from .models import Subscription
+    from .registry import registry
+
+    ttl = get_settings().subscriptions_cache
+    started = time.monotonic()
+    hit = _cache.get(using)
+    if ttl > 0 and hit is not None and started - hit[0] < ttl:
+        stored = hit[1]
+    else:
+        stored = list(
+            Subscription.objects.using(using).values_list("event_type", "group", "ordered")
+        )
+        if ttl > 0:
+            with _cache_lock:
+                _cache[using] = (started, stored)  # its age counts from before the read
+    merged: dict[tuple[str, str], bool] = {}
+    for event_type, group, ordered in [*stored, *registry.subscriptions()]:
+        merged[(event_type, group)] = merged.get((event_type, group), False) or ordered
+    return sorted((event_type, group, ordered) for (event_type, group), ordered in merged.items())
+
+
+def fan_out(transport: Transport) -> FanOut:
+    """The subscriptions the relay publishes to: those declared in the store the services
+    share, for a transport that keeps them there; its own handlers' otherwise (Redis and
+    SNS + SQS, until subscriptions travel through the broker)."""
+    if transport.subscriptions_in_database:
+        return current(transport.database)
+    from .registry import registry
+
+    return registry.subscriptions()
+
+
+def handled_types(handlers: Iterable[Handler], groups: Sequence[str]) -> dict[str, frozenset[str]]:
+    """``{group: event types}`` that ``handlers`` handle, for a worker's claim filter."""
+    found: dict[str, set[str]] = {group: set() for group in groups}
+    for handler in handlers:
+        if handler.group in found:
+            found[handler.group].add(handler.event_type)
+    return {group: frozenset(types) for group, types in found.items()}
+
+
+def all_rows(using: str) -> list[Subscription]:
+    from .models import Subscription
+
+    return list(Subscription.objects.using(using).order_by("service", "group", "event_type"))
+
+
+def orphaned(rows: Sequence[Subscription]) -> list[Subscription]:
+    """Retired rows whose (group, event type) no service declares any more: they still
+    receive events that nobody will handle, until an operator unsubscribes them."""
+    live = {(row.group, row.event_type) for row in rows if row.retired_at is None}
+    return [row for row in rows if row.retired_at and (row.group, row.event_type) not in live]
+
+
+def shared_groups(rows: Sequence[Subscription]) -> dict[str, list[Subscription]]:
+    """Groups that more than one service declares: group names are global in the store
+    (one inbox, one backlog), so two services in one group compete for its events."""
+    by_group: dict[str, list[Subscription]] = {}
+    for row in rows:
+        if row.retired_at is None:
+            by_group.setdefault(row.group, []).append(row)
+    return {
+        group: found
+        for group, found in sorted(by_group.items())
+        if len({row.service for row in found}) > 1
+    }
+
+
+UNSUBSCRIBE_PERMISSION = "django_events.unsubscribe"
+
+
+@dataclass
+class Unsubscribed:
+    """What ``unsubscribe`` did: rows removed (with the backlog each dropped; None when
+    the transport cannot tell) and rows left alone because a service still declares them."""
+
+    done: list[tuple[Subscription, int | None]] = field(default_factory=list)
+    skipped: list[Subscription] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        text = f"Unsubscribed {len(self.done)} subscription{'s' if len(self.done) != 1 else ''}"
+        dropped = sum(count or 0 for _, count in self.done)
+        if dropped:
+            text += f", dropping {dropped} pending deliveries (the events stay in the log)"
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)} still declared by a service"
+        return text + "."
+
+
+def unsubscribe(
+    rows: Iterable[Subscription], *, user: Any = None, actor: str | None = None
+) -> Unsubscribed:
+    """Remove orphaned subscriptions (retired, and declared by no other service) and drop
+    what their group was still owed of that type; anything else is skipped.
+
+    ``user`` (checked for ``django_events.unsubscribe``, written to the admin's log) or,
+    from a shell, ``actor`` (written to the log only). Each removal is logged with the
+    backlog it dropped: nothing goes silently.
+    """
+    from django.core.exceptions import PermissionDenied
+
+    from .models import Subscription
+    from .transports import transports
+
+    if user is not None:
+        if not user.is_active or not user.has_perm(UNSUBSCRIBE_PERMISSION):
+            raise PermissionDenied(f"needs the {UNSUBSCRIBE_PERMISSION} permission")
+    elif not actor:
+        raise PermissionDenied("Unsubscribing needs a user, or an actor for the log.")
+    transport = transports["default"]
+    using = transport.database
+    outcome = Unsubscribed()
+    for pk in sorted(row.pk for row in rows):
+        with transaction.atomic(using=using):
+            row = Subscription.objects.using(using).select_for_update().filter(pk=pk).first()
+            if row is None:
+                continue  # someone else unsubscribed it
+            others = Subscription.objects.using(using).filter(
+                group=row.group, event_type=row.event_type
+            )
+            if row.retired_at is None or others.filter(retired_at__isnull=True).exists():
+                outcome.skipped.append(row)
+                continue
+            _audit(row, user, actor)
+            row.delete()
+            dropped = None
+            if not others.exists():  # another retired row keeps it until it goes too
+                dropped = transport.drop_backlog(row.group, row.event_type)
+            outcome.done.append((row, dropped))
+        forget()
+        logger.warning(
+            "Unsubscribed %s: group %s from %s by %s; %s pending deliveries dropped",
+            row.service,
+            row.group,
+            row.event_type,
+            user.get_username() if user is not None else actor,
+            "unknown" if dropped is None else dropped,
+        )
+    return outcome
+
+
+def _audit(row: Subscription, user: Any, actor: str | None) -> None:
+    from django.apps import apps
+
+    if user is None or not apps.is_installed("django.contrib.admin"):
+        return
+    from django.contrib.admin.models import DELETION, LogEntry
+
+    LogEntry.objects.log_actions(
+        user_id=user.pk,
+        queryset=[row],
+        action_flag=DELETION,
+        change_message=f"Unsubscribed {row.service}: {row.group} from {row.event_type}",
+    )
+
+
+def forget() -> None:
+    """Drop cached subscription lists (tests; a changed setting)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == "DJANGO_EVENTS":
+        forget()

@@ -1,0 +1,8 @@
+from django_events import handler
+
+from ..effects.models import record
+
+
+@handler("order.placed", group="picking")
+def pick(event):
+    record("warehouse", "picking", event)
