@@ -12,11 +12,12 @@ class DjangoEventsConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from .checks import check_events
+        from .checks import RUNTIME_TAG, check_events, check_runtime
         from .conf import get_settings
         from .exceptions import EventsConfigurationError
 
         checks.register(check_events, "django_events")
+        checks.register(check_runtime, RUNTIME_TAG, deploy=True)
         try:
             modules = get_settings().autodiscover_modules
         except EventsConfigurationError:
