@@ -5,9 +5,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...exceptions import EventsConfigurationError
+from ...exceptions import EventsConfigurationError, TransportUnavailable
 from ...registry import registry
 from ...transports import transports
+from .. import run_runtime_checks
 
 
 class Command(BaseCommand):
@@ -34,13 +35,17 @@ class Command(BaseCommand):
             transport = transports[options["transport"]]
         except EventsConfigurationError as exc:
             raise CommandError(str(exc)) from exc
+        run_runtime_checks(self, options)
         if options["iam"]:
             policies = transport.access_policies(registry.subscriptions())
             if not policies:
                 raise CommandError(f"{type(transport).__name__} has no access policies to print.")
             self.stdout.write(json.dumps(policies, indent=2))
             return
-        steps = transport.setup(registry.subscriptions(), dry_run=options["dry_run"])
+        try:
+            steps = transport.setup(registry.subscriptions(), dry_run=options["dry_run"])
+        except (EventsConfigurationError, TransportUnavailable) as exc:
+            raise CommandError(str(exc)) from None
         name = type(transport).__name__
         if not steps:
             self.stdout.write(f"{name} ({options['transport']}): nothing to set up.")
