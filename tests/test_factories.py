@@ -106,3 +106,13 @@ def test_without_factory_boy_the_import_error_names_the_extra():
     )
     assert result.returncode == 1
     assert "pip install 'django-events[testing]'" in result.stderr, result.stderr
+
+
+def test_log_rows_and_dead_letters_take_typed_events_too():
+    shipped = ParcelShipped(parcel_id=9, weight_kg=Decimal("0.25"), carrier="DPD")
+    row = EventRecordFactory(typed=shipped, key="parcel-9")
+    stored = EventRecord.objects.get(pk=row.pk)
+    assert (stored.type, stored.version, stored.key) == ("test.parcel_shipped", 3, "parcel-9")
+    assert stored.data["weight_kg"] == "0.25"
+    dead = DeadLetterFactory(group="typed", event__typed=shipped)
+    assert dead.event.version == 3 and dead.event_id != row.id

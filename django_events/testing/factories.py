@@ -81,63 +81,62 @@ def next_position(using: str = "default") -> int:
     return position
 
 
-class EventFactory(factory.Factory):
+class _EnvelopeFactory(factory.Factory):
+    """The fields an envelope and a log row share; ``typed=`` fills type, version, data."""
+
+    class Meta:
+        abstract = True
+
+    class Params:
+        typed: TypedEvent | None = None
+
+    id = factory.LazyFunction(uuid7)
+    type = factory.LazyAttribute(_type)
+    version = factory.LazyAttribute(_version)
+    data = factory.LazyAttribute(_data)
+    key = None
+    metadata = factory.Dict({})
+    occurred_at = factory.LazyFunction(timezone.now)
+    source = "tests"
+
+
+def _checked(kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs["data"] = _as_delivered(kwargs["type"], kwargs["version"], kwargs["data"])
+    kwargs["key"] = validate_key(kwargs["key"])
+    return kwargs
+
+
+class EventFactory(_EnvelopeFactory):
     """An ``Event`` as delivered: ``EventFactory(type="order.placed", data={...})`` or
     ``EventFactory(typed=OrderPlaced(order_id=1, total=Decimal("9.50")))``."""
 
     class Meta:
         model = Event
 
-    class Params:
-        typed: TypedEvent | None = None
-
-    id = factory.LazyFunction(uuid7)
-    type = factory.LazyAttribute(_type)
-    version = factory.LazyAttribute(_version)
-    data = factory.LazyAttribute(_data)
-    key = None
-    occurred_at = factory.LazyFunction(timezone.now)
-    source = "tests"
     correlation_id = None
     causation_id = None
-    metadata = factory.Dict({})
 
     @classmethod
     def _create(cls, model_class: builtins.type[Event], *args: Any, **kwargs: Any) -> Event:
-        kwargs["data"] = _as_delivered(kwargs["type"], kwargs["version"], kwargs["data"])
-        kwargs["key"] = validate_key(kwargs["key"])
-        return model_class(*args, **kwargs)
+        return model_class(*args, **_checked(kwargs))
 
     _build = _create
 
 
-class EventRecordFactory(DjangoModelFactory):
+class EventRecordFactory(DjangoModelFactory, _EnvelopeFactory):
     """A row of the event log (what the admin lists and replay reads), at a position no
     later publish takes. Accepts ``typed=`` like ``EventFactory``."""
 
     class Meta:
         model = EventRecord
 
-    class Params:
-        typed: TypedEvent | None = None
-
-    id = factory.LazyFunction(uuid7)
     position = factory.LazyFunction(next_position)
-    type = factory.LazyAttribute(_type)
-    version = factory.LazyAttribute(_version)
-    data = factory.LazyAttribute(_data)
-    key = None
-    metadata = factory.Dict({})
-    occurred_at = factory.LazyFunction(timezone.now)
-    source = "tests"
 
     @classmethod
     def _create(
         cls, model_class: builtins.type[EventRecord], *args: Any, **kwargs: Any
     ) -> EventRecord:
-        kwargs["data"] = _as_delivered(kwargs["type"], kwargs["version"], kwargs["data"])
-        kwargs["key"] = validate_key(kwargs["key"])
-        return super()._create(model_class, *args, **kwargs)
+        return super()._create(model_class, *args, **_checked(kwargs))
 
 
 TRACEBACK = (
