@@ -13,7 +13,7 @@ class DjangoEventsConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from .checks import check_events, check_subscriptions
+        from .checks import RUNTIME_TAG, check_events, check_runtime, check_subscriptions
         from .conf import get_settings
         from .exceptions import EventsConfigurationError
         from .subscriptions import declare_on_migrate
@@ -21,6 +21,7 @@ class DjangoEventsConfig(AppConfig):
         checks.register(check_events, "django_events")
         checks.register(check_subscriptions, "django_events", checks.Tags.database)
         post_migrate.connect(declare_on_migrate, sender=self)
+        checks.register(check_runtime, RUNTIME_TAG, deploy=True)
         try:
             modules = get_settings().autodiscover_modules
         except EventsConfigurationError:

@@ -5,12 +5,17 @@ dependency · E004 unsupported database · E005 SQLite too old · E006 handler f
 not in GROUPS · E007 OUTBOX_DATABASES names an unknown database · E008 ordered handler on
 a transport without ordering · E009 an outbox database the transport cannot
 read · W001 no LISTEN/NOTIFY driver · W002 GROUPS entry without
-handlers · W003-W005 Redis persistence, eviction, reachability · W020 event type named
+handlers · W003-W005 Redis persistence, eviction, reachability · W006 no handlers at
+all · W020 event type named
 like a command · W021 schema snapshot missing or broken without a version bump · W022 a
 version with no upcaster to the next · E030 INBOX_RETENTION within the redelivery
 window · E040-E042 SNS/SQS transport (database, region, queue names and filter policies) ·
 W050 an orphaned subscription · W051 a group declared by several services (W05x read the
 database: they run with ``migrate`` and ``check --database``).
+
+W003-W006 are deployment checks under the tag ``django_events_runtime``: they need the
+transport's server or concern a process that delivers events, so ``check --deploy``,
+``consume_events`` and ``setup_events`` run them, not every ``manage.py`` command.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from django.core.checks import CheckMessage, Error, Warning
 
 from .conf import EventsSettings, get_settings
 from .exceptions import EventsConfigurationError
+
+RUNTIME_TAG = "django_events_runtime"
 
 OPTIONAL_DEPENDENCIES = {
     "redis": "redis",
@@ -73,21 +80,20 @@ def check_events(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         if conf.groups and handler.group not in conf.groups:
             errors.append(
                 Error(
-                    f"{handler.name} handles {handler.event_type!r} for group {handler.group!r}, "
+                    f"Handles {handler.event_type!r} for group {handler.group!r}, "
                     "which is not in DJANGO_EVENTS['GROUPS'].",
                     hint=f"Add it ({', '.join(sorted(conf.groups))} are configured) "
                     "or fix the name.",
-                    obj=handler.func,
+                    obj=handler.name,
                     id="django_events.E006",
                 )
             )
         if handler.ordered and not transport.supports_ordering:
             errors.append(
                 Error(
-                    f"{handler.name} asks for ordered=True, which {type(transport).__name__} "
-                    "cannot promise.",
+                    f"Asks for ordered=True, which {type(transport).__name__} cannot promise.",
                     hint=transport.ordering_note or None,
-                    obj=handler.func,
+                    obj=handler.name,
                     id="django_events.E008",
                 )
             )
@@ -104,6 +110,31 @@ def check_events(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
     errors.extend(check_retention(conf))
     return errors
+
+
+def check_runtime(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W003-W005 from the transport's server, W006 when no handler is registered at all."""
+    from .registry import registry
+    from .transports import transports
+
+    try:
+        get_settings()
+        transport = transports["default"]
+    except EventsConfigurationError:
+        return []  # check_events reports it
+    found = list(transport.check_server())
+    if not list(registry):
+        found.append(
+            Warning(
+                "No event handlers are registered: a worker started here delivers events "
+                "to nobody.",
+                hint="Handlers are imported from the AUTODISCOVER_MODULES (events.py and "
+                "handlers.py by default) of each installed app: check the module's name. "
+                "If this project only publishes, silence django_events.W006.",
+                id="django_events.W006",
+            )
+        )
+    return found
 
 
 def check_contracts(conf: EventsSettings) -> list[CheckMessage]:

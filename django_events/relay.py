@@ -29,6 +29,7 @@ logger = logging.getLogger("django_events.relay")
 RELAY_LOCK = 0x6465_7665_6E74  # one relay moves at a time per database: keeps publish order
 _PRUNE_EVERY = 60.0
 _PRUNE_BATCHES = 10  # per kind and pass: retention never holds the relay up for long
+UNSUBSCRIBED_WARN_EVERY = 600.0  # seconds between warnings about one unsubscribed type
 _OUTBOX_FIELDS = (
     "position, event_id, type, key, version, data, metadata, occurred_at, source, "
     "correlation_id, causation_id"
@@ -52,6 +53,7 @@ class Relay:
         self.batch_size = batch_size or conf.relay_batch_size
         self._pruned_at = 0.0
         self._purge_resume: dict[tuple[str, str], Any] = {}
+        self._unsubscribed_warned: dict[str, float] = {}
 
     def run_once(self) -> int:
         """Move everything committed so far; return how many events moved."""
@@ -85,19 +87,46 @@ class Relay:
         if self.transport.joins_outbox_transaction(using):
             with transaction.atomic(using=using):
                 rows = self._take(using)
-                self.transport.publish(rows, self._subscriptions(rows))
+                subscriptions = self._subscriptions(rows)
+                self.transport.publish(rows, subscriptions)
                 if rows:
                     failpoints.hit("relay.after_take")
+            self._warn_unsubscribed(rows, subscriptions)
             return len(rows)
         if sql.vendor(using) == "postgresql":
             return self._send_under_lock(using)
         rows = self._lease(using)
         if rows:
-            self.transport.publish(rows, self._subscriptions(rows))
+            subscriptions = self._subscriptions(rows)
+            self.transport.publish(rows, subscriptions)
             failpoints.hit("relay.after_publish")
             with transaction.atomic(using=using):
                 self._complete(using, rows)
+            self._warn_unsubscribed(rows, subscriptions)
         return len(rows)
+
+    def _warn_unsubscribed(
+        self, rows: Sequence[Outgoing], subscriptions: list[tuple[str, str, bool]]
+    ) -> None:
+        """Warn when an event reaches no group (a typo in a type, or a handler not
+        imported): it is kept in the event log, but no handler will see it. Once per
+        type every ``UNSUBSCRIBED_WARN_EVERY`` seconds, so a busy type does not flood."""
+        if not rows:
+            return
+        subscribed = {event_type for event_type, _, _ in subscriptions}
+        now = time.monotonic()
+        for event_type in sorted({row.type for row in rows} - subscribed):
+            warned = self._unsubscribed_warned.get(event_type)
+            if warned is not None and now - warned < UNSUBSCRIBED_WARN_EVERY:
+                continue
+            self._unsubscribed_warned[event_type] = now
+            logger.warning(
+                "Relayed %s events, to which no group subscribes: they are in the event log, "
+                "but no handler sees them (next warning for this type in %.0f minutes at "
+                "the earliest)",
+                event_type,
+                UNSUBSCRIBED_WARN_EVERY / 60,
+            )
 
     def _send_under_lock(self, using: str) -> int:
         """One relay at a time sends, holding a session lock instead of leasing rows: no
@@ -116,10 +145,12 @@ class Relay:
                 )
                 rows = [Outgoing(*row) for row in cursor.fetchall()]
                 if rows:
-                    self.transport.publish(rows, self._subscriptions(rows))
+                    subscriptions = self._subscriptions(rows)
+                    self.transport.publish(rows, subscriptions)
                     failpoints.hit("relay.after_publish")
                     with transaction.atomic(using=using):
                         self._complete(using, rows)
+                    self._warn_unsubscribed(rows, subscriptions)
             finally:
                 with contextlib.suppress(DatabaseError):  # a lost connection lost the lock too
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [RELAY_LOCK])

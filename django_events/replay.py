@@ -4,7 +4,9 @@ Events go through the configured transport's ``publish``, restricted to the one 
 so a replay reaches handlers exactly as live events do (upcasting and the inbox
 included). Events the group already handled are left out (its inbox would skip them
 anyway) unless ``reprocess`` removes those inbox records first. Events with an open dead
-letter for the group are left out too: retrying the dead letter is how they go again.
+letter for the group are left out too: retrying the dead letter is how they go again. So
+are events whose dead letter for the group an operator discarded, unless
+``include_discarded``: a plain replay does not undo that decision.
 
 Progress is kept per group and filters in ``ReplayProgress``, one batch at a time, so an
 interrupted replay run again with the same filters continues after the last batch sent.
@@ -14,6 +16,7 @@ later reach the group live.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -65,15 +68,19 @@ class ReplaySpec:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     reprocess: bool = False
+    include_discarded: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
             "types": sorted(self.types),
             "key": self.key,
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
             "reprocess": self.reprocess,
         }
+        if self.include_discarded:  # absent when off: earlier replays keep their progress
+            found["include_discarded"] = True
+        return found
 
     @property
     def filters_key(self) -> str:
@@ -89,6 +96,8 @@ class ReplayPlan:
     already_handled: int
     open_dead_letters: int
     to_replay: int
+    discarded: int = 0
+    include_discarded: bool = False
     resume_after: int | None = None
     replayed_before: int = 0
     oldest_recorded_at: dt.datetime | None = None
@@ -134,7 +143,7 @@ class Replay:
                 f"({spec.since.isoformat()})."
             )
         types = tuple(sorted(set(spec.types) or handled))
-        return ReplaySpec(spec.group, types, spec.key, spec.since, spec.until, spec.reprocess)
+        return dataclasses.replace(spec, types=types)
 
     # -- what is in range ---------------------------------------------------------------
 
@@ -165,8 +174,18 @@ class Replay:
             )
         )
 
+    def _discarded(self) -> Exists:
+        """An operator discarded a dead letter of the event for the group."""
+        return Exists(
+            DeadLetter.objects.using(self.using).filter(
+                group=self.spec.group, state=DeadLetter.State.DISCARDED, event_id=OuterRef("id")
+            )
+        )
+
     def _to_send(self, after: int | None, upto: int | None) -> QuerySet[EventRecord]:
         events = self._matching().filter(~self._dead())
+        if not self.spec.include_discarded:
+            events = events.filter(~self._discarded())
         if not self.spec.reprocess:
             events = events.filter(~self._handled())
         if after is not None:
@@ -182,20 +201,36 @@ class Replay:
             .first()
         )
 
-    def plan(self, *, fresh: bool = False) -> ReplayPlan:
-        """Count what a run would send now (from the start if ``fresh``); write nothing."""
-        progress = None if fresh else self._progress()
-        resuming = progress is not None and progress.finished_at is None
+    def _remaining(self, progress: ReplayProgress | None) -> QuerySet[EventRecord]:
+        """What is in range, past the progress of an unfinished replay if there is one."""
         events = self._matching()
-        if resuming and progress is not None:
+        if progress is not None and progress.finished_at is None:
             events = events.filter(
                 position__gt=progress.last_position or 0,
                 position__lte=progress.upto_position,
             )
-        counted = events.aggregate(
+        return events
+
+    def preview(self, *, fresh: bool = False) -> QuerySet[EventRecord]:
+        """The events a run would send now, in order (from the start if ``fresh``)."""
+        progress = None if fresh else self._progress()
+        if progress is None or progress.finished_at is not None:
+            return self._to_send(None, None)
+        return self._to_send(progress.last_position, progress.upto_position)
+
+    def plan(self, *, fresh: bool = False) -> ReplayPlan:
+        """Count what a run would send now (from the start if ``fresh``); write nothing."""
+        progress = None if fresh else self._progress()
+        resuming = progress is not None and progress.finished_at is None
+        skipped: Any = ~self._dead()
+        discarded = self._discarded() & skipped
+        if not self.spec.include_discarded:
+            skipped = skipped & ~self._discarded()
+        counted = self._remaining(progress).aggregate(
             in_range=Count("id"),
-            handled=Count("id", filter=self._handled() & ~self._dead()),
+            handled=Count("id", filter=self._handled() & skipped),
             dead=Count("id", filter=self._dead()),
+            discarded=Count("id", filter=discarded),
             oldest=Min("recorded_at"),
         )
         handled = counted["handled"]
@@ -203,8 +238,11 @@ class Replay:
             in_range=counted["in_range"],
             already_handled=handled,
             open_dead_letters=counted["dead"],
+            discarded=counted["discarded"],
+            include_discarded=self.spec.include_discarded,
             to_replay=counted["in_range"]
             - counted["dead"]
+            - (0 if self.spec.include_discarded else counted["discarded"])
             - (0 if self.spec.reprocess else handled),
             resume_after=progress.last_position if resuming and progress else None,
             replayed_before=progress.replayed if resuming and progress else 0,

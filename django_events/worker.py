@@ -8,6 +8,7 @@ group moves on. A heartbeat thread renews the leases of everything the worker ho
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import socket
@@ -40,6 +41,12 @@ from .watchdog import Watchdog
 
 logger = logging.getLogger("django_events.worker")
 RECONNECT_MAX_DELAY = 2.0  # seconds between reconnection attempts once the database is back
+NO_HANDLERS = (
+    "No event handlers are registered in this process, so this worker delivers events to "
+    "nobody. Handlers are imported from the modules named in AUTODISCOVER_MODULES "
+    "(events.py and handlers.py by default) of each installed app: check that module's "
+    "name and that its app is in INSTALLED_APPS."
+)
 
 
 class _ClaimLost(Exception):
@@ -148,6 +155,11 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.running = True
         self.handled = 0
+        self.retried = 0
+        self.dead_lettered = 0
+        self.skipped = 0
+        self.wait_for_retries = 0.0
+        self._retries_due: list[float] = []  # monotonic times of the retries scheduled here
         self._heartbeat: Heartbeat | None = None
         self._relay_thread: RelayThread | None = None
 
@@ -157,8 +169,14 @@ class Worker:
         """Finish the event in hand, then return from ``run``."""
         self.running = False
 
-    def run(self, *, once: bool = False) -> int:
-        """Relay and handle until stopped (or, with ``once``, until nothing is available)."""
+    def run(self, *, once: bool = False, wait_for_retries: float = 0.0) -> int:
+        """Relay and handle until stopped (or, with ``once``, until nothing is available).
+
+        With ``once``, a retry this worker scheduled that falls due within
+        ``wait_for_retries`` seconds is waited for and handled before returning, so a
+        cron run does not leave behind a retry due a moment later.
+        """
+        self.wait_for_retries = wait_for_retries
         channels = [self.transport.wake_channel or ""]
         if self.relay:
             channels.append(OUTBOX_CHANNEL)
@@ -170,6 +188,8 @@ class Worker:
             self._relay_thread = RelayThread(self.relay, self.database, self.poll_interval)
             self._relay_thread.start()
         logger.info("Worker %s started for groups %s", self.name, ", ".join(self.groups) or "-")
+        if not self.groups:
+            logger.warning(NO_HANDLERS)
         try:
             with connections[self.database].execute_wrapper(self._watchdog.wrapper):
                 self._loop(waiter, once)
@@ -184,8 +204,15 @@ class Worker:
                 self.transport.close()  # gives back what a last wait received
             waiter.close()
             self.transport.close()  # a transport that defers acks sends them now
-        logger.info("Worker %s stopped after %d events", self.name, self.handled)
+        logger.info("Worker %s stopped: %s", self.name, self.summary())
         return self.handled
+
+    def summary(self) -> str:
+        """What this worker did, counted per outcome (a retried event counts once per retry)."""
+        return (
+            f"{self.handled} handled, {self.retried} retried, "
+            f"{self.dead_lettered} dead-lettered, {self.skipped} skipped as already handled"
+        )
 
     def _loop(self, waiter: Waiter, once: bool) -> None:
         failures = 0
@@ -206,20 +233,37 @@ class Worker:
                 continue
             if worked:
                 continue
+            retry_in = self._until_retry()
             if once:
-                return
+                if retry_in is None or retry_in > self.wait_for_retries:
+                    return
+                time.sleep(retry_in)
+                continue
+            wait = self.poll_interval if retry_in is None else min(self.poll_interval, retry_in)
             # The connection is kept across waits (CONN_MAX_AGE does not apply to a worker):
             # reconnecting on every wake-up would cost more than the work itself. A
             # connection that broke meanwhile raises above and is replaced.
             self._watchdog.disarm()
             if not (self.transport.waits_for_work and self.groups):
-                waiter.wait(self.poll_interval)
+                waiter.wait(wait)
                 continue
             try:
-                self.transport.wait(self.groups, self.poll_interval)
+                self.transport.wait(self.groups, wait)
             except TransportUnavailable:
                 logger.warning("Transport unavailable while waiting", exc_info=True)
                 time.sleep(self.poll_interval)
+
+    def _until_retry(self) -> float | None:
+        """Seconds until the earliest retry this worker scheduled falls due (0 once it has),
+        or None if none is pending: the wait for work ends then, so "retrying in 0.2s"
+        happens 0.2 s later rather than a poll later."""
+        if not self._retries_due:
+            return None
+        wait = self._retries_due[0] - time.monotonic()
+        if wait > 0:
+            return wait
+        heapq.heappop(self._retries_due)
+        return 0.0
 
     def _own_backend(self) -> int | None:
         """PostgreSQL backend of this worker's connection: its relay's NOTIFY needs no wake-up."""
@@ -310,7 +354,7 @@ class Worker:
                         done.append((item, handler, event))
                 failpoints.hit("worker.after_handler")
         except Exception as exc:
-            logger.info(
+            logger.debug(
                 "%s in a batch of %d for %s; handling each on its own",
                 type(exc).__name__,
                 len(ready),
@@ -321,6 +365,7 @@ class Worker:
         if not self.transport.acks_in_transaction:
             self.transport.ack_many([item for item, _, _ in ready])
         duration = (time.perf_counter() - started) / len(ready)
+        self.skipped += len(ready) - len(done)
         for item, handler, event in done:
             self._handled(item, handler, event, duration)
         return True
@@ -370,18 +415,28 @@ class Worker:
             )
             return
         except Exception as exc:
-            self._failed(claimed, handler, policy.max_attempts, exc)
+            duration = time.perf_counter() - started
+            self._failed(claimed, handler, policy.max_attempts, exc, duration=duration)
             return
         failpoints.hit("worker.after_commit")
         if not self.transport.acks_in_transaction:
             self.transport.ack(claimed)
         if not fresh:
+            self.skipped += 1
             logger.info("Skipped %s for %s: already handled", event.id, claimed.group)
             return
         self._handled(claimed, handler, event, time.perf_counter() - started)
 
     def _handled(self, claimed: Claimed, handler: Handler, event: Event, duration: float) -> None:
         self.handled += 1
+        logger.debug(
+            "Handled %s %s for %s (attempt %d, %s)",
+            claimed.event_type,
+            event.id,
+            claimed.group,
+            claimed.attempt,
+            _took(duration),
+        )
         _send(
             signals.event_handled,
             event=event,
@@ -392,26 +447,41 @@ class Worker:
         )
 
     def _failed(
-        self, claimed: Claimed, handler: Handler, max_attempts: int, exc: Exception
+        self,
+        claimed: Claimed,
+        handler: Handler,
+        max_attempts: int,
+        exc: Exception,
+        *,
+        duration: float | None = None,
     ) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if claimed.attempt >= max_attempts or isinstance(exc, PermanentFailure):
             self._dead_letter(
-                claimed, handler, _qualified(exc), str(exc), "".join(tb.format_exception(exc))
+                claimed,
+                handler,
+                _qualified(exc),
+                str(exc),
+                "".join(tb.format_exception(exc)),
+                duration=duration,
             )
             return
         delay = backoff(policy_for(claimed.group, handler), claimed.attempt)
         logger.warning(
-            "%s failed on %s %s (attempt %d of %d), retrying in %.1fs: %s",
+            "%s failed on %s %s for %s (attempt %d of %d, %s), retrying in %s: %s",
             handler.name,
             claimed.event_type,
             claimed.event_id,
+            claimed.group,
             claimed.attempt,
             max_attempts,
-            delay,
+            _took(duration),
+            _seconds(delay),
             error,
         )
         self.transport.retry_later(claimed, delay, error)
+        self.retried += 1
+        heapq.heappush(self._retries_due, time.monotonic() + delay)
 
     def _dead_letter(
         self,
@@ -422,6 +492,7 @@ class Worker:
         trace: str,
         *,
         attempts: int | None = None,
+        duration: float | None = None,
     ) -> None:
         attempts = claimed.attempt if attempts is None else attempts
         try:
@@ -433,12 +504,14 @@ class Worker:
                 claimed.group,
             )
             return
+        self.dead_lettered += 1
         logger.error(
-            "Dead letter: %s %s for group %s after %d attempts: %s: %s",
+            "Dead letter: %s %s for group %s after %d attempts%s: %s: %s",
             claimed.event_type,
             claimed.event_id,
             claimed.group,
             attempts,
+            "" if duration is None else f" (the last {_took(duration)})",
             error_class,
             message,
         )
@@ -477,6 +550,16 @@ def _send(signal: Signal, **kwargs: Any) -> None:
     for receiver, result in signal.send_robust(sender=Worker, **kwargs):
         if isinstance(result, Exception):
             logger.error("Signal receiver %r failed", receiver, exc_info=result)
+
+
+def _took(duration: float | None) -> str:
+    """A handler's run time for the log: milliseconds, as most handlers take less than 1 s."""
+    return "-" if duration is None else f"{duration * 1000:.1f} ms"
+
+
+def _seconds(delay: float) -> str:
+    """A delay as the log says it: to the hundredth below 10 s ("0.15s"), whole above."""
+    return f"{delay:.2f}s" if delay < 10 else f"{delay:.0f}s"
 
 
 def _qualified(exc: BaseException) -> str:

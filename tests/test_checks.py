@@ -178,7 +178,8 @@ def test_handler_for_a_group_missing_from_groups_is_e006(
     assert ids(messages) == ["django_events.E006"]
     error = messages[0]
     assert error.level == ERROR
-    assert error.obj is test_handlers.chain
+    assert error.obj == "tests.testapp.events.chain", "the dotted name, not a repr"
+    assert "0x" not in str(error)
     assert "group 'chain'" in error.msg
     assert "'test.chained'" in error.msg
     assert ", ".join(sorted(groups)) in (error.hint or "")
@@ -234,7 +235,7 @@ def test_ordered_handler_on_a_transport_without_ordering_is_e008(
 ) -> None:
     messages = checked(backend("tests.fake_transports.UnorderedTransport"))
     assert ids(messages) == ["django_events.E008"]
-    assert messages[0].obj is test_handlers.sequence
+    assert messages[0].obj == "tests.testapp.events.sequence"
     assert "UnorderedTransport" in messages[0].msg
     assert "ordered=True" in messages[0].msg
 

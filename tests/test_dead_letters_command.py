@@ -13,6 +13,7 @@ from django.core.management import CommandError, call_command
 
 from django_events.models import DeadLetter
 from django_events.testing import deliver
+from django_events.testing.factories import DeadLetterFactory
 from tests.deadletters import bulk, failing
 from tests.testapp.models import Effect
 
@@ -89,7 +90,7 @@ def test_retry_as_a_user_with_the_permission_redelivers_and_is_logged(tmp_path: 
     ],
 )
 def test_user_permissions_are_checked_as_in_the_admin(action: str, perm: str, allowed: bool):
-    bulk(1)
+    DeadLetterFactory(group="alpha", event__type="test.happened")
     user(perm)
     args = [action, "--all", "--user", "ops", "--reason", "why"]
     if allowed:
@@ -102,7 +103,7 @@ def test_user_permissions_are_checked_as_in_the_admin(action: str, perm: str, al
 
 
 def test_without_a_user_it_needs_yes_and_records_the_os_user():
-    bulk(1)
+    DeadLetterFactory(group="alpha", event__type="test.happened")
     with pytest.raises(CommandError, match="--yes"):
         run("discard", "--all", "--reason", "dupe")
     assert "Discarded 1 dead letter." in run("discard", "--all", "--reason", "dupe", "--yes")
@@ -112,7 +113,7 @@ def test_without_a_user_it_needs_yes_and_records_the_os_user():
 
 
 def test_discard_needs_a_reason_and_every_action_a_filter():
-    bulk(1)
+    DeadLetterFactory(group="alpha", event__type="test.happened")
     with pytest.raises(CommandError, match="--reason"):
         run("discard", "--all", "--yes")
     with pytest.raises(CommandError, match="filter"):
@@ -123,7 +124,7 @@ def test_discard_needs_a_reason_and_every_action_a_filter():
 
 
 def test_list_as_a_user_needs_the_view_permission():
-    bulk(1)
+    DeadLetterFactory(group="alpha", event__type="test.happened")
     user()
     with pytest.raises(CommandError, match="may not view"):
         run("list", "--user", "ops")

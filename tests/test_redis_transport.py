@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import threading
 import time
@@ -16,7 +17,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from django_events import publish
-from django_events.checks import check_events
+from django_events.checks import check_events, check_runtime
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import DeadLetter, EventRecord, StreamCheckpoint
 from django_events.status import collect, problems
@@ -401,8 +402,28 @@ def test_checks_refuse_ordered_handlers_and_warn_about_persistence(configure):
         found = {message.id: message for message in check_events()}
         assert "django_events.E008" in found, "tests.testapp has an ordered handler"
         assert "per-key order" in (found["django_events.E008"].hint or "")
+        found = {message.id: message for message in check_runtime()}
         assert "django_events.W003" in found, "appendonly no"
         assert "django_events.W004" in found, "evicting policy"
+    finally:
+        server.destroy()
+
+
+@override_settings(SILENCED_SYSTEM_CHECKS=["django_events.E008"])
+def test_redis_persistence_warnings_come_with_deploy_checks_and_setup_only(configure):
+    """W003 concerns production: not every manage.py command, but check --deploy and the
+    commands that use the transport (docs/settings.md#system-checks)."""
+    server = PrivateRedis().start()
+    try:
+        configure(url=server.url)
+        assert not {m.id for m in check_events()} & {"django_events.W003", "django_events.W005"}
+        plain, deploy, setup = io.StringIO(), io.StringIO(), io.StringIO()
+        call_command("check", stdout=plain, stderr=plain)
+        assert "W003" not in plain.getvalue()
+        call_command("check", "--deploy", stdout=deploy, stderr=deploy)
+        assert "django_events.W003" in deploy.getvalue()
+        call_command("setup_events", skip_checks=False, stdout=setup, stderr=setup)
+        assert "django_events.W003" in setup.getvalue()
     finally:
         server.destroy()
 

@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 
 from django_events import publish
 from django_events.failpoints import EXIT_CODE
-from django_events.models import Delivery, EventRecord, InboxRecord, ReplayProgress
+from django_events.models import DeadLetter, Delivery, EventRecord, InboxRecord, ReplayProgress
 from django_events.registry import Handler, registry
 from django_events.relay import Relay
 from django_events.replay import Replay, ReplaySpec
@@ -393,3 +393,61 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(args: list[str], message:
         replay(*args)
     assert Delivery.objects.count() == 2
     assert not ReplayProgress.objects.exists()
+
+
+# --- what the command prints ------------------------------------------------------------
+
+
+def test_summary_is_aligned_and_counts_are_pluralised(new_group):
+    for n in range(12):
+        publish("test.happened", {"n": n})
+    deliver(["alpha"])
+    new_group("test.happened")
+    out = replay("--group", NEW, "--limit", "1")
+    assert "Replayed 1 event to rebuilt (limit reached" in out
+    rows = [line for line in out.splitlines() if line.startswith("  ") and ":" in line]
+    assert [line.split(":")[0].strip() for line in rows] == [
+        "events in range",
+        "already handled",
+        "open dead letters",
+        "discarded",
+        "to replay",
+    ]
+    ends = {len(line.split(" (")[0]) for line in rows}
+    assert len(ends) == 1, f"the counts end in one column:\n{out}"
+    assert "Replayed 11 events to rebuilt." in replay("--group", NEW)
+
+
+@override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 1})
+def test_events_whose_dead_letter_was_discarded_are_skipped_unless_included():
+    publish("test.happened", {"n": 1})
+    dropped = publish("test.happened", {"n": 2, "fail_group": "alpha"})
+    deliver(["alpha"])
+    DeadLetter.objects.filter(event_id=dropped.id).update(state=DeadLetter.State.DISCARDED)
+
+    out = replay("--group", "alpha")
+    assert "discarded:          1 (skipped; --include-discarded sends them)" in out
+    assert "Replayed 0 events to alpha." in out
+    assert not Delivery.objects.filter(group_name="alpha").exists(), "the decision stands"
+
+    out = replay("--group", "alpha", "--include-discarded")
+    assert "discarded:          1 (sent (--include-discarded))" in out
+    assert list(Delivery.objects.filter(group_name="alpha").values_list("event_id", flat=True)) == [
+        dropped.id
+    ]
+
+
+def test_dry_run_list_prints_the_events_it_would_send(new_group):
+    events = [publish("test.happened", {"n": n}, key=f"k{n}" if n else None) for n in range(3)]
+    deliver(["alpha"])
+    new_group("test.happened")
+    out = replay("--group", NEW, "--dry-run", "--list", "--limit", "2")
+    listed = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    table = listed[listed.index(["id", "type", "key", "occurred_at"]) + 1 :]
+    stored = EventRecord.objects.in_bulk([e.id for e in events])
+    assert table == [
+        [str(e.id), e.type, e.key or "-", stored[e.id].occurred_at.isoformat()] for e in events[:2]
+    ]
+    assert not Delivery.objects.filter(group_name=NEW).exists()
+    with pytest.raises(CommandError, match="--list goes with --dry-run"):
+        replay("--group", NEW, "--list")

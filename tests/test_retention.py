@@ -20,10 +20,10 @@ from django_events.exceptions import EventsConfigurationError
 from django_events.models import DeadLetter, Delivery, EventRecord, InboxRecord
 from django_events.relay import Relay
 from django_events.testing import deliver
+from django_events.testing.factories import DeadLetterFactory
 from django_events.triage import discard
 
 from .conftest import postgres_only
-from .deadletters import bulk
 
 pytestmark = pytest.mark.django_db(transaction=True)
 DAY = 86400
@@ -85,8 +85,8 @@ def test_purge_walks_the_log_in_batches():
 
 @override_settings(DJANGO_EVENTS={"LOG_RETENTION": DAY})
 def test_a_bounded_purge_resumes_past_old_rows_it_must_keep():
-    kept = bulk(3)  # open dead letters hold their events, at the head of the log
-    bulk(2, state=DeadLetter.State.DISCARDED)
+    kept = DeadLetterFactory.create_batch(3)  # open ones hold their events, at the log's head
+    DeadLetterFactory.create_batch(2, discarded=True)
     age(EventRecord.objects.all(), "recorded_at", days=2)
     resume: dict = {}
 
@@ -124,10 +124,10 @@ def test_inbox_records_go_by_age_unless_a_duplicate_is_still_pending():
 
 @override_settings(DJANGO_EVENTS={"DEAD_LETTER_RETENTION": 7 * DAY})
 def test_resolved_dead_letters_go_by_the_age_of_their_resolution():
-    old_discarded = bulk(2, state=DeadLetter.State.DISCARDED)
-    old_retried = bulk(1, state=DeadLetter.State.RETRIED)
-    recent = bulk(1, state=DeadLetter.State.DISCARDED)
-    still_open = bulk(1)
+    old_discarded = DeadLetterFactory.create_batch(2, discarded=True)
+    old_retried = DeadLetterFactory.create_batch(1, retried=True)
+    recent = DeadLetterFactory.create_batch(1, discarded=True)
+    still_open = DeadLetterFactory.create_batch(1)
     for rows, days in ((old_discarded, 10), (old_retried, 8), (recent, 1)):
         age(DeadLetter.objects.filter(pk__in=[d.pk for d in rows]), "resolved_at", days)
     age(DeadLetter.objects.filter(pk=still_open[0].pk), "last_failed_at", days=30)
@@ -151,7 +151,7 @@ def test_dry_run_prints_per_kind_counts_and_removes_nothing():
     for n in range(2):
         publish("test.happened", {"n": n})
     deliver()
-    bulk(1, state=DeadLetter.State.DISCARDED)
+    DeadLetterFactory(discarded=True)
     age(DeadLetter.objects.all(), "resolved_at", days=2)
     age(EventRecord.objects.all(), "recorded_at", days=2)
     age(InboxRecord.objects.all(), "handled_at", days=2)

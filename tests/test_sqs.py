@@ -7,6 +7,8 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -32,7 +34,7 @@ from django_events.transports.sqs import SnsSqsTransport
 from django_events.triage import retry
 from django_events.worker import Worker
 
-from .conftest import Workers, wait_until
+from .conftest import ROOT, Workers, wait_until
 from .sqs_server import aws_env, events_settings, moto_endpoint, unique_prefix, worker_env
 from .testapp.models import Effect
 
@@ -303,7 +305,9 @@ def test_setup_is_idempotent_and_the_dry_run_makes_no_call(
     sqs: SnsSqsTransport, settings: Any, aws_env: dict[str, str]
 ):
     again = sqs.setup(registry.subscriptions())
-    assert any("alpha" in line and "(updated)" in line for line in again), again
+    steps = [line for line in again if line.startswith(("queue ", "subscription "))]
+    assert steps, again
+    assert all(line.endswith("(unchanged)") for line in steps), again
     assert not any("left alone" in line for line in again)
     options = {**settings.DJANGO_EVENTS["TRANSPORTS"]["default"]["OPTIONS"]}
     options["endpoint_url"] = "http://127.0.0.1:9"  # nothing listens: any call would fail
@@ -315,6 +319,69 @@ def test_setup_is_idempotent_and_the_dry_run_makes_no_call(
     out = io.StringIO()
     call_command("setup_events", "--dry-run", stdout=out)
     assert "SnsSqsTransport (default) would:" in out.getvalue()
+
+
+def test_setup_updates_only_what_drifted(sqs: SnsSqsTransport):
+    client = sqs._client("sqs")
+    client.set_queue_attributes(
+        QueueUrl=sqs._queue_url("alpha"), Attributes={"VisibilityTimeout": "7"}
+    )
+    sns = sqs._client("sns")
+    queue_arn = sqs._arn("sqs", sqs.queue_name("beta"))
+    subscription = next(
+        item["SubscriptionArn"]
+        for item in sns.list_subscriptions_by_topic(TopicArn=sqs.topic_arn)["Subscriptions"]
+        if item["Endpoint"] == queue_arn
+    )
+    sns.set_subscription_attributes(
+        SubscriptionArn=subscription, AttributeName="RawMessageDelivery", AttributeValue="false"
+    )
+    lines = sqs.setup(registry.subscriptions())
+    changed = [line for line in lines if line.endswith("(updated)")]
+    assert len(changed) == 2, lines
+    assert changed[0].startswith(f"queue {sqs.queue_name('alpha')}:")
+    assert changed[1].startswith(f"subscription {sqs.queue_name('beta')} ")
+    assert all(
+        line.endswith("(unchanged)")
+        for line in lines
+        if line not in changed[:2] and line.startswith(("queue ", "subscription "))
+    )
+    attributes = client.get_queue_attributes(
+        QueueUrl=sqs._queue_url("alpha"), AttributeNames=["VisibilityTimeout"]
+    )["Attributes"]
+    assert attributes["VisibilityTimeout"] != "7", "put back"
+    raw = sns.get_subscription_attributes(SubscriptionArn=subscription)["Attributes"]
+    assert raw["RawMessageDelivery"] == "true"
+
+
+def test_setup_events_without_credentials_is_one_clear_error(
+    settings: Any, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """No AWS_* variables, empty shared files, no instance role: a message, no traceback."""
+    conf = events_settings(moto_endpoint, unique_prefix())
+    env = Workers(tmp_path).env(**worker_env(monkeypatch, conf, {}))
+    for name in [name for name in env if name.startswith("AWS_")]:
+        del env[name]
+    (tmp_path / "empty").write_text("")
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "empty"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "empty"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "setup_events"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "No AWS credentials were found" in result.stderr
+    assert "AWS_ACCESS_KEY_ID" in result.stderr, "it says where boto3 looks"
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
 
 
 def test_iam_policies_are_scoped_to_the_topic_and_each_groups_queues(sqs: SnsSqsTransport):

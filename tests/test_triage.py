@@ -15,6 +15,7 @@ from django.test import override_settings
 from django_events import triage
 from django_events.models import DeadLetter
 from django_events.testing import deliver
+from django_events.testing.factories import DeadLetterFactory
 from django_events.transports.base import Transport
 from tests.deadletters import TRACE, bulk, failing
 from tests.testapp.models import Effect
@@ -109,14 +110,14 @@ def test_retry_redelivers_to_that_group_only_and_audits(tmp_path: Path):
 
 
 def test_retry_needs_the_retry_permission():
-    dead = bulk(1)
+    dead = DeadLetterFactory.create_batch(1, group="alpha")
     with pytest.raises(PermissionDenied):
         triage.retry(dead, operator("discard_deadletter", "view_deadletter"))
     assert DeadLetter.objects.get().state == "open" and not LogEntry.objects.exists()
 
 
 def test_discard_needs_its_permission_and_a_reason():
-    dead = bulk(1)
+    dead = DeadLetterFactory.create_batch(1, group="alpha")
     with pytest.raises(PermissionDenied):
         triage.discard(dead, operator("retry_deadletter"), "duplicate")
     with pytest.raises(ValueError):
@@ -128,8 +129,8 @@ def test_discard_needs_its_permission_and_a_reason():
 
 
 def test_only_open_dead_letters_are_acted_on():
-    done = bulk(1, state="discarded")
-    open_ = bulk(2)
+    done = [DeadLetterFactory(group="alpha", event__type="test.happened", discarded=True)]
+    open_ = DeadLetterFactory.create_batch(2, group="alpha", event__type="test.happened")
     outcome = triage.retry([*done, *open_], operator("retry_deadletter"))
     assert len(outcome.done) == 2 and [d.pk for d in outcome.skipped] == [done[0].pk]
     assert "skipped 1" in outcome.message
@@ -145,10 +146,10 @@ def test_a_failed_redelivery_leaves_every_row_open_on_the_database_transport():
 
 
 def test_shell_actor_is_recorded_without_a_user():
-    triage.discard(bulk(1), None, "cleanup", actor="shell:ops")
+    triage.discard([DeadLetterFactory()], None, "cleanup", actor="shell:ops")
     assert DeadLetter.objects.get().resolved_by == "shell:ops"
     with pytest.raises(PermissionDenied):
-        triage.discard(bulk(1), None, "cleanup")
+        triage.discard([DeadLetterFactory()], None, "cleanup")
 
 
 class RecordingTransport(Transport):
@@ -162,7 +163,7 @@ class RecordingTransport(Transport):
 
 def test_retry_works_whatever_the_transport():
     RecordingTransport.calls = []
-    dead = bulk(2, group="beta")
+    dead = DeadLetterFactory.create_batch(2, group="beta", event__type="test.happened")
     backend = f"{__name__}.RecordingTransport"
     with override_settings(DJANGO_EVENTS={"TRANSPORTS": {"default": {"BACKEND": backend}}}):
         triage.retry(dead, operator("retry_deadletter"), reason="broker test")

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from django.core.management.base import BaseCommand
+
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
 
@@ -19,6 +21,15 @@ def configure_logging(verbosity: int, stream: TextIO | None = None) -> None:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
+
+
+def run_runtime_checks(command: BaseCommand, options: dict[str, Any]) -> None:
+    """Run the deployment checks of django_events (W003-W006) for a command that uses the
+    transport or the handlers; like Django's own checks, skipped with ``--skip-checks``."""
+    from ..checks import RUNTIME_TAG
+
+    if not options.get("skip_checks"):
+        command.check(tags=[RUNTIME_TAG], include_deployment_checks=True)
 
 
 def stop_on_signals(stop: Callable[[], None]) -> None:

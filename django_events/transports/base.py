@@ -174,6 +174,15 @@ class Transport:
     def check(self) -> list[CheckMessage]:
         return []
 
+    def check_server(self) -> list[CheckMessage]:
+        """What only the running server can tell (persistence, reachability).
+
+        Asked by ``check --deploy`` and by the commands that use the transport
+        (``consume_events``, ``setup_events``), not by every ``manage.py`` command: it
+        needs the server, and what it finds concerns production, not each ``shell``.
+        """
+        return []
+
     def setup(
         self, subscriptions: Sequence[tuple[str, str, bool]], *, dry_run: bool = False
     ) -> list[str]:

@@ -223,6 +223,10 @@ class RedisStreamsTransport(Transport):
                     id="django_events.E009",
                 )
             )
+        return errors
+
+    def check_server(self) -> list[CheckMessage]:
+        errors: list[CheckMessage] = []
         try:
             config = {
                 **self.client.config_get("appendonly"),
@@ -232,7 +236,6 @@ class RedisStreamsTransport(Transport):
             return errors
         except (*_UNAVAILABLE, EventsConfigurationError) as exc:
             return [
-                *errors,
                 Warning(
                     f"Redis for transport {self.alias!r} cannot be reached to check its "
                     f"persistence settings: {exc}",

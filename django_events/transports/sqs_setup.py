@@ -3,8 +3,9 @@ policies it prints with ``--iam``.
 
 Everything is converged rather than created blindly: an existing queue gets the
 attributes it should have, an existing subscription its filter policy, so the command is
-safe to run on every deploy. Nothing is ever deleted; what no handler uses any more is
-reported and left for a person to remove.
+safe to run on every deploy. What already matches is reported "(unchanged)" and not
+written. Nothing is ever deleted; what no handler uses any more is reported and left for
+a person to remove.
 """
 
 from __future__ import annotations
@@ -13,21 +14,45 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 
+from ..exceptions import EventsConfigurationError
 from .sqs import RETENTION, _code, _types_by_group
 
 if TYPE_CHECKING:
     from .sqs import SnsSqsTransport
 
 POLICY_VERSION = "2012-10-17"
+NO_CREDENTIALS = (
+    "No AWS credentials were found, so setup_events cannot reach SNS and SQS. boto3 looks "
+    "for them in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+    "AWS_PROFILE), then in ~/.aws/credentials and ~/.aws/config (AWS_SHARED_CREDENTIALS_FILE "
+    "and AWS_CONFIG_FILE move them), then in the instance or container role. Provide one "
+    "of those and run it again."
+)
 
 
 def provision(
     transport: SnsSqsTransport, subscriptions: Sequence[tuple[str, str, bool]], *, dry_run: bool
 ) -> list[str]:
     """Create or update the topic, each group's queue and dead-letter queue, and the
-    subscriptions; return one line per step. A dry run makes no AWS call at all."""
+    subscriptions; return one line per step. A dry run makes no AWS call at all.
+
+    Missing credentials raise ``EventsConfigurationError`` saying where boto3 looks."""
+    try:
+        return _provision(transport, subscriptions, dry_run=dry_run)
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise EventsConfigurationError(f"{NO_CREDENTIALS} ({exc})") from None
+
+
+def _provision(
+    transport: SnsSqsTransport, subscriptions: Sequence[tuple[str, str, bool]], *, dry_run: bool
+) -> list[str]:
     types = _types_by_group(subscriptions)
     fifo = " (FIFO)" if transport.fifo else ""
     lines = [f"topic {transport.topic_name}{fifo}"]
@@ -81,11 +106,13 @@ def provision(
             )
             lines.append(f"{steps[2]} (created)")
         else:
-            for name, value in wanted.items():
+            current = sns.get_subscription_attributes(SubscriptionArn=subscription)["Attributes"]
+            changed = _differing(current, wanted)
+            for name in changed:
                 sns.set_subscription_attributes(
-                    SubscriptionArn=subscription, AttributeName=name, AttributeValue=value
+                    SubscriptionArn=subscription, AttributeName=name, AttributeValue=wanted[name]
                 )
-            lines.append(f"{steps[2]} (updated)")
+            lines.append(f"{steps[2]} ({'updated' if changed else 'unchanged'})")
     if not dry_run:
         for endpoint in sorted(existing):
             lines.append(
@@ -120,8 +147,32 @@ def _ensure_queue(
             raise
         return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"], "created"
     changeable = {k: v for k, v in attributes.items() if k != "FifoQueue"}
-    sqs.set_queue_attributes(QueueUrl=url, Attributes=changeable)
+    current = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    changed = _differing(current, changeable)
+    if not changed:
+        return url, "unchanged"
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={k: changeable[k] for k in changed})
     return url, "updated"
+
+
+def _differing(current: dict[str, str], wanted: dict[str, str]) -> list[str]:
+    """The names in ``wanted`` whose value AWS does not hold yet. Policies are compared
+    as JSON, scalars as text: AWS gives ``maxReceiveCount`` back as a number and may
+    reformat a policy it stores."""
+    return [name for name, value in wanted.items() if _normal(current.get(name)) != _normal(value)]
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return None if value is None else str(value)
 
 
 def _queue_arn(transport: SnsSqsTransport, url: str) -> str:

@@ -26,6 +26,10 @@ def behave(event, group=""):
         os._exit(9)
     if data.get("fail_if_exists") and Path(data["fail_if_exists"]).exists():
         raise RuntimeError(f"{data['fail_if_exists']} exists")
+    once = data.get("fail_once")  # a file: the first attempt creates it and fails
+    if once and not Path(once).exists():
+        Path(once).write_text(group)
+        raise RuntimeError(f"failing once: {data.get('n')}")
     if data.get("fail"):
         raise RuntimeError(f"asked to fail: {data.get('n')}")
 

@@ -7,7 +7,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from ...registry import registry
 from ...subscriptions import declare_current
 from ...worker import Worker
-from .. import configure_logging, stop_on_signals
+from .. import configure_logging, run_runtime_checks, stop_on_signals
+
+ONCE_WAITS_FOR_RETRIES = 5.0
+"""Seconds ``--once`` waits for a retry it scheduled before exiting (docs/commands.md)."""
 
 
 class Command(BaseCommand):
@@ -24,13 +27,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--once",
             action="store_true",
-            help="Handle everything available now, then exit 0 (for cron and tests).",
+            help="Handle everything available now, then exit 0 (for cron and tests). A retry "
+            f"this run scheduled that falls due within {ONCE_WAITS_FOR_RETRIES:g}s is "
+            "waited for first.",
         )
         parser.add_argument("--no-relay", action="store_true", help="Do not relay the outbox.")
         parser.add_argument("--batch-size", type=int, help="Events claimed per round trip.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         configure_logging(options["verbosity"])
+        run_runtime_checks(self, options)
         known = registry.groups()
         groups = options["groups"] or known
         unknown = sorted(set(groups) - set(known))
@@ -47,4 +53,4 @@ class Command(BaseCommand):
         worker = Worker(groups, relay=not options["no_relay"], batch_size=options["batch_size"])
         if not options["once"]:
             stop_on_signals(worker.stop)
-        worker.run(once=options["once"])
+        worker.run(once=options["once"], wait_for_retries=ONCE_WAITS_FOR_RETRIES)

@@ -87,6 +87,18 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="Count what would be replayed; write nothing."
         )
         parser.add_argument(
+            "--list",
+            action="store_true",
+            help="With --dry-run: also print each event that would be sent (id, type, key, "
+            "occurred_at), up to --limit.",
+        )
+        parser.add_argument(
+            "--include-discarded",
+            action="store_true",
+            help="Also send events whose dead letter for the group was discarded "
+            "(skipped by default).",
+        )
+        parser.add_argument(
             "--reprocess",
             action="store_true",
             help="Run the handlers again for events the group already handled (removes "
@@ -110,6 +122,8 @@ class Command(BaseCommand):
         for name in ("limit", "batch_size"):
             if options[name] is not None and options[name] < 1:
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1.")
+        if options["list"] and not options["dry_run"]:
+            raise CommandError("--list goes with --dry-run: it shows what a replay would send.")
         try:
             spec = ReplaySpec(
                 group=options["group"],
@@ -118,6 +132,7 @@ class Command(BaseCommand):
                 since=parse_moment(options["since"], "--since") if options["since"] else None,
                 until=parse_moment(options["until"], "--until") if options["until"] else None,
                 reprocess=options["reprocess"],
+                include_discarded=options["include_discarded"],
             )
             replay = Replay(spec, batch_size=options["batch_size"])
         except ReplayError as exc:
@@ -125,6 +140,8 @@ class Command(BaseCommand):
         plan = replay.plan(fresh=options["restart"])
         self._describe(replay.spec, plan, options["dry_run"])
         if options["dry_run"]:
+            if options["list"]:
+                self._list(replay, fresh=options["restart"], limit=options["limit"])
             self.stdout.write("Dry run: nothing was written.")
             return
         if spec.reprocess and plan.already_handled and not options["yes"]:
@@ -142,7 +159,21 @@ class Command(BaseCommand):
             ) from None
         progress.end()
         more = " (limit reached; run again to continue)" if options["limit"] == sent else ""
-        self.stdout.write(f"Replayed {sent} events to {spec.group}{more}.")
+        self.stdout.write(f"Replayed {_events(sent)} to {spec.group}{more}.")
+
+    def _list(self, replay: Replay, *, fresh: bool, limit: int | None) -> None:
+        events = replay.preview(fresh=fresh).values_list("id", "type", "key", "occurred_at")
+        if limit is not None:
+            events = events[:limit]
+        rows = [
+            (str(event_id), event_type, "-" if key is None else key, occurred_at.isoformat())
+            for event_id, event_type, key, occurred_at in events.iterator()
+        ]
+        header = ("id", "type", "key", "occurred_at")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+        for row in [header, *rows]:
+            cells = [value.ljust(width) for value, width in zip(row, widths, strict=False)]
+            self.stdout.write("  " + "  ".join([*cells, row[3]]))
 
     def _describe(self, spec: ReplaySpec, plan: ReplayPlan, dry_run: bool) -> None:
         window = ", ".join(
@@ -165,13 +196,27 @@ class Command(BaseCommand):
             if spec.reprocess
             else "skipped; --reprocess runs them again"
         )
-        self.stdout.write(f"  events in range:    {plan.in_range}")
-        self.stdout.write(f"  already handled:    {plan.already_handled} ({handled_note})")
-        self.stdout.write(
-            f"  open dead letters:  {plan.open_dead_letters} (skipped; retry them with "
-            "dead_letters retry)"
+        discarded_note = (
+            "sent (--include-discarded)"
+            if plan.include_discarded
+            else "skipped; --include-discarded sends them"
         )
-        self.stdout.write(f"  {'would replay' if dry_run else 'to replay'}:       {plan.to_replay}")
+        rows = [
+            ("events in range", plan.in_range, ""),
+            ("already handled", plan.already_handled, handled_note),
+            (
+                "open dead letters",
+                plan.open_dead_letters,
+                "skipped; retry them with dead_letters retry",
+            ),
+            ("discarded", plan.discarded, discarded_note),
+            ("would replay" if dry_run else "to replay", plan.to_replay, ""),
+        ]
+        label = max(len(name) for name, _, _ in rows) + 1
+        number = max(len(str(count)) for _, count, _ in rows)
+        for name, count, note in rows:
+            line = f"  {name + ':':<{label}}  {count:>{number}}"
+            self.stdout.write(f"{line} ({note})" if note else line)
         retention = get_settings().inbox_retention
         oldest = plan.oldest_recorded_at
         if (
@@ -198,6 +243,10 @@ class Command(BaseCommand):
         )
         if answer.strip().lower() != "yes":
             raise CommandError("Reprocessing cancelled; nothing was written.")
+
+
+def _events(count: int) -> str:
+    return f"{count} event" if count == 1 else f"{count} events"
 
 
 def _duration(seconds: float) -> str:

@@ -7,11 +7,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import subscriptions
-from ...exceptions import EventsConfigurationError
+from ...exceptions import EventsConfigurationError, TransportUnavailable
 from ...registry import registry
 from ...subscriptions import declare_current
 from ...transports import transports
 from ...transports.base import Transport
+from .. import run_runtime_checks
 
 
 class Command(BaseCommand):
@@ -48,6 +49,7 @@ class Command(BaseCommand):
         if options["prune"]:
             self._prune(transport, options["service"], dry_run=options["dry_run"])
             return
+        run_runtime_checks(self, options)
         if options["iam"]:
             policies = transport.access_policies(registry.subscriptions())
             if not policies:
@@ -57,7 +59,10 @@ class Command(BaseCommand):
         if not options["dry_run"]:
             for line in declare_current().lines():
                 self.stdout.write(f"Subscriptions: {line}")
-        steps = transport.setup(registry.subscriptions(), dry_run=options["dry_run"])
+        try:
+            steps = transport.setup(registry.subscriptions(), dry_run=options["dry_run"])
+        except (EventsConfigurationError, TransportUnavailable) as exc:
+            raise CommandError(str(exc)) from None
         name = type(transport).__name__
         if not steps:
             self.stdout.write(f"{name} ({options['transport']}): nothing to set up.")
