@@ -27,11 +27,11 @@ from .conftest import (
     Procs,
     add_row,
     cursor_check,
+    drained_since,
+    kill_at_random,
     rng_for,
     size,
     start_publishers,
-    wait_exited,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -92,31 +92,16 @@ def run_services(
         for service, env in envs.items()
     }
     publishers = [f"{service}-pub{i}" for service in SETTINGS for i in range(2)]
-    done = 0
-    last_kill = time.monotonic()
-    deadline = time.monotonic() + size(120, 600)
-    pause = size((0.5, 2.0), (1.0, 4.0))
-    while done < kills or any(procs.procs[p].alive() for p in publishers):
-        assert time.monotonic() < deadline, "publishers did not finish\n" + procs.logs()
-        time.sleep(rng.uniform(*pause))
-        victim = rng.choice(WORKERS)
-        procs.kill(victim)
-        procs.restart(victim)
-        done += 1
-        last_kill = time.monotonic()
-    wait_exited(procs, publishers, timeout=60)
-
-    def drained() -> bool:
-        from .checker import backlog_from
-
-        return cursor_check(backlog_from) == (0, 0)
-
-    drained_in = None
-    try:
-        wait_until(drained, timeout=60 - (time.monotonic() - last_kill), what="drained")
-        drained_in = time.monotonic() - last_kill
-    except AssertionError:
-        pass
+    done, last_kill = kill_at_random(
+        procs,
+        rng,
+        targets=WORKERS,
+        publishers=publishers,
+        kills=kills,
+        pause=size((0.5, 2.0), (1.0, 4.0)),
+        timeout=size(120, 600),
+    )
+    drained_in = drained_since(last_kill)
     report = Report()
     for service, outs in truths.items():  # each service's events, on the groups they reach
         report += cursor_check(
