@@ -3,8 +3,8 @@
 Its own apps and its own handlers (`warehouse/events.py`, group `picking`), but the shop's
 database and transport: at Level 0 services that share the database see each other's
 subscriptions (docs/services.md). Run its commands from this directory with
-`--settings warehouse_project.settings`, e.g. `python manage.py --settings
-warehouse_project.settings consume_events`. Local demo only, like the shop.
+`--settings warehouse_project.settings` after the command, e.g. `python manage.py
+consume_events --settings warehouse_project.settings`. Local demo only, like the shop.
 """
 
 from example_project import settings as shop

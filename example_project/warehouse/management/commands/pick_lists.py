@@ -1,4 +1,4 @@
-"""`python manage.py --settings warehouse_project.settings pick_lists`: what `picking` did."""
+"""`python manage.py pick_lists --settings warehouse_project.settings`: what `picking` did."""
 
 from django.core.management.base import BaseCommand, CommandParser
 
