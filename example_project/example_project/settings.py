@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -53,13 +54,28 @@ TEMPLATES = [
 # transactions take the write lock when they begin, so concurrent writers (a web request
 # and `consume_events`) wait on the busy timeout instead of failing with "database is
 # locked" when a read transaction would have to upgrade to a write.
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("EXAMPLE_DATABASE") or BASE_DIR / "db.sqlite3",
-        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+# EXAMPLE_DATABASE=postgresql://USER@HOST:PORT/NAME uses PostgreSQL instead.
+_DATABASE = os.environ.get("EXAMPLE_DATABASE", "")
+if _DATABASE.startswith(("postgres://", "postgresql://")):
+    _url = urlsplit(_DATABASE)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": _url.path.lstrip("/"),
+            "USER": _url.username or "postgres",
+            "PASSWORD": _url.password or "",
+            "HOST": _url.hostname or "127.0.0.1",
+            "PORT": str(_url.port or 5432),
+        }
     }
-}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": _DATABASE or BASE_DIR / "db.sqlite3",
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -75,6 +91,9 @@ STATIC_URL = "static/"
 # after three attempts, retrying immediately, so the demo reaches its dead
 # letter within one run.
 DJANGO_EVENTS = {
+    # This project's name among the services sharing the event store (the warehouse,
+    # ../warehouse_project, is the other).
+    "SERVICE": "shop",
     "TRANSPORTS": {
         "default": {
             "BACKEND": "django_events.transports.database.DatabaseTransport",
@@ -115,6 +134,14 @@ if os.environ.get("EXAMPLE_SQS_ENDPOINT"):
             "prefix": os.environ.get("EXAMPLE_SQS_PREFIX", "example-shop-"),
         },
     }
+
+# The demo's second service, the warehouse (../warehouse_project), consumes the shop's
+# events from its own Django project. It joins the demo where services with their own code
+# see each other's subscriptions: today the database transport (Level 0). On Redis
+# (Level 1) and SNS + SQS (Level 2) that is not built yet (docs/services.md), so the demo
+# skips it there; EXAMPLE_WAREHOUSE=1 (or True here) turns it on once it is.
+_WAREHOUSE_BUILT = DJANGO_EVENTS["TRANSPORTS"]["default"]["BACKEND"].endswith(".DatabaseTransport")
+EXAMPLE_WAREHOUSE = os.environ.get("EXAMPLE_WAREHOUSE", "1" if _WAREHOUSE_BUILT else "0") == "1"
 
 LOGGING = {
     "version": 1,

@@ -60,6 +60,14 @@ class Report:
             text += f"\n  {kind}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
         return text
 
+    def __iadd__(self, other: Report) -> Report:
+        """Fold in the report of other events (another publisher's, checked on its groups)."""
+        for name in ("rolled_back", *self.counts()):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for kind, ids in other.examples.items():
+            self.examples.setdefault(kind, []).extend(ids)
+        return self
+
     def _note(self, kind: str, what: str) -> None:
         self.examples.setdefault(kind, []).append(what)
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from ..conftest import wait_until  # noqa: F401 - shared with the fault tests
+from ..conftest import wait_until
 from .checker import Report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -302,6 +302,51 @@ def wait_exited(procs: Procs, names: list[str], timeout: float) -> None:
     for name in names:
         code = procs.wait(name, timeout=max(1.0, deadline - time.monotonic()))
         assert code == 0, f"{name} exited {code}\n{procs.logs(name)}"
+
+
+def kill_at_random(
+    procs: Procs,
+    rng: random.Random,
+    *,
+    targets: list[str],
+    publishers: list[str],
+    kills: int,
+    pause: tuple[float, float],
+    timeout: float,
+) -> tuple[int, float]:
+    """SIGKILL and restart one of ``targets`` every ``pause`` seconds, at least ``kills``
+    times and until every publisher finished; returns (kills, time of the last one)."""
+    done = 0
+    last_kill = time.monotonic()
+    deadline = time.monotonic() + timeout
+    while done < kills or any(procs.procs[p].alive() for p in publishers):
+        assert time.monotonic() < deadline, "publishers did not finish\n" + procs.logs()
+        time.sleep(rng.uniform(*pause))
+        victim = rng.choice(targets)
+        procs.kill(victim)
+        procs.restart(victim)
+        done += 1
+        last_kill = time.monotonic()
+    wait_exited(procs, publishers, timeout=60)
+    return done, last_kill
+
+
+def drained_since(
+    last_kill: float, backlog: Callable[[], tuple[int, int]] | None = None
+) -> float | None:
+    """Seconds from ``last_kill`` until nothing is left (``backlog``: the database's by
+    default), or None when that takes more than 60 s."""
+    from .checker import backlog_from
+
+    def drained() -> bool:
+        outbox, deliveries = cursor_check(backlog_from) if backlog is None else backlog()
+        return outbox == 0 and deliveries == 0
+
+    try:
+        wait_until(drained, timeout=60 - (time.monotonic() - last_kill), what="drained")
+    except AssertionError:
+        return None
+    return time.monotonic() - last_kill
 
 
 def publish_truth(count: int, *, seed_name: str, rollback: float = 0.1, **data: Any) -> dict:

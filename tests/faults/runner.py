@@ -19,6 +19,9 @@ instead, so a test can prove that the checker sees the fault the real engine pre
     payloads are parsed with no nesting limit (and whatever size limit the settings give).
 ``no_redis_recovery``
     the Redis transport never re-publishes what Redis lost.
+``own_registry``
+    the relay fans out to its own process's handlers only, not to the subscriptions other
+    services declared in the shared database (the relay before subscriptions were data).
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ def apply_controls(names: list[str]) -> None:
             from django_events.transports.redis_recovery import Recovery
 
             Recovery.recover_lost = lambda self: []  # type: ignore[method-assign]
+        elif name == "own_registry":
+            from django_events import relay
+            from django_events.registry import registry
+
+            relay.fan_out = lambda transport: registry.subscriptions()  # type: ignore[assignment]
         elif name:
             raise SystemExit(f"unknown control {name!r}")
 

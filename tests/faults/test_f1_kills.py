@@ -23,11 +23,11 @@ from .conftest import (
     Procs,
     add_row,
     cursor_check,
+    drained_since,
+    kill_at_random,
     rng_for,
     size,
     start_publishers,
-    wait_exited,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -69,29 +69,16 @@ def run_kills(
     outs = start_publishers(procs, 4, events, tmp_path, env=env, rate=rate)
     publishers = [f"pub{i}" for i in range(4)]
     targets = targets or ["relay0", "relay1", "consumer0", "consumer1", "consumer2"]
-    done = 0
-    last_kill = time.monotonic()
-    deadline = time.monotonic() + size(240, 900)
-    while done < kills or any(procs.procs[p].alive() for p in publishers):
-        assert time.monotonic() < deadline, "publishers did not finish\n" + procs.logs()
-        time.sleep(rng.uniform(*pause))
-        victim = rng.choice(targets)
-        procs.kill(victim)
-        procs.restart(victim)
-        done += 1
-        last_kill = time.monotonic()
-    wait_exited(procs, publishers, timeout=60)
-
-    def drained() -> bool:
-        outbox, deliveries = cursor_check(backlog_from) if backlog is None else backlog()
-        return outbox == 0 and deliveries == 0
-
-    drained_in = None
-    try:
-        wait_until(drained, timeout=60 - (time.monotonic() - last_kill), what="drained")
-        drained_in = time.monotonic() - last_kill
-    except AssertionError:
-        pass
+    done, last_kill = kill_at_random(
+        procs,
+        rng,
+        targets=targets,
+        publishers=publishers,
+        kills=kills,
+        pause=pause,
+        timeout=size(240, 900),
+    )
+    drained_in = drained_since(last_kill, backlog)
     report = cursor_check(lambda c: check_database(c, read_truth(outs), GROUPS))
     return report, done, drained_in, time.monotonic() - started
 

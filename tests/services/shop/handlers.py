@@ -4,6 +4,13 @@ from django_events import handler
 
 from ..effects.models import record
 
+
+@handler("stock.reserved", group="ledger")
+def book_stock(event):
+    """The warehouse's events reach the shop too (tests/faults/test_f13_services.py)."""
+    record("shop", "ledger", event)
+
+
 if settings.SHOP_VERSION >= 2:
 
     @handler("order.placed", "order.cancelled", group="emails")

@@ -1,6 +1,10 @@
 """`python manage.py demo`: a repeatable tour of django-events in the example shop."""
 
+import os
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib import admin
@@ -18,6 +22,7 @@ from django_events.models import (
     InboxRecord,
     OutboxMessage,
     StreamCheckpoint,
+    Subscription,
 )
 from django_events.transports import transports
 from shop.contracts import OrderPlacedV1
@@ -34,8 +39,21 @@ DEMO_ORDERS = [
 ]
 
 # Children before parents, so protected foreign keys never block the reset.
-EVENT_MODELS = [DeadLetter, InboxRecord, Delivery, EventRecord, OutboxMessage, StreamCheckpoint]
+# Subscriptions too: each service declares its own again below, as its deploy would.
+EVENT_MODELS = [
+    DeadLetter,
+    InboxRecord,
+    Delivery,
+    EventRecord,
+    OutboxMessage,
+    StreamCheckpoint,
+    Subscription,
+]
 SHOP_MODELS = [ConfirmationEmail, SalesFigure, CrmContact, Order]
+
+WAREHOUSE_SETTINGS = "warehouse_project.settings"
+"""The second service: its own Django project, run as its own processes (manage.py is shared)."""
+MANAGE_PY = Path(__file__).resolve().parents[3] / "manage.py"
 
 ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "admin"  # noqa: S105 - local demo only
@@ -43,8 +61,9 @@ ADMIN_PASSWORD = "admin"  # noqa: S105 - local demo only
 
 class Command(BaseCommand):
     help = (
-        "Reset the example shop, place five orders (one as a version-1 event), consume "
-        "their events once and report what each consumer group did, including the dead letter."
+        "Reset the example shop, deploy the warehouse service next to it, place five orders "
+        "(one as a version-1 event), consume their events once in both services and report "
+        "what each consumer group did, including the dead letter."
     )
 
     def handle(self, *args: object, **options: object) -> None:
@@ -55,7 +74,10 @@ class Command(BaseCommand):
         # Creates the topic and queues on SNS/SQS; the database transport needs nothing.
         call_command("setup_events", stdout=self.stdout)
 
-        self.heading("2. Place orders (order + order.placed event, one transaction each)")
+        self.heading("2. Deploy the warehouse service (its own Django project, same database)")
+        self.deploy_warehouse()
+
+        self.heading("3. Place orders (order + order.placed event, one transaction each)")
         for email, total, kind in DEMO_ORDERS:
             order = place_order(email, total, kind)
             self.stdout.write(
@@ -68,23 +90,28 @@ class Command(BaseCommand):
             f"  {order.customer_email:<24} -> order.placed v1, as the previous release published"
         )
 
-        self.heading("3. consume_events --once")
+        self.heading("4. consume_events --once, in each service")
         self.consume()
 
-        self.heading("4. What each consumer group did")
+        self.heading("5. What each consumer group did")
         self.report_emails()
         self.report_analytics()
         self.report_crm()
+        self.report_warehouse()
 
-        self.heading("5. Dead letters")
+        self.heading("6. Dead letters")
         self.report_dead_letters()
 
-        self.heading("6. Admin")
+        self.heading("7. Subscriptions, by service (events_status, from the shop)")
+        self.report_subscriptions()
+
+        self.heading("8. Admin")
         self.ensure_admin()
 
-        self.heading("7. Event contracts (events_schema --check)")
+        self.heading("9. Event contracts (events_schema --check)")
         self.stdout.write(
-            "  Every handler received OrderPlaced v2: the v1 event was upcast on its way."
+            "  Every shop handler received OrderPlaced v2: the v1 event was upcast on its way"
+            " (the warehouse reads each version's JSON as published)."
         )
         call_command("events_schema", check=True, stdout=self.stdout, stderr=self.stderr)
 
@@ -107,7 +134,47 @@ class Command(BaseCommand):
             publish(legacy, key=f"order-{order.pk}", allow_old_version=True)
         return order
 
+    def deploy_warehouse(self) -> None:
+        """The warehouse's `migrate` declares its subscription (`picking` on `order.placed`)
+        before the shop publishes, the deploy rule of docs/services.md: from then on every
+        order reaches `picking`, whichever service's relay moves the outbox."""
+        if not settings.EXAMPLE_WAREHOUSE:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"  skipped on {type(transports['default']).__name__}: services with their"
+                    " own code see each other's subscriptions only on the database transport"
+                    " so far (Level 0); Levels 1 and 2 are not built yet (docs/services.md)."
+                    " EXAMPLE_WAREHOUSE=1 runs the warehouse here once they are."
+                )
+            )
+            return
+        self.warehouse("migrate", "--no-input")
+        self.warehouse("pick_lists", "--clear")
+        self.stdout.write("  emptied the warehouse's pick lists")
+
+    def warehouse(self, *args: str) -> None:
+        """Run one management command of the warehouse project, in its own process."""
+        self.stdout.flush()
+        done = subprocess.run(
+            [sys.executable, str(MANAGE_PY), *args, "--settings", WAREHOUSE_SETTINGS],
+            cwd=MANAGE_PY.parent,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": WAREHOUSE_SETTINGS},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.stdout.write(done.stdout, ending="")
+        if done.returncode:
+            self.stderr.write(done.stderr)
+            raise SystemExit(f"warehouse: {' '.join(args)} exited {done.returncode}")
+
     def consume(self) -> None:
+        if settings.EXAMPLE_WAREHOUSE:
+            # The warehouse's worker runs first: its relay moves the shop's outbox and fans
+            # each order out to the shop's groups as well as to its own `picking`.
+            self.stdout.write(self.style.MIGRATE_LABEL("  warehouse:"))
+            self.warehouse("consume_events", "--once")
+            self.stdout.write(self.style.MIGRATE_LABEL("  shop:"))
         # The crm group retries immediately (BACKOFF_BASE 0) and gives up after
         # MAX_ATTEMPTS. One `--once` pass is meant to take the wholesale order
         # all the way to the dead letters; should a pass make only one attempt,
@@ -148,6 +215,15 @@ class Command(BaseCommand):
                     f"    {wholesale} wholesale order(s) rejected by the CRM: see the dead letters"
                 )
             )
+
+    def report_warehouse(self) -> None:
+        if settings.EXAMPLE_WAREHOUSE:
+            self.warehouse("pick_lists")
+        else:
+            self.group_title("picking", "the warehouse service did not run (see step 2)")
+
+    def report_subscriptions(self) -> None:
+        call_command("events_status", stdout=self.stdout, stderr=self.stderr)
 
     def report_dead_letters(self) -> None:
         dead_letters = DeadLetter.objects.select_related("event").order_by("pk")
