@@ -275,3 +275,17 @@ def test_a_delivery_whose_event_id_is_garbled_is_one_dead_letter():
     run_worker(["alpha"])
     handled_once(ids)
     one_dead_letter("not-a-uuid")
+
+
+def test_a_delivery_counted_to_the_top_of_its_column_is_one_dead_letter():
+    ids = healthy()
+    bad = uuid.uuid4()
+    plant_log_row(bad, "CURRENT_TIMESTAMP")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE django_events_delivery SET attempts = 2147483647 WHERE position = 999999"
+        )
+    run_worker(["alpha"])
+    handled_once(ids)
+    letters = list(DeadLetter.objects.filter(group="alpha"))
+    assert [(d.event_id, d.error_class) for d in letters] == [(bad, "LeaseExpired")]

@@ -42,6 +42,8 @@ ANALYZE_AFTER = 10_000
 leaves PostgreSQL planning claims for the near-empty table it last sampled, sorting the
 whole backlog on every claim until autovacuum catches up."""
 _OPTIONS = {"database", "notify"}
+MAX_ATTEMPTS_STORED = 2**31 - 2
+"""Attempts a delivery row counts up to: one below the top of a 32-bit column."""
 
 
 class DatabaseTransport(Transport):
@@ -275,7 +277,10 @@ class DatabaseTransport(Transport):
         claimer = "pg_backend_pid()" if vendor == "postgresql" else "NULL"
         alone = "TRUE" if orphans or limit == 1 else "FALSE"
         update = (
-            f"UPDATE {delivery} SET attempts = attempts + {counted}, claimed_alone = {alone}, "
+            # A count written near the column's top by another writer must not overflow
+            # and fail the claim of the whole batch.
+            f"UPDATE {delivery} SET attempts = CASE WHEN attempts > {MAX_ATTEMPTS_STORED} "
+            f"THEN {MAX_ATTEMPTS_STORED} ELSE attempts END + {counted}, claimed_alone = {alone}, "
             f"claimed_until = {sql.now_plus(vendor)}, claimer = {claimer}, "
             "lease_token = %s WHERE id {candidates} "
             f"RETURNING id, event_id, group_name, attempts, {_as_text(vendor, 'first_failed_at')} "
