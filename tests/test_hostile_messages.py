@@ -206,6 +206,34 @@ def test_sqs_hostile_attributes_do_not_crash_the_worker(sqs, attributes: dict[st
     one_dead_letter("missing")
 
 
+def test_sqs_unreachable_while_deleting_a_dead_letter_does_not_stop_the_worker(
+    sqs, monkeypatch: pytest.MonkeyPatch
+):
+    """The dead letter has committed when its message is deleted: AWS out of reach then
+    (here the real botocore error, raised once) must not escape into the worker; the
+    delete waits with the acks for the next claim, and no second dead letter comes."""
+    from botocore.exceptions import EndpointConnectionError
+
+    real = type(sqs)._delete
+    failures: list[int] = []
+
+    def unreachable_once(self: Any, receipts: Any) -> None:
+        if receipts and not failures:
+            failures.append(len(receipts))
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+        real(self, receipts)
+
+    monkeypatch.setattr(type(sqs), "_delete", unreachable_once)
+    send(sqs, "not ours")
+    Worker(["alpha"], relay=False).run(once=True)
+    assert failures == [1]
+    one_dead_letter("not valid JSON")
+    Worker(["alpha"], relay=False).run(once=True)  # the queued delete goes out
+    state = sqs.status(["alpha"])["alpha"]
+    assert (state.pending, state.in_flight) == (0, 0)
+    one_dead_letter("not valid JSON")
+
+
 # -- the database transport ---------------------------------------------------------------
 
 

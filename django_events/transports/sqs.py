@@ -628,8 +628,17 @@ class SnsSqsTransport(Transport):
         holds = self._holds(claimed)
         self._done(claimed)
         if holds:
-            transaction.on_commit(lambda: self._delete([claimed.receipt]), using=self.database)
+            transaction.on_commit(lambda: self._delete_soon(claimed.receipt), using=self.database)
         return holds
+
+    def _delete_soon(self, receipt: Receipt) -> None:
+        """Delete a dead-lettered message after the commit, with the pending acks: AWS out
+        of reach now must not escape into the worker (the commit is done), so the delete
+        stays queued for the next claim, as an ack's would."""
+        with self._lock:
+            self._acks.append(receipt)
+        with contextlib.suppress(*_SEND_ERRORS):
+            self._flush_acks()
 
     def close(self) -> None:
         """Send pending deletes and give back held events; clients are kept for reuse.
