@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings as settings_module
 from django.db import DatabaseError, connection
 from django.test import override_settings
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -44,13 +45,15 @@ from ..sqs_server import aws_env, moto_endpoint
 from ..sqs_server import events_settings as sqs_settings
 from ..sqs_server import unique_prefix as sqs_prefix
 from ..testapp.models import Effect
-from .conftest import SEED, add_row, cursor_check, size
+from .conftest import SEED, Procs, add_row, cursor_check, size
 
 __all__ = ["aws_env", "moto_endpoint"]  # fixtures, imported for pytest
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 GROUPS = ["alpha", "beta"]
 CONF = {"MAX_ATTEMPTS": 1, "BACKOFF_BASE": 0, "LEASE": 30, "POLL_INTERVAL": 0.1}
+# Worker processes on Redis or SQS: the test app's ordered group is refused there (E008).
+SILENCED = {"DJANGO_EVENTS_TEST_SILENCED": json.dumps(["django_events.E008"])}
 
 # -- what to plant ---------------------------------------------------------------------------
 
@@ -139,8 +142,16 @@ def clean() -> None:
         model.objects.all().delete()
 
 
+def in_process() -> None:
+    Worker(GROUPS).run(once=True)  # an exception here is a worker that exits
+
+
 def run_example(
-    name: str, plant: Callable[[], tuple[int, int]], empty: Callable[[], bool], relay: bool
+    name: str,
+    plant: Callable[[], tuple[int, int]],
+    empty: Callable[[], bool],
+    relay: bool,
+    worker: Callable[[], None] = in_process,
 ) -> None:
     """Healthy events, then ``plant()`` (returns messages planted, side structures
     garbled), then more healthy events; a worker runs until nothing is claimable."""
@@ -151,7 +162,7 @@ def run_example(
         Worker([], relay=True).step()  # the first healthy events go ahead of the planted
     planted, garbled = plant()
     ids += healthy(2)
-    Worker(GROUPS).run(once=True)  # an exception here is a worker that exits
+    worker()
     for group in GROUPS:
         got = Counter(Effect.objects.filter(group=group, event_id__in=ids).values_list("event_id"))
         assert sorted(e for (e,) in got) == sorted(ids) and set(got.values()) == {1}, group
@@ -276,13 +287,15 @@ def database_empty() -> bool:
 DATABASE = "F12 fuzz database: log + delivery rows"
 
 
-def fuzz_database(examples: int, name: str = DATABASE) -> Callable[[], None]:
+def fuzz_database(
+    examples: int, name: str = DATABASE, plants: tuple[int, int] = (1, 4), **run: Any
+) -> Callable[[], None]:
     @seed(SEED)
     @fuzz(examples, shrink=name == DATABASE)
-    @given(rows=st.lists(log_rows, min_size=1, max_size=4))
+    @given(rows=st.lists(log_rows, min_size=plants[0], max_size=plants[1]))
     def example(rows: list[dict[str, Any]]) -> None:
         try:
-            run_example(name, lambda: plant_rows(rows), database_empty, relay=False)
+            run_example(name, lambda: plant_rows(rows), database_empty, relay=False, **run)
         finally:  # the planted log rows go: the log's top position stays the healthy one
             cursor_check(
                 lambda c: c.execute("DELETE FROM django_events_event WHERE position >= %s", [FIRST])
@@ -294,6 +307,29 @@ def fuzz_database(examples: int, name: str = DATABASE) -> Callable[[], None]:
 def test_f12_fuzzed_log_and_delivery_rows_each_end_once():
     fuzz_database(size(30, 300))()
     report(DATABASE)
+
+
+PROCESS_EXAMPLES = size(2, 5)
+"""Batches run by a worker process; hypothesis's first is its simplest, the rest random."""
+
+
+def in_subprocess(procs: Procs, env: dict[str, str]) -> Callable[[], None]:
+    """``consume_events --once`` in a process of its own: it must exit 0."""
+
+    def run() -> None:
+        procs.command("worker", "consume_events", "--once", env=env)
+        code = procs.wait("worker", timeout=300)
+        assert code == 0, procs.logs("worker")
+
+    return run
+
+
+def test_f12_fuzzed_rows_in_one_batch_and_a_worker_process_exits_0(procs: Procs):
+    many = size(12, 60)
+    env = procs.env(overrides=CONF)
+    name = DATABASE + ", worker process"
+    fuzz_database(PROCESS_EXAMPLES, name, (many, many), worker=in_subprocess(procs, env))()
+    report(name)
 
 
 def test_f12_control_database_without_text_times_stops_the_worker(monkeypatch):
@@ -416,18 +452,28 @@ REDIS = "F12 fuzz Redis: entries + side structures"
 
 
 def fuzz_redis(
-    fresh_redis: Callable[[], Any], examples: int, name: str = REDIS
+    fresh_redis: Callable[[], Any],
+    examples: int,
+    name: str = REDIS,
+    sizes: tuple[int, int] = (1, 5),
+    procs: Procs | None = None,
 ) -> Callable[[], None]:
     @seed(SEED)
     @fuzz(examples, shrink=name == REDIS)
-    @given(plants=st.lists(redis_plants, min_size=1, max_size=5))
+    @given(plants=st.lists(redis_plants, min_size=sizes[0], max_size=sizes[1]))
     def example(plants: list[tuple[str, Any, bytes]]) -> None:
         transport = fresh_redis()
+        run = {}
+        if procs is not None:
+            transport_settings = {"TRANSPORTS": settings_module.DJANGO_EVENTS["TRANSPORTS"]}
+            env = procs.env(overrides={**CONF, **transport_settings}, **SILENCED)
+            run["worker"] = in_subprocess(procs, env)
         run_example(
             name,
             lambda: plant_redis(transport, plants),
             lambda: redis_empty(transport),
             relay=True,
+            **run,
         )
 
     return example
@@ -437,6 +483,16 @@ def fuzz_redis(
 def test_f12_fuzzed_redis_entries_and_side_structures_each_end_once(fresh_redis):
     fuzz_redis(fresh_redis, size(30, 300))()
     report(REDIS)
+
+
+@needs_redis()
+def test_f12_fuzzed_redis_plants_in_one_batch_and_a_worker_process_exits_0(
+    fresh_redis, procs: Procs
+):
+    many = size(12, 60)
+    name = REDIS + ", worker process"
+    fuzz_redis(fresh_redis, PROCESS_EXAMPLES, name, (many, many), procs)()
+    report(name)
 
 
 @needs_redis()
@@ -536,16 +592,23 @@ def sqs(moto_endpoint: str, aws_env: dict[str, str]) -> Iterator[Any]:
 SQS = "F12 fuzz SQS: bodies + attributes"
 
 
-def fuzz_sqs(transport: Any, examples: int, name: str = SQS) -> Callable[[], None]:
+def fuzz_sqs(
+    transport: Any,
+    examples: int,
+    name: str = SQS,
+    sizes: tuple[int, int] = (1, 4),
+    **run: Any,
+) -> Callable[[], None]:
     @seed(SEED)
     @fuzz(examples, shrink=name == SQS)
-    @given(plants=st.lists(sqs_plants, min_size=1, max_size=4))
+    @given(plants=st.lists(sqs_plants, min_size=sizes[0], max_size=sizes[1]))
     def example(plants: list[tuple[str, dict[str, Any]]]) -> None:
         run_example(
             name,
             lambda: plant_sqs(transport, plants),
             lambda: sqs_empty(transport),
             relay=True,
+            **run,
         )
 
     return example
@@ -554,6 +617,15 @@ def fuzz_sqs(transport: Any, examples: int, name: str = SQS) -> Callable[[], Non
 def test_f12_fuzzed_sqs_messages_each_end_once(sqs):
     fuzz_sqs(sqs, size(15, 150))()
     report(SQS)
+
+
+def test_f12_fuzzed_sqs_messages_in_one_batch_and_a_worker_process_exits_0(sqs, procs: Procs):
+    many = size(10, 40)
+    name = SQS + ", worker process"
+    transport_settings = {"TRANSPORTS": settings_module.DJANGO_EVENTS["TRANSPORTS"]}
+    env = procs.env(overrides={**CONF, **transport_settings}, **SILENCED)
+    fuzz_sqs(sqs, PROCESS_EXAMPLES, name, (many, many), worker=in_subprocess(procs, env))()
+    report(name)
 
 
 def test_f12_control_sqs_undefended_decode_stops_the_worker(sqs, monkeypatch):
