@@ -19,6 +19,9 @@ instead, so a test can prove that the checker sees the fault the real engine pre
     payloads are parsed with no nesting limit (and whatever size limit the settings give).
 ``no_redis_recovery``
     the Redis transport never re-publishes what Redis lost.
+``no_decode_defence``
+    the transports catch only the decode errors they expect (``UndecodableEvent``), as
+    before #12: any other error while decoding one message raises out of ``claim``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,17 @@ def apply_controls(names: list[str]) -> None:
             from django_events.transports.redis_recovery import Recovery
 
             Recovery.recover_lost = lambda self: []  # type: ignore[method-assign]
+        elif name == "no_decode_defence":
+            from django_events.exceptions import UndecodableEvent
+            from django_events.transports import base, database, memory, redis, sqs
+
+            def undefended(exc, where="", _original=base.decode_failure):  # type: ignore[no-untyped-def]
+                if not isinstance(exc, UndecodableEvent):
+                    raise exc
+                return _original(exc, where)
+
+            for module in (database, memory, redis, sqs):
+                module.decode_failure = undefended  # type: ignore[attr-defined]
         elif name:
             raise SystemExit(f"unknown control {name!r}")
 

@@ -8,7 +8,9 @@ the healthy events around it are handled, and the worker must finish (``--once``
 exit 0: no crash, no loop. (2) Malformed rows in the outbox (the relay's input). (3) The
 envelope decoder external transports use, fuzzed with hypothesis: every input is either
 an ``Event`` or an ``UndecodableEvent``, and size and depth are refused before parsing.
-The control parses without the depth pre-check: the worker crashes on the deep payload.
+The control parses without the depth pre-check and without the transports' defensive
+decode (#12): the worker crashes on the deep payload. With the pre-check off alone, the
+defensive decode still makes it one dead letter.
 """
 
 from __future__ import annotations
@@ -136,9 +138,12 @@ def test_f9_hostile_rows_become_dead_letters_and_the_worker_carries_on(procs: Pr
 
 
 def test_f9_control_no_depth_precheck_crashes_the_worker(procs: Procs):
+    """Without the pre-check and without the transports' defensive decode (#12), which
+    since turns the parser's ``RecursionError`` into a dead letter on its own."""
     _insert_hostile(10**9, {"data": DEEP})
     env = procs.env(
-        overrides={"MAX_ATTEMPTS": 2, "LEASE": 1}, DJANGO_EVENTS_FAULTS_CONTROL="no_precheck"
+        overrides={"MAX_ATTEMPTS": 2, "LEASE": 1},
+        DJANGO_EVENTS_FAULTS_CONTROL="no_precheck,no_decode_defence",
     )
     crashes = 0
     for _ in range(4):
@@ -147,7 +152,7 @@ def test_f9_control_no_depth_precheck_crashes_the_worker(procs: Procs):
         time.sleep(1.2)  # the lease of the crashed claim runs out
     dead = DeadLetter.objects.count()
     add_row(
-        "F9 CONTROL parse without depth pre-check",
+        "F9 CONTROL parse without depth pre-check or decode defence",
         None,
         events=1,
         dead=dead,
@@ -156,6 +161,31 @@ def test_f9_control_no_depth_precheck_crashes_the_worker(procs: Procs):
     )
     assert "RecursionError" in procs.logs()
     assert crashes == 4 and dead == 0
+
+
+def test_f9_without_depth_precheck_the_defended_decode_still_makes_one_dead_letter(
+    procs: Procs,
+):
+    """Defence in depth (#12): with the pre-check off, the parser's ``RecursionError`` is
+    caught by the transport's per-message decode and becomes the event's dead letter."""
+    bad = _insert_hostile(10**9, {"data": DEEP})
+    env = procs.env(
+        overrides={"MAX_ATTEMPTS": 2, "LEASE": 1}, DJANGO_EVENTS_FAULTS_CONTROL="no_precheck"
+    )
+    procs.command("worker", "consume_events", "--once", env=env)
+    code = procs.wait("worker", timeout=120)
+    letters = list(DeadLetter.objects.all())
+    add_row(
+        "F9 no depth pre-check, defended decode",
+        None,
+        events=1,
+        dead=len(letters),
+        note=f"worker exit {code}; "
+        + (letters[0].error_message[:70] if letters else "no dead letter"),
+    )
+    assert code == 0, procs.logs()
+    assert [(d.event_id, d.error_class) for d in letters] == [(bad, "UndecodableEvent")]
+    assert "RecursionError" in letters[0].error_message
 
 
 def _insert_outbox(data: str, metadata: str = "") -> uuid.UUID:
