@@ -827,9 +827,10 @@ def _count(value: Any) -> int:
 
 def _string_array(attribute: Any) -> list[str]:
     """The values of a ``String.Array`` message attribute; none if absent or malformed.
-    Only a short flat list is read (the group names): anything else is not ours."""
+    Only a flat list is read (group names hold no brackets): anything nested is not ours,
+    and is not parsed (it could nest deeper than the parser recurses)."""
     text = attribute.get("StringValue") if isinstance(attribute, dict) else None
-    if not isinstance(text, str) or len(text) > 4096 or text.count("[") > 1:
+    if not isinstance(text, str) or text.count("[") > 1 or "{" in text:
         return []
     try:
         values = json.loads(text)
