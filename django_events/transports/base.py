@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from django.core.checks import CheckMessage
 
 from ..envelope import Event
-from ..exceptions import EventsConfigurationError, TransportUnavailable
+from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 
 if TYPE_CHECKING:
     from ..models import EventRecord
@@ -52,6 +52,36 @@ def translating(unavailable: Callable[[Exception], str | None]) -> Callable[[F],
 ENVELOPE_RESERVE = 4096
 """Bytes of ``max_message_bytes`` kept for what a transport wraps around data and metadata
 (type, key, ids, time, source, attributes): the longest allowed type and key fit."""
+
+
+STORABLE_CHARS = 2000
+"""Longest decode error kept: enough to name the problem, never a whole hostile body."""
+FALLBACK_NAMESPACE = uuid.UUID("7c1e8a52-5f0e-4d67-9a57-5d6c8f3b2e10")
+"""Namespace of the ids given to messages that carry no event id of their own."""
+
+
+def storable(text: str, limit: int = STORABLE_CHARS) -> str:
+    """``text`` as every database stores it: NUL and lone surrogates (which hostile bytes
+    bring into error messages) escaped, and at most ``limit`` characters."""
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text) - limit} more characters)"
+    if text.isascii() and "\x00" not in text:
+        return text
+    text = text.encode("utf-8", "backslashreplace").decode()
+    return text.replace("\x00", "\\x00")
+
+
+def fallback_id(where: str) -> uuid.UUID:
+    """An event id for a message with no readable one, so its dead letter has one: derived
+    from where the message lives, so each redelivery of it names the same id."""
+    return uuid.uuid5(FALLBACK_NAMESPACE, where)
+
+
+def decode_failure(exc: BaseException, where: str = "") -> str:
+    """The reason a message could not be decoded, storable: ``UndecodableEvent`` says it
+    already; any other error is named by its class (a bug this message found)."""
+    reason = str(exc) if isinstance(exc, UndecodableEvent) else f"{type(exc).__name__}: {exc}"
+    return storable(f"{where}: {reason}" if where else reason)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,15 @@ from django.utils.dateparse import parse_datetime
 from .. import sql
 from ..conf import get_settings
 from ..envelope import build_event
-from ..exceptions import UndecodableEvent
-from .base import Claimed, GroupStatus, Outgoing, Transport
+from .base import (
+    Claimed,
+    GroupStatus,
+    Outgoing,
+    Transport,
+    decode_failure,
+    fallback_id,
+    storable,
+)
 
 DELIVERY_CHANNEL = "django_events_delivery"
 ORPHAN_CHECK_INTERVAL = 0.5
@@ -35,6 +42,8 @@ ANALYZE_AFTER = 10_000
 leaves PostgreSQL planning claims for the near-empty table it last sampled, sorting the
 whole backlog on every claim until autovacuum catches up."""
 _OPTIONS = {"database", "notify"}
+MAX_ATTEMPTS_STORED = 2**31 - 2
+"""Attempts a delivery row counts up to: one below the top of a 32-bit column."""
 
 
 class DatabaseTransport(Transport):
@@ -324,15 +333,21 @@ class DatabaseTransport(Transport):
         claimer = "pg_backend_pid()" if vendor == "postgresql" else "NULL"
         alone = "TRUE" if orphans or limit == 1 else "FALSE"
         update = (
-            f"UPDATE {delivery} SET attempts = attempts + {counted}, claimed_alone = {alone}, "
+            # A count written near the column's top by another writer must not overflow
+            # and fail the claim of the whole batch.
+            f"UPDATE {delivery} SET attempts = CASE WHEN attempts > {MAX_ATTEMPTS_STORED} "
+            f"THEN {MAX_ATTEMPTS_STORED} ELSE attempts END + {counted}, claimed_alone = {alone}, "
             f"claimed_until = {sql.now_plus(vendor)}, claimer = {claimer}, "
             "lease_token = %s WHERE id {candidates} "
-            "RETURNING id, event_id, group_name, attempts, first_failed_at"
+            f"RETURNING id, event_id, group_name, attempts, {_as_text(vendor, 'first_failed_at')} "
+            "AS first_failed_at"
         )
         params = [sql.seconds(vendor, lease), token, *group_params, limit]
+        # Times come as text, parsed per row: a value the driver cannot convert (written
+        # by raw SQL) must fail its own event, not the fetch of the whole batch.
         columns = (
-            "e.id, e.type, e.version, e.key, e.data, e.metadata, e.occurred_at, e.source, "
-            "e.correlation_id, e.causation_id"
+            "e.id, e.type, e.version, e.key, e.data, e.metadata, "
+            f"{_as_text(vendor, 'e.occurred_at')}, e.source, e.correlation_id, e.causation_id"
         )
         if vendor == "postgresql":
             rows = self._execute(
@@ -357,20 +372,29 @@ class DatabaseTransport(Transport):
         return [self._claimed(row, token) for row in rows]
 
     def _claimed(self, row: Sequence[Any], token: str) -> Claimed:
+        """One claimed row as a ``Claimed``. Whatever another writer put in the log or the
+        delivery row, the result is an event or a ``decode_error`` naming what is wrong:
+        never an exception, which would hand the row back to be claimed again forever."""
         delivery_id, event_id, group, attempts, first_failed_at, *stored = row
-        event_id = event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id))
-        if isinstance(first_failed_at, str):
-            first_failed_at = parse_datetime(first_failed_at)
-        if isinstance(first_failed_at, dt.datetime) and first_failed_at.tzinfo is None:
-            first_failed_at = first_failed_at.replace(tzinfo=dt.timezone.utc)
+        try:
+            event_id = event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id))
+        except ValueError:
+            bad_id, event_id = event_id, fallback_id(f"delivery:{delivery_id}")
+        else:
+            bad_id = None
         claimed = Claimed(
             group=group,
-            attempt=attempts,
+            attempt=attempts if isinstance(attempts, int) else 1,
             receipt=(delivery_id, token),
             event_id=event_id,
-            event_type=stored[1] or "",
-            first_failed_at=first_failed_at,
+            event_type=stored[1] if isinstance(stored[1], str) else "",
+            first_failed_at=_time_or_none(first_failed_at),
         )
+        if bad_id is not None:
+            claimed.decode_error = storable(
+                f"Delivery {delivery_id} names event {bad_id!r}, which is not a UUID."
+            )
+            return claimed
         if stored[0] is None:
             claimed.decode_error = f"Event {event_id} is missing from the event log."
             return claimed
@@ -388,8 +412,8 @@ class DatabaseTransport(Transport):
                 causation_id=stored[9],
                 max_bytes=get_settings().max_payload_bytes * 2,
             )
-        except UndecodableEvent as exc:
-            claimed.decode_error = str(exc)
+        except Exception as exc:  # whatever is wrong with it, it is this event's dead letter
+            claimed.decode_error = decode_failure(exc, f"Event {event_id} in the log")
         return claimed
 
     def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
@@ -564,3 +588,24 @@ class DatabaseTransport(Transport):
 def _pairs(groups: Sequence[str], types: Mapping[str, Collection[str]]) -> list[tuple[str, str]]:
     """The (group, type) pairs to claim: each listed type, and ``""`` (type not recorded)."""
     return [(g, t) for g in groups for t in [*sorted(types.get(g, ())), ""]]
+
+
+def _as_text(vendor: str, column: str) -> str:
+    """``column`` (a timestamp) as ISO 8601 text, which no driver converts: on PostgreSQL
+    through JSON, whose times are ISO 8601 whatever the session's DateStyle."""
+    if vendor == "postgresql":
+        return f"to_json({column}) #>> ARRAY[]::text[]"
+    return f"CAST({column} AS TEXT)"
+
+
+def _time_or_none(value: Any) -> dt.datetime | None:
+    """A stored time read as text; None if missing or unreadable (it is only a record of
+    the first failure, never a reason to refuse the event)."""
+    if isinstance(value, str):
+        try:
+            value = parse_datetime(value) or dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, dt.datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)

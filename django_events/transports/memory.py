@@ -20,8 +20,7 @@ from typing import Any
 
 from ..conf import get_settings
 from ..envelope import build_event
-from ..exceptions import UndecodableEvent
-from .base import Claimed, GroupStatus, Outgoing, Transport
+from .base import Claimed, GroupStatus, Outgoing, Transport, decode_failure
 
 _OPTIONS = {"database", "name"}
 
@@ -272,5 +271,5 @@ def _decode(claimed: Claimed, event: Outgoing, max_bytes: int) -> None:
             causation_id=event.causation_id,
             max_bytes=max_bytes,
         )
-    except UndecodableEvent as exc:
-        claimed.decode_error = str(exc)
+    except Exception as exc:  # whatever is wrong with it, it is this event's dead letter
+        claimed.decode_error = decode_failure(exc)

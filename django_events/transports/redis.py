@@ -40,7 +40,15 @@ from ..conf import get_settings
 from ..envelope import from_cloudevent
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 from . import redis_lua
-from .base import Claimed, GroupStatus, Outgoing, Transport, translating
+from .base import (
+    Claimed,
+    GroupStatus,
+    Outgoing,
+    Transport,
+    decode_failure,
+    fallback_id,
+    translating,
+)
 
 logger = logging.getLogger("django_events.transports.redis")
 
@@ -85,7 +93,8 @@ class Receipt:
         return f"{self.entry_id}/{self.deliveries}"
 
     def fields(self) -> dict[str, str]:
-        return {key.decode(): value.decode() for key, value in self.raw.items()}
+        """The entry's fields as text; bytes that are not UTF-8 (not ours) are escaped."""
+        return {_text(key): _text(value) for key, value in self.raw.items()}
 
 
 class RedisStreamsTransport(Transport):
@@ -427,11 +436,11 @@ class RedisStreamsTransport(Transport):
         block: float | None = None,
         promote: bool = False,
     ) -> list[Claimed]:
-        for group in groups:
-            self.ensure_group(group)
         streams: dict[Any, Any] = {self.stream(group): ">" for group in groups}
         per_stream = max(1, limit // len(groups))
         try:
+            for group in groups:
+                self.ensure_group(group)
             if promote:
                 script = self._script("PROMOTE")
                 pipe = self.client.pipeline(transaction=False)
@@ -439,13 +448,17 @@ class RedisStreamsTransport(Transport):
                     keys = [self.delayed(group), self.stream(group)]
                     script(keys=keys, args=[limit], client=pipe)
                 pipe.xreadgroup(CONSUMER_GROUP, self.consumer, streams, count=per_stream)
-                response = pipe.execute()[-1]
+                *promoted, response = pipe.execute()
+                self._note_strange(groups, promoted)
             else:
                 ms = None if block is None else max(1, int(block * 1000))
                 response = self.client.xreadgroup(
                     CONSUMER_GROUP, self.consumer, streams, count=per_stream, block=ms
                 )
         except redis.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                self.repair(groups)
+                return []
             if "NOGROUP" not in str(exc):
                 raise
             logger.warning("Consumer groups missing in Redis (%s); creating them again", exc)
@@ -480,6 +493,9 @@ class RedisStreamsTransport(Transport):
                 if "NOGROUP" in str(result):
                     self.ensure_group(group, again=True)
                     continue
+                if "WRONGTYPE" in str(result):
+                    self.repair([group])
+                    continue
                 raise result
             cursor, taken = result
             self._cursors[group] = _text(cursor)
@@ -493,31 +509,65 @@ class RedisStreamsTransport(Transport):
     def _claimed(
         self, group: str, entry_id: str, raw: dict[bytes, bytes], *, deliveries: int
     ) -> Claimed:
+        """One entry as a ``Claimed``: an event, or a ``decode_error`` naming what is wrong
+        with it (fields that are not UTF-8, a body that does not decode, a delayed-set
+        member that was not ours), never an exception that would stop the group."""
         fields = {  # the ones needed now; the rest stay bytes until a retry rewrites them
-            name: raw[name.encode()].decode()
-            for name in ("id", "type", "event", "attempts", "first_failed_at")
+            name: _text(raw[name.encode()])
+            for name in ("id", "type", "attempts", "first_failed_at", "problem")
             if name.encode() in raw
         }
         receipt = Receipt(self.stream(group), entry_id, raw, deliveries)
+        where = f"Stream entry {entry_id} of {receipt.stream}"
         try:
-            before = int(fields.get("attempts", "0"))
+            before = min(max(0, int(fields.get("attempts", "0"))), 1_000_000)
         except ValueError:
             before = 0
         claimed = Claimed(
             group=group,
             attempt=before + deliveries,
             receipt=receipt,
-            event_id=_uuid(fields.get("id")),
+            event_id=_uuid(fields.get("id")) or fallback_id(f"redis:{where}"),
             event_type=fields.get("type", ""),
             first_failed_at=_datetime(fields.get("first_failed_at")),
         )
         try:
+            if "problem" in fields:
+                raise UndecodableEvent(f"{fields['problem']}: {_text(raw.get(b'member'))!r}")
             claimed.event = from_cloudevent(
-                fields.get("event", ""), get_settings().max_payload_bytes * 2
+                raw.get(b"event", b""), get_settings().max_payload_bytes * 2
             )
-        except UndecodableEvent as exc:
-            claimed.decode_error = f"Stream entry {entry_id} of {receipt.stream}: {exc}"
+        except Exception as exc:  # whatever is wrong with it, it is this entry's dead letter
+            claimed.decode_error = decode_failure(exc, where)
         return claimed
+
+    def repair(self, groups: Iterable[str]) -> None:
+        """Set aside keys of the groups that hold the wrong type (written by something
+        else), so the group goes on; what they held comes back through recovery."""
+        script = self._script("REPAIR")
+        for group in groups:
+            kinds = {
+                self.stream(group): "stream",
+                self.delayed(group): "zset",
+                self.leases(group): "hash",
+                self.owed(group): "zset",
+            }
+            if script(keys=list(kinds), args=list(kinds.values())):
+                self._created.discard(group)
+                logger.warning(
+                    "Group %s: a Redis key of the wrong type was renamed to <key>:garbled:<time>",
+                    group,
+                )
+
+    def _note_strange(self, groups: Sequence[str], promoted: Sequence[Any]) -> None:
+        for group, result in zip(groups, promoted, strict=True):
+            if isinstance(result, list) and len(result) > 1 and int(result[1]):
+                logger.warning(
+                    "Group %s: %s delayed-retry members were not django-events'; moved to "
+                    "the stream to be dead-lettered",
+                    group,
+                    result[1],
+                )
 
     @_translating
     def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
@@ -704,20 +754,22 @@ def _fields(event: Outgoing) -> list[str]:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """Text from Redis; bytes that are not UTF-8 (not written here) are escaped."""
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
 
 
-def _uuid(value: str | None) -> uuid.UUID:
+def _uuid(value: str | None) -> uuid.UUID | None:
     try:
         return uuid.UUID(value or "")
     except ValueError:
-        return uuid.UUID(int=0)  # the decode error says what was wrong
+        return None  # the decode error says what was wrong
 
 
 def _datetime(value: str | None) -> dt.datetime | None:
     if not value:
         return None
     try:
-        return dt.datetime.fromisoformat(value)
+        found = dt.datetime.fromisoformat(value)
     except ValueError:
         return None
+    return found if found.tzinfo is not None else found.replace(tzinfo=dt.timezone.utc)

@@ -26,11 +26,39 @@ local function owned(stream, group, consumer, claim)
 end
 """
 
-PUBLISH = """
+_GUARD = """
+-- A side key of the wrong type (written by something else) is set aside, renamed with a
+-- ':garbled:<ms>' suffix for inspection, rather than failing every call that touches it.
+local function guard(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= kind and found ~= 'none' then
+    local t = redis.call('TIME')
+    redis.call('RENAME', key, key .. ':garbled:' .. t[1] .. t[2])
+    return 1
+  end
+  return 0
+end
+"""
+
+REPAIR = (
+    _GUARD
+    + """
+-- KEYS: any. ARGV: the type each key must have. Returns how many were set aside.
+local renamed = 0
+for i = 1, #KEYS do renamed = renamed + guard(KEYS[i], ARGV[i]) end
+return renamed
+"""
+)
+
+PUBLISH = (
+    _GUARD
+    + """
 -- KEYS: stream, owed. ARGV: force, then per event: event id, position, field count, fields.
 -- The owed set (event id -> position) is what the group has not finished; an event
 -- already owed is not added twice unless forced (recovery after a data loss).
 local force = ARGV[1] == '1'
+guard(KEYS[1], 'stream')
+guard(KEYS[2], 'zset')
 local added, i = 0, 2
 while i <= #ARGV do
   local id, position, width = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -43,27 +71,50 @@ while i <= #ARGV do
 end
 return {added, redis.call('XLEN', KEYS[1])}
 """
+)
 
 PROMOTE = (
     _NOW_MS
+    + _GUARD
     + """
 -- KEYS: delayed, stream. ARGV: limit. Moves retries that are due back into the stream.
+-- A member this transport did not write (anything but a JSON array of an even number of
+-- strings) moves too, as an entry with a 'problem' field: the worker dead-letters it.
+-- Returns the members moved and how many of them were not ours.
+guard(KEYS[1], 'zset')
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+local strange = 0
 for _, member in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(member)))
+  local ok, fields = pcall(cjson.decode, member)
+  local valid = ok and type(fields) == 'table' and #fields >= 2 and #fields % 2 == 0
+    and #fields <= 200
+  if valid then
+    for i = 1, #fields do
+      if type(fields[i]) ~= 'string' then valid = false end
+    end
+  end
+  if valid then
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
+  else
+    redis.call('XADD', KEYS[2], '*', 'problem',
+      'A member of the delayed-retry set that django-events did not write', 'member', member)
+    strange = strange + 1
+  end
   redis.call('ZREM', KEYS[1], member)
 end
-return #due
+return {#due, strange}
 """
 )
 
 RETRY_LATER = (
     _NOW_MS
     + _OWNED
+    + _GUARD
     + """
 -- KEYS: stream, delayed. ARGV: group, consumer, claim, delay ms, entry as JSON fields.
 local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 if not mine then return 0 end
+guard(KEYS[2], 'zset')
 redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[4]), ARGV[5])
 redis.call('XACK', KEYS[1], ARGV[1], id)
 return 1
@@ -72,10 +123,12 @@ return 1
 
 DEAD_LETTER = (
     _OWNED
+    + _GUARD
     + """
 -- KEYS: stream, owed. ARGV: group, consumer, claim, event id.
 local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 if not mine then return 0 end
+guard(KEYS[2], 'zset')
 redis.call('XACK', KEYS[1], ARGV[1], id)
 redis.call('ZREM', KEYS[2], ARGV[4])
 return 1
@@ -97,11 +150,13 @@ return 1
 RENEW = (
     _NOW_MS
     + _OWNED
+    + _GUARD
     + """
 -- KEYS: stream, leases. ARGV: group, consumer, lease ms, claims. Resets the idle time of
 -- the entries this consumer still owns (JUSTID: the delivery count, our attempt count,
 -- stays as it is) and notes until when they are held, should that outlast the idle time.
 local renewed, held_until = 0, now_ms() + tonumber(ARGV[3])
+guard(KEYS[2], 'hash')
 for i = 4, #ARGV do
   local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[i])
   if mine then
@@ -116,15 +171,17 @@ return renewed
 
 TAKE_OVER = (
     _NOW_MS
+    + _GUARD
     + """
 -- KEYS: stream, leases. ARGV: group, consumer, min idle ms, count, cursor. Claims entries
 -- idle at least min idle whose renewed lease (if any) has run out. Returns the next cursor
 -- and {id, fields, delivery count} per entry taken.
 local now = now_ms()
+guard(KEYS[2], 'hash')
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], ARGV[5], '+', ARGV[4])
 local taken, cursor = {}, '-'
 for _, p in ipairs(pending) do
-  local held_until = tonumber(redis.call('HGET', KEYS[2], p[1]) or '0')
+  local held_until = tonumber(redis.call('HGET', KEYS[2], p[1]) or '0') or 0
   if held_until <= now then
     local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
     redis.call('HDEL', KEYS[2], p[1])
@@ -138,10 +195,13 @@ return {cursor, taken}
 
 ACK = (
     _OWNED
+    + _GUARD
     + """
 -- KEYS: stream, owed, leases. ARGV: group, consumer, then per entry: claim, event id.
 -- Acknowledges the entries this claim still holds; returns their positions in ARGV order.
 local acked = {}
+guard(KEYS[2], 'zset')
+guard(KEYS[3], 'hash')
 for i = 3, #ARGV, 2 do
   local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[i])
   if mine then
@@ -155,7 +215,9 @@ return acked
 """
 )
 
-TRIM = """
+TRIM = (
+    _GUARD
+    + """
 -- KEYS: stream, leases. ARGV: group. Trims what the group has acknowledged, never an entry
 -- it has not read or not acknowledged: the cut is the oldest pending entry, or the first
 -- entry after the last delivered one. Forgets renewed leases of entries no longer pending
@@ -173,14 +235,14 @@ for _, info in ipairs(groups) do
   if name == ARGV[1] then last = delivered end
 end
 if not last then return -1 end
+guard(KEYS[2], 'hash')
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
 end
 for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1) == 0 then
-    redis.call('HDEL', KEYS[2], id)
-  end
+  local ok, found = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if not ok or #found == 0 then redis.call('HDEL', KEYS[2], id) end  -- not an entry id
 end
 local ms, seq = parse(last)
 local cut_ms, cut_seq = ms, seq + 1
@@ -191,10 +253,15 @@ if summary[1] > 0 then
 end
 return redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-%d', cut_ms, cut_seq))
 """
+)
 
-SNAPSHOT = """
+SNAPSHOT = (
+    _GUARD
+    + """
 -- KEYS: owed. One consistent read for the checkpoint: the group's marker (the member scored
 -- +inf, missing after a data loss) and the owed set's lowest member, with its position.
+guard(KEYS[1], 'zset')
 local marker = redis.call('ZRANGEBYSCORE', KEYS[1], '+inf', '+inf', 'LIMIT', 0, 1)[1]
 return {marker or false, redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')}
 """
+)

@@ -18,6 +18,7 @@ recovery, for events a relay had sent to the old Redis but not yet logged.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -84,14 +85,18 @@ class Recovery:
             pipe.zrangebyscore(transport.owed(group), "+inf", "+inf")
             pipe.xlen(transport.stream(group))
             pipe.zcard(transport.delayed(group))
-        sizes = pipe.execute()
+        sizes = pipe.execute(raise_on_error=False)
         recovered = []
         for index, group in enumerate(groups):
+            found = sizes[index * 4 : index * 4 + 4]
+            if any(isinstance(size, Exception) for size in found):
+                transport.repair([group])  # a key of the wrong type: set aside, look again
+                continue
             row = rows.get(group)
             if row is None:
                 self._first_checkpoint(group)
                 continue
-            owed, markers, length, delayed = sizes[index * 4 : index * 4 + 4]
+            owed, markers, length, delayed = found
             owed -= len(markers)
             if [_text(m) for m in markers] != [MARKER + row.token]:
                 reason = "its data is gone from Redis (restarted empty, flushed or evicted)"
@@ -191,11 +196,15 @@ class Recovery:
                 if marker is None:
                     continue  # lost since the last look: recovery first, next time
                 owes = lowest and not _text(lowest[0]).startswith(MARKER)
-                position = min(top, int(float(lowest[1])) - 1) if owes else top
+                score = float(lowest[1]) if owes else 0.0
+                if not math.isfinite(score):  # not a log position: a member not ours
+                    transport.client.zrem(transport.owed(group), lowest[0])
+                    continue
+                position = min(top, int(score) - 1) if owes else top
                 StreamCheckpoint.objects.using(self._db).filter(
                     namespace=transport.prefix, group=group, token=_text(marker)[len(MARKER) :]
                 ).update(position=position, updated_at=Now())
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)

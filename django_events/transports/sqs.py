@@ -37,8 +37,17 @@ from django.db import connections, transaction
 
 from ..conf import get_settings
 from ..envelope import from_cloudevent
-from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
-from .base import Claimed, GroupStatus, Outgoing, Transport, logged_events, translating
+from ..exceptions import EventsConfigurationError, TransportUnavailable
+from .base import (
+    Claimed,
+    GroupStatus,
+    Outgoing,
+    Transport,
+    decode_failure,
+    fallback_id,
+    logged_events,
+    translating,
+)
 
 logger = logging.getLogger("django_events.transports.sqs")
 
@@ -457,29 +466,37 @@ class SnsSqsTransport(Transport):
         return claimed
 
     def _claimed(self, group: str, url: str, message: dict[str, Any], dead: bool) -> Claimed:
-        attributes = message.get("Attributes", {})
-        received = int(attributes.get("ApproximateReceiveCount", 1))
-        tags = message.get("MessageAttributes", {})
+        """One received message as a ``Claimed``: an event, or a ``decode_error`` naming
+        what is wrong with its body or attributes; never an exception, which would stop
+        the worker and send its healthy batch-mates round again with it."""
+        attributes = message.get("Attributes") or {}
+        received = _count(attributes.get("ApproximateReceiveCount"))
+        tags = message.get("MessageAttributes") or {}
         ordered = group in _string_array(tags.get("ordered")) and not dead
-        receipt = Receipt(
-            url, message["ReceiptHandle"], attributes.get("MessageGroupId"), dead, ordered
-        )
+        handle = message["ReceiptHandle"]
+        receipt = Receipt(url, handle, attributes.get("MessageGroupId"), dead, ordered)
+        message_id = str(message.get("MessageId", ""))
+        type_tag = tags.get("type")
         claimed = Claimed(
             group=group,
             # A message the queue redrove has used every attempt: the worker records it.
             attempt=max(received, self._max_receives(group) + 1) if dead else received,
             receipt=receipt,
-            event_id=uuid.UUID(message["MessageId"]),
-            event_type=tags.get("type", {}).get("StringValue", ""),
+            event_id=_uuid_or_none(message_id) or fallback_id(f"sqs:{url}:{message_id}"),
+            event_type=str(type_tag.get("StringValue", "")) if isinstance(type_tag, dict) else "",
         )
         first = attributes.get("ApproximateFirstReceiveTimestamp")
         if first and claimed.attempt > 1:  # the first receive was the first failed attempt
-            claimed.first_failed_at = dt.datetime.fromtimestamp(int(first) / 1000, dt.timezone.utc)
+            with contextlib.suppress(ValueError, OverflowError, OSError):
+                claimed.first_failed_at = dt.datetime.fromtimestamp(
+                    int(first) / 1000, dt.timezone.utc
+                )
+        body = message.get("Body", "")
         try:
-            claimed.event = from_cloudevent(message["Body"], get_settings().max_payload_bytes * 2)
-        except UndecodableEvent as exc:
-            claimed.decode_error = str(exc)
-            claimed.event_id = _id_in(message["Body"]) or claimed.event_id
+            claimed.event = from_cloudevent(body, get_settings().max_payload_bytes * 2)
+        except Exception as exc:  # whatever is wrong with it, it is this message's dead letter
+            claimed.decode_error = decode_failure(exc, f"SQS message {message_id!r}")
+            claimed.event_id = _id_in(body) or claimed.event_id
         else:
             claimed.event_id, claimed.event_type = claimed.event.id, claimed.event.type
         return claimed
@@ -611,8 +628,17 @@ class SnsSqsTransport(Transport):
         holds = self._holds(claimed)
         self._done(claimed)
         if holds:
-            transaction.on_commit(lambda: self._delete([claimed.receipt]), using=self.database)
+            transaction.on_commit(lambda: self._delete_soon(claimed.receipt), using=self.database)
         return holds
+
+    def _delete_soon(self, receipt: Receipt) -> None:
+        """Delete a dead-lettered message after the commit, with the pending acks: AWS out
+        of reach now must not escape into the worker (the commit is done), so the delete
+        stays queued for the next claim, as an ack's would."""
+        with self._lock:
+            self._acks.append(receipt)
+        with contextlib.suppress(*_SEND_ERRORS):
+            self._flush_acks()
 
     def close(self) -> None:
         """Send pending deletes and give back held events; clients are kept for reuse.
@@ -776,17 +802,38 @@ def _cloudevent(event: Outgoing, event_id: str) -> str:
     return text + ',"data":' + (event.data or "{}") + "}"
 
 
-def _id_in(body: str) -> uuid.UUID | None:
+def _id_in(body: Any) -> uuid.UUID | None:
     """The event id of an undecodable body, if it has one, so its dead letter names it.
-    Looked for as text: the body may not parse (the transport writes ``id`` early on)."""
-    found = _ID_FIELD.search(body[:500])
-    return uuid.UUID(found[1]) if found else None
+    Looked for as text: the body may not parse (the transport writes ``id`` early on).
+    None if the body has none, or one that is not a UUID (it is not ours)."""
+    found = _ID_FIELD.search(body[:500]) if isinstance(body, str) else None
+    return _uuid_or_none(found[1]) if found else None
 
 
-def _string_array(attribute: dict[str, Any] | None) -> list[str]:
-    """The values of a ``String.Array`` message attribute; none if absent or malformed."""
+def _uuid_or_none(value: str) -> uuid.UUID | None:
     try:
-        values = json.loads((attribute or {}).get("StringValue", "[]"))
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def _count(value: Any) -> int:
+    """SQS's receive count; 1 if it is not a number (a broker that is not SQS)."""
+    try:
+        return max(1, int(value or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _string_array(attribute: Any) -> list[str]:
+    """The values of a ``String.Array`` message attribute; none if absent or malformed.
+    Only a flat list is read (group names hold no brackets): anything nested is not ours,
+    and is not parsed (it could nest deeper than the parser recurses)."""
+    text = attribute.get("StringValue") if isinstance(attribute, dict) else None
+    if not isinstance(text, str) or text.count("[") > 1 or "{" in text:
+        return []
+    try:
+        values = json.loads(text)
     except ValueError:
         return []
     return [v for v in values if isinstance(v, str)] if isinstance(values, list) else []

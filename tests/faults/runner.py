@@ -22,6 +22,9 @@ instead, so a test can prove that the checker sees the fault the real engine pre
 ``own_registry``
     the relay fans out to its own process's handlers only, not to the subscriptions other
     services declared in the shared database (the relay before subscriptions were data).
+``no_decode_defence``
+    the transports catch only the decode errors they expect (``UndecodableEvent``), as
+    before #12: any other error while decoding one message raises out of ``claim``.
 """
 
 from __future__ import annotations
@@ -81,6 +84,17 @@ def apply_controls(names: list[str]) -> None:
             from django_events.registry import registry
 
             relay.fan_out = lambda transport: registry.subscriptions()  # type: ignore[assignment]
+        elif name == "no_decode_defence":
+            from django_events.exceptions import UndecodableEvent
+            from django_events.transports import base, database, memory, redis, sqs
+
+            def undefended(exc, where="", _original=base.decode_failure):  # type: ignore[no-untyped-def]
+                if not isinstance(exc, UndecodableEvent):
+                    raise exc
+                return _original(exc, where)
+
+            for module in (database, memory, redis, sqs):
+                module.decode_failure = undefended  # type: ignore[attr-defined]
         elif name:
             raise SystemExit(f"unknown control {name!r}")
 

@@ -8,7 +8,9 @@ the healthy events around it are handled, and the worker must finish (``--once``
 exit 0: no crash, no loop. (2) Malformed rows in the outbox (the relay's input). (3) The
 envelope decoder external transports use, fuzzed with hypothesis: every input is either
 an ``Event`` or an ``UndecodableEvent``, and size and depth are refused before parsing.
-The control parses without the depth pre-check: the worker crashes on the deep payload.
+The control parses without the depth pre-check and without the transports' defensive
+decode (#12): the worker crashes on the deep payload. With the pre-check off alone, the
+defensive decode still makes it one dead letter.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from django_events.envelope import MAX_NESTING, decode_json, from_cloudevent
 from django_events.exceptions import UndecodableEvent
 from django_events.models import DeadLetter
 
+from ..testapp.models import Effect
 from .checker import check_database
 from .conftest import Procs, add_row, cursor_check, publish_truth, scalar, size
 
@@ -135,9 +138,12 @@ def test_f9_hostile_rows_become_dead_letters_and_the_worker_carries_on(procs: Pr
 
 
 def test_f9_control_no_depth_precheck_crashes_the_worker(procs: Procs):
+    """Without the pre-check and without the transports' defensive decode (#12), which
+    since turns the parser's ``RecursionError`` into a dead letter on its own."""
     _insert_hostile(10**9, {"data": DEEP})
     env = procs.env(
-        overrides={"MAX_ATTEMPTS": 2, "LEASE": 1}, DJANGO_EVENTS_FAULTS_CONTROL="no_precheck"
+        overrides={"MAX_ATTEMPTS": 2, "LEASE": 1},
+        DJANGO_EVENTS_FAULTS_CONTROL="no_precheck,no_decode_defence",
     )
     crashes = 0
     for _ in range(4):
@@ -146,7 +152,7 @@ def test_f9_control_no_depth_precheck_crashes_the_worker(procs: Procs):
         time.sleep(1.2)  # the lease of the crashed claim runs out
     dead = DeadLetter.objects.count()
     add_row(
-        "F9 CONTROL parse without depth pre-check",
+        "F9 CONTROL parse without depth pre-check or decode defence",
         None,
         events=1,
         dead=dead,
@@ -155,6 +161,31 @@ def test_f9_control_no_depth_precheck_crashes_the_worker(procs: Procs):
     )
     assert "RecursionError" in procs.logs()
     assert crashes == 4 and dead == 0
+
+
+def test_f9_without_depth_precheck_the_defended_decode_still_makes_one_dead_letter(
+    procs: Procs,
+):
+    """Defence in depth (#12): with the pre-check off, the parser's ``RecursionError`` is
+    caught by the transport's per-message decode and becomes the event's dead letter."""
+    bad = _insert_hostile(10**9, {"data": DEEP})
+    env = procs.env(
+        overrides={"MAX_ATTEMPTS": 2, "LEASE": 1}, DJANGO_EVENTS_FAULTS_CONTROL="no_precheck"
+    )
+    procs.command("worker", "consume_events", "--once", env=env)
+    code = procs.wait("worker", timeout=120)
+    letters = list(DeadLetter.objects.all())
+    add_row(
+        "F9 no depth pre-check, defended decode",
+        None,
+        events=1,
+        dead=len(letters),
+        note=f"worker exit {code}; "
+        + (letters[0].error_message[:70] if letters else "no dead letter"),
+    )
+    assert code == 0, procs.logs()
+    assert [(d.event_id, d.error_class) for d in letters] == [(bad, "UndecodableEvent")]
+    assert "RecursionError" in letters[0].error_message
 
 
 def _insert_outbox(data: str, metadata: str = "") -> uuid.UUID:
@@ -272,3 +303,75 @@ def test_f9_size_and_depth_refused_before_parsing():
         events=size(500, 5000),
         note="every input an Event or UndecodableEvent; limits checked before json.loads",
     )
+
+
+# -- values the driver cannot convert (#12) --------------------------------------------------
+
+UNCONVERTIBLE = {
+    # name: (log time, delivery's first failure, delivery's attempts, expected error class)
+    "log time infinity": ("'infinity'", "NULL", 0, "UndecodableEvent"),
+    "log time after year 9999": ("'12000-01-01 00:00:00+00'", "NULL", 0, "UndecodableEvent"),
+    "log time before year 1": ("'0044-03-15 00:00:00+00 BC'", "NULL", 0, "UndecodableEvent"),
+    "first failure -infinity": ("now()", "'-infinity'", 0, None),
+    "attempts at the column's top": ("now()", "NULL", 2**31 - 1, "LeaseExpired"),
+}
+
+
+def _insert_unconvertible(position: int, occurred_at: str, first: str, attempts: int) -> uuid.UUID:
+    event_id = uuid.uuid4()
+
+    def run(cursor) -> None:
+        cursor.execute(
+            "INSERT INTO django_events_event (id, position, type, key, version, data, "  # noqa: S608
+            "metadata, occurred_at, source, recorded_at) VALUES (%s, %s, 'test.happened', "
+            f"NULL, 1, '{{\"n\": -1}}', '{{}}', {occurred_at}, 'hostile', now())",
+            [event_id, position],
+        )
+        cursor.execute(
+            "INSERT INTO django_events_delivery (event_id, group_name, position, key, ordered, "  # noqa: S608
+            "attempts, available_at, parked, last_error, created_at, first_failed_at) VALUES "
+            f"(%s, 'alpha', %s, NULL, FALSE, %s, now(), FALSE, '', now(), {first})",
+            [event_id, position, attempts],
+        )
+
+    cursor_check(run)
+    return event_id
+
+
+def test_f9_values_the_driver_cannot_convert_are_one_dead_letter_each(procs: Procs):
+    """A log time or a count another writer stored that psycopg cannot convert (or that
+    overflows) used to fail the claim of the whole batch every lease, for ever: the worker
+    exited on each run and its healthy batch-mates waited. Each is one outcome now."""
+    started = time.monotonic()
+    truth = publish_truth(size(20, 100), seed_name="f9:unconvertible:before", rollback=0)
+    planted = {
+        name: _insert_unconvertible(10**9 + i, *values[:3])
+        for i, (name, values) in enumerate(UNCONVERTIBLE.items())
+    }
+    truth.update(publish_truth(size(20, 100), seed_name="f9:unconvertible:after", rollback=0))
+    env = procs.env(overrides={"MAX_ATTEMPTS": 1, "BATCH_SIZE": 7})
+    procs.command("worker", "consume_events", "--once", env=env)
+    code = procs.wait("worker", timeout=120)
+    assert code == 0, procs.logs()
+    letters = {d.event_id: d for d in DeadLetter.objects.all()}
+    wrong = []
+    for name, event_id in planted.items():
+        want = UNCONVERTIBLE[name][3]
+        letter = letters.get(event_id)
+        got = letter and (letter.error_class, bool(letter.error_message))
+        if want is None:  # handled: its effect is checked here, not by the checker
+            got = got or Effect.objects.filter(group="alpha", event_id=event_id).delete()[0]
+        if got != ((want, True) if want else 1):
+            wrong.append(f"{name}: {letter and (letter.error_class, letter.error_message)!r}")
+    report = cursor_check(lambda c: check_database(c, truth, ["alpha", "beta"]))
+    add_row(
+        "F9 values the driver cannot convert",
+        report,
+        dead=len(letters),
+        secs=time.monotonic() - started,
+        note=f"{len(planted) - len(wrong)}/{len(planted)} planted rows with one outcome each; "
+        "worker exit 0",
+    )
+    assert not wrong, wrong
+    assert report.clean and report.dead == 0, report
+    assert scalar("SELECT COUNT(*) FROM django_events_delivery") == 0

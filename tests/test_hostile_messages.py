@@ -1,0 +1,319 @@
+"""One bad message is one dead letter, on every transport, on the real servers.
+
+Each test plants a message the transport did not write (or garbles a structure it keeps
+beside its queue), with healthy events around it, and runs a real ``Worker``: the
+worker must not raise, the bad message must become one dead letter naming what was
+wrong, and every healthy event must be handled once. Each of these raised out of
+``claim`` (or looped for ever) before the transports decoded defensively.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+from django_events import publish
+from django_events.models import DeadLetter
+from django_events.registry import registry
+from django_events.transports import transports
+from django_events.transports.base import storable
+from django_events.worker import Worker
+
+from .redis_support import delete_prefix, events_settings, needs_redis, unique_prefix
+from .sqs_server import aws_env, moto_endpoint
+from .sqs_server import events_settings as sqs_settings
+from .sqs_server import unique_prefix as sqs_prefix
+from .testapp.models import Effect
+
+__all__ = ["aws_env", "moto_endpoint"]  # fixtures, imported for pytest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def healthy(count: int = 3) -> list[uuid.UUID]:
+    return [publish("test.happened", {"n": n}).id for n in range(count)]
+
+
+def handled_once(ids: list[uuid.UUID], group: str = "alpha") -> None:
+    got = list(Effect.objects.filter(group=group).values_list("event_id", flat=True))
+    assert sorted(got) == sorted(ids), "every healthy event handled exactly once"
+
+
+def one_dead_letter(contains: str, group: str = "alpha") -> DeadLetter:
+    letters = list(DeadLetter.objects.filter(group=group))
+    assert len(letters) == 1, [(d.error_class, d.error_message) for d in letters]
+    letter = letters[0]
+    assert letter.error_class == "UndecodableEvent"
+    assert contains in letter.error_message, letter.error_message
+    return letter
+
+
+def test_storable_text_has_no_nul_and_no_lone_surrogate():
+    text = storable("a\x00b\ud800c" + "x" * 5000)
+    text.encode()  # no lone surrogate left
+    assert "\x00" not in text and "\\x00" in text and "\\ud800" in text
+    assert len(text) <= 2100
+
+
+# -- Redis --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_transport() -> Iterator[Any]:
+    prefix = unique_prefix()
+    transports.reset()
+    with override_settings(DJANGO_EVENTS={**events_settings(prefix), "BACKOFF_BASE": 0}):
+        transport = transports["default"]
+        transport.setup(registry.subscriptions())
+        yield transport
+        transports.reset()
+    delete_prefix(prefix)
+
+
+def run_worker(groups: list[str], rounds: int = 3) -> None:
+    for _ in range(rounds):
+        Worker(groups).run(once=True)
+
+
+@needs_redis()
+def test_redis_entry_with_bytes_that_are_not_utf8_is_one_dead_letter(redis_transport):
+    ids = healthy()
+    Worker([], relay=True).step()
+    redis_transport.client.xadd(
+        redis_transport.stream("alpha"), {b"id": b"\xff\xfe", b"type": b"\x80", b"event": b"\xff"}
+    )
+    ids += healthy(2)
+    run_worker(["alpha"])
+    handled_once(ids)
+    one_dead_letter("not UTF-8")
+
+
+@needs_redis()
+@pytest.mark.parametrize(
+    "member",
+    ["not json", "[]", '["id"]', '{"a": 1}', "[[1], 2]", "[" * 5000 + "]" * 5000, "\xff"],
+    ids=["text", "empty", "odd", "object", "nested", "deep", "latin1"],
+)
+def test_redis_delayed_member_it_did_not_write_is_one_dead_letter(redis_transport, member):
+    ids = healthy()
+    Worker([], relay=True).step()
+    raw = member.encode("latin-1") if member == "\xff" else member
+    redis_transport.client.zadd(redis_transport.delayed("alpha"), {raw: 0})
+    run_worker(["alpha"])
+    handled_once(ids)
+    one_dead_letter("delayed")
+    assert redis_transport.client.zcard(redis_transport.delayed("alpha")) == 0
+
+
+@needs_redis()
+def test_redis_garbled_lease_and_wrong_typed_side_keys_do_not_stop_the_group(redis_transport):
+    client = redis_transport.client
+    ids = healthy()
+    Worker([], relay=True).step()
+    client.set(redis_transport.delayed("alpha"), "a string, not a sorted set")
+    client.hset(redis_transport.leases("alpha"), "0-1", "not a number")
+    run_worker(["alpha"])
+    handled_once(ids)
+    aside = list(client.scan_iter(match=f"{redis_transport.prefix}:*:garbled*"))
+    assert aside, "the wrong-typed key was set aside, not deleted"
+    # a lease for an entry that is pending and idle, garbled: the take-over survives it
+    client.delete(redis_transport.leases("alpha"))
+    more = healthy(2)
+    Worker([], relay=True).step()
+    taken = redis_transport.claim(["alpha"], 10, 30)
+    for item in taken:
+        client.hset(redis_transport.leases("alpha"), item.receipt.entry_id, "garbage")
+    client.hset(redis_transport.leases("alpha"), "not an entry id", "garbage")
+    retaken = redis_transport._orphans(["alpha"], 10, 0.001)  # garbled leases count as none
+    assert {c.event_id for c in retaken} == set(more)
+    redis_transport.release(retaken)
+    redis_transport.trim(["alpha"])  # a lease field that is no entry id is forgotten
+    assert client.hlen(redis_transport.leases("alpha")) == 0
+    client.delete(redis_transport.owed("alpha"))
+    client.set(redis_transport.owed("alpha"), "garbled")
+    for _ in range(2):  # the garbled owed set goes aside; then its loss is recovered
+        redis_transport.recovery.recover_lost()
+    redis_transport.recovery.checkpoint()
+    run_worker(["alpha"])
+    handled_once(ids + more)
+
+
+# -- SNS + SQS ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqs(moto_endpoint: str, aws_env: dict[str, str]) -> Iterator[Any]:
+    transports.reset()
+    with override_settings(DJANGO_EVENTS=sqs_settings(moto_endpoint, sqs_prefix())):
+        transport = transports["default"]
+        transport.setup(registry.subscriptions())
+        yield transport
+        transports.reset()
+
+
+def send(transport: Any, body: str, **attributes: Any) -> None:
+    sqs = transport._client("sqs")
+    sqs.send_message(
+        QueueUrl=transport._queue_url("alpha"), MessageBody=body, MessageAttributes=attributes
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ('{"id": "------------------------------------", "type": 1}', "missing time"),
+        ('{"id": "zz", "type": "test.happened"}', "missing"),
+        ("not json at all", "not valid JSON"),
+        ("[" * 5000 + "]" * 5000, "nests deeper"),
+        (json.dumps({"id": str(uuid.uuid4()), "type": 7, "time": [], "data": "x"}), "type"),
+        ('{"id": "00000000-0000-0000-0000-00000000000g", "data": {}}', "missing"),
+    ],
+    ids=["id-of-dashes", "id-not-uuid", "text", "deep", "wrong-types", "id-not-hex"],
+)
+def test_sqs_body_not_ours_is_one_dead_letter_and_its_batch_mates_are_handled(
+    sqs, body: str, reason: str
+):
+    ids = healthy()
+    Worker([], relay=True).step()
+    send(sqs, body)
+    run_worker(["alpha"], rounds=4)
+    handled_once(ids)
+    one_dead_letter(reason)
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"ordered": {"DataType": "String.Array", "StringValue": "[" * 3000 + "]" * 3000}},
+        {"ordered": {"DataType": "String.Array", "StringValue": '{"alpha": 1}'}},
+        {"type": {"DataType": "Binary", "BinaryValue": b"\xff\x00"}},
+        {"type": {"DataType": "Number", "StringValue": "12"}},
+    ],
+    ids=["ordered-deep", "ordered-object", "type-binary", "type-number"],
+)
+def test_sqs_hostile_attributes_do_not_crash_the_worker(sqs, attributes: dict[str, Any]):
+    ids = healthy()
+    Worker([], relay=True).step()
+    send(sqs, "{}", **attributes)
+    run_worker(["alpha"], rounds=4)
+    handled_once(ids)
+    one_dead_letter("missing")
+
+
+def test_sqs_unreachable_while_deleting_a_dead_letter_does_not_stop_the_worker(
+    sqs, monkeypatch: pytest.MonkeyPatch
+):
+    """The dead letter has committed when its message is deleted: AWS out of reach then
+    (here the real botocore error, raised once) must not escape into the worker; the
+    delete waits with the acks for the next claim, and no second dead letter comes."""
+    from botocore.exceptions import EndpointConnectionError
+
+    real = type(sqs)._delete
+    failures: list[int] = []
+
+    def unreachable_once(self: Any, receipts: Any) -> None:
+        if receipts and not failures:
+            failures.append(len(receipts))
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+        real(self, receipts)
+
+    monkeypatch.setattr(type(sqs), "_delete", unreachable_once)
+    send(sqs, "not ours")
+    Worker(["alpha"], relay=False).run(once=True)
+    assert failures == [1]
+    one_dead_letter("not valid JSON")
+    Worker(["alpha"], relay=False).run(once=True)  # the queued delete goes out
+    state = sqs.status(["alpha"])["alpha"]
+    assert (state.pending, state.in_flight) == (0, 0)
+    one_dead_letter("not valid JSON")
+
+
+# -- the database transport ---------------------------------------------------------------
+
+
+def plant_log_row(event_id: uuid.UUID, occurred_at: str, data: str = '{"n": -1}') -> None:
+    """A log row and its delivery for alpha, written by raw SQL as another writer would."""
+    vendor = connection.vendor
+    value: Any = event_id if vendor == "postgresql" else event_id.hex
+    cast = "::jsonb" if vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        if vendor == "sqlite":  # a writer that bypasses the JSON check, as raw SQL can
+            cursor.execute("PRAGMA ignore_check_constraints = 1")
+        insert = (  # raw SQL on purpose: what another writer could store
+            "INSERT INTO django_events_event (id, position, type, key, version, data, metadata, "  # noqa: S608
+            "occurred_at, source, recorded_at) VALUES (%s, 999999, 'test.happened', NULL, 1, "
+            f"%s{cast}, '{{}}'{cast}, {occurred_at}, 'raw', CURRENT_TIMESTAMP)"
+        )
+        cursor.execute(insert, [value, data])
+        cursor.execute(
+            "INSERT INTO django_events_delivery (event_id, group_name, position, key, ordered, "
+            "attempts, available_at, parked, last_error, created_at) VALUES (%s, 'alpha', "
+            "999999, NULL, FALSE, 0, CURRENT_TIMESTAMP, FALSE, '', CURRENT_TIMESTAMP)",
+            [value],
+        )
+        if vendor == "sqlite":
+            cursor.execute("PRAGMA ignore_check_constraints = 0")
+
+
+def garbled_time() -> str:
+    """A timestamp the driver cannot convert: after year 9999 on PostgreSQL (psycopg
+    refuses it), an impossible date on SQLite (Django's converter raises)."""
+    if connection.vendor == "postgresql":
+        return "'12000-01-01 00:00:00+00'::timestamptz"
+    return "'2026-13-45 99:99:99'"
+
+
+def test_a_log_timestamp_the_driver_cannot_convert_is_one_dead_letter():
+    ids = healthy()
+    bad = uuid.uuid4()
+    plant_log_row(bad, garbled_time())
+    run_worker(["alpha"])
+    handled_once(ids)
+    letter = one_dead_letter("time")
+    assert letter.event_id == bad
+    assert not DeadLetter.objects.exclude(group="alpha").filter(event_id=bad).exists()
+
+
+def test_a_log_row_whose_data_is_not_json_is_one_dead_letter():
+    if connection.vendor == "postgresql":
+        pytest.skip("jsonb refuses text that is not JSON")
+    ids = healthy()
+    plant_log_row(uuid.uuid4(), "CURRENT_TIMESTAMP", data="{not json")
+    run_worker(["alpha"])
+    handled_once(ids)
+    one_dead_letter("not valid JSON")
+
+
+def test_a_delivery_whose_event_id_is_garbled_is_one_dead_letter():
+    if connection.vendor == "postgresql":
+        pytest.skip("the uuid column refuses it")
+    ids = healthy()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO django_events_delivery (event_id, group_name, position, key, ordered, "
+            "attempts, available_at, parked, last_error, created_at) VALUES ('not-a-uuid', "
+            "'alpha', 999999, NULL, FALSE, 0, CURRENT_TIMESTAMP, FALSE, '', CURRENT_TIMESTAMP)"
+        )
+    run_worker(["alpha"])
+    handled_once(ids)
+    one_dead_letter("not-a-uuid")
+
+
+def test_a_delivery_counted_to_the_top_of_its_column_is_one_dead_letter():
+    ids = healthy()
+    bad = uuid.uuid4()
+    plant_log_row(bad, "CURRENT_TIMESTAMP")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE django_events_delivery SET attempts = 2147483647 WHERE position = 999999"
+        )
+    run_worker(["alpha"])
+    handled_once(ids)
+    letters = list(DeadLetter.objects.filter(group="alpha"))
+    assert [(d.event_id, d.error_class) for d in letters] == [(bad, "LeaseExpired")]
