@@ -39,6 +39,11 @@ from .watchdog import Watchdog
 
 logger = logging.getLogger("django_events.worker")
 RECONNECT_MAX_DELAY = 2.0  # seconds between reconnection attempts once the database is back
+SAVEPOINTS_PER_COMMIT = 64
+"""Most events one batch transaction holds. Each handler runs in a savepoint, and a
+PostgreSQL transaction with more than 64 subtransactions that wrote overflows its
+backend's subtransaction cache, which slows every snapshot taken in the database until
+it ends (docs/performance.md, "Savepoints per batch")."""
 
 
 class _ClaimLost(Exception):
@@ -255,11 +260,11 @@ class Worker:
         """Handle each group's share of the batch in one transaction, sharing one commit.
 
         Acks, inbox rows and every handler's writes commit together, so effects stay
-        once per group. If a handler raises, its group's transaction rolls back and those
-        events are handled again one by one (no attempt is counted twice); other groups
-        are not affected. A transport that acks after the commit (``acks_in_transaction``
-        False) is acked for the whole batch once it committed. Returns the events left to
-        handle one at a time.
+        once per group. Each handler runs in a savepoint: one that raises has its writes
+        rolled back, its inbox row and ack left out, and its failure recorded after the
+        commit, while its neighbours' effects commit as they are. No handler runs twice
+        for one attempt. A group's share is split into transactions of at most
+        ``SAVEPOINTS_PER_COMMIT`` events. Returns the events left to handle one at a time.
         """
         by_group: dict[str, list[tuple[Claimed, Handler, Event]]] = {}
         alone: list[Claimed] = []
@@ -274,47 +279,56 @@ class Worker:
             else:
                 by_group.setdefault(item.group, []).append((item, handler, item.event))
         for ready in by_group.values():
-            if len(ready) == 1 or not self._commit_together(ready):
-                alone.extend(item for item, _, _ in ready)
+            if len(ready) == 1:
+                alone.append(ready[0][0])
+                continue
+            for start in range(0, len(ready), SAVEPOINTS_PER_COMMIT):
+                self._commit_together(ready[start : start + SAVEPOINTS_PER_COMMIT])
         return alone
 
-    def _commit_together(self, ready: list[tuple[Claimed, Handler, Event]]) -> bool:
+    def _commit_together(self, ready: list[tuple[Claimed, Handler, Event]]) -> None:
         started = time.perf_counter()
         done: list[tuple[Claimed, Handler, Event]] = []
-        try:
-            with transaction.atomic(using=self.database):
-                owned = [item for item, _, _ in ready]
-                if self.transport.acks_in_transaction:
-                    owned = self.transport.ack_many(owned)
-                fresh = inbox.record_many(
-                    self.database, [(item.group, item.event_id) for item in owned]
-                )
-                owned_ids = {id(item) for item in owned}
-                for index, (item, handler, event) in enumerate(ready):
-                    if index == 1:
-                        failpoints.hit("worker.mid_batch")
-                    slot = (item.group, item.event_id)
-                    if id(item) in owned_ids and slot in fresh:
-                        fresh.discard(slot)  # a second delivery in this batch is a duplicate
-                        with handling(event), self._watchdog.paused():
-                            handler.call(event)
-                        done.append((item, handler, event))
-                failpoints.hit("worker.after_handler")
-        except Exception as exc:
-            logger.info(
-                "%s in a batch of %d for %s; handling each on its own",
-                type(exc).__name__,
-                len(ready),
-                ready[0][0].group,
-            )
-            return False
+        failed: list[tuple[Claimed, Handler, Exception]] = []
+        with transaction.atomic(using=self.database):
+            owned = [item for item, _, _ in ready]
+            if self.transport.acks_in_transaction:
+                owned = self.transport.hold(owned)
+            fresh = inbox.record_many(self.database, [(c.group, c.event_id) for c in owned])
+            owned_ids = {id(item) for item in owned}
+            for index, (item, handler, event) in enumerate(ready):
+                if index == 1:
+                    failpoints.hit("worker.mid_batch")
+                slot = (item.group, item.event_id)
+                if id(item) not in owned_ids or slot not in fresh:
+                    continue  # lost to another worker, or a second delivery in this batch
+                fresh.discard(slot)
+                try:
+                    with (
+                        transaction.atomic(using=self.database),
+                        handling(event),
+                        self._watchdog.paused(),
+                    ):
+                        handler.call(event)
+                except Exception as exc:
+                    failed.append((item, handler, exc))
+                else:
+                    done.append((item, handler, event))
+            if failed:
+                inbox.forget(self.database, [(c.group, c.event_id) for c, _, _ in failed])
+            failed_ids = {id(item) for item, _, _ in failed}
+            acked = [item for item in owned if id(item) not in failed_ids]
+            if self.transport.acks_in_transaction:
+                self.transport.ack_many(acked)
+            failpoints.hit("worker.after_handler")
         failpoints.hit("worker.after_commit")
         if not self.transport.acks_in_transaction:
-            self.transport.ack_many([item for item, _, _ in ready])
+            self.transport.ack_many(acked)
         duration = (time.perf_counter() - started) / len(ready)
         for item, handler, event in done:
             self._handled(item, handler, event, duration)
-        return True
+        for item, handler, error in failed:
+            self._failed(item, handler, policy_for(item.group, handler).max_attempts, error)
 
     # -- one event ----------------------------------------------------------------------
 

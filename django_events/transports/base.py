@@ -202,6 +202,12 @@ class Transport:
         """Done with ``claimed``; False if the claim was lost (lease expired, another took it)."""
         raise NotImplementedError
 
+    def hold(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        """Inside the worker's transaction (``acks_in_transaction`` only): keep ``claimed``
+        from every other worker until that transaction ends, and return those whose claim
+        still holds. The worker then runs their handlers and acks those that succeeded."""
+        return list(claimed)
+
     def ack_many(self, claimed: Sequence[Claimed]) -> list[Claimed]:
         """Ack several at once; return those whose claim still held."""
         return [item for item in claimed if self.ack(item)]

@@ -378,6 +378,23 @@ class DatabaseTransport(Transport):
             )
         )
 
+    def hold(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        """Lock the rows still claimed by this lease (PostgreSQL; SQLite has one writer):
+        other workers' claims and this worker's heartbeat skip them until the commit."""
+        by_receipt = {item.receipt: item for item in claimed}
+        lock = " FOR UPDATE" if self._vendor == "postgresql" else ""
+        delivery, _ = self._tables()
+        held: list[Claimed] = []
+        for token in sorted({token for _, token in by_receipt}):
+            ids = sorted(delivery_id for delivery_id, t in by_receipt if t == token)
+            rows = self._execute(
+                f"SELECT id FROM {delivery} WHERE id IN ({sql.in_list(len(ids))}) "
+                f"AND lease_token = %s ORDER BY id{lock}",
+                [*ids, token],
+            )
+            held.extend(by_receipt[(row[0], token)] for row in rows)
+        return held
+
     def ack_many(self, claimed: Sequence[Claimed]) -> list[Claimed]:
         by_receipt = {item.receipt: item for item in claimed}
         tokens = {token for _, token in by_receipt}

@@ -4,6 +4,8 @@ import os
 import time
 from pathlib import Path
 
+from django.db import connection
+
 from django_events import handler, publish
 
 from .models import Effect
@@ -35,6 +37,11 @@ def record(group, event):
     Effect.objects.create(
         group=group, event_id=event.id, key=event.key, n=event.data.get("n"), pid=os.getpid()
     )
+    if event.data.get("fail_after_write"):  # a partial write that must roll back
+        raise RuntimeError(f"failed after writing: {event.data.get('n')}")
+    if event.data.get("db_error"):  # on PostgreSQL this aborts the whole transaction
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
 
 
 @handler("test.happened", group="alpha")

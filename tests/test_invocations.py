@@ -1,0 +1,92 @@
+"""Once per attempt: a handler runs exactly once per attempt, whatever its batch-mates do.
+
+Every test goes through the real ``Worker`` (``deliver()``), with batch transactions on,
+and counts invocations in a trace file that survives rollbacks, as an email sent or a
+payment API called would.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from django.test import override_settings
+
+from django_events import publish
+from django_events.models import DeadLetter, Delivery, InboxRecord
+from django_events.testing import deliver
+
+from .testapp.models import Effect
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TWO_ATTEMPTS = {"MAX_ATTEMPTS": 2, "BACKOFF_BASE": 0}
+
+
+def calls(trace: Path) -> Counter[str]:
+    return Counter(trace.read_text().split())
+
+
+def publish_batch(trace: Path, misbehaving: dict[int, dict[str, bool]], size: int = 6) -> None:
+    for n in range(size):
+        publish("test.happened", {"n": n, "trace": str(trace), **misbehaving.get(n, {})})
+
+
+def alpha_effects() -> list[int | None]:
+    return sorted(Effect.objects.filter(group="alpha").values_list("n", flat=True))
+
+
+@override_settings(DJANGO_EVENTS=TWO_ATTEMPTS)
+def test_a_handler_that_always_raises_runs_exactly_max_attempts_times(tmp_path: Path):
+    trace = tmp_path / "calls"
+    publish_batch(trace, {2: {"fail": True}})
+    deliver(["alpha"])
+    counted = calls(trace)
+    assert counted["alpha:2"] == 2
+    assert all(counted[f"alpha:{n}"] == 1 for n in (0, 1, 3, 4, 5)), counted
+    assert alpha_effects() == [0, 1, 3, 4, 5]
+    dead = DeadLetter.objects.get()
+    assert (dead.attempts, dead.error_class) == (2, "RuntimeError")
+    assert not Delivery.objects.filter(group_name="alpha").exists()
+
+
+@override_settings(DJANGO_EVENTS=TWO_ATTEMPTS)
+def test_two_failing_events_in_one_batch_run_max_attempts_times_each(tmp_path: Path):
+    trace = tmp_path / "calls"
+    publish_batch(trace, {1: {"fail": True}, 4: {"fail": True}})
+    deliver(["alpha"])
+    counted = calls(trace)
+    assert (counted["alpha:1"], counted["alpha:4"]) == (2, 2)
+    assert all(counted[f"alpha:{n}"] == 1 for n in (0, 2, 3, 5)), counted
+    assert alpha_effects() == [0, 2, 3, 5]
+    assert sorted(DeadLetter.objects.values_list("attempts", flat=True)) == [2, 2]
+
+
+@override_settings(DJANGO_EVENTS=TWO_ATTEMPTS)
+def test_a_failed_handlers_partial_writes_inbox_row_and_ack_roll_back(tmp_path: Path):
+    trace = tmp_path / "calls"
+    publish_batch(trace, {3: {"fail_after_write": True}})
+    deliver(["alpha"])
+    assert calls(trace)["alpha:3"] == 2
+    assert alpha_effects() == [0, 1, 2, 4, 5], "the failing handler's own write is gone"
+    dead = DeadLetter.objects.get()
+    assert "failed after writing: 3" in dead.error_message
+    assert not InboxRecord.objects.filter(event_id=dead.event_id).exists()
+    # Each healthy neighbour committed its effect and inbox row once, in one batch.
+    assert InboxRecord.objects.filter(group_name="alpha").count() == 5
+
+
+@override_settings(DJANGO_EVENTS=TWO_ATTEMPTS)
+def test_a_database_error_in_one_handler_leaves_the_rest_of_the_batch_to_commit(tmp_path: Path):
+    trace = tmp_path / "calls"
+    publish_batch(trace, {2: {"db_error": True}})
+    deliver(["alpha"])
+    counted = calls(trace)
+    assert counted["alpha:2"] == 2
+    assert all(counted[f"alpha:{n}"] == 1 for n in (0, 1, 3, 4, 5)), counted
+    assert alpha_effects() == [0, 1, 3, 4, 5]
+    dead = DeadLetter.objects.get()
+    assert dead.attempts == 2
+    assert dead.error_class.startswith("django.db.utils.")
+    assert "no_such_table" in dead.error_message
