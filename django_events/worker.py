@@ -18,19 +18,20 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
 from . import failpoints, inbox, signals
 from .conf import get_settings
 from .envelope import Event
-from .exceptions import PermanentFailure, TransportUnavailable
+from .exceptions import BackgroundThreadDied, PermanentFailure, TransportUnavailable
 from .models import DeadLetter
 from .outbox import OUTBOX_CHANNEL, handling
 from .registry import Handler, registry
 from .relay import Relay
 from .retry import backoff, policy_for
+from .text import describe, storable
 from .transports import transports
 from .transports.base import Claimed, Transport
 from .triage import fingerprint
@@ -39,6 +40,10 @@ from .watchdog import Watchdog
 
 logger = logging.getLogger("django_events.worker")
 RECONNECT_MAX_DELAY = 2.0  # seconds between reconnection attempts once the database is back
+OUTAGES = (InterfaceError, OperationalError, TransportUnavailable)
+"""Errors that say a server is out of reach: the loop reconnects and retries, and the
+events in hand come back when their leases end. Anything else raised while recording an
+outcome is logged with the event's real reason and the worker moves on."""
 SAVEPOINTS_PER_COMMIT = 64
 """Most events one batch transaction holds. Each handler runs in a savepoint, and a
 PostgreSQL transaction with more than 64 subtransactions that wrote overflows its
@@ -192,6 +197,7 @@ class Worker:
     def _loop(self, waiter: Waiter, once: bool) -> None:
         failures = 0
         while self.running:
+            self._check_threads()
             try:
                 worked = self.step()
                 failures = 0
@@ -222,6 +228,18 @@ class Worker:
             except TransportUnavailable:
                 logger.warning("Transport unavailable while waiting", exc_info=True)
                 time.sleep(self.poll_interval)
+
+    def _check_threads(self) -> None:
+        """A worker whose heartbeat, relay or watchdog thread died would run on without
+        renewing leases, relaying or bounding calls: it stops, loudly, instead."""
+        for thread in (self._heartbeat, self._relay_thread, self._watchdog):
+            if thread is not None and thread.ident is not None and not thread.is_alive():
+                logger.critical(
+                    "Worker %s: its %s thread died (its traceback is above); stopping",
+                    self.name,
+                    thread.name,
+                )
+                raise BackgroundThreadDied(f"The worker's {thread.name} thread died.")
 
     def _own_backend(self) -> int | None:
         """PostgreSQL backend of this worker's connection: its relay's NOTIFY needs no wake-up."""
@@ -333,6 +351,21 @@ class Worker:
     # -- one event ----------------------------------------------------------------------
 
     def handle(self, claimed: Claimed) -> None:
+        """Handle one event. An outage goes up to the loop, which reconnects; any other
+        error on the way is logged with the event, which comes back when its lease ends."""
+        try:
+            self._handle(claimed)
+        except OUTAGES:
+            raise
+        except Exception:
+            logger.exception(
+                "Unexpected error while handling %s %s for group %s; it is delivered again",
+                claimed.event_type,
+                claimed.event_id,
+                claimed.group,
+            )
+
+    def _handle(self, claimed: Claimed) -> None:
         handler = registry.get(claimed.group, claimed.event_type)
         policy = policy_for(claimed.group, handler)
         if claimed.decode_error is not None or claimed.event is None:
@@ -399,11 +432,10 @@ class Worker:
     def _failed(
         self, claimed: Claimed, handler: Handler, max_attempts: int, exc: Exception
     ) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+        message, trace = describe(exc), storable("".join(tb.format_exception(exc)))
+        error = f"{type(exc).__name__}: {message}"
         if claimed.attempt >= max_attempts or isinstance(exc, PermanentFailure):
-            self._dead_letter(
-                claimed, handler, _qualified(exc), str(exc), "".join(tb.format_exception(exc))
-            )
+            self._dead_letter(claimed, handler, _qualified(exc), message, trace)
             return
         delay = backoff(policy_for(claimed.group, handler), claimed.attempt)
         logger.warning(
@@ -416,7 +448,17 @@ class Worker:
             delay,
             error,
         )
-        self.transport.retry_later(claimed, delay, error)
+        try:
+            self.transport.retry_later(claimed, delay, error)
+        except OUTAGES:
+            raise
+        except Exception as unrecorded:
+            # Kept as a dead letter rather than lost to a LeaseExpired one later.
+            logger.exception("Could not record the retry of %s", claimed.event_id)
+            note = f"\n\nThe retry could not be recorded: {_qualified(unrecorded)}: "
+            self._dead_letter(
+                claimed, handler, _qualified(exc), message, trace + note + describe(unrecorded)
+            )
 
     def _dead_letter(
         self,
@@ -429,6 +471,7 @@ class Worker:
         attempts: int | None = None,
     ) -> None:
         attempts = claimed.attempt if attempts is None else attempts
+        error_class, message, trace = storable(error_class), storable(message), storable(trace)
         try:
             dead = self._store_dead_letter(claimed, handler, error_class, message, trace, attempts)
         except _ClaimLost:
@@ -436,6 +479,19 @@ class Worker:
                 "Lost the claim on %s for %s before dead-lettering it; another worker has it",
                 claimed.event_id,
                 claimed.group,
+            )
+            return
+        except OUTAGES:
+            raise
+        except Exception:
+            logger.exception(
+                "Could not finish dead-lettering %s %s for group %s (%s: %s); "
+                "it may be delivered again",
+                claimed.event_type,
+                claimed.event_id,
+                claimed.group,
+                error_class,
+                message,
             )
             return
         logger.error(

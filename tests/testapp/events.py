@@ -30,6 +30,8 @@ def behave(event, group=""):
         raise RuntimeError(f"{data['fail_if_exists']} exists")
     if data.get("fail"):
         raise RuntimeError(f"asked to fail: {data.get('n')}")
+    if data.get("unstorable_error"):  # no store takes a lone surrogate; PostgreSQL no NUL
+        raise ValueError("cannot store \ud800 or \x00 as they are")
 
 
 def record(group, event):

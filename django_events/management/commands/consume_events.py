@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ...exceptions import BackgroundThreadDied
 from ...registry import registry
 from ...worker import Worker
 from .. import configure_logging, stop_on_signals
@@ -43,4 +44,7 @@ class Command(BaseCommand):
         worker = Worker(groups, relay=not options["no_relay"], batch_size=options["batch_size"])
         if not options["once"]:
             stop_on_signals(worker.stop)
-        worker.run(once=options["once"])
+        try:
+            worker.run(once=options["once"])
+        except BackgroundThreadDied as exc:
+            raise CommandError(str(exc)) from exc
