@@ -147,6 +147,7 @@ class Worker:
         self.groups = list(groups) if groups is not None else registry.groups()
         self.relay = Relay(self.transport) if relay else None
         self.batch_size = batch_size or conf.batch_size
+        self.batch_bytes = conf.batch_bytes
         self.lease = lease or conf.lease
         self.poll_interval = poll_interval or conf.poll_interval
         self.database = self.transport.database
@@ -253,8 +254,11 @@ class Worker:
         return bool(self.process_batch()) or bool(moved)
 
     def process_batch(self) -> int:
-        """Claim up to ``batch_size`` events and handle them; return how many were claimed."""
-        claimed = self.transport.claim(self.groups, self.batch_size, self.lease)
+        """Claim up to ``batch_size`` events (and ``BATCH_BYTES`` of them) and handle them;
+        return how many were claimed."""
+        claimed = self.transport.claim(
+            self.groups, self.batch_size, self.lease, max_bytes=self.batch_bytes
+        )
         if not claimed:
             return 0
         if self._heartbeat:

@@ -472,3 +472,14 @@ def test_a_malformed_outbox_row_becomes_a_dead_letter_and_blocks_nothing():
     assert (dead.group, dead.error_class, dead.event_id) == ("(relay)", "UndecodableEvent", bad.id)
     assert "not valid JSON" in dead.error_message and "{not json" in dead.traceback
     assert not OutboxMessage.objects.exists()
+
+
+@override_settings(DJANGO_EVENTS={"BATCH_BYTES": 25_000})
+def test_a_worker_claims_batches_within_its_byte_budget():
+    for n in range(4):
+        publish("test.happened", {"n": n, "pad": "x" * 10_000})
+    Relay().run_once()
+    worker = Worker(["alpha"], relay=False, batch_size=10)
+    assert [worker.process_batch() for _ in range(3)] == [2, 2, 0]
+    assert sorted(effects("alpha")) == [("alpha", n) for n in range(4)]
+    assert set(Delivery.objects.values_list("group_name", flat=True)) == {"beta"}

@@ -24,7 +24,7 @@ from .. import sql
 from ..conf import get_settings
 from ..envelope import build_event
 from ..exceptions import UndecodableEvent
-from .base import Claimed, GroupStatus, Outgoing, Transport
+from .base import Claimed, GroupStatus, Outgoing, Transport, text_size, within_budget
 
 DELIVERY_CHANNEL = "django_events_delivery"
 ORPHAN_CHECK_INTERVAL = 0.5
@@ -186,7 +186,9 @@ class DatabaseTransport(Transport):
 
     # -- worker side --------------------------------------------------------------------
 
-    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+    def claim(
+        self, groups: Sequence[str], limit: int, lease: float, *, max_bytes: int | None = None
+    ) -> list[Claimed]:
         """Claim events for ``groups``, counting an attempt for each.
 
         An event whose last claim ended without an outcome is an orphan: its lease expired,
@@ -194,14 +196,15 @@ class DatabaseTransport(Transport):
         shows at once. Orphans come back one at a time, before anything else, so a handler that
         kills its process takes no healthy neighbour down with it. The death counts as an
         attempt only if the orphan had been claimed alone: in a batch, the worker may have
-        died on a neighbour, so that attempt is given back.
+        died on a neighbour, so that attempt is given back. Rows past ``max_bytes`` are
+        given back before they are decoded.
         """
         if not groups:
             return []
         due = time.monotonic() >= self._orphans_checked_at + ORPHAN_CHECK_INTERVAL
         if due and (orphan := self._orphan(groups, lease)):
             return orphan
-        claimed = self._claim(groups, limit, lease, orphans=False)
+        claimed = self._claim(groups, limit, lease, orphans=False, max_bytes=max_bytes)
         if not claimed and not due:  # idle anyway: look now
             return self._orphan(groups, lease)
         return claimed
@@ -213,7 +216,13 @@ class DatabaseTransport(Transport):
         return found
 
     def _claim(
-        self, groups: Sequence[str], limit: int, lease: float, *, orphans: bool
+        self,
+        groups: Sequence[str],
+        limit: int,
+        lease: float,
+        *,
+        orphans: bool,
+        max_bytes: int | None = None,
     ) -> list[Claimed]:
         vendor = self._vendor
         delivery, event = self._tables()
@@ -298,7 +307,10 @@ class DatabaseTransport(Transport):
                 )
             }
             rows = [(*row, *events.get(row[1], (None,) * 10)) for row in sorted(claimed)]
-        return [self._claimed(row, token) for row in rows]
+        taken = within_budget((text_size(row[9], row[10]) for row in rows), max_bytes)
+        if taken < len(rows):
+            self._give_back([row[0] for row in rows[taken:]], token)
+        return [self._claimed(row, token) for row in rows[:taken]]
 
     def _claimed(self, row: Sequence[Any], token: str) -> Claimed:
         delivery_id, event_id, group, attempts, first_failed_at, *stored = row
@@ -360,14 +372,21 @@ class DatabaseTransport(Transport):
             )
 
     def release(self, claimed: Sequence[Claimed]) -> None:
-        delivery, _ = self._tables()
+        by_token: dict[str, list[int]] = {}
         for item in claimed:
             delivery_id, token = item.receipt
-            self._execute(
-                f"UPDATE {delivery} SET attempts = attempts - 1, claimed_until = NULL, "
-                "lease_token = NULL WHERE id = %s AND lease_token = %s",
-                [delivery_id, token],
-            )
+            by_token.setdefault(token, []).append(delivery_id)
+        for token, ids in by_token.items():
+            self._give_back(ids, token)
+
+    def _give_back(self, ids: Sequence[int], token: str) -> None:
+        """Unclaim rows still held under ``token``, their attempt not counted."""
+        delivery, _ = self._tables()
+        self._execute(
+            f"UPDATE {delivery} SET attempts = attempts - 1, claimed_until = NULL, "
+            f"lease_token = NULL WHERE id IN ({sql.in_list(len(ids))}) AND lease_token = %s",
+            [*ids, token],
+        )
 
     def ack(self, claimed: Claimed) -> bool:
         delivery, _ = self._tables()

@@ -21,7 +21,7 @@ from typing import Any
 from ..conf import get_settings
 from ..envelope import build_event
 from ..exceptions import UndecodableEvent
-from .base import Claimed, GroupStatus, Outgoing, Transport
+from .base import Claimed, GroupStatus, Outgoing, Transport, text_size
 
 _OPTIONS = {"database", "name"}
 
@@ -111,14 +111,18 @@ class InMemoryTransport(Transport):
 
     # -- worker side --------------------------------------------------------------------
 
-    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
-        """Claim up to ``limit`` due events, counting an attempt for each; groups take
-        turns at coming first, and an ordered key yields only its oldest event."""
+    def claim(
+        self, groups: Sequence[str], limit: int, lease: float, *, max_bytes: int | None = None
+    ) -> list[Claimed]:
+        """Claim up to ``limit`` due events (and ``max_bytes``), counting an attempt for
+        each; groups take turns at coming first, and an ordered key yields only its
+        oldest event."""
         if not groups or limit < 1:
             return []
         self._turn = (self._turn + 1) % len(groups)
         token = uuid.uuid4().hex
         taken: list[tuple[str, _Entry]] = []
+        size = 0
         with self._queue.lock:
             now = time.monotonic()
             for group in [*groups[self._turn :], *groups[: self._turn]]:
@@ -132,6 +136,9 @@ class InMemoryTransport(Transport):
                         blocked.add(entry.event.key)
                     if entry.parked or entry.available_at > now or entry.held(now):
                         continue
+                    size += text_size(entry.event.data, entry.event.metadata)
+                    if max_bytes is not None and taken and size > max_bytes:
+                        break
                     entry.attempts += 1
                     entry.claimed_until = now + lease
                     entry.token = token
