@@ -51,6 +51,8 @@ class DatabaseTransport(Transport):
         self.wake_channel = DELIVERY_CHANNEL if self.notify else None
         self._unanalyzed = 0
         self._orphans_checked_at = 0.0
+        self._fitted = 0
+        """How many events the last claim cut at ``max_bytes`` kept (0: it was not cut)."""
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -197,13 +199,16 @@ class DatabaseTransport(Transport):
         kills its process takes no healthy neighbour down with it. The death counts as an
         attempt only if the orphan had been claimed alone: in a batch, the worker may have
         died on a neighbour, so that attempt is given back. Rows past ``max_bytes`` are
-        given back before they are decoded.
+        given back before they are decoded, and after such a cut the next claim asks for
+        one row more than fitted, so large events are not read ``limit`` at a time.
         """
         if not groups:
             return []
         due = time.monotonic() >= self._orphans_checked_at + ORPHAN_CHECK_INTERVAL
         if due and (orphan := self._orphan(groups, lease)):
             return orphan
+        if max_bytes is not None and self._fitted:  # fetch little past the last claim's fit
+            limit = min(limit, self._fitted + 1)
         claimed = self._claim(groups, limit, lease, orphans=False, max_bytes=max_bytes)
         if not claimed and not due:  # idle anyway: look now
             return self._orphan(groups, lease)
@@ -308,6 +313,8 @@ class DatabaseTransport(Transport):
             }
             rows = [(*row, *events.get(row[1], (None,) * 10)) for row in sorted(claimed)]
         taken = within_budget((text_size(row[9], row[10]) for row in rows), max_bytes)
+        if not orphans:
+            self._fitted = taken if taken < len(rows) else 0
         if taken < len(rows):
             self._give_back([row[0] for row in rows[taken:]], token)
         return [self._claimed(row, token) for row in rows[:taken]]
