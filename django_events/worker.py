@@ -31,6 +31,7 @@ from .outbox import OUTBOX_CHANNEL, handling
 from .registry import Handler, registry
 from .relay import Relay
 from .retry import backoff, policy_for
+from .savepoint import LazySavepoint
 from .text import describe, storable
 from .transports import transports
 from .transports.base import Claimed, Transport
@@ -45,10 +46,10 @@ OUTAGES = (InterfaceError, OperationalError, TransportUnavailable)
 events in hand come back when their leases end. Anything else raised while recording an
 outcome is logged with the event's real reason and the worker moves on."""
 SAVEPOINTS_PER_COMMIT = 64
-"""Most events one batch transaction holds. Each handler runs in a savepoint, and a
-PostgreSQL transaction with more than 64 subtransactions that wrote overflows its
-backend's subtransaction cache, which slows every snapshot taken in the database until
-it ends (docs/performance.md, "Savepoints per batch")."""
+"""Most handler savepoints one batch transaction takes before it commits and the rest of
+the batch goes on in the next: a PostgreSQL transaction with more than 64
+subtransactions that wrote overflows its backend's subtransaction cache, which slows
+every snapshot taken in the database until it ends (docs/concepts.md)."""
 
 
 class _ClaimLost(Exception):
@@ -282,11 +283,12 @@ class Worker:
         """Handle each group's share of the batch in one transaction, sharing one commit.
 
         Acks, inbox rows and every handler's writes commit together, so effects stay
-        once per group. Each handler runs in a savepoint: one that raises has its writes
-        rolled back, its inbox row and ack left out, and its failure recorded after the
-        commit, while its neighbours' effects commit as they are. No handler runs twice
-        for one attempt. A group's share is split into transactions of at most
-        ``SAVEPOINTS_PER_COMMIT`` events. Returns the events left to handle one at a time.
+        once per group. Each handler runs in a savepoint (taken at its first SQL
+        statement): one that raises has its writes rolled back, its inbox row and ack
+        left out, and its failure recorded after the commit, while its neighbours'
+        effects commit as they are. No handler runs twice for one attempt. A transaction
+        that has taken ``SAVEPOINTS_PER_COMMIT`` savepoints commits, and the rest of the
+        group's share goes on in the next. Returns the events left to handle one at a time.
         """
         by_group: dict[str, list[tuple[Claimed, Handler, Event]]] = {}
         alone: list[Claimed] = []
@@ -304,42 +306,57 @@ class Worker:
             if len(ready) == 1:
                 alone.append(ready[0][0])
                 continue
-            for start in range(0, len(ready), SAVEPOINTS_PER_COMMIT):
-                self._commit_together(ready[start : start + SAVEPOINTS_PER_COMMIT])
+            while ready:
+                ready = self._commit_together(ready)
         return alone
 
-    def _commit_together(self, ready: list[tuple[Claimed, Handler, Event]]) -> None:
+    def _commit_together(
+        self, ready: list[tuple[Claimed, Handler, Event]]
+    ) -> list[tuple[Claimed, Handler, Event]]:
+        """One transaction for ``ready``; returns the events left for the next one."""
         started = time.perf_counter()
         done: list[tuple[Claimed, Handler, Event]] = []
         failed: list[tuple[Claimed, Handler, Exception]] = []
+        connection = connections[self.database]
+        savepoints = 0
         with transaction.atomic(using=self.database):
             owned = [item for item, _, _ in ready]
             if self.transport.acks_in_transaction:
                 owned = self.transport.hold(owned)
             fresh = inbox.record_many(self.database, [(c.group, c.event_id) for c in owned])
             owned_ids = {id(item) for item in owned}
+            later: list[tuple[Claimed, Handler, Event]] = []
             for index, (item, handler, event) in enumerate(ready):
+                if savepoints >= SAVEPOINTS_PER_COMMIT:
+                    later = ready[index:]
+                    break
                 if index == 1:
                     failpoints.hit("worker.mid_batch")
                 slot = (item.group, item.event_id)
                 if id(item) not in owned_ids or slot not in fresh:
                     continue  # lost to another worker, or a second delivery in this batch
                 fresh.discard(slot)
+                savepoint = LazySavepoint(connection)
                 try:
                     with (
-                        transaction.atomic(using=self.database),
+                        connection.execute_wrapper(savepoint),
                         handling(event),
                         self._watchdog.paused(),
                     ):
                         handler.call(event)
                 except Exception as exc:
+                    savepoint.rollback()
                     failed.append((item, handler, exc))
                 else:
                     done.append((item, handler, event))
-            if failed:
-                inbox.forget(self.database, [(c.group, c.event_id) for c, _, _ in failed])
-            failed_ids = {id(item) for item, _, _ in failed}
-            acked = [item for item in owned if id(item) not in failed_ids]
+                savepoints += savepoint.taken
+            unhandled = [item for item, _, _ in (*failed, *later)]
+            ours = [(c.group, c.event_id) for c, _, _ in failed]
+            ours += [(c.group, c.event_id) for c, _, _ in later if (c.group, c.event_id) in fresh]
+            if ours:  # the inbox rows this transaction added for events not handled in it
+                inbox.forget(self.database, ours)
+            unhandled_ids = {id(item) for item in unhandled}
+            acked = [item for item in owned if id(item) not in unhandled_ids]
             if self.transport.acks_in_transaction:
                 self.transport.ack_many(acked)
             failpoints.hit("worker.after_handler")
@@ -351,6 +368,7 @@ class Worker:
             self._handled(item, handler, event, duration)
         for item, handler, error in failed:
             self._failed(item, handler, policy_for(item.group, handler).max_attempts, error)
+        return later
 
     # -- one event ----------------------------------------------------------------------
 

@@ -11,11 +11,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from django_events import publish
 from django_events.models import DeadLetter, Delivery, InboxRecord
+from django_events.relay import Relay
 from django_events.testing import deliver
+from django_events.worker import Worker
 
 from .testapp.models import Effect
 
@@ -87,3 +91,26 @@ def test_a_database_error_in_one_handler_leaves_the_rest_of_the_batch_to_commit(
     assert dead.attempts == 2
     assert dead.error_class.startswith("django.db.utils.")
     assert "no_such_table" in dead.error_message
+
+
+@override_settings(DJANGO_EVENTS=TWO_ATTEMPTS)
+def test_a_failed_handlers_on_commit_callbacks_never_run(tmp_path: Path):
+    trace, committed = tmp_path / "calls", tmp_path / "committed"
+    publish_batch(trace, {n: {"on_commit": str(committed)} for n in range(6)} | {3: {}})
+    publish("test.happened", {"n": 3, "on_commit": str(committed), "fail_after_write": True})
+    deliver(["alpha"])
+    assert sorted(committed.read_text().split()) == [f"alpha:{n}" for n in (0, 1, 2, 4, 5)]
+
+
+@override_settings(DJANGO_EVENTS={"BATCH_SIZE": 100})
+def test_a_batch_commits_after_64_savepoints_and_goes_on_in_the_next_transaction():
+    for n in range(70):
+        publish("test.happened", {"n": n})
+    Relay().run_once()
+    with CaptureQueriesContext(connection) as queries:
+        assert Worker(["alpha"], relay=False).process_batch() == 70
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert sum(s.startswith("SAVEPOINT") for s in statements) == 70
+    assert sum("INSERT INTO" in s and "inbox" in s for s in statements) == 2
+    assert alpha_effects() == list(range(70))
+    assert not Delivery.objects.filter(group_name="alpha").exists()

@@ -4,7 +4,7 @@ import os
 import time
 from pathlib import Path
 
-from django.db import connection
+from django.db import connection, transaction
 
 from django_events import handler, publish
 
@@ -34,7 +34,15 @@ def behave(event, group=""):
         raise ValueError("cannot store \ud800 or \x00 as they are")
 
 
+def _append(path, line):
+    with open(path, "a") as out:
+        out.write(line)
+
+
 def record(group, event):
+    if event.data.get("on_commit"):  # an effect that must happen only if this run commits
+        line = f"{group}:{event.data.get('n')}\n"
+        transaction.on_commit(lambda: _append(event.data["on_commit"], line))
     behave(event, group)
     Effect.objects.create(
         group=group, event_id=event.id, key=event.key, n=event.data.get("n"), pid=os.getpid()
