@@ -59,6 +59,7 @@ class EventsSettings:
     call_timeout: float = 30.0
     poll_interval: float = 1.0
     batch_size: int = 50
+    batch_bytes: int = 4 * 1024 * 1024
     batch_transactions: bool = True
     publish_notify: bool = True
     relay_batch_size: int = 500
@@ -89,6 +90,7 @@ _TOP_KEYS = {
     "CALL_TIMEOUT",
     "POLL_INTERVAL",
     "BATCH_SIZE",
+    "BATCH_BYTES",
     "BATCH_TRANSACTIONS",
     "PUBLISH_NOTIFY",
     "RELAY_BATCH_SIZE",
@@ -246,6 +248,9 @@ def parse(raw: Any) -> EventsSettings:
             _number(raw, "POLL_INTERVAL", defaults.poll_interval, where, minimum=0.01)
         ),
         batch_size=_number(raw, "BATCH_SIZE", defaults.batch_size, where, minimum=1, integer=True),
+        batch_bytes=_number(
+            raw, "BATCH_BYTES", defaults.batch_bytes, where, minimum=1, integer=True
+        ),
         batch_transactions=flags["BATCH_TRANSACTIONS"],
         publish_notify=flags["PUBLISH_NOTIFY"],
         relay_batch_size=_number(

@@ -44,6 +44,11 @@ class TransportUnavailable(EventsError, ConnectionError):
     """The transport's server cannot be reached; the worker retries with a growing delay."""
 
 
+class BackgroundThreadDied(EventsError, RuntimeError):
+    """A background thread of the worker (heartbeat, relay or watchdog) died; the worker
+    stopped rather than run on without it."""
+
+
 class HandlerRegistrationError(EventsConfigurationError):
     """A handler was registered in a way that cannot work."""
 

@@ -52,3 +52,14 @@ def record_many(using: str, slots: list[tuple[str, uuid.UUID]]) -> set[tuple[str
         (group, event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id)))
         for group, event_id in rows
     }
+
+
+def forget(using: str, slots: list[tuple[str, uuid.UUID]]) -> None:
+    """Delete inbox rows this transaction inserted for events whose handler then failed,
+    so the failure leaves no trace that would make the next attempt skip the handler."""
+    connection = connections[using]
+    vendor = sql.vendor(using)
+    pairs = " OR ".join(["(group_name = %s AND event_id = %s)"] * len(slots))
+    params = [p for group, event_id in slots for p in (group, sql.uuid_value(vendor, event_id))]
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {sql.table(connection, 'InboxRecord')} WHERE {pairs}", params)

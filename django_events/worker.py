@@ -19,20 +19,22 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
-from django.db import DatabaseError, InterfaceError, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
 from . import failpoints, inbox, signals
 from .conf import get_settings
 from .envelope import Event
-from .exceptions import PermanentFailure, TransportUnavailable
+from .exceptions import BackgroundThreadDied, PermanentFailure, TransportUnavailable
 from .models import DeadLetter
 from .outbox import OUTBOX_CHANNEL, handling
 from .registry import Handler, registry
 from .relay import Relay
 from .retry import backoff, policy_for
+from .savepoint import LazySavepoint
 from .subscriptions import handled_types
+from .text import describe, storable
 from .transports import transports
 from .transports.base import Claimed, FiltersTypes, Transport
 from .triage import fingerprint
@@ -47,6 +49,16 @@ NO_HANDLERS = (
     "(events.py and handlers.py by default) of each installed app: check that module's "
     "name and that its app is in INSTALLED_APPS."
 )
+
+OUTAGES = (InterfaceError, OperationalError, TransportUnavailable)
+"""Errors that say a server is out of reach: the loop reconnects and retries, and the
+events in hand come back when their leases end. Anything else raised while recording an
+outcome is logged with the event's real reason and the worker moves on."""
+SAVEPOINTS_PER_COMMIT = 64
+"""Most handler savepoints one batch transaction takes before it commits and the rest of
+the batch goes on in the next: a PostgreSQL transaction with more than 64
+subtransactions that wrote overflows its backend's subtransaction cache, which slows
+every snapshot taken in the database until it ends (docs/concepts.md)."""
 
 
 class _ClaimLost(Exception):
@@ -147,6 +159,7 @@ class Worker:
         self.types = handled_types(registry, self.groups) if self.transport.filters_types else None
         self.relay = Relay(self.transport) if relay else None
         self.batch_size = batch_size or conf.batch_size
+        self.batch_bytes = conf.batch_bytes
         self.lease = lease or conf.lease
         self.poll_interval = poll_interval or conf.poll_interval
         self.database = self.transport.database
@@ -217,6 +230,7 @@ class Worker:
     def _loop(self, waiter: Waiter, once: bool) -> None:
         failures = 0
         while self.running:
+            self._check_threads()
             try:
                 worked = self.step()
                 failures = 0
@@ -265,6 +279,18 @@ class Worker:
         heapq.heappop(self._retries_due)
         return 0.0
 
+    def _check_threads(self) -> None:
+        """A worker whose heartbeat, relay or watchdog thread died would run on without
+        renewing leases, relaying or bounding calls: it stops, loudly, instead."""
+        for thread in (self._heartbeat, self._relay_thread, self._watchdog):
+            if thread is not None and thread.ident is not None and not thread.is_alive():
+                logger.critical(
+                    "Worker %s: its %s thread died (its traceback is above); stopping",
+                    self.name,
+                    thread.name,
+                )
+                raise BackgroundThreadDied(f"The worker's {thread.name} thread died.")
+
     def _own_backend(self) -> int | None:
         """PostgreSQL backend of this worker's connection: its relay's NOTIFY needs no wake-up."""
         raw = connections[self.database].connection
@@ -277,7 +303,8 @@ class Worker:
         return bool(self.process_batch()) or bool(moved)
 
     def process_batch(self) -> int:
-        """Claim up to ``batch_size`` events and handle them; return how many were claimed."""
+        """Claim up to ``batch_size`` events (and ``BATCH_BYTES`` of them) and handle them;
+        return how many were claimed."""
         claimed = self._claim()
         if not claimed:
             return 0
@@ -300,19 +327,24 @@ class Worker:
 
     def _claim(self) -> list[Claimed]:
         if self.types is None:
-            return self.transport.claim(self.groups, self.batch_size, self.lease)
+            return self.transport.claim(
+                self.groups, self.batch_size, self.lease, max_bytes=self.batch_bytes
+            )
         claim = cast(FiltersTypes, self.transport).claim
-        return claim(self.groups, self.batch_size, self.lease, types=self.types)
+        return claim(
+            self.groups, self.batch_size, self.lease, types=self.types, max_bytes=self.batch_bytes
+        )
 
     def _handle_together(self, claimed: list[Claimed]) -> list[Claimed]:
         """Handle each group's share of the batch in one transaction, sharing one commit.
 
         Acks, inbox rows and every handler's writes commit together, so effects stay
-        once per group. If a handler raises, its group's transaction rolls back and those
-        events are handled again one by one (no attempt is counted twice); other groups
-        are not affected. A transport that acks after the commit (``acks_in_transaction``
-        False) is acked for the whole batch once it committed. Returns the events left to
-        handle one at a time.
+        once per group. Each handler runs in a savepoint (taken at its first SQL
+        statement): one that raises has its writes rolled back, its inbox row and ack
+        left out, and its failure recorded after the commit, while its neighbours'
+        effects commit as they are. No handler runs twice for one attempt. A transaction
+        that has taken ``SAVEPOINTS_PER_COMMIT`` savepoints commits, and the rest of the
+        group's share goes on in the next. Returns the events left to handle one at a time.
         """
         by_group: dict[str, list[tuple[Claimed, Handler, Event]]] = {}
         alone: list[Claimed] = []
@@ -327,52 +359,92 @@ class Worker:
             else:
                 by_group.setdefault(item.group, []).append((item, handler, item.event))
         for ready in by_group.values():
-            if len(ready) == 1 or not self._commit_together(ready):
-                alone.extend(item for item, _, _ in ready)
+            if len(ready) == 1:
+                alone.append(ready[0][0])
+                continue
+            while ready:
+                ready = self._commit_together(ready)
         return alone
 
-    def _commit_together(self, ready: list[tuple[Claimed, Handler, Event]]) -> bool:
+    def _commit_together(
+        self, ready: list[tuple[Claimed, Handler, Event]]
+    ) -> list[tuple[Claimed, Handler, Event]]:
+        """One transaction for ``ready``; returns the events left for the next one."""
         started = time.perf_counter()
         done: list[tuple[Claimed, Handler, Event]] = []
-        try:
-            with transaction.atomic(using=self.database):
-                owned = [item for item, _, _ in ready]
-                if self.transport.acks_in_transaction:
-                    owned = self.transport.ack_many(owned)
-                fresh = inbox.record_many(
-                    self.database, [(item.group, item.event_id) for item in owned]
-                )
-                owned_ids = {id(item) for item in owned}
-                for index, (item, handler, event) in enumerate(ready):
-                    if index == 1:
-                        failpoints.hit("worker.mid_batch")
-                    slot = (item.group, item.event_id)
-                    if id(item) in owned_ids and slot in fresh:
-                        fresh.discard(slot)  # a second delivery in this batch is a duplicate
-                        with handling(event), self._watchdog.paused():
-                            handler.call(event)
-                        done.append((item, handler, event))
-                failpoints.hit("worker.after_handler")
-        except Exception as exc:
-            logger.debug(
-                "%s in a batch of %d for %s; handling each on its own",
-                type(exc).__name__,
-                len(ready),
-                ready[0][0].group,
-            )
-            return False
+        failed: list[tuple[Claimed, Handler, Exception]] = []
+        connection = connections[self.database]
+        savepoints = 0
+        with transaction.atomic(using=self.database):
+            owned = [item for item, _, _ in ready]
+            if self.transport.acks_in_transaction:
+                owned = self.transport.hold(owned)
+            fresh = inbox.record_many(self.database, [(c.group, c.event_id) for c in owned])
+            owned_ids = {id(item) for item in owned}
+            later: list[tuple[Claimed, Handler, Event]] = []
+            for index, (item, handler, event) in enumerate(ready):
+                if savepoints >= SAVEPOINTS_PER_COMMIT:
+                    later = ready[index:]
+                    break
+                if index == 1:
+                    failpoints.hit("worker.mid_batch")
+                slot = (item.group, item.event_id)
+                if id(item) not in owned_ids or slot not in fresh:
+                    continue  # lost to another worker, or a second delivery in this batch
+                fresh.discard(slot)
+                savepoint = LazySavepoint(connection)
+                try:
+                    with (
+                        connection.execute_wrapper(savepoint),
+                        handling(event),
+                        self._watchdog.paused(),
+                    ):
+                        handler.call(event)
+                except Exception as exc:
+                    savepoint.rollback()
+                    failed.append((item, handler, exc))
+                else:
+                    done.append((item, handler, event))
+                savepoints += savepoint.taken
+            unhandled = [item for item, _, _ in (*failed, *later)]
+            ours = [(c.group, c.event_id) for c, _, _ in failed]
+            ours += [(c.group, c.event_id) for c, _, _ in later if (c.group, c.event_id) in fresh]
+            if ours:  # the inbox rows this transaction added for events not handled in it
+                inbox.forget(self.database, ours)
+            unhandled_ids = {id(item) for item in unhandled}
+            acked = [item for item in owned if id(item) not in unhandled_ids]
+            if self.transport.acks_in_transaction:
+                self.transport.ack_many(acked)
+            failpoints.hit("worker.after_handler")
         failpoints.hit("worker.after_commit")
         if not self.transport.acks_in_transaction:
-            self.transport.ack_many([item for item, _, _ in ready])
+            self.transport.ack_many(acked)
         duration = (time.perf_counter() - started) / len(ready)
-        self.skipped += len(ready) - len(done)
+        self.skipped += len(ready) - len(done) - len(failed) - len(later)
         for item, handler, event in done:
             self._handled(item, handler, event, duration)
-        return True
+        for item, handler, error in failed:
+            self._failed(item, handler, policy_for(item.group, handler).max_attempts, error)
+        return later
 
     # -- one event ----------------------------------------------------------------------
 
     def handle(self, claimed: Claimed) -> None:
+        """Handle one event. An outage goes up to the loop, which reconnects; any other
+        error on the way is logged with the event, which comes back when its lease ends."""
+        try:
+            self._handle(claimed)
+        except OUTAGES:
+            raise
+        except Exception:
+            logger.exception(
+                "Unexpected error while handling %s %s for group %s; it is delivered again",
+                claimed.event_type,
+                claimed.event_id,
+                claimed.group,
+            )
+
+    def _handle(self, claimed: Claimed) -> None:
         handler = registry.get(claimed.group, claimed.event_type)
         policy = policy_for(claimed.group, handler)
         if claimed.decode_error is not None or claimed.event is None:
@@ -455,16 +527,10 @@ class Worker:
         *,
         duration: float | None = None,
     ) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+        message, trace = describe(exc), storable("".join(tb.format_exception(exc)))
+        error = f"{type(exc).__name__}: {message}"
         if claimed.attempt >= max_attempts or isinstance(exc, PermanentFailure):
-            self._dead_letter(
-                claimed,
-                handler,
-                _qualified(exc),
-                str(exc),
-                "".join(tb.format_exception(exc)),
-                duration=duration,
-            )
+            self._dead_letter(claimed, handler, _qualified(exc), message, trace, duration=duration)
             return
         delay = backoff(policy_for(claimed.group, handler), claimed.attempt)
         logger.warning(
@@ -479,9 +545,20 @@ class Worker:
             _seconds(delay),
             error,
         )
-        self.transport.retry_later(claimed, delay, error)
-        self.retried += 1
-        heapq.heappush(self._retries_due, time.monotonic() + delay)
+        try:
+            self.transport.retry_later(claimed, delay, error)
+        except OUTAGES:
+            raise
+        except Exception as unrecorded:
+            # Kept as a dead letter rather than lost to a LeaseExpired one later.
+            logger.exception("Could not record the retry of %s", claimed.event_id)
+            note = f"\n\nThe retry could not be recorded: {_qualified(unrecorded)}: "
+            self._dead_letter(
+                claimed, handler, _qualified(exc), message, trace + note + describe(unrecorded)
+            )
+        else:
+            self.retried += 1
+            heapq.heappush(self._retries_due, time.monotonic() + delay)
 
     def _dead_letter(
         self,
@@ -495,6 +572,7 @@ class Worker:
         duration: float | None = None,
     ) -> None:
         attempts = claimed.attempt if attempts is None else attempts
+        error_class, message, trace = storable(error_class), storable(message), storable(trace)
         try:
             dead = self._store_dead_letter(claimed, handler, error_class, message, trace, attempts)
         except _ClaimLost:
@@ -502,6 +580,19 @@ class Worker:
                 "Lost the claim on %s for %s before dead-lettering it; another worker has it",
                 claimed.event_id,
                 claimed.group,
+            )
+            return
+        except OUTAGES:
+            raise
+        except Exception:
+            logger.exception(
+                "Could not finish dead-lettering %s %s for group %s (%s: %s); "
+                "it may be delivered again",
+                claimed.event_type,
+                claimed.event_id,
+                claimed.group,
+                error_class,
+                message,
             )
             return
         self.dead_lettered += 1

@@ -317,17 +317,18 @@ def test_one_notify_per_publishing_transaction():
     assert len(received) == 3
 
 
-def test_a_batch_shares_one_transaction_and_a_failure_replays_it_event_by_event():
+def test_a_batch_shares_one_transaction_and_a_failure_is_recorded_without_a_replay():
     with override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 2, "BATCH_SIZE": 10, "BACKOFF_BASE": 0}):
         for n in range(5):
             publish("test.happened", {"n": n, "fail": n == 2})
         Relay().run_once()
         worker = Worker(["alpha"], relay=False)
         worker.process_batch()
-        # The failure rolled the shared transaction back; each event was then handled alone.
+        # The failing handler's savepoint rolled back; its neighbours committed together.
         assert sorted(effects("alpha")) == [("alpha", n) for n in (0, 1, 3, 4)]
         row = Delivery.objects.get(group_name="alpha")
-        assert row.attempts == 1, "replaying the batch counted no extra attempt"
+        assert row.attempts == 1 and "asked to fail: 2" in row.last_error
+        assert not InboxRecord.objects.filter(event_id=row.event_id).exists()
         worker.process_batch()
         assert DeadLetter.objects.get().attempts == 2
         assert sorted(effects("alpha")) == [("alpha", n) for n in (0, 1, 3, 4)]
@@ -369,8 +370,8 @@ def test_a_failing_group_does_not_replay_another_groups_handlers(tmp_path: Path)
     Worker(["alpha", "beta"], relay=False, batch_size=10).process_batch()
     calls = trace.read_text().split()
     assert sorted(c for c in calls if c.startswith("alpha")) == ["alpha:0", "alpha:1", "alpha:2"]
-    # beta's shared transaction rolled back at n=1, so beta's events were handled again alone.
-    assert calls.count("beta:0") == 2 and calls.count("beta:1") == 2
+    # beta's failure at n=1 re-ran nothing: each handler ran once in this attempt.
+    assert sorted(c for c in calls if c.startswith("beta")) == ["beta:0", "beta:1", "beta:2"]
     assert sorted(effects("alpha")) == [("alpha", n) for n in range(3)]
     assert sorted(effects("beta")) == [("beta", 0), ("beta", 2)]
 
@@ -471,3 +472,14 @@ def test_a_malformed_outbox_row_becomes_a_dead_letter_and_blocks_nothing():
     assert (dead.group, dead.error_class, dead.event_id) == ("(relay)", "UndecodableEvent", bad.id)
     assert "not valid JSON" in dead.error_message and "{not json" in dead.traceback
     assert not OutboxMessage.objects.exists()
+
+
+@override_settings(DJANGO_EVENTS={"BATCH_BYTES": 25_000})
+def test_a_worker_claims_batches_within_its_byte_budget():
+    for n in range(4):
+        publish("test.happened", {"n": n, "pad": "x" * 10_000})
+    Relay().run_once()
+    worker = Worker(["alpha"], relay=False, batch_size=10)
+    assert [worker.process_batch() for _ in range(3)] == [2, 2, 0]
+    assert sorted(effects("alpha")) == [("alpha", n) for n in range(4)]
+    assert set(Delivery.objects.values_list("group_name", flat=True)) == {"beta"}

@@ -109,6 +109,7 @@ def test_valid_settings_are_parsed_to_their_types() -> None:
             "LEASE": 45,
             "POLL_INTERVAL": 0.5,
             "BATCH_SIZE": 10,
+            "BATCH_BYTES": 1_000_000,
             "RELAY_BATCH_SIZE": 100,
             "MAX_PAYLOAD_BYTES": 4096,
             "SOURCE": "shop",
@@ -122,6 +123,7 @@ def test_valid_settings_are_parsed_to_their_types() -> None:
     assert isinstance(conf.lease, float)
     assert conf.poll_interval == 0.5
     assert (conf.batch_size, conf.relay_batch_size, conf.max_payload_bytes) == (10, 100, 4096)
+    assert conf.batch_bytes == 1_000_000
     assert conf.source == "shop"
     assert conf.log_retention == 86400
     assert conf.outbox_databases == ("default",)
@@ -157,6 +159,8 @@ def test_valid_settings_are_parsed_to_their_types() -> None:
         ({"BACKOFF_BASE": -1}, "['BACKOFF_BASE']"),
         ({"POLL_INTERVAL": 0}, "['POLL_INTERVAL']"),
         ({"BATCH_SIZE": 1.5}, "['BATCH_SIZE']"),
+        ({"BATCH_BYTES": 0}, "['BATCH_BYTES'] must be an integer >= 1, got 0"),
+        ({"BATCH_BYTES": "4MB"}, "['BATCH_BYTES']"),
         ({"RELAY_BATCH_SIZE": 0}, "['RELAY_BATCH_SIZE']"),
         ({"MAX_PAYLOAD_BYTES": 10}, "['MAX_PAYLOAD_BYTES']"),
         ({"LOG_RETENTION": "1d"}, "['LOG_RETENTION']"),

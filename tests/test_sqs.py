@@ -146,6 +146,27 @@ def test_last_failed_attempt_is_a_dead_letter_and_leaves_the_queue(
     assert state.parked == 0, "nothing went to the DLQ"
 
 
+def test_a_broker_error_deleting_a_dead_letter_after_commit_does_not_stop_the_worker(
+    sqs: SnsSqsTransport, settings: Any, caplog: pytest.LogCaptureFixture
+):
+    from botocore.exceptions import EndpointConnectionError
+
+    settings.DJANGO_EVENTS = {**settings.DJANGO_EVENTS, "MAX_ATTEMPTS": 1}
+    sqs = provisioned()
+    event = publish("test.happened", {"n": 1, "fail_group": "alpha"})
+
+    def unreachable(**_: Any) -> None:  # what botocore raises once SQS is out of reach
+        raise EndpointConnectionError(endpoint_url="https://sqs.us-east-1.amazonaws.com")
+
+    sqs._client("sqs").meta.events.register("before-call.sqs.DeleteMessageBatch", unreachable)
+    worker = Worker(["alpha"])
+    wait_until(lambda: (worker.step(), DeadLetter.objects.exists())[1], timeout=10)
+    assert DeadLetter.objects.get().event_id == event.id
+    assert "Could not finish dead-lettering" in caplog.text
+    assert "Could not connect to the endpoint URL" in caplog.text
+    sqs._client("sqs").meta.events.unregister("before-call.sqs.DeleteMessageBatch", unreachable)
+
+
 def test_redrive_after_max_receives_is_mirrored_into_dead_letter(
     sqs: SnsSqsTransport, settings: Any
 ):

@@ -330,6 +330,26 @@ class TransportContract:
         assert claimed.group == "g1"
         self.nothing(provisioned, ["g2"], within=0.5)
 
+    def test_a_claim_stops_at_its_byte_budget(self, provisioned: Transport) -> None:
+        """``BATCH_BYTES``: a worker's batch is bounded in bytes too, never below one event;
+        what the budget left out comes later, its attempt not counted twice."""
+        events = [make_event(data={"n": n, "pad": "x" * 20_000}) for n in range(4)]
+        self.publish(provisioned, events)
+        deadline = time.monotonic() + self.settle + 10.0
+        first: list[Claimed] = []
+        while not first and time.monotonic() < deadline:
+            first = provisioned.claim(["g1"], 10, self.lease, max_bytes=30_000)
+            time.sleep(0.02)
+        assert len(first) == 1, f"one 20 kB event fits 30 kB, got {_describe(first)}"
+        tiny = provisioned.claim(["g1"], 10, self.lease, max_bytes=1)
+        assert len(tiny) == 1, "a budget smaller than one event still claims one"
+        rest = self.claim(provisioned, ["g1"], 2, limit=10)
+        claimed = [*first, *tiny, *rest]
+        assert sorted(_ids(claimed)) == sorted(e.event_id for e in events)
+        assert [c.attempt for c in claimed] == [1, 1, 1, 1], _describe(claimed)
+        assert provisioned.ack_many(claimed) == claimed
+        self.nothing(provisioned, ["g1"])
+
     def test_ack_many_returns_the_claims_that_still_held(self, provisioned: Transport) -> None:
         lost, kept = make_event(), make_event()
         self.publish(provisioned, [lost])

@@ -49,6 +49,24 @@ def translating(unavailable: Callable[[Exception], str | None]) -> Callable[[F],
     return decorate
 
 
+def within_budget(sizes: Iterable[int], max_bytes: int | None) -> int:
+    """How many of the first items whose sizes are ``sizes`` a claim of ``max_bytes``
+    takes: all while they fit, and always at least one."""
+    taken = total = 0
+    for size in sizes:
+        total += size
+        if max_bytes is not None and taken and total > max_bytes:
+            break
+        taken += 1
+    return taken
+
+
+def text_size(*values: Any) -> int:
+    """Characters (or bytes) of the stored texts among ``values``; a cheap stand-in for
+    the memory their decoding will take."""
+    return sum(len(v) for v in values if isinstance(v, (str, bytes)))
+
+
 ENVELOPE_RESERVE = 4096
 """Bytes of ``max_message_bytes`` kept for what a transport wraps around data and metadata
 (type, key, ids, time, source, attributes): the longest allowed type and key fit."""
@@ -113,6 +131,8 @@ class Claimed:
     event: Event | None = None
     decode_error: str | None = None
     first_failed_at: dt.datetime | None = None
+    size: int = 0
+    """Bytes received for it, where a transport counts them against a claim's budget."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,7 @@ class FiltersTypes(Protocol):
         lease: float,
         *,
         types: Mapping[str, Collection[str]] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Claimed]: ...
 
 
@@ -241,7 +262,13 @@ class Transport:
         ``idempotent_publish``; at least once otherwise."""
         raise NotImplementedError
 
-    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+    def claim(
+        self, groups: Sequence[str], limit: int, lease: float, *, max_bytes: int | None = None
+    ) -> list[Claimed]:
+        """Claim up to ``limit`` events owed to ``groups`` under a ``lease``, counting an
+        attempt for each. With ``max_bytes``, stop once their data and metadata, as stored
+        or received, add up to it (at least one event is claimed); what was fetched past it
+        is given back or kept for the next claim, its attempt not counted twice."""
         raise NotImplementedError
 
     def wait(self, groups: Sequence[str], timeout: float) -> bool:
@@ -263,6 +290,12 @@ class Transport:
     def ack(self, claimed: Claimed) -> bool:
         """Done with ``claimed``; False if the claim was lost (lease expired, another took it)."""
         raise NotImplementedError
+
+    def hold(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        """Inside the worker's transaction (``acks_in_transaction`` only): keep ``claimed``
+        from every other worker until that transaction ends, and return those whose claim
+        still holds. The worker then runs their handlers and acks those that succeeded."""
+        return list(claimed)
 
     def ack_many(self, claimed: Sequence[Claimed]) -> list[Claimed]:
         """Ack several at once; return those whose claim still held."""

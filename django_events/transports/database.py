@@ -31,6 +31,8 @@ from .base import (
     decode_failure,
     fallback_id,
     storable,
+    text_size,
+    within_budget,
 )
 
 DELIVERY_CHANNEL = "django_events_delivery"
@@ -62,6 +64,8 @@ class DatabaseTransport(Transport):
         self.wake_channel = DELIVERY_CHANNEL if self.notify else None
         self._unanalyzed = 0
         self._orphans_checked_at = 0.0
+        self._fitted = 0
+        """How many events the last claim cut at ``max_bytes`` kept (0: it was not cut)."""
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -222,6 +226,7 @@ class DatabaseTransport(Transport):
         lease: float,
         *,
         types: Mapping[str, Collection[str]] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Claimed]:
         """Claim events for ``groups``, counting an attempt for each.
 
@@ -234,7 +239,9 @@ class DatabaseTransport(Transport):
         shows at once. Orphans come back one at a time, before anything else, so a handler that
         kills its process takes no healthy neighbour down with it. The death counts as an
         attempt only if the orphan had been claimed alone: in a batch, the worker may have
-        died on a neighbour, so that attempt is given back.
+        died on a neighbour, so that attempt is given back. Rows past ``max_bytes`` are
+        given back before they are decoded, and after such a cut the next claim asks for
+        one row more than fitted, so large events are not read ``limit`` at a time.
         """
         if not groups:
             return []
@@ -242,7 +249,9 @@ class DatabaseTransport(Transport):
         due = time.monotonic() >= self._orphans_checked_at + ORPHAN_CHECK_INTERVAL
         if due and (orphan := self._orphan(groups, lease, pairs)):
             return orphan
-        claimed = self._claim(groups, limit, lease, orphans=False, pairs=pairs)
+        if max_bytes is not None and self._fitted:  # fetch little past the last claim's fit
+            limit = min(limit, self._fitted + 1)
+        claimed = self._claim(groups, limit, lease, orphans=False, pairs=pairs, max_bytes=max_bytes)
         if not claimed and not due:  # idle anyway: look now
             return self._orphan(groups, lease, pairs)
         return claimed
@@ -263,6 +272,7 @@ class DatabaseTransport(Transport):
         *,
         orphans: bool,
         pairs: list[tuple[str, str]] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Claimed]:
         vendor = self._vendor
         delivery, event = self._tables()
@@ -369,7 +379,12 @@ class DatabaseTransport(Transport):
                 )
             }
             rows = [(*row, *events.get(row[1], (None,) * 10)) for row in sorted(claimed)]
-        return [self._claimed(row, token) for row in rows]
+        taken = within_budget((text_size(row[9], row[10]) for row in rows), max_bytes)
+        if not orphans:
+            self._fitted = taken if taken < len(rows) else 0
+        if taken < len(rows):
+            self._give_back([row[0] for row in rows[taken:]], token)
+        return [self._claimed(row, token) for row in rows[:taken]]
 
     def _claimed(self, row: Sequence[Any], token: str) -> Claimed:
         """One claimed row as a ``Claimed``. Whatever another writer put in the log or the
@@ -440,14 +455,21 @@ class DatabaseTransport(Transport):
             )
 
     def release(self, claimed: Sequence[Claimed]) -> None:
-        delivery, _ = self._tables()
+        by_token: dict[str, list[int]] = {}
         for item in claimed:
             delivery_id, token = item.receipt
-            self._execute(
-                f"UPDATE {delivery} SET attempts = attempts - 1, claimed_until = NULL, "
-                "lease_token = NULL WHERE id = %s AND lease_token = %s",
-                [delivery_id, token],
-            )
+            by_token.setdefault(token, []).append(delivery_id)
+        for token, ids in by_token.items():
+            self._give_back(ids, token)
+
+    def _give_back(self, ids: Sequence[int], token: str) -> None:
+        """Unclaim rows still held under ``token``, their attempt not counted."""
+        delivery, _ = self._tables()
+        self._execute(
+            f"UPDATE {delivery} SET attempts = attempts - 1, claimed_until = NULL, "
+            f"lease_token = NULL WHERE id IN ({sql.in_list(len(ids))}) AND lease_token = %s",
+            [*ids, token],
+        )
 
     def ack(self, claimed: Claimed) -> bool:
         delivery, _ = self._tables()
@@ -457,6 +479,23 @@ class DatabaseTransport(Transport):
                 f"DELETE FROM {delivery} WHERE id = %s AND lease_token = %s", [delivery_id, token]
             )
         )
+
+    def hold(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        """Lock the rows still claimed by this lease (PostgreSQL; SQLite has one writer):
+        other workers' claims and this worker's heartbeat skip them until the commit."""
+        by_receipt = {item.receipt: item for item in claimed}
+        lock = " FOR UPDATE" if self._vendor == "postgresql" else ""
+        delivery, _ = self._tables()
+        held: list[Claimed] = []
+        for token in sorted({token for _, token in by_receipt}):
+            ids = sorted(delivery_id for delivery_id, t in by_receipt if t == token)
+            rows = self._execute(
+                f"SELECT id FROM {delivery} WHERE id IN ({sql.in_list(len(ids))}) "
+                f"AND lease_token = %s ORDER BY id{lock}",
+                [*ids, token],
+            )
+            held.extend(by_receipt[(row[0], token)] for row in rows)
+        return held
 
     def ack_many(self, claimed: Sequence[Claimed]) -> list[Claimed]:
         by_receipt = {item.receipt: item for item in claimed}

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..conf import get_settings
 from ..envelope import build_event
-from .base import Claimed, GroupStatus, Outgoing, Transport, decode_failure
+from .base import Claimed, GroupStatus, Outgoing, Transport, decode_failure, text_size
 
 _OPTIONS = {"database", "name"}
 
@@ -118,15 +118,18 @@ class InMemoryTransport(Transport):
         lease: float,
         *,
         types: Mapping[str, Collection[str]] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Claimed]:
-        """Claim up to ``limit`` due events, counting an attempt for each; groups take
-        turns at coming first, and an ordered key yields only its oldest event. With
-        ``types``, other types are left untouched for a worker that handles them."""
+        """Claim up to ``limit`` due events (and ``max_bytes``), counting an attempt for
+        each; groups take turns at coming first, and an ordered key yields only its
+        oldest event. With ``types``, other types are left untouched for a worker that
+        handles them."""
         if not groups or limit < 1:
             return []
         self._turn = (self._turn + 1) % len(groups)
         token = uuid.uuid4().hex
         taken: list[tuple[str, _Entry]] = []
+        size = 0
         with self._queue.lock:
             now = time.monotonic()
             for group in [*groups[self._turn :], *groups[: self._turn]]:
@@ -143,6 +146,9 @@ class InMemoryTransport(Transport):
                         continue
                     if entry.parked or entry.available_at > now or entry.held(now):
                         continue
+                    size += text_size(entry.event.data, entry.event.metadata)
+                    if max_bytes is not None and taken and size > max_bytes:
+                        break
                     entry.attempts += 1
                     entry.claimed_until = now + lease
                     entry.token = token

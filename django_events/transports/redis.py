@@ -47,7 +47,9 @@ from .base import (
     Transport,
     decode_failure,
     fallback_id,
+    text_size,
     translating,
+    within_budget,
 )
 
 logger = logging.getLogger("django_events.transports.redis")
@@ -404,10 +406,13 @@ class RedisStreamsTransport(Transport):
         return bool(self._ready)
 
     @_translating
-    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+    def claim(
+        self, groups: Sequence[str], limit: int, lease: float, *, max_bytes: int | None = None
+    ) -> list[Claimed]:
         """New entries first (due retries are moved back into the streams just before),
         then, twice a second or when there is nothing new, entries a dead worker left
-        behind. Every claim counts as an attempt: the entry's delivery count."""
+        behind. Every claim counts as an attempt: the entry's delivery count. Entries
+        past ``max_bytes`` are released, their attempt given back."""
         if not groups:
             return []
         claimed, self._ready = self._ready[:limit], self._ready[limit:]
@@ -426,7 +431,10 @@ class RedisStreamsTransport(Transport):
         if len(claimed) < limit and (not claimed or now >= self._orphans_checked_at):
             self._orphans_checked_at = now + ORPHAN_CHECK_INTERVAL
             claimed += self._orphans(groups, limit - len(claimed), lease)
-        return claimed
+        taken = within_budget((text_size(*c.receipt.raw.values()) for c in claimed), max_bytes)
+        if taken < len(claimed):
+            self.release(claimed[taken:])
+        return claimed[:taken]
 
     def _read(
         self,

@@ -47,6 +47,7 @@ from .base import (
     fallback_id,
     logged_events,
     translating,
+    within_budget,
 )
 
 logger = logging.getLogger("django_events.transports.sqs")
@@ -373,9 +374,13 @@ class SnsSqsTransport(Transport):
     # -- worker side --------------------------------------------------------------------
 
     @_translating
-    def claim(self, groups: Sequence[str], limit: int, lease: float) -> list[Claimed]:
+    def claim(
+        self, groups: Sequence[str], limit: int, lease: float, *, max_bytes: int | None = None
+    ) -> list[Claimed]:
         """Receive up to ``limit`` events from the groups' queues, without waiting: an idle
         worker long-polls in ``wait``, and what that received is claimed first here.
+        Receiving stops once the bodies reach ``max_bytes``; what the last receive brought
+        past it waits, leased, for the next claim.
 
         Dead-letter queues are looked at every ``dead_letter_poll`` seconds; what is found
         there comes back with its attempts spent, so the worker records it as a dead letter.
@@ -397,7 +402,14 @@ class SnsSqsTransport(Transport):
                 dead = self._receive_all(groups, limit, lease, dead=True, wait=0)
                 if dead:
                     return dead
-            claimed = self._receive_all(self._in_turn(groups), limit, lease, dead=False, wait=0)
+            claimed = self._receive_all(
+                self._in_turn(groups), limit, lease, dead=False, wait=0, max_bytes=max_bytes
+            )
+        taken = within_budget((c.size for c in claimed), max_bytes)
+        if taken < len(claimed):  # still leased: the next claim takes them first
+            with self._lock:
+                self._ready[:0] = claimed[taken:]
+            claimed = claimed[:taken]
         if self.fifo and any(c.receipt.ordered for c in claimed):
             with self._lock:
                 self._held.extend(c for c in claimed if c.receipt.ordered)
@@ -422,6 +434,7 @@ class SnsSqsTransport(Transport):
             self._lease,
             dead=False,
             wait=self.wait_time,
+            max_bytes=get_settings().batch_bytes,
         )
         with self._lock:
             self._ready.extend(received)
@@ -433,11 +446,21 @@ class SnsSqsTransport(Transport):
         return [*groups[self._turn :], *groups[: self._turn]]
 
     def _receive_all(
-        self, groups: Sequence[str], limit: int, lease: float, *, dead: bool, wait: int
+        self,
+        groups: Sequence[str],
+        limit: int,
+        lease: float,
+        *,
+        dead: bool,
+        wait: int,
+        max_bytes: int | None = None,
     ) -> list[Claimed]:
         sqs = self._client("sqs")
         claimed: list[Claimed] = []
+        size = 0
         for group in groups:
+            if max_bytes is not None and size >= max_bytes:
+                break
             try:
                 url = self._queue_url(group, dead=dead)
             except ClientError as exc:
@@ -447,7 +470,7 @@ class SnsSqsTransport(Transport):
                         "does not exist; run `manage.py setup_events`."
                     ) from exc
                 raise
-            while len(claimed) < limit:
+            while len(claimed) < limit and (max_bytes is None or size < max_bytes):
                 wanted = min(self.receive_batch, limit - len(claimed))
                 messages = sqs.receive_message(
                     QueueUrl=url,
@@ -460,6 +483,8 @@ class SnsSqsTransport(Transport):
                 deadline = time.monotonic() + lease
                 for message in messages:
                     claimed.append(self._claimed(group, url, message, dead))
+                    claimed[-1].size = len(message.get("Body", ""))
+                    size += claimed[-1].size
                     self._leases[message["ReceiptHandle"]] = deadline
                 if len(messages) < wanted:
                     break

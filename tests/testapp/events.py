@@ -4,6 +4,8 @@ import os
 import time
 from pathlib import Path
 
+from django.db import connection, transaction
+
 from django_events import handler, publish
 
 from .models import Effect
@@ -32,13 +34,28 @@ def behave(event, group=""):
         raise RuntimeError(f"failing once: {data.get('n')}")
     if data.get("fail"):
         raise RuntimeError(f"asked to fail: {data.get('n')}")
+    if data.get("unstorable_error"):  # no store takes a lone surrogate; PostgreSQL no NUL
+        raise ValueError("cannot store \ud800 or \x00 as they are")
+
+
+def _append(path, line):
+    with open(path, "a") as out:
+        out.write(line)
 
 
 def record(group, event):
+    if event.data.get("on_commit"):  # an effect that must happen only if this run commits
+        line = f"{group}:{event.data.get('n')}\n"
+        transaction.on_commit(lambda: _append(event.data["on_commit"], line))
     behave(event, group)
     Effect.objects.create(
         group=group, event_id=event.id, key=event.key, n=event.data.get("n"), pid=os.getpid()
     )
+    if event.data.get("fail_after_write"):  # a partial write that must roll back
+        raise RuntimeError(f"failed after writing: {event.data.get('n')}")
+    if event.data.get("db_error"):  # on PostgreSQL this aborts the whole transaction
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
 
 
 @handler("test.happened", group="alpha")

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ...exceptions import BackgroundThreadDied
 from ...registry import registry
 from ...subscriptions import declare_current
 from ...worker import Worker
@@ -53,4 +54,7 @@ class Command(BaseCommand):
         worker = Worker(groups, relay=not options["no_relay"], batch_size=options["batch_size"])
         if not options["once"]:
             stop_on_signals(worker.stop)
-        worker.run(once=options["once"], wait_for_retries=ONCE_WAITS_FOR_RETRIES)
+        try:
+            worker.run(once=options["once"], wait_for_retries=ONCE_WAITS_FOR_RETRIES)
+        except BackgroundThreadDied as exc:
+            raise CommandError(str(exc)) from exc
