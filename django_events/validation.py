@@ -139,7 +139,7 @@ def _check(text: str, what: str, suspect: re.Pattern[str], *, ours: bool) -> Non
     deep = too_deep(text)
     if deep and not ours:  # text from outside is not parsed before its depth is known
         raise UnstorableValue(f"{what}: nests deeper than {MAX_NESTING} levels.")
-    if not deep and suspect.search(text) is None:
+    if not deep and (_plain(text) or suspect.search(text) is None):
         return
     try:
         value = json.loads(text)
@@ -151,6 +151,18 @@ def _check(text: str, what: str, suspect: re.Pattern[str], *, ours: bool) -> Non
         raise UnstorableValue(problem)
     if deep:
         raise UnstorableValue(f"{what}: nests deeper than {MAX_NESTING} levels.")
+
+
+def _plain(text: str) -> bool:
+    """Nothing in ``text`` could be wrong: ASCII without escapes, NUL, NaN or Infinity.
+    Four substring searches, several times faster than the regular expression."""
+    return (
+        text.isascii()
+        and "\\u" not in text
+        and "\x00" not in text
+        and "NaN" not in text
+        and "Infinity" not in text
+    )
 
 
 def _walk(value: Any, path: str, depth: int, bad: re.Pattern[str]) -> str | None:
