@@ -17,6 +17,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .exceptions import EventsConfigurationError
+from .validation import check_text
 
 DEFAULT_TRANSPORT = "django_events.transports.database.DatabaseTransport"
 GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
@@ -64,6 +65,7 @@ class EventsSettings:
     publish_notify: bool = True
     relay_batch_size: int = 500
     max_payload_bytes: int = 256 * 1024
+    max_metadata_bytes: int = 8 * 1024
     source: str = ""
     service: str = field(default_factory=default_service)
     subscriptions_cache: float = 0.0
@@ -95,6 +97,7 @@ _TOP_KEYS = {
     "PUBLISH_NOTIFY",
     "RELAY_BATCH_SIZE",
     "MAX_PAYLOAD_BYTES",
+    "MAX_METADATA_BYTES",
     "SOURCE",
     "SERVICE",
     "SUBSCRIPTIONS_CACHE",
@@ -144,6 +147,14 @@ def _number(
             f"{where}[{key!r}] must be {wanted} >= {minimum}, got {value!r}."
         )
     return value
+
+
+def _unstorable(text: str) -> bool:
+    try:
+        check_text(text, "SOURCE")
+    except ValueError:
+        return True
+    return False
 
 
 def _retry(raw: dict[str, Any], base: RetryPolicy, where: str) -> RetryPolicy:
@@ -215,8 +226,27 @@ def parse(raw: Any) -> EventsSettings:
     if not isinstance(modules, (list, tuple)) or not all(isinstance(m, str) for m in modules):
         raise EventsConfigurationError(f"{where}['AUTODISCOVER_MODULES'] must be a list of names.")
     source = raw.get("SOURCE", defaults.source)
-    if not isinstance(source, str):
-        raise EventsConfigurationError(f"{where}['SOURCE'] must be a string.")
+    if not isinstance(source, str) or len(source) > 200 or _unstorable(source):
+        raise EventsConfigurationError(
+            f"{where}['SOURCE'] must be a string of at most 200 characters, without NUL "
+            "characters or lone surrogates (every event carries it)."
+        )
+    max_payload = _number(
+        raw, "MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, where, minimum=64, integer=True
+    )
+    max_metadata = _number(
+        raw,
+        "MAX_METADATA_BYTES",
+        min(defaults.max_metadata_bytes, max_payload),
+        where,
+        minimum=2,
+        integer=True,
+    )
+    if max_metadata > max_payload:
+        raise EventsConfigurationError(
+            f"{where}['MAX_METADATA_BYTES'] ({max_metadata}) must not exceed "
+            f"MAX_PAYLOAD_BYTES ({max_payload}): consumers read metadata within that limit."
+        )
     service = raw.get("SERVICE") or default_service()
     if not isinstance(service, str) or not GROUP_NAME.match(service):
         raise EventsConfigurationError(
@@ -256,9 +286,8 @@ def parse(raw: Any) -> EventsSettings:
         relay_batch_size=_number(
             raw, "RELAY_BATCH_SIZE", defaults.relay_batch_size, where, minimum=1, integer=True
         ),
-        max_payload_bytes=_number(
-            raw, "MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, where, minimum=64, integer=True
-        ),
+        max_payload_bytes=max_payload,
+        max_metadata_bytes=max_metadata,
         source=source,
         service=service,
         subscriptions_cache=float(_number(raw, "SUBSCRIPTIONS_CACHE", 0.0, where)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import threading
@@ -25,13 +26,22 @@ from .exceptions import (
     PayloadNotSerializable,
     PayloadTooLarge,
     UndecodableEvent,
+    UnstorableValue,
+)
+from .validation import (
+    MAX_KEY_LENGTH as MAX_KEY_LENGTH,  # re-exported: it was defined here before
+)
+from .validation import (
+    MAX_NESTING,
+    check_encoded,
+    check_storable,
+    find_unstorable,
+    too_deep,
+    validate_key,
 )
 
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_-]*)+$")
 MAX_TYPE_LENGTH = 200
-MAX_KEY_LENGTH = 200
-MAX_NESTING = 64
-_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
 
 _valid_types: set[str] = set()
 
@@ -139,6 +149,8 @@ def _find_unserializable(value: Any, path: str, parents: tuple[int, ...] = ()) -
             if found:
                 return found
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path} is {value!r}, which JSON cannot represent"
     try:
         json.dumps(value, cls=DjangoJSONEncoder)
     except (TypeError, ValueError):
@@ -167,29 +179,22 @@ def encode_data(data: Any, max_bytes: int) -> str:
             f"Event data is {size} bytes encoded, over the MAX_PAYLOAD_BYTES limit of "
             f"{max_bytes}. Publish a reference (an id) instead of the whole object."
         )
-    check_storable(text, "data")
+    check_encoded(text, "data")
     return text
 
 
-def check_storable(text: str, what: str) -> None:
-    """Refuse what consumers would refuse, so a bad event fails at publish, not downstream:
-    nesting deeper than ``MAX_NESTING`` and NUL characters, which PostgreSQL cannot store."""
-    if "\\u0000" in text and _JSON_NUL.search(text):
-        raise InvalidEvent(
-            f"Event {what} contains a NUL character (\\u0000), which cannot be stored."
+def encode_metadata(metadata: Mapping[str, str], max_bytes: int) -> str:
+    """The metadata as stored (``""`` when empty), within ``MAX_METADATA_BYTES``: it travels
+    in every message beside the data, so a transport's message limit must hold both."""
+    if not metadata:
+        return ""
+    text = json.dumps(metadata, separators=(",", ":"))
+    if len(text) > max_bytes:  # ASCII: json.dumps escapes the rest
+        raise PayloadTooLarge(
+            f"Event metadata is {len(text)} bytes encoded, over the MAX_METADATA_BYTES limit "
+            f"of {max_bytes}."
         )
-    if text.count("[") + text.count("{") > MAX_NESTING and _nesting_depth(text) > MAX_NESTING:
-        raise InvalidEvent(f"Event {what} nests deeper than {MAX_NESTING} levels.")
-
-
-def validate_key(key: Any) -> str | None:
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
-        raise InvalidEvent(
-            f"Event key must be a non-empty str of at most {MAX_KEY_LENGTH} characters."
-        )
-    return key
+    return text
 
 
 def validate_metadata(metadata: Any) -> dict[str, str]:
@@ -199,8 +204,9 @@ def validate_metadata(metadata: Any) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise InvalidEvent("Event metadata must be a dict of str to str.")
-    if any("\x00" in k or "\x00" in v for k, v in metadata.items()):
-        raise InvalidEvent("Event metadata contains a NUL character, which cannot be stored.")
+    problem = find_unstorable(dict(metadata), "metadata")
+    if problem:
+        raise UnstorableValue(problem)
     return dict(metadata)
 
 
@@ -211,28 +217,6 @@ def validate_version(version: Any) -> int:
 
 
 # --- decoding -------------------------------------------------------------------------------
-
-
-def _nesting_depth(text: str) -> int:
-    """Deepest bracket nesting, ignoring brackets inside strings; runs before any parse."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
 
 
 def decode_json(raw: str | bytes | dict[str, Any], max_bytes: int, what: str = "data") -> Any:
@@ -252,8 +236,10 @@ def decode_json(raw: str | bytes | dict[str, Any], max_bytes: int, what: str = "
             raw = raw.decode()
         except UnicodeDecodeError as exc:
             raise UndecodableEvent(f"Event {what} is not UTF-8: {exc}.") from exc
-    if raw.count("[") + raw.count("{") > MAX_NESTING and _nesting_depth(raw) > MAX_NESTING:
-        raise UndecodableEvent(f"Event {what} nests deeper than {MAX_NESTING} levels.")
+    try:  # the rule publish() applies (docs/guarantees.md, "What publish refuses")
+        check_storable(raw, what)
+    except UnstorableValue as exc:
+        raise UndecodableEvent(f"Event {exc}") from exc
     try:
         return json.loads(raw)
     except ValueError as exc:

@@ -36,8 +36,24 @@ class PayloadTooLarge(InvalidEvent):
     """The encoded event is larger than MAX_PAYLOAD_BYTES."""
 
 
+class UnstorableValue(InvalidEvent):
+    """A value holds text or a number that some stage cannot store or carry (a NUL, a lone
+    surrogate, NaN or Infinity, nesting too deep); the message names its path."""
+
+
 class UndecodableEvent(EventsError, ValueError):
     """A stored or received event could not be decoded."""
+
+
+class PublishRefused(EventsError):
+    """The transport refused some events of a publish because of what they hold, and sent
+    the others. ``refused`` maps the outbox position of each refused event to the reason;
+    the relay sets those aside as dead letters and never sends the batch again."""
+
+    def __init__(self, refused: dict[int, str]) -> None:
+        self.refused = refused
+        reasons = "; ".join(f"position {at}: {why}" for at, why in list(refused.items())[:3])
+        super().__init__(f"The transport refused {len(refused)} event(s): {reasons}")
 
 
 class TransportUnavailable(EventsError, ConnectionError):

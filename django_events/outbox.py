@@ -21,6 +21,7 @@ from .conf import get_settings
 from .envelope import (
     Event,
     encode_data,
+    encode_metadata,
     uuid7,
     validate_key,
     validate_metadata,
@@ -97,7 +98,9 @@ def publish(
 
     Returns the envelope written. Raises ``InvalidEvent`` (and writes nothing) for an
     invalid type, key, version or metadata, data JSON cannot hold, data that does not fit
-    the type's declaration, or data over the size limit. Events published while a handler
+    the type's declaration, data or metadata over its size limit, or anything some later
+    stage could not store (a NUL, a lone surrogate, NaN, nesting over 64 levels: see
+    ``django_events.validation``); the message names the path. Events published while a handler
     runs inherit its correlation id and take the handled event's id as causation id.
     """
     spec: PublishSpec
@@ -139,9 +142,10 @@ def publish_many(
     if version is not None:
         version = validate_version(version)
     metadata = validate_metadata(metadata)
+    metadata_text = encode_metadata(metadata, conf.max_metadata_bytes)
     source = conf.source or conf.service
     cause = _current_event.get()
-    room = _message_room(metadata)
+    room = _message_room(len(metadata_text))
     built: list[tuple[Event, str]] = []
     for spec in events:
         typed, event_type, data, key = _unpack(spec)
@@ -175,7 +179,7 @@ def publish_many(
         )
         built.append((event, text))
     if built:
-        _insert(using, built, conf.publish_notify)
+        _insert(using, built, metadata_text, conf.publish_notify)
     for event, _ in built:
         signals.event_published.send(sender=publish, event=event, using=using)
     return [event for event, _ in built]
@@ -196,7 +200,7 @@ def _unpack(spec: Any) -> tuple[TypedEvent | None, str, Any, str | None]:
     return None, spec[0], spec[1], spec[2] if len(spec) == 3 else None
 
 
-def _message_room(metadata: Mapping[str, str]) -> tuple[int, str, int] | None:
+def _message_room(metadata_bytes: int) -> tuple[int, str, int] | None:
     """Bytes left for data in one message of the configured transport, if it has a limit."""
     from .transports import transports
 
@@ -204,14 +208,13 @@ def _message_room(metadata: Mapping[str, str]) -> tuple[int, str, int] | None:
     limit = transport.max_message_bytes
     if limit is None:
         return None
-    meta = len(json.dumps(metadata).encode()) if metadata else 0
-    return limit - ENVELOPE_RESERVE - meta, type(transport).__name__, limit
+    return limit - ENVELOPE_RESERVE - metadata_bytes, type(transport).__name__, limit
 
 
 _ROWS_PER_STATEMENT = 500
 
 
-def _insert(using: str, events: list[tuple[Event, str]], notify: bool) -> None:
+def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: bool) -> None:
     connection = connections[using]
     kind = sql.vendor(using)
     table = sql.table(connection, "OutboxMessage")
@@ -226,7 +229,7 @@ def _insert(using: str, events: list[tuple[Event, str]], notify: bool) -> None:
                 event.version,
                 event.key,
                 data_text,
-                json.dumps(event.metadata) if event.metadata else "",
+                metadata,
                 sql.datetime_value(connection, event.occurred_at),
                 event.source,
                 sql.uuid_value(kind, event.correlation_id),

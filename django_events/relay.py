@@ -4,6 +4,11 @@ It never tracks progress by id (DESIGN.md, "sequence gaps"): it takes whichever
 committed rows exist, oldest first, and deletes them as it moves them. When the
 transport lives in the same database the move is one short transaction; otherwise rows
 are leased in database time, sent with no transaction open, then deleted.
+
+A row that no stage can take (written around ``publish()``) never holds the others back:
+it becomes a ``(relay)`` dead letter with its reason (docs/guarantees.md, "What publish
+refuses"). A broker's rows are checked before they are sent, so a batch is never sent
+twice because of one of them.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +26,13 @@ from django.db.models.functions import Now
 
 from . import failpoints, retention, sql
 from .conf import get_settings
+from .envelope import validate_metadata, validate_type, validate_version
+from .exceptions import InvalidEvent, PublishRefused
 from .subscriptions import fan_out
+from .text import storable
 from .transports import transports
 from .transports.base import Outgoing, Transport
+from .validation import check_storable, check_text, validate_key
 
 logger = logging.getLogger("django_events.relay")
 
@@ -69,14 +79,22 @@ class Relay:
         return moved
 
     def relay_batch(self, using: str) -> int:
-        """Move one batch; a row that cannot be moved is set aside, never left to block."""
-        try:
-            return self._relay_batch(using)
-        except (DataError, IntegrityError):
-            quarantined = quarantine_malformed(using, self.batch_size)
-            if not quarantined:
-                raise
-            return quarantined
+        """Move one batch; return how many rows left the outbox.
+
+        A row that cannot be moved because of what it holds (the shared validation, the
+        database or the transport refuses it) is set aside as a ``(relay)`` dead letter
+        with its reason, and the rest move on in position order: no row is retried
+        forever, and none holds back the events behind it.
+        """
+        set_aside = 0
+        while True:
+            try:
+                return set_aside + self._relay_batch(using)
+            except (DataError, IntegrityError) as exc:
+                found = self._after_refusal(using, exc)
+                if not found:
+                    raise
+                set_aside += found
 
     def _subscriptions(self, rows: Sequence[Outgoing]) -> list[tuple[str, str, bool]]:
         """Read after the rows were taken (in the same transaction, for the database
@@ -86,24 +104,18 @@ class Relay:
     def _relay_batch(self, using: str) -> int:
         if self.transport.joins_outbox_transaction(using):
             with transaction.atomic(using=using):
-                rows = self._take(using)
+                rows, left = self._take(using)
                 subscriptions = self._subscriptions(rows)
                 self.transport.publish(rows, subscriptions)
                 if rows:
                     failpoints.hit("relay.after_take")
             self._warn_unsubscribed(rows, subscriptions)
-            return len(rows)
+            return left
         if sql.vendor(using) == "postgresql":
             return self._send_under_lock(using)
-        rows = self._lease(using)
-        if rows:
-            subscriptions = self._subscriptions(rows)
-            self.transport.publish(rows, subscriptions)
-            failpoints.hit("relay.after_publish")
-            with transaction.atomic(using=using):
-                self._complete(using, rows)
-            self._warn_unsubscribed(rows, subscriptions)
-        return len(rows)
+        taken = self._lease(using)
+        self._send(using, taken)
+        return len(taken)
 
     def _warn_unsubscribed(
         self, rows: Sequence[Outgoing], subscriptions: list[tuple[str, str, bool]]
@@ -134,81 +146,199 @@ class Relay:
         connection."""
         connection = connections[using]
         outbox = sql.table(connection, "OutboxMessage")
+        log = sql.table(connection, "EventRecord")
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [RELAY_LOCK])
             if not cursor.fetchone()[0]:
                 return 0  # another relay is sending; it drains what is here
             try:
                 cursor.execute(
-                    f"SELECT {_OUTBOX_FIELDS} FROM {outbox} ORDER BY position LIMIT %s",
+                    f"SELECT {_OUTBOX_FIELDS}, {_logged(outbox, log)} FROM {outbox} "
+                    "ORDER BY position LIMIT %s",
                     [self.batch_size],
                 )
-                rows = [Outgoing(*row) for row in cursor.fetchall()]
-                if rows:
-                    subscriptions = self._subscriptions(rows)
-                    self.transport.publish(rows, subscriptions)
-                    failpoints.hit("relay.after_publish")
-                    with transaction.atomic(using=using):
-                        self._complete(using, rows)
-                    self._warn_unsubscribed(rows, subscriptions)
+                taken = _taken(cursor.fetchall())
+                self._send(using, taken)
             finally:
                 with contextlib.suppress(DatabaseError):  # a lost connection lost the lock too
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [RELAY_LOCK])
-        return len(rows)
+        return len(taken)
+
+    def _send(self, using: str, taken: list[tuple[Outgoing, bool]]) -> None:
+        """Send to a transport outside the database: every row is checked first and a bad
+        one set aside, so a send never fails on a row's content; what the transport still
+        refuses is set aside after the others went; and what was sent is never sent
+        again, even if the event log refuses one row of it."""
+        rows = self._screen(using, taken)
+        if not rows:
+            return
+        subscriptions = self._subscriptions(rows)
+        try:
+            self.transport.publish(rows, subscriptions)
+        except PublishRefused as exc:
+            set_aside(
+                using,
+                [
+                    (
+                        row,
+                        "PublishRefused",
+                        f"the transport refused it: {exc.refused[row.position]}",
+                    )
+                    for row in rows
+                    if row.position in exc.refused
+                ],
+            )
+            rows = [row for row in rows if row.position not in exc.refused]
+        failpoints.hit("relay.after_publish")
+        try:
+            with transaction.atomic(using=using):
+                self._complete(using, rows)
+        except (DataError, IntegrityError):
+            for row in rows:
+                try:
+                    with transaction.atomic(using=using):
+                        self._complete(using, [row])
+                except (DataError, IntegrityError) as exc:
+                    why = f"it was sent, but the event log refused it: {exc}"
+                    set_aside(using, [(row, type(exc).__name__, why)])
+        self._warn_unsubscribed(rows, subscriptions)
+
+    def _screen(self, using: str, taken: list[tuple[Outgoing, bool]]) -> list[Outgoing]:
+        """The rows that pass the shared validation; the others are set aside."""
+        bad = screen(taken, get_settings().max_payload_bytes * 2)
+        if not bad:
+            return [row for row, _ in taken]
+        set_aside(using, bad)
+        refused = {row.position for row, _, _ in bad}
+        return [row for row, _ in taken if row.position not in refused]
+
+    def _after_refusal(self, using: str, exc: Exception) -> int:
+        """The database refused a batch: set aside the rows the shared validation refuses;
+        if it refuses none, move the rows one at a time, each in its own transaction, and
+        set aside the one the database refuses. Returns how many rows left the outbox."""
+        taken = self._peek(using)
+        bad = screen(taken, get_settings().max_payload_bytes * 2)
+        if bad:
+            set_aside(using, bad)
+            return len(bad)
+        if not taken or not self.transport.joins_outbox_transaction(using):
+            return 0
+        logger.warning("The relay's batch failed (%s); moving its rows one at a time", exc)
+        for row, _ in taken:
+            try:
+                with transaction.atomic(using=using):
+                    moved = self._take(using, row.position)[0]
+                    self.transport.publish(moved, self._subscriptions(moved))
+            except (DataError, IntegrityError) as refused:
+                why = f"the database refused it: {refused}"
+                set_aside(using, [(row, type(refused).__name__, why)])
+        return len(taken)
+
+    def _peek(self, using: str) -> list[tuple[Outgoing, bool]]:
+        connection = connections[using]
+        outbox = sql.table(connection, "OutboxMessage")
+        log = sql.table(connection, "EventRecord")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {_OUTBOX_FIELDS}, {_logged(outbox, log)} FROM {outbox} "
+                "ORDER BY position LIMIT %s",
+                [self.batch_size],
+            )
+            return _taken(cursor.fetchall())
 
     # -- same-database move -------------------------------------------------------------
 
-    def _take(self, using: str) -> list[Outgoing]:
+    def _take(self, using: str, position: int | None = None) -> tuple[list[Outgoing], int]:
+        """Move the next batch (or the row at ``position``) into the event log; return the
+        rows moved, and how many rows left the outbox (those set aside count too).
+
+        On PostgreSQL the rows never leave the database: jsonb refuses what cannot be
+        stored, and data or metadata that is not a JSON object becomes NULL, which the log
+        refuses; either fails the batch, and ``_after_refusal`` finds the row. On SQLite,
+        which stores JSON as text, the rows are checked here as they are moved."""
         connection = connections[using]
         vendor = sql.vendor(using)
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
+        if position is None:
+            lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+            which = f"position IN (SELECT position FROM {outbox} ORDER BY position LIMIT %s{lock})"
+            params = [self.batch_size]
+        else:
+            which, params = "position = %s", [position]
         with connection.cursor() as cursor:
             if vendor == "postgresql":
                 cursor.execute(
                     f"SELECT pg_advisory_xact_lock(%s), {sql.RELAXED_COMMIT}", [RELAY_LOCK]
                 )
                 cursor.execute(
-                    f"WITH moved AS (DELETE FROM {outbox} WHERE position IN (SELECT position "
-                    f"FROM {outbox} ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED) "
+                    f"WITH moved AS (DELETE FROM {outbox} WHERE {which} "
                     f"RETURNING {_OUTBOX_FIELDS}), "
+                    "parsed AS MATERIALIZED (SELECT *, data::jsonb AS d, "
+                    "COALESCE(NULLIF(metadata, ''), '{}')::jsonb AS m FROM moved), "
                     f"logged AS (INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, "
-                    "type, key, version, data::jsonb, COALESCE(NULLIF(metadata, ''), '{}')::jsonb, "
+                    "type, key, version, CASE WHEN jsonb_typeof(d) = 'object' THEN d END, "
+                    "CASE WHEN jsonb_typeof(m) = 'object' THEN m END, "
                     "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
-                    "FROM moved) SELECT position, event_id, type, key FROM moved ORDER BY position",
-                    [self.batch_size],
+                    "FROM parsed) "
+                    "SELECT position, event_id, type, key FROM moved ORDER BY position",
+                    params,
                 )
-                return [Outgoing(*row) for row in cursor.fetchall()]
+                moved = [Outgoing(*row) for row in cursor.fetchall()]
+                return moved, len(moved)
             cursor.execute(
-                f"DELETE FROM {outbox} WHERE position IN (SELECT position FROM {outbox} "
-                f"ORDER BY position LIMIT %s) RETURNING {_OUTBOX_FIELDS}",
-                [self.batch_size],
+                f"DELETE FROM {outbox} WHERE {which} "
+                f"RETURNING {_OUTBOX_FIELDS}, {_logged(outbox, log)}",
+                params,
             )
-            rows = sorted(cursor.fetchall())
+            taken = _taken(cursor.fetchall())
+            left = len(taken)
+            bad = screen(taken, get_settings().max_payload_bytes * 2)
+            if bad:
+                set_aside(using, bad, removed=True)
+                refused = {row.position for row, _, _ in bad}
+                taken = [(row, logged) for row, logged in taken if row.position not in refused]
+            rows = [row for row, _ in taken]
             if rows:
                 cursor.executemany(
                     f"INSERT INTO {log} ({_LOG_COLUMNS}) VALUES "
                     f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(vendor)})",
-                    [(r[1], r[0], r[2], r[3], r[4], r[5], r[6] or "{}", *r[7:]) for r in rows],
+                    [
+                        (
+                            r.event_id,
+                            r.position,
+                            r.type,
+                            r.key,
+                            r.version,
+                            r.data,
+                            r.metadata or "{}",
+                            r.occurred_at,
+                            r.source,
+                            r.correlation_id,
+                            r.causation_id,
+                        )
+                        for r in rows
+                    ],
                 )
-        return [Outgoing(*row[:4]) for row in rows]
+        return [Outgoing(row.position, row.event_id, row.type, row.key) for row in rows], left
 
     # -- leased move to an external transport -------------------------------------------
 
-    def _lease(self, using: str) -> list[Outgoing]:
+    def _lease(self, using: str) -> list[tuple[Outgoing, bool]]:
         connection = connections[using]
         vendor = sql.vendor(using)
         outbox = sql.table(connection, "OutboxMessage")
+        log = sql.table(connection, "EventRecord")
         lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {outbox} SET claimed_until = {sql.now_plus(vendor)} WHERE position IN "
                 f"(SELECT position FROM {outbox} WHERE claimed_until IS NULL OR claimed_until < "
-                f"{sql.now(vendor)} ORDER BY position LIMIT %s{lock}) RETURNING {_OUTBOX_FIELDS}",
+                f"{sql.now(vendor)} ORDER BY position LIMIT %s{lock}) "
+                f"RETURNING {_OUTBOX_FIELDS}, {_logged(outbox, log)}",
                 [sql.seconds(vendor, get_settings().lease), self.batch_size],
             )
-            rows = sorted(cursor.fetchall())
-        return [Outgoing(*row) for row in rows]
+            return _taken(cursor.fetchall())
 
     def _complete(self, using: str, rows: Sequence[Outgoing]) -> None:
         connection = connections[using]
@@ -262,50 +392,125 @@ QUARANTINE_GROUP = "(relay)"
 """The dead letters of outbox rows the relay could not move (not a real consumer group)."""
 
 
-def quarantine_malformed(using: str, batch: int) -> int:
-    """Turn outbox rows whose data or metadata is not a JSON object into dead letters.
-
-    ``publish()`` never writes such rows; something writing to the table directly can.
-    They would fail the relay's batch every time and hold back every later event, so each
-    is kept, raw, as a dead letter of the ``(relay)`` group and removed from the outbox.
-    """
-    from .models import DeadLetter
-    from .triage import fingerprint
-
-    connection = connections[using]
-    outbox = sql.table(connection, "OutboxMessage")
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_OUTBOX_FIELDS} FROM {outbox} ORDER BY position LIMIT %s", [batch])
-        rows = [Outgoing(*row) for row in cursor.fetchall()]
-    bad = [(row, problem) for row in rows if (problem := _malformed(row))]
-    for row, problem in bad:
-        with transaction.atomic(using=using):
-            DeadLetter.objects.using(using).create(
-                event_id=row.event_id,
-                group=QUARANTINE_GROUP,
-                handler="django_events.relay",
-                attempts=1,
-                error_class="UndecodableEvent",
-                error_message=f"Outbox row {row.position} ({row.type}): {problem}",
-                traceback=f"data: {row.data[:65536]}\nmetadata: {row.metadata[:65536]}",
-                fingerprint=fingerprint("UndecodableEvent", "django_events.relay", ""),
-                first_failed_at=Now(),
-                last_failed_at=Now(),
-            )
-            with connection.cursor() as cursor:
-                cursor.execute(f"DELETE FROM {outbox} WHERE position = %s", [row.position])
-        logger.error("Outbox row %s set aside as a dead letter: %s", row.position, problem)
-    return len(bad)
+def _logged(outbox: str, log: str) -> str:
+    """A column saying whether the row's event id is in the log already: a row written
+    around ``publish()`` with a relayed event's id, to be set aside before it is sent."""
+    return f"EXISTS (SELECT 1 FROM {log} e WHERE e.id = {outbox}.event_id)"
 
 
-def _malformed(row: Outgoing) -> str | None:
+def _taken(rows: Sequence[Sequence[Any]]) -> list[tuple[Outgoing, bool]]:
+    """Rows read with their ``_logged`` column, in position order."""
+    taken = [(Outgoing(*row[:-1]), bool(row[-1])) for row in rows]
+    return sorted(taken, key=lambda item: item[0].position)
+
+
+def screen(
+    taken: Sequence[tuple[Outgoing, bool]], max_bytes: int
+) -> list[tuple[Outgoing, str, str]]:
+    """The rows to set aside, as ``(row, error class, reason)``: those the shared
+    validation refuses (``publish()`` never writes them; something writing to the table
+    directly can) and those whose event id is logged already or repeats an earlier row's."""
+    bad = []
+    seen: set[str] = set()
+    for row, logged in taken:
+        event_id = str(row.event_id)
+        if logged:
+            why = f"event id {event_id} is in the event log already (another event has it)"
+            bad.append((row, "DuplicateEvent", why))
+        elif event_id in seen:
+            why = f"event id {event_id} is also on an earlier outbox row, which was moved"
+            bad.append((row, "DuplicateEvent", why))
+        elif problem := row_problem(row, max_bytes):
+            bad.append((row, "UndecodableEvent", problem))
+        seen.add(event_id)
+    return bad
+
+
+def row_problem(row: Outgoing, max_bytes: int) -> str | None:
+    """Why an outbox row breaks the rule ``publish()`` enforces (django_events.validation),
+    or None: what a consumer could not decode, or a database or transport could not keep."""
+    try:
+        if not isinstance(row.event_id, uuid.UUID):
+            uuid.UUID(str(row.event_id))
+        validate_type(row.type)
+        validate_version(row.version)
+        validate_key(row.key)
+        check_text(row.source or "", "source")
+    except (InvalidEvent, ValueError) as exc:
+        return str(exc)
     for name, text, blank_ok in (("data", row.data, False), ("metadata", row.metadata, True)):
         if blank_ok and not text:
             continue
+        if not isinstance(text, str):
+            return f"{name} is not text"
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            return f"{name} is {size} bytes, over the {max_bytes}-byte limit consumers read"
         try:
+            check_storable(text, name)
             value = json.loads(text)
+        except InvalidEvent as exc:
+            return str(exc)
         except ValueError as exc:
             return f"{name} is not valid JSON ({exc})"
         if not isinstance(value, dict):
             return f"{name} is not a JSON object"
+        if name == "metadata":
+            try:
+                validate_metadata(value)
+            except InvalidEvent as exc:
+                return str(exc)
     return None
+
+
+def set_aside(
+    using: str, bad: Sequence[tuple[Outgoing, str, str]], *, removed: bool = False
+) -> None:
+    """Keep each row, raw, as a dead letter of the ``(relay)`` group with its reason, and
+    remove it from the outbox, in one transaction. A row another relay removed meanwhile
+    is left to that relay, so no row becomes two dead letters. ``removed``: the caller's
+    transaction has deleted the rows already."""
+    from .models import DeadLetter
+    from .triage import fingerprint
+
+    if not bad:
+        return
+    connection = connections[using]
+    outbox = sql.table(connection, "OutboxMessage")
+    positions = [row.position for row, _, _ in bad]
+    with transaction.atomic(using=using):
+        if not removed:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"DELETE FROM {outbox} WHERE position IN ({sql.in_list(len(positions))}) "
+                    "RETURNING position",
+                    positions,
+                )
+                mine = {row[0] for row in cursor.fetchall()}
+            bad = [item for item in bad if item[0].position in mine]
+        for row, error_class, problem in bad:
+            DeadLetter.objects.using(using).create(
+                event_id=_uuid_or_nil(row.event_id),
+                group=QUARANTINE_GROUP,
+                handler="django_events.relay",
+                attempts=1,
+                error_class=error_class,
+                error_message=storable(f"Outbox row {row.position} ({row.type}): {problem}"),
+                traceback=storable(
+                    f"data: {str(row.data)[:65536]}\nmetadata: {str(row.metadata)[:65536]}"
+                ),
+                fingerprint=fingerprint(error_class, "django_events.relay", ""),
+                first_failed_at=Now(),
+                last_failed_at=Now(),
+            )
+    for row, error_class, problem in bad:
+        logger.error(
+            "Outbox row %s set aside as a dead letter (%s): %s", row.position, error_class, problem
+        )
+
+
+def _uuid_or_nil(value: Any) -> uuid.UUID:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        return uuid.UUID(int=0)  # the reason says what the id was

@@ -9,9 +9,14 @@ tracebacks pass through :func:`storable` on their way into ``last_error`` and de
 from __future__ import annotations
 
 
-def storable(text: str) -> str:
-    """``text`` with lone surrogates as backslash escapes and NUL characters dropped."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "")
+def storable(text: str, limit: int | None = None) -> str:
+    """``text`` with NUL characters and lone surrogates written as backslash escapes, cut
+    after ``limit`` characters if one is given (a decode error quoting a hostile body)."""
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f"... ({len(text) - limit} more characters)"
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
 
 
 def describe(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from .models import DeadLetter, EventRecord
+from .relay import QUARANTINE_GROUP
 from .transports import transports
 
 logger = logging.getLogger("django_events.triage")
@@ -200,6 +201,12 @@ def _one(
         outcome.skipped.append(dead)
         return
     if action == RETRY:
+        if dead.group == QUARANTINE_GROUP:
+            raise LookupError(
+                f"Dead letter {dead.pk} is an outbox row the relay set aside; it has no event "
+                "to redeliver. Publish the event again once its content is fixed, then discard "
+                "this dead letter."
+            )
         transport.redeliver(dead.event_id, dead.group)
     else:
         transport.discard(dead.event_id, dead.group)

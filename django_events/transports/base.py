@@ -21,6 +21,7 @@ from django.core.checks import CheckMessage
 
 from ..envelope import Event
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
+from ..text import storable
 
 if TYPE_CHECKING:
     from ..models import EventRecord
@@ -78,17 +79,6 @@ FALLBACK_NAMESPACE = uuid.UUID("7c1e8a52-5f0e-4d67-9a57-5d6c8f3b2e10")
 """Namespace of the ids given to messages that carry no event id of their own."""
 
 
-def storable(text: str, limit: int = STORABLE_CHARS) -> str:
-    """``text`` as every database stores it: NUL and lone surrogates (which hostile bytes
-    bring into error messages) escaped, and at most ``limit`` characters."""
-    if len(text) > limit:
-        text = text[:limit] + f"... ({len(text) - limit} more characters)"
-    if text.isascii() and "\x00" not in text:
-        return text
-    text = text.encode("utf-8", "backslashreplace").decode()
-    return text.replace("\x00", "\\x00")
-
-
 def fallback_id(where: str) -> uuid.UUID:
     """An event id for a message with no readable one, so its dead letter has one: derived
     from where the message lives, so each redelivery of it names the same id."""
@@ -99,7 +89,7 @@ def decode_failure(exc: BaseException, where: str = "") -> str:
     """The reason a message could not be decoded, storable: ``UndecodableEvent`` says it
     already; any other error is named by its class (a bug this message found)."""
     reason = str(exc) if isinstance(exc, UndecodableEvent) else f"{type(exc).__name__}: {exc}"
-    return storable(f"{where}: {reason}" if where else reason)
+    return storable(f"{where}: {reason}" if where else reason, STORABLE_CHARS)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from django.utils.dateparse import parse_datetime
 from .. import sql
 from ..conf import get_settings
 from ..envelope import build_event
+from ..text import storable
 from .base import (
     Claimed,
     GroupStatus,
@@ -30,7 +31,6 @@ from .base import (
     Transport,
     decode_failure,
     fallback_id,
-    storable,
     text_size,
     within_budget,
 )

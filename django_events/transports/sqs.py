@@ -37,7 +37,11 @@ from django.db import connections, transaction
 
 from ..conf import get_settings
 from ..envelope import from_cloudevent
-from ..exceptions import EventsConfigurationError, TransportUnavailable
+from ..exceptions import (
+    EventsConfigurationError,
+    PublishRefused,
+    TransportUnavailable,
+)
 from .base import (
     Claimed,
     GroupStatus,
@@ -67,6 +71,7 @@ MAX_FILTER_VALUES = 150
 
 _ID_FIELD = re.compile(r'"id":\s*"([0-9a-fA-F-]{32,36})"')
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{0,40}$")
+_GROUP_ID = re.compile(r"[!-~]{1,128}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _OPTIONS = {
     "database",
@@ -307,31 +312,53 @@ class SnsSqsTransport(Transport):
     def _publish(
         self, events: Sequence[tuple[Outgoing, dict[str, bool]]], *, fresh: bool = False
     ) -> None:
+        """Send in batches. An event SNS refuses for what it holds (too large, or SNS
+        says the sender is at fault) does not stop the others: they are all sent, then
+        ``PublishRefused`` names the refused ones, so the relay sets them aside instead of
+        sending the batch again. Any other refusal is SNS's, and the relay retries."""
         sns = self._client("sns")
-        entries = [self._entry(event, groups, fresh) for event, groups in events]
+        refused: dict[int, str] = {}
+        entries = []
+        for event, groups in events:
+            entry, size = self._entry(event, groups, fresh)
+            if size > MESSAGE_LIMIT:
+                refused[event.position] = (
+                    f"{size} bytes as an SNS/SQS message, over the {MESSAGE_LIMIT}-byte "
+                    "(256 KiB) limit"
+                )
+            else:
+                entries.append((entry, size, event.position))
+        busy: list[str] = []
         for chunk in self._chunks(entries):
-            response = sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=chunk)
-            if response.get("Failed"):
-                failed = response["Failed"]
-                raise RuntimeError(
-                    f"SNS refused {len(failed)} of {len(chunk)} events: "
-                    + "; ".join(f"{f.get('Code')}: {f.get('Message')}" for f in failed[:3])
-                )
+            response = sns.publish_batch(
+                TopicArn=self.topic_arn, PublishBatchRequestEntries=[entry for entry, _ in chunk]
+            )
+            position_of = {entry["Id"]: position for entry, position in chunk}
+            for failed in response.get("Failed", []):
+                why = f"{failed.get('Code')}: {failed.get('Message')}"
+                if failed.get("SenderFault") and failed.get("Id") in position_of:
+                    refused[position_of[failed["Id"]]] = f"SNS refused it ({why})"
+                else:
+                    busy.append(why)
+        if busy:
+            raise TransportUnavailable(
+                f"SNS could not take {len(busy)} events now: {'; '.join(busy[:3])}"
+            )
+        if refused:
+            raise PublishRefused(refused)
 
-    def _chunks(self, entries: list[tuple[dict[str, Any], int]]) -> Iterator[list[dict[str, Any]]]:
-        """Batches of at most ``publish_batch`` entries and ``MESSAGE_LIMIT`` bytes."""
-        chunk: list[dict[str, Any]] = []
+    def _chunks(
+        self, entries: list[tuple[dict[str, Any], int, int]]
+    ) -> Iterator[list[tuple[dict[str, Any], int]]]:
+        """Batches of at most ``publish_batch`` entries and ``MESSAGE_LIMIT`` bytes, each
+        entry with its outbox position."""
+        chunk: list[tuple[dict[str, Any], int]] = []
         size = 0
-        for entry, entry_size in entries:
-            if entry_size > MESSAGE_LIMIT:
-                raise ValueError(
-                    f"Event {entry['Id']} is {entry_size} bytes as an SNS/SQS message, over "
-                    f"the {MESSAGE_LIMIT}-byte (256 KiB) limit."
-                )
+        for entry, entry_size, position in entries:
             if chunk and (len(chunk) >= self.publish_batch or size + entry_size > MESSAGE_LIMIT):
                 yield chunk
                 chunk, size = [], 0
-            chunk.append(entry)
+            chunk.append((entry, position))
             size += entry_size
         if chunk:
             yield chunk
@@ -363,7 +390,7 @@ class SnsSqsTransport(Transport):
             # The same event to the same groups is one message (a relay that sends a batch
             # twice); a redelivery, or a replay to other groups, is another.
             suffix = uuid.uuid4().hex if fresh else _digest(",".join(names))
-            entry["MessageGroupId"] = event.key if event.key is not None else event_id
+            entry["MessageGroupId"] = message_group_id(event.key or event_id)
             entry["MessageDeduplicationId"] = f"{event_id}.{suffix}"
         size = len(body.encode()) + sum(
             len(name) + len(value["DataType"]) + len(value["StringValue"].encode())
@@ -825,6 +852,17 @@ def _cloudevent(event: Outgoing, event_id: str) -> str:
     if event.metadata:
         text += ',"metadata":' + event.metadata
     return text + ',"data":' + (event.data or "{}") + "}"
+
+
+def message_group_id(key: str) -> str:
+    """The FIFO ``MessageGroupId`` of an event key: the key itself if SQS accepts it (1 to
+    128 ASCII letters, digits and punctuation), else ``sha256:`` and the hex digest of its
+    UTF-8 form. Every event key ``publish()`` accepts maps to one, always the same, so a
+    key that works on the database works here; a digest shared with a real key would only
+    make two keys wait for each other, never reorder one."""
+    if _GROUP_ID.fullmatch(key):
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def _id_in(body: Any) -> uuid.UUID | None:

@@ -30,7 +30,7 @@ from django_events.models import DeadLetter
 
 from ..testapp.models import Effect
 from .checker import check_database
-from .conftest import Procs, add_row, cursor_check, publish_truth, scalar, size
+from .conftest import Procs, add_row, cursor_check, drain_with, publish_truth, scalar, size
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -375,3 +375,69 @@ def test_f9_values_the_driver_cannot_convert_are_one_dead_letter_each(procs: Pro
     assert not wrong, wrong
     assert report.clean and report.dead == 0, report
     assert scalar("SELECT COUNT(*) FROM django_events_delivery") == 0
+
+
+# -- hostile outbox rows: every kind the relay cannot move, between healthy events ------------
+
+HOSTILE_OUTBOX = {
+    # name: (data, metadata, what the (relay) dead letter's reason says)
+    "lone surrogate in data": ('{"n": -1, "s": "\\ud800"}', "", "lone surrogate"),
+    "lone surrogate in a key": ('{"n": -1, "\\udc00": 1}', "", "(a key): lone surrogate"),
+    "lone surrogate in metadata": ('{"n": -1}', '{"t": "\\ud800"}', "metadata['t']: lone"),
+    "NaN": ('{"n": NaN}', "", "nan cannot be stored"),
+    "Infinity": ('{"n": Infinity}', "", "inf cannot be stored"),
+    "NUL": ('{"n": -1, "s": "\\u0000"}', "", "NUL character"),
+    "invalid JSON": ("{not json", "", "not valid JSON"),
+    "not an object": ("[1]", "", "not a JSON object"),
+    "duplicate id": ('{"n": -1}', "", "in the event log already"),
+}
+
+
+def test_f9_hostile_outbox_rows_are_set_aside_and_the_relay_moves_on(procs: Procs):
+    """Rows written around publish() that no stage can take: each one (relay) dead letter
+    with its reason, every healthy event around them handled once, nothing left waiting."""
+    started = time.monotonic()
+    env = procs.env(overrides={"RELAY_BATCH_SIZE": 7})
+    truth = publish_truth(size(20, 100), seed_name="f9:hostile-outbox:before", rollback=0)
+    drain_with(procs, "worker", env=env, timeout=120)
+    relayed = next(iter(truth))
+    planted = {}
+    for name, (data, metadata, _) in HOSTILE_OUTBOX.items():
+        truth.update(publish_truth(3, seed_name=f"f9:hostile-outbox:{name}", rollback=0))
+        planted[name] = _insert_outbox_row(data, metadata, relayed if "duplicate" in name else None)
+    truth.update(publish_truth(size(20, 100), seed_name="f9:hostile-outbox:after", rollback=0))
+    drain_with(procs, "worker", env=env, timeout=120)
+    letters = {
+        d.error_message.split(":", 1)[0]: d for d in DeadLetter.objects.filter(group="(relay)")
+    }
+    reasons = {
+        name: getattr(letters.get(f"Outbox row {at} (test.happened)"), "error_message", None)
+        for name, at in planted.items()
+    }
+    wrong = [(n, why) for n, why in reasons.items() if HOSTILE_OUTBOX[n][2] not in (why or "")]
+    report = cursor_check(lambda c: check_database(c, truth, ["alpha", "beta"]))
+    waiting = scalar("SELECT COUNT(*) FROM django_events_outbox")
+    add_row(
+        "F9 hostile outbox rows vs the relay",
+        report,
+        dead=len(letters),
+        secs=time.monotonic() - started,
+        note=f"{len(planted) - len(wrong)}/{len(planted)} rows set aside with reason, "
+        f"{waiting} left in the outbox",
+    )
+    assert not wrong, wrong
+    assert len(letters) == len(planted)
+    assert report.clean and report.dead == 0 and waiting == 0, report
+
+
+def _insert_outbox_row(data: str, metadata: str, event_id: uuid.UUID | None) -> int:
+    def run(cursor) -> int:
+        cursor.execute(
+            "INSERT INTO django_events_outbox (event_id, type, version, key, data, metadata, "
+            "occurred_at, source, created_at) VALUES (%s, 'test.happened', 1, NULL, %s, %s, "
+            "now(), 'hostile', now()) RETURNING position",
+            [event_id or uuid.uuid4(), data, metadata],
+        )
+        return int(cursor.fetchone()[0])
+
+    return cursor_check(run)
