@@ -36,7 +36,6 @@ from .validation import (
     check_encoded,
     check_storable,
     find_unstorable,
-    too_deep,
     validate_key,
 )
 
