@@ -45,7 +45,7 @@ def test_an_unstorable_error_message_ends_as_a_dead_letter_with_its_real_class()
     assert alpha_effects() == [0, 2]
     dead = DeadLetter.objects.get()
     assert (dead.error_class, dead.attempts) == ("ValueError", 2)
-    assert dead.error_message == "cannot store \\ud800 or  as they are"
+    assert dead.error_message == "cannot store \\ud800 or \\x00 as they are"
     assert "\\ud800" in dead.traceback and "\x00" not in dead.traceback
 
 
