@@ -39,7 +39,7 @@ help:
 	@echo "make docs       build the HTML docs"
 	@echo "make dist       build and check the sdist and wheel (dist/)"
 	@echo "make faults     fault-injection suite at full size (faults-quick: reduced)"
-	@echo "make bench      benchmark suite, about 10 min (bench-quick: about 1 min)"
+	@echo "make bench      benchmark suite, about 20 min (bench-quick: about 4 min)"
 	@echo "make clean      remove build artefacts and caches"
 	@echo "make distclean  clean and remove $(VENV)"
 

@@ -130,6 +130,40 @@ def publisher(args: dict[str, Any]) -> Any:
 
 
 @role
+def paced_publisher(args: dict[str, Any]) -> Any:
+    """H1: offer ``rate`` events/s for ``seconds``: each tick, one transaction publishes
+    (``publish_many()``) the events due by then, stamped with the wall clock in ``t``.
+    A publisher slowed by the database falls behind and catches up in bigger batches.
+    """
+    django_setup()
+    from django.db import connection, transaction
+
+    from bench import pg
+    from django_events import publish_many
+
+    rate, seconds, tick = args["rate"], args["seconds"], args.get("tick", 0.02)
+    total = round(rate * seconds)
+    connection.ensure_connection()
+    barrier()
+    ticks: list[tuple[float, int]] = []
+    start = time.time()
+    sent = 0
+    while sent < total:
+        now = time.time()
+        due = min(total, int((now - start) * rate) + 1)
+        if due <= sent:
+            time.sleep(min(tick, (sent + 1) / rate - (now - start)))
+            continue
+        with transaction.atomic():
+            publish_many(
+                [("bench.h1", {**pg.PAYLOAD, "order_id": i, "t": now}) for i in range(sent, due)]
+            )
+        ticks.append((now, due - sent))
+        sent = due
+    return {"start": start, "end": time.time(), "ticks": ticks}
+
+
+@role
 def relay_null(args: dict[str, Any]) -> Any:
     """S3: drain the outbox through the relay's leased path into a null transport."""
     django_setup()

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -36,6 +37,26 @@ assert 180 <= len(PAYLOAD_TEXT) <= 220, len(PAYLOAD_TEXT)
 
 def dsn(dbname: str = BENCH_DB) -> str:
     return f"host={HOST} port={PORT} user={USER} dbname={dbname}"
+
+
+@contextmanager
+def on_port(port: int) -> Iterator[None]:
+    """Point every helper here, and every child started meanwhile, at another server.
+
+    W1, B1 and H1 run on a private cluster (bench/private.py): the children read
+    ``PGPORT`` through the test settings, the helpers read ``PORT``.
+    """
+    global PORT
+    saved, saved_env = PORT, os.environ.get("PGPORT")
+    PORT = os.environ["PGPORT"] = str(port)
+    try:
+        yield
+    finally:
+        PORT = saved
+        if saved_env is None:
+            os.environ.pop("PGPORT", None)
+        else:
+            os.environ["PGPORT"] = saved_env
 
 
 def connect(dbname: str = BENCH_DB, autocommit: bool = True) -> psycopg.Connection:

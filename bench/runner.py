@@ -412,6 +412,22 @@ baseline doing the same work on the same machine: the raw driver, or a peer queu
 """
 
 
+KEEP = "<!-- hand-written: make bench keeps this section -->"
+
+
+def kept_sections(page: str) -> list[str]:
+    """The page's ``## `` sections marked with :data:`KEEP`, to carry over unchanged.
+
+    A regenerated page would otherwise lose the hand-written notes (W1, B1, H1's
+    method and their "before" numbers) each time ``make bench`` rewrites it.
+    """
+    out: list[str] = []
+    for part in ("\n" + page).split("\n## ")[1:]:
+        if KEEP in part:
+            out += [*("## " + part.rstrip("\n")).split("\n"), ""]
+    return out
+
+
 def write_docs(json_path: Path, docs_path: Path) -> None:
     doc = json.loads(json_path.read_text())
     rows = [_row_from_json(d) for d in doc["scenarios"]]
@@ -443,6 +459,7 @@ def write_docs(json_path: Path, docs_path: Path) -> None:
         "unit; ratio: candidate ÷ baseline per repetition pair, median (min-max).",
         "",
     ]
+    lines += kept_sections(docs_path.read_text() if docs_path.exists() else "")
     if unmet:
         lines += ["## Goals not met in this run", ""]
         lines += [
@@ -454,8 +471,8 @@ def write_docs(json_path: Path, docs_path: Path) -> None:
         "## Reproduce",
         "",
         "```console",
-        "make bench         # full set, about 10 minutes; rewrites this page",
-        "make bench-quick   # reduced set, under a minute; every ratio, not this page",
+        "make bench         # full set, about 20 minutes; rewrites this page",
+        "make bench-quick   # reduced set, a few minutes; every ratio, not this page",
         ".venv/bin/python -m bench --only S1,S4   # a subset",
         "```",
         "",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import time
+import uuid
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -21,6 +24,8 @@ def run(ctx: Context) -> list[Row]:
 
     from bench.benchapp.models import NaiveOutbox
     from django_events import publish
+    from django_events.conf import get_settings
+    from django_events.outbox import _COLUMNS
     from tests.testapp.models import Order
 
     pg.reset_events()
@@ -43,10 +48,40 @@ def run(ctx: Context) -> list[Row]:
             payload["order_id"] = order.pk
             NaiveOutbox.objects.create(type="bench.noop", payload=payload)
 
+    # The floor of any outbox: the same row publish() writes (same columns, same values,
+    # the same created_at default), one raw INSERT through Django's cursor, no NOTIFY, no
+    # validation. What publish() costs above it is the library's own.
+    source = get_settings().source or get_settings().service
+    columns = f"INSERT INTO django_events_outbox ({_COLUMNS}) "
+    floor_sql = columns + "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())"
+
+    def floor() -> None:
+        with transaction.atomic():
+            order = Order.objects.create(total=total)
+            payload["order_id"] = order.pk
+            event_id = uuid.uuid4()
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    floor_sql,
+                    [
+                        event_id,
+                        "bench.noop",
+                        1,
+                        None,
+                        json.dumps(payload),
+                        "",
+                        dt.datetime.now(dt.timezone.utc),
+                        source,
+                        event_id,
+                        None,
+                    ],
+                )
+
     variants: dict[str, Callable[[], None]] = {
         "plain": plain,
         "publish": with_publish,
         "naive": naive,
+        "floor": floor,
     }
     connection.ensure_connection()
     per_rep = ctx.size(1500, 300)
@@ -119,5 +154,32 @@ def run(ctx: Context) -> list[Row]:
             None,
             higher_is_better=False,
             notes="reference",
+        ),
+        ratio_row(
+            "S1.floor",
+            "the floor: one raw INSERT of the same outbox row through Django's cursor",
+            "same without it",
+            "p50 latency",
+            "ms",
+            p50["floor"],
+            p50["plain"],
+            None,
+            higher_is_better=False,
+            notes="reference: atomic(): create(); cursor.execute(INSERT INTO django_events_outbox "
+            "...) with the columns and values publish() writes, no NOTIFY, no validation; "
+            "below this no outbox can go (#14 measured 1.28-1.38x)",
+        ),
+        ratio_row(
+            "S1.vs-floor",
+            "publish() against the floor (the raw INSERT of the same row)",
+            "the floor",
+            "p50 latency",
+            "ms",
+            p50["publish"],
+            p50["floor"],
+            Goal("<=", 1.05),
+            higher_is_better=False,
+            notes=f"{note}; wake-ups on (publish() sends its NOTIFY); what is above the floor "
+            "is the library's own work",
         ),
     ]

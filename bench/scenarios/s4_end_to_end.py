@@ -59,6 +59,11 @@ def pgqueuer(n: int) -> float:
     pg.recreate_database(PGQUEUER_DB)
     pgqueuer_app.install(PGQUEUER_DB)
     pgqueuer_app.defer(PGQUEUER_DB, n)
+    return pgqueuer_drain(PGQUEUER_DB, n)
+
+
+def pgqueuer_drain(db: str, n: int) -> float:
+    """Two PgQueuer workers empty ``db``'s queue of ``n`` jobs: the steady-state jobs/s."""
 
     def started(c: psycopg.Connection) -> bool:
         row = c.execute(
@@ -70,7 +75,7 @@ def pgqueuer(n: int) -> float:
         row = c.execute("SELECT EXISTS (SELECT 1 FROM pgqueuer)").fetchone()
         return not (row and row[0])
 
-    return _peer(PGQUEUER_DB, "pgqueuer_worker", {"batch_size": 100}, n, started, done)
+    return _peer(db, "pgqueuer_worker", {"batch_size": 100}, n, started, done)
 
 
 def _peer(
