@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
+from django_events import publish
 from django_events.conf import parse
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import DeadLetter
@@ -29,7 +31,7 @@ from .sqs_server import aws_env, moto_endpoint
 from .sqs_server import events_settings as sqs_settings
 from .sqs_server import unique_prefix as sqs_prefix
 from .test_hostile_messages import handled_once, healthy, run_worker
-from .test_wire_format import run_example
+from .test_wire_format import ENTRY_FIELDS, EXAMPLES, MESSAGE_ATTRIBUTES, SPEC, run_example
 
 __all__ = ["aws_env", "moto_endpoint"]  # fixtures, imported for pytest
 
@@ -387,3 +389,51 @@ def test_plain_sqs_consumer_verifies_with_a_signing_key(on_sqs: Any, aws_env: di
     reasons = sorted(o["reason"] for o in outcomes if o["outcome"] == "dead-lettered")
     assert len(reasons) == 2 and "not signed" in reasons[0], reasons
     assert "does not match" in reasons[1], reasons
+
+
+# -- the spec -------------------------------------------------------------------------------
+
+SIGNATURE_SYNTAX = re.compile(r"^v1=[A-Za-z0-9_.-]{1,32}:[A-Za-z0-9_-]{43}$")
+
+
+def spec_verify(body: bytes, signature: str) -> None:
+    """The signature checked by the examples' own code (docs/wire-format.md, "Signatures"),
+    not django-events': the spec, implemented twice, must agree."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import wire
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    assert SIGNATURE_SYNTAX.match(signature), signature
+    wire.verify(body, signature, {"2026-06": OLD.encode()})
+
+
+def test_the_spec_lists_the_signature_field_and_attribute():
+    text = SPEC.read_text()
+    entry = text.split("### A stream entry", 1)[1].split("\n\n", 2)[1]
+    message = text.split("### A message", 1)[1].split("Raw delivery", 1)[0]
+    assert "| `signature` |" in entry and "| `signature` | `String` |" in message
+    assert "| 1.1 |" in text and "revision 1.1" in text
+
+
+@needs_redis()
+def test_signed_redis_entries_follow_the_spec(on_redis: Any):
+    transport = on_redis(ONE)
+    healthy(2)
+    Relay().run_once()
+    for _, raw in transport.client.xrange(transport.stream("alpha")):
+        assert {k.decode() for k in raw} == ENTRY_FIELDS | {"signature"}
+        spec_verify(raw[b"event"], raw[b"signature"].decode())
+
+
+def test_signed_sqs_messages_follow_the_spec(on_sqs: Any):
+    transport = on_sqs(ONE)
+    publish("test.happened", {"n": 1}, key="order-1")
+    Relay().run_once()
+    messages = transport._client("sqs").receive_message(
+        QueueUrl=transport._queue_url("alpha"), MessageAttributeNames=["All"]
+    )["Messages"]
+    assert len(messages) == 1
+    tags = messages[0]["MessageAttributes"]
+    assert set(tags) == {"type", "groups", "key", "signature"} <= MESSAGE_ATTRIBUTES | {"signature"}
+    spec_verify(messages[0]["Body"].encode(), tags["signature"]["StringValue"])
