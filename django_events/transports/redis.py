@@ -741,7 +741,10 @@ def _positive(
     return value if integer else float(value)
 
 
-def _fields(event: Outgoing, signing: Signing) -> list[str]:
+UNSIGNED = Signing()
+
+
+def _fields(event: Outgoing, signing: Signing = UNSIGNED) -> list[str]:
     """The stream entry, flat (name, value, ...; the event id second): the event in its
     CloudEvents JSON form, with its id and type beside it for when that form is broken,
     and its signature when signing keys are set."""
