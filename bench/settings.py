@@ -18,3 +18,5 @@ if os.environ.get("DJANGO_EVENTS_BENCH_REDIS_PREFIX"):  # R1's worker: the Redis
             },
         }
     }
+if os.environ.get("DJANGO_EVENTS_BENCH_SIGNING"):  # R1 with signatures on (docs/services.md)
+    DJANGO_EVENTS["SIGNING_KEYS"] = {"bench": "bench-secret-" + "x" * 32}

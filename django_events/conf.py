@@ -17,6 +17,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .exceptions import EventsConfigurationError
+from .signing import Signing
+from .signing import parse as parse_signing
 from .validation import check_text
 
 DEFAULT_TRANSPORT = "django_events.transports.database.DatabaseTransport"
@@ -76,6 +78,7 @@ class EventsSettings:
     autodiscover_modules: tuple[str, ...] = ("events", "handlers")
     schema_dir: str | None = None
     allow_command_names: tuple[str, ...] = ()
+    signing: Signing = field(default_factory=Signing)
 
     def retry_for(self, group: str) -> RetryPolicy:
         return self.groups.get(group, self.retry)
@@ -108,6 +111,9 @@ _TOP_KEYS = {
     "AUTODISCOVER_MODULES",
     "SCHEMA_DIR",
     "ALLOW_COMMAND_NAMES",
+    "SIGNING_KEYS",
+    "SIGNING_KEY_ID",
+    "REQUIRE_SIGNATURES",
 }
 _RETRY_KEYS = {"MAX_ATTEMPTS", "BACKOFF_BASE", "BACKOFF_MAX"}
 _HEALTH_KEYS = {"MAX_PENDING_AGE", "MAX_OUTBOX_AGE", "MAX_DEAD"}
@@ -298,6 +304,7 @@ def parse(raw: Any) -> EventsSettings:
         autodiscover_modules=tuple(modules),
         schema_dir=None if schema_dir is None else os.fspath(schema_dir),
         allow_command_names=tuple(allowed),
+        signing=parse_signing(raw, where),
     )
 
 

@@ -448,7 +448,9 @@ class Worker:
         handler = registry.get(claimed.group, claimed.event_type)
         policy = policy_for(claimed.group, handler)
         if claimed.decode_error is not None or claimed.event is None:
-            self._dead_letter(claimed, handler, "UndecodableEvent", claimed.decode_error or "", "")
+            self._dead_letter(
+                claimed, handler, claimed.decode_class, claimed.decode_error or "", ""
+            )
             return
         if handler is None:
             self._dead_letter(

@@ -120,6 +120,8 @@ class Claimed:
     event_type: str
     event: Event | None = None
     decode_error: str | None = None
+    decode_class: str = "UndecodableEvent"
+    """The dead letter's error class for a ``decode_error`` (``UnverifiedMessage``...)."""
     first_failed_at: dt.datetime | None = None
     size: int = 0
     """Bytes received for it, where a transport counts them against a claim's budget."""

@@ -39,6 +39,7 @@ from django.core.checks import CheckMessage, Error, Warning
 from ..conf import get_settings
 from ..envelope import from_cloudevent
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
+from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
 from . import redis_lua
 from .base import (
     Claimed,
@@ -326,11 +327,12 @@ class RedisStreamsTransport(Transport):
         for event_type, group, _ in subscriptions:
             by_type.setdefault(event_type, []).append(group)
         args: dict[str, list[str]] = {}
+        signing = get_settings().signing
         for event in events:
             groups = by_type.get(event.type)
             if not groups:
                 continue
-            fields = _fields(event)
+            fields = _fields(event, signing)
             for group in groups:
                 args.setdefault(group, ["1" if force else "0"]).extend(
                     (fields[1], str(event.position), str(len(fields)), *fields)
@@ -542,11 +544,17 @@ class RedisStreamsTransport(Transport):
         try:
             if "problem" in fields:
                 raise UndecodableEvent(f"{fields['problem']}: {_text(raw.get(b'member'))!r}")
-            claimed.event = from_cloudevent(
-                raw.get(b"event", b""), get_settings().max_payload_bytes * 2
-            )
+            settings = get_settings()
+            body = raw.get(b"event", b"")
+            signed = settings.signing.verify(raw.get(SIGNATURE.encode()), body)
+            claimed.event = from_cloudevent(body, settings.max_payload_bytes * 2)
+            if signed:  # the fields the worker reads beside the envelope are the signed ones
+                same("id field", fields.get("id"), str(claimed.event.id))
+                same("type field", fields.get("type"), claimed.event.type)
         except Exception as exc:  # whatever is wrong with it, it is this entry's dead letter
             claimed.decode_error = decode_failure(exc, where)
+            if isinstance(exc, UnverifiedMessage):
+                claimed.decode_class, claimed.event = "UnverifiedMessage", None
         return claimed
 
     def repair(self, groups: Iterable[str]) -> None:
@@ -733,9 +741,13 @@ def _positive(
     return value if integer else float(value)
 
 
-def _fields(event: Outgoing) -> list[str]:
+UNSIGNED = Signing()
+
+
+def _fields(event: Outgoing, signing: Signing = UNSIGNED) -> list[str]:
     """The stream entry, flat (name, value, ...; the event id second): the event in its
-    CloudEvents JSON form, with its id and type beside it for when that form is broken."""
+    CloudEvents JSON form, with its id and type beside it for when that form is broken,
+    and its signature when signing keys are set."""
     event_id = str(uuid.UUID(str(event.event_id)))  # SQLite gives 32 hex digits
     head: dict[str, Any] = {
         "specversion": "1.0",
@@ -758,7 +770,10 @@ def _fields(event: Outgoing) -> list[str]:
     if event.metadata:
         body += f',"metadata":{event.metadata}'
     body += f',"data":{event.data}}}'
-    return ["id", event_id, "type", event.type, "event", body, "attempts", "0"]
+    fields = ["id", event_id, "type", event.type, "event", body, "attempts", "0"]
+    if signing.enabled:
+        fields += (SIGNATURE, signing.sign(body))
+    return fields
 
 
 def _text(value: Any) -> str:

@@ -42,6 +42,7 @@ from ..exceptions import (
     PublishRefused,
     TransportUnavailable,
 )
+from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
 from .base import (
     Claimed,
     GroupStatus,
@@ -363,6 +364,10 @@ class SnsSqsTransport(Transport):
         if chunk:
             yield chunk
 
+    @property
+    def _signing(self) -> Signing:
+        return get_settings().signing
+
     def _entry(
         self, event: Outgoing, groups: dict[str, bool], fresh: bool
     ) -> tuple[dict[str, Any], int]:
@@ -373,6 +378,8 @@ class SnsSqsTransport(Transport):
             "type": {"DataType": "String", "StringValue": event.type},
             "groups": {"DataType": "String.Array", "StringValue": json.dumps(names)},
         }
+        if self._signing.enabled:
+            attributes[SIGNATURE] = {"DataType": "String", "StringValue": self._signing.sign(body)}
         if event.key is not None:
             attributes["key"] = {"DataType": "String", "StringValue": event.key}
             ordered = [group for group in names if groups[group]]
@@ -505,7 +512,7 @@ class SnsSqsTransport(Transport):
                     VisibilityTimeout=_seconds(lease, minimum=1),
                     WaitTimeSeconds=wait,
                     MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
-                    MessageAttributeNames=["type", "ordered"],
+                    MessageAttributeNames=["type", "ordered", "key", SIGNATURE],
                 ).get("Messages", [])
                 deadline = time.monotonic() + lease
                 for message in messages:
@@ -545,10 +552,17 @@ class SnsSqsTransport(Transport):
                 )
         body = message.get("Body", "")
         try:
-            claimed.event = from_cloudevent(body, get_settings().max_payload_bytes * 2)
+            settings = get_settings()
+            signed = settings.signing.verify(_string(tags.get(SIGNATURE)), body)
+            claimed.event = from_cloudevent(body, settings.max_payload_bytes * 2)
+            if signed:  # the attributes SNS filtered on are the signed envelope's
+                same("type attribute", _string(tags.get("type")), claimed.event.type)
+                same("key attribute", _string(tags.get("key")), claimed.event.key)
         except Exception as exc:  # whatever is wrong with it, it is this message's dead letter
             claimed.decode_error = decode_failure(exc, f"SQS message {message_id!r}")
             claimed.event_id = _id_in(body) or claimed.event_id
+            if isinstance(exc, UnverifiedMessage):
+                claimed.decode_class, claimed.event = "UnverifiedMessage", None
         else:
             claimed.event_id, claimed.event_type = claimed.event.id, claimed.event.type
         return claimed
@@ -878,6 +892,13 @@ def _uuid_or_none(value: str) -> uuid.UUID | None:
         return uuid.UUID(value)
     except ValueError:
         return None
+
+
+def _string(attribute: Any) -> str | None:
+    """A ``String`` message attribute's value, or None when absent or of another shape."""
+    if isinstance(attribute, dict) and isinstance(attribute.get("StringValue"), str):
+        return str(attribute["StringValue"])
+    return None
 
 
 def _count(value: Any) -> int:

@@ -14,7 +14,9 @@ What it does, as docs/wire-format.md ("Redis Streams: what a consumer does") say
 * on a failure leaves the entry pending: ``XAUTOCLAIM`` takes it back after
   ``--retry-after`` seconds (also what a crashed consumer left), and the attempt is the
   entry's ``attempts`` field plus its delivery count;
-* after ``--max-attempts`` failed attempts, or at once for an envelope it cannot decode,
+* with ``--signing-key``, verifies the entry's ``signature`` field first;
+* after ``--max-attempts`` failed attempts, or at once for an envelope it cannot decode
+  (or, with ``--signing-key``, an unsigned or forged one),
   records a dead letter (a JSON line here; a table or a file in real life) and
   acknowledges, so one bad event never holds the group up.
 
@@ -30,7 +32,7 @@ import time
 from typing import Any
 
 import redis
-from wire import Undecodable, common_arguments, decode, emit, summary
+from wire import Undecodable, common_arguments, decode, emit, signing_keys, summary
 
 CONSUMER_GROUP = "django-events"
 """The Redis consumer group in every group's stream (wire format 1)."""
@@ -56,6 +58,7 @@ class Consumer:
         self.batch = args.batch
         self.fail_types = set(args.fail_type or ())
         self.cursor = "0-0"
+        self.keys = signing_keys(args.signing_key)
 
     def ensure_group(self) -> None:
         """Create the stream and consumer group if no relay has yet (harmless if it has)."""
@@ -102,7 +105,12 @@ class Consumer:
         event_id = fields.get("id", "")
         attempt = int(fields.get("attempts", "0") or 0) + (deliveries or self.deliveries(entry_id))
         try:
-            envelope = decode(fields.get("event", ""))
+            envelope = decode(
+                raw.get(b"event", b""),
+                keys=self.keys,
+                signature=fields.get("signature"),
+                copies={"id": event_id, "type": fields.get("type")},
+            )
         except Undecodable as exc:
             emit("dead-lettered", id=event_id, type=fields.get("type"), reason=str(exc))
             self.ack(entry_id, event_id)

@@ -10,10 +10,11 @@ What it does, as docs/wire-format.md ("SNS + SQS: what a consumer does") says:
 * acknowledges with ``DeleteMessage`` once the work is done;
 * on a failure hides the message for ``--retry-after`` seconds
   (``ChangeMessageVisibility``); the attempt is SQS's ``ApproximateReceiveCount``;
+* with ``--signing-key``, verifies the ``signature`` message attribute first;
 * on the last attempt (the queue's redrive ``maxReceiveCount``), or at once for an
-  envelope it cannot decode, records a dead letter (a JSON line here) and deletes the
-  message. A message whose consumer crashed on every attempt is moved by SQS to
-  ``<prefix><group>-dlq``.
+  envelope it cannot decode (or, with ``--signing-key``, an unsigned or forged one),
+  records a dead letter (a JSON line here) and deletes the message. A message whose
+  consumer crashed on every attempt is moved by SQS to ``<prefix><group>-dlq``.
 
 Needs only boto3 (``pip install boto3``); credentials come from boto3's usual chain.
 """
@@ -27,7 +28,7 @@ import re
 from typing import Any
 
 import boto3
-from wire import Undecodable, common_arguments, decode, emit, summary
+from wire import Undecodable, common_arguments, decode, emit, signing_keys, summary
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -49,6 +50,7 @@ class Consumer:
         self.visibility = args.visibility
         self.retry_after = max(0, int(args.retry_after))
         self.fail_types = set(args.fail_type or ())
+        self.keys = signing_keys(args.signing_key)
         redrive = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
         policy = json.loads(redrive.get("Attributes", {}).get("RedrivePolicy", "{}"))
         self.max_attempts = int(policy.get("maxReceiveCount", args.max_attempts))
@@ -77,7 +79,16 @@ class Consumer:
     def process(self, message: dict[str, Any]) -> None:
         attempt = int(message["Attributes"]["ApproximateReceiveCount"])
         try:
-            envelope = decode(message["Body"])
+            tags = message.get("MessageAttributes", {})
+            envelope = decode(
+                message["Body"],
+                keys=self.keys,
+                signature=tags.get("signature", {}).get("StringValue"),
+                copies={
+                    "type": tags.get("type", {}).get("StringValue"),
+                    "partitionkey": tags.get("key", {}).get("StringValue"),
+                },
+            )
         except Undecodable as exc:
             type_attribute = message.get("MessageAttributes", {}).get("type", {})
             emit("dead-lettered", type=type_attribute.get("StringValue"), reason=str(exc))
