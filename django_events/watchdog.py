@@ -3,8 +3,14 @@
 No driver timeout covers a half-open connection: the peer's TCP stack keeps acknowledging,
 so keepalives and ``tcp_user_timeout`` never fire and a query waits forever. The watchdog
 times each engine call (from its statement until the next statement, a handler, or a
-wait) and, past ``CALL_TIMEOUT``, shuts the socket down: the call fails, and the worker
-reconnects as after any database error. Handler code is never timed.
+wait) and, past ``CALL_TIMEOUT``, asks the server to cancel the statement and shuts the
+socket down: the call fails, and the worker reconnects as after any database error.
+Handler code is never timed.
+
+The cancel matters as much as the cut: a server that is reachable but slow (a relay's
+take walking dead index entries behind a long-held snapshot) would otherwise keep running
+the statement, and the locks it holds (the relay's advisory lock among them), long after
+the client gave up, and every retry would queue behind it (docs/performance.md, H1).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 logger = logging.getLogger("django_events.watchdog")
+CANCEL_TIMEOUT = 5.0  # seconds the cancel request may take before the cut goes ahead alone
 
 
 class Watchdog(threading.Thread):
@@ -58,14 +65,22 @@ class Watchdog(threading.Thread):
 
     def _cut(self, raw: Any) -> None:
         logger.error(
-            "A database call has not answered in %.0fs (CALL_TIMEOUT): cutting the connection",
+            "A database call has not answered in %.0fs (CALL_TIMEOUT): cancelling it and "
+            "cutting the connection",
             self.timeout,
         )
+        cancel = getattr(raw, "cancel_safe", None)  # psycopg 3.2+; a new connection's request
+        if cancel is not None:
+            try:
+                cancel(timeout=min(self.timeout, CANCEL_TIMEOUT))
+            except Exception:  # the server out of reach: the cut below still ends the call
+                logger.warning("Could not cancel the call on the server", exc_info=True)
         try:
             with socket.socket(fileno=os.dup(raw.fileno())) as sock:
                 sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            logger.warning("Could not cut the connection", exc_info=True)
+        except Exception:  # closed already: the cancelled call failed and Django closed it
+            if not getattr(raw, "closed", False):
+                logger.warning("Could not cut the connection", exc_info=True)
 
     def stop(self) -> None:
         self._stopped.set()
