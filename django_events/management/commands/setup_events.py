@@ -75,7 +75,7 @@ class Command(BaseCommand):
     def _prune(self, transport: Transport, service: str | None, *, dry_run: bool) -> None:
         rows = [
             row
-            for row in subscriptions.orphaned(subscriptions.all_rows(transport.database))
+            for row in subscriptions.orphaned(subscriptions.all_rows(transport))
             if service is None or row.service == service
         ]
         if not rows:
