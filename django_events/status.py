@@ -71,6 +71,7 @@ def subscription_report(
     """Every declared subscription, by service; an orphaned one (retired, declared by no
     service) with what it still holds: ``backlog`` is None when the transport cannot
     count per type."""
+
     def slot(row: Subscription) -> tuple[str, str, str]:
         return (row.service, row.group, row.event_type)  # rows of a broker's store have no pk
 
