@@ -3,17 +3,17 @@
 A consumer group used to exist only in the code of the process whose relay moved the
 outbox, so a relay of another service (or of the previous version during a rolling
 deploy) fanned out without it and the group silently missed events. Here every
-deployment writes its own service's subscriptions into the ``Subscription`` table of the
-database its transport uses, and every relay sharing that database fans out to all of
-them, whichever service declared them (docs/services.md).
+deployment writes its own service's subscriptions into the store its transport shares
+(``SubscriptionStore``: the ``Subscription`` table at Level 0, the ``<prefix>:subscriptions``
+hash in Redis at Level 1), and every relay sharing that store fans out to all of them,
+whichever service declared them (docs/services.md).
 
-When a subscription counts: the relay reads the table in the transaction that moves each
-batch, after taking the batch's rows. An event is therefore fanned out to every
-subscription whose declaration committed before the event did. With
-``SUBSCRIPTIONS_CACHE`` above 0 a relay may use a list that old, so ``declare`` waits
-that long after storing a new subscription before it returns: once ``migrate`` (or
-``setup_events``) is done, every relay sees it.
-"""
+When a subscription counts: the relay reads the store after taking each batch's rows (in
+the same transaction, for the database). An event is therefore fanned out to every
+subscription declared before the relay read it, so to every one declared before the event
+was published. With ``SUBSCRIPTIONS_CACHE`` above 0 a relay may use a list that old, so
+``declare`` waits that long after storing a new subscription before it returns: once
+``migrate`` (or ``setup_events``) is done, every relay sees it."""
 
 from __future__ import annotations
 
@@ -211,9 +211,11 @@ class DatabaseStore:
             return True, drop_backlog(found.group, found.event_type)
 
 
-def store_of(transport: Transport) -> SubscriptionStore | None:
-    """The subscription store ``transport`` shares with other services, if it has one."""
-    return transport.subscription_store()
+def store_of(transport: Transport) -> SubscriptionStore:
+    """Where ``transport``'s deployments declare: its own store, or, for a transport without
+    one (SNS + SQS), the table of its database, where the rows are shown and pruned but
+    the relay does not fan out to them (``shares_subscriptions`` is False)."""
+    return transport.subscription_store() or DatabaseStore(transport.database)
 
 
 def declare(
@@ -245,14 +247,11 @@ def declare(
 
 def declare_current(*, replace: bool = True) -> Declaration:
     """Declare this deployment's handlers as its ``SERVICE``'s subscriptions, in the store
-    of the default transport (the one the services share). A transport without a store
-    (SNS + SQS) keeps nothing: an empty ``Declaration``."""
+    of the default transport (the one the services share)."""
     from .registry import registry
     from .transports import transports
 
     store = store_of(transports["default"])
-    if store is None:
-        return Declaration(get_settings().service)
     return declare(get_settings().service, registry, store=store, replace=replace)
 
 
@@ -322,9 +321,8 @@ def fan_out(transport: Transport) -> FanOut:
     """The subscriptions the relay publishes to: those declared in the store the services
     share (the database table; Redis' hash), for a transport that has one; its own
     handlers' otherwise."""
-    store = store_of(transport)
-    if store is not None:
-        return current(store)
+    if transport.shares_subscriptions:
+        return current(store_of(transport))
     from .registry import registry
 
     return registry.subscriptions()
@@ -340,9 +338,8 @@ def handled_types(handlers: Iterable[Handler], groups: Sequence[str]) -> dict[st
 
 
 def all_rows(transport: Transport) -> list[Subscription]:
-    """Every subscription in ``transport``'s store (none for a transport without one)."""
-    store = store_of(transport)
-    return store.rows() if store is not None else []
+    """Every subscription declared in ``transport``'s store (``store_of``)."""
+    return store_of(transport).rows()
 
 
 def orphaned(rows: Sequence[Subscription]) -> list[Subscription]:
@@ -410,9 +407,6 @@ def unsubscribe(
     transport = transports["default"]
     store = store_of(transport)
     outcome = Unsubscribed()
-    if store is None:
-        outcome.skipped = list(rows)
-        return outcome
     for row in sorted(rows, key=lambda r: (r.service, r.group, r.event_type)):
         removed, dropped = store.remove(row, transport.drop_backlog)
         if not removed:
