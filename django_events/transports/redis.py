@@ -484,22 +484,7 @@ class RedisStreamsTransport(Transport):
             for item in others:
                 fields = item.receipt.fields()
                 fields["attempts"] = str(max(0, item.attempt - 1))
-                member = json.dumps(
-                    [part for pair in fields.items() for part in pair],
-                    ensure_ascii=False,
-                    separators=(",", ":"),
-                )
-                script(
-                    keys=[item.receipt.stream, self.delayed(item.group)],
-                    args=[
-                        CONSUMER_GROUP,
-                        self.consumer,
-                        item.receipt.claim,
-                        int(PASS_OVER_DELAY * 1000),
-                        member,
-                    ],
-                    client=pipe,
-                )
+                script(**self._delay(item, PASS_OVER_DELAY, fields), client=pipe)
             pipe.execute(raise_on_error=False)
         return keep
 
@@ -718,21 +703,26 @@ class RedisStreamsTransport(Transport):
             seconds, micros = self.client.time()  # the server's clock, not this worker's
             failed = dt.datetime.fromtimestamp(seconds + micros / 1e6, dt.timezone.utc)
             fields["first_failed_at"] = failed.isoformat()
+        self._script("RETRY_LATER")(**self._delay(claimed, delay, fields))
+
+    def _delay(self, claimed: Claimed, delay: float, fields: dict[str, str]) -> dict[str, Any]:
+        """The RETRY_LATER call that moves ``claimed`` to its group's delayed set for
+        ``delay`` seconds, written back with ``fields``."""
         member = json.dumps(
             [part for pair in fields.items() for part in pair],
             ensure_ascii=False,
             separators=(",", ":"),
         )
-        self._script("RETRY_LATER")(
-            keys=[claimed.receipt.stream, self.delayed(claimed.group)],
-            args=[
+        return {
+            "keys": [claimed.receipt.stream, self.delayed(claimed.group)],
+            "args": [
                 CONSUMER_GROUP,
                 self.consumer,
                 claimed.receipt.claim,
                 int(delay * 1000),
                 member,
             ],
-        )
+        }
 
     @_translating
     def dead_letter(self, claimed: Claimed) -> bool:
