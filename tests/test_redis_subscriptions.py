@@ -96,3 +96,16 @@ def test_an_orphan_on_redis_is_shown_and_pruned_with_its_backlog(redis_transport
     [left] = redis_transport.claim(["emails"], 10, 30)
     assert left.event_type == "order.placed", "the other type's entry stays"
     assert check_subscriptions(databases=["default"]) == []
+
+
+def test_migrate_goes_on_when_redis_is_down():
+    """A deploy's migrate must not fail because Redis is unreachable: it says so, and
+    setup_events or the first worker declares."""
+    transports.reset()
+    dead = events_settings(unique_prefix(), url="redis://127.0.0.1:1/0")
+    with override_settings(DJANGO_EVENTS=dead):
+        out = StringIO()
+        subscriptions.declare_on_migrate(using="default", stdout=out)
+        assert "subscriptions not declared" in out.getvalue()
+        assert "Redis is unavailable" in out.getvalue()
+    transports.reset()
