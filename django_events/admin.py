@@ -745,7 +745,7 @@ class SubscriptionAdmin(ReadOnlyAdmin):
     ) -> HttpResponse:
         # Read once per page: the rows' state and backlog come from these.
         transport = transports["default"]
-        rows = subscriptions.all_rows(transport.database)
+        rows = subscriptions.all_rows(transport)
         _request.orphans = {row.pk for row in subscriptions.orphaned(rows)}
         _request.backlog = transport.backlog_by_type()
         return super().changelist_view(request, extra_context)

@@ -225,7 +225,7 @@ def check_subscriptions(
     if not databases or transport.database not in databases:
         return []
     try:
-        rows = subscriptions.all_rows(transport.database)
+        rows = subscriptions.all_rows(transport)
         backlog = transport.backlog_by_type()
     except DatabaseError:
         return []  # not migrated yet

@@ -25,7 +25,7 @@ def collect() -> dict[str, Any]:
         .annotate(n=Count("id"))
         .values_list("group", "n")
     )
-    declared = subscriptions.all_rows(transport.database)
+    declared = subscriptions.all_rows(transport)
     services: dict[str, set[str]] = {}
     for row in declared:
         services.setdefault(row.group, set()).add(row.service)
@@ -71,7 +71,11 @@ def subscription_report(
     """Every declared subscription, by service; an orphaned one (retired, declared by no
     service) with what it still holds: ``backlog`` is None when the transport cannot
     count per type."""
-    orphans = {row.pk for row in subscriptions.orphaned(rows)}
+
+    def slot(row: Subscription) -> tuple[str, str, str]:
+        return (row.service, row.group, row.event_type)  # rows of a broker's store have no pk
+
+    orphans = {slot(row) for row in subscriptions.orphaned(rows)}
     return [
         {
             "service": row.service,
@@ -81,7 +85,7 @@ def subscription_report(
             "declared_at": row.declared_at.isoformat(),
             "last_seen_at": row.last_seen_at.isoformat(),
             "retired_at": row.retired_at.isoformat() if row.retired_at else None,
-            "orphaned": row.pk in orphans,
+            "orphaned": slot(row) in orphans,
             "backlog": None if backlog is None else backlog.get((row.group, row.event_type), 0),
         }
         for row in rows

@@ -3,26 +3,26 @@
 A consumer group used to exist only in the code of the process whose relay moved the
 outbox, so a relay of another service (or of the previous version during a rolling
 deploy) fanned out without it and the group silently missed events. Here every
-deployment writes its own service's subscriptions into the ``Subscription`` table of the
-database its transport uses, and every relay sharing that database fans out to all of
-them, whichever service declared them (docs/services.md).
+deployment writes its own service's subscriptions into the store its transport shares
+(``SubscriptionStore``: the ``Subscription`` table at Level 0, the ``<prefix>:subscriptions``
+hash in Redis at Level 1), and every relay sharing that store fans out to all of them,
+whichever service declared them (docs/services.md).
 
-When a subscription counts: the relay reads the table in the transaction that moves each
-batch, after taking the batch's rows. An event is therefore fanned out to every
-subscription whose declaration committed before the event did. With
-``SUBSCRIPTIONS_CACHE`` above 0 a relay may use a list that old, so ``declare`` waits
-that long after storing a new subscription before it returns: once ``migrate`` (or
-``setup_events``) is done, every relay sees it.
-"""
+When a subscription counts: the relay reads the store after taking each batch's rows (in
+the same transaction, for the database). An event is therefore fanned out to every
+subscription declared before the relay read it, so to every one declared before the event
+was published. With ``SUBSCRIPTIONS_CACHE`` above 0 a relay may use a list that old, so
+``declare`` waits that long after storing a new subscription before it returns: once
+``migrate`` (or ``setup_events``) is done, every relay sees it."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.core.signals import setting_changed
 from django.db import transaction
@@ -74,8 +74,157 @@ class Declaration:
         return found
 
 
+Wanted = dict[tuple[str, str], bool]
+"""``{(group, event type): ordered}`` a service declares."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a store holds about one of a service's subscriptions, for ``plan``."""
+
+    ordered: bool
+    retired: bool
+
+
+def wanted_by(handlers: Iterable[Handler]) -> Wanted:
+    """The (group, event type) pairs of ``handlers``; ordered if any handler asks for it."""
+    wanted: Wanted = {}
+    for handler in handlers:
+        slot = (handler.group, handler.event_type)
+        wanted[slot] = wanted.get(slot, False) or handler.ordered
+    return wanted
+
+
+def plan(
+    service: str, wanted: Wanted, stored: Mapping[tuple[str, str], Stored], *, replace: bool
+) -> Declaration:
+    """What declaring ``wanted`` over ``stored`` (the service's rows) changes: the same
+    rules for every store, which then applies it (``kept`` are refreshed)."""
+    result = Declaration(service)
+    result.added = sorted(slot for slot in wanted if slot not in stored)
+    result.kept = len(wanted) - len(result.added)
+    result.reordered = sorted(
+        slot
+        for slot, ordered in wanted.items()
+        if slot in stored and stored[slot].ordered != ordered
+    )
+    if replace:
+        result.reopened = sorted(slot for slot in wanted if slot in stored and stored[slot].retired)
+        result.retired = sorted(
+            s for s, row in stored.items() if s not in wanted and not row.retired
+        )
+    return result
+
+
+class SubscriptionStore(Protocol):
+    """Where the services sharing a transport keep their subscriptions: a transport that
+    has one returns it from ``Transport.subscription_store()`` (the database transport:
+    the ``Subscription`` table; Redis: a hash under its ``prefix``)."""
+
+    key: str
+    """Names the store, for the fan-out cache (two transports may share one)."""
+
+    def declare(self, service: str, wanted: Wanted, *, replace: bool) -> Declaration:
+        """Store ``service``'s subscriptions atomically (see ``declare``)."""
+        ...
+
+    def fan_out(self) -> FanOut:
+        """Every stored subscription, by any service, retired ones too."""
+        ...
+
+    def rows(self) -> list[Subscription]:
+        """Every stored subscription as a ``Subscription`` (unsaved outside the database)."""
+        ...
+
+    def remove(
+        self, row: Subscription, drop_backlog: Callable[[str, str], int | None]
+    ) -> tuple[bool, int | None]:
+        """Remove ``row`` if it is orphaned; call ``drop_backlog(group, type)`` when it was
+        the last of its pair. Returns (removed, what was dropped)."""
+        ...
+
+
+class DatabaseStore:
+    """The ``Subscription`` table of one database (Level 0)."""
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.key = f"database:{using}"
+
+    def declare(self, service: str, wanted: Wanted, *, replace: bool) -> Declaration:
+        from .models import Subscription
+
+        table = Subscription.objects.using(self.using)
+        with transaction.atomic(using=self.using):
+            rows = {
+                (row.group, row.event_type): row
+                for row in table.select_for_update().filter(service=service)
+            }
+            stored = {s: Stored(row.ordered, row.retired_at is not None) for s, row in rows.items()}
+            result = plan(service, wanted, stored, replace=replace)
+            table.bulk_create(
+                [
+                    Subscription(service=service, group=g, event_type=t, ordered=wanted[(g, t)])
+                    for g, t in result.added
+                ],
+                ignore_conflicts=True,  # a worker starting at the same moment declared it too
+            )
+            table.filter(pk__in=[rows[s].pk for s in wanted if s in rows]).update(
+                last_seen_at=Now()
+            )
+            for slot in result.reordered:
+                table.filter(pk=rows[slot].pk).update(ordered=wanted[slot])
+            table.filter(pk__in=[rows[s].pk for s in result.reopened]).update(retired_at=None)
+            table.filter(pk__in=[rows[s].pk for s in result.retired]).update(retired_at=Now())
+        return result
+
+    def fan_out(self) -> FanOut:
+        from .models import Subscription
+
+        return list(
+            Subscription.objects.using(self.using).values_list("event_type", "group", "ordered")
+        )
+
+    def rows(self) -> list[Subscription]:
+        from .models import Subscription
+
+        return list(
+            Subscription.objects.using(self.using).order_by("service", "group", "event_type")
+        )
+
+    def remove(
+        self, row: Subscription, drop_backlog: Callable[[str, str], int | None]
+    ) -> tuple[bool, int | None]:
+        from .models import Subscription
+
+        table = Subscription.objects.using(self.using)
+        with transaction.atomic(using=self.using):
+            found = table.select_for_update().filter(pk=row.pk).first()
+            if found is None:
+                return False, None  # someone else unsubscribed it
+            others = table.filter(group=found.group, event_type=found.event_type)
+            if found.retired_at is None or others.filter(retired_at__isnull=True).exists():
+                return False, None
+            found.delete()
+            if others.exists():  # another retired row keeps it until it goes too
+                return True, None
+            return True, drop_backlog(found.group, found.event_type)
+
+
+def store_of(transport: Transport) -> SubscriptionStore:
+    """Where ``transport``'s deployments declare: its own store, or, for a transport without
+    one (SNS + SQS), the table of its database, where the rows are shown and pruned but
+    the relay does not fan out to them (``shares_subscriptions`` is False)."""
+    return transport.subscription_store() or DatabaseStore(transport.database)
+
+
 def declare(
-    service: str, handlers: Iterable[Handler], *, using: str, replace: bool = True
+    service: str,
+    handlers: Iterable[Handler],
+    *,
+    store: SubscriptionStore | None = None,
+    using: str | None = None,
+    replace: bool = True,
 ) -> Declaration:
     """Store ``service``'s subscriptions: one per (group, event type) of ``handlers``.
 
@@ -83,44 +232,11 @@ def declare(
     set: rows it no longer declares are marked retired, never deleted, and rows declared
     again are reopened. Without it (a worker starting, maybe of an older version during a
     rolling deploy) rows are only added and their ``last_seen_at`` refreshed, so an old
-    worker never retires what the new version declared.
+    worker never retires what the new version declared. ``store``, or the table of
+    database ``using``.
     """
-    from .models import Subscription
-
-    wanted: dict[tuple[str, str], bool] = {}
-    for handler in handlers:
-        slot = (handler.group, handler.event_type)
-        wanted[slot] = wanted.get(slot, False) or handler.ordered
-    result = Declaration(service)
-    table = Subscription.objects.using(using)
-    with transaction.atomic(using=using):
-        rows = {
-            (row.group, row.event_type): row
-            for row in table.select_for_update().filter(service=service)
-        }
-        new = [slot for slot in wanted if slot not in rows]
-        table.bulk_create(
-            [
-                Subscription(service=service, group=g, event_type=t, ordered=wanted[(g, t)])
-                for g, t in new
-            ],
-            ignore_conflicts=True,  # a worker starting at the same moment declared it too
-        )
-        result.added = sorted(new)
-        seen = [rows[slot].pk for slot in wanted if slot in rows]
-        result.kept = len(seen)
-        table.filter(pk__in=seen).update(last_seen_at=Now())
-        for slot, ordered in wanted.items():
-            row = rows.get(slot)
-            if row is not None and row.ordered != ordered:
-                table.filter(pk=row.pk).update(ordered=ordered)
-                result.reordered.append(slot)
-        if replace:
-            reopen = [slot for slot in wanted if slot in rows and rows[slot].retired_at]
-            retire = [s for s, row in rows.items() if s not in wanted and not row.retired_at]
-            table.filter(pk__in=[rows[s].pk for s in reopen]).update(retired_at=None)
-            table.filter(pk__in=[rows[s].pk for s in retire]).update(retired_at=Now())
-            result.reopened, result.retired = sorted(reopen), sorted(retire)
+    store = store or DatabaseStore(using or "default")
+    result = store.declare(service, wanted_by(handlers), replace=replace)
     for line in result.lines():
         logger.info("Subscriptions: %s", line)
     wait = get_settings().subscriptions_cache
@@ -129,18 +245,14 @@ def declare(
     return result
 
 
-def declare_current(*, using: str | None = None, replace: bool = True) -> Declaration:
-    """Declare this deployment's handlers as its ``SERVICE``'s subscriptions, in the
-    database of the default transport (the store the services share)."""
+def declare_current(*, replace: bool = True) -> Declaration:
+    """Declare this deployment's handlers as its ``SERVICE``'s subscriptions, in the store
+    of the default transport (the one the services share)."""
     from .registry import registry
     from .transports import transports
 
-    return declare(
-        get_settings().service,
-        registry,
-        using=using or transports["default"].database,
-        replace=replace,
-    )
+    store = store_of(transports["default"])
+    return declare(get_settings().service, registry, store=store, replace=replace)
 
 
 def declare_on_migrate(*, using: str = "default", verbosity: int = 1, **kwargs: Any) -> None:
@@ -148,47 +260,57 @@ def declare_on_migrate(*, using: str = "default", verbosity: int = 1, **kwargs: 
     subscriptions before its workers start, so old relays already fan out to them."""
     from django.db import connections
 
-    from .exceptions import EventsConfigurationError
+    from .exceptions import EventsConfigurationError, TransportUnavailable
     from .models import Subscription
     from .transports import transports
 
     try:
-        store = transports["default"].database
+        transport = transports["default"]
     except EventsConfigurationError:
         return  # check E001/E002 reports it
-    if using != store:
+    if using != transport.database:
         return
-    if Subscription._meta.db_table not in connections[using].introspection.table_names():
+    store = store_of(transport)
+    tables = connections[using].introspection.table_names
+    if isinstance(store, DatabaseStore) and Subscription._meta.db_table not in tables():
         return  # migrated back below the table
-    result = declare_current(using=using)
     stdout = kwargs.get("stdout")
+    try:
+        result = declare_current()
+    except TransportUnavailable as exc:
+        # migrate must not fail because a broker is down; setup_events and every worker
+        # starting declare again.
+        logger.warning("Subscriptions not declared: %s", exc)
+        if stdout is not None:
+            stdout.write(f"  django-events: subscriptions not declared ({exc}); run setup_events\n")
+        return
     if verbosity >= 1 and stdout is not None:
         for line in result.lines():
             stdout.write(f"  django-events: {line}\n")
 
 
-def current(using: str) -> FanOut:
-    """Every subscription declared in ``using``, by any service, together with this
+def current(store: SubscriptionStore | str) -> FanOut:
+    """Every subscription declared in ``store``, by any service, together with this
     process's own handlers (declared by its code even before they are stored), one row
     per (event type, group); ordered if any declaration asks for it.
 
-    Read from the table at each call, or at most ``SUBSCRIPTIONS_CACHE`` seconds old.
+    Read from the store (or the table of the database named) at each call, or at most
+    ``SUBSCRIPTIONS_CACHE`` seconds old.
     """
-    from .models import Subscription
     from .registry import registry
 
+    if isinstance(store, str):
+        store = DatabaseStore(store)
     ttl = get_settings().subscriptions_cache
     started = time.monotonic()
-    hit = _cache.get(using)
+    hit = _cache.get(store.key)
     if ttl > 0 and hit is not None and started - hit[0] < ttl:
         stored = hit[1]
     else:
-        stored = list(
-            Subscription.objects.using(using).values_list("event_type", "group", "ordered")
-        )
+        stored = store.fan_out()
         if ttl > 0:
             with _cache_lock:
-                _cache[using] = (started, stored)  # its age counts from before the read
+                _cache[store.key] = (started, stored)  # its age counts from before the read
     merged: dict[tuple[str, str], bool] = {}
     for event_type, group, ordered in [*stored, *registry.subscriptions()]:
         merged[(event_type, group)] = merged.get((event_type, group), False) or ordered
@@ -197,10 +319,10 @@ def current(using: str) -> FanOut:
 
 def fan_out(transport: Transport) -> FanOut:
     """The subscriptions the relay publishes to: those declared in the store the services
-    share, for a transport that keeps them there; its own handlers' otherwise (Redis and
-    SNS + SQS, until subscriptions travel through the broker)."""
-    if transport.subscriptions_in_database:
-        return current(transport.database)
+    share (the database table; Redis' hash), for a transport that has one; its own
+    handlers' otherwise."""
+    if transport.shares_subscriptions:
+        return current(store_of(transport))
     from .registry import registry
 
     return registry.subscriptions()
@@ -215,10 +337,9 @@ def handled_types(handlers: Iterable[Handler], groups: Sequence[str]) -> dict[st
     return {group: frozenset(types) for group, types in found.items()}
 
 
-def all_rows(using: str) -> list[Subscription]:
-    from .models import Subscription
-
-    return list(Subscription.objects.using(using).order_by("service", "group", "event_type"))
+def all_rows(transport: Transport) -> list[Subscription]:
+    """Every subscription declared in ``transport``'s store (``store_of``)."""
+    return store_of(transport).rows()
 
 
 def orphaned(rows: Sequence[Subscription]) -> list[Subscription]:
@@ -276,7 +397,6 @@ def unsubscribe(
     """
     from django.core.exceptions import PermissionDenied
 
-    from .models import Subscription
     from .transports import transports
 
     if user is not None:
@@ -285,25 +405,15 @@ def unsubscribe(
     elif not actor:
         raise PermissionDenied("Unsubscribing needs a user, or an actor for the log.")
     transport = transports["default"]
-    using = transport.database
+    store = store_of(transport)
     outcome = Unsubscribed()
-    for pk in sorted(row.pk for row in rows):
-        with transaction.atomic(using=using):
-            row = Subscription.objects.using(using).select_for_update().filter(pk=pk).first()
-            if row is None:
-                continue  # someone else unsubscribed it
-            others = Subscription.objects.using(using).filter(
-                group=row.group, event_type=row.event_type
-            )
-            if row.retired_at is None or others.filter(retired_at__isnull=True).exists():
-                outcome.skipped.append(row)
-                continue
-            _audit(row, user, actor)
-            row.delete()
-            dropped = None
-            if not others.exists():  # another retired row keeps it until it goes too
-                dropped = transport.drop_backlog(row.group, row.event_type)
-            outcome.done.append((row, dropped))
+    for row in sorted(rows, key=lambda r: (r.service, r.group, r.event_type)):
+        removed, dropped = store.remove(row, transport.drop_backlog)
+        if not removed:
+            outcome.skipped.append(row)
+            continue
+        _audit(row, user, actor)
+        outcome.done.append((row, dropped))
         forget()
         logger.warning(
             "Unsubscribed %s: group %s from %s by %s; %s pending deliveries dropped",
@@ -319,7 +429,7 @@ def unsubscribe(
 def _audit(row: Subscription, user: Any, actor: str | None) -> None:
     from django.apps import apps
 
-    if user is None or not apps.is_installed("django.contrib.admin"):
+    if user is None or row.pk is None or not apps.is_installed("django.contrib.admin"):
         return
     from django.contrib.admin.models import DELETION, LogEntry
 

@@ -224,6 +224,7 @@ def test_the_examples_name_queues_and_streams_as_the_transports_do(group: str):
     rs = RedisStreamsTransport("t", {"url": REDIS_URL, "prefix": "shop"})
     assert redis_consumer.stream_key("shop", group) == rs.stream(group)
     assert redis_consumer.owed_key("shop", group) == rs.owed(group)
+    assert redis_consumer.subscriptions_key("shop") == rs.subscription_store().hash
     assert redis_consumer.CONSUMER_GROUP == CONSUMER_GROUP
 
 
@@ -304,6 +305,19 @@ def test_a_plain_redis_consumer_reads_a_group_and_acknowledges(on_redis: RedisSt
     on_redis.trim(published)
     assert on_redis.recovery.recover_lost() == []
     assert run_example("redis_consumer.py", *args, "--group", "alpha") == []
+
+
+@needs_redis()
+def test_a_plain_redis_consumer_subscribes_by_itself(on_redis: RedisStreamsTransport):
+    """Wire format 1.1: a consumer in another service, without Django, declares its group
+    in ``<prefix>:subscriptions``; the relay (whose code knows nothing of it) feeds it."""
+    args = ["--url", REDIS_URL, "--prefix", on_redis.prefix, "--block", "0.05", "--until-idle"]
+    subscribed = [*args, "--group", "invoices", "--service", "billing"]
+    assert run_example("redis_consumer.py", *subscribed, "--subscribe", "test.happened") == []
+    published = publish_samples()
+    Relay().run_once()
+    assert_consumed(run_example("redis_consumer.py", *subscribed), published["alpha"])
+    assert owed_events(on_redis, "invoices") == []
 
 
 @needs_redis()

@@ -302,12 +302,25 @@ class TransportContract:
         both = [(TYPE, "g1", False), (OTHER_TYPE, "g1", False)]
         self.publish(provisioned, [newer, known], both)
         claim = cast(FiltersTypes, provisioned).claim
-        got = claim(["g1"], 10, self.lease, types={"g1": [TYPE]})
+
+        def until_one(types: list[str]) -> list[Claimed]:
+            # a transport may give a passed-over event back with a short delay (Redis)
+            deadline = time.monotonic() + self.settle + 10.0
+            while True:
+                got = claim(["g1"], 10, self.lease, types={"g1": types})
+                if got or time.monotonic() >= deadline:
+                    return got
+                time.sleep(0.02)
+
+        got = until_one([TYPE])
         assert _ids(got) == [known.event_id], _describe(got)
-        assert claim(["g1"], 10, self.lease, types={"g1": [TYPE]}) == []
-        [later] = claim(["g1"], 10, self.lease, types={"g1": [TYPE, OTHER_TYPE]})
+        assert provisioned.ack_many(got) == got
+        for _ in range(3):  # passed over again and again: still no attempt counted
+            assert claim(["g1"], 10, self.lease, types={"g1": [TYPE]}) == []
+            time.sleep(0.3)
+        [later] = until_one([TYPE, OTHER_TYPE])
         assert (later.event_id, later.attempt) == (newer.event_id, 1)
-        assert provisioned.ack_many([*got, later]) == [*got, later]
+        assert provisioned.ack_many([later]) == [later]
 
     def test_each_subscribed_group_gets_the_event_and_no_other_group_does(
         self, provisioned: Transport

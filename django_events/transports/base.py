@@ -25,6 +25,7 @@ from ..text import storable
 
 if TYPE_CHECKING:
     from ..models import EventRecord
+    from ..subscriptions import SubscriptionStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -190,9 +191,10 @@ class Transport:
     rest for a worker that handles them (a newer version, during a rolling deploy). Without
     it a worker may be handed a type it has no handler for (a ``NoHandler`` dead letter)."""
 
-    subscriptions_in_database: bool = False
-    """The relay fans out to every subscription declared in this transport's ``database``,
-    by any service sharing it; otherwise to the relay's own handlers only."""
+    shares_subscriptions: bool = False
+    """The relay fans out to every subscription declared in this transport's
+    ``subscription_store()``, by any service sharing it; otherwise to the relay's own
+    handlers only."""
 
     accepted_options: frozenset[str] | None = None
     """The ``OPTIONS`` keys this transport understands; any other is refused by name."""
@@ -213,6 +215,11 @@ class Transport:
     def database(self) -> str:
         """The database alias in which handlers, the inbox and dead letters commit."""
         return str(self.options.get("database", "default"))
+
+    def subscription_store(self) -> SubscriptionStore | None:
+        """Where services sharing this transport declare their subscriptions and every
+        relay reads them (``shares_subscriptions``); None for a transport without one."""
+        return None
 
     def check(self) -> list[CheckMessage]:
         return []

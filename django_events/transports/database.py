@@ -14,7 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.checks import CheckMessage, Error, Warning
 from django.db import connections
@@ -24,6 +24,10 @@ from .. import sql
 from ..conf import get_settings
 from ..envelope import build_event
 from ..text import storable
+
+if TYPE_CHECKING:
+    from ..subscriptions import DatabaseStore
+
 from .base import (
     Claimed,
     GroupStatus,
@@ -54,7 +58,7 @@ class DatabaseTransport(Transport):
     persistent = True
     acks_in_transaction = True
     filters_types = True
-    subscriptions_in_database = True
+    shares_subscriptions = True
 
     accepted_options = frozenset(_OPTIONS)
 
@@ -66,6 +70,15 @@ class DatabaseTransport(Transport):
         self._orphans_checked_at = 0.0
         self._fitted = 0
         """How many events the last claim cut at ``max_bytes`` kept (0: it was not cut)."""
+        self._store: DatabaseStore | None = None
+
+    def subscription_store(self) -> DatabaseStore:
+        """The ``Subscription`` table of ``database``: Level 0's services share it."""
+        if self._store is None:
+            from ..subscriptions import DatabaseStore
+
+            self._store = DatabaseStore(self.database)
+        return self._store
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -29,9 +29,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from django.core.checks import CheckMessage, Error, Warning
@@ -53,6 +53,9 @@ from .base import (
     within_budget,
 )
 
+if TYPE_CHECKING:
+    from .redis_subscriptions import RedisStore
+
 logger = logging.getLogger("django_events.transports.redis")
 
 CONSUMER_GROUP = "django-events"
@@ -68,6 +71,10 @@ CHECKPOINT_INTERVAL = 5.0
 """Seconds between writes of the recovery checkpoint to the database."""
 BACKPRESSURE_PAUSE = 0.5
 """Seconds the relay waits after publishing to a group whose stream is over ``max_len``."""
+PASS_OVER_DELAY = 0.5
+"""Seconds an entry of a type this worker does not handle waits before it is offered again
+(to any worker of its group): a worker of the version that handles it gets it within about
+that long, and an old worker alone re-reads it at most twice a second."""
 PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 _OPTIONS = {"url", "cache", "prefix", "max_len", "block", "claim_idle", "database"}
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -107,6 +114,8 @@ class RedisStreamsTransport(Transport):
     acks_in_transaction = False
     idempotent_publish = True  # while the group owes the event (the owed set, ZADD NX)
     waits_for_work = True
+    filters_types = True  # an entry of a type the worker does not handle is passed over
+    shares_subscriptions = True  # the <prefix>:subscriptions hash (redis_subscriptions.py)
     ordering_note = (
         "Redis Streams hand a group's entries to competing consumers with no per-key "
         "lock, so per-key order cannot be kept. Drop ordered=True, or handle this group "
@@ -147,6 +156,7 @@ class RedisStreamsTransport(Transport):
         self._kept_at = 0.0
         self._checkpointed_at = 0.0
         self._warned_lag_at = 0.0
+        self._store: RedisStore | None = None
         self.lagging: dict[str, int] = {}
         """Groups whose stream held more than ``max_len`` entries at the last publish."""
         from .redis_recovery import Recovery
@@ -219,6 +229,15 @@ class RedisStreamsTransport(Transport):
             self._client.close()
         self._client = None
         self._scripts.clear()
+
+    def subscription_store(self) -> RedisStore:
+        """Level 1: the ``<prefix>:subscriptions`` hash, shared by every service under the
+        same Redis and ``prefix``, whatever database each has."""
+        if self._store is None:
+            from .redis_subscriptions import RedisStore
+
+            self._store = RedisStore(self)
+        return self._store
 
     # -- checks and setup ---------------------------------------------------------------
 
@@ -409,12 +428,19 @@ class RedisStreamsTransport(Transport):
 
     @_translating
     def claim(
-        self, groups: Sequence[str], limit: int, lease: float, *, max_bytes: int | None = None
+        self,
+        groups: Sequence[str],
+        limit: int,
+        lease: float,
+        *,
+        types: Mapping[str, Collection[str]] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Claimed]:
         """New entries first (due retries are moved back into the streams just before),
         then, twice a second or when there is nothing new, entries a dead worker left
         behind. Every claim counts as an attempt: the entry's delivery count. Entries
-        past ``max_bytes`` are released, their attempt given back."""
+        past ``max_bytes`` are released, their attempt given back; so are entries of a
+        type ``types`` leaves out (``pass_over``)."""
         if not groups:
             return []
         claimed, self._ready = self._ready[:limit], self._ready[limit:]
@@ -433,10 +459,36 @@ class RedisStreamsTransport(Transport):
         if len(claimed) < limit and (not claimed or now >= self._orphans_checked_at):
             self._orphans_checked_at = now + ORPHAN_CHECK_INTERVAL
             claimed += self._orphans(groups, limit - len(claimed), lease)
+        if types is not None:
+            claimed = self.pass_over(claimed, types)
         taken = within_budget((text_size(*c.receipt.raw.values()) for c in claimed), max_bytes)
         if taken < len(claimed):
             self.release(claimed[taken:])
         return claimed[:taken]
+
+    def pass_over(
+        self, claimed: list[Claimed], types: Mapping[str, Collection[str]]
+    ) -> list[Claimed]:
+        """Keep the entries whose type ``types`` lists for their group; give the others
+        back for a worker that handles them (a newer version, during a rolling deploy):
+        each goes to the group's delayed set for ``PASS_OVER_DELAY`` with its attempt given
+        back, so however often old workers pass over it, no attempt is counted and it is
+        never dead-lettered for want of a handler here. An entry with no type (not ours)
+        is kept, for its dead letter."""
+        keep: list[Claimed] = []
+        others: list[Claimed] = []
+        for item in claimed:
+            wanted = types.get(item.group, ())
+            (keep if not item.event_type or item.event_type in wanted else others).append(item)
+        if others:
+            script = self._script("RETRY_LATER")
+            pipe = self.client.pipeline(transaction=False)
+            for item in others:
+                fields = item.receipt.fields()
+                fields["attempts"] = str(max(0, item.attempt - 1))
+                script(**self._delay(item, PASS_OVER_DELAY, fields), client=pipe)
+            pipe.execute(raise_on_error=False)
+        return keep
 
     def _read(
         self,
@@ -659,21 +711,26 @@ class RedisStreamsTransport(Transport):
             seconds, micros = self.client.time()  # the server's clock, not this worker's
             failed = dt.datetime.fromtimestamp(seconds + micros / 1e6, dt.timezone.utc)
             fields["first_failed_at"] = failed.isoformat()
+        self._script("RETRY_LATER")(**self._delay(claimed, delay, fields))
+
+    def _delay(self, claimed: Claimed, delay: float, fields: dict[str, str]) -> dict[str, Any]:
+        """The RETRY_LATER call that moves ``claimed`` to its group's delayed set for
+        ``delay`` seconds, written back with ``fields``."""
         member = json.dumps(
             [part for pair in fields.items() for part in pair],
             ensure_ascii=False,
             separators=(",", ":"),
         )
-        self._script("RETRY_LATER")(
-            keys=[claimed.receipt.stream, self.delayed(claimed.group)],
-            args=[
+        return {
+            "keys": [claimed.receipt.stream, self.delayed(claimed.group)],
+            "args": [
                 CONSUMER_GROUP,
                 self.consumer,
                 claimed.receipt.claim,
                 int(delay * 1000),
                 member,
             ],
-        )
+        }
 
     @_translating
     def dead_letter(self, claimed: Claimed) -> bool:
@@ -688,6 +745,37 @@ class RedisStreamsTransport(Transport):
                 ],
             )
         )
+
+    @_translating
+    def drop_backlog(self, group: str, event_type: str) -> int:
+        """Remove ``group``'s entries of ``event_type`` (its subscription was unsubscribed)
+        from its stream and delayed set, and from what it owes: one pass over the stream,
+        at prune time only. An entry a worker holds right now is dropped too (its ack then
+        finds nothing). The events stay in the event log."""
+        stream, owed, wanted = self.stream(group), self.owed(group), event_type.encode()
+        dropped, start = 0, "-"
+        while entries := cast(list[Any], self.client.xrange(stream, start, "+", count=1000)):
+            start = "(" + _text(entries[-1][0])
+            found = [
+                (entry_id, f.get(b"id", b"")) for entry_id, f in entries if f.get(b"type") == wanted
+            ]
+            if found:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.xack(stream, CONSUMER_GROUP, *(entry_id for entry_id, _ in found))
+                pipe.xdel(stream, *(entry_id for entry_id, _ in found))
+                pipe.zrem(owed, *(event_id for _, event_id in found))
+                pipe.execute()
+                dropped += len(found)
+        for member, _ in self.client.zscan_iter(self.delayed(group)):
+            try:
+                flat = json.loads(member)
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            except (ValueError, TypeError):
+                continue  # not ours: PROMOTE moves it to the stream for its dead letter
+            if fields.get("type") == event_type and self.client.zrem(self.delayed(group), member):
+                self.client.zrem(owed, str(fields.get("id", "")))
+                dropped += 1
+        return dropped
 
     # -- status -------------------------------------------------------------------------
 

@@ -1,8 +1,13 @@
 """Consume one django-events group from Redis Streams, without Django (wire format 1).
 
-    python redis_consumer.py --url redis://127.0.0.1:6379/0 --prefix myshop --group emails
+    python redis_consumer.py --url redis://127.0.0.1:6379/0 --prefix myshop --group emails \
+        --service billing --subscribe order.placed
 
 What it does, as docs/wire-format.md ("Redis Streams: what a consumer does") says:
+
+* with ``--subscribe TYPE`` (repeatable), first declares the group's subscriptions in
+  ``<prefix>:subscriptions`` under ``--service`` (wire format 1.1): from then on every
+  relay sharing the prefix appends those events to the group's stream;
 
 * reads the group's stream ``<prefix>:stream:<group>`` through the consumer group
   ``django-events`` with ``XREADGROUP``, under a consumer name of its own;
@@ -26,9 +31,11 @@ Needs only redis-py (``pip install redis``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import redis
@@ -140,6 +147,28 @@ class Consumer:
         pipe.execute()
 
 
+def subscribe(client: redis.Redis, args: argparse.Namespace) -> None:
+    """Declare ``args.group`` on each ``--subscribe`` type, as django-events' ``declare``
+    does at Level 1: one hash field per (service, group, type), times from Redis."""
+    if not args.subscribe:
+        return
+    seconds, micros = client.time()
+    now = datetime.fromtimestamp(seconds + micros / 1e6, timezone.utc).isoformat()
+    client.hset(
+        subscriptions_key(args.prefix),
+        mapping={
+            json.dumps([args.service, args.group, event_type], separators=(",", ":")): json.dumps(
+                {"ordered": False, "declared_at": now, "last_seen_at": now, "retired_at": None}
+            )
+            for event_type in args.subscribe
+        },
+    )
+
+
+def subscriptions_key(prefix: str) -> str:
+    return f"{prefix}:subscriptions"
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -153,9 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-after", type=float, default=30.0, help="seconds")
     parser.add_argument("--block", type=float, default=1.0, help="seconds an idle read waits")
     parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--service", default="plain", help="the service that subscribes")
+    parser.add_argument("--subscribe", action="append", help="declare the group on this type")
     common_arguments(parser, idle="nothing is new and nothing is pending")
     args = parser.parse_args(argv)
-    consumer = Consumer(redis.Redis.from_url(args.url), args)
+    client = redis.Redis.from_url(args.url)
+    subscribe(client, args)
+    consumer = Consumer(client, args)
     consumer.ensure_group()
     while True:
         handled = consumer.step()

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...exceptions import BackgroundThreadDied
+from ...exceptions import BackgroundThreadDied, TransportUnavailable
 from ...registry import registry
 from ...subscriptions import declare_current
 from ...worker import Worker
@@ -50,7 +50,10 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1.")
         # Stored without retiring anything: this may be an old version during a rolling
         # deploy, and only a deploy (migrate, setup_events) replaces the service's set.
-        declare_current(replace=False)
+        try:
+            declare_current(replace=False)
+        except TransportUnavailable as exc:  # Redis down: its own relay still serves it
+            self.stderr.write(f"Subscriptions not declared now ({exc}); migrate declared them.")
         worker = Worker(groups, relay=not options["no_relay"], batch_size=options["batch_size"])
         if not options["once"]:
             stop_on_signals(worker.stop)

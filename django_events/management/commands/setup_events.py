@@ -56,10 +56,10 @@ class Command(BaseCommand):
                 raise CommandError(f"{type(transport).__name__} has no access policies to print.")
             self.stdout.write(json.dumps(policies, indent=2))
             return
-        if not options["dry_run"]:
-            for line in declare_current().lines():
-                self.stdout.write(f"Subscriptions: {line}")
         try:
+            if not options["dry_run"]:
+                for line in declare_current().lines():
+                    self.stdout.write(f"Subscriptions: {line}")
             steps = transport.setup(registry.subscriptions(), dry_run=options["dry_run"])
         except (EventsConfigurationError, TransportUnavailable) as exc:
             raise CommandError(str(exc)) from None
@@ -75,7 +75,7 @@ class Command(BaseCommand):
     def _prune(self, transport: Transport, service: str | None, *, dry_run: bool) -> None:
         rows = [
             row
-            for row in subscriptions.orphaned(subscriptions.all_rows(transport.database))
+            for row in subscriptions.orphaned(subscriptions.all_rows(transport))
             if service is None or row.service == service
         ]
         if not rows:

@@ -1,5 +1,6 @@
 """What a service's handler did, in the main test suite's ``testapp_effect`` table (not
-managed here: the test database was created by the suite's own settings)."""
+managed here: the test database was created by the suite's own settings), or, with
+``SERVICES_OWN_DATABASE`` set, in the project's own database (Levels 1 and 2)."""
 
 import os
 
@@ -15,7 +16,8 @@ class Effect(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        managed = False
+        # A project with its own database (Levels 1 and 2) creates it: migrate --run-syncdb.
+        managed = bool(os.environ.get("SERVICES_OWN_DATABASE"))
         db_table = "testapp_effect"
 
     def __str__(self) -> str:

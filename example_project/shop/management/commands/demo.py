@@ -142,9 +142,9 @@ class Command(BaseCommand):
             self.stdout.write(
                 self.style.WARNING(
                     f"  skipped on {type(transports['default']).__name__}: services with their"
-                    " own code see each other's subscriptions only on the database transport"
-                    " so far (Level 0); Levels 1 and 2 are not built yet (docs/services.md)."
-                    " EXAMPLE_WAREHOUSE=1 runs the warehouse here once they are."
+                    " own code see each other's subscriptions on the database transport"
+                    " (Level 0) and Redis (Level 1); Level 2 is not built yet"
+                    " (docs/services.md). EXAMPLE_WAREHOUSE=1 runs the warehouse here once it is."
                 )
             )
             return
