@@ -17,6 +17,23 @@ from django.conf import settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: Any) -> None:
+    """``DJANGO_EVENTS_TEST_DEPRECATIONS=error``: every Django deprecation warning fails.
+
+    The class names change with each Django release (RemovedInDjango70Warning,
+    RemovedInDjango2028Warning, ...), so they are read from the installed Django rather
+    than spelled out; the newest leg of the matrix (``make test-newest``) sets it.
+    """
+    if os.environ.get("DJANGO_EVENTS_TEST_DEPRECATIONS") != "error":
+        return
+    from django.utils import deprecation
+
+    for name in sorted(dir(deprecation)):
+        found = getattr(deprecation, name)
+        if name.startswith("Removed") and isinstance(found, type):
+            config.addinivalue_line("filterwarnings", f"error::{found.__module__}.{name}")
+
+
 def _postgres_unreachable() -> str | None:
     db = settings.DATABASES["default"]
     if db["ENGINE"] != "django.db.backends.postgresql":
