@@ -84,6 +84,25 @@ def wait_until(
         time.sleep(interval)
 
 
+def closing_connections(target: Callable[[], Any]) -> Callable[[], None]:
+    """``target``, closing its thread's database connections when it returns.
+
+    Django opens one connection per thread and closes it only when asked: a thread that
+    ran the ORM (a worker's loop, say) and ended without closing keeps a session open on
+    the test database, which then cannot be dropped at the end of the run.
+    """
+
+    def run() -> None:
+        from django.db import connections
+
+        try:
+            target()
+        finally:
+            connections.close_all()
+
+    return run
+
+
 class Workers:
     """Worker subprocesses running ``manage.py consume_events`` against the test database."""
 

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.db import connections
 
 from django_events.models import DeadLetter
 from tests.deadletters import DEAD_LETTER_LOOKUPS, EVENT_LOOKUPS, SECRET, bulk, failing, leaky
@@ -62,6 +63,10 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
+            # Under Playwright's running loop the test's ORM calls get connections of their
+            # own (Django keeps them per context, not per thread), which nobody else closes:
+            # left open, they keep the test database from being dropped at the end.
+            connections.close_all()
 
 
 def account(name: str, *perms: str) -> User:
