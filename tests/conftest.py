@@ -173,6 +173,37 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         pool.stop_all()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_connection_left_open(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Fail the run, naming them, if sessions other than the runner's own are still on the
+    PostgreSQL test database at the end: they would keep it from being dropped (a
+    warning that is easy to miss, and a database left behind)."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    query = (
+        "SELECT pid, application_name, state, left(query, 80) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+    def others() -> list[Any]:
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            return cursor.fetchall()
+
+    with django_db_blocker.unblock():
+        left: list[Any] = []
+        deadline = time.monotonic() + 5  # a backend may take a moment to exit
+        while (left := others()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert not left, (
+        f"{len(left)} connection(s) to the test database left open (a thread that ran the "
+        f"ORM and never closed; see closing_connections): {left}"
+    )
+
+
 @pytest.fixture(autouse=True)
 def _fresh_transport() -> Iterator[None]:
     """Each test gets transports built from its own settings."""
