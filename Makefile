@@ -2,6 +2,8 @@
 #
 #   make demo    run the example shop (creates .venv on first use)
 #   make test    run the test suite on SQLite, then on PostgreSQL
+#   make test-newest  the same on the newest leg (Django 6.1, Python 3.13, .venv-newest),
+#                with Django's deprecation warnings as errors
 #   make lint    ruff check + ruff format --check + mypy
 #   make docs    build the Sphinx docs into docs/_build/html
 #   make dist    build sdist + wheel into dist/, twine check, install the wheel in a clean venv
@@ -24,17 +26,33 @@ VENV_PYTHON := $(VENV_BIN)/python
 STAMP := $(VENV_DIR)/.installed
 
 PYTEST := $(VENV_PYTHON) -m pytest tests -p no:cacheprovider --ignore=tests/faults
+
+# The newest leg of the matrix in a venv of its own. Its test databases get their own
+# names (derived from the ones a run was given, or the defaults), so it never clashes
+# with `make test` or tox, even side by side.
+NEWEST_PYTHON ?= python3.13
+NEWEST_VENV ?= .venv-newest
+NEWEST_DJANGO ?= Django>=6.1,<6.2
+NEWEST_VENV_DIR := $(abspath $(NEWEST_VENV))
+NEWEST_STAMP := $(NEWEST_VENV_DIR)/.installed
+NEWEST_PG_NAME := $(or $(DJANGO_EVENTS_TEST_PG_NAME),test_django_events)_newest
+NEWEST_SQLITE_NAME := $(basename $(or $(DJANGO_EVENTS_TEST_SQLITE_NAME),$(CURDIR)/tests/.test-db.sqlite3))-newest.sqlite3
+NEWEST_PYTEST := DJANGO_EVENTS_TEST_DEPRECATIONS=error \
+	DJANGO_EVENTS_TEST_PG_NAME="$(NEWEST_PG_NAME)" \
+	DJANGO_EVENTS_TEST_SQLITE_NAME="$(NEWEST_SQLITE_NAME)" \
+	"$(NEWEST_VENV_DIR)/bin/python" -m pytest tests -p no:cacheprovider --ignore=tests/faults
 FAULTS := $(VENV_PYTHON) -m pytest tests/faults -p no:cacheprovider --ds=tests.settings_postgres
 LINT_PATHS := django_events tests example_project examples
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv demo test test-sqlite test-postgres lint docs clean distclean \
+.PHONY: help venv demo test test-sqlite test-postgres test-newest lint docs clean distclean \
 	bench bench-quick faults faults-quick dist
 
 help:
 	@echo "make demo       run the example shop demo"
 	@echo "make test       run the tests on SQLite and on PostgreSQL"
+	@echo "make test-newest  the same on Django 6.1 + Python 3.13 (NEWEST_PYTHON=...)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make docs       build the HTML docs"
 	@echo "make dist       build and check the sdist and wheel (dist/)"
@@ -91,6 +109,28 @@ test-sqlite: $(STAMP)
 test-postgres: $(STAMP)
 	$(PYTEST) --ds=tests.settings_postgres $(PYTEST_ARGS)
 
+# Both suites on the newest leg; Django's deprecation warnings fail the run
+# (DJANGO_EVENTS_TEST_DEPRECATIONS=error, see tests/conftest.py).
+$(NEWEST_STAMP): pyproject.toml
+	@$(NEWEST_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null || { \
+		echo "error: '$(NEWEST_PYTHON)' is not a working Python 3.13; the newest leg needs one." >&2; \
+		echo "       Run e.g. 'make test-newest NEWEST_PYTHON=/path/to/python3.13'." >&2; \
+		exit 1; }
+	@[ -x "$(NEWEST_VENV_DIR)/bin/python" ] || $(NEWEST_PYTHON) -m venv "$(NEWEST_VENV_DIR)"
+	"$(NEWEST_VENV_DIR)/bin/python" -m pip install $(PIP_FLAGS) --upgrade pip
+	"$(NEWEST_VENV_DIR)/bin/python" -m pip install $(PIP_FLAGS) -e ".[dev]" "$(NEWEST_DJANGO)"
+	@touch "$@"
+
+test-newest: $(NEWEST_STAMP)
+	@status=0; \
+	"$(NEWEST_VENV_DIR)/bin/python" -c 'import sys, django; print("==> newest leg: Python", sys.version.split()[0], "Django", django.__version__)'; \
+	echo "==> pytest on SQLite (tests.settings_sqlite), deprecations as errors"; \
+	$(NEWEST_PYTEST) --ds=tests.settings_sqlite $(PYTEST_ARGS) || status=1; \
+	echo "==> pytest on PostgreSQL (tests.settings_postgres), deprecations as errors"; \
+	$(NEWEST_PYTEST) --ds=tests.settings_postgres $(PYTEST_ARGS) || status=1; \
+	if [ $$status -ne 0 ]; then echo "make test-newest: at least one suite failed" >&2; fi; \
+	exit $$status
+
 # Fault injection (tests/faults): kills, restarts, cut connections, hostile input.
 faults: $(STAMP)
 	DJANGO_EVENTS_FAULTS=full $(FAULTS) $(PYTEST_ARGS)
@@ -129,4 +169,4 @@ clean:
 		-type d -name __pycache__ -exec rm -rf {} +
 
 distclean: clean
-	rm -rf "$(VENV_DIR)"
+	rm -rf "$(VENV_DIR)" "$(NEWEST_VENV_DIR)"

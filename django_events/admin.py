@@ -2,9 +2,13 @@
 
 Nobody adds or edits events or dead letters by hand. The only writes are retry and
 discard, each a CSRF-protected POST behind its own permission, made through
-:mod:`django_events.triage` and recorded in the admin log. Payloads, metadata and
-tracebacks may hold personal data, so they are shown only to users with
-``django_events.view_payload``; others see the envelope and a masked body.
+:mod:`django_events.triage` and recorded in the admin log. Payloads, metadata,
+tracebacks, error messages and a delivery's last error may hold personal data (an error
+message often echoes a payload value), so they are shown only to users with
+``django_events.view_payload``; others see the envelope, the error class and a masked
+body. No side door either: changelist URLs accept only the parameters of the declared
+filters (:class:`DeclaredLookupsOnly`), and search reads error messages only for users
+who may see them.
 
 Changelists issue a fixed number of queries whatever the page size, and their counts are
 capped (:class:`CappedPaginator`) so that a million-row log pages as fast as an empty one.
@@ -21,7 +25,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.admin.utils import flatten_fieldsets
+from django.contrib.admin.utils import flatten_fieldsets, get_fields_from_path
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, Min, Q, QuerySet
@@ -55,7 +59,7 @@ GONE = "(not in the event log)"
 
 
 def can_view_payload(request: HttpRequest) -> bool:
-    return request.user.has_perm("django_events.view_payload")
+    return triage.may_view_payload(request.user)
 
 
 def _pretty(value: Any) -> SafeString:
@@ -208,7 +212,49 @@ def _group_label(group: dict[str, Any]) -> str:
     return f"{error} in {handler} ({group['count']})"
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+def declared_filter_parameters(model_admin: Any, request: HttpRequest | None) -> set[str]:
+    """The query parameters that ``model_admin``'s declared list filters read.
+
+    A :class:`~django.contrib.admin.SimpleListFilter` reads its ``parameter_name``; a
+    field filter (``"state"``, or ``("state", SomeFieldListFilter)``) reads what its
+    ``expected_parameters()`` says (``state__exact``, ``last_failed_at__gte``, ...).
+    """
+    params: set[str] = set()
+    filters = model_admin.get_list_filter(request) if request else model_admin.list_filter
+    for item in filters:
+        if isinstance(item, type) and issubclass(item, admin.SimpleListFilter):
+            params.add(str(item.parameter_name))
+            continue
+        field_path, cls = item if isinstance(item, (list, tuple)) else (item, None)
+        field = get_fields_from_path(model_admin.model, field_path)[-1]
+        make: Any = cls or admin.FieldListFilter.create  # (request may be None: no request yet)
+        spec = make(field, request, {}, model_admin.model, model_admin, field_path=field_path)
+        params.update(p for p in spec.expected_parameters() if p)
+    return params
+
+
+class DeclaredLookupsOnly(admin.ModelAdmin):
+    """Changelist URLs accept the declared filters' parameters and nothing else.
+
+    Django's default lets a URL filter on any lookup of a local field:
+    ``?data__ssn=123-45-6789`` answers yes or no with one row or none,
+    ``?traceback__startswith=`` leaks a value a character at a time, and ``__regex`` does
+    both faster. That is a side door round ``view_payload``, and on a large log an
+    unindexed scan per request. Every user, superusers included, gets the same rule: the
+    sidebar's filters and search are the changelist's whole query language; anything
+    else is Django's ``DisallowedModelAdminLookup`` (a 400).
+    """
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        if request is None:
+            return lookup in declared_filter_parameters(self, None)
+        cache: dict[type, set[str]] = request.__dict__.setdefault("_django_events_lookups", {})
+        if type(self) not in cache:
+            cache[type(self)] = declared_filter_parameters(self, request)
+        return lookup in cache[type(self)]
+
+
+class ReadOnlyAdmin(DeclaredLookupsOnly):
     private_fields: tuple[str, ...] = ()
     """Fields shown only with the view_payload permission; others see ``masked``."""
 
@@ -442,6 +488,7 @@ class TriageMixin:
             "count": open_.count(),
             "sample": list(open_.prefetch_related("event").order_by("-last_failed_at")[:10]),
             "hidden": hidden,
+            "can_view_payload": can_view_payload(request),
             "back": back,
             "reason": reason,
             "error": error,
@@ -474,8 +521,12 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
     )
     search_fields = ("event__id", "event__key", "error_message")  # see get_search_results
     search_help_text = "An event id, an event key, or words of the error message."
+    search_help_text_masked = "An event id or an event key."
     list_select_related = False  # the event is prefetched: a row outlives its log entry
     ordering = ("-last_failed_at",)
+    # The site-wide "delete selected" is dropped by Django itself: it needs the delete
+    # permission, which nobody has here. (No get_actions() override: its signature
+    # differs between Django 5.2 and 6.1.)
     actions = ("retry_selected", "discard_selected")
     fieldsets = (
         (
@@ -515,7 +566,30 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
         ),
         ("Resolution", {"fields": ("resolved_at", "resolved_by", "reason")}),
     )
-    private_fields = ("payload", "event_metadata", "traceback_shown")
+    private_fields = (
+        "payload",
+        "event_metadata",
+        "traceback_shown",
+        "error_message",
+        "delivery_error",
+    )
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        shown = super().get_list_display(request)
+        if can_view_payload(request):
+            return shown
+        return tuple(name for name in shown if name != "short_message")
+
+    def get_search_fields(self, request: HttpRequest) -> Any:
+        if can_view_payload(request):
+            return self.search_fields
+        return tuple(name for name in self.search_fields if name != "error_message")
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)
+        if not can_view_payload(request):
+            changelist.search_help_text = self.search_help_text_masked
+        return changelist
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
         # Not select_related: its inner join would hide dead letters whose event has
@@ -532,13 +606,10 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
             return queryset.filter(event_id=uuid.UUID(term)), False
         except ValueError:
             pass
-        keyed = EventRecord.objects.filter(key=term).values("id")
-        return queryset.filter(Q(event_id__in=keyed) | Q(error_message__icontains=term)), False
-
-    def get_actions(self, request: HttpRequest) -> Any:
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)
-        return actions
+        match = Q(event_id__in=EventRecord.objects.filter(key=term).values("id"))
+        if can_view_payload(request):  # words of an error message are payload too
+            match |= Q(error_message__icontains=term)
+        return queryset.filter(match), False
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(triage.PERMISSIONS[triage.RETRY])
@@ -771,7 +842,7 @@ class SubscriptionAdmin(ReadOnlyAdmin):
 # --------------------------------------------------------------------------- pages
 
 
-class PageAdmin(admin.ModelAdmin):
+class PageAdmin(DeclaredLookupsOnly):
     """An admin page without a table of its own, visible to dead-letter viewers."""
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -827,6 +898,7 @@ class FailureGroupAdmin(TriageMixin, PageAdmin):
             groups=groups,
             can_retry=request.user.has_perm(triage.PERMISSIONS[triage.RETRY]),
             can_discard=request.user.has_perm(triage.PERMISSIONS[triage.DISCARD]),
+            can_view_payload=can_view_payload(request),
             title="Failure groups",
         )
 

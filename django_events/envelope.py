@@ -287,7 +287,11 @@ def build_event(
         raise UndecodableEvent(str(exc)) from exc
     if isinstance(occurred_at, str):
         try:
-            occurred_at = dt.datetime.fromisoformat(occurred_at)
+            # Python 3.10's fromisoformat does not read a "Z" suffix (CloudEvents, AWS).
+            zulu = occurred_at.endswith(("Z", "z"))
+            occurred_at = dt.datetime.fromisoformat(
+                occurred_at[:-1] + "+00:00" if zulu else occurred_at
+            )
         except ValueError as exc:
             raise UndecodableEvent(f"Event time is not ISO 8601: {occurred_at!r}.") from exc
     if not isinstance(occurred_at, dt.datetime):

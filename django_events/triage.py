@@ -37,6 +37,7 @@ PERMISSIONS = {
     RETRY: "django_events.retry_deadletter",
     DISCARD: "django_events.discard_deadletter",
 }
+VIEW_PAYLOAD = "django_events.view_payload"
 
 _FRAME = re.compile(r'^\s*File "(?P<path>[^"]+)", line \d+, in (?P<func>.+)$')
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -113,6 +114,16 @@ class Outcome:
         if self.skipped:
             text += f"; skipped {len(self.skipped)} that were no longer open"
         return text + "."
+
+
+def may_view_payload(user: Any) -> bool:
+    """Whether ``user`` may read payloads, metadata, tracebacks and error text.
+
+    Error messages and a delivery's last error count as payload: they often echo a
+    payload value (``KeyError: 'alice@example.com'``). Without the permission, triage
+    shows the error class only.
+    """
+    return user is not None and user.is_active and user.has_perm(VIEW_PAYLOAD)
 
 
 def check_permission(user: Any, action: str) -> None:

@@ -17,6 +17,23 @@ from django.conf import settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: Any) -> None:
+    """``DJANGO_EVENTS_TEST_DEPRECATIONS=error``: every Django deprecation warning fails.
+
+    The class names change with each Django release (RemovedInDjango70Warning,
+    RemovedInDjango2028Warning, ...), so they are read from the installed Django rather
+    than spelled out; the newest leg of the matrix (``make test-newest``) sets it.
+    """
+    if os.environ.get("DJANGO_EVENTS_TEST_DEPRECATIONS") != "error":
+        return
+    from django.utils import deprecation
+
+    for name in sorted(dir(deprecation)):
+        found = getattr(deprecation, name)
+        if name.startswith("Removed") and isinstance(found, type):
+            config.addinivalue_line("filterwarnings", f"error::{found.__module__}.{name}")
+
+
 def _postgres_unreachable() -> str | None:
     db = settings.DATABASES["default"]
     if db["ENGINE"] != "django.db.backends.postgresql":
@@ -65,6 +82,25 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout:.0f}s: {what or condition}")
         time.sleep(interval)
+
+
+def closing_connections(target: Callable[[], Any]) -> Callable[[], None]:
+    """``target``, closing its thread's database connections when it returns.
+
+    Django opens one connection per thread and closes it only when asked: a thread that
+    ran the ORM (a worker's loop, say) and ended without closing keeps a session open on
+    the test database, which then cannot be dropped at the end of the run.
+    """
+
+    def run() -> None:
+        from django.db import connections
+
+        try:
+            target()
+        finally:
+            connections.close_all()
+
+    return run
 
 
 class Workers:
@@ -135,6 +171,37 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         yield pool
     finally:
         pool.stop_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_connection_left_open(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Fail the run, naming them, if sessions other than the runner's own are still on the
+    PostgreSQL test database at the end: they would keep it from being dropped (a
+    warning that is easy to miss, and a database left behind)."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    query = (
+        "SELECT pid, application_name, state, left(query, 80) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+    def others() -> list[Any]:
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            return cursor.fetchall()
+
+    with django_db_blocker.unblock():
+        left: list[Any] = []
+        deadline = time.monotonic() + 5  # a backend may take a moment to exit
+        while (left := others()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert not left, (
+        f"{len(left)} connection(s) to the test database left open (a thread that ran the "
+        f"ORM and never closed; see closing_connections): {left}"
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_events import publish
-from django_events.models import DeadLetter, EventRecord
+from django_events.models import DeadLetter, Delivery, EventRecord
 from django_events.testing import deliver
 from django_events.triage import fingerprint
 
@@ -22,6 +22,38 @@ TRACE = (
     '  File "/srv/app/shop/events.py", line {line}, in {func}\n'
     "{error}: boom\n"
 )
+
+
+SECRET = "123-45-6789"  # noqa: S105 - a fake social security number, not a password
+MESSAGE = f"no customer with ssn {SECRET}"
+ERROR = "shop.errors.NoCustomer"
+
+# Every lookup a URL could try on leaky()'s private fields, with a value that matches.
+DEAD_LETTER_LOOKUPS = [
+    ("error_message", MESSAGE),
+    ("error_message__icontains", "ssn"),
+    ("error_message__startswith", "no customer"),
+    ("error_message__regex", "^no.*6789$"),
+    ("traceback__icontains", SECRET),
+    ("traceback__startswith", "Traceback"),
+    ("traceback__regex", "123-45"),
+    ("event__data__ssn", SECRET),
+    ("event__data__ssn__startswith", "1"),
+    ("event__metadata__ssn__icontains", "45"),
+    ("event__deliveries__last_error__icontains", SECRET),
+    ("reason__icontains", ""),  # not private, but not a declared filter either
+]
+EVENT_LOOKUPS = [
+    ("data__ssn", SECRET),
+    ("data__ssn__startswith", "1"),
+    ("data__ssn__icontains", "45"),
+    ("data__ssn__regex", "^123"),
+    ("metadata__ssn", SECRET),
+    ("metadata__ssn__startswith", "1"),
+    ("dead_letters__error_message__icontains", "ssn"),
+    ("dead_letters__traceback__icontains", SECRET),
+    ("deliveries__last_error__icontains", SECRET),
+]
 
 
 def failing(data: dict[str, Any] | None = None, groups: tuple[str, ...] = ("alpha",)) -> list:
@@ -78,3 +110,21 @@ def bulk(
         )
         for event in events
     )
+
+
+def leaky() -> DeadLetter:
+    """A dead letter whose payload, metadata, message, traceback and delivery's last error
+    all carry SECRET, beside one that carries nothing (so that 1 row or 0 would tell)."""
+    bulk(1, error_class="ValueError")
+    dead = bulk(1, error_class=ERROR, handler="shop.events.sync")[0]
+    EventRecord.objects.filter(id=dead.event_id).update(
+        data={"ssn": SECRET}, metadata={"ssn": SECRET}
+    )
+    DeadLetter.objects.filter(pk=dead.pk).update(
+        error_message=MESSAGE, traceback=f"Traceback (most recent call last):\nKeyError: {SECRET}"
+    )
+    Delivery.objects.create(
+        event_id=dead.event_id, group_name=dead.group, position=1, attempts=3, last_error=MESSAGE
+    )
+    dead.refresh_from_db()
+    return dead

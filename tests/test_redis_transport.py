@@ -27,7 +27,7 @@ from django_events.transports.base import Outgoing
 from django_events.transports.redis import CONSUMER_GROUP, RedisStreamsTransport
 from django_events.worker import Worker
 
-from .conftest import wait_until
+from .conftest import closing_connections, wait_until
 from .redis_support import (
     REDIS_URL,
     PrivateRedis,
@@ -344,7 +344,7 @@ def test_a_checkpoint_never_passes_an_event_still_owed(transport):
 def test_an_idle_worker_blocks_on_redis_and_its_relay_runs_in_a_thread(configure):
     configure(block=5)
     worker = Worker(["alpha"], relay=True)
-    thread = threading.Thread(target=worker.run)
+    thread = threading.Thread(target=closing_connections(worker.run))
     thread.start()
     try:
         time.sleep(0.5)
@@ -363,7 +363,7 @@ def test_a_worker_survives_redis_going_away(configure):
     server = PrivateRedis().start()
     configure(url=server.url)
     worker = Worker(["alpha"], relay=True)
-    thread = threading.Thread(target=worker.run)
+    thread = threading.Thread(target=closing_connections(worker.run))
     thread.start()
     try:
         publish("test.happened", {"n": 1})

@@ -4,6 +4,8 @@ Scripted use acts as a named Django user (``--user``), whose permissions are che
 in the admin, and whose action is written to the admin log. Without ``--user`` the
 shell's own account acts: it already has the database in reach, so no Django permission
 is checked, but ``--yes`` is required and ``resolved_by`` records ``shell:<os user>``.
+A ``--user`` without ``django_events.view_payload`` sees error classes, not messages, as
+in the admin.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ... import triage
 from ...models import DeadLetter
 
 STATES = [*DeadLetter.State.values, "all"]
+HIDDEN = "(hidden: needs view_payload)"
 
 
 def _add_filters(parser: CommandParser) -> None:
@@ -69,6 +72,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = self._user(options.get("user"))
+        # The shell's own account can read the table anyway; a named user is held to the
+        # admin's rule: error text is payload.
+        shown = user is None or triage.may_view_payload(user)
         action = options["action"]
         queryset = self._filtered(options)
         if action == "list":
@@ -76,7 +82,8 @@ class Command(BaseCommand):
                 raise CommandError(f"{user.get_username()} may not view dead letters.")
             if options["state"] != "all":
                 queryset = queryset.filter(state=options["state"])
-            self._list(list(queryset[: options["limit"]]), queryset.count(), options["json"])
+            rows = list(queryset[: options["limit"]])
+            self._list(rows, queryset.count(), options["json"], shown)
             return
         if not self._has_filter(options) and not options["all"]:
             raise CommandError(f"Say which dead letters to {action} (a filter), or pass --all.")
@@ -103,7 +110,7 @@ class Command(BaseCommand):
                 json.dumps(
                     {
                         "action": action,
-                        "done": [_row(d) for d in outcome.done],
+                        "done": [_row(d, shown) for d in outcome.done],
                         "skipped": [d.pk for d in outcome.skipped],
                     },
                     indent=2,
@@ -157,9 +164,9 @@ class Command(BaseCommand):
             queryset = queryset.filter(Q(event_id__in=event_ids) | Q(pk__in=pks))
         return queryset
 
-    def _list(self, rows: list[DeadLetter], total: int, as_json: bool) -> None:
+    def _list(self, rows: list[DeadLetter], total: int, as_json: bool, shown: bool) -> None:
         if as_json:
-            out = {"count": total, "dead_letters": [_row(d) for d in rows]}
+            out = {"count": total, "dead_letters": [_row(d, shown) for d in rows]}
             self.stdout.write(json.dumps(out, indent=2, sort_keys=True))
             return
         if not rows:
@@ -175,16 +182,18 @@ class Command(BaseCommand):
             error = dead.error_class.rsplit(".", 1)[-1]
             event = triage.event_of(dead)
             event_type = event.type if event else "?"
+            message = dead.error_message[:60] if shown else HIDDEN
             self.stdout.write(
                 f"{dead.pk:>6}  {dead.state:<9}  {dead.group[:12]:<12}  {event_type[:20]:<20}  "
                 f"{error[:24]:<24}  {dead.attempts:>5}  {age + ' ago':<12}  "
-                f"{dead.fingerprint or '-':<16}  {dead.error_message[:60]}"
+                f"{dead.fingerprint or '-':<16}  {message}"
             )
         if total > len(rows):
             self.stdout.write(f"({len(rows)} of {total} shown; narrow with filters or --limit)")
 
 
-def _row(dead: DeadLetter) -> dict[str, Any]:
+def _row(dead: DeadLetter, shown: bool) -> dict[str, Any]:
+    """One dead letter as JSON; ``error_message`` is None unless ``shown``."""
     event = triage.event_of(dead)
     return {
         "id": dead.pk,
@@ -194,7 +203,7 @@ def _row(dead: DeadLetter) -> dict[str, Any]:
         "handler": dead.handler,
         "state": dead.state,
         "error_class": dead.error_class,
-        "error_message": dead.error_message,
+        "error_message": dead.error_message if shown else None,
         "attempts": dead.attempts,
         "fingerprint": dead.fingerprint,
         "first_failed_at": dead.first_failed_at.isoformat(),
