@@ -473,13 +473,15 @@ class RedisStreamsTransport(Transport):
         back for a worker that handles them (a newer version, during a rolling deploy):
         each goes to the group's delayed set for ``PASS_OVER_DELAY`` with its attempt given
         back, so however often old workers pass over it, no attempt is counted and it is
-        never dead-lettered for want of a handler here. An entry with no type (not ours)
-        is kept, for its dead letter."""
+        never dead-lettered for want of a handler here. An entry with no type, or one that
+        could not be decoded or verified, is kept for its dead letter: no version of any
+        handler can take it, and a type read from an entry that failed is not to be trusted."""
         keep: list[Claimed] = []
         others: list[Claimed] = []
         for item in claimed:
             wanted = types.get(item.group, ())
-            (keep if not item.event_type or item.event_type in wanted else others).append(item)
+            ours = not item.event_type or item.decode_error is not None
+            (keep if ours or item.event_type in wanted else others).append(item)
         if others:
             script = self._script("RETRY_LATER")
             pipe = self.client.pipeline(transaction=False)
