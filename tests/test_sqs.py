@@ -28,6 +28,7 @@ from django_events.exceptions import (
 from django_events.models import DeadLetter, OutboxMessage
 from django_events.registry import registry
 from django_events.relay import Relay
+from django_events.testing.contract import make_event
 from django_events.transports import transports
 from django_events.transports.base import Outgoing, logged_events
 from django_events.transports.sqs import SnsSqsTransport
@@ -109,6 +110,37 @@ def test_worker_handles_each_event_once_per_group_and_deletes_it(sqs: SnsSqsTran
     for group in ("alpha", "beta"):
         state = sqs.status([group])[group]
         assert (state.pending, state.in_flight) == (0, 0), "every message was deleted"
+
+
+def test_an_old_worker_passes_over_a_type_only_a_newer_version_handles(sqs: SnsSqsTransport):
+    """A rolling deploy: the newer version's ``setup_events`` added ``test.newer`` to
+    alpha's subscription; a worker of the older one, which has no handler for it, gives
+    each such message back as a copy: no attempt counted, no ``NoHandler`` dead letter."""
+    sqs.setup([*registry.subscriptions(), ("test.newer", "alpha", False)])
+    newer = make_event("test.newer")
+    sqs.publish([newer], [("test.newer", "alpha", False)])
+    old = Worker(["alpha"])
+    for _ in range(4):  # the copy comes back after PASS_OVER_DELAY, and is passed over again
+        old.step()
+        time.sleep(0.6)
+    assert not DeadLetter.objects.exists()
+    (later,) = wait_until(lambda: sqs.claim(["alpha"], 10, 30), timeout=5, what="the copy")
+    assert (later.event_id, later.event_type, later.attempt) == (newer.event_id, "test.newer", 1)
+    assert sqs.ack(later)
+
+
+def test_a_type_no_subscription_lists_any_more_is_a_no_handler_dead_letter(
+    sqs: SnsSqsTransport,
+):
+    """Retired by the newest ``setup_events`` (or never ours): passing it over would send it
+    round for ever, so the worker records it, as before ``filters_types``."""
+    sqs.setup([*registry.subscriptions(), ("test.retired", "alpha", False)])
+    retired = make_event("test.retired")
+    sqs.publish([retired], [("test.retired", "alpha", False)])
+    sqs.setup(registry.subscriptions())  # the release that dropped its handler
+    Worker(["alpha"]).step()
+    (dead,) = DeadLetter.objects.all()
+    assert (dead.event_id, dead.group, dead.error_class) == (retired.event_id, "alpha", "NoHandler")
 
 
 def test_a_failure_is_retried_after_its_backoff_with_the_receive_count_as_attempt(
@@ -421,6 +453,12 @@ def test_iam_policies_are_scoped_to_the_topic_and_each_groups_queues(sqs: SnsSqs
         f"arn:aws:sqs:us-east-1:123456789012:{sqs.queue_name('alpha', dead=True)}",
     ]
     assert "sqs:SendMessage" not in alpha["Action"]
+    pass_over, read = policies["consumer alpha"]["Statement"][1:]
+    assert (pass_over["Action"], pass_over["Resource"]) == (
+        ["sqs:SendMessage"],
+        alpha["Resource"][:1],
+    )
+    assert read["Resource"].endswith(f":{sqs.topic_name}")
     publish_statement = policies["relay"]["Statement"][0]
     assert publish_statement["Action"] == ["sns:Publish"]
     assert publish_statement["Resource"].endswith(f":{sqs.topic_name}")

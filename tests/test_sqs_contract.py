@@ -11,7 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from django_events.testing.contract import KEYED_TYPE, TransportContract, make_event
+from django_events.testing.contract import (
+    KEYED_TYPE,
+    OTHER_TYPE,
+    SUBSCRIPTIONS,
+    TransportContract,
+    make_event,
+)
 from django_events.transports.base import Transport
 from django_events.transports.sqs import SnsSqsTransport
 
@@ -49,6 +55,14 @@ class _SqsContract(TransportContract):
         )
         yield transport
         transport.close()
+
+    def test_a_claim_for_some_types_leaves_the_others_unattempted(
+        self, provisioned: Transport
+    ) -> None:
+        """SNS filters each queue on its types: the newer version's ``setup_events`` has
+        added the type to the group's subscription before its events are published."""
+        provisioned.setup([*SUBSCRIPTIONS, (OTHER_TYPE, "g1", False)])
+        super().test_a_claim_for_some_types_leaves_the_others_unattempted(provisioned)
 
     @RECEIVE_COUNTED
     def test_a_released_event_is_claimable_at_once_without_counting_an_attempt(

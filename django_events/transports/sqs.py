@@ -24,8 +24,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -67,6 +67,13 @@ MAX_VISIBILITY = 12 * 60 * 60
 RETENTION = 14 * 24 * 60 * 60
 """Messages are kept the longest SQS allows, so a group whose workers are down for days
 loses nothing (the SQS default would drop them after four)."""
+PASS_OVER_DELAY = 1
+"""Seconds before a message a worker passed over (a type it does not handle) is visible
+again, so old workers alone re-read it about once a second (standard queues only: FIFO
+queues take no per-message delay)."""
+POLICY_TTL = 30.0
+"""Seconds a worker reuses a group's subscription filter policy it read to decide whether
+a type it does not handle is still subscribed (``pass_over``)."""
 MAX_FILTER_VALUES = 150
 """An SNS filter policy holds at most this many values: the event types one group handles."""
 
@@ -121,6 +128,9 @@ class Receipt:
     message_group: str | None = None
     dead: bool = False
     ordered: bool = False
+    message: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The message as received (body and attributes, `groups` included), to send a copy of
+    it (``pass_over``)."""
 
 
 class SnsSqsTransport(Transport):
@@ -129,6 +139,7 @@ class SnsSqsTransport(Transport):
     acks_in_transaction = False
     waits_for_work = True
     max_message_bytes = MESSAGE_LIMIT
+    filters_types = True  # a message of a type the worker does not handle is sent again
 
     accepted_options = frozenset(_OPTIONS)
 
@@ -173,6 +184,7 @@ class SnsSqsTransport(Transport):
         self._turn = 0
         self._lease = get_settings().lease  # the visibility timeout of a ``wait``'s receive
         self._dead_checked_at = 0.0
+        self._policies: dict[str, tuple[float, frozenset[str] | None]] = {}
 
     # -- names --------------------------------------------------------------------------
 
@@ -409,7 +421,13 @@ class SnsSqsTransport(Transport):
 
     @_translating
     def claim(
-        self, groups: Sequence[str], limit: int, lease: float, *, max_bytes: int | None = None
+        self,
+        groups: Sequence[str],
+        limit: int,
+        lease: float,
+        *,
+        types: Mapping[str, Collection[str]] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Claimed]:
         """Receive up to ``limit`` events from the groups' queues, without waiting: an idle
         worker long-polls in ``wait``, and what that received is claimed first here.
@@ -419,7 +437,8 @@ class SnsSqsTransport(Transport):
         Dead-letter queues are looked at every ``dead_letter_poll`` seconds; what is found
         there comes back with its attempts spent, so the worker records it as a dead letter.
         In FIFO mode one event per key is out at a time: the rest of a receive waits here,
-        still leased, until the one before it is done.
+        still leased, until the one before it is done. Messages of a type ``types`` leaves
+        out are given back (``pass_over``).
         """
         self._flush_acks()
         if not groups:
@@ -439,6 +458,8 @@ class SnsSqsTransport(Transport):
             claimed = self._receive_all(
                 self._in_turn(groups), limit, lease, dead=False, wait=0, max_bytes=max_bytes
             )
+        if types is not None:
+            claimed = self.pass_over(claimed, types)
         taken = within_budget((c.size for c in claimed), max_bytes)
         if taken < len(claimed):  # still leased: the next claim takes them first
             with self._lock:
@@ -479,6 +500,97 @@ class SnsSqsTransport(Transport):
         self._turn = (self._turn + 1) % len(groups)
         return [*groups[self._turn :], *groups[: self._turn]]
 
+    def pass_over(
+        self, claimed: list[Claimed], types: Mapping[str, Collection[str]]
+    ) -> list[Claimed]:
+        """Keep the messages whose type ``types`` lists for their group; give the others
+        back for a worker that handles them (a newer version, during a rolling deploy).
+
+        Each is sent again to its own queue as a copy (same body and attributes, visible
+        after ``PASS_OVER_DELAY``; in FIFO mode the same key, a fresh deduplication id),
+        then the original is deleted. The copy starts with no receive counted, so however
+        often old workers pass over it, no attempt is counted and it never reaches the
+        redrive limit; making it visible again would count one (``ApproximateReceiveCount``).
+        Only a type the group's SNS subscription still filters on is passed over: some
+        release's ``setup_events`` declared it. A type it no longer lists (retired by the
+        newest ``setup_events``, or never ours), a message without a type or that does
+        not decode, or one from a dead-letter queue, is kept, for its dead letter.
+
+        An original whose copy was not sent (AWS out of reach, or refusing it) is not
+        deleted: it comes back when its lease ends, one receive further. The deletes go
+        with the pending acks."""
+        keep: list[Claimed] = []
+        others: list[Claimed] = []
+        for item in claimed:
+            wanted = types.get(item.group, ())
+            mine = not item.event_type or item.event_type in wanted
+            copyable = item.receipt.message is not None and not item.receipt.dead
+            if mine or not copyable or item.decode_error:
+                keep.append(item)
+            else:
+                subscribed = self._subscribed_types(item.group)
+                (others if item.event_type in (subscribed or ()) else keep).append(item)
+        if not others:
+            return keep
+        sqs = self._client("sqs")
+        sent: list[Receipt] = []
+        for item in others:
+            self._done(item)
+        try:
+            for url, chunk in _by_queue([item.receipt for item in others]):
+                entries = [self._copy(str(i), receipt) for i, receipt in enumerate(chunk)]
+                response = sqs.send_message_batch(QueueUrl=url, Entries=entries)
+                ok = {entry["Id"] for entry in response.get("Successful", [])}
+                sent += [receipt for i, receipt in enumerate(chunk) if str(i) in ok]
+        except _SEND_ERRORS as exc:  # the rest come back at their lease's end
+            logger.warning("Could not pass over SQS messages of types not handled here: %s", exc)
+        with self._lock:
+            self._acks.extend(sent)
+        with contextlib.suppress(*_SEND_ERRORS):
+            self._flush_acks()
+        return keep
+
+    def _subscribed_types(self, group: str) -> frozenset[str] | None:
+        """The event types ``group``'s subscription filters on now, read at most every
+        ``POLICY_TTL`` seconds; None if it cannot be read (then nothing is passed over)."""
+        now = time.monotonic()
+        hit = self._policies.get(group)
+        if hit is not None and now - hit[0] < POLICY_TTL:
+            return hit[1]
+        from .sqs_setup import subscribed_types
+
+        try:
+            found = subscribed_types(self, group)
+        except _SEND_ERRORS as exc:
+            logger.warning(
+                "Could not read the SNS filter policy of group %r (a consumer needs "
+                "sns:ListSubscriptionsByTopic and sns:GetSubscriptionAttributes): %s",
+                group,
+                exc,
+            )
+            found = None
+        self._policies[group] = (now, found)
+        return found
+
+    def _copy(self, entry_id: str, receipt: Receipt) -> dict[str, Any]:
+        """A SendMessageBatch entry repeating ``receipt``'s message."""
+        message = receipt.message or {}
+        entry: dict[str, Any] = {
+            "Id": entry_id,
+            "MessageBody": message.get("Body", ""),
+            "MessageAttributes": {
+                name: {"DataType": value["DataType"], "StringValue": value["StringValue"]}
+                for name, value in (message.get("MessageAttributes") or {}).items()
+                if isinstance(value, dict) and "StringValue" in value and "DataType" in value
+            },
+        }
+        if self.fifo:  # FIFO queues take no per-message delay
+            entry["MessageGroupId"] = receipt.message_group or uuid.uuid4().hex
+            entry["MessageDeduplicationId"] = uuid.uuid4().hex
+        else:
+            entry["DelaySeconds"] = PASS_OVER_DELAY
+        return entry
+
     def _receive_all(
         self,
         groups: Sequence[str],
@@ -512,7 +624,7 @@ class SnsSqsTransport(Transport):
                     VisibilityTimeout=_seconds(lease, minimum=1),
                     WaitTimeSeconds=wait,
                     MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
-                    MessageAttributeNames=["type", "ordered", "key", SIGNATURE],
+                    MessageAttributeNames=["type", "groups", "ordered", "key", SIGNATURE],
                 ).get("Messages", [])
                 deadline = time.monotonic() + lease
                 for message in messages:
@@ -533,7 +645,7 @@ class SnsSqsTransport(Transport):
         tags = message.get("MessageAttributes") or {}
         ordered = group in _string_array(tags.get("ordered")) and not dead
         handle = message["ReceiptHandle"]
-        receipt = Receipt(url, handle, attributes.get("MessageGroupId"), dead, ordered)
+        receipt = Receipt(url, handle, attributes.get("MessageGroupId"), dead, ordered, message)
         message_id = str(message.get("MessageId", ""))
         type_tag = tags.get("type")
         claimed = Claimed(

@@ -175,6 +175,20 @@ def _normal(value: Any) -> Any:
     return None if value is None else str(value)
 
 
+def subscribed_types(transport: SnsSqsTransport, group: str) -> frozenset[str] | None:
+    """The event types in the filter policy of ``group``'s subscription to the topic, or
+    None if the group's queue is not subscribed."""
+    sns = transport._client("sns")
+    queue_arn = _queue_arn(transport, transport._queue_url(group))
+    subscription = _subscriptions(sns, transport.topic_arn).get(queue_arn)
+    if subscription is None:
+        return None
+    attributes = sns.get_subscription_attributes(SubscriptionArn=subscription)["Attributes"]
+    policy = json.loads(attributes.get("FilterPolicy") or "{}")
+    types = policy.get("type") if isinstance(policy, dict) else None
+    return frozenset(t for t in types if isinstance(t, str)) if isinstance(types, list) else None
+
+
 def _queue_arn(transport: SnsSqsTransport, url: str) -> str:
     found = transport._client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
     return str(found["Attributes"]["QueueArn"])
@@ -244,7 +258,21 @@ def access_policies(
                     "sqs:ReceiveMessage",
                 ],
                 "Resource": [arn(group), arn(group, True)],
-            }
+            },
+            {
+                # a copy of a message of a type it does not handle, back to its own queue
+                "Sid": "PassOver",
+                "Effect": "Allow",
+                "Action": ["sqs:SendMessage"],
+                "Resource": [arn(group)],
+            },
+            {
+                # which types the group's subscription still lists, to pass those over
+                "Sid": "ReadSubscription",
+                "Effect": "Allow",
+                "Action": ["sns:ListSubscriptionsByTopic", "sns:GetSubscriptionAttributes"],
+                "Resource": topic,
+            },
         )
     policies["setup"] = policy(
         {
