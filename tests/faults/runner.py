@@ -59,7 +59,8 @@ def apply_controls(names: list[str]) -> None:
             inbox.record_many = lambda using, slots: set(slots)  # type: ignore[attr-defined]
             DatabaseTransport.acks_in_transaction = False
         elif name == "no_heartbeat":
-            worker.Heartbeat.run = lambda self: None  # type: ignore[method-assign]
+            # Alive (a dead thread stops the worker) but never renewing.
+            worker.Heartbeat.run = lambda self: self.stopped.wait()  # type: ignore[method-assign]
         elif name == "late_attempts":
             claim = DatabaseTransport.claim
 
