@@ -806,11 +806,6 @@ class SubscriptionAdmin(ReadOnlyAdmin):
     def has_unsubscribe_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(subscriptions.UNSUBSCRIBE_PERMISSION)
 
-    def get_actions(self, request: HttpRequest) -> Any:
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)
-        return actions
-
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:

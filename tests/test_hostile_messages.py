@@ -10,6 +10,7 @@ wrong, and every healthy event must be handled once. Each of these raised out of
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -131,6 +132,7 @@ def test_redis_garbled_lease_and_wrong_typed_side_keys_do_not_stop_the_group(red
     for item in taken:
         client.hset(redis_transport.leases("alpha"), item.receipt.entry_id, "garbage")
     client.hset(redis_transport.leases("alpha"), "not an entry id", "garbage")
+    time.sleep(0.05)  # idle for longer than the 1 ms lease below, however fast the machine
     retaken = redis_transport._orphans(["alpha"], 10, 0.001)  # garbled leases count as none
     assert {c.event_id for c in retaken} == set(more)
     redis_transport.release(retaken)
