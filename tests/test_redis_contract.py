@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from django_events.testing.contract import TransportContract
+from django_events.testing.contract import OTHER_TYPE, TransportContract
 from django_events.transports.base import Transport
 from django_events.transports.redis import RedisStreamsTransport
 
@@ -26,3 +26,13 @@ class TestRedisContract(TransportContract):
         yield transport
         transport.close()
         delete_prefix(prefix)
+
+    def test_a_claim_for_some_types_leaves_the_others_unattempted(
+        self, provisioned: Transport
+    ) -> None:
+        """Redis passes over only what some service declares: the newer version declared
+        the type (``migrate``) before its events were published."""
+        store = provisioned.subscription_store()
+        assert store is not None
+        store.declare("newer", {("g1", OTHER_TYPE): False}, replace=False)
+        super().test_a_claim_for_some_types_leaves_the_others_unattempted(provisioned)

@@ -473,7 +473,9 @@ class RedisStreamsTransport(Transport):
         back for a worker that handles them (a newer version, during a rolling deploy):
         each goes to the group's delayed set for ``PASS_OVER_DELAY`` with its attempt given
         back, so however often old workers pass over it, no attempt is counted and it is
-        never dead-lettered for want of a handler here. An entry with no type, or one that
+        never dead-lettered for want of a handler here, as long as some service declares its
+        (group, type); one no service declares is kept, for its ``NoHandler`` dead letter,
+        rather than sent round for ever. An entry with no type, or one that
         could not be decoded or verified, is kept for its dead letter: no version of any
         handler can take it, and a type read from an entry that failed is not to be trusted."""
         keep: list[Claimed] = []
@@ -482,6 +484,10 @@ class RedisStreamsTransport(Transport):
             wanted = types.get(item.group, ())
             ours = not item.event_type or item.decode_error is not None
             (keep if ours or item.event_type in wanted else others).append(item)
+        if others:  # only what some service declares waits for it; the rest is NoHandler
+            declared = {(group, type_) for type_, group, _ in self.subscription_store().fan_out()}
+            keep += [item for item in others if (item.group, item.event_type) not in declared]
+            others = [item for item in others if (item.group, item.event_type) in declared]
         if others:
             script = self._script("RETRY_LATER")
             pipe = self.client.pipeline(transaction=False)
