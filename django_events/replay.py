@@ -29,6 +29,7 @@ from django.db import connections, transaction
 from django.db.models import Count, Exists, F, Max, Min, OuterRef, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 
 from . import failpoints, sql
 from .conf import get_settings
@@ -46,9 +47,14 @@ class ReplayError(EventsError, ValueError):
 
 def parse_moment(text: str, option: str = "date") -> dt.datetime:
     """An ISO 8601 date (midnight) or datetime; a naive one is in the current time zone."""
+    # Django's parsers, not fromisoformat: Python 3.10's does not read a "Z" suffix.
     try:
-        moment = dt.datetime.fromisoformat(text.strip())
+        moment = parse_datetime(text.strip())
+        if moment is None and (day := parse_date(text.strip())) is not None:
+            moment = dt.datetime.combine(day, dt.time())
     except ValueError:
+        moment = None
+    if moment is None:
         raise ReplayError(
             f"{option} {text!r} is not an ISO date or datetime "
             "(such as 2026-01-31 or 2026-01-31T14:00:00+01:00)."

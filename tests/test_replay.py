@@ -117,6 +117,8 @@ def test_filters_choose_types_key_and_time_range(new_group):
     assert only("--key", "a") == [1, 3, 5, 6]
     assert only("--since", "2026-01-03", "--until", "2026-01-05T00:00:00+00:00") == [2, 3]
     assert only("--type", "test.happened", "--key", "b", "--since", "2026-01-02") == [2, 4]
+    # A "Z" suffix (what CloudEvents and AWS write) reads on every supported Python.
+    assert only("--since", "2026-01-03T00:00:00Z", "--until", "2026-01-05T00:00Z") == [2, 3]
     assert only() == [0, 1, 2, 3, 4, 5, 6]
 
 
