@@ -10,10 +10,18 @@ import pytest
 from django.test import override_settings
 
 from django_events import publish
+from django_events.registry import registry
+from django_events.relay import Relay
 from django_events.testing import deliver
 from django_events.transports import transports
+from django_events.worker import Worker
 
 from .redis_support import delete_prefix, events_settings, needs_redis, unique_prefix
+from .sqs_server import aws_env, moto_endpoint
+from .sqs_server import events_settings as sqs_settings
+from .sqs_server import unique_prefix as sqs_prefix
+
+__all__ = ["aws_env", "moto_endpoint"]  # fixtures, imported for pytest
 
 trace = pytest.importorskip("opentelemetry.trace")
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,6 +86,33 @@ def test_one_trace_from_the_request_to_both_groups_on_redis(client, spans, on_re
     trace_id = request_publishing(client, {"n": 1})
     deliver()
     assert_one_trace(spans, trace_id)
+
+
+def test_one_trace_from_the_request_to_both_groups_on_sns_and_sqs(
+    client, spans, settings, moto_endpoint, aws_env
+):
+    settings.DJANGO_EVENTS = sqs_settings(moto_endpoint, sqs_prefix())
+    transports["default"].setup(registry.subscriptions())
+    trace_id = request_publishing(client, {"n": 1})
+    Worker(["alpha", "beta"]).run(once=True)
+    assert_one_trace(spans, trace_id)
+
+
+@needs_redis()
+def test_the_trace_context_travels_as_the_cloudevents_extension(client, spans, on_redis):
+    """On the wire: top-level ``traceparent``, not a metadata entry (there is none left)."""
+    request_publishing(client, {"n": 1})
+    Relay().run_once()
+    transport = transports["default"]
+    ((_, entries),) = transport.client.xread({transport.stream("alpha"): 0}, count=1)
+    body = json.loads(entries[0][1][b"event"])
+    (sent,) = by_name(spans)["send test.happened"]
+    assert body["traceparent"].startswith(
+        f"00-{sent.context.trace_id:032x}-{sent.context.span_id:016x}-"
+    )
+    assert "metadata" not in body
+    (claimed,) = transport.claim(["alpha"], 10, 30)
+    assert claimed.event.metadata == {"traceparent": body["traceparent"]}
 
 
 def test_a_failing_handler_records_the_error_on_its_span(client, spans):
