@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from .envelope import TRACE_KEYS, Event
@@ -33,10 +33,27 @@ try:  # the one import guard: everything below checks ``otel``
     from opentelemetry.trace.status import Status, StatusCode
 except ImportError:  # pragma: no cover - exercised by the install without the extra
     otel = None  # type: ignore[assignment]
+else:
+    _W3C = TraceContextTextMapPropagator()  # the wire's format, whatever the global one is
+    try:  # what get_meter_provider() returns before an SDK is set: private to the API
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # pragma: no cover - a later API: record into its proxy instead
+        _UNCONFIGURED_METERS: tuple[type, ...] = (otel_metrics.NoOpMeterProvider,)
+    else:
+        _UNCONFIGURED_METERS = (_ProxyMeterProvider, otel_metrics.NoOpMeterProvider)
 
 SYSTEM = "django_events"
 MAX_TRACESTATE = 512  # W3C: a vendor may drop tracestate rather than carry more
 _instruments: dict[str, Any] = {}
+_tracer_of: list[Any] = [None, None]  # (provider, its tracer)
+_NOTHING = nullcontext()
+
+
+def metrics_enabled() -> bool:
+    """True when an OpenTelemetry SDK meter provider is installed."""
+    if otel is None:
+        return False
+    return not isinstance(otel_metrics.get_meter_provider(), _UNCONFIGURED_METERS)
 
 
 def tracing_enabled() -> bool:
@@ -47,7 +64,12 @@ def tracing_enabled() -> bool:
 
 
 def _tracer() -> Any:
-    return otel.get_tracer("django_events")
+    """This package's tracer, kept while the provider stays (the SDK builds a new one per
+    ``get_tracer`` call, which costs more than the span)."""
+    provider = otel.get_tracer_provider()
+    if _tracer_of[0] is not provider:
+        _tracer_of[:] = [provider, provider.get_tracer("django_events")]
+    return _tracer_of[1]
 
 
 # --- publish --------------------------------------------------------------------------------
@@ -74,7 +96,7 @@ def trace_context(span: Any, metadata: Mapping[str, str]) -> dict[str, str]:
     if span is None or "traceparent" in metadata:
         return {}
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier, context=otel.set_span_in_context(span))
+    _W3C.inject(carrier, context=otel.set_span_in_context(span))
     if len(carrier.get("tracestate", "")) > MAX_TRACESTATE:
         carrier.pop("tracestate")
     return {key: carrier[key] for key in TRACE_KEYS if carrier.get(key)}
@@ -94,7 +116,7 @@ def published_span(span: Any, events: Sequence[Event]) -> None:
 
 def published(events: Sequence[Event]) -> None:
     """Count events as they are written (the transaction may still roll back)."""
-    if otel is None:
+    if not metrics_enabled():
         return
     counter = _instrument("counter", "django_events.published", "Events published")
     for event in events:
@@ -108,9 +130,10 @@ def relayed(using: str, count: int, started_ns: int) -> None:
     """One span and one count per batch that moved events (empty polls record nothing)."""
     if otel is None or not count:
         return
-    _instrument("counter", "django_events.relayed", "Events relayed").add(
-        count, {"database": using}
-    )
+    if metrics_enabled():
+        _instrument("counter", "django_events.relayed", "Events relayed").add(
+            count, {"database": using}
+        )
     if not tracing_enabled():
         return
     span = _tracer().start_span(
@@ -129,16 +152,17 @@ def relayed(using: str, count: int, started_ns: int) -> None:
 # --- handlers -------------------------------------------------------------------------------
 
 
-@contextmanager
-def consuming(claimed: Claimed, event: Event) -> Iterator[None]:
+def consuming(claimed: Claimed, event: Event) -> AbstractContextManager[None]:
     """The consumer span of one handler run, a child of the publish span; an exception
     is recorded on it and goes on to the worker."""
-    if not tracing_enabled():
-        yield
-        return
+    return _consuming(claimed, event) if tracing_enabled() else _NOTHING
+
+
+@contextmanager
+def _consuming(claimed: Claimed, event: Event) -> Iterator[None]:
     parent = None
     if "traceparent" in event.metadata:
-        parent = TraceContextTextMapPropagator().extract(
+        parent = _W3C.extract(
             {key: event.metadata[key] for key in TRACE_KEYS if key in event.metadata}
         )
     attributes = {
@@ -170,7 +194,7 @@ def consuming(claimed: Claimed, event: Event) -> Iterator[None]:
 
 
 def handled(claimed: Claimed, event: Event, duration: float) -> None:
-    if otel is None:
+    if not metrics_enabled():
         return
     labels = {"group": claimed.group, "type": event.type}
     _instrument("counter", "django_events.handled", "Events handled").add(1, labels)
@@ -197,7 +221,7 @@ def dead_lettered(claimed: Claimed) -> None:
 
 
 def _count(name: str, description: str, claimed: Claimed) -> None:
-    if otel is None:
+    if not metrics_enabled():
         return
     labels = {"group": claimed.group, "type": claimed.event_type}
     _instrument("counter", name, description).add(1, labels)

@@ -10,6 +10,7 @@ import pytest
 from django.test import override_settings
 
 from django_events import publish
+from django_events.models import EventRecord
 from django_events.registry import registry
 from django_events.relay import Relay
 from django_events.testing import deliver
@@ -141,3 +142,16 @@ def test_a_traceparent_the_caller_set_is_kept(spans):
     mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     event = publish("test.happened", {"n": 1}, metadata={"traceparent": mine})
     assert event.metadata["traceparent"] == mine
+
+
+def test_without_opentelemetry_installed_every_hook_stands_aside(client, monkeypatch):
+    """As an install without the ``otel`` extra: the module's one import guard."""
+    from django_events import instrumentation
+
+    monkeypatch.setattr(instrumentation, "otel", None)
+    request_id = client.post(
+        "/place/", json.dumps({"n": 1, "fail_group": "beta"}), content_type="application/json"
+    )
+    assert request_id.status_code == 200
+    assert deliver() == 1  # alpha handled it; beta's five failures became a dead letter
+    assert "traceparent" not in EventRecord.objects.get().metadata
