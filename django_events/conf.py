@@ -79,6 +79,7 @@ class EventsSettings:
     schema_dir: str | None = None
     allow_command_names: tuple[str, ...] = ()
     signing: Signing = field(default_factory=Signing)
+    metrics_token: str | None = None
 
     def retry_for(self, group: str) -> RetryPolicy:
         return self.groups.get(group, self.retry)
@@ -114,6 +115,7 @@ _TOP_KEYS = {
     "SIGNING_KEYS",
     "SIGNING_KEY_ID",
     "REQUIRE_SIGNATURES",
+    "METRICS_TOKEN",
 }
 _RETRY_KEYS = {"MAX_ATTEMPTS", "BACKOFF_BASE", "BACKOFF_MAX"}
 _HEALTH_KEYS = {"MAX_PENDING_AGE", "MAX_OUTBOX_AGE", "MAX_DEAD"}
@@ -267,6 +269,15 @@ def parse(raw: Any) -> EventsSettings:
     if not isinstance(allowed, (list, tuple)) or not all(isinstance(t, str) for t in allowed):
         raise EventsConfigurationError(f"{where}['ALLOW_COMMAND_NAMES'] must be a list of types.")
 
+    metrics_token = raw.get("METRICS_TOKEN")
+    if metrics_token is not None and (
+        not isinstance(metrics_token, str) or len(metrics_token) < 16
+    ):
+        raise EventsConfigurationError(
+            f"{where}['METRICS_TOKEN'] must be a string of at least 16 characters (a secret "
+            "the scraper sends as 'Authorization: Bearer ...'), or None."
+        )
+
     lease = float(_number(raw, "LEASE", defaults.lease, where, minimum=1))
     flags = {}
     for key in ("BATCH_TRANSACTIONS", "PUBLISH_NOTIFY"):
@@ -305,6 +316,7 @@ def parse(raw: Any) -> EventsSettings:
         schema_dir=None if schema_dir is None else os.fspath(schema_dir),
         allow_command_names=tuple(allowed),
         signing=parse_signing(raw, where),
+        metrics_token=metrics_token,
     )
 
 

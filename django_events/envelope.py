@@ -96,9 +96,41 @@ class Event:
             body["correlationid"] = str(self.correlation_id)
         if self.causation_id is not None:
             body["causationid"] = str(self.causation_id)
-        if self.metadata:
-            body["metadata"] = self.metadata
+        metadata, trace = _without_trace(self.metadata)
+        if metadata:
+            body["metadata"] = metadata
+        body.update(trace)
         return body
+
+
+# --- trace context ---------------------------------------------------------------------------
+
+TRACE_KEYS = ("traceparent", "tracestate")
+"""The W3C trace context: stored in an event's metadata under these keys, carried on the
+wire as the CloudEvents distributed-tracing extension attributes of the same names."""
+
+
+def _without_trace(metadata: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    rest = {k: v for k, v in metadata.items() if k not in TRACE_KEYS}
+    return rest, {k: metadata[k] for k in TRACE_KEYS if k in metadata}
+
+
+def split_trace(metadata: str) -> tuple[str, dict[str, str]]:
+    """Stored metadata text without the trace context, and the trace context as the
+    envelope's extension attributes. Metadata without one (the usual case unless
+    OpenTelemetry is on) comes back as it is, unparsed."""
+    if '"trace' not in metadata:
+        return metadata, {}
+    try:
+        fields = json.loads(metadata)
+    except ValueError:
+        return metadata, {}  # refused by the relay's screen before anything is sent
+    if not isinstance(fields, dict):
+        return metadata, {}
+    trace = {k: fields.pop(k) for k in TRACE_KEYS if isinstance(fields.get(k), str)}
+    if not trace:
+        return metadata, {}
+    return (json.dumps(fields, separators=(",", ":")) if fields else ""), trace
 
 
 # --- ids ------------------------------------------------------------------------------------
@@ -324,13 +356,19 @@ def from_cloudevent(body: Any, max_bytes: int) -> Event:
     missing = [name for name in ("id", "type", "time", "data") if name not in body]
     if missing:
         raise UndecodableEvent(f"Event envelope is missing {', '.join(missing)}.")
+    metadata = body.get("metadata")
+    trace = {k: body[k] for k in TRACE_KEYS if isinstance(body.get(k), str)}
+    if trace:  # back into the metadata, where publish() put it
+        metadata = decode_json(metadata, max_bytes, "metadata") if metadata else {}
+        if isinstance(metadata, dict):
+            metadata = {**metadata, **trace}
     return build_event(
         id=body["id"],
         type=body["type"],
         version=body.get("dataversion", 1),
         key=body.get("partitionkey"),
         data=body["data"],
-        metadata=body.get("metadata"),
+        metadata=metadata,
         occurred_at=body["time"],
         source=body.get("source", ""),
         correlation_id=body.get("correlationid"),

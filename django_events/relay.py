@@ -24,7 +24,7 @@ from typing import Any
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django.db.models.functions import Now
 
-from . import failpoints, retention, sql
+from . import failpoints, instrumentation, logfields, retention, sql
 from .conf import get_settings
 from .envelope import validate_metadata, validate_type, validate_version
 from .exceptions import InvalidEvent, PublishRefused
@@ -70,7 +70,9 @@ class Relay:
         moved = 0
         for using in self.databases:
             while True:
+                started = time.time_ns()
                 count = self.relay_batch(using)
+                instrumentation.relayed(using, count, started)
                 moved += count
                 if count < self.batch_size:
                     break
@@ -138,6 +140,7 @@ class Relay:
                 "the earliest)",
                 event_type,
                 UNSUBSCRIBED_WARN_EVERY / 60,
+                extra=logfields.for_service(event_type=event_type),
             )
 
     def _send_under_lock(self, using: str) -> int:
@@ -505,7 +508,13 @@ def set_aside(
             )
     for row, error_class, problem in bad:
         logger.error(
-            "Outbox row %s set aside as a dead letter (%s): %s", row.position, error_class, problem
+            "Outbox row %s set aside as a dead letter (%s): %s",
+            row.position,
+            error_class,
+            problem,
+            extra=logfields.for_service(
+                event_id=str(row.event_id), event_type=row.type, group=QUARANTINE_GROUP
+            ),
         )
 
 

@@ -16,14 +16,14 @@ import threading
 import time
 import traceback as tb
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
-from . import failpoints, inbox, signals
+from . import failpoints, inbox, instrumentation, logfields, signals
 from .conf import get_settings
 from .envelope import Event
 from .exceptions import BackgroundThreadDied, PermanentFailure, TransportUnavailable
@@ -175,6 +175,8 @@ class Worker:
         self._retries_due: list[float] = []  # monotonic times of the retries scheduled here
         self._heartbeat: Heartbeat | None = None
         self._relay_thread: RelayThread | None = None
+        self.on_loop: Callable[[], None] | None = None
+        """Called at the top of every loop (``consume_events --health-file`` touches it)."""
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -200,7 +202,12 @@ class Worker:
         if self.relay and self.groups and self.transport.waits_for_work and not once:
             self._relay_thread = RelayThread(self.relay, self.database, self.poll_interval)
             self._relay_thread.start()
-        logger.info("Worker %s started for groups %s", self.name, ", ".join(self.groups) or "-")
+        logger.info(
+            "Worker %s started for groups %s",
+            self.name,
+            ", ".join(self.groups) or "-",
+            extra=logfields.for_service(worker=self.name),
+        )
         if not self.groups:
             logger.warning(NO_HANDLERS)
         try:
@@ -217,7 +224,12 @@ class Worker:
                 self.transport.close()  # gives back what a last wait received
             waiter.close()
             self.transport.close()  # a transport that defers acks sends them now
-        logger.info("Worker %s stopped: %s", self.name, self.summary())
+        logger.info(
+            "Worker %s stopped: %s",
+            self.name,
+            self.summary(),
+            extra=logfields.for_service(worker=self.name),
+        )
         return self.handled
 
     def summary(self) -> str:
@@ -231,6 +243,8 @@ class Worker:
         failures = 0
         while self.running:
             self._check_threads()
+            if self.on_loop is not None:
+                self.on_loop()
             try:
                 worked = self.step()
                 failures = 0
@@ -397,6 +411,7 @@ class Worker:
                     with (
                         connection.execute_wrapper(savepoint),
                         handling(event),
+                        instrumentation.consuming(item, event),
                         self._watchdog.paused(),
                     ):
                         handler.call(event)
@@ -442,6 +457,7 @@ class Worker:
                 claimed.event_type,
                 claimed.event_id,
                 claimed.group,
+                extra=logfields.for_claimed(claimed),
             )
 
     def _handle(self, claimed: Claimed) -> None:
@@ -480,12 +496,19 @@ class Worker:
                     raise _ClaimLost
                 fresh = inbox.record(self.database, claimed.group, event.id)
                 if fresh:
-                    with handling(event), self._watchdog.paused():
+                    with (
+                        handling(event),
+                        instrumentation.consuming(claimed, event),
+                        self._watchdog.paused(),
+                    ):
                         handler.call(event)
                 failpoints.hit("worker.after_handler")
         except _ClaimLost:
             logger.warning(
-                "Lost the claim on %s for %s; another worker has it", event.id, claimed.group
+                "Lost the claim on %s for %s; another worker has it",
+                event.id,
+                claimed.group,
+                extra=logfields.for_claimed(claimed),
             )
             return
         except Exception as exc:
@@ -497,12 +520,18 @@ class Worker:
             self.transport.ack(claimed)
         if not fresh:
             self.skipped += 1
-            logger.info("Skipped %s for %s: already handled", event.id, claimed.group)
+            logger.info(
+                "Skipped %s for %s: already handled",
+                event.id,
+                claimed.group,
+                extra=logfields.for_claimed(claimed),
+            )
             return
         self._handled(claimed, handler, event, time.perf_counter() - started)
 
     def _handled(self, claimed: Claimed, handler: Handler, event: Event, duration: float) -> None:
         self.handled += 1
+        instrumentation.handled(claimed, event, duration)
         logger.debug(
             "Handled %s %s for %s (attempt %d, %s)",
             claimed.event_type,
@@ -510,6 +539,7 @@ class Worker:
             claimed.group,
             claimed.attempt,
             _took(duration),
+            extra=logfields.for_claimed(claimed),
         )
         _send(
             signals.event_handled,
@@ -529,6 +559,7 @@ class Worker:
         *,
         duration: float | None = None,
     ) -> None:
+        instrumentation.failed(claimed)
         message, trace = describe(exc), storable("".join(tb.format_exception(exc)))
         error = f"{type(exc).__name__}: {message}"
         if claimed.attempt >= max_attempts or isinstance(exc, PermanentFailure):
@@ -546,6 +577,7 @@ class Worker:
             _took(duration),
             _seconds(delay),
             error,
+            extra=logfields.for_claimed(claimed),
         )
         try:
             self.transport.retry_later(claimed, delay, error)
@@ -553,13 +585,18 @@ class Worker:
             raise
         except Exception as unrecorded:
             # Kept as a dead letter rather than lost to a LeaseExpired one later.
-            logger.exception("Could not record the retry of %s", claimed.event_id)
+            logger.exception(
+                "Could not record the retry of %s",
+                claimed.event_id,
+                extra=logfields.for_claimed(claimed),
+            )
             note = f"\n\nThe retry could not be recorded: {_qualified(unrecorded)}: "
             self._dead_letter(
                 claimed, handler, _qualified(exc), message, trace + note + describe(unrecorded)
             )
         else:
             self.retried += 1
+            instrumentation.retried(claimed)
             heapq.heappush(self._retries_due, time.monotonic() + delay)
 
     def _dead_letter(
@@ -582,6 +619,7 @@ class Worker:
                 "Lost the claim on %s for %s before dead-lettering it; another worker has it",
                 claimed.event_id,
                 claimed.group,
+                extra=logfields.for_claimed(claimed),
             )
             return
         except OUTAGES:
@@ -595,9 +633,11 @@ class Worker:
                 claimed.group,
                 error_class,
                 message,
+                extra=logfields.for_claimed(claimed),
             )
             return
         self.dead_lettered += 1
+        instrumentation.dead_lettered(claimed)
         logger.error(
             "Dead letter: %s %s for group %s after %d attempts%s: %s: %s",
             claimed.event_type,
@@ -607,6 +647,7 @@ class Worker:
             "" if duration is None else f" (the last {_took(duration)})",
             error_class,
             message,
+            extra=logfields.for_claimed(claimed),
         )
         _send(signals.event_dead_lettered, dead_letter=dead)
 

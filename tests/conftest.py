@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from .otel_support import meter_reader, spans  # noqa: F401 - fixtures for every test file
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -37,7 +37,7 @@ import redis
 from django.core.checks import CheckMessage, Error, Warning
 
 from ..conf import get_settings
-from ..envelope import from_cloudevent
+from ..envelope import from_cloudevent, split_trace
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
 from . import redis_lua
@@ -861,10 +861,12 @@ def _fields(event: Outgoing, signing: Signing = UNSIGNED) -> list[str]:
     ):
         if value is not None:
             head[name] = str(value)
+    metadata, trace = split_trace(event.metadata)
+    head.update(trace)
     # data and metadata are JSON text already (as stored in the outbox): spliced, not re-encoded
     body = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1]
-    if event.metadata:
-        body += f',"metadata":{event.metadata}'
+    if metadata:
+        body += f',"metadata":{metadata}'
     body += f',"data":{event.data}}}'
     fields = ["id", event_id, "type", event.type, "event", body, "attempts", "0"]
     if signing.enabled:

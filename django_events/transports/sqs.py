@@ -36,7 +36,7 @@ from django.core.checks import CheckMessage, Error
 from django.db import connections, transaction
 
 from ..conf import get_settings
-from ..envelope import from_cloudevent
+from ..envelope import from_cloudevent, split_trace
 from ..exceptions import (
     EventsConfigurationError,
     PublishRefused,
@@ -974,9 +974,11 @@ def _cloudevent(event: Outgoing, event_id: str) -> str:
         head["correlationid"] = _uuid_text(event.correlation_id)
     if event.causation_id is not None:
         head["causationid"] = _uuid_text(event.causation_id)
+    metadata, trace = split_trace(event.metadata)
+    head.update(trace)
     text = json.dumps(head, separators=(",", ":"))[:-1]
-    if event.metadata:
-        text += ',"metadata":' + event.metadata
+    if metadata:
+        text += ',"metadata":' + metadata
     return text + ',"data":' + (event.data or "{}") + "}"
 
 

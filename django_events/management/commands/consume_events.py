@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...exceptions import BackgroundThreadDied, TransportUnavailable
+from ...health import HealthFile
 from ...registry import registry
 from ...subscriptions import declare_current
 from ...worker import Worker
@@ -34,6 +35,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--no-relay", action="store_true", help="Do not relay the outbox.")
         parser.add_argument("--batch-size", type=int, help="Events claimed per round trip.")
+        parser.add_argument(
+            "--health-file",
+            metavar="PATH",
+            help="Touch PATH on every loop (at most once a second) and remove it on exit, "
+            "for a liveness probe: python -m django_events.health PATH MAX_AGE.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         configure_logging(options["verbosity"])
@@ -55,9 +62,15 @@ class Command(BaseCommand):
         except TransportUnavailable as exc:  # Redis down: its own relay still serves it
             self.stderr.write(f"Subscriptions not declared now ({exc}); migrate declared them.")
         worker = Worker(groups, relay=not options["no_relay"], batch_size=options["batch_size"])
+        health = HealthFile(options["health_file"]) if options["health_file"] else None
+        if health:
+            worker.on_loop = health.touch
         if not options["once"]:
             stop_on_signals(worker.stop)
         try:
             worker.run(once=options["once"], wait_for_retries=ONCE_WAITS_FOR_RETRIES)
         except BackgroundThreadDied as exc:
             raise CommandError(str(exc)) from exc
+        finally:
+            if health:
+                health.remove()

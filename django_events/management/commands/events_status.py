@@ -6,25 +6,33 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from ...status import collect, problems
+from ...prometheus import render, report
 
 
 class Command(BaseCommand):
     help = "Show backlog, in-flight and dead letters per group; exit 2 past a HEALTH threshold."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--json", action="store_true", help="Print JSON.")
+        parser.add_argument(
+            "--format",
+            choices=["table", "json", "prometheus"],
+            default="table",
+            help="table (default), json, or prometheus: the text format for node-exporter's "
+            "textfile collector, which exits 0 whatever the health (django_events_healthy says).",
+        )
+        parser.add_argument("--json", action="store_true", help="Same as --format json.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        report = collect()
-        found = problems(report)
-        report["healthy"] = not found
-        report["problems"] = found
-        if options["json"]:
-            self.stdout.write(json.dumps(report, indent=2, sort_keys=True))
+        found = report()
+        output = "json" if options["json"] else options["format"]
+        if output == "prometheus":
+            self.stdout.write(render(found), ending="")
+            return
+        if output == "json":
+            self.stdout.write(json.dumps(found, indent=2, sort_keys=True))
         else:
-            self._table(report)
-        if found:
+            self._table(found)
+        if found["problems"]:
             sys.exit(2)
 
     def _subscriptions(self, report: dict[str, Any]) -> None:

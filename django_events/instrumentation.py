@@ -1,0 +1,238 @@
+"""What django_events reports to OpenTelemetry: spans, counters and histograms.
+
+The publisher, the relay and the worker call the hooks here and nothing else, so the
+engine reads without telemetry noise. OpenTelemetry is optional (the ``otel`` extra):
+without it every hook returns at its first line; installed but with no SDK configured,
+publish adds no trace context and spans are the API's non-recording ones
+(docs/observability.md, "Tracing").
+
+The trace context travels in the event's metadata under the W3C names ``traceparent``
+and ``tracestate``; on the wire they are the CloudEvents distributed-tracing extension
+attributes (``envelope.split_trace``). A handler's span is a child of the publish span:
+one event is handled once per group per attempt, so one parent is the truth, and the
+trace reads from the request that published to every handler it caused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from .envelope import TRACE_KEYS, Event
+
+if TYPE_CHECKING:
+    from .transports.base import Claimed
+
+try:  # the one import guard: everything below checks ``otel``
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import trace as otel
+    from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    from opentelemetry.trace.status import Status, StatusCode
+except ImportError:  # pragma: no cover - exercised by the install without the extra
+    otel = None  # type: ignore[assignment]
+else:
+    _W3C = TraceContextTextMapPropagator()  # the wire's format, whatever the global one is
+    try:  # what get_meter_provider() returns before an SDK is set: private to the API
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # pragma: no cover - a later API: record into its proxy instead
+        _UNCONFIGURED_METERS: tuple[type, ...] = (otel_metrics.NoOpMeterProvider,)
+    else:
+        _UNCONFIGURED_METERS = (_ProxyMeterProvider, otel_metrics.NoOpMeterProvider)
+
+SYSTEM = "django_events"
+MAX_TRACESTATE = 512  # W3C: a vendor may drop tracestate rather than carry more
+_instruments: dict[str, Any] = {}
+_tracer_of: list[Any] = [None, None]  # (provider, its tracer)
+_NOTHING = nullcontext()
+
+
+def metrics_enabled() -> bool:
+    """True when an OpenTelemetry SDK meter provider is installed."""
+    if otel is None:
+        return False
+    return not isinstance(otel_metrics.get_meter_provider(), _UNCONFIGURED_METERS)
+
+
+def tracing_enabled() -> bool:
+    """True when an OpenTelemetry SDK (any real tracer provider) is installed."""
+    if otel is None:
+        return False
+    return not isinstance(otel.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider))
+
+
+def _tracer() -> Any:
+    """This package's tracer, kept while the provider stays (the SDK builds a new one per
+    ``get_tracer`` call, which costs more than the span)."""
+    provider = otel.get_tracer_provider()
+    if _tracer_of[0] is not provider:
+        _tracer_of[:] = [provider, provider.get_tracer("django_events")]
+    return _tracer_of[1]
+
+
+# --- publish --------------------------------------------------------------------------------
+
+
+@contextmanager
+def publishing() -> Iterator[Any]:
+    """The producer span around one ``publish_many``, when tracing is on."""
+    with _tracer().start_as_current_span(
+        "send",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+        },
+    ) as span:
+        yield span
+
+
+def trace_context(span: Any, metadata: Mapping[str, str]) -> dict[str, str]:
+    """The W3C trace context of ``span`` to add to an event's metadata: nothing when the
+    caller set its own ``traceparent`` or the span is not recorded."""
+    if span is None or "traceparent" in metadata:
+        return {}
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier, context=otel.set_span_in_context(span))
+    if len(carrier.get("tracestate", "")) > MAX_TRACESTATE:
+        carrier.pop("tracestate")
+    return {key: carrier[key] for key in TRACE_KEYS if carrier.get(key)}
+
+
+def published_span(span: Any, events: Sequence[Event]) -> None:
+    """Name the publish span after what it sent."""
+    if not events:
+        return
+    types = sorted({event.type for event in events})
+    span.update_name(f"send {types[0]}" if len(types) == 1 else "send")
+    span.set_attribute("messaging.destination.name", ",".join(types))
+    span.set_attribute("messaging.batch.message_count", len(events))
+    if len(events) == 1:
+        span.set_attribute("messaging.message.id", str(events[0].id))
+
+
+def published(events: Sequence[Event]) -> None:
+    """Count events as they are written (the transaction may still roll back)."""
+    if not metrics_enabled():
+        return
+    counter = _instrument("counter", "django_events.published", "Events published")
+    for event in events:
+        counter.add(1, {"type": event.type})
+
+
+# --- relay ----------------------------------------------------------------------------------
+
+
+def relayed(using: str, count: int, started_ns: int) -> None:
+    """One span and one count per batch that moved events (empty polls record nothing)."""
+    if otel is None or not count:
+        return
+    if metrics_enabled():
+        _instrument("counter", "django_events.relayed", "Events relayed").add(
+            count, {"database": using}
+        )
+    if not tracing_enabled():
+        return
+    span = _tracer().start_span(
+        "relay",
+        kind=SpanKind.INTERNAL,
+        start_time=started_ns,
+        attributes={
+            "messaging.system": SYSTEM,
+            "messaging.batch.message_count": count,
+            "db.namespace": using,
+        },
+    )
+    span.end()
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+def consuming(claimed: Claimed, event: Event) -> AbstractContextManager[None]:
+    """The consumer span of one handler run, a child of the publish span; an exception
+    is recorded on it and goes on to the worker."""
+    return _consuming(claimed, event) if tracing_enabled() else _NOTHING
+
+
+@contextmanager
+def _consuming(claimed: Claimed, event: Event) -> Iterator[None]:
+    parent = None
+    if "traceparent" in event.metadata:
+        parent = _W3C.extract(
+            {key: event.metadata[key] for key in TRACE_KEYS if key in event.metadata}
+        )
+    attributes = {
+        "messaging.system": SYSTEM,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": claimed.group,
+        "messaging.consumer.group.name": claimed.group,
+        "messaging.message.id": str(event.id),
+        "messaging.message.conversation_id": str(event.correlation_id or event.id),
+        "django_events.event.type": event.type,
+        "django_events.attempt": claimed.attempt,
+    }
+    with _tracer().start_as_current_span(
+        f"process {claimed.group}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.set_attribute("error.type", type(exc).__qualname__)
+            raise
+
+
+def handled(claimed: Claimed, event: Event, duration: float) -> None:
+    if not metrics_enabled():
+        return
+    labels = {"group": claimed.group, "type": event.type}
+    _instrument("counter", "django_events.handled", "Events handled").add(1, labels)
+    _instrument("histogram", "django_events.handler.duration", "Handler run time", "s").record(
+        duration, labels
+    )
+    latency = time.time() - event.occurred_at.timestamp()
+    _instrument(
+        "histogram", "django_events.delivery.latency", "From publish to handled", "s"
+    ).record(max(latency, 0.0), labels)
+
+
+def failed(claimed: Claimed) -> None:
+    """A handler run that raised (whatever comes of it: a retry or a dead letter)."""
+    _count("django_events.failed", "Handler runs that raised", claimed)
+
+
+def retried(claimed: Claimed) -> None:
+    _count("django_events.retried", "Events scheduled for another attempt", claimed)
+
+
+def dead_lettered(claimed: Claimed) -> None:
+    _count("django_events.dead_lettered", "Events that became dead letters", claimed)
+
+
+def _count(name: str, description: str, claimed: Claimed) -> None:
+    if not metrics_enabled():
+        return
+    labels = {"group": claimed.group, "type": claimed.event_type}
+    _instrument("counter", name, description).add(1, labels)
+
+
+def _instrument(kind: str, name: str, description: str, unit: str = "{event}") -> Any:
+    """One instrument per name, created on first use from the global meter (a proxy until
+    an SDK meter provider is set, then the real one)."""
+    found = _instruments.get(name)
+    if found is None:
+        meter = otel_metrics.get_meter("django_events")
+        create = meter.create_counter if kind == "counter" else meter.create_histogram
+        found = _instruments[name] = create(name, unit=unit, description=description)
+    return found
