@@ -50,6 +50,8 @@ from .base import (
     fallback_id,
     text_size,
     translating,
+    wire_time,
+    wire_uuid,
     within_budget,
 )
 
@@ -844,23 +846,24 @@ def _fields(event: Outgoing, signing: Signing = UNSIGNED) -> list[str]:
     """The stream entry, flat (name, value, ...; the event id second): the event in its
     CloudEvents JSON form, with its id and type beside it for when that form is broken,
     and its signature when signing keys are set."""
-    event_id = str(uuid.UUID(str(event.event_id)))  # SQLite gives 32 hex digits
+    event_id = wire_uuid(event.event_id)  # the same on every database (docs/wire-format.md)
     head: dict[str, Any] = {
         "specversion": "1.0",
         "id": event_id,
         "type": event.type,
         "source": event.source,
-        "time": event.occurred_at.isoformat() if event.occurred_at else "",
+        "time": wire_time(event.occurred_at),
         "datacontenttype": "application/json",
         "dataversion": event.version,
     }
+    if event.key is not None:
+        head["partitionkey"] = event.key
     for name, value in (
-        ("partitionkey", event.key),
         ("correlationid", event.correlation_id),
         ("causationid", event.causation_id),
     ):
         if value is not None:
-            head[name] = str(value)
+            head[name] = wire_uuid(value)
     # data and metadata are JSON text already (as stored in the outbox): spliced, not re-encoded
     body = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1]
     if event.metadata:
