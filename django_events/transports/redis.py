@@ -397,7 +397,7 @@ class RedisStreamsTransport(Transport):
         if now - self._kept_at < HOUSEKEEPING_INTERVAL:
             return
         self._kept_at = now
-        self.recovery.recover_lost()
+        self.recovery.recover_lost()  # reads the shared subscriptions: every service's groups
         self.trim(self.recovery.groups())
         if now - self._checkpointed_at >= CHECKPOINT_INTERVAL:
             self._checkpointed_at = now
