@@ -300,6 +300,42 @@ def test_redis_restarted_empty_is_refilled_from_the_event_log(configure):
         server.destroy()
 
 
+def test_a_stream_deleted_under_a_blocked_read_does_not_stop_the_worker(configure):
+    """Redis 7 ends an XREADGROUP blocked on a stream that is deleted meanwhile (a flush, an
+    eviction) with ``UNBLOCKED``: found by hand, it killed every worker of a running demo.
+    A private Redis, so that the one blocked read in it is this test's."""
+    server = PrivateRedis().start()
+    try:
+        transport = configure(url=server.url)
+        private = redis.Redis.from_url(server.url)
+        stream = transport.stream("alpha")
+        transport.ensure_group("alpha")
+        outcome: list[object] = []
+
+        def blocked() -> None:
+            try:
+                outcome.append(transport.wait(["alpha"], 5.0))
+            except Exception as exc:
+                outcome.append(exc)
+
+        reader = threading.Thread(target=blocked)
+        reader.start()
+        wait_until(
+            lambda: any(c.get("cmd") == "xreadgroup" for c in private.client_list()),
+            timeout=5,
+            what="the read is blocked",
+        )
+        private.delete(stream)
+        reader.join(timeout=10)
+        assert outcome == [False], outcome
+        names = {g["name"].decode() for g in private.xinfo_groups(stream)}
+        assert names == {CONSUMER_GROUP}, "the consumer group is back"
+        private.close()
+    finally:
+        transports.reset()
+        server.destroy()
+
+
 def test_a_stream_cut_short_from_outside_is_refilled(transport):
     publish("test.happened", {"n": 1})
     deliver(["alpha"])

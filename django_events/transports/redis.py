@@ -531,7 +531,10 @@ class RedisStreamsTransport(Transport):
             if "WRONGTYPE" in str(exc):
                 self.repair(groups)
                 return []
-            if "NOGROUP" not in str(exc):
+            # UNBLOCKED: a stream this read was blocked on was deleted meanwhile (a flush,
+            # an eviction); Redis 7 ends the read with this error. Like NOGROUP, what the
+            # group lost comes back through recovery; the worker goes on.
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
             logger.warning("Consumer groups missing in Redis (%s); creating them again", exc)
             for group in groups:
