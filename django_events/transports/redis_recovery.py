@@ -207,7 +207,10 @@ class Recovery:
         finally:
             transport.client.delete(lock)
         self._top_ups[group] = (time.monotonic() + TOP_UP_AFTER, top)
-        logger.warning(
+        # Nothing of this service's log for that group (another service's group, fed by
+        # another publisher): worth a line, not a warning.
+        logger.log(
+            logging.WARNING if count else logging.INFO,
             "Group %s: %s; re-published %d events after log position %d from the event log",
             group,
             reason,
