@@ -147,3 +147,19 @@ def test_the_admin_lists_the_redis_store_and_unsubscribes_an_orphan_there(
     assert ("warehouse", "order.placed") in {
         (r.service, r.event_type) for r in subscriptions.all_rows(redis_transport)
     }
+
+
+def test_a_service_gone_for_good_is_retired_from_the_redis_store(redis_transport):
+    declare(redis_transport, "warehouse", ("picking", "order.placed"))
+    declare(redis_transport, "shop", ("emails", "order.placed"))
+    events = [Outgoing(position=1, event_id=uuid.uuid4(), type="order.placed", key=None)]
+    redis_transport.publish(events, subscriptions.fan_out(redis_transport))
+    out = StringIO()
+    call_command("setup_events", "--retire-service", "warehouse", "--dry-run", stdout=out)
+    assert "Would unsubscribe warehouse: picking from order.placed" in out.getvalue()
+    assert len(subscriptions.all_rows(redis_transport)) == 2, "a dry run changes nothing"
+    call_command("setup_events", "--retire-service", "warehouse", stdout=out)
+    assert "Unsubscribed 1 subscription, dropping 1 pending deliveries" in out.getvalue()
+    assert [r.service for r in subscriptions.all_rows(redis_transport)] == ["shop"]
+    assert redis_transport.claim(["picking"], 10, 30) == [], "its backlog went"
+    assert len(redis_transport.claim(["emails"], 10, 30)) == 1, "the shop's stays"
