@@ -811,10 +811,56 @@ class SubscriptionAdmin(ReadOnlyAdmin):
     ) -> HttpResponse:
         # Read once per page: the rows' state and backlog come from these.
         transport = transports["default"]
-        rows = subscriptions.all_rows(transport)
+        store = subscriptions.store_of(transport)
+        if not isinstance(store, subscriptions.DatabaseStore):
+            return self._store_view(request, store, transport)
+        rows = store.rows()
         _request.orphans = {row.pk for row in subscriptions.orphaned(rows)}
         _request.backlog = transport.backlog_by_type()
         return super().changelist_view(request, extra_context)
+
+    def _store_view(
+        self, request: HttpRequest, store: subscriptions.SubscriptionStore, transport: Any
+    ) -> HttpResponse:
+        """A store outside the database (Redis' hash at Level 1) has no queryset: its rows
+        are listed from the store itself, and orphans are unsubscribed by their key."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        rows = store.rows()
+        if request.method == "POST":
+            if not self.has_unsubscribe_permission(request):
+                raise PermissionDenied
+            chosen = set(request.POST.getlist(ACTION_CHECKBOX_NAME))
+            picked = [row for row in rows if _store_key(row) in chosen]
+            if picked:
+                outcome = subscriptions.unsubscribe(picked, user=request.user)
+                level = messages.WARNING if outcome.skipped else messages.SUCCESS
+                self.message_user(request, outcome.message, level)
+            else:
+                self.message_user(request, "No subscription selected.", messages.WARNING)
+            return HttpResponseRedirect(request.get_full_path())
+        orphans = {_store_key(row) for row in subscriptions.orphaned(rows)}
+        backlog = transport.backlog_by_type()
+        listed = []
+        for row in rows:
+            key = _store_key(row)
+            state = (
+                "ORPHANED: no service declares it"
+                if key in orphans
+                else ("retired (declared by another service)" if row.retired_at else "declared")
+            )
+            held = "?" if backlog is None else backlog.get((row.group, row.event_type), 0)
+            listed.append({"row": row, "key": key, "state": state, "backlog": held})
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Subscriptions",
+            "rows": listed,
+            "store": getattr(store, "hash", store.key),
+            "can_unsubscribe": self.has_unsubscribe_permission(request),
+            "orphans": len(orphans),
+        }
+        return TemplateResponse(request, "admin/django_events/subscriptions.html", context)
 
     @admin.display(description="state")
     def state(self, obj: Subscription) -> str:
@@ -832,6 +878,11 @@ class SubscriptionAdmin(ReadOnlyAdmin):
         outcome = subscriptions.unsubscribe(queryset, user=request.user)
         level = messages.WARNING if outcome.skipped else messages.SUCCESS
         self.message_user(request, outcome.message, level)
+
+
+def _store_key(row: Subscription) -> str:
+    """A subscription's identity in a store without primary keys."""
+    return json.dumps([row.service, row.group, row.event_type], separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------- pages

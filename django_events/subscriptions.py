@@ -17,6 +17,8 @@ was published. With ``SUBSCRIPTIONS_CACHE`` above 0 a relay may use a list that 
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import threading
 import time
@@ -426,18 +428,83 @@ def unsubscribe(
     return outcome
 
 
+def retire_service(
+    service: str, *, user: Any = None, actor: str | None = None, dry_run: bool = False
+) -> tuple[list[Subscription], Unsubscribed]:
+    """Retire every subscription of ``service``, a deployment that is gone for good and
+    will never run ``migrate`` again, then unsubscribe those no other service declares.
+
+    What its own deploy would do had it dropped every handler, done by an operator from
+    any service sharing the store; refused for this deployment's own ``SERVICE`` (its code
+    declares them: deploy without the handlers instead). Returns the rows it retired (or
+    would) and what ``unsubscribe`` did (with ``dry_run``: the rows it would remove, as
+    ``done``, and nothing changed). Logged as ``unsubscribe`` is, with who did it.
+    """
+    from django.core.exceptions import PermissionDenied
+
+    from .exceptions import EventsConfigurationError
+    from .transports import transports
+
+    if service == get_settings().service:
+        raise EventsConfigurationError(
+            f"{service!r} is this deployment's own SERVICE: its code declares these "
+            "subscriptions. Deploy it without the handlers instead, then prune."
+        )
+    if user is not None:
+        if not user.is_active or not user.has_perm(UNSUBSCRIBE_PERMISSION):
+            raise PermissionDenied(f"needs the {UNSUBSCRIBE_PERMISSION} permission")
+    elif not actor:
+        raise PermissionDenied("Retiring a service needs a user, or an actor for the log.")
+    store = store_of(transports["default"])
+    every = store.rows()
+    mine = [row for row in every if row.service == service]
+    if not mine:
+        raise EventsConfigurationError(
+            f"No subscriptions of service {service!r} in the store; services there: "
+            f"{', '.join(sorted({row.service for row in every})) or 'none'}."
+        )
+    live = [row for row in mine if row.retired_at is None]
+    if dry_run:
+        now = dt.datetime.now(dt.timezone.utc)
+        for row in live:
+            row.retired_at = now
+        gone = [row for row in orphaned(every) if row.service == service]
+        return live, Unsubscribed(done=[(row, None) for row in gone])
+    store.declare(service, {}, replace=True)
+    forget()
+    logger.warning(
+        "Retired service %s: %d subscriptions, by %s",
+        service,
+        len(live),
+        user.get_username() if user is not None else actor,
+    )
+    gone = [row for row in orphaned(store.rows()) if row.service == service]
+    return live, unsubscribe(gone, user=user, actor=actor)
+
+
 def _audit(row: Subscription, user: Any, actor: str | None) -> None:
     from django.apps import apps
 
-    if user is None or row.pk is None or not apps.is_installed("django.contrib.admin"):
+    if user is None or not apps.is_installed("django.contrib.admin"):
         return
     from django.contrib.admin.models import DELETION, LogEntry
+    from django.contrib.contenttypes.models import ContentType
 
-    LogEntry.objects.log_actions(
+    message = f"Unsubscribed {row.service}: {row.group} from {row.event_type}"
+    if row.pk is not None:
+        LogEntry.objects.log_actions(
+            user_id=user.pk, queryset=[row], action_flag=DELETION, change_message=message
+        )
+        return
+    # A row of a store outside the database (Redis) has no primary key: the entry names
+    # it by its key in the store.
+    LogEntry.objects.create(
         user_id=user.pk,
-        queryset=[row],
+        content_type=ContentType.objects.get_for_model(row, for_concrete_model=False),
+        object_id=json.dumps([row.service, row.group, row.event_type], separators=(",", ":")),
+        object_repr=str(row)[:200],
         action_flag=DELETION,
-        change_message=f"Unsubscribed {row.service}: {row.group} from {row.event_type}",
+        change_message=message,
     )
 
 

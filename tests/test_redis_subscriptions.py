@@ -109,3 +109,57 @@ def test_migrate_goes_on_when_redis_is_down():
         assert "subscriptions not declared" in out.getvalue()
         assert "Redis is unavailable" in out.getvalue()
     transports.reset()
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_the_admin_lists_the_redis_store_and_unsubscribes_an_orphan_there(
+    redis_transport, allowed: bool
+):
+    from django.contrib.admin.models import DELETION, LogEntry
+    from django.contrib.auth.models import Permission, User
+    from django.test import Client
+
+    declare(redis_transport, "warehouse", ("picking", "order.placed"))
+    declare(redis_transport, "shop", ("emails", "order.placed"), ("emails", "x.y"))
+    declare(redis_transport, "shop", ("emails", "order.placed"))  # x.y: an orphan
+    user = User.objects.create_user("op", password="pw", is_staff=True)  # noqa: S106
+    codenames = ["view_subscription", *(["unsubscribe"] if allowed else [])]
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    url = "/admin/django_events/subscription/"
+    page = client.get(url).content.decode()
+    assert redis_transport.prefix in page, "names the store it reads"
+    for shown in ("warehouse", "picking", "emails", "x.y", "ORPHANED: no service declares it"):
+        assert shown in page, shown
+    assert ("Unsubscribe selected orphans" in page) is allowed
+    key = '["shop","emails","x.y"]'
+    response = client.post(url, {"action": "unsubscribe_selected", "_selected_action": [key]})
+    assert response.status_code == (302 if allowed else 403)
+    left = {(r.service, r.event_type) for r in subscriptions.all_rows(redis_transport)}
+    assert (("shop", "x.y") in left) is not allowed
+    assert ("warehouse", "order.placed") in left and ("shop", "order.placed") in left
+    logged = LogEntry.objects.filter(object_id=key, action_flag=DELETION, user=user)
+    assert logged.exists() is allowed
+    # A live subscription is never unsubscribed, whatever is posted.
+    key = '["warehouse","picking","order.placed"]'
+    client.post(url, {"action": "unsubscribe_selected", "_selected_action": [key]})
+    assert ("warehouse", "order.placed") in {
+        (r.service, r.event_type) for r in subscriptions.all_rows(redis_transport)
+    }
+
+
+def test_a_service_gone_for_good_is_retired_from_the_redis_store(redis_transport):
+    declare(redis_transport, "warehouse", ("picking", "order.placed"))
+    declare(redis_transport, "shop", ("emails", "order.placed"))
+    events = [Outgoing(position=1, event_id=uuid.uuid4(), type="order.placed", key=None)]
+    redis_transport.publish(events, subscriptions.fan_out(redis_transport))
+    out = StringIO()
+    call_command("setup_events", "--retire-service", "warehouse", "--dry-run", stdout=out)
+    assert "Would unsubscribe warehouse: picking from order.placed" in out.getvalue()
+    assert len(subscriptions.all_rows(redis_transport)) == 2, "a dry run changes nothing"
+    call_command("setup_events", "--retire-service", "warehouse", stdout=out)
+    assert "Unsubscribed 1 subscription, dropping 1 pending deliveries" in out.getvalue()
+    assert [r.service for r in subscriptions.all_rows(redis_transport)] == ["shop"]
+    assert redis_transport.claim(["picking"], 10, 30) == [], "its backlog went"
+    assert len(redis_transport.claim(["emails"], 10, 30)) == 1, "the shop's stays"

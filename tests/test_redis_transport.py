@@ -20,6 +20,7 @@ from django_events import publish
 from django_events.checks import check_events, check_runtime
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import DeadLetter, EventRecord, StreamCheckpoint
+from django_events.relay import Relay
 from django_events.status import collect, problems
 from django_events.testing import deliver
 from django_events.transports import transports
@@ -300,6 +301,42 @@ def test_redis_restarted_empty_is_refilled_from_the_event_log(configure):
         server.destroy()
 
 
+def test_a_stream_deleted_under_a_blocked_read_does_not_stop_the_worker(configure):
+    """Redis 7 ends an XREADGROUP blocked on a stream that is deleted meanwhile (a flush, an
+    eviction) with ``UNBLOCKED``: found by hand, it killed every worker of a running demo.
+    A private Redis, so that the one blocked read in it is this test's."""
+    server = PrivateRedis().start()
+    try:
+        transport = configure(url=server.url)
+        private = redis.Redis.from_url(server.url)
+        stream = transport.stream("alpha")
+        transport.ensure_group("alpha")
+        outcome: list[object] = []
+
+        def blocked() -> None:
+            try:
+                outcome.append(transport.wait(["alpha"], 5.0))
+            except Exception as exc:
+                outcome.append(exc)
+
+        reader = threading.Thread(target=blocked)
+        reader.start()
+        wait_until(
+            lambda: any(c.get("cmd") == "xreadgroup" for c in private.client_list()),
+            timeout=5,
+            what="the read is blocked",
+        )
+        private.delete(stream)
+        reader.join(timeout=10)
+        assert outcome == [False], outcome
+        names = {g["name"].decode() for g in private.xinfo_groups(stream)}
+        assert names == {CONSUMER_GROUP}, "the consumer group is back"
+        private.close()
+    finally:
+        transports.reset()
+        server.destroy()
+
+
 def test_a_stream_cut_short_from_outside_is_refilled(transport):
     publish("test.happened", {"n": 1})
     deliver(["alpha"])
@@ -323,6 +360,41 @@ def test_an_evicted_owed_set_takes_its_marker_along_and_is_refilled(transport):
     assert transport.recovery.recover_lost() == ["beta"]
     deliver()
     assert effects("beta") == [("beta", 1), ("beta", 2)]
+
+
+def test_each_publisher_checks_and_restores_only_its_own_marker(transport):
+    """Services sharing a Redis each keep a marker in a group's owed set (their own token,
+    from their own database): another publisher's marker is neither a loss nor removed."""
+    theirs = "marker:" + "0" * 32  # sorts before this publisher's marker
+    publish("test.happened", {"n": 1})
+    deliver()
+    transport.housekeeping()  # this publisher's first checkpoints and markers
+    owed = transport.owed("beta")
+    client().zadd(owed, {theirs: "+inf"})
+    assert transport.recovery.recover_lost() == [], "its own marker is there: no loss"
+    client().delete(transport.stream("beta"), owed)  # a loss, after which the other
+    client().zadd(owed, {theirs: "+inf"})  # publisher has already put its part back
+    assert transport.recovery.recover_lost() == ["beta"]
+    assert client().zscore(owed, theirs) is not None, "the other publisher's marker stays"
+    assert transport.recovery.recover_lost() == [], "recovered once"
+    deliver()
+    publish("test.happened", {"n": 2})
+    deliver()
+    transport.recovery.checkpoint()
+    top = EventRecord.objects.order_by("-position").values_list("position", flat=True)[0]
+    assert StreamCheckpoint.objects.get(group="beta").position == top, "checkpoint advances"
+
+
+def test_a_first_checkpoint_stays_below_what_another_services_group_already_owes(transport):
+    """A group another service just declared gets events from this relay before this
+    publisher's housekeeping first sees it: its first checkpoint must not count them done."""
+    store = transport.subscription_store()
+    store.declare("warehouse", {("gamma", "test.happened"): False}, replace=True)
+    publish("test.happened", {"n": 1})
+    Relay().relay_batch("default")  # relays to gamma too
+    transport.recovery.recover_lost()  # first sees gamma: its first checkpoint
+    [owed] = client().zrangebyscore(transport.owed("gamma"), "-inf", "(inf", withscores=True)
+    assert StreamCheckpoint.objects.get(group="gamma").position == int(owed[1]) - 1
 
 
 def test_a_checkpoint_never_passes_an_event_still_owed(transport):

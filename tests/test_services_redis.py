@@ -9,14 +9,23 @@ nothing; a replay to one group reaches that group only.
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from .conftest import Workers, wait_until
-from .redis_support import BACKEND, REDIS_URL, delete_prefix, needs_redis, unique_prefix
+from .redis_support import (
+    BACKEND,
+    REDIS_URL,
+    PrivateRedis,
+    delete_prefix,
+    needs_redis,
+    unique_prefix,
+)
 
 pytestmark = [needs_redis(), pytest.mark.slow]
 
@@ -36,12 +45,18 @@ class Service:
     """One project: its settings, its own SQLite file, the shared Redis under ``prefix``."""
 
     def __init__(
-        self, workers: Workers, settings: str, database: Path, prefix: str, version: int = 1
+        self,
+        workers: Workers,
+        settings: str,
+        database: Path,
+        prefix: str,
+        version: int = 1,
+        url: str = REDIS_URL,
     ) -> None:
         self.workers, self.database = workers, database
         overrides = {
             "TRANSPORTS": {
-                "default": {"BACKEND": BACKEND, "OPTIONS": {"url": REDIS_URL, "prefix": prefix}}
+                "default": {"BACKEND": BACKEND, "OPTIONS": {"url": url, "prefix": prefix}}
             },
             "LEASE": 5,
         }
@@ -63,13 +78,14 @@ class Service:
         """What a deploy runs before starting the new code: migrate (which declares)."""
         self.run("migrate", "--run-syncdb", "--no-input")
 
-    def start(self, started: int) -> None:
-        self.workers.start(**self.env)
+    def start(self, started: int) -> subprocess.Popen[bytes]:
+        proc = self.workers.start(**self.env)
         wait_until(
             lambda: self.workers.logs().count(" started for groups") >= started,
             timeout=60,
             what=f"worker {started} started:\n{self.workers.logs()}",
         )
+        return proc
 
     def query(self, sql: str, *params: str) -> list[tuple]:
         with sqlite3.connect(self.database, timeout=30) as db:
@@ -94,10 +110,10 @@ def assert_once(service: Service, label: str, numbers: range) -> None:
     assert set(counts.values()) == {1}, f"{label}: handled twice: {counts.most_common(3)}"
 
 
-def redis_client():
+def redis_client(url: str = REDIS_URL):
     import redis
 
-    return redis.Redis.from_url(REDIS_URL)
+    return redis.Redis.from_url(url)
 
 
 def owed(client, prefix: str, group: str) -> int:
@@ -180,3 +196,52 @@ def test_rolling_deploy_on_redis_loses_and_dead_letters_nothing(
     assert_once(new, "shop:loyalty:order.placed", range(placed))
     assert_once(new, "shop:emails:order.cancelled", range(1000, 1000 + cancelled))
     assert not new.dead_letters()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_redis_losing_everything_loses_no_service_its_events(workers: Workers, tmp_path: Path):
+    """A private Redis, restarted empty twice: once while the warehouse's worker is down
+    (with 30 orders for picking in Redis, and 30 more published before the warehouse comes
+    back), once while both run. The shop re-publishes its orders from its own log to the
+    warehouse's group too, and the warehouse puts its subscription back itself."""
+    server = PrivateRedis().start()
+    try:
+        prefix = unique_prefix()
+        shop = Service(workers, SHOP, tmp_path / "shop.sqlite3", prefix, url=server.url)
+        warehouse = Service(
+            workers, WAREHOUSE, tmp_path / "warehouse.sqlite3", prefix, url=server.url
+        )
+        shop.deploy()
+        warehouse.deploy()
+        shop.start(1)
+        warehouse_worker = warehouse.start(2)
+        shop.run("place_orders", "40")
+        warehouse.wait_handled("warehouse:picking:order.placed", 40)
+
+        stop(warehouse_worker)
+        shop.run("place_orders", "30", "--start", "40")
+        client = redis_client(server.url)
+        wait_until(lambda: owed(client, prefix, "picking") == 30, timeout=60, what="picking")
+        server.kill()
+        server.start()  # empty: streams, owed sets, the subscriptions hash all gone
+        shop.run("place_orders", "30", "--start", "70")  # picking is declared nowhere now
+        shop.wait_handled("shop:emails:order.placed", 100)
+        warehouse.start(3)  # declares picking again: the shop re-publishes from its log
+        warehouse.wait_handled("warehouse:picking:order.placed", 100)
+
+        server.kill()
+        server.start()  # both running: each puts its own subscriptions back
+        shop.run("place_orders", "50", "--start", "100")
+        shop.wait_handled("shop:emails:order.placed", 150)
+        warehouse.wait_handled("warehouse:picking:order.placed", 150)
+        workers.stop_all()
+        assert_once(shop, "shop:emails:order.placed", range(150))
+        assert_once(warehouse, "warehouse:picking:order.placed", range(150))
+        assert not shop.dead_letters() and not warehouse.dead_letters()
+    finally:
+        workers.stop_all()
+        server.destroy()

@@ -12,11 +12,12 @@ import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import PermissionDenied
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from django_events import publish, subscriptions
 from django_events.checks import check_subscriptions
+from django_events.conf import get_settings
 from django_events.models import DeadLetter, Delivery, Subscription
 from django_events.registry import Handler
 from django_events.relay import Relay
@@ -164,3 +165,31 @@ def test_service_names_are_checked(settings: Any):
     settings.DJANGO_EVENTS = {"SERVICE": "no spaces"}
     with pytest.raises(EventsConfigurationError, match="SERVICE"):
         get_settings()
+
+
+def test_a_service_gone_for_good_is_retired_and_pruned_by_an_operator(caplog: Any):
+    """A service that will never run migrate again: its live subscriptions are retired and
+    unsubscribed in one step, listed first by a dry run, logged with who did it."""
+    subscriptions.declare("archive", handlers((ARCHIVE, "test.happened")), using="default")
+    subscriptions.declare("shop", handlers(("emails", "test.happened")), using="default")
+    publish("test.happened", {"n": 1})
+    Relay().run_once()
+    out = StringIO()
+    call_command("setup_events", "--retire-service", "archive", "--dry-run", stdout=out)
+    assert f"Would retire archive: {ARCHIVE} on test.happened" in out.getvalue()
+    assert f"Would unsubscribe archive: {ARCHIVE} from test.happened (1 pending)" in out.getvalue()
+    assert rows("archive") == {(ARCHIVE, "test.happened"): False}, "a dry run changes nothing"
+
+    with pytest.raises(CommandError, match="No subscriptions of service 'nobody'"):
+        call_command("setup_events", "--retire-service", "nobody")
+    with pytest.raises(CommandError, match="this deployment's own SERVICE"):
+        call_command("setup_events", "--retire-service", get_settings().service)
+
+    out = StringIO()
+    with caplog.at_level("WARNING", logger="django_events.subscriptions"):
+        call_command("setup_events", "--retire-service", "archive", stdout=out)
+    assert "Unsubscribed 1 subscription, dropping 1 pending deliveries" in out.getvalue()
+    assert rows("archive") == {}
+    assert not Delivery.objects.filter(group_name=ARCHIVE).exists()
+    assert Delivery.objects.filter(group_name="emails").exists(), "others keep theirs"
+    assert "setup_events --retire-service archive" in caplog.text

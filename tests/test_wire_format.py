@@ -23,7 +23,6 @@ from typing import Any
 import jsonschema
 import pytest
 import redis
-from django.conf import settings as django_settings
 from django.db import transaction
 
 from django_events import publish
@@ -51,7 +50,6 @@ VALIDATOR = jsonschema.Draft202012Validator(
     SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
 )
 ENTRY_FIELDS = {"id", "type", "event", "attempts"}  # docs/wire-format.md, "A stream entry"
-ON_SQLITE = "sqlite" in django_settings.DATABASES["default"]["ENGINE"]
 MESSAGE_ATTRIBUTES = {"type", "groups", "key", "ordered"}  # "A message"
 
 # Runs an example as its own interpreter (-I: no PYTHONPATH, no user site, no cwd) that
@@ -118,13 +116,6 @@ def spec_errors(envelope: dict[str, Any]) -> dict[str, str]:
 def assert_valid(envelope: dict[str, Any], *, tolerate: frozenset[str] = frozenset()) -> None:
     errors = {name: e for name, e in spec_errors(envelope).items() if name not in tolerate}
     assert errors == {}, json.dumps(envelope)
-
-
-def sqlite_redis_deviation() -> frozenset[str]:
-    """Known bug, docs/wire-format.md "Known deviations": on SQLite the Redis transport
-    writes ``time`` without its UTC offset and the correlation and causation ids as 32 hex
-    digits (as SQLite stores them). Tolerated here, asserted by a strict xfail below."""
-    return frozenset({"time", "correlationid", "causationid"}) if ON_SQLITE else frozenset()
 
 
 def assert_matches(envelope: dict[str, Any], event: Any) -> None:
@@ -264,19 +255,13 @@ def test_redis_entries_follow_the_spec(on_redis: RedisStreamsTransport):
                 "0",
             )
             envelope = json.loads(fields["event"])
-            assert_valid(envelope, tolerate=sqlite_redis_deviation())
+            assert_valid(envelope)
             assert_matches(envelope, event)
         names = {g["name"].decode() for g in client.xinfo_groups(on_redis.stream(group))}
         assert names == {CONSUMER_GROUP}
 
 
 @needs_redis()
-@pytest.mark.xfail(
-    condition=ON_SQLITE,
-    strict=True,
-    reason="known deviation: on SQLite the Redis transport writes time without an offset "
-    "and correlation/causation ids as 32 hex digits (docs/wire-format.md)",
-)
 def test_redis_times_and_ids_follow_the_spec_on_every_database(on_redis: RedisStreamsTransport):
     published = publish_samples()
     Relay().run_once()

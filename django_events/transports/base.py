@@ -93,6 +93,29 @@ def decode_failure(exc: BaseException, where: str = "") -> str:
     return storable(f"{where}: {reason}" if where else reason, STORABLE_CHARS)
 
 
+def wire_time(value: Any) -> str:
+    """An event's time as every transport writes it: ISO 8601 with its UTC offset, whatever
+    the database handed back (SQLite gives naive UTC datetimes, or text; docs/wire-format.md)."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value  # not a time: the consumer's decoder names it
+    if not isinstance(value, dt.datetime):
+        return "" if value is None else str(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.isoformat()
+
+
+def wire_uuid(value: Any) -> str:
+    """An id as every transport writes it: the hyphenated form (SQLite stores 32 hex digits)."""
+    try:
+        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+    except ValueError:
+        return str(value)  # not a UUID: the consumer's decoder names it
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """An event on its way from the outbox to a transport, fields as stored."""

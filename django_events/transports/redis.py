@@ -50,6 +50,8 @@ from .base import (
     fallback_id,
     text_size,
     translating,
+    wire_time,
+    wire_uuid,
     within_budget,
 )
 
@@ -395,7 +397,7 @@ class RedisStreamsTransport(Transport):
         if now - self._kept_at < HOUSEKEEPING_INTERVAL:
             return
         self._kept_at = now
-        self.recovery.recover_lost()
+        self.recovery.recover_lost()  # reads the shared subscriptions: every service's groups
         self.trim(self.recovery.groups())
         if now - self._checkpointed_at >= CHECKPOINT_INTERVAL:
             self._checkpointed_at = now
@@ -529,7 +531,10 @@ class RedisStreamsTransport(Transport):
             if "WRONGTYPE" in str(exc):
                 self.repair(groups)
                 return []
-            if "NOGROUP" not in str(exc):
+            # UNBLOCKED: a stream this read was blocked on was deleted meanwhile (a flush,
+            # an eviction); Redis 7 ends the read with this error. Like NOGROUP, what the
+            # group lost comes back through recovery; the worker goes on.
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
             logger.warning("Consumer groups missing in Redis (%s); creating them again", exc)
             for group in groups:
@@ -844,23 +849,24 @@ def _fields(event: Outgoing, signing: Signing = UNSIGNED) -> list[str]:
     """The stream entry, flat (name, value, ...; the event id second): the event in its
     CloudEvents JSON form, with its id and type beside it for when that form is broken,
     and its signature when signing keys are set."""
-    event_id = str(uuid.UUID(str(event.event_id)))  # SQLite gives 32 hex digits
+    event_id = wire_uuid(event.event_id)  # the same on every database (docs/wire-format.md)
     head: dict[str, Any] = {
         "specversion": "1.0",
         "id": event_id,
         "type": event.type,
         "source": event.source,
-        "time": event.occurred_at.isoformat() if event.occurred_at else "",
+        "time": wire_time(event.occurred_at),
         "datacontenttype": "application/json",
         "dataversion": event.version,
     }
+    if event.key is not None:
+        head["partitionkey"] = event.key
     for name, value in (
-        ("partitionkey", event.key),
         ("correlationid", event.correlation_id),
         ("causationid", event.causation_id),
     ):
         if value is not None:
-            head[name] = str(value)
+            head[name] = wire_uuid(value)
     metadata, trace = split_trace(event.metadata)
     head.update(trace)
     # data and metadata are JSON text already (as stored in the outbox): spliced, not re-encoded

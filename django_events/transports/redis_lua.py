@@ -258,10 +258,11 @@ return redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-%d', cut_ms,
 SNAPSHOT = (
     _GUARD
     + """
--- KEYS: owed. One consistent read for the checkpoint: the group's marker (the member scored
--- +inf, missing after a data loss) and the owed set's lowest member, with its position.
+-- KEYS: owed. ARGV: this publisher's marker. One consistent read for the checkpoint: whether
+-- the marker is there (missing after a data loss; other publishers' markers sit beside it)
+-- and the owed set's lowest member, with its position.
 guard(KEYS[1], 'zset')
-local marker = redis.call('ZRANGEBYSCORE', KEYS[1], '+inf', '+inf', 'LIMIT', 0, 1)[1]
-return {marker or false, redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')}
+local marked = redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= false
+return {marked and 1 or false, redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')}
 """
 )

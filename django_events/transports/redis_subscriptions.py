@@ -68,6 +68,14 @@ class RedisStore:
         return result
 
     @_translating
+    def declared(self) -> dict[tuple[str, str, str], bool]:
+        """``{(service, group, event type): ordered}`` as stored now."""
+        return {
+            slot: bool(value["ordered"])
+            for slot, value in _read(self.transport.client.hgetall(self.hash)).items()
+        }
+
+    @_translating
     def fan_out(self) -> FanOut:
         return [
             (event_type, group, bool(value["ordered"]))

@@ -36,6 +36,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--service", help="With --prune: only subscriptions of this service.")
         parser.add_argument(
+            "--retire-service",
+            metavar="NAME",
+            help="A service gone for good (it will never run migrate again): retire all its "
+            "subscriptions and unsubscribe those no other service declares, dropping their "
+            "backlog; with --dry-run, list them only.",
+        )
+        parser.add_argument(
             "--iam",
             action="store_true",
             help="Print least-privilege access policies (JSON, by role) instead of setting up.",
@@ -46,6 +53,9 @@ class Command(BaseCommand):
             transport = transports[options["transport"]]
         except EventsConfigurationError as exc:
             raise CommandError(str(exc)) from exc
+        if options["retire_service"]:
+            self._retire(transport, options["retire_service"], dry_run=options["dry_run"])
+            return
         if options["prune"]:
             self._prune(transport, options["service"], dry_run=options["dry_run"])
             return
@@ -91,9 +101,37 @@ class Command(BaseCommand):
             )
         if dry_run:
             return
+        self.stdout.write(subscriptions.unsubscribe(rows, actor=_actor("--prune")).message)
+
+    def _retire(self, transport: Transport, service: str, *, dry_run: bool) -> None:
         try:
-            who = getpass.getuser()
-        except (OSError, KeyError):  # no login name (a container)
-            who = "unknown user"
-        actor = f"manage.py setup_events --prune ({who})"
-        self.stdout.write(subscriptions.unsubscribe(rows, actor=actor).message)
+            retired, outcome = subscriptions.retire_service(
+                service, actor=_actor(f"--retire-service {service}"), dry_run=dry_run
+            )
+        except EventsConfigurationError as exc:
+            raise CommandError(str(exc)) from None
+        backlog = transport.backlog_by_type() or {}
+        verb = "Would retire" if dry_run else "Retired"
+        for row in retired:
+            self.stdout.write(
+                f"{verb} {row.service}: {row.group} on {row.event_type} "
+                f"(last seen {row.last_seen_at:%Y-%m-%d %H:%M})"
+            )
+        if dry_run:
+            for row, _ in outcome.done:
+                held = backlog.get((row.group, row.event_type), 0)
+                self.stdout.write(
+                    f"Would unsubscribe {row.service}: {row.group} from {row.event_type} "
+                    f"({held} pending)"
+                )
+            return
+        self.stdout.write(outcome.message)
+
+
+def _actor(option: str) -> str:
+    """Who ran the command, for the log."""
+    try:
+        who = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container)
+        who = "unknown user"
+    return f"manage.py setup_events {option} ({who})"
