@@ -27,10 +27,12 @@ from django.db import transaction
 from django.db.models import Max
 from django.db.models.functions import Now
 
-from ..models import EventRecord, StreamCheckpoint
 from .base import logged_events
 
 if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from ..models import EventRecord, StreamCheckpoint
     from .redis import RedisStreamsTransport
 
 logger = logging.getLogger("django_events.transports.redis")
@@ -54,21 +56,18 @@ class Recovery:
         return self.transport.database
 
     def groups(self) -> list[str]:
-        from ..registry import registry
-
-        return sorted({group for _, group, _ in registry.subscriptions()})
+        """The groups this deployment handles: it recovers and checkpoints those."""
+        return sorted({group for _, group, _ in self.transport.context.subscriptions()})
 
     def _types(self, group: str) -> list[str]:
-        from ..registry import registry
-
-        return sorted({t for t, g, _ in registry.subscriptions() if g == group})
+        return sorted({t for t, g, _ in self.transport.context.subscriptions() if g == group})
 
     def _log_top(self) -> int:
-        top = EventRecord.objects.using(self._db).aggregate(top=Max("position"))["top"]
+        top = _log(self._db).aggregate(top=Max("position"))["top"]
         return int(top or 0)
 
     def _rows(self) -> dict[str, StreamCheckpoint]:
-        rows = StreamCheckpoint.objects.using(self._db).filter(namespace=self.transport.prefix)
+        rows = _checkpoints(self._db).filter(namespace=self.transport.prefix)
         return {row.group: row for row in rows}
 
     def recover_lost(self) -> list[str]:
@@ -114,7 +113,7 @@ class Recovery:
         token = uuid.uuid4().hex
         top = self._log_top()
         self.transport.ensure_group(group)
-        row, _ = StreamCheckpoint.objects.using(self._db).get_or_create(
+        row, _ = _checkpoints(self._db).get_or_create(
             namespace=self.transport.prefix,
             group=group,
             defaults={"position": top, "token": token},
@@ -158,15 +157,13 @@ class Recovery:
             logger.info("Group %s: topped up %d events after its recovery", group, count)
 
     def _publish_since(self, group: str, position: int) -> int:
-        from ..conf import get_settings
-
         types = self._types(group)
         subscriptions = [(t, group, False) for t in types]
-        batch = get_settings().relay_batch_size
+        batch = self.transport.context.relay_batch_size
         count = 0
         while True:
             ids = list(
-                EventRecord.objects.using(self._db)
+                _log(self._db)
                 .filter(position__gt=position, type__in=types)
                 .order_by("position")
                 .values_list("id", flat=True)[:batch]
@@ -201,10 +198,24 @@ class Recovery:
                     transport.client.zrem(transport.owed(group), lowest[0])
                     continue
                 position = min(top, int(score) - 1) if owes else top
-                StreamCheckpoint.objects.using(self._db).filter(
+                _checkpoints(self._db).filter(
                     namespace=transport.prefix, group=group, token=_text(marker)[len(MARKER) :]
                 ).update(position=position, updated_at=Now())
 
 
 def _text(value: Any) -> str:
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def _log(using: str) -> QuerySet[EventRecord]:
+    """The event log; models are imported on use, so importing a transport needs no app
+    registry (docs/internals.md)."""
+    from ..models import EventRecord
+
+    return EventRecord.objects.using(using)
+
+
+def _checkpoints(using: str) -> QuerySet[StreamCheckpoint]:
+    from ..models import StreamCheckpoint
+
+    return StreamCheckpoint.objects.using(using)
