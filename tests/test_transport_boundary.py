@@ -123,12 +123,16 @@ def test_importing_any_transport_loads_no_engine_module() -> None:
 
 
 def test_settings_and_registry_import_no_transport() -> None:
-    """The cycle conf -> transports -> registry -> conf is gone."""
+    """The cycle conf -> transports -> registry -> conf is gone, also when a changed
+    setting resets what depends on it."""
     loaded = _fresh(
         "import json, sys\n"
         "from django.conf import settings\n"
         "settings.configure(INSTALLED_APPS=['django_events'], DATABASES={})\n"
         "import django_events.conf, django_events.registry\n"
+        "from django.test.utils import override_settings\n"
+        "with override_settings(DJANGO_EVENTS={'BATCH_SIZE': 3}):\n"  # conf's reset runs
+        "    assert django_events.conf.get_settings().batch_size == 3\n"
         "print(json.dumps({'x': sorted(m for m in sys.modules if m.startswith('django_events'))}))"
     )["x"]
     assert "django_events.conf" in loaded
