@@ -13,10 +13,14 @@ class DjangoEventsConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
+        from .boundary import transport_context
         from .checks import RUNTIME_TAG, check_events, check_runtime, check_subscriptions
         from .conf import get_settings
         from .exceptions import EventsConfigurationError
         from .subscriptions import declare_on_migrate
+        from .transports.base import use_context
+
+        use_context(transport_context)  # what every transport is handed (docs/internals.md)
 
         checks.register(check_events, "django_events")
         checks.register(check_subscriptions, "django_events", checks.Tags.database)

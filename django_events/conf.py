@@ -343,7 +343,4 @@ def get_settings() -> EventsSettings:
 def _reset(*, setting: str, **kwargs: Any) -> None:
     global _cached
     if setting == "DJANGO_EVENTS":
-        _cached = None
-        from .transports import transports
-
-        transports.reset()
+        _cached = None  # transports reset themselves (transports/__init__.py)

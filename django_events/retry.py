@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from .conf import RetryPolicy, get_settings
-from .registry import Handler
+from .registry import Handler, registry
 
 
 def policy_for(group: str, handler: Handler | None) -> RetryPolicy:
@@ -25,3 +25,11 @@ def backoff(policy: RetryPolicy, attempt: int) -> float:
     into its upper half so retries of one burst spread out without ever coming early."""
     delay = min(policy.backoff_max, policy.backoff_base * 2 ** max(attempt - 1, 0))
     return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+
+
+def max_attempts(group: str) -> int:
+    """The most attempts any of ``group``'s handlers gets; the group's policy without one."""
+    handlers = [h for h in registry if h.group == group]
+    return max((policy_for(group, h).max_attempts for h in handlers), default=0) or (
+        get_settings().retry_for(group).max_attempts
+    )

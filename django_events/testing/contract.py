@@ -216,7 +216,7 @@ class TransportContract:
 
     def reopen(self, transport: Transport) -> Transport:
         """A new instance on the same storage, as after a restart of the worker."""
-        return type(transport)(transport.alias, dict(transport.options))
+        return type(transport)(transport.alias, dict(transport.options), transport.context)
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from asgiref.local import Local
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils.connection import BaseConnectionHandler
 from django.utils.module_loading import import_string
 
 from ..exceptions import EventsConfigurationError
-from .base import Transport
+from .base import Transport, default_context
 
 if TYPE_CHECKING:
     _Handler = BaseConnectionHandler[Transport]
@@ -18,6 +20,9 @@ else:
 
 
 class TransportHandler(_Handler):
+    """The engine's side of the boundary: it reads ``TRANSPORTS`` and hands each transport
+    its ``TransportContext`` (docs/internals.md); the transport modules read neither."""
+
     settings_name = "DJANGO_EVENTS['TRANSPORTS']"
     exception_class = EventsConfigurationError
 
@@ -40,7 +45,7 @@ class TransportHandler(_Handler):
                 f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['BACKEND']: {conf['BACKEND']!r} "
                 "is not a django_events Transport subclass."
             )
-        return backend(alias, dict(conf.get("OPTIONS", {})))
+        return backend(alias, dict(conf.get("OPTIONS", {})), default_context())
 
     def reset(self) -> None:
         """Forget every transport; settings are read again on next use, not now."""
@@ -52,3 +57,10 @@ class TransportHandler(_Handler):
 
 
 transports = TransportHandler()
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    """A changed ``DJANGO_EVENTS`` builds new transports, with a new context."""
+    if setting == "DJANGO_EVENTS":
+        transports.reset()

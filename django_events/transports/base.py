@@ -14,18 +14,19 @@ import functools
 import json
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from django.core.checks import CheckMessage
 
 from ..envelope import Event
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
+from ..signing import Signing
 from ..text import storable
 
 if TYPE_CHECKING:
     from ..models import EventRecord
-    from ..subscriptions import SubscriptionStore
+    from ..stores import SubscriptionStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -151,6 +152,100 @@ class Claimed:
     """Bytes received for it, where a transport counts them against a claim's budget."""
 
 
+Subscriptions = list[tuple[str, str, bool]]
+"""``(event_type, group, ordered)`` rows: what ``publish`` and ``setup`` take."""
+
+
+def _no_subscriptions() -> Subscriptions:
+    return []
+
+
+def _default_attempts(group: str) -> int:
+    return 5
+
+
+def _restore_nothing(store: SubscriptionStore) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class TransportContext:
+    """What the engine hands a transport: the only settings and handlers it sees.
+
+    A transport reads no settings and no handler registry of its own (docs/internals.md,
+    "The transport boundary"); the engine builds this once per transport from the
+    ``DJANGO_EVENTS`` setting (a changed setting builds new transports) and passes it at
+    construction. Values are plain, so the hot paths read an attribute, as they read the
+    parsed settings before; the two callables are asked only where the transport asked
+    the registry before (start-up checks, recovery, ``redeliver``, a dead queue's limit).
+    The defaults are those of an empty ``DJANGO_EVENTS``, for a transport built outside a
+    Django project.
+    """
+
+    subscriptions: Callable[[], Subscriptions] = _no_subscriptions
+    """This deployment's own handlers as subscriptions, read at each call: handlers may be
+    registered after the transport was built. Not the shared store's union, which the
+    relay passes to ``publish``."""
+
+    max_attempts: Callable[[str], int] = _default_attempts
+    """The most attempts any handler of a group gets (``MAX_ATTEMPTS``, per group and per
+    handler): a broker that dead-letters by itself (SQS's redrive) is set to it."""
+
+    restore_subscriptions: Callable[[SubscriptionStore], int] = _restore_nothing
+    """Declare this deployment's own subscriptions again in a shared store that lost some
+    of them (Redis restarted empty), adding only, never retiring; returns how many were
+    missing. Asked by recovery only (docs/services.md, "When Redis loses data")."""
+
+    signing: Signing = field(default_factory=Signing)
+    """Signs what a broker carries and checks what it receives (``SIGNING_KEYS``)."""
+
+    lease: float = 30.0
+    """``LEASE``: seconds a claim holds; a broker's visibility timeout defaults to it."""
+
+    poll_interval: float = 1.0
+    """``POLL_INTERVAL``: how long an idle worker waits between claims."""
+
+    batch_size: int = 50
+    """``BATCH_SIZE``: events a worker claims at once."""
+
+    batch_bytes: int = 4 * 1024 * 1024
+    """``BATCH_BYTES``: the data and metadata a worker's claim takes at most."""
+
+    relay_batch_size: int = 500
+    """``RELAY_BATCH_SIZE``: events read from the log per publish when re-sending."""
+
+    max_payload_bytes: int = 256 * 1024
+    """``MAX_PAYLOAD_BYTES``: a received body larger than twice this is refused undecoded."""
+
+    outbox_databases: tuple[str, ...] = ("default",)
+    """``OUTBOX_DATABASES``: where events are published, for a transport's own check."""
+
+    backoff_base: float = 1.0
+    """``BACKOFF_BASE`` of the global retry policy."""
+
+    backoff_max: float = 300.0
+    """``BACKOFF_MAX`` of the global retry policy."""
+
+    def ordered(self, group: str, event_type: str) -> bool:
+        """Whether this deployment's handlers take ``group``'s ``event_type`` in key order."""
+        return (event_type, group, True) in self.subscriptions()
+
+
+_context_factory: Callable[[], TransportContext] = TransportContext
+
+
+def use_context(factory: Callable[[], TransportContext]) -> None:
+    """Set what a transport built without a context gets: the app installs the engine's
+    (``django_events.boundary.transport_context``) when it is ready."""
+    global _context_factory
+    _context_factory = factory
+
+
+def default_context() -> TransportContext:
+    """The context of a transport built without one (a test, a script, the handler)."""
+    return _context_factory()
+
+
 @dataclass(frozen=True)
 class GroupStatus:
     pending: int = 0
@@ -222,7 +317,9 @@ class Transport:
     accepted_options: frozenset[str] | None = None
     """The ``OPTIONS`` keys this transport understands; any other is refused by name."""
 
-    def __init__(self, alias: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self, alias: str, options: dict[str, Any], context: TransportContext | None = None
+    ) -> None:
         if self.accepted_options is not None:
             unknown = sorted(set(options) - self.accepted_options)
             if unknown:
@@ -233,6 +330,8 @@ class Transport:
                 )
         self.alias = alias
         self.options = options
+        self.context = context or default_context()
+        """Settings and handlers, as the engine hands them (``TransportContext``)."""
 
     @property
     def database(self) -> str:
@@ -338,13 +437,11 @@ class Transport:
         By default the event is read back from the event log and published anew to that
         one group, which suits a broker; a transport that keeps its own rows overrides it.
         """
-        from ..registry import registry
-
         found = logged_events([event_id], self.database)
         if not found:
             raise LookupError(f"Event {event_id} is not in the event log.")
-        handler = registry.get(group, found[0].type)
-        self.publish(found, [(found[0].type, group, bool(handler and handler.ordered))])
+        event_type = found[0].type
+        self.publish(found, [(event_type, group, self.context.ordered(group, event_type))])
 
     def discard(self, event_id: uuid.UUID, group: str) -> None:
         """Give up on a dead-lettered event for ``group`` for good, releasing its key if

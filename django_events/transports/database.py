@@ -14,25 +14,22 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning
 from django.db import connections
 from django.utils.dateparse import parse_datetime
 
 from .. import sql
-from ..conf import get_settings
 from ..envelope import build_event
+from ..stores import DatabaseStore
 from ..text import storable
-
-if TYPE_CHECKING:
-    from ..subscriptions import DatabaseStore
-
 from .base import (
     Claimed,
     GroupStatus,
     Outgoing,
     Transport,
+    TransportContext,
     decode_failure,
     fallback_id,
     text_size,
@@ -62,8 +59,10 @@ class DatabaseTransport(Transport):
 
     accepted_options = frozenset(_OPTIONS)
 
-    def __init__(self, alias: str, options: dict[str, Any]) -> None:
-        super().__init__(alias, options)
+    def __init__(
+        self, alias: str, options: dict[str, Any], context: TransportContext | None = None
+    ) -> None:
+        super().__init__(alias, options, context)
         self.notify = bool(options.get("notify", True))
         self.wake_channel = DELIVERY_CHANNEL if self.notify else None
         self._unanalyzed = 0
@@ -75,8 +74,6 @@ class DatabaseTransport(Transport):
     def subscription_store(self) -> DatabaseStore:
         """The ``Subscription`` table of ``database``: Level 0's services share it."""
         if self._store is None:
-            from ..subscriptions import DatabaseStore
-
             self._store = DatabaseStore(self.database)
         return self._store
 
@@ -126,7 +123,7 @@ class DatabaseTransport(Transport):
                     id="django_events.E004",
                 )
             ]
-        others = [a for a in get_settings().outbox_databases if a != self.database]
+        others = [a for a in self.context.outbox_databases if a != self.database]
         if others:
             errors.append(
                 Error(
@@ -296,10 +293,10 @@ class DatabaseTransport(Transport):
         elif vendor == "postgresql":
             # A claimer whose connection is gone is dead: no need to wait for its lease,
             # only for the retry backoff its death earned (as if the handler had raised).
-            policy = get_settings().retry
+            context = self.context
             claimed_at = f"(c.claimed_until - make_interval(secs => {float(lease)!r}))"
             backoff = (
-                f"LEAST({float(policy.backoff_max)!r}, {float(policy.backoff_base)!r} "
+                f"LEAST({float(context.backoff_max)!r}, {float(context.backoff_base)!r} "
                 "* power(2, GREATEST(c.attempts - 1, 0)))"
             )
             held = (
@@ -438,7 +435,7 @@ class DatabaseTransport(Transport):
                 source=stored[7],
                 correlation_id=stored[8],
                 causation_id=stored[9],
-                max_bytes=get_settings().max_payload_bytes * 2,
+                max_bytes=self.context.max_payload_bytes * 2,
             )
         except Exception as exc:  # whatever is wrong with it, it is this event's dead letter
             claimed.decode_error = decode_failure(exc, f"Event {event_id} in the log")
@@ -555,8 +552,6 @@ class DatabaseTransport(Transport):
         return bool(parked or removed)
 
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
-        from ..subscriptions import current
-
         vendor = self._vendor
         delivery, event = self._tables()
         db_id = sql.uuid_value(vendor, event_id)
@@ -573,7 +568,10 @@ class DatabaseTransport(Transport):
         if not rows:
             raise LookupError(f"Event {event_id} is not in the event log.")
         # The group may belong to another service: its declared subscriptions say if ordered.
-        ordered = (rows[0][0], group, True) in current(self.database)
+        wanted = (rows[0][0], group, True)
+        ordered = (
+            self.context.ordered(group, rows[0][0]) or wanted in self.subscription_store().fan_out()
+        )
         self._execute(
             f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, ordered, "
             "attempts, available_at, parked, last_error, created_at) "

@@ -18,9 +18,16 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..conf import get_settings
 from ..envelope import build_event
-from .base import Claimed, GroupStatus, Outgoing, Transport, decode_failure, text_size
+from .base import (
+    Claimed,
+    GroupStatus,
+    Outgoing,
+    Transport,
+    TransportContext,
+    decode_failure,
+    text_size,
+)
 
 _OPTIONS = {"database", "name"}
 
@@ -73,8 +80,10 @@ class InMemoryTransport(Transport):
 
     accepted_options = frozenset(_OPTIONS)
 
-    def __init__(self, alias: str, options: dict[str, Any]) -> None:
-        super().__init__(alias, options)
+    def __init__(
+        self, alias: str, options: dict[str, Any], context: TransportContext | None = None
+    ) -> None:
+        super().__init__(alias, options, context)
         self.name = str(options.get("name", alias))
         with _queues_lock:
             self._queue = _queues.setdefault(self.name, _Queue())
@@ -164,7 +173,7 @@ class InMemoryTransport(Transport):
                 )
                 for group, entry in taken
             ]
-        max_bytes = get_settings().max_payload_bytes * 2
+        max_bytes = self.context.max_payload_bytes * 2
         for item, (_, entry) in zip(claimed, taken, strict=True):
             _decode(item, entry.event, max_bytes)
         return claimed

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 from django.core.checks import CheckMessage, Error, Warning
 
-from ..conf import get_settings
 from ..envelope import from_cloudevent, split_trace
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
@@ -46,6 +45,7 @@ from .base import (
     GroupStatus,
     Outgoing,
     Transport,
+    TransportContext,
     decode_failure,
     fallback_id,
     text_size,
@@ -126,9 +126,11 @@ class RedisStreamsTransport(Transport):
 
     accepted_options = frozenset(_OPTIONS)
 
-    def __init__(self, alias: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self, alias: str, options: dict[str, Any], context: TransportContext | None = None
+    ) -> None:
         where = f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']"
-        super().__init__(alias, options)
+        super().__init__(alias, options, context)
         if ("url" in options) == ("cache" in options):
             raise EventsConfigurationError(
                 f"{where}: give exactly one of 'url' (redis://...) or 'cache' (a django-redis "
@@ -197,7 +199,7 @@ class RedisStreamsTransport(Transport):
                     "pip install 'django-events-outbox[redis]'."
                 ) from exc
             return cast(redis.Redis, get_redis_connection(self.options["cache"]))
-        block = self.block or get_settings().poll_interval
+        block = self.block or self.context.poll_interval
         return redis.Redis.from_url(
             self.options["url"],
             socket_timeout=block + 10.0,
@@ -245,7 +247,7 @@ class RedisStreamsTransport(Transport):
 
     def check(self) -> list[CheckMessage]:
         errors: list[CheckMessage] = []
-        others = [a for a in get_settings().outbox_databases if a != self.database]
+        others = [a for a in self.context.outbox_databases if a != self.database]
         if others:
             errors.append(
                 Error(
@@ -348,7 +350,7 @@ class RedisStreamsTransport(Transport):
         for event_type, group, _ in subscriptions:
             by_type.setdefault(event_type, []).append(group)
         args: dict[str, list[str]] = {}
-        signing = get_settings().signing
+        signing = self.context.signing
         for event in events:
             groups = by_type.get(event.type)
             if not groups:
@@ -425,7 +427,7 @@ class RedisStreamsTransport(Transport):
             time.sleep(timeout)
             return False
         block = self.block if self.block is not None else timeout
-        self._ready = self._read(groups, get_settings().batch_size, block=block)
+        self._ready = self._read(groups, self.context.batch_size, block=block)
         return bool(self._ready)
 
     @_translating
@@ -609,10 +611,10 @@ class RedisStreamsTransport(Transport):
         try:
             if "problem" in fields:
                 raise UndecodableEvent(f"{fields['problem']}: {_text(raw.get(b'member'))!r}")
-            settings = get_settings()
+            context = self.context
             body = raw.get(b"event", b"")
-            signed = settings.signing.verify(raw.get(SIGNATURE.encode()), body)
-            claimed.event = from_cloudevent(body, settings.max_payload_bytes * 2)
+            signed = context.signing.verify(raw.get(SIGNATURE.encode()), body)
+            claimed.event = from_cloudevent(body, context.max_payload_bytes * 2)
             if signed:  # the fields the worker reads beside the envelope are the signed ones
                 same("id field", fields.get("id"), str(claimed.event.id))
                 same("type field", fields.get("type"), claimed.event.type)

@@ -37,11 +37,13 @@ from django.db import transaction
 from django.db.models import Max
 from django.db.models.functions import Now
 
-from ..models import EventRecord, StreamCheckpoint
-from ..subscriptions import FanOut
+from ..stores import FanOut
 from .base import logged_events
 
 if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from ..models import EventRecord, StreamCheckpoint
     from .redis import RedisStreamsTransport
 
 logger = logging.getLogger("django_events.transports.redis")
@@ -70,11 +72,10 @@ class Recovery:
         """Read the shared subscriptions now (never cached: recovery must see a group as
         soon as its service declares it again), after putting back this service's own if
         the store lost them; together with this process's own handlers."""
-        from ..registry import registry
-
         stored = self.restore_own()
         merged: dict[tuple[str, str], bool] = {}
-        rows = [(t, g, o) for (_, g, t), o in stored.items()] + registry.subscriptions()
+        rows = [(t, g, o) for (_, g, t), o in stored.items()]
+        rows += self.transport.context.subscriptions()
         for event_type, group, ordered in rows:
             merged[(event_type, group)] = merged.get((event_type, group), False) or ordered
         self._declared = sorted((t, g, o) for (t, g), o in merged.items())
@@ -86,24 +87,15 @@ class Recovery:
         hash), they are declared again first, as a worker starting declares them: added,
         never retiring anything. A service can restore only its own: what other services
         declared comes back when each of them does the same (or deploys, or starts)."""
-        from ..conf import get_settings
-        from ..registry import registry
-        from ..subscriptions import declare, forget, wanted_by
-
         store = self.transport.subscription_store()
-        stored = store.declared()
-        service = get_settings().service
-        missing = [slot for slot in wanted_by(registry) if (service, *slot) not in stored]
+        missing = self.transport.context.restore_subscriptions(store)
         if not missing:
-            return stored
-        declare(service, registry, store=store, replace=False)
-        forget()  # the relay's cached list predates the loss
+            return store.declared()
         logger.warning(
-            "Subscriptions of service %s were missing from %s (Redis lost data?): %d declared "
-            "again from this process's handlers",
-            service,
+            "Subscriptions of this service were missing from %s (Redis lost data?): %d "
+            "declared again from this process's handlers",
             store.hash,
-            len(missing),
+            missing,
         )
         return store.declared()
 
@@ -115,11 +107,11 @@ class Recovery:
         return sorted({t for t, g, _ in self._declared or self.refresh() if g == group})
 
     def _log_top(self) -> int:
-        top = EventRecord.objects.using(self._db).aggregate(top=Max("position"))["top"]
+        top = _log(self._db).aggregate(top=Max("position"))["top"]
         return int(top or 0)
 
     def _rows(self) -> dict[str, StreamCheckpoint]:
-        rows = StreamCheckpoint.objects.using(self._db).filter(namespace=self.transport.prefix)
+        rows = _checkpoints(self._db).filter(namespace=self.transport.prefix)
         return {row.group: row for row in rows}
 
     def recover_lost(self) -> list[str]:
@@ -177,7 +169,7 @@ class Recovery:
             # declared) before this look: what it still owes is not confirmed.
             top = min(top, int(lowest[0][1]) - 1)
         self.transport.ensure_group(group)
-        row, _ = StreamCheckpoint.objects.using(self._db).get_or_create(
+        row, _ = _checkpoints(self._db).get_or_create(
             namespace=self.transport.prefix,
             group=group,
             defaults={"position": top, "token": token},
@@ -229,15 +221,13 @@ class Recovery:
             logger.info("Group %s: topped up %d events after its recovery", group, count)
 
     def _publish_since(self, group: str, position: int) -> int:
-        from ..conf import get_settings
-
         types = self._types(group)
         subscriptions = [(t, group, False) for t in types]
-        batch = get_settings().relay_batch_size
+        batch = self.transport.context.relay_batch_size
         count = 0
         while True:
             ids = list(
-                EventRecord.objects.using(self._db)
+                _log(self._db)
                 .filter(position__gt=position, type__in=types)
                 .order_by("position")
                 .values_list("id", flat=True)[:batch]
@@ -273,10 +263,24 @@ class Recovery:
                     transport.client.zrem(transport.owed(group), lowest[0])
                     continue
                 position = min(top, int(score) - 1) if owes else top
-                StreamCheckpoint.objects.using(self._db).filter(
+                _checkpoints(self._db).filter(
                     namespace=transport.prefix, group=group, token=rows[group].token
                 ).update(position=position, updated_at=Now())
 
 
 def _text(value: Any) -> str:
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def _log(using: str) -> QuerySet[EventRecord]:
+    """The event log; models are imported on use, so importing a transport needs no app
+    registry (docs/internals.md)."""
+    from ..models import EventRecord
+
+    return EventRecord.objects.using(using)
+
+
+def _checkpoints(using: str) -> QuerySet[StreamCheckpoint]:
+    from ..models import StreamCheckpoint
+
+    return StreamCheckpoint.objects.using(using)

@@ -9,7 +9,7 @@ Redis server's clock). Every relay reads the hash for each batch it moves (or th
 
 A declaration is one optimistic transaction (WATCH the hash, read the service's fields,
 write the changes in MULTI/EXEC, again if another declaration got in between): the same
-rules as the database store (``subscriptions.plan``).
+rules as the database store (``stores.plan``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ..subscriptions import Declaration, FanOut, Stored, Wanted, plan
+from ..stores import Declaration, FanOut, Stored, Wanted, plan
 from .redis import _translating
 
 if TYPE_CHECKING:

@@ -35,7 +35,6 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from django.core.checks import CheckMessage, Error
 from django.db import connections, transaction
 
-from ..conf import get_settings
 from ..envelope import from_cloudevent, split_trace
 from ..exceptions import (
     EventsConfigurationError,
@@ -48,6 +47,7 @@ from .base import (
     GroupStatus,
     Outgoing,
     Transport,
+    TransportContext,
     decode_failure,
     fallback_id,
     logged_events,
@@ -143,9 +143,11 @@ class SnsSqsTransport(Transport):
 
     accepted_options = frozenset(_OPTIONS)
 
-    def __init__(self, alias: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self, alias: str, options: dict[str, Any], context: TransportContext | None = None
+    ) -> None:
         where = f"DJANGO_EVENTS['TRANSPORTS'][{alias!r}]['OPTIONS']"
-        super().__init__(alias, options)
+        super().__init__(alias, options, context)
         self.region: str | None = _text(options, "region", where)
         self.endpoint_url: str | None = _text(options, "endpoint_url", where)
         self.prefix = options.get("prefix", "django-events-")
@@ -182,7 +184,7 @@ class SnsSqsTransport(Transport):
         self._held: list[Claimed] = []  # FIFO: later events of a key, served after the first
         self._busy: dict[tuple[str, str | None], str] = {}  # FIFO: key -> handle out
         self._turn = 0
-        self._lease = get_settings().lease  # the visibility timeout of a ``wait``'s receive
+        self._lease = self.context.lease  # the visibility timeout of a ``wait``'s receive
         self._dead_checked_at = 0.0
         self._policies: dict[str, tuple[float, frozenset[str] | None]] = {}
 
@@ -260,8 +262,6 @@ class SnsSqsTransport(Transport):
     # -- checks -------------------------------------------------------------------------
 
     def check(self) -> list[CheckMessage]:
-        from ..registry import registry
-
         errors: list[CheckMessage] = []
         if self.database not in connections.settings:
             errors.append(
@@ -279,7 +279,7 @@ class SnsSqsTransport(Transport):
                     id="django_events.E041",
                 )
             )
-        for group, types in _types_by_group(registry.subscriptions()).items():
+        for group, types in _types_by_group(self.context.subscriptions()).items():
             try:
                 self.queue_name(group, dead=True)
             except EventsConfigurationError as exc:
@@ -314,13 +314,11 @@ class SnsSqsTransport(Transport):
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
         """Send the logged event to ``group`` only; it starts at attempt 1. In FIFO mode it
         gets a fresh deduplication id, so it is never taken for the original."""
-        from ..registry import registry
-
         found = logged_events([event_id], self.database)
         if not found:
             raise LookupError(f"Event {event_id} is not in the event log.")
-        handler = registry.get(group, found[0].type)
-        self._publish([(found[0], {group: bool(handler and handler.ordered)})], fresh=True)
+        ordered = self.context.ordered(group, found[0].type)
+        self._publish([(found[0], {group: ordered})], fresh=True)
 
     def _publish(
         self, events: Sequence[tuple[Outgoing, dict[str, bool]]], *, fresh: bool = False
@@ -378,7 +376,7 @@ class SnsSqsTransport(Transport):
 
     @property
     def _signing(self) -> Signing:
-        return get_settings().signing
+        return self.context.signing
 
     def _entry(
         self, event: Outgoing, groups: dict[str, bool], fresh: bool
@@ -485,11 +483,11 @@ class SnsSqsTransport(Transport):
             return False
         received = self._receive_all(
             self._in_turn(groups)[:1],
-            get_settings().batch_size,
+            self.context.batch_size,
             self._lease,
             dead=False,
             wait=self.wait_time,
-            max_bytes=get_settings().batch_bytes,
+            max_bytes=self.context.batch_bytes,
         )
         with self._lock:
             self._ready.extend(received)
@@ -664,9 +662,9 @@ class SnsSqsTransport(Transport):
                 )
         body = message.get("Body", "")
         try:
-            settings = get_settings()
-            signed = settings.signing.verify(_string(tags.get(SIGNATURE)), body)
-            claimed.event = from_cloudevent(body, settings.max_payload_bytes * 2)
+            context = self.context
+            signed = context.signing.verify(_string(tags.get(SIGNATURE)), body)
+            claimed.event = from_cloudevent(body, context.max_payload_bytes * 2)
             if signed:  # the attributes SNS filtered on are the signed envelope's
                 same("type attribute", _string(tags.get("type")), claimed.event.type)
                 same("key attribute", _string(tags.get("key")), claimed.event.key)
@@ -681,13 +679,7 @@ class SnsSqsTransport(Transport):
 
     def _max_receives(self, group: str) -> int:
         """The most attempts any of the group's handlers gets: the queue's maxReceiveCount."""
-        from ..registry import registry
-        from ..retry import policy_for
-
-        handlers = [h for h in registry if h.group == group]
-        return max((policy_for(group, h).max_attempts for h in handlers), default=0) or (
-            get_settings().retry_for(group).max_attempts
-        )
+        return self.context.max_attempts(group)
 
     # -- leases and FIFO keys -----------------------------------------------------------
 

@@ -67,7 +67,7 @@ def _provision(
     for group, group_types in types.items():
         queue, dead = transport.queue_name(group), transport.queue_name(group, dead=True)
         receives = transport._max_receives(group)
-        visibility = transport.visibility_timeout or _lease()
+        visibility = transport.visibility_timeout or _lease(transport)
         steps = [
             f"queue {dead}: dead letters of group {group!r}, kept {RETENTION // 86400} days",
             f"queue {queue}: group {group!r}, visibility {visibility}s, kept "
@@ -122,10 +122,8 @@ def _provision(
     return lines
 
 
-def _lease() -> int:
-    from ..conf import get_settings
-
-    return max(1, round(get_settings().lease))
+def _lease(transport: SnsSqsTransport) -> int:
+    return max(1, round(transport.context.lease))
 
 
 def _base_attributes(transport: SnsSqsTransport, visibility: int) -> dict[str, str]:
