@@ -38,6 +38,7 @@ from django.http import (
     HttpResponseRedirect,
     StreamingHttpResponse,
 )
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -681,7 +682,9 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
         self._check(request, triage.REDIRECT)
         dead = get_object_or_404(DeadLetter, pk=pk)
         event = triage.event_of(dead)
-        targets = [g for g in triage.redirect_targets(event.type) if g != dead.group] if event else []
+        targets = (
+            [g for g in triage.redirect_targets(event.type) if g != dead.group] if event else []
+        )
         reason = request.POST.get("reason", "").strip()
         error = ""
         if request.method == "POST" and request.POST.get("confirm"):
@@ -712,7 +715,7 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
             request, "admin/django_events/redirect.html", context, status=400 if error else 200
         )
 
-    def export_view(self, request: HttpRequest, fmt: str) -> HttpResponse:
+    def export_view(self, request: HttpRequest, fmt: str) -> HttpResponseBase:
         """The dead letters of the changelist's current filters and search, streamed."""
         if fmt not in ("csv", "json"):
             raise Http404

@@ -91,10 +91,10 @@ def rule(event: EventRecord) -> str:
     cls = declaration(event.type, event.version)
     if cls is None:
         return (
-            f"{event.type} v{event.version} has no typed declaration here: the payload is "
-            "checked as a JSON object within the size limit only."
+            "No typed declaration of this type and version here: the payload is checked as "
+            "a JSON object within the size limit only."
         )
-    return f"The payload must fit {cls.__module__}.{cls.__qualname__} ({event.type} v{event.version})."
+    return f"The payload must fit its typed declaration, {cls.__module__}.{cls.__qualname__}."
 
 
 def parse(text: str, event_type: str, version: int) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def parse(text: str, event_type: str, version: int) -> dict[str, Any]:
         raise InvalidEvent(f"The payload is not JSON: {exc}.") from None
     encode_data(data, limit)  # a JSON object, within the limit, every value storable
     check_data(event_type, version, data)
-    return data  # type: ignore[no-any-return]
+    return data
 
 
 def diff(old: Any, new: Any, path: str = "data") -> list[Change]:
@@ -132,9 +132,7 @@ def diff(old: Any, new: Any, path: str = "data") -> list[Change]:
 
 
 def describe(changes: list[Change]) -> str:
-    return "; ".join(
-        f"{path}: {_show(old)} → {_show(new)}" for path, old, new in changes
-    )
+    return "; ".join(f"{path}: {_show(old)} → {_show(new)}" for path, old, new in changes)
 
 
 def _show(value: Any) -> str:

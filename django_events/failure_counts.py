@@ -28,7 +28,9 @@ from django.db.models import Max, Min, QuerySet, Sum
 
 COUNTS = "django_events_failure_count"
 DEAD = "django_events_deadletter"
-_COLUMNS = '"group", fingerprint, open_count, error_class, handler, first_seen, last_seen, latest_id'
+_COLUMNS = (
+    '"group", fingerprint, open_count, error_class, handler, first_seen, last_seen, latest_id'
+)
 
 # One upsert for every change, applied to ``src`` (rows of group, fingerprint, n = +1 for
 # a dead letter that became open, -1 for one that stopped being open, and its details).
@@ -53,9 +55,7 @@ ON CONFLICT ("group", fingerprint) DO UPDATE SET
                    ELSE c.latest_id END;
 DELETE FROM {COUNTS} WHERE open_count <= 0;
 """
-_ADDED = (
-    '"group", fingerprint, 1 AS n, error_class, handler, first_failed_at, last_failed_at, id'
-)
+_ADDED = '"group", fingerprint, 1 AS n, error_class, handler, first_failed_at, last_failed_at, id'
 _REMOVED = (
     '"group", fingerprint, -1 AS n, NULL::varchar AS error_class, NULL::varchar AS handler, '
     "NULL::timestamptz AS first_failed_at, NULL::timestamptz AS last_failed_at, "

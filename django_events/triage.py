@@ -174,7 +174,9 @@ def redirect_targets(event_type: str) -> list[str]:
     """The groups, declared by any service, that subscribe to ``event_type``."""
     from .subscriptions import fan_out
 
-    return sorted({group for type_, group, _ in fan_out(transports["default"]) if type_ == event_type})
+    return sorted(
+        {group for type_, group, _ in fan_out(transports["default"]) if type_ == event_type}
+    )
 
 
 def redirect(
