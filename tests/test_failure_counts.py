@@ -3,8 +3,11 @@ instead of grouping the dead-letter table."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from django.contrib.auth.models import User
+from django.core.management import call_command
 from django.db import connection
 from django.db.models import Count
 from django.test import Client
@@ -88,6 +91,10 @@ def test_recount_repairs_drifted_counters():
     )
     assert failure_counts.recount() == 5
     assert counted() == exact()
+    FailureCount.objects.update(open_count=42)
+    out = io.StringIO()
+    call_command("dead_letters", "recount", stdout=out)
+    assert out.getvalue() == "Recounted: 5 open dead letters.\n" and counted() == exact()
 
 
 def test_dead_letter_pages_never_group_the_dead_letter_table():
