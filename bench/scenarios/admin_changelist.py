@@ -78,11 +78,11 @@ def build(dbname: str, events: int, dead: int, *, all_open: bool = False) -> flo
             [pg.PAYLOAD_TEXT, events],
         )
         conn.execute(
-            'INSERT INTO django_events_deadletter (event_id, "group", handler, attempts, '
+            'INSERT INTO django_events_deadletter (event_id, "group", service, handler, attempts, '
             "error_class, error_message, traceback, first_failed_at, last_failed_at, state, "
             "resolved_at, resolved_by, reason, fingerprint) "
             "SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, "
-            "'g' || (g %% 4), 'shop.events.handler_' || (g %% 4), 5, "
+            "'g' || (g %% 4), 'shop', 'shop.events.handler_' || (g %% 4), 5, "
             "'shop.errors.E' || (g %% 10), "
             "(ARRAY['timeout talking to the CRM', 'card declined', 'no such order'])[1 + g %% 3] "
             "|| ' for order ' || g, 'Traceback (most recent call last): …', "
