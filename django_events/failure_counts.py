@@ -21,6 +21,7 @@ were written with triggers disabled.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import connections, transaction
@@ -176,6 +177,27 @@ def recount(using: str = "default") -> int:
         cursor.execute(_RECOUNT)
         cursor.execute(f"SELECT COALESCE(SUM(open_count), 0) FROM {COUNTS}")
         return int(cursor.fetchone()[0])
+
+
+def lock(slots: Iterable[tuple[str, str]], using: str) -> None:
+    """Lock the counters of ``slots`` (group, fingerprint) in one order, inside the
+    caller's transaction, before it resolves dead letters of several failure groups.
+
+    Otherwise the triggers would lock them in the order the rows are written, and two
+    such transactions could each hold a counter the other waits for (PostgreSQL would
+    then abort one). SQLite has one writer at a time: nothing to do.
+    """
+    connection = connections[using]
+    wanted = sorted(set(slots))
+    if connection.vendor != "postgresql" or len(wanted) < 2:
+        return
+    pairs = ", ".join(["(%s, %s)"] * len(wanted))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'SELECT 1 FROM {COUNTS} WHERE ("group", fingerprint) IN ({pairs}) '
+            'ORDER BY "group", fingerprint FOR UPDATE',
+            [value for slot in wanted for value in slot],
+        )
 
 
 def failure_groups(using: str = "default") -> QuerySet[Any]:

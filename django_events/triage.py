@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from . import failure_counts
 from .models import DeadLetter, EventRecord
 from .relay import QUARANTINE_GROUP
 from .transports import transports
@@ -219,7 +220,9 @@ def _resolve(
     together = transport.joins_outbox_transaction(using)
     if together:
         with transaction.atomic(using=using):
-            for dead in _lock(ids, using):
+            rows = _lock(ids, using)
+            failure_counts.lock([(d.group, d.fingerprint) for d in rows], using)
+            for dead in rows:
                 _one(action, dead, transport, user, reason, actor, outcome)
     else:
         for pk in ids:

@@ -8,7 +8,7 @@ import io
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -118,3 +118,36 @@ def test_dead_letter_pages_never_group_the_dead_letter_table():
         assert grouped == [], url
     page = client.get("/admin/django_events/failuregroup/")
     assert [g["count"] for g in page.context["groups"]] == [30, 20]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_triage_batch_locks_its_counters_up_front_on_postgresql():
+    """Two batches over the same failure groups must not take the counters in different
+    orders (a deadlock PostgreSQL would break by aborting one)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    import psycopg
+
+    one = bulk(1, error_class="ValueError")[0]
+    two = bulk(1, error_class="KeyError")[0]
+    settings = connection.settings_dict
+    other = psycopg.connect(
+        dbname=settings["NAME"],
+        host=settings["HOST"],
+        port=settings["PORT"] or 5432,
+        user=settings["USER"],
+        autocommit=True,
+    )
+    try:
+        with transaction.atomic():
+            failure_counts.lock(
+                [(one.group, one.fingerprint), (two.group, two.fingerprint)], "default"
+            )
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute(
+                    "SELECT 1 FROM django_events_failure_count WHERE fingerprint = %s "
+                    "FOR UPDATE NOWAIT",
+                    [two.fingerprint],
+                )
+    finally:
+        other.close()
