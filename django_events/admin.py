@@ -1,8 +1,10 @@
 """The operator's admin: the event log, dead-letter triage, failure groups, queue status.
 
-Nobody adds or edits events or dead letters by hand. The only writes are retry and
-discard, each a CSRF-protected POST behind its own permission, made through
-:mod:`django_events.triage` and recorded in the admin log. Payloads, metadata,
+Nobody adds or edits events or dead letters by hand. The only writes are retry, discard
+and redirect (:mod:`django_events.triage`) and edit and retry
+(:mod:`django_events.edit_retry`, off unless ``ADMIN_EDIT_RETRY``), each a
+CSRF-protected POST behind its own permission and recorded in the admin log. Exports
+stream a changelist's filter as CSV or JSON (:mod:`django_events.export`). Payloads, metadata,
 tracebacks, error messages and a delivery's last error may hold personal data (an error
 message often echoes a payload value), so they are shown only to users with
 ``django_events.view_payload``; others see the envelope, the error class and a masked
@@ -12,6 +14,8 @@ who may see them.
 
 Changelists issue a fixed number of queries whatever the page size, and their counts are
 capped (:class:`CappedPaginator`) so that a million-row log pages as fast as an empty one.
+Failure groups are read from trigger-kept counters (:mod:`django_events.failure_counts`),
+never by grouping the dead letters.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Dead-letter triage: fingerprints, retry and discard, whatever the transport.
+"""Dead-letter triage: fingerprints, retry, discard and redirect, whatever the transport.
 
 The admin and the ``dead_letters`` command both act through this module, so a retry or
 a discard is the same operation, with the same audit trail, from either side. Only open
