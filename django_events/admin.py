@@ -1,8 +1,10 @@
 """The operator's admin: the event log, dead-letter triage, failure groups, queue status.
 
-Nobody adds or edits events or dead letters by hand. The only writes are retry and
-discard, each a CSRF-protected POST behind its own permission, made through
-:mod:`django_events.triage` and recorded in the admin log. Payloads, metadata,
+Nobody adds or edits events or dead letters by hand. The only writes are retry, discard
+and redirect (:mod:`django_events.triage`) and edit and retry
+(:mod:`django_events.edit_retry`, off unless ``ADMIN_EDIT_RETRY``), each a
+CSRF-protected POST behind its own permission and recorded in the admin log. Exports
+stream a changelist's filter as CSV or JSON (:mod:`django_events.export`). Payloads, metadata,
 tracebacks, error messages and a delivery's last error may hold personal data (an error
 message often echoes a payload value), so they are shown only to users with
 ``django_events.view_payload``; others see the envelope, the error class and a masked
@@ -12,6 +14,8 @@ who may see them.
 
 Changelists issue a fixed number of queries whatever the page size, and their counts are
 capped (:class:`CappedPaginator`) so that a million-row log pages as fast as an empty one.
+Failure groups are read from trigger-kept counters (:mod:`django_events.failure_counts`),
+never by grouping the dead letters.
 """
 
 from __future__ import annotations
@@ -25,11 +29,21 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import flatten_fieldsets, get_fields_from_path
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, Max, Min, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.db.models import Q, QuerySet
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
+from django.http.response import HttpResponseBase
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -38,8 +52,9 @@ from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
-from . import subscriptions, triage
+from . import edit_retry, export, failure_counts, subscriptions, triage
 from .conf import get_settings
+from .exceptions import InvalidEvent
 from .models import (
     DeadLetter,
     Delivery,
@@ -181,19 +196,8 @@ class FailureGroupFilter(admin.SimpleListFilter):
 
 
 def _failure_groups(limit: int | None = None) -> QuerySet[Any]:
-    queryset = (
-        DeadLetter.objects.filter(state=DeadLetter.State.OPEN)
-        .values("fingerprint")
-        .annotate(
-            count=Count("*"),
-            error_class=Max("error_class"),
-            handler=Max("handler"),
-            first_seen=Min("first_failed_at"),
-            last_seen=Max("last_failed_at"),
-            example_id=Max("id"),
-        )
-        .order_by("-count", "fingerprint")
-    )
+    """The open failure groups from the trigger-kept counters: no scan of dead letters."""
+    queryset = failure_counts.failure_groups(DeadLetter.objects.db)
     return queryset[:limit] if limit else queryset
 
 
@@ -617,8 +621,140 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
     def has_discard_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(triage.PERMISSIONS[triage.DISCARD])
 
+    def has_redirect_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(triage.PERMISSIONS[triage.REDIRECT])
+
     def get_urls(self) -> list[URLPattern]:
-        return [*_resolve_urls(self, "<int:pk>", "deadletter"), *super().get_urls()]
+        view = self.admin_site.admin_view
+        return [
+            *_resolve_urls(self, "<int:pk>", "deadletter"),
+            path("<int:pk>/edit/", view(self.edit_view), name="django_events_deadletter_edit"),
+            path(
+                "<int:pk>/redirect/",
+                view(self.redirect_view),
+                name="django_events_deadletter_redirect",
+            ),
+            path(
+                "export/<str:fmt>/",
+                view(self.export_view),
+                name="django_events_deadletter_export",
+            ),
+            *super().get_urls(),
+        ]
+
+    def edit_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Edit and retry (see :mod:`django_events.edit_retry`): the form on GET, the
+        validated retry on POST; an invalid payload comes back with the error, unchanged."""
+        if not edit_retry.enabled():
+            raise Http404("Edit and retry is off.")
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        edit_retry.check_permission(request.user)
+        dead = get_object_or_404(DeadLetter, pk=pk)
+        event = triage.event_of(dead)
+        reason = request.POST.get("reason", "").strip()
+        text = request.POST.get("payload", "")
+        error = ""
+        if request.method == "POST":
+            try:
+                edited = edit_retry.edit_and_retry(dead, text, request.user, reason)
+            except (InvalidEvent, LookupError) as exc:
+                error = str(exc)
+            else:
+                messages.success(request, edited.message)
+                return HttpResponseRedirect(_url("deadletter_change", pk))
+        elif event is not None:
+            text = json.dumps(event.data, indent=2, sort_keys=True, ensure_ascii=False)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": DeadLetter._meta,
+            "title": f"Edit and retry dead letter {pk}",
+            "dead": dead,
+            "event": event,
+            "payload": text,
+            "reason": reason,
+            "rule": edit_retry.rule(event) if event else "",
+            "error": error,
+            "back": _url("deadletter_change", pk),
+        }
+        return TemplateResponse(
+            request, "admin/django_events/edit_retry.html", context, status=400 if error else 200
+        )
+
+    def redirect_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Retry into another group that subscribes to the event's type."""
+        self._check(request, triage.REDIRECT)
+        dead = get_object_or_404(DeadLetter, pk=pk)
+        event = triage.event_of(dead)
+        targets = (
+            [g for g in triage.redirect_targets(event.type) if g != dead.group] if event else []
+        )
+        reason = request.POST.get("reason", "").strip()
+        error = ""
+        if request.method == "POST" and request.POST.get("confirm"):
+            try:
+                outcome = triage.redirect(
+                    DeadLetter.objects.filter(pk=pk),
+                    request.user,
+                    request.POST.get("group", ""),
+                    reason,
+                )
+            except LookupError as exc:
+                error = str(exc)
+            else:
+                messages.success(request, outcome.message)
+                return HttpResponseRedirect(_url("deadletter_change", pk))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": DeadLetter._meta,
+            "title": f"Redirect dead letter {pk}",
+            "dead": dead,
+            "event": event,
+            "targets": targets,
+            "reason": reason,
+            "error": error,
+            "back": _url("deadletter_change", pk),
+        }
+        return TemplateResponse(
+            request, "admin/django_events/redirect.html", context, status=400 if error else 200
+        )
+
+    def export_view(self, request: HttpRequest, fmt: str) -> HttpResponseBase:
+        """The dead letters of the changelist's current filters and search, streamed."""
+        if fmt not in ("csv", "json"):
+            raise Http404
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("Those filters are not valid.")
+        queryset = changelist.get_queryset(request)
+        write = export.as_csv if fmt == "csv" else export.as_json
+        response = StreamingHttpResponse(
+            write(queryset, can_view_payload(request)),
+            content_type="text/csv; charset=utf-8" if fmt == "csv" else "application/json",
+        )
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        response["Content-Disposition"] = f'attachment; filename="dead-letters-{stamp}.{fmt}"'
+        return response
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The admin log; an edit's diff holds payload values, so it is masked for users
+        without ``view_payload``."""
+        response = super().history_view(request, object_id, extra_context)
+        page = getattr(response, "context_data", {}).get("action_list")
+        if page is None or can_view_payload(request):
+            return response
+        entries = list(page.object_list)
+        for entry in entries:
+            head, mark, _ = entry.change_message.partition(edit_retry.EDIT_MARK)
+            if mark:
+                entry.change_message = f"{head}{mark} {MASKED}"
+        page.object_list = entries
+        return response
 
     def resolve_view(self, request: HttpRequest, pk: int, action: str) -> HttpResponse:
         self._check(request, action)
@@ -672,6 +808,8 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
         extra = {
             "can_retry": self.has_retry_permission(request),
             "can_discard": self.has_discard_permission(request),
+            "can_redirect": self.has_redirect_permission(request),
+            "can_edit": edit_retry.allowed(request.user),
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra)

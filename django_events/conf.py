@@ -65,6 +65,7 @@ class EventsSettings:
     batch_bytes: int = 4 * 1024 * 1024
     batch_transactions: bool = True
     publish_notify: bool = True
+    admin_edit_retry: bool = False
     relay_batch_size: int = 500
     max_payload_bytes: int = 256 * 1024
     max_metadata_bytes: int = 8 * 1024
@@ -99,6 +100,7 @@ _TOP_KEYS = {
     "BATCH_BYTES",
     "BATCH_TRANSACTIONS",
     "PUBLISH_NOTIFY",
+    "ADMIN_EDIT_RETRY",
     "RELAY_BATCH_SIZE",
     "MAX_PAYLOAD_BYTES",
     "MAX_METADATA_BYTES",
@@ -280,7 +282,7 @@ def parse(raw: Any) -> EventsSettings:
 
     lease = float(_number(raw, "LEASE", defaults.lease, where, minimum=1))
     flags = {}
-    for key in ("BATCH_TRANSACTIONS", "PUBLISH_NOTIFY"):
+    for key in ("BATCH_TRANSACTIONS", "PUBLISH_NOTIFY", "ADMIN_EDIT_RETRY"):
         flags[key] = raw.get(key, getattr(defaults, key.lower()))
         if not isinstance(flags[key], bool):
             raise EventsConfigurationError(f"{where}[{key!r}] must be True or False.")
@@ -300,6 +302,7 @@ def parse(raw: Any) -> EventsSettings:
         ),
         batch_transactions=flags["BATCH_TRANSACTIONS"],
         publish_notify=flags["PUBLISH_NOTIFY"],
+        admin_edit_retry=flags["ADMIN_EDIT_RETRY"],
         relay_batch_size=_number(
             raw, "RELAY_BATCH_SIZE", defaults.relay_batch_size, where, minimum=1, integer=True
         ),

@@ -193,6 +193,8 @@ class DeadLetter(models.Model):
             ("retry_deadletter", "Can retry a dead letter (re-runs its handler)"),
             ("discard_deadletter", "Can discard a dead letter"),
             ("view_payload", "Can view event payloads and tracebacks"),
+            ("edit_deadletter", "Can edit a dead letter's payload and retry it as a new event"),
+            ("redirect_deadletter", "Can redirect a dead letter to another group"),
         ]
 
     def __str__(self) -> str:
@@ -208,6 +210,36 @@ class DeadLetter(models.Model):
         command and repeats it once per index, so it would bury real warnings.
         """
         return [e for e in super().check(**kwargs) if getattr(e, "id", None) != "models.W040"]
+
+
+class FailureCount(models.Model):
+    """Open dead letters of one (group, fingerprint), kept by database triggers.
+
+    Read instead of grouping the dead-letter table on every admin page; see
+    :mod:`django_events.failure_counts` for what each column promises.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    group = models.CharField(max_length=100)
+    fingerprint = models.CharField(max_length=16)
+    open_count = models.BigIntegerField(default=0)
+    error_class = models.CharField(max_length=300, blank=True, default="")
+    handler = models.CharField(max_length=300, blank=True, default="")
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    latest_id = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "django_events_failure_count"
+        default_permissions = ()
+        constraints = [
+            models.UniqueConstraint(
+                fields=["group", "fingerprint"], name="django_events_failure_count_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group} {self.fingerprint}: {self.open_count}"
 
 
 class StreamCheckpoint(models.Model):

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import connections
-from django.db.models import Count
 
-from . import sql, subscriptions
+from . import failure_counts, sql, subscriptions
 from .conf import get_settings
-from .models import DeadLetter, Subscription
+from .models import Subscription
 from .registry import registry
 from .transports import transports
 
@@ -18,13 +17,7 @@ def collect() -> dict[str, Any]:
     """Per-group backlog, in-flight and dead counts, and the outbox backlog."""
     conf = get_settings()
     transport = transports["default"]
-    dead = dict(
-        DeadLetter.objects.using(transport.database)
-        .filter(state=DeadLetter.State.OPEN)
-        .values_list("group")
-        .annotate(n=Count("id"))
-        .values_list("group", "n")
-    )
+    dead = failure_counts.open_by_group(transport.database)
     declared = subscriptions.all_rows(transport)
     services: dict[str, set[str]] = {}
     for row in declared:

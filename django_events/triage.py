@@ -1,4 +1,4 @@
-"""Dead-letter triage: fingerprints, retry and discard, whatever the transport.
+"""Dead-letter triage: fingerprints, retry, discard and redirect, whatever the transport.
 
 The admin and the ``dead_letters`` command both act through this module, so a retry or
 a discard is the same operation, with the same audit trail, from either side. Only open
@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from . import failure_counts
 from .models import DeadLetter, EventRecord
 from .relay import QUARANTINE_GROUP
 from .transports import transports
@@ -33,10 +34,13 @@ logger = logging.getLogger("django_events.triage")
 
 RETRY = "retry"
 DISCARD = "discard"
+REDIRECT = "redirect"
 PERMISSIONS = {
     RETRY: "django_events.retry_deadletter",
     DISCARD: "django_events.discard_deadletter",
+    REDIRECT: "django_events.redirect_deadletter",
 }
+_VERBS = {RETRY: "Retried", DISCARD: "Discarded", REDIRECT: "Redirected"}
 VIEW_PAYLOAD = "django_events.view_payload"
 
 _FRAME = re.compile(r'^\s*File "(?P<path>[^"]+)", line \d+, in (?P<func>.+)$')
@@ -106,11 +110,14 @@ class Outcome:
     action: str
     done: list[DeadLetter] = field(default_factory=list)
     skipped: list[DeadLetter] = field(default_factory=list)
+    target: str | None = None
 
     @property
     def message(self) -> str:
-        verb = "Retried" if self.action == RETRY else "Discarded"
-        text = f"{verb} {len(self.done)} dead letter{'s' if len(self.done) != 1 else ''}"
+        text = f"{_VERBS[self.action]} {len(self.done)} dead letter"
+        text += "s" if len(self.done) != 1 else ""
+        if self.target:
+            text += f" to group {self.target}"
         if self.skipped:
             text += f"; skipped {len(self.skipped)} that were no longer open"
         return text + "."
@@ -127,7 +134,8 @@ def may_view_payload(user: Any) -> bool:
 
 
 def check_permission(user: Any, action: str) -> None:
-    """Raise ``PermissionDenied`` unless ``user`` may ``action`` (``retry`` or ``discard``)."""
+    """Raise ``PermissionDenied`` unless ``user`` may ``action`` (``retry``, ``discard`` or
+    ``redirect``)."""
     if user is None or not user.is_active or not user.has_perm(PERMISSIONS[action]):
         raise PermissionDenied(f"needs the {PERMISSIONS[action]} permission")
 
@@ -163,27 +171,58 @@ def discard(
     return _resolve(DISCARD, dead_letters, user, reason, actor)
 
 
+def redirect_targets(event_type: str) -> list[str]:
+    """The groups, declared by any service, that subscribe to ``event_type``."""
+    from .subscriptions import fan_out
+
+    return sorted(
+        {group for type_, group, _ in fan_out(transports["default"]) if type_ == event_type}
+    )
+
+
+def redirect(
+    dead_letters: Iterable[DeadLetter] | QuerySet[DeadLetter],
+    user: Any,
+    group: str,
+    reason: str = "",
+    *,
+    actor: str | None = None,
+) -> Outcome:
+    """Deliver each open dead letter's event to ``group`` instead of its own (a group
+    renamed or split), with the same event id; its own group gives it up.
+
+    ``group`` must subscribe to each event's type (``LookupError`` otherwise, and on a
+    transport that commits with the dead letters, none is redirected). The dead letter is
+    marked retried, its reason naming the group; if that group's handler fails too, the
+    new dead letter is that group's.
+    """
+    return _resolve(REDIRECT, dead_letters, user, reason, actor, target=group)
+
+
 def _resolve(
     action: str,
     dead_letters: Iterable[DeadLetter] | QuerySet[DeadLetter],
     user: Any,
     reason: str,
     actor: str | None,
+    target: str | None = None,
 ) -> Outcome:
     """``user`` is a Django user (checked, and written to the admin log) or None, when a
     shell acts as ``actor`` (the command line without ``--user``)."""
     if user is not None:
         check_permission(user, action)
     elif not actor:
-        raise PermissionDenied("A retry or discard needs a user, or an actor for the log.")
+        raise PermissionDenied("A triage action needs a user, or an actor for the log.")
     transport = transports["default"]
     using = transport.database
     ids = [dl.pk for dl in dead_letters]
-    outcome = Outcome(action)
+    outcome = Outcome(action, target=target)
     together = transport.joins_outbox_transaction(using)
     if together:
         with transaction.atomic(using=using):
-            for dead in _lock(ids, using):
+            rows = _lock(ids, using)
+            failure_counts.lock([(d.group, d.fingerprint) for d in rows], using)
+            for dead in rows:
                 _one(action, dead, transport, user, reason, actor, outcome)
     else:
         for pk in ids:
@@ -211,7 +250,10 @@ def _one(
     if dead.state != str(DeadLetter.State.OPEN):
         outcome.skipped.append(dead)
         return
-    if action == RETRY:
+    if action == REDIRECT:
+        _redirect(dead, transport, str(outcome.target))
+        reason = f"redirected to group {outcome.target}" + (f": {reason}" if reason else "")
+    elif action == RETRY:
         if dead.group == QUARANTINE_GROUP:
             raise LookupError(
                 f"Dead letter {dead.pk} is an outbox row the relay set aside; it has no event "
@@ -223,7 +265,7 @@ def _one(
         transport.discard(dead.event_id, dead.group)
     with transaction.atomic(using=dead._state.db or "default"):
         dead.state = (
-            str(DeadLetter.State.RETRIED) if action == RETRY else str(DeadLetter.State.DISCARDED)
+            str(DeadLetter.State.DISCARDED) if action == DISCARD else str(DeadLetter.State.RETRIED)
         )
         dead.resolved_at = timezone.now()
         dead.resolved_by = (user.get_username() if user is not None else str(actor))[:150]
@@ -233,9 +275,21 @@ def _one(
     outcome.done.append(dead)
 
 
+def _redirect(dead: DeadLetter, transport: Any, group: str) -> None:
+    event = event_of(dead)
+    if event is None or dead.group == QUARANTINE_GROUP:
+        raise LookupError(f"Dead letter {dead.pk} has no event in the log to redirect.")
+    if group == dead.group:
+        raise LookupError(f"Dead letter {dead.pk} is already group {group}'s; use Retry.")
+    if group not in redirect_targets(event.type):
+        raise LookupError(f"Group {group!r} does not subscribe to {event.type}.")
+    transport.discard(dead.event_id, dead.group)  # releases its key if it was parked
+    transport.redeliver(dead.event_id, group)
+
+
 def _audit(action: str, dead: DeadLetter, user: Any, reason: str, actor: str | None) -> None:
     why = f": {reason}" if reason else ""
-    text = f"{'Retried' if action == RETRY else 'Discarded'} (group {dead.group}){why}"
+    text = f"{_VERBS[action]} (group {dead.group}){why}"
     # Imported here: the worker imports this module, and needs no admin installed.
     if user is not None and apps.is_installed("django.contrib.admin"):
         from django.contrib.admin.models import CHANGE, LogEntry
@@ -246,7 +300,7 @@ def _audit(action: str, dead: DeadLetter, user: Any, reason: str, actor: str | N
     logger.warning(
         "Dead letter %s %s by %s: event %s, group %s%s",
         dead.pk,
-        "retried" if action == RETRY else "discarded",
+        _VERBS[action].lower(),
         dead.resolved_by,
         dead.event_id,
         dead.group,

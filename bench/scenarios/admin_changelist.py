@@ -2,9 +2,12 @@
 
 Each page is fetched with Django's test client, in this process, as a superuser: the
 dead-letter list (plain, filtered, one failure group, searched by event id and by
-message), the failure groups, the event log (plain, by type, by key, by event id). The
-two databases are built from the migrated bench schema with ``INSERT … SELECT
-generate_series``, so both hold the same shape of data in different amounts.
+message), the failure groups, the event log (plain, by type, by key, by event id), and
+the console's pages (edit and retry, redirect, an export). The databases are built from
+the migrated bench schema with ``INSERT … SELECT generate_series``, so they hold the same
+shape of data in different amounts. A second pair puts a million *open* dead letters
+against a thousand: the pages that count open dead letters read the trigger-kept
+failure counters (django_events/failure_counts.py), so they must not grow with them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ BASELINE = "5k dead letters and 10k events"
 GOAL = Goal("<=", 3.0)
 SMALL_DB = pg.BENCH_DB + "_admin_small"
 BIG_DB = pg.BENCH_DB + "_admin_big"
+FEW_OPEN_DB = pg.BENCH_DB + "_admin_few_open"
+MANY_OPEN_DB = pg.BENCH_DB + "_admin_many_open"
 REQUESTS = 5  # per measurement; the median is kept
 
 EVENT_ID = "00000000-0000-4000-8000-000000000007"  # event number 7, a dead letter's
@@ -37,11 +42,27 @@ PAGES: dict[str, str] = {
     "event log by type": "/admin/django_events/eventrecord/?type=bench.noop",
     "event log by key": "/admin/django_events/eventrecord/?key=order-4242",
     "event by id": f"/admin/django_events/eventrecord/?q={EVENT_ID}",
+    "edit and retry form": "/admin/django_events/deadletter/7/edit/",
+    "redirect form": "/admin/django_events/deadletter/7/redirect/",
+    "export of a dead letter by event id": (
+        f"/admin/django_events/deadletter/export/csv/?q={EVENT_ID}"
+    ),
+}
+OPEN_PAGES: dict[str, str] = {  # against FEW_OPEN_DB and MANY_OPEN_DB
+    "failure groups": "/admin/django_events/failuregroup/",
+    "dead letters": "/admin/django_events/deadletter/",
+    "dead letters, one failure group": (
+        "/admin/django_events/deadletter/?fingerprint=fp03&state__exact=open"
+    ),
+    "queue status": "/admin/django_events/queuestatus/",
 }
 
 
-def build(dbname: str, events: int, dead: int) -> float:
-    """A copy of the bench schema with ``events`` logged events and ``dead`` dead letters."""
+def build(
+    dbname: str, events: int, dead: int, *, all_open: bool = False, fingerprints: int = 40
+) -> float:
+    """A copy of the bench schema with ``events`` logged events and ``dead`` dead letters
+    (80% open, or all of them) in ``fingerprints`` failure groups."""
     from django.db import connections
 
     connections.close_all()  # CREATE DATABASE … TEMPLATE needs the template unused
@@ -59,19 +80,20 @@ def build(dbname: str, events: int, dead: int) -> float:
             [pg.PAYLOAD_TEXT, events],
         )
         conn.execute(
-            'INSERT INTO django_events_deadletter (event_id, "group", handler, attempts, '
+            'INSERT INTO django_events_deadletter (event_id, "group", service, handler, attempts, '
             "error_class, error_message, traceback, first_failed_at, last_failed_at, state, "
             "resolved_at, resolved_by, reason, fingerprint) "
             "SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, "
-            "'g' || (g %% 4), 'shop.events.handler_' || (g %% 4), 5, "
+            "'g' || (g %% 4), 'shop', 'shop.events.handler_' || (g %% 4), 5, "
             "'shop.errors.E' || (g %% 10), "
             "(ARRAY['timeout talking to the CRM', 'card declined', 'no such order'])[1 + g %% 3] "
             "|| ' for order ' || g, 'Traceback (most recent call last): …', "
             "now() - (g || ' minutes')::interval, now() - (g || ' seconds')::interval, "
-            "(ARRAY['open', 'open', 'open', 'open', 'open', 'open', 'open', 'open', 'retried', "
-            "'discarded'])[1 + g %% 10], NULL, '', '', 'fp' || lpad((g %% 40)::text, 2, '0') "
+            "CASE WHEN %s THEN 'open' ELSE (ARRAY['open', 'open', 'open', 'open', 'open', "
+            "'open', 'open', 'open', 'retried', 'discarded'])[1 + g %% 10] END, "
+            "NULL, '', '', 'fp' || lpad((g %% %s)::text, 2, '0') "
             "FROM generate_series(1, %s) g",
-            [dead],
+            [all_open, fingerprints, dead],
         )
         conn.execute("VACUUM ANALYZE django_events_event")
         conn.execute("VACUUM ANALYZE django_events_deadletter")
@@ -108,6 +130,8 @@ class Admin:
             for _ in range(REQUESTS):
                 started = time.perf_counter()
                 response = self.client.get(url)
+                if response.streaming:  # an export: the time includes writing it out
+                    b"".join(response.streaming_content)  # type: ignore[attr-defined]
                 times.append((time.perf_counter() - started) * 1000)
                 if response.status_code != 200:
                     raise RuntimeError(f"{url}: HTTP {response.status_code}")
@@ -123,39 +147,69 @@ def run(ctx: Context) -> list[Row]:
 
     events, dead = ctx.size(1_000_000, 100_000), ctx.size(100_000, 10_000)
     small_events, small_dead = 10_000, 5_000
+    many_open, few_open = ctx.size(1_000_000, 100_000), 1_000
     ctx.log(f"    built the small database in {build(SMALL_DB, small_events, small_dead):.1f}s")
     ctx.log(f"    built the large database in {build(BIG_DB, events, dead):.1f}s")
+    # Four failure groups, so that one group's page is full (100 rows) in both databases.
+    took = build(FEW_OPEN_DB, few_open, few_open, all_open=True, fingerprints=4)
+    ctx.log(f"    built the {few_open:,}-open database in {took:.1f}s")
+    took = build(MANY_OPEN_DB, many_open, many_open, all_open=True, fingerprints=4)
+    ctx.log(f"    built the {many_open:,}-open database in {took:.1f}s")
     original = settings.DATABASES["default"]["NAME"]
-    hosts = override_settings(ALLOWED_HOSTS=["testserver"])
+    hosts = override_settings(
+        ALLOWED_HOSTS=["testserver"],
+        DJANGO_EVENTS={**settings.DJANGO_EVENTS, "ADMIN_EDIT_RETRY": True},
+    )
     hosts.enable()
     admin = Admin()
     rows = []
+    pairs = [
+        (
+            PAGES,
+            SMALL_DB,
+            BIG_DB,
+            TITLE,
+            BASELINE,
+            f"{events:,} events and {dead:,} dead letters (80% open) against "
+            f"{small_events:,} and {small_dead:,}",
+        ),
+        (
+            OPEN_PAGES,
+            FEW_OPEN_DB,
+            MANY_OPEN_DB,
+            f"admin pages with {many_open:,} open dead letters",
+            f"{few_open:,} open dead letters",
+            f"{many_open:,} events and as many open dead letters against {few_open:,}, "
+            "in 4 failure groups",
+        ),
+    ]
     try:
-        for number, (name, url) in enumerate(PAGES.items(), start=1):
-            got = alternate(
-                ctx, {"small": admin.timer(SMALL_DB, url), "large": admin.timer(BIG_DB, url)}
-            )
-            rows.append(
-                ratio_row(
-                    f"A1.{number}",
-                    f"{TITLE}: {name}",
-                    BASELINE,
-                    "response time",
-                    "ms",
-                    got["large"],
-                    got["small"],
-                    GOAL,
-                    higher_is_better=False,
-                    notes=f"GET {url}; median of {REQUESTS} requests per repetition; "
-                    f"{events:,} events and {dead:,} dead letters (80% open) against "
-                    f"{small_events:,} and {small_dead:,}",
+        number = 0
+        for pages, small, large, title, baseline, sizes in pairs:
+            for name, url in pages.items():
+                number += 1
+                got = alternate(
+                    ctx, {"small": admin.timer(small, url), "large": admin.timer(large, url)}
                 )
-            )
+                rows.append(
+                    ratio_row(
+                        f"A1.{number}",
+                        f"{title}: {name}",
+                        baseline,
+                        "response time",
+                        "ms",
+                        got["large"],
+                        got["small"],
+                        GOAL,
+                        higher_is_better=False,
+                        notes=f"GET {url}; median of {REQUESTS} requests per repetition; {sizes}",
+                    )
+                )
     finally:
         hosts.disable()
         connections["default"].close()
         connections["default"].settings_dict["NAME"] = original
         connections.close_all()
-        pg.drop_database(SMALL_DB)
-        pg.drop_database(BIG_DB)
+        for dbname in (SMALL_DB, BIG_DB, FEW_OPEN_DB, MANY_OPEN_DB):
+            pg.drop_database(dbname)
     return rows

@@ -1,4 +1,4 @@
-"""``manage.py dead_letters list|retry|discard``: the admin's triage, for scripts.
+"""``manage.py dead_letters list|retry|discard|recount``: the admin's triage, for scripts.
 
 Scripted use acts as a named Django user (``--user``), whose permissions are checked as
 in the admin, and whose action is written to the admin log. Without ``--user`` the
@@ -22,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from ... import triage
+from ... import failure_counts, triage
 from ...models import DeadLetter
 
 STATES = [*DeadLetter.State.values, "all"]
@@ -49,7 +49,13 @@ class Command(BaseCommand):
     help = "List, retry or discard dead letters (retry re-runs handlers and their side effects)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="action", required=True, metavar="{list,retry,discard}")
+        sub = parser.add_subparsers(
+            dest="action", required=True, metavar="{list,retry,discard,recount}"
+        )
+        sub.add_parser(
+            "recount",
+            help="Rebuild the failure-group counters from the dead letters (if they drifted).",
+        )
         listing = sub.add_parser("list", help="Show dead letters (open ones by default).")
         _add_filters(listing)
         listing.add_argument("--state", choices=STATES, default="open")
@@ -71,6 +77,10 @@ class Command(BaseCommand):
             )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["action"] == "recount":
+            total = failure_counts.recount(DeadLetter.objects.db)
+            self.stdout.write(f"Recounted: {total} open dead letters.")
+            return
         user = self._user(options.get("user"))
         # The shell's own account can read the table anyway; a named user is held to the
         # admin's rule: error text is payload.
