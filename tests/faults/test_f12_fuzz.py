@@ -23,7 +23,7 @@ import json
 import re
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -31,7 +31,7 @@ import pytest
 from django.conf import settings as settings_module
 from django.db import DatabaseError, connection
 from django.test import override_settings
-from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import HealthCheck, Phase, example, given, seed, settings
 from hypothesis import strategies as st
 
 from django_events import publish
@@ -180,10 +180,16 @@ def run_example(
 
 
 def fuzzed(
-    examples: int, plants: st.SearchStrategy[Any], one: Callable[[Any], None], *, shrink: bool
+    examples: int,
+    plants: st.SearchStrategy[Any],
+    one: Callable[[Any], None],
+    *,
+    shrink: bool,
+    explicit: Sequence[Any] = (),
 ) -> Callable[[], None]:
-    """``one(drawn)`` for ``examples`` draws of ``plants``: seeded by the run, no example
-    database; a control does not shrink (finding one failure is its point)."""
+    """``one(drawn)`` for ``explicit`` then ``examples`` draws of ``plants``: seeded by the
+    run, no example database; a control does not shrink (finding one failure is its
+    point)."""
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
 
     @seed(SEED)
@@ -195,10 +201,12 @@ def fuzzed(
         suppress_health_check=list(HealthCheck),
     )
     @given(drawn=plants)
-    def example(drawn: Any) -> None:
+    def run(drawn: Any) -> None:
         one(drawn)
 
-    return example
+    for drawn in reversed(explicit):
+        run = example(drawn=drawn)(run)
+    return run
 
 
 def worker_stops(run: Callable[[], None], row: str) -> None:
@@ -596,14 +604,19 @@ SQS = "F12 fuzz SQS: bodies + attributes"
 
 
 def fuzz_sqs(
-    transport: Any, examples: int, name: str = SQS, sizes: tuple[int, int] = (1, 4), **run: Any
+    transport: Any,
+    examples: int,
+    name: str = SQS,
+    sizes: tuple[int, int] = (1, 4),
+    explicit: Sequence[Any] = (),
+    **run: Any,
 ) -> Callable[[], None]:
     def one(plants: list[tuple[str, dict[str, Any]]]) -> None:
         plant, empty = partial(plant_sqs, transport, plants), partial(sqs_empty, transport)
         run_example(name, plant, empty, relay=True, **run)
 
     plants = st.lists(sqs_plants, min_size=sizes[0], max_size=sizes[1])
-    return fuzzed(examples, plants, one, shrink=name == SQS)
+    return fuzzed(examples, plants, one, shrink=name == SQS, explicit=explicit)
 
 
 def test_f12_fuzzed_sqs_messages_each_end_once(sqs):
@@ -653,8 +666,13 @@ def test_f12_control_sqs_undefended_decode_stops_the_worker(sqs, monkeypatch):
         return claimed
 
     monkeypatch.setattr(module.SnsSqsTransport, "_claimed", undefended)
+    # Not every seed draws a stopper in the quick run's 40 examples, so the control also
+    # plants one known to stop the undefended decode (an id-shaped field that is no UUID
+    # in a body that is no JSON): the control must fail on every run, not on lucky seeds.
+    stopper = [('{"id": "------------------------------------", "type": ', {})]
     worker_stops(
-        fuzz_sqs(sqs, size(40, 150), "control SQS"), "F12 CONTROL SQS: undefended message decode"
+        fuzz_sqs(sqs, size(40, 150), "control SQS", explicit=[stopper]),
+        "F12 CONTROL SQS: undefended message decode",
     )
 
 
