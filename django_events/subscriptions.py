@@ -41,6 +41,13 @@ logger = logging.getLogger("django_events.subscriptions")
 FanOut = list[tuple[str, str, bool]]
 """``(event_type, group, ordered)`` rows, the shape ``Transport.publish`` takes."""
 
+
+class Broadcast(FanOut):
+    """The fan-out the relay hands ``Transport.publish``: every subscription it knows of.
+    A transport whose broker routes by its own bindings (RabbitMQ's topic exchange) sends
+    such a publish to every bound queue, another service's too; any other list is a
+    targeted publish (replay, an admin retry) for the groups it names only."""
+
 _cache: dict[str, tuple[float, FanOut]] = {}
 _cache_lock = threading.Lock()
 
@@ -322,10 +329,10 @@ def fan_out(transport: Transport) -> FanOut:
     share (the database table; Redis' hash), for a transport that has one; its own
     handlers' otherwise."""
     if transport.shares_subscriptions:
-        return current(store_of(transport))
+        return Broadcast(current(store_of(transport)))
     from .registry import registry
 
-    return registry.subscriptions()
+    return Broadcast(registry.subscriptions())
 
 
 def handled_types(handlers: Iterable[Handler], groups: Sequence[str]) -> dict[str, frozenset[str]]:

@@ -122,6 +122,20 @@ if os.environ.get("DJANGO_EVENTS_TRANSPORT", "database") == "redis":
         },
     }
 
+# Level 3, RabbitMQ, by settings alone: `DJANGO_EVENTS_TRANSPORT=rabbitmq python manage.py demo`
+# (DJANGO_EVENTS_RABBITMQ_URL, default guest on the local broker). `setup_events` declares
+# the exchange, the queues and their bindings.
+if os.environ.get("DJANGO_EVENTS_TRANSPORT", "database") == "rabbitmq":
+    DJANGO_EVENTS["TRANSPORTS"]["default"] = {
+        "BACKEND": "django_events.transports.rabbitmq.RabbitMQTransport",
+        "OPTIONS": {
+            "url": os.environ.get(
+                "DJANGO_EVENTS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"
+            ),
+            "prefix": os.environ.get("EXAMPLE_RABBITMQ_PREFIX", "example-shop"),
+        },
+    }
+
 # The same demo on SNS + SQS, by settings alone: start a local server (`moto_server -p 5000`)
 # and set EXAMPLE_SQS_ENDPOINT=http://127.0.0.1:5000. Credentials come from boto3's usual
 # chain (for moto, any: AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing).
@@ -141,7 +155,7 @@ if os.environ.get("EXAMPLE_SQS_ENDPOINT"):
 # through the `<prefix>:subscriptions` hash). On SNS + SQS (Level 2) that is not built yet
 # (docs/services.md), so the demo skips it there; EXAMPLE_WAREHOUSE=1 turns it on once it is.
 _WAREHOUSE_BUILT = not DJANGO_EVENTS["TRANSPORTS"]["default"]["BACKEND"].endswith(
-    ".SnsSqsTransport"
+    (".SnsSqsTransport", ".RabbitMQTransport")
 )
 EXAMPLE_WAREHOUSE = os.environ.get("EXAMPLE_WAREHOUSE", "1" if _WAREHOUSE_BUILT else "0") == "1"
 
