@@ -48,6 +48,7 @@ class Broadcast(FanOut):
     such a publish to every bound queue, another service's too; any other list is a
     targeted publish (replay, an admin retry) for the groups it names only."""
 
+
 _cache: dict[str, tuple[float, FanOut]] = {}
 _cache_lock = threading.Lock()
 

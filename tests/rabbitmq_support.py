@@ -39,7 +39,7 @@ def delete_everything(transport: Any, groups: Iterable[str]) -> None:
     assert pika is not None
     connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
     try:
-        names = [transport.queue(g) for g in groups] + [transport.queue(g, dead=True) for g in groups]
+        names = [transport.queue(g, dead=dead) for g in groups for dead in (False, True)]
         delays = [transport.delay_queue(ms) for ms in transport._delays]
         for name in [*names, *delays]:
             channel = connection.channel()
@@ -49,5 +49,32 @@ def delete_everything(transport: Any, groups: Iterable[str]) -> None:
             channel = connection.channel()
             with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
                 channel.exchange_delete(name)
+    finally:
+        connection.close()
+
+
+BACKEND = "django_events.transports.rabbitmq.RabbitMQTransport"
+
+
+def events_settings(prefix: str, url: str = RABBITMQ_URL, **options: Any) -> dict[str, Any]:
+    """A DJANGO_EVENTS value with the RabbitMQ transport under ``prefix``, test defaults kept."""
+    from django.conf import settings
+
+    return {
+        **settings.DJANGO_EVENTS,
+        "TRANSPORTS": {
+            "default": {"BACKEND": BACKEND, "OPTIONS": {"url": url, "prefix": prefix, **options}}
+        },
+    }
+
+
+def publish_raw(queue: str, body: bytes, **properties: Any) -> None:
+    """Put a message on ``queue`` as any AMQP client could, bypassing the transport."""
+    assert pika is not None
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", queue, body, pika.BasicProperties(**properties))
     finally:
         connection.close()

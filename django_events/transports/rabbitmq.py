@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -59,7 +60,7 @@ from .base import (
 
 logger = logging.getLogger("django_events.transports.rabbitmq")
 
-DELAY_STEPS = (1, 1.5, 2, 3, 5, 7)
+DELAY_STEPS = (1, 1.5, 2, 3, 4, 5, 7)
 """Retry delays are rounded up to one of these times a power of ten milliseconds: one
 TTL queue per step in use, none more than 1.5 times the delay asked for."""
 MAX_DELAY_MS = 24 * 60 * 60 * 1000
@@ -373,7 +374,12 @@ class RabbitMQTransport(Transport):
     def _ensure_groups(self, groups: Sequence[str]) -> None:
         missing = [g for g in groups if (g, "") not in self._declared]
         if missing:
-            self._pub.call(lambda channel: [self._declare_group(channel, g) for g in missing])
+
+            def declare(channel: Any) -> None:
+                for group in missing:
+                    self._declare_group(channel, group)
+
+            self._pub.call(declare)
             self._declared |= {(g, "") for g in missing}
 
     # -- relay side -----------------------------------------------------------------------
@@ -423,16 +429,24 @@ class RabbitMQTransport(Transport):
         for group in groups:
             if group in self._consuming:
                 continue
-            queue = self.queue(group)
-            generation = self._sub.generation
+            on_message = functools.partial(
+                self._on_message, group, self.queue(group), self._sub.generation
+            )
+            self._consuming[group] = channel.basic_consume(self.queue(group), on_message)
 
-            def on_message(
-                _ch: Any, method: Any, properties: Any, body: bytes, group: str = group
-            ) -> None:
-                receipt = Receipt(generation, method.delivery_tag, queue, properties, body)
-                self._buffer.append(self._claimed(group, receipt))
-
-            self._consuming[group] = channel.basic_consume(queue, on_message)
+    def _on_message(
+        self,
+        group: str,
+        queue: str,
+        generation: int,
+        _channel: Any,
+        method: Any,
+        properties: Any,
+        body: bytes,
+    ) -> None:
+        """A delivery: decoded into the buffer, where the next claim takes it."""
+        receipt = Receipt(generation, method.delivery_tag, queue, properties, body)
+        self._buffer.append(self._claimed(group, receipt))
 
     def _pull(self, groups: Sequence[str], wait: float) -> None:
         def pull(channel: Any) -> None:
@@ -776,7 +790,7 @@ def _delay_step(delay: float) -> int:
     power = 10 ** max(0, len(str(ms)) - 1)
     for step in (*DELAY_STEPS, 10):
         if step * power >= ms:
-            return int(step * power)
+            return min(int(step * power), MAX_DELAY_MS)
     return MAX_DELAY_MS  # pragma: no cover - the steps reach 10 times the power
 
 

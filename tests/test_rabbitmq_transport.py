@@ -1,0 +1,212 @@
+"""The RabbitMQ transport beyond the contract suite, on the real broker: hostile messages,
+fan-out by the broker's bindings, the delivery limit mirrored into ``DeadLetter``,
+prefetch, provisioning, delay steps and the broker out of reach."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_events import publish
+from django_events.exceptions import TransportUnavailable
+from django_events.models import DeadLetter
+from django_events.registry import registry
+from django_events.subscriptions import Broadcast
+from django_events.testing.contract import claim_until, make_event
+from django_events.transports import transports
+from django_events.worker import Worker
+
+from .rabbitmq_support import (
+    RABBITMQ_URL,
+    delete_everything,
+    events_settings,
+    needs_pika,
+    publish_raw,
+    unique_prefix,
+)
+from .testapp.models import Effect
+
+pytestmark = [pytest.mark.django_db(transaction=True), needs_pika()]
+
+TYPE = "test.happened"
+
+
+@pytest.fixture
+def rabbit() -> Iterator[Any]:
+    prefix = unique_prefix()
+    transports.reset()
+    with override_settings(
+        DJANGO_EVENTS={**events_settings(prefix, dead_letter_poll=0.1), "BACKOFF_BASE": 0},
+        SILENCED_SYSTEM_CHECKS=["django_events.E008"],
+    ):
+        transport = transports["default"]
+        transport.setup(registry.subscriptions())
+        yield transport
+        transports.reset()
+    delete_everything(transport, [*registry.groups(), "elsewhere"])
+
+
+def healthy(count: int = 3) -> list[uuid.UUID]:
+    return [publish(TYPE, {"n": n}).id for n in range(count)]
+
+
+def handled_once(ids: list[uuid.UUID], group: str = "alpha") -> None:
+    got = list(Effect.objects.filter(group=group).values_list("event_id", flat=True))
+    assert sorted(got) == sorted(ids), "every healthy event handled exactly once"
+
+
+def run_worker(groups: list[str], rounds: int = 4) -> None:
+    for _ in range(rounds):
+        Worker(groups).run(once=True)
+        time.sleep(0.1)
+
+
+def envelope(event_id: str) -> bytes:
+    head = {"specversion": "1.0", "id": event_id, "type": TYPE, "source": "x"}
+    return json.dumps({**head, "time": "2026-01-01T00:00:00+00:00", "data": {"n": 9}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "properties", "reason"),
+    [
+        (b"\xff\xfe\x00 not utf-8", {}, "RabbitMQ message"),
+        (b"not json at all", {"message_id": "not-a-uuid"}, "not valid JSON"),
+        (b"[" * 5000 + b"]" * 5000, {"type": "test.happened"}, "nests deeper"),
+        (b'{"id": "zz", "type": "test.happened"}', {"headers": {"attempts": "many"}}, "missing"),
+        (b"{}", {"headers": {"first_failed_at": 12, "key": [1, 2], "attempts": -5}}, "missing"),
+    ],
+    ids=["binary", "text", "deep", "not-an-envelope", "odd-headers"],
+)
+def test_a_message_not_ours_is_one_dead_letter_and_its_neighbours_are_handled(
+    rabbit, body: bytes, properties: dict[str, Any], reason: str
+):
+    ids = healthy()
+    Worker([], relay=True).step()
+    publish_raw(rabbit.queue("alpha"), body, **properties)
+    ids += healthy(2)
+    Worker([], relay=True).step()
+    run_worker(["alpha"])
+    handled_once(ids)
+    [letter] = DeadLetter.objects.filter(group="alpha")
+    assert letter.error_class == "UndecodableEvent"
+    assert reason in letter.error_message, letter.error_message
+    assert rabbit.status(["alpha"])["alpha"].pending == 0, "acked once dead-lettered"
+
+
+def test_headers_of_the_wrong_types_around_a_good_envelope_do_not_stop_it(rabbit):
+    event_id = str(uuid.uuid4())
+    headers = {"attempts": "three", "x-delivery-count": "x", "first_failed_at": b"\xff"}
+    publish_raw(rabbit.queue("alpha"), envelope(event_id), message_id=event_id, headers=headers)
+    [claimed] = claim_until(rabbit, ["alpha"], 1)
+    assert (str(claimed.event_id), claimed.attempt, claimed.decode_error) == (event_id, 1, None)
+    assert claimed.first_failed_at is None
+    assert rabbit.ack(claimed)
+
+
+def test_the_relay_reaches_a_queue_another_service_bound_and_a_targeted_publish_does_not(
+    rabbit,
+):
+    from django_events.transports.rabbitmq import RabbitMQTransport
+
+    other = RabbitMQTransport("other", {"url": RABBITMQ_URL, "prefix": rabbit.prefix})
+    try:
+        other.setup([(TYPE, "elsewhere", False)])  # the other service's own setup_events
+        event = make_event(TYPE)
+        rabbit.publish([event], Broadcast([(TYPE, "alpha", False)]))  # as the relay does
+        [got] = claim_until(other, ["elsewhere"], 1)
+        assert got.event_id == event.event_id
+        assert other.ack(got)
+        [mine] = claim_until(rabbit, ["alpha"], 1)
+        assert rabbit.ack(mine)
+        targeted = make_event(TYPE)
+        rabbit.publish([targeted], [(TYPE, "alpha", False), (TYPE, "beta", False)])
+        assert {c.group for c in claim_until(rabbit, ["alpha", "beta"], 2)} == {"alpha", "beta"}
+        assert claim_until(other, ["elsewhere"], 1, timeout=1.0) == [], "named groups only"
+    finally:
+        other.close()
+
+
+def test_deliveries_past_the_limit_are_dead_lettered_by_the_broker_and_mirrored(rabbit):
+    from django_events.transports.rabbitmq import _max_attempts
+
+    [event_id] = healthy(1)
+    Worker([], relay=True).step()
+    limit = _max_attempts("alpha")
+    deadline = time.monotonic() + 60
+    attempts = []
+    while not attempts or attempts[-1] != "dead":  # a lease that keeps running out
+        assert time.monotonic() < deadline, f"the broker never dead-lettered it: {attempts}"
+        for claimed in claim_until(rabbit, ["alpha"], 1, timeout=1.0, lease=0.01):
+            attempts.append("dead" if claimed.receipt.dead else claimed.attempt)
+        time.sleep(0.02)
+    assert attempts == [*range(1, limit + 2), "dead"], "each given-back delivery counted"
+    rabbit.close()  # the claim from the dead-letter queue goes back there
+    run_worker(["alpha"])
+    [letter] = DeadLetter.objects.filter(group="alpha")
+    assert (letter.event_id, letter.error_class) == (event_id, "LeaseExpired")
+    assert letter.attempts == limit
+    assert rabbit.status(["alpha"])["alpha"].parked == 0, "acked in the dead-letter queue"
+    assert not Effect.objects.exists()
+
+
+def test_prefetch_is_batch_size(rabbit):
+    rabbit.publish([make_event(TYPE) for _ in range(10)], [(TYPE, "alpha", False)])
+    with override_settings(DJANGO_EVENTS={**events_settings(rabbit.prefix), "BATCH_SIZE": 3}):
+        held = claim_until(rabbit, ["alpha"], 10, timeout=1.5, limit=10)
+    assert len(held) == 3, "at most BATCH_SIZE unacked messages per consumer"
+    assert len(rabbit.ack_many(held)) == 3
+
+
+def test_setup_dry_run_declares_nothing_and_setup_declares_everything(rabbit):
+    from django_events.transports.rabbitmq import RabbitMQTransport
+
+    fresh = RabbitMQTransport("fresh", {"url": RABBITMQ_URL, "prefix": unique_prefix()})
+    try:
+        lines = fresh.setup([(TYPE, "alpha", False)], dry_run=True)
+        assert f"binding {fresh.queue('alpha')} <- {fresh.exchange} on {TYPE}" in lines
+        assert fresh._depth(fresh.queue("alpha")) is None, "a dry run declares nothing"
+        assert fresh.setup([(TYPE, "alpha", False)]) == lines
+        assert fresh._depth(fresh.queue("alpha")) == 0
+        assert fresh._depth(fresh.queue("alpha", dead=True)) == 0
+    finally:
+        fresh.close()
+        delete_everything(fresh, ["alpha"])
+
+
+def test_retry_delays_round_up_to_a_step_at_most_one_and_a_half_times_longer():
+    from django_events.transports.rabbitmq import MAX_DELAY_MS, _delay_step
+
+    assert [_delay_step(s) for s in (0, -1, 0.0004, 1.0, 1.2, 2.5, 4, 8, 90)] == [
+        0, 0, 1, 1000, 1500, 3000, 4000, 10000, 100_000,
+    ]  # fmt: skip
+    assert _delay_step(10**9) == MAX_DELAY_MS
+    for ms in range(1, 200_000, 997):
+        step = _delay_step(ms / 1000)
+        assert ms <= step <= 1.5 * ms
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_broker_out_of_reach_is_transport_unavailable():
+    from django_events.transports.rabbitmq import RabbitMQTransport
+
+    away = RabbitMQTransport("away", {"url": f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"})
+    with pytest.raises(TransportUnavailable):
+        away.publish([make_event(TYPE)], [(TYPE, "alpha", False)])
+    with pytest.raises(TransportUnavailable):
+        away.claim(["alpha"], 10, 30)
+    with pytest.raises(TransportUnavailable):
+        away.status(["alpha"])
+    assert away.setup([(TYPE, "alpha", False)], dry_run=True), "a dry run needs no broker"
+    away.close()
