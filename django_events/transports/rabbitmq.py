@@ -47,6 +47,7 @@ from ..conf import get_settings
 from ..envelope import from_cloudevent
 from ..exceptions import EventsConfigurationError, TransportUnavailable
 from ..signing import SIGNATURE, UnverifiedMessage, same
+from ..subscriptions import DatabaseStore, Declaration, Wanted
 from .base import (
     Claimed,
     GroupStatus,
@@ -289,6 +290,12 @@ class RabbitMQTransport(Transport):
     def delay_queue(self, ms: int) -> str:
         return f"{self.prefix}.delay.{ms}"
 
+    def subscription_store(self) -> BindingStore:
+        """The ``Subscription`` table of this transport's database, where ``migrate`` binds
+        as it declares: a deployment's queues receive every event published after its
+        ``migrate`` returns, whichever service's relay publishes it."""
+        return BindingStore(self)
+
     # -- checks and setup -----------------------------------------------------------------
 
     def check(self) -> list[CheckMessage]:
@@ -330,6 +337,10 @@ class RabbitMQTransport(Transport):
         if not dry_run:
             self._declare(subscriptions)
         return lines
+
+    @_translating
+    def _bind(self, subscriptions: Sequence[tuple[str, str, bool]]) -> None:
+        self._declare(subscriptions)
 
     def _declare(self, subscriptions: Sequence[tuple[str, str, bool]]) -> None:
         """Declare what ``subscriptions`` need, once per process and (group, type)."""
@@ -381,6 +392,18 @@ class RabbitMQTransport(Transport):
 
             self._pub.call(declare)
             self._declared |= {(g, "") for g in missing}
+
+    @_translating
+    def drop_backlog(self, group: str, event_type: str) -> None:
+        """Unbind the group's queue from ``event_type`` (its last subscription was pruned).
+        What the queue already holds of that type stays (a queue is not searchable): it
+        is handled, or dead-lettered as ``NoHandler``. Returns None: nothing counted."""
+        self._pub.call(
+            lambda channel: channel.queue_unbind(
+                self.queue(group), self.exchange, routing_key=event_type
+            )
+        )
+        self._declared.discard((group, event_type))
 
     # -- relay side -----------------------------------------------------------------------
 
@@ -758,6 +781,20 @@ class RabbitMQTransport(Transport):
             self._sub.reset()
         with self._pub.lock:
             self._pub.reset()
+
+
+class BindingStore(DatabaseStore):
+    """The ``Subscription`` table (shown, pruned, warned about as at Level 0), and each
+    declaration bound on the broker first: the binding is what routes events, so a
+    subscription exists once its queue is bound to its type."""
+
+    def __init__(self, transport: RabbitMQTransport) -> None:
+        super().__init__(transport.database)
+        self.transport = transport
+
+    def declare(self, service: str, wanted: Wanted, *, replace: bool) -> Declaration:
+        self.transport._bind([(t, group, ordered) for (group, t), ordered in wanted.items()])
+        return super().declare(service, wanted, replace=replace)
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -151,11 +151,12 @@ if os.environ.get("EXAMPLE_SQS_ENDPOINT"):
 
 # The demo's second service, the warehouse (../warehouse_project), consumes the shop's
 # events from its own Django project. It joins the demo where services with their own code
-# see each other's subscriptions: the database transport (Level 0) and Redis (Level 1,
-# through the `<prefix>:subscriptions` hash). On SNS + SQS (Level 2) that is not built yet
-# (docs/services.md), so the demo skips it there; EXAMPLE_WAREHOUSE=1 turns it on once it is.
+# see each other's subscriptions: the database transport (Level 0), Redis (Level 1,
+# through the `<prefix>:subscriptions` hash) and RabbitMQ (each service binds its own queues
+# to the exchange). On SNS + SQS (Level 2) that is not built yet (docs/services.md), so the
+# demo skips it there; EXAMPLE_WAREHOUSE=1 turns it on once it is.
 _WAREHOUSE_BUILT = not DJANGO_EVENTS["TRANSPORTS"]["default"]["BACKEND"].endswith(
-    (".SnsSqsTransport", ".RabbitMQTransport")
+    ".SnsSqsTransport"
 )
 EXAMPLE_WAREHOUSE = os.environ.get("EXAMPLE_WAREHOUSE", "1" if _WAREHOUSE_BUILT else "0") == "1"
 
