@@ -5,10 +5,12 @@ prefetch, provisioning, delay steps and the broker out of reach."""
 from __future__ import annotations
 
 import json
-import socket
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +27,10 @@ from django_events.worker import Worker
 
 from .rabbitmq_support import (
     RABBITMQ_URL,
+    PrivateNode,
     delete_everything,
     events_settings,
+    free_port,
     needs_pika,
     publish_raw,
     unique_prefix,
@@ -192,12 +196,6 @@ def test_retry_delays_round_up_to_a_step_at_most_one_and_a_half_times_longer():
         assert ms <= step <= 1.5 * ms
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_a_broker_out_of_reach_is_transport_unavailable():
     from django_events.transports.rabbitmq import RabbitMQTransport
 
@@ -210,3 +208,40 @@ def test_a_broker_out_of_reach_is_transport_unavailable():
         away.status(["alpha"])
     assert away.setup([(TYPE, "alpha", False)], dry_run=True), "a dry run needs no broker"
     away.close()
+
+
+@pytest.fixture
+def private_node() -> Iterator[PrivateNode]:
+    # Not under pytest's tmp_path: the node runs as the rabbitmq user, who must reach it.
+    directory = Path(tempfile.mkdtemp(prefix="de-rabbitmq-"))
+    node = PrivateNode(directory)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_while_the_broker_is_away_calls_are_unavailable_and_nothing_is_lost(private_node):
+    """A restart of a private node: publishes and claims raise ``TransportUnavailable``
+    meanwhile, an ack of a claim from before is refused (the broker gave it back), and
+    every confirmed event is there afterwards."""
+    from django_events.transports.rabbitmq import RabbitMQTransport
+
+    transport = RabbitMQTransport("private", {"url": private_node.url, "prefix": "restart"})
+    events = [make_event(TYPE) for _ in range(3)]
+    transport.publish(events, [(TYPE, "alpha", False)])
+    [held] = claim_until(transport, ["alpha"], 1, limit=1)
+    private_node.stop()
+    with pytest.raises(TransportUnavailable):
+        transport.publish([make_event(TYPE)], [(TYPE, "alpha", False)])
+    with pytest.raises(TransportUnavailable):
+        transport.claim(["alpha"], 10, 30)
+    assert transport.ack(held) is False, "the claim went with the connection"
+    private_node.start()
+    back = claim_until(transport, ["alpha"], 3, timeout=30, limit=10)
+    assert sorted(c.event_id for c in back) == sorted(e.event_id for e in events)
+    assert len(transport.ack_many(back)) == 3
+    transport.close()

@@ -472,12 +472,20 @@ class RabbitMQTransport(Transport):
         self._buffer.append(self._claimed(group, receipt))
 
     def _pull(self, groups: Sequence[str], wait: float) -> None:
+        """Service the worker's connection for up to ``wait`` seconds, consuming ``groups``.
+        What was delivered on a connection since lost is dropped: the broker has given it
+        back, and it comes again on the new one."""
+
         def pull(channel: Any) -> None:
             self._ensure_groups(groups)
             self._consume(channel, groups)
             self._sub.connection.process_data_events(time_limit=wait)
 
-        self._sub.call(pull)
+        try:
+            self._sub.call(pull)
+        finally:
+            generation = self._sub.generation
+            self._buffer = [c for c in self._buffer if c.receipt.generation == generation]
 
     @_translating
     def claim(
@@ -492,8 +500,7 @@ class RabbitMQTransport(Transport):
         with self._sub.lock:
             self._expire()
             wanted = set(groups)
-            if not any(c.group in wanted for c in self._buffer):
-                self._pull(groups, 0)
+            self._pull(groups, 0)  # also finds out whether the connection still stands
             if time.monotonic() >= self._dead_checked_at + self.dead_letter_poll:
                 self._dead_checked_at = time.monotonic()
                 dead = self._dead(groups, limit)
