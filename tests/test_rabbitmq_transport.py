@@ -245,3 +245,25 @@ def test_while_the_broker_is_away_calls_are_unavailable_and_nothing_is_lost(priv
     assert sorted(c.event_id for c in back) == sorted(e.event_id for e in events)
     assert len(transport.ack_many(back)) == 3
     transport.close()
+
+
+def test_a_declaration_binds_so_a_relay_that_knows_nothing_of_the_group_reaches_it(rabbit):
+    """``migrate`` of another service declares through the transport's store: its group is
+    bound, and stored like at Level 0 (events_status, W050, --prune read the rows)."""
+    from django_events.models import Subscription
+    from django_events.registry import Handler
+    from django_events.subscriptions import declare
+    from django_events.transports.rabbitmq import RabbitMQTransport
+
+    other = RabbitMQTransport("other", {"url": RABBITMQ_URL, "prefix": rabbit.prefix})
+    try:
+        handler = Handler(func=lambda event: None, group="elsewhere", event_type=TYPE)
+        declare("warehouse", [handler], store=other.subscription_store())
+        assert Subscription.objects.filter(service="warehouse", group="elsewhere").exists()
+        event = make_event(TYPE)
+        rabbit.publish([event], Broadcast([]))  # a relay whose own code has no handler
+        [got] = claim_until(other, ["elsewhere"], 1)
+        assert got.event_id == event.event_id
+        assert other.ack(got)
+    finally:
+        other.close()
