@@ -267,3 +267,21 @@ def test_a_declaration_binds_so_a_relay_that_knows_nothing_of_the_group_reaches_
         assert other.ack(got)
     finally:
         other.close()
+
+
+def test_renewing_leases_keeps_the_connection_alive_through_a_long_handler(rabbit):
+    """AMQP heartbeats of 1 s: a claim held for 5 s, renewed as the worker's heartbeat
+    thread does, still acks; the broker would close a connection silent for 2 s."""
+    from django_events.transports.rabbitmq import RabbitMQTransport
+
+    slow = RabbitMQTransport("slow", {"url": RABBITMQ_URL, "prefix": rabbit.prefix, "heartbeat": 1})
+    try:
+        slow.publish([make_event(TYPE)], [(TYPE, "alpha", False)])
+        [claimed] = claim_until(slow, ["alpha"], 1, lease=2.0)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the handler runs; only the heartbeat thread calls
+            time.sleep(0.5)
+            slow.renew([claimed], 2.0)
+        assert slow.ack(claimed) is True, "the connection outlived the handler"
+    finally:
+        slow.close()
