@@ -285,3 +285,29 @@ def test_renewing_leases_keeps_the_connection_alive_through_a_long_handler(rabbi
         assert slow.ack(claimed) is True, "the connection outlived the handler"
     finally:
         slow.close()
+
+
+def test_an_ordered_group_has_one_active_consumer_and_keeps_each_keys_order(rabbit):
+    """Two workers of the ordered group ``sequence``: the broker hands its queue to one at
+    a time (single active consumer), so the other claims nothing while the first runs,
+    and the first hands out each key's events one at a time, in publish order."""
+    from django_events.transports.rabbitmq import RabbitMQTransport
+
+    assert rabbit.is_ordered("sequence")
+    active = RabbitMQTransport("active", {"url": RABBITMQ_URL, "prefix": rabbit.prefix})
+    try:
+        assert active.claim(["sequence"], 10, 30) == []  # consuming first: the active one
+        assert rabbit.claim(["sequence"], 10, 30) == []  # consuming second: standing by
+        events = [make_event("test.sequenced", key=key) for key in "abcabcabca"]
+        rabbit.publish(events, [("test.sequenced", "sequence", True)])
+        handled: list[uuid.UUID] = []
+        while len(handled) < len(events):
+            batch = claim_until(active, ["sequence"], 3, timeout=2.0, limit=10)
+            assert batch, f"stalled after {len(handled)}"
+            assert len({c.receipt.properties.headers["key"] for c in batch}) == len(batch)
+            handled += [c.event_id for c in batch]
+            assert active.ack_many(batch) == batch
+        assert handled == [e.event_id for e in events], "publish order, one per key out"
+        assert claim_until(rabbit, ["sequence"], 1, timeout=1.0) == [], "one active consumer"
+    finally:
+        active.close()

@@ -19,7 +19,8 @@ groups' queues through the default exchange, so it reaches those groups only. Pu
 wait for the broker's confirms, so the relay removes an event from the outbox only once
 RabbitMQ has it. Workers consume with manual acks and a prefetch of ``BATCH_SIZE``; the
 attempt is what earlier retries carried in the ``attempts`` header plus the quorum queue's
-``x-delivery-count``. Per-key order is not offered (check E008).
+``x-delivery-count``. An ordered group's queue has a single active consumer, which hands
+out one event per key at a time (docs/transport-rabbitmq.md, "Per-key order").
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ from .base import (
     decode_failure,
     fallback_id,
     translating,
-    within_budget,
 )
 
 logger = logging.getLogger("django_events.transports.rabbitmq")
@@ -102,6 +102,13 @@ def _max_attempts(group: str) -> int:
     return max((policy_for(group, h).max_attempts for h in handlers), default=0) or (
         get_settings().retry_for(group).max_attempts
     )
+
+
+def _ordered_groups() -> set[str]:
+    """The groups this process's handlers want in per-key order."""
+    from ..registry import registry
+
+    return {handler.group for handler in registry if handler.ordered}
 
 
 def _is_broadcast(subscriptions: Sequence[tuple[str, str, bool]]) -> bool:
@@ -230,18 +237,13 @@ class _Link:
 
 
 class RabbitMQTransport(Transport):
-    supports_ordering = False
+    supports_ordering = True  # one active consumer per ordered group, one event per key out
     supports_delayed_retry = True
     persistent = True  # durable quorum queues, persistent messages, confirmed publishes
     acks_in_transaction = False
     idempotent_publish = False  # a batch the relay sends again arrives twice; the inbox skips it
     waits_for_work = True
     filters_types = False
-    ordering_note = (
-        "RabbitMQ hands a group's queue to competing consumers, so per-key order is not "
-        "kept by this transport yet. Drop ordered=True, or handle this group with the "
-        "database transport."
-    )
     accepted_options = frozenset(_OPTIONS)
 
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
@@ -268,6 +270,9 @@ class RabbitMQTransport(Transport):
         self._consuming: dict[str, str] = {}  # group: consumer tag, on this generation
         self._consuming_generation = -1
         self._declared: set[tuple[str, str]] = set()
+        self._ordered: set[str] = set()  # groups declared ordered through this instance
+        self._heads: dict[tuple[str, str], uuid.UUID] = {}  # ordered (group, key): event out
+        self._due: list[tuple[float, Claimed]] = []  # ordered retries, held until due
         self._delays: set[int] = set()
         self._dead_checked_at = 0.0
         self._prefetch = 0
@@ -344,6 +349,7 @@ class RabbitMQTransport(Transport):
 
     def _declare(self, subscriptions: Sequence[tuple[str, str, bool]]) -> None:
         """Declare what ``subscriptions`` need, once per process and (group, type)."""
+        self._ordered |= {group for _, group, ordered in subscriptions if ordered}
         wanted = {(group, t) for t, group, _ in subscriptions} - self._declared
         if not wanted:
             return
@@ -358,8 +364,14 @@ class RabbitMQTransport(Transport):
         self._pub.call(declare)
         self._declared |= wanted
 
+    def is_ordered(self, group: str) -> bool:
+        return group in self._ordered or group in _ordered_groups()
+
     def _declare_group(self, channel: Any, group: str) -> None:
+        """An ordered group's queue has a single active consumer: the broker hands it to
+        one worker at a time, in queue order, and that worker keeps one event per key out."""
         queue, dead = self.queue(group), self.queue(group, dead=True)
+        ordered = {"x-single-active-consumer": True} if self.is_ordered(group) else {}
         try:
             channel.queue_declare(dead, durable=True, arguments={"x-queue-type": "quorum"})
             channel.queue_declare(
@@ -372,6 +384,7 @@ class RabbitMQTransport(Transport):
                     "x-dead-letter-routing-key": dead,
                     "x-dead-letter-strategy": "at-least-once",
                     "x-overflow": "reject-publish",
+                    **ordered,
                 },
             )
         except pika.exceptions.ChannelClosedByBroker as exc:
@@ -485,7 +498,10 @@ class RabbitMQTransport(Transport):
             self._sub.call(pull)
         finally:
             generation = self._sub.generation
+            if any(c.receipt.generation != generation for c in self._buffer):
+                self._heads.clear()  # the broker took everything back, in order
             self._buffer = [c for c in self._buffer if c.receipt.generation == generation]
+            self._due = [(at, c) for at, c in self._due if c.receipt.generation == generation]
 
     @_translating
     def claim(
@@ -499,6 +515,7 @@ class RabbitMQTransport(Transport):
             return []
         with self._sub.lock:
             self._expire()
+            self._requeue_due()
             wanted = set(groups)
             self._pull(groups, 0)  # also finds out whether the connection still stands
             if time.monotonic() >= self._dead_checked_at + self.dead_letter_poll:
@@ -506,12 +523,56 @@ class RabbitMQTransport(Transport):
                 dead = self._dead(groups, limit)
                 if dead:
                     return self._lease(dead, lease)
-            mine = [c for c in self._buffer if c.group in wanted][:limit]
-            taken = within_budget((c.size for c in mine), max_bytes)
-            mine = mine[:taken]
+            mine = self._takeable([c for c in self._buffer if c.group in wanted], limit, max_bytes)
             ids = {id(c) for c in mine}
             self._buffer = [c for c in self._buffer if id(c) not in ids]
             return self._lease(mine, lease)
+
+    def _takeable(
+        self, buffered: list[Claimed], limit: int, max_bytes: int | None
+    ) -> list[Claimed]:
+        """Up to ``limit`` of ``buffered`` (and ``max_bytes``, at least one), in delivery
+        order, skipping an ordered event whose key has an earlier event out (claimed, or
+        retrying): that key's head is marked here, and only that event takes the key
+        again (its redelivery)."""
+        taken: list[Claimed] = []
+        size = 0
+        for item in buffered:
+            if len(taken) >= limit:
+                break
+            if max_bytes is not None and taken and size + item.size > max_bytes:
+                break
+            key = _key_of(item) if self.is_ordered(item.group) else None
+            if key is not None:
+                head = self._heads.get(key)
+                if head is not None and head != item.event_id:
+                    continue
+                if any(_key_of(other) == key for other in taken):
+                    continue
+                self._heads[key] = item.event_id
+            taken.append(item)
+            size += item.size
+        return taken
+
+    def _free(self, claimed: Sequence[Claimed]) -> None:
+        """``claimed`` is done with (acked or dead-lettered): its key takes the next event."""
+        for item in claimed:
+            key = _key_of(item)
+            if key is not None and self._heads.get(key) == item.event_id:
+                del self._heads[key]
+
+    def _requeue_due(self) -> None:
+        """Ordered retries whose delay is over go back to the broker, which delivers them
+        again (one delivery counted: the next attempt) ahead of the queue; their key stays
+        theirs meanwhile."""
+        now = time.monotonic()
+        due = [c for at, c in self._due if at <= now]
+        if not due:
+            return
+        self._due = [(at, c) for at, c in self._due if at > now]
+        current = [c.receipt.tag for c in due if c.receipt.generation == self._sub.generation]
+        if current:
+            self._sub.call(lambda ch: [ch.basic_nack(tag, requeue=True) for tag in current])
 
     def _lease(self, claimed: list[Claimed], lease: float) -> list[Claimed]:
         deadline = time.monotonic() + lease
@@ -558,7 +619,10 @@ class RabbitMQTransport(Transport):
         deadline = time.monotonic() + timeout
         while True:
             with self._sub.lock:
-                if any(c.group in groups for c in self._buffer):
+                now = time.monotonic()
+                if any(c.group in groups for c in self._buffer) or any(
+                    at <= now for at, _ in self._due
+                ):
                     return True
                 self._pull(groups, max(0.0, min(0.2, deadline - time.monotonic())))
                 if any(c.group in groups for c in self._buffer):
@@ -623,6 +687,7 @@ class RabbitMQTransport(Transport):
             held = [c for c in claimed if self._holds(c)]
             for item in claimed:
                 self._leases.pop((item.receipt.generation, item.receipt.tag), None)
+            self._free(held)
             if not held:
                 return []
             try:
@@ -667,6 +732,11 @@ class RabbitMQTransport(Transport):
         group's queue), then ack the original once the broker confirmed the copy."""
         with self._sub.lock:
             if not self._holds(claimed):
+                return
+            if self.is_ordered(claimed.group) and _key_of(claimed) is not None:
+                # Kept in place: a copy would go behind the key's later events.
+                self._leases.pop((claimed.receipt.generation, claimed.receipt.tag), None)
+                self._due.append((time.monotonic() + max(0.0, delay), claimed))
                 return
             receipt = claimed.receipt
             headers = dict(receipt.properties.headers or {})
@@ -816,6 +886,15 @@ def _number(
         wanted = "a positive integer" if integer else "a positive number of seconds"
         raise EventsConfigurationError(f"{where}[{name!r}] must be {wanted}, got {value!r}.")
     return value
+
+
+def _key_of(claimed: Claimed) -> tuple[str, str] | None:
+    """The (group, key) an ordered event holds, from its ``key`` header; None if it has none."""
+    headers = claimed.receipt.properties.headers
+    key = headers.get("key") if isinstance(headers, dict) else None
+    if isinstance(key, bytes):
+        key = key.decode(errors="backslashreplace")
+    return (claimed.group, key) if isinstance(key, str) else None
 
 
 def _types_by_group(subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, list[str]]:
