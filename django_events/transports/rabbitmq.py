@@ -226,6 +226,17 @@ class _Link:
                 self.reset()
                 raise
 
+    def answer(self, channel: Any, tags: Sequence[int], *, requeue: bool | None = None) -> None:
+        """Ack ``tags`` (or, with ``requeue``, nack them) in one write: pika's blocking
+        channel flushes and polls after each, which made acks three quarters of a
+        worker's time."""
+        for tag in tags:
+            if requeue is None:
+                channel._impl.basic_ack(delivery_tag=tag)
+            else:
+                channel._impl.basic_nack(delivery_tag=tag, requeue=requeue)
+        self.connection.process_data_events(time_limit=0)
+
     def reset(self) -> None:
         """Forget the connection (closing it if still open): what it held unacked goes back
         to the broker, and claims made through it are lost."""
@@ -572,7 +583,7 @@ class RabbitMQTransport(Transport):
         self._due = [(at, c) for at, c in self._due if at > now]
         current = [c.receipt.tag for c in due if c.receipt.generation == self._sub.generation]
         if current:
-            self._sub.call(lambda ch: [ch.basic_nack(tag, requeue=True) for tag in current])
+            self._sub.call(lambda ch: self._sub.answer(ch, current, requeue=True))
 
     def _lease(self, claimed: list[Claimed], lease: float) -> list[Claimed]:
         deadline = time.monotonic() + lease
@@ -590,7 +601,7 @@ class RabbitMQTransport(Transport):
             del self._leases[key]
         current = [tag for generation, tag in over if generation == self._sub.generation]
         if current:
-            self._sub.call(lambda ch: [ch.basic_nack(tag, requeue=True) for tag in current])
+            self._sub.call(lambda ch: self._sub.answer(ch, current, requeue=True))
 
     def _dead(self, groups: Sequence[str], limit: int) -> list[Claimed]:
         """What the broker dead-lettered (delivery limit reached): claimed with its attempts
@@ -691,7 +702,7 @@ class RabbitMQTransport(Transport):
             if not held:
                 return []
             try:
-                self._sub.call(lambda ch: [ch.basic_ack(c.receipt.tag) for c in held])
+                self._sub.call(lambda ch: self._sub.answer(ch, [c.receipt.tag for c in held]))
             except (*_UNAVAILABLE, pika.exceptions.StreamLostError):
                 return []
             return held
