@@ -47,7 +47,7 @@ from django.db import connections, transaction
 from ..conf import get_settings
 from ..envelope import from_cloudevent
 from ..exceptions import EventsConfigurationError, TransportUnavailable
-from ..signing import SIGNATURE, UnverifiedMessage, same
+from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
 from ..subscriptions import DatabaseStore, Declaration, Wanted
 from .base import (
     Claimed,
@@ -109,6 +109,27 @@ def _ordered_groups() -> set[str]:
     from ..registry import registry
 
     return {handler.group for handler in registry if handler.ordered}
+
+
+def _handled_groups() -> list[str]:
+    """The groups this process's handlers consume."""
+    from ..registry import registry
+
+    return sorted({group for _, group, _ in registry.subscriptions()})
+
+
+def _signing() -> Signing:
+    return get_settings().signing
+
+
+def _prefetch() -> int:
+    """Unacked messages per consumer: the worker's ``BATCH_SIZE``."""
+    return get_settings().batch_size
+
+
+def _max_envelope_bytes() -> int:
+    """Largest envelope decoded: twice ``MAX_PAYLOAD_BYTES``, as on every transport."""
+    return get_settings().max_payload_bytes * 2
 
 
 def _is_broadcast(subscriptions: Sequence[tuple[str, str, bool]]) -> bool:
@@ -315,8 +336,6 @@ class RabbitMQTransport(Transport):
     # -- checks and setup -----------------------------------------------------------------
 
     def check(self) -> list[CheckMessage]:
-        from ..registry import registry
-
         errors: list[CheckMessage] = []
         if self.database not in connections.settings:
             errors.append(
@@ -326,7 +345,7 @@ class RabbitMQTransport(Transport):
                     id="django_events.E040",
                 )
             )
-        for group in sorted({group for _, group, _ in registry.subscriptions()}):
+        for group in _handled_groups():
             try:
                 self.queue(group, dead=True)
             except EventsConfigurationError as exc:
@@ -439,7 +458,7 @@ class RabbitMQTransport(Transport):
         bound queue (this process's own subscriptions are bound first, so it always delivers
         to itself). Any other publish goes to the named groups' queues only. Returns once
         the broker confirmed every message."""
-        signing = get_settings().signing
+        signing = _signing()
         if _is_broadcast(subscriptions):
             self._declare(subscriptions)
             # Every event goes, in outbox order: a type only another service binds too.
@@ -469,7 +488,7 @@ class RabbitMQTransport(Transport):
             self._consuming = {}
             self._consuming_generation = self._sub.generation
             self._prefetch = 0
-        prefetch = get_settings().batch_size
+        prefetch = _prefetch()
         if prefetch != self._prefetch:
             channel.basic_qos(prefetch_count=prefetch)
             self._prefetch = prefetch
@@ -662,12 +681,11 @@ class RabbitMQTransport(Transport):
             size=len(receipt.body),
         )
         try:
-            settings = get_settings()
             signature = headers.get(SIGNATURE)
-            signed = settings.signing.verify(
+            signed = _signing().verify(
                 signature if isinstance(signature, (str, bytes)) else None, receipt.body
             )
-            claimed.event = from_cloudevent(receipt.body, settings.max_payload_bytes * 2)
+            claimed.event = from_cloudevent(receipt.body, _max_envelope_bytes())
             if signed:  # the properties the worker reads beside the envelope are the signed ones
                 same("message_id property", properties.message_id, str(claimed.event.id))
                 same("type property", properties.type, claimed.event.type)
@@ -846,9 +864,7 @@ class RabbitMQTransport(Transport):
     def flush(self) -> int:
         """Purge the queues of this process's groups; for demos and tests, never in
         production. Returns how many messages went."""
-        from ..registry import registry
-
-        groups = sorted({group for _, group, _ in registry.subscriptions()})
+        groups = _handled_groups()
         self._ensure_groups(groups)
 
         def purge(channel: Any) -> int:
@@ -928,7 +944,7 @@ def _delay_step(delay: float) -> int:
     return MAX_DELAY_MS  # pragma: no cover - the steps reach 10 times the power
 
 
-def _message(event: Outgoing, signing: Any) -> tuple[bytes, Any]:
+def _message(event: Outgoing, signing: Signing) -> tuple[bytes, Any]:
     """The CloudEvents JSON body and the AMQP properties of ``event``."""
     event_id = str(uuid.UUID(str(event.event_id)))  # SQLite gives 32 hex digits
     body = _cloudevent(event, event_id)
