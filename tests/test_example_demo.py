@@ -1,11 +1,12 @@
 """The example project's demo, run the way its README says (``manage.py demo`` in a
 subprocess), on each transport by settings alone: the database (its own SQLite file, or
-its own PostgreSQL database), Redis Streams and SNS + SQS (moto's server). The demo is the
+its own PostgreSQL database), Redis Streams, RabbitMQ and SNS + SQS (moto's server). The demo is the
 same code every time; only the environment that picks the transport changes.
 
 On the database transport the demo has two services: the shop and the warehouse, a second
 Django project run in its own processes on the same database, whose group ``picking``
-gets every order. On Redis and SNS + SQS the warehouse part is skipped, saying why."""
+gets every order; so it does on Redis and RabbitMQ. On SNS + SQS the warehouse part is
+skipped, saying why."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from .rabbitmq_support import RABBITMQ_URL, delete_everything, needs_pika
+from .rabbitmq_support import unique_prefix as unique_rabbitmq_prefix
 from .redis_support import needs_redis
 from .sqs_server import DUMMY_CREDENTIALS, moto_endpoint
 
@@ -122,6 +125,26 @@ def test_demo_on_redis_streams(tmp_path: Path):
     assert_the_shop_ran(output)
     assert_both_services_ran(output)
     assert "RedisStreamsTransport (default) did:" in output, "setup_events made the streams"
+
+
+@on_sqlite
+@needs_pika()
+def test_demo_on_rabbitmq(tmp_path: Path):
+    """Both services: the warehouse's migrate binds its own queue to the shop's exchange."""
+    from django_events.transports.rabbitmq import RabbitMQTransport
+
+    prefix = unique_rabbitmq_prefix()
+    try:
+        output = run_demo(
+            tmp_path, DJANGO_EVENTS_TRANSPORT="rabbitmq", EXAMPLE_RABBITMQ_PREFIX=prefix
+        )
+    finally:
+        names = RabbitMQTransport("demo", {"url": RABBITMQ_URL, "prefix": prefix})
+        delete_everything(names, ["analytics", "crm", "emails", "picking"])
+    assert_the_shop_ran(output)
+    assert_both_services_ran(output)
+    assert "RabbitMQTransport (default) did:" in output, "setup_events declared the queues"
+    assert f"binding {prefix}.emails <- {prefix} on order.placed" in output
 
 
 @on_sqlite

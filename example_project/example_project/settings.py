@@ -122,6 +122,20 @@ if os.environ.get("DJANGO_EVENTS_TRANSPORT", "database") == "redis":
         },
     }
 
+# Level 3, RabbitMQ, by settings alone: `DJANGO_EVENTS_TRANSPORT=rabbitmq python manage.py demo`
+# (DJANGO_EVENTS_RABBITMQ_URL, default guest on the local broker). `setup_events` declares
+# the exchange, the queues and their bindings.
+if os.environ.get("DJANGO_EVENTS_TRANSPORT", "database") == "rabbitmq":
+    DJANGO_EVENTS["TRANSPORTS"]["default"] = {
+        "BACKEND": "django_events.transports.rabbitmq.RabbitMQTransport",
+        "OPTIONS": {
+            "url": os.environ.get(
+                "DJANGO_EVENTS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"
+            ),
+            "prefix": os.environ.get("EXAMPLE_RABBITMQ_PREFIX", "example-shop"),
+        },
+    }
+
 # The same demo on SNS + SQS, by settings alone: start a local server (`moto_server -p 5000`)
 # and set EXAMPLE_SQS_ENDPOINT=http://127.0.0.1:5000. Credentials come from boto3's usual
 # chain (for moto, any: AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing).
@@ -137,9 +151,10 @@ if os.environ.get("EXAMPLE_SQS_ENDPOINT"):
 
 # The demo's second service, the warehouse (../warehouse_project), consumes the shop's
 # events from its own Django project. It joins the demo where services with their own code
-# see each other's subscriptions: the database transport (Level 0) and Redis (Level 1,
-# through the `<prefix>:subscriptions` hash). On SNS + SQS (Level 2) that is not built yet
-# (docs/services.md), so the demo skips it there; EXAMPLE_WAREHOUSE=1 turns it on once it is.
+# see each other's subscriptions: the database transport (Level 0), Redis (Level 1,
+# through the `<prefix>:subscriptions` hash) and RabbitMQ (each service binds its own queues
+# to the exchange). On SNS + SQS (Level 2) that is not built yet (docs/services.md), so the
+# demo skips it there; EXAMPLE_WAREHOUSE=1 turns it on once it is.
 _WAREHOUSE_BUILT = not DJANGO_EVENTS["TRANSPORTS"]["default"]["BACKEND"].endswith(
     ".SnsSqsTransport"
 )

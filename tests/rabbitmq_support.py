@@ -1,0 +1,173 @@
+"""The shared RabbitMQ for tests: a unique prefix per test, and everything it made deleted.
+
+The broker is the machine's (``DJANGO_EVENTS_TEST_RABBITMQ_URL``, by default guest on
+127.0.0.1:5672); CI starts it (.ci/run). Tests skip only when pika is not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+RABBITMQ_URL = os.environ.get(
+    "DJANGO_EVENTS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"
+)
+
+try:
+    import pika
+except ImportError:  # pragma: no cover - the dev extras install it
+    pika = None
+
+
+def needs_pika() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        pika is None, reason="pika is not installed: pip install 'django-events-outbox[rabbitmq]'"
+    )
+
+
+def unique_prefix() -> str:
+    return f"de-test.{uuid.uuid4().hex[:12]}"
+
+
+def delete_everything(transport: Any, groups: Iterable[str]) -> None:
+    """Delete the queues and exchanges ``transport`` made for ``groups`` and its delays."""
+    assert pika is not None
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        names = [transport.queue(g, dead=dead) for g in groups for dead in (False, True)]
+        delays = [transport.delay_queue(ms) for ms in transport._delays]
+        for name in [*names, *delays]:
+            channel = connection.channel()
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                channel.queue_delete(name)
+        for name in [transport.exchange, *delays]:
+            channel = connection.channel()
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                channel.exchange_delete(name)
+    finally:
+        connection.close()
+
+
+BACKEND = "django_events.transports.rabbitmq.RabbitMQTransport"
+
+
+def events_settings(prefix: str, url: str = RABBITMQ_URL, **options: Any) -> dict[str, Any]:
+    """A DJANGO_EVENTS value with the RabbitMQ transport under ``prefix``, test defaults kept."""
+    from django.conf import settings
+
+    return {
+        **settings.DJANGO_EVENTS,
+        "TRANSPORTS": {
+            "default": {"BACKEND": BACKEND, "OPTIONS": {"url": url, "prefix": prefix, **options}}
+        },
+    }
+
+
+def publish_raw(queue: str, body: bytes, **properties: Any) -> None:
+    """Put a message on ``queue`` as any AMQP client could, bypassing the transport."""
+    assert pika is not None
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", queue, body, pika.BasicProperties(**properties))
+    finally:
+        connection.close()
+
+
+class PrivateNode:
+    """A RabbitMQ node of this test's own, on free ports with its data in ``directory``,
+    for tests that stop the broker: the shared one is never touched. ``stop`` and ``start``
+    keep the node's name and data, as a restart does."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.name = f"detest{uuid.uuid4().hex[:10]}@localhost"
+        self.process: subprocess.Popen[bytes] | None = None
+        (directory / "enabled_plugins").write_text("[].\n")
+        for sub in ("mnesia", "log"):
+            (directory / sub).mkdir(exist_ok=True)
+        # The Debian wrapper runs the node as the rabbitmq user: it must write here.
+        for path in [directory, *directory.iterdir()]:
+            path.chmod(0o777)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def start(self, timeout: float = 120.0) -> None:
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(self.directory / "feature_flags"),
+            "RABBITMQ_CONFIG_FILE": str(self.directory / "none"),
+            "RABBITMQ_PID_FILE": str(self.directory / "node.pid"),
+        }
+        with (self.directory / "out.txt").open("ab") as out:
+            self.process = subprocess.Popen(
+                ["rabbitmq-server"],
+                cwd=self.directory,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.answering():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.directory / "out.txt").read_text(errors="replace")[-2000:]
+                self.stop()
+                raise RuntimeError(f"the private RabbitMQ node did not start:\n{log}")
+            time.sleep(0.5)
+
+    def answering(self) -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        """Stop the node: SIGTERM to the Erlang VM (its pid file: the Debian wrapper runs
+        it as another user, in a session of its own), SIGKILL after 60 s."""
+        if self.process is None:
+            return
+        pid_file = self.directory / "node.pid"
+        pid = int(pid_file.read_text().strip()) if pid_file.exists() else None
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                if pid is not None:
+                    os.kill(pid, sig)
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                continue
+            deadline = time.monotonic() + 60
+            while self.answering() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not self.answering():
+                break
+        pid_file.unlink(missing_ok=True)
+        self.process = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
