@@ -195,6 +195,7 @@ class SnsSqsTransport(Transport):
         self._lease = get_settings().lease  # the visibility timeout of a ``wait``'s receive
         self._dead_checked_at = 0.0
         self._policies: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._ordered_slots: set[tuple[str, str]] = set()  # (group, type) set up ordered here
 
     # -- names --------------------------------------------------------------------------
 
@@ -695,9 +696,13 @@ class SnsSqsTransport(Transport):
         return claimed
 
     def _ordered(self, group: str, event_type: str) -> bool:
-        """Whether this process's handler of ``event_type`` in ``group`` is ordered."""
+        """Whether the consumer declared ``event_type`` in ``group`` ordered: this
+        process's handler, or what it provisioned with ``setup`` (a transport used
+        without the handler registry, as the contract suite does)."""
         from ..registry import registry
 
+        if (group, event_type) in self._ordered_slots:
+            return True
         handler = registry.get(group, event_type) if event_type else None
         return bool(handler and handler.ordered)
 
@@ -931,6 +936,8 @@ class SnsSqsTransport(Transport):
     ) -> list[str]:
         from .sqs_setup import provision
 
+        if not dry_run:
+            self._ordered_slots |= {(g, t) for t, g, ordered in subscriptions if ordered}
         return provision(self, subscriptions, dry_run=dry_run)
 
     def access_policies(self, subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, Any]:
