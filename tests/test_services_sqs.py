@@ -237,9 +237,9 @@ def test_the_filter_policy_takes_fresh_events_by_type_and_redeliveries_by_group(
     name = unique_prefix()
     topic_arn = sns.create_topic(Name=f"{name}topic")["TopicArn"]
     url = sqs.create_queue(QueueName=f"{name}emails")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     sns.subscribe(
         TopicArn=topic_arn,
         Protocol="sqs",

@@ -84,7 +84,9 @@ def test_an_orphan_on_sns_is_shown_kept_receiving_and_pruned(sqs):
     with contextlib.suppress(SystemExit):
         call_command("events_status", "--json", stdout=out)
     report = json.loads(out.getvalue())
-    orphans = sorted((r["group"], r["event_type"]) for r in report["subscriptions"] if r["orphaned"])
+    orphans = sorted(
+        (r["group"], r["event_type"]) for r in report["subscriptions"] if r["orphaned"]
+    )
     assert orphans == [("emails", "x.y"), ("gone", "x.y")]
     warnings = check_subscriptions(databases=["default"])
     assert [w.id for w in warnings] == ["django_events.W050"] * 2

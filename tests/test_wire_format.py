@@ -400,6 +400,23 @@ def test_a_plain_sqs_consumer_reads_a_group_and_deletes(
         assert in_queue(on_sqs, group) == 0, "every message was deleted"
 
 
+def test_a_plain_sqs_consumer_subscribes_on_its_own_and_the_publisher_changes_nothing(
+    on_sqs: SnsSqsTransport, aws_env: dict[str, str]
+):
+    """Wire format 2: a consumer without Django joins by subscribing its own queue; the
+    relay, whose code never heard of group ``audit``, reaches it with its one publish."""
+    args = [*sqs_args(on_sqs, "audit"), "--max-attempts", "3"]
+    assert run_example("sqs_consumer.py", *args, "--subscribe", "test.happened", env=aws_env) == []
+    event = publish("test.happened", {"n": 1})
+    publish("test.chained", {"n": 2})  # a type audit did not subscribe to
+    Relay().run_once()
+    outcomes = run_example("sqs_consumer.py", *args, env=aws_env)
+    assert [(o["outcome"], o["id"]) for o in outcomes] == [("handled", str(event.id))]
+    assert in_queue(on_sqs, "alpha") == 1, "the publisher's own groups got it too"
+    on_sqs.redeliver(event.id, "alpha")  # a targeted redelivery does not reach audit
+    assert run_example("sqs_consumer.py", *args, env=aws_env) == []
+
+
 def test_a_plain_sqs_consumer_retries_then_dead_letters(
     on_sqs: SnsSqsTransport, aws_env: dict[str, str]
 ):

@@ -399,9 +399,7 @@ class SnsSqsTransport(Transport):
     def _signing(self) -> Signing:
         return get_settings().signing
 
-    def _entry(
-        self, event: Outgoing, names: list[str], fresh: bool
-    ) -> tuple[dict[str, Any], int]:
+    def _entry(self, event: Outgoing, names: list[str], fresh: bool) -> tuple[dict[str, Any], int]:
         """One PublishBatch entry: ``groups`` only when ``names`` targets some groups (a
         fresh publish has none: each subscription's filter policy takes it by type)."""
         event_id = _uuid_text(event.event_id)

@@ -227,7 +227,9 @@ def _ensure_queue(
     except ClientError as exc:
         if _code(exc) not in {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}:
             raise
-        url = str(sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags or {})["QueueUrl"])
+        url = str(
+            sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags or {})["QueueUrl"]
+        )
         transport._queue_urls[name] = url
         return url, "created"
     changeable = {k: v for k, v in attributes.items() if k != "FifoQueue"}
