@@ -4,8 +4,9 @@ policies it prints with ``--iam``.
 Everything is converged rather than created blindly: an existing queue gets the
 attributes it should have, an existing subscription its filter policy, so the command is
 safe to run on every deploy. What already matches is reported "(unchanged)" and not
-written. Nothing is ever deleted; what no handler uses any more is reported and left for
-a person to remove.
+written. Nothing is deleted here: a type a service no longer handles is retired in its
+queue's tags and stays in the filter policy until ``setup_events --prune``
+(``sqs_subscriptions``); queues are never deleted.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _provision(
             f"{RETENTION // 86400} days, to {dead} after {transport._max_receives(group)} "
             "receives, writable by the topic",
             f"subscription {queue} to {transport.topic_name}: raw delivery, "
-            f"type in {', '.join(group_types)} (and any other service's declared in the "
+            f"type in {', '.join(group_types)} (with any other type declared in the "
             f"group), or groups includes {group!r}",
         ]
         if dry_run:
@@ -79,14 +80,20 @@ def _provision(
         existing.pop(queue_arn, None)
         # The group's types are those any service declared in its queue's tags (retired
         # ones too: they still receive until pruned), with these.
-        outcome = converge_subscription(transport, group, url, queue_arn, extra=group_types)
-        lines.append(f"{steps[2]} ({outcome})")
+        outcome, listed = converge_subscription(transport, group, url, queue_arn, extra=group_types)
+        lines.append(
+            f"subscription {queue} to {transport.topic_name}: raw delivery, type in "
+            f"{', '.join(sorted(listed))}, or groups includes {group!r} ({outcome})"
+        )
     if not dry_run:
+        from .sqs_subscriptions import SqsStore
+
+        for declared in SqsStore(transport)._groups().values():  # other services' too
+            existing.pop(declared.arn, None)
         for endpoint in sorted(existing):
             lines.append(
-                f"left alone: the topic's subscription of {endpoint}, which no handler "
-                "group of this service uses (another service's, or stale: "
-                "setup_events --prune removes orphans)"
+                f"left alone: the topic's subscription of {endpoint}, which no service "
+                "declared with setup_events (a consumer without django-events, or stale)"
             )
     return lines
 
@@ -148,11 +155,11 @@ def converge_subscription(
     url: str,
     queue_arn: str,
     extra: Sequence[str] = (),
-) -> str:
+) -> tuple[str, frozenset[str]]:
     """Subscribe ``group``'s queue to the topic with the filter policy for the types its
     tags declare (and ``extra``), or bring an existing subscription's attributes up to
-    date; unsubscribe it when no type is left. Returns "created", "updated", "unchanged"
-    or "unsubscribed".
+    date; unsubscribe it when no type is left. Returns what happened ("created",
+    "updated", "unchanged" or "unsubscribed") and the types the policy lists.
 
     Read again after writing, until the tags hold still: two services declaring into one
     group at once each write their tags first, so the last policy written lists both."""
@@ -164,13 +171,13 @@ def converge_subscription(
     while True:
         types = declared_types(transport, url) | frozenset(extra)
         if types == written:
-            return outcome
+            return outcome, types
         subscription = _subscriptions(sns, transport.topic_arn).get(queue_arn)
         if not types:
             if subscription is not None:
                 sns.unsubscribe(SubscriptionArn=subscription)
-                return "unsubscribed"
-            return outcome
+                return "unsubscribed", types
+            return outcome, types
         wanted = {
             "RawMessageDelivery": "true",
             "FilterPolicyScope": "MessageAttributes",
