@@ -111,7 +111,11 @@ def test_a_type_another_service_still_declares_is_not_pruned(sqs):
     declare(sqs, "other", ("shared", "x.y"))
     declare(sqs, "shop", ("shared", "order.placed"))  # shop retires x.y; other still has it
     assert subscriptions.orphaned(subscriptions.all_rows(sqs)) == []
+    [retired] = [r for r in subscriptions.all_rows(sqs) if r.retired_at is not None]
+    assert (retired.service, retired.event_type) == ("shop", "x.y")
+    assert sqs.subscription_store().remove(retired, sqs.drop_backlog) == (False, None)
     assert policy(sqs, "shared") == {"order.placed", "x.y"}
+    assert len(subscriptions.all_rows(sqs)) == 3
 
 
 def test_migrate_declares_nothing_at_level_2(sqs):
