@@ -380,10 +380,12 @@ def access_policies(
             "Effect": "Allow",
             "Action": [
                 "sns:CreateTopic",
+                "sns:GetSubscriptionAttributes",
                 "sns:GetTopicAttributes",
                 "sns:ListSubscriptionsByTopic",
                 "sns:SetSubscriptionAttributes",
                 "sns:Subscribe",
+                "sns:Unsubscribe",  # setup_events --prune, a group's last type
             ],
             "Resource": topic,
         },
@@ -395,8 +397,18 @@ def access_policies(
                 "sqs:GetQueueAttributes",
                 "sqs:GetQueueUrl",
                 "sqs:SetQueueAttributes",
+                "sqs:TagQueue",  # the subscription store (sqs_subscriptions)
+                "sqs:UntagQueue",
             ],
             "Resource": every_queue or ["none"],
+        },
+        {
+            # the subscription store: every service's queues on the topic, read (and
+            # pruned) by setup_events, events_status and check W050
+            "Sid": "Store",
+            "Effect": "Allow",
+            "Action": ["sqs:GetQueueUrl", "sqs:ListQueueTags", "sqs:UntagQueue"],
+            "Resource": transport._arn("sqs", f"{transport.prefix}*", account),
         },
     )
     return policies
