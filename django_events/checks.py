@@ -27,7 +27,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from .conf import EventsSettings, get_settings
-from .exceptions import EventsConfigurationError
+from .exceptions import EventsConfigurationError, TransportUnavailable
 
 RUNTIME_TAG = "django_events_runtime"
 
@@ -229,6 +229,14 @@ def check_subscriptions(
         backlog = transport.backlog_by_type()
     except DatabaseError:
         return []  # not migrated yet
+    except (TransportUnavailable, EventsConfigurationError) as exc:
+        # a broker's store (Redis, SNS) out of reach, or no AWS credentials here
+        return [
+            Warning(
+                f"Subscriptions could not be read to look for orphans: {exc}",
+                id="django_events.W050",
+            )
+        ]
     found: list[CheckMessage] = []
     for row in subscriptions.orphaned(rows):
         held = "" if backlog is None else f", {backlog.get((row.group, row.event_type), 0)} pending"

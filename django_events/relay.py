@@ -100,7 +100,10 @@ class Relay:
 
     def _subscriptions(self, rows: Sequence[Outgoing]) -> list[tuple[str, str, bool]]:
         """Read after the rows were taken (in the same transaction, for the database
-        transport): every subscription declared before these events committed is in it."""
+        transport): every subscription declared before these events committed is in it.
+        None is needed where the broker fans out itself (``routes_itself``)."""
+        if self.transport.routes_itself:
+            return []
         return fan_out(self.transport) if rows else []
 
     def _relay_batch(self, using: str) -> int:
@@ -124,8 +127,9 @@ class Relay:
     ) -> None:
         """Warn when an event reaches no group (a typo in a type, or a handler not
         imported): it is kept in the event log, but no handler will see it. Once per
-        type every ``UNSUBSCRIBED_WARN_EVERY`` seconds, so a busy type does not flood."""
-        if not rows:
+        type every ``UNSUBSCRIBED_WARN_EVERY`` seconds, so a busy type does not flood.
+        Not for a broker that fans out itself: only it knows who subscribes."""
+        if not rows or self.transport.routes_itself:
             return
         subscribed = {event_type for event_type, _, _ in subscriptions}
         now = time.monotonic()
@@ -177,7 +181,10 @@ class Relay:
             return
         subscriptions = self._subscriptions(rows)
         try:
-            self.transport.publish(rows, subscriptions)
+            if self.transport.routes_itself:
+                self.transport.publish_to_all(rows)
+            else:
+                self.transport.publish(rows, subscriptions)
         except PublishRefused as exc:
             set_aside(
                 using,

@@ -54,8 +54,8 @@ def wanted_by(handlers: Iterable[Handler]) -> Wanted:
 
 def store_of(transport: Transport) -> SubscriptionStore:
     """Where ``transport``'s deployments declare: its own store, or, for a transport without
-    one (SNS + SQS), the table of its database, where the rows are shown and pruned but
-    the relay does not fan out to them (``shares_subscriptions`` is False)."""
+    one (a third-party transport), the table of its database, where the rows are shown and
+    pruned but the relay does not fan out to them (``shares_subscriptions`` is False)."""
     return transport.subscription_store() or DatabaseStore(transport.database)
 
 
@@ -112,6 +112,8 @@ def declare_on_migrate(*, using: str = "default", verbosity: int = 1, **kwargs: 
     if using != transport.database:
         return
     store = store_of(transport)
+    if getattr(store, "setup_only", False):
+        return  # SNS + SQS: setup_events declares, with the rights to create subscriptions
     tables = connections[using].introspection.table_names
     if isinstance(store, DatabaseStore) and Subscription._meta.db_table not in tables():
         return  # migrated back below the table

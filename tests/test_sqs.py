@@ -301,6 +301,21 @@ def test_fifo_retry_holds_back_the_rest_of_its_key(sqs_fifo: SnsSqsTransport, tm
 
 
 @pytest.mark.slow
+def test_fifo_ordering_is_the_consumers_declaration_not_the_publishers(
+    sqs_fifo: SnsSqsTransport,
+):
+    """Wire format 2: a key's later events wait behind its head where the consuming
+    group's own handler is ordered, whatever the publisher's code says (here: nothing)."""
+    first, second = (make_event("test.sequenced", key="k") for _ in range(2))
+    third, fourth = (make_event("test.happened", key="k") for _ in range(2))
+    sqs_fifo.publish([first, second], [("test.sequenced", "sequence", False)])
+    sqs_fifo.publish([third, fourth], [("test.happened", "alpha", True)])
+    got = wait_until(lambda: sqs_fifo.claim(["sequence"], 10, 30), timeout=5, what="sequence")
+    assert [c.event_id for c in got] == [first.event_id], "the second waits behind the first"
+    got = wait_until(lambda: sqs_fifo.claim(["alpha"], 10, 30), timeout=5, what="alpha")
+    assert [c.event_id for c in got] == [third.event_id, fourth.event_id], "alpha is not ordered"
+
+
 def test_killed_consumer_event_comes_back_after_visibility_timeout(
     sqs: SnsSqsTransport,
     workers: Workers,

@@ -50,7 +50,7 @@ VALIDATOR = jsonschema.Draft202012Validator(
     SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
 )
 ENTRY_FIELDS = {"id", "type", "event", "attempts"}  # docs/wire-format.md, "A stream entry"
-MESSAGE_ATTRIBUTES = {"type", "groups", "key", "ordered"}  # "A message"
+MESSAGE_ATTRIBUTES = {"type", "groups", "key"}  # "A message" (unsigned)
 
 # Runs an example as its own interpreter (-I: no PYTHONPATH, no user site, no cwd) that
 # cannot import Django or django-events, and says so on exit if anything did.
@@ -367,9 +367,8 @@ def test_sqs_messages_follow_the_spec(on_sqs: SnsSqsTransport):
             attributes = message["MessageAttributes"]
             assert set(attributes) <= MESSAGE_ATTRIBUTES
             assert attributes["type"] == {"DataType": "String", "StringValue": event.type}
-            subscribed = sorted({g for t, g, _ in registry.subscriptions() if t == event.type})
-            assert attributes["groups"]["DataType"] == "String.Array"
-            assert json.loads(attributes["groups"]["StringValue"]) == subscribed
+            # Format 2: the relay names no groups; each subscription takes the event by type.
+            assert "groups" not in attributes
             key = attributes.get("key")
             assert (key and key["StringValue"]) == event.key
 
@@ -384,6 +383,23 @@ def test_a_plain_sqs_consumer_reads_a_group_and_deletes(
         outcomes = run_example("sqs_consumer.py", *sqs_args(on_sqs, group), env=aws_env)
         assert_consumed(outcomes, events)
         assert in_queue(on_sqs, group) == 0, "every message was deleted"
+
+
+def test_a_plain_sqs_consumer_subscribes_on_its_own_and_the_publisher_changes_nothing(
+    on_sqs: SnsSqsTransport, aws_env: dict[str, str]
+):
+    """Wire format 2: a consumer without Django joins by subscribing its own queue; the
+    relay, whose code never heard of group ``audit``, reaches it with its one publish."""
+    args = [*sqs_args(on_sqs, "audit"), "--max-attempts", "3"]
+    assert run_example("sqs_consumer.py", *args, "--subscribe", "test.happened", env=aws_env) == []
+    event = publish("test.happened", {"n": 1})
+    publish("test.chained", {"n": 2})  # a type audit did not subscribe to
+    Relay().run_once()
+    outcomes = run_example("sqs_consumer.py", *args, env=aws_env)
+    assert [(o["outcome"], o["id"]) for o in outcomes] == [("handled", str(event.id))]
+    assert in_queue(on_sqs, "alpha") == 1, "the publisher's own groups got it too"
+    on_sqs.redeliver(event.id, "alpha")  # a targeted redelivery does not reach audit
+    assert run_example("sqs_consumer.py", *args, env=aws_env) == []
 
 
 def test_a_plain_sqs_consumer_retries_then_dead_letters(

@@ -314,6 +314,11 @@ class Transport:
     ``subscription_store()``, by any service sharing it; otherwise to the relay's own
     handlers only."""
 
+    routes_itself: bool = False
+    """The broker fans each event out to every group subscribed to its type (SNS filter
+    policies): the relay sends each event once with ``publish_to_all`` and reads no
+    subscriptions; ``publish`` still targets the groups it names (replay, retry)."""
+
     accepted_options: frozenset[str] | None = None
     """The ``OPTIONS`` keys this transport understands; any other is refused by name."""
 
@@ -381,6 +386,11 @@ class Transport:
 
         Delivered once per group however often published while owed, if
         ``idempotent_publish``; at least once otherwise."""
+        raise NotImplementedError
+
+    def publish_to_all(self, events: Sequence[Outgoing]) -> None:
+        """Make ``events`` claimable by every group the broker has subscribed to their type
+        (``routes_itself`` only)."""
         raise NotImplementedError
 
     def claim(

@@ -1,9 +1,13 @@
 """Level 2: SNS + SQS. One topic fans events out; each consumer group reads its own queue.
 
-The relay publishes with ``PublishBatch``; each message names its event type and the groups
-it is for in attributes, and each group's subscription has a filter policy on both, with
-raw message delivery, so the queue holds the event's CloudEvents JSON as is. A publish for
-some groups only (an admin retry, a replay) therefore reaches those groups' queues only.
+The relay publishes each event once with ``PublishBatch``, its type in a message attribute
+and no ``groups`` attribute; each group's subscription, made by the ``setup_events`` of the
+service that consumes it, has a filter policy that takes the types declared in the group,
+or a message whose ``groups`` attribute names it, with raw message delivery, so the queue
+holds the event's CloudEvents JSON as is. A publish for some groups only (an admin retry,
+a replay) names them in ``groups`` and reaches those groups' queues only (wire format 2,
+docs/wire-format.md). The subscriptions are the store the services share
+(``sqs_subscriptions``): the publisher's code knows nothing of its consumers.
 
 A claim is a receive under a visibility timeout (the worker's lease), and the attempt is
 SQS's ``ApproximateReceiveCount``. Acks are deletes, sent in batches after the handler's
@@ -26,7 +30,7 @@ import time
 import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -55,6 +59,9 @@ from .base import (
     within_budget,
 )
 
+if TYPE_CHECKING:
+    from .sqs_subscriptions import SqsStore
+
 logger = logging.getLogger("django_events.transports.sqs")
 
 MESSAGE_LIMIT = 256 * 1024
@@ -74,8 +81,9 @@ queues take no per-message delay)."""
 POLICY_TTL = 30.0
 """Seconds a worker reuses a group's subscription filter policy it read to decide whether
 a type it does not handle is still subscribed (``pass_over``)."""
-MAX_FILTER_VALUES = 150
-"""An SNS filter policy holds at most this many values: the event types one group handles."""
+MAX_FILTER_VALUES = 49
+"""The event types one group handles: each is a tag of the group's queue (the subscription
+store, ``sqs_subscriptions``), and a queue holds 50 tags, one of them the group's name."""
 
 _ID_FIELD = re.compile(r'"id":\s*"([0-9a-fA-F-]{32,36})"')
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{0,40}$")
@@ -140,6 +148,8 @@ class SnsSqsTransport(Transport):
     waits_for_work = True
     max_message_bytes = MESSAGE_LIMIT
     filters_types = True  # a message of a type the worker does not handle is sent again
+    shares_subscriptions = True  # the topic's subscriptions (sqs_subscriptions.py)
+    routes_itself = True  # SNS filter policies fan out: the relay publishes each event once
 
     accepted_options = frozenset(_OPTIONS)
 
@@ -187,6 +197,7 @@ class SnsSqsTransport(Transport):
         self._lease = self.context.lease  # the visibility timeout of a ``wait``'s receive
         self._dead_checked_at = 0.0
         self._policies: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._ordered_slots: set[tuple[str, str]] = set()  # (group, type) set up ordered here
 
     # -- names --------------------------------------------------------------------------
 
@@ -259,6 +270,11 @@ class SnsSqsTransport(Transport):
             self._topic_arn = self._arn("sns", self.topic_name)
         return self._topic_arn
 
+    def subscription_store(self) -> SqsStore:
+        from .sqs_subscriptions import SqsStore
+
+        return SqsStore(self)
+
     # -- checks -------------------------------------------------------------------------
 
     def check(self) -> list[CheckMessage]:
@@ -287,8 +303,8 @@ class SnsSqsTransport(Transport):
             if len(types) > MAX_FILTER_VALUES:
                 errors.append(
                     Error(
-                        f"Group {group!r} handles {len(types)} event types; an SNS filter "
-                        f"policy holds at most {MAX_FILTER_VALUES}.",
+                        f"Group {group!r} handles {len(types)} event types; its SQS queue's "
+                        f"tags hold at most {MAX_FILTER_VALUES} (the subscription store).",
                         hint="Split the group.",
                         id="django_events.E042",
                     )
@@ -298,17 +314,23 @@ class SnsSqsTransport(Transport):
     # -- relay side ---------------------------------------------------------------------
 
     @_translating
+    def publish_to_all(self, events: Sequence[Outgoing]) -> None:
+        """The relay: send each event once, with no ``groups`` attribute; every group whose
+        subscription takes its type receives it, whichever service subscribed."""
+        self._publish([(event, []) for event in events])
+
+    @_translating
     def publish(
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
         """Send each event through the topic to the groups ``subscriptions`` lists for its
         type, and only them: the ``groups`` attribute names them and each subscription's
-        filter policy matches its own group (so a replay for one group reaches one queue).
-        """
-        wanted: dict[str, dict[str, bool]] = {}
-        for event_type, group, ordered in subscriptions:
-            wanted.setdefault(event_type, {})[group] = ordered
-        self._publish([(e, wanted[e.type]) for e in events if wanted.get(e.type)])
+        filter policy takes a message naming its group (so a replay for one group reaches
+        one queue)."""
+        wanted: dict[str, set[str]] = {}
+        for event_type, group, _ in subscriptions:
+            wanted.setdefault(event_type, set()).add(group)
+        self._publish([(e, sorted(wanted[e.type])) for e in events if wanted.get(e.type)])
 
     @_translating
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
@@ -317,11 +339,10 @@ class SnsSqsTransport(Transport):
         found = logged_events([event_id], self.database)
         if not found:
             raise LookupError(f"Event {event_id} is not in the event log.")
-        ordered = self.context.ordered(group, found[0].type)
-        self._publish([(found[0], {group: ordered})], fresh=True)
+        self._publish([(found[0], [group])], fresh=True)
 
     def _publish(
-        self, events: Sequence[tuple[Outgoing, dict[str, bool]]], *, fresh: bool = False
+        self, events: Sequence[tuple[Outgoing, list[str]]], *, fresh: bool = False
     ) -> None:
         """Send in batches. An event SNS refuses for what it holds (too large, or SNS
         says the sender is at fault) does not stop the others: they are all sent, then
@@ -378,34 +399,26 @@ class SnsSqsTransport(Transport):
     def _signing(self) -> Signing:
         return self.context.signing
 
-    def _entry(
-        self, event: Outgoing, groups: dict[str, bool], fresh: bool
-    ) -> tuple[dict[str, Any], int]:
+    def _entry(self, event: Outgoing, names: list[str], fresh: bool) -> tuple[dict[str, Any], int]:
+        """One PublishBatch entry: ``groups`` only when ``names`` targets some groups (a
+        fresh publish has none: each subscription's filter policy takes it by type)."""
         event_id = _uuid_text(event.event_id)
         body = _cloudevent(event, event_id)
-        names = sorted(groups)
-        attributes = {
-            "type": {"DataType": "String", "StringValue": event.type},
-            "groups": {"DataType": "String.Array", "StringValue": json.dumps(names)},
-        }
+        attributes = {"type": {"DataType": "String", "StringValue": event.type}}
+        if names:
+            attributes["groups"] = {"DataType": "String.Array", "StringValue": json.dumps(names)}
         if self._signing.enabled:
             attributes[SIGNATURE] = {"DataType": "String", "StringValue": self._signing.sign(body)}
         if event.key is not None:
             attributes["key"] = {"DataType": "String", "StringValue": event.key}
-            ordered = [group for group in names if groups[group]]
-            if self.fifo and ordered:  # these groups take the key's events one at a time
-                attributes["ordered"] = {
-                    "DataType": "String.Array",
-                    "StringValue": json.dumps(ordered),
-                }
         entry: dict[str, Any] = {
             "Id": event_id.replace("-", ""),
             "Message": body,
             "MessageAttributes": attributes,
         }
         if self.fifo:
-            # The same event to the same groups is one message (a relay that sends a batch
-            # twice); a redelivery, or a replay to other groups, is another.
+            # The same event to the same groups (or to all) is one message (a relay that
+            # sends a batch twice); a redelivery, or a replay to other groups, is another.
             suffix = uuid.uuid4().hex if fresh else _digest(",".join(names))
             entry["MessageGroupId"] = message_group_id(event.key or event_id)
             entry["MessageDeduplicationId"] = f"{event_id}.{suffix}"
@@ -622,7 +635,7 @@ class SnsSqsTransport(Transport):
                     VisibilityTimeout=_seconds(lease, minimum=1),
                     WaitTimeSeconds=wait,
                     MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
-                    MessageAttributeNames=["type", "groups", "ordered", "key", SIGNATURE],
+                    MessageAttributeNames=["type", "groups", "key", SIGNATURE],
                 ).get("Messages", [])
                 deadline = time.monotonic() + lease
                 for message in messages:
@@ -641,18 +654,21 @@ class SnsSqsTransport(Transport):
         attributes = message.get("Attributes") or {}
         received = _count(attributes.get("ApproximateReceiveCount"))
         tags = message.get("MessageAttributes") or {}
-        ordered = group in _string_array(tags.get("ordered")) and not dead
+        type_tag = tags.get("type")
+        type_name = _string(type_tag) or ""
+        # Whether the group takes this key's events one at a time is the consumer's own
+        # declaration (its handler's ``ordered``), not the publisher's: wire format 2.
+        ordered = self.fifo and not dead and self._ordered(group, type_name)
         handle = message["ReceiptHandle"]
         receipt = Receipt(url, handle, attributes.get("MessageGroupId"), dead, ordered, message)
         message_id = str(message.get("MessageId", ""))
-        type_tag = tags.get("type")
         claimed = Claimed(
             group=group,
             # A message the queue redrove has used every attempt: the worker records it.
             attempt=max(received, self._max_receives(group) + 1) if dead else received,
             receipt=receipt,
             event_id=_uuid_or_none(message_id) or fallback_id(f"sqs:{url}:{message_id}"),
-            event_type=str(type_tag.get("StringValue", "")) if isinstance(type_tag, dict) else "",
+            event_type=type_name,
         )
         first = attributes.get("ApproximateFirstReceiveTimestamp")
         if first and claimed.attempt > 1:  # the first receive was the first failed attempt
@@ -676,6 +692,14 @@ class SnsSqsTransport(Transport):
         else:
             claimed.event_id, claimed.event_type = claimed.event.id, claimed.event.type
         return claimed
+
+    def _ordered(self, group: str, event_type: str) -> bool:
+        """Whether the consumer declared ``event_type`` in ``group`` ordered: this
+        process's handler, or what it provisioned with ``setup`` (a transport used
+        without the handler registry, as the contract suite does)."""
+        if (group, event_type) in self._ordered_slots:
+            return True
+        return bool(event_type) and self.context.ordered(group, event_type)
 
     def _max_receives(self, group: str) -> int:
         """The most attempts any of the group's handlers gets: the queue's maxReceiveCount."""
@@ -901,6 +925,8 @@ class SnsSqsTransport(Transport):
     ) -> list[str]:
         from .sqs_setup import provision
 
+        if not dry_run:
+            self._ordered_slots |= {(g, t) for t, g, ordered in subscriptions if ordered}
         return provision(self, subscriptions, dry_run=dry_run)
 
     def access_policies(self, subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, Any]:
@@ -1013,20 +1039,6 @@ def _count(value: Any) -> int:
         return max(1, int(value or 1))
     except (TypeError, ValueError):
         return 1
-
-
-def _string_array(attribute: Any) -> list[str]:
-    """The values of a ``String.Array`` message attribute; none if absent or malformed.
-    Only a flat list is read (group names hold no brackets): anything nested is not ours,
-    and is not parsed (it could nest deeper than the parser recurses)."""
-    text = attribute.get("StringValue") if isinstance(attribute, dict) else None
-    if not isinstance(text, str) or text.count("[") > 1 or "{" in text:
-        return []
-    try:
-        values = json.loads(text)
-    except ValueError:
-        return []
-    return [v for v in values if isinstance(v, str)] if isinstance(values, list) else []
 
 
 def _digest(text: str) -> str:

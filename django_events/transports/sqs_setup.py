@@ -4,8 +4,9 @@ policies it prints with ``--iam``.
 Everything is converged rather than created blindly: an existing queue gets the
 attributes it should have, an existing subscription its filter policy, so the command is
 safe to run on every deploy. What already matches is reported "(unchanged)" and not
-written. Nothing is ever deleted; what no handler uses any more is reported and left for
-a person to remove.
+written. Nothing is deleted here: a type a service no longer handles is retired in its
+queue's tags and stays in the filter policy until ``setup_events --prune``
+(``sqs_subscriptions``); queues are never deleted.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from botocore.exceptions import (
 
 from ..exceptions import EventsConfigurationError
 from .sqs import RETENTION, _code, _types_by_group
+from .sqs_subscriptions import GROUP_TAG
 
 if TYPE_CHECKING:
     from .sqs import SnsSqsTransport
@@ -57,54 +59,139 @@ def _provision(
     fifo = " (FIFO)" if transport.fifo else ""
     lines = [f"topic {transport.topic_name}{fifo}"]
     if not dry_run:
-        sns = transport._client("sns")
-        attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "false"}
-        topic_arn = sns.create_topic(
-            Name=transport.topic_name, Attributes=attributes if transport.fifo else {}
-        )["TopicArn"]
-        transport._topic_arn = topic_arn
-        existing = _subscriptions(sns, topic_arn)
+        topic_arn = ensure_topic(transport)
+        existing = _subscriptions(transport._client("sns"), topic_arn)
     for group, group_types in types.items():
         queue, dead = transport.queue_name(group), transport.queue_name(group, dead=True)
-        receives = transport._max_receives(group)
-        visibility = transport.visibility_timeout or _lease(transport)
         steps = [
             f"queue {dead}: dead letters of group {group!r}, kept {RETENTION // 86400} days",
-            f"queue {queue}: group {group!r}, visibility {visibility}s, kept "
-            f"{RETENTION // 86400} days, to {dead} after {receives} receives, "
-            "writable by the topic",
+            f"queue {queue}: group {group!r}, visibility {_visibility(transport)}s, kept "
+            f"{RETENTION // 86400} days, to {dead} after {transport._max_receives(group)} "
+            "receives, writable by the topic",
             f"subscription {queue} to {transport.topic_name}: raw delivery, "
-            f"type in {', '.join(group_types)}, groups includes {group!r}",
+            f"type in {', '.join(group_types)} (with any other type declared in the "
+            f"group), or groups includes {group!r}",
         ]
         if dry_run:
             lines += steps
             continue
-        dead_url, created = _ensure_queue(transport, dead, _base_attributes(transport, visibility))
-        lines.append(f"{steps[0]} ({created})")
-        dead_arn = _queue_arn(transport, dead_url)
-        queue_arn = transport._arn("sqs", queue, topic_arn.split(":")[4])
-        attributes = _base_attributes(transport, visibility)
-        attributes["RedrivePolicy"] = json.dumps(
-            {"deadLetterTargetArn": dead_arn, "maxReceiveCount": str(receives)}
+        url, queue_arn, created = ensure_queues(transport, group, topic_arn)
+        lines += [f"{steps[0]} ({created[0]})", f"{steps[1]} ({created[1]})"]
+        existing.pop(queue_arn, None)
+        # The group's types are those any service declared in its queue's tags (retired
+        # ones too: they still receive until pruned), with these.
+        outcome, listed = converge_subscription(transport, group, url, queue_arn, extra=group_types)
+        lines.append(
+            f"subscription {queue} to {transport.topic_name}: raw delivery, type in "
+            f"{', '.join(sorted(listed))}, or groups includes {group!r} ({outcome})"
         )
-        attributes["Policy"] = json.dumps(_topic_may_send(queue_arn, topic_arn))
-        _, created = _ensure_queue(transport, queue, attributes)
-        lines.append(f"{steps[1]} ({created})")
+    if not dry_run:
+        from .sqs_subscriptions import SqsStore
+
+        for declared in SqsStore(transport)._groups().values():  # other services' too
+            existing.pop(declared.arn, None)
+        for endpoint in sorted(existing):
+            lines.append(
+                f"left alone: the topic's subscription of {endpoint}, which no service "
+                "declared with setup_events (a consumer without django-events, or stale)"
+            )
+    return lines
+
+
+def filter_policy(group: str, types: Sequence[str]) -> dict[str, Any]:
+    """Wire format 2's filter policy: a fresh publish (no ``groups`` attribute) of a type
+    the group declared, or a redelivery that names the group (docs/wire-format.md)."""
+    return {
+        "$or": [
+            {"type": sorted(types), "groups": [{"exists": False}]},
+            {"groups": [group]},
+        ]
+    }
+
+
+def policy_types(policy: Any) -> frozenset[str] | None:
+    """The event types a filter policy lets through on a fresh publish: format 2's ``$or``
+    or format 1's ``{"type": [...], "groups": [...]}``; None for any other shape."""
+    branches = policy.get("$or", [policy]) if isinstance(policy, dict) else []
+    for branch in branches if isinstance(branches, list) else []:
+        types = branch.get("type") if isinstance(branch, dict) else None
+        if isinstance(types, list):
+            return frozenset(t for t in types if isinstance(t, str))
+    return None
+
+
+def ensure_topic(transport: SnsSqsTransport) -> str:
+    """Create the topic (idempotent); its ARN."""
+    attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "false"}
+    topic_arn = transport._client("sns").create_topic(
+        Name=transport.topic_name, Attributes=attributes if transport.fifo else {}
+    )["TopicArn"]
+    transport._topic_arn = str(topic_arn)
+    return str(topic_arn)
+
+
+def ensure_queues(
+    transport: SnsSqsTransport, group: str, topic_arn: str
+) -> tuple[str, str, tuple[str, str]]:
+    """Create or converge ``group``'s dead-letter queue and queue (tagged with the group's
+    name, for the subscription store); its URL, ARN and what happened to each queue."""
+    queue, dead = transport.queue_name(group), transport.queue_name(group, dead=True)
+    visibility = _visibility(transport)
+    dead_url, dead_done = _ensure_queue(transport, dead, _base_attributes(transport, visibility))
+    dead_arn = _queue_arn(transport, dead_url)
+    queue_arn = transport._arn("sqs", queue, topic_arn.split(":")[4])
+    attributes = _base_attributes(transport, visibility)
+    attributes["RedrivePolicy"] = json.dumps(
+        {"deadLetterTargetArn": dead_arn, "maxReceiveCount": str(transport._max_receives(group))}
+    )
+    attributes["Policy"] = json.dumps(_topic_may_send(queue_arn, topic_arn))
+    url, done = _ensure_queue(transport, queue, attributes, tags={GROUP_TAG: group})
+    return url, queue_arn, (dead_done, done)
+
+
+def converge_subscription(
+    transport: SnsSqsTransport,
+    group: str,
+    url: str,
+    queue_arn: str,
+    extra: Sequence[str] = (),
+) -> tuple[str, frozenset[str]]:
+    """Subscribe ``group``'s queue to the topic with the filter policy for the types its
+    tags declare (and ``extra``), or bring an existing subscription's attributes up to
+    date; unsubscribe it when no type is left. Returns what happened ("created",
+    "updated", "unchanged" or "unsubscribed") and the types the policy lists.
+
+    Read again after writing, until the tags hold still: two services declaring into one
+    group at once each write their tags first, so the last policy written lists both."""
+    from .sqs_subscriptions import declared_types
+
+    sns = transport._client("sns")
+    outcome = "unchanged"
+    written: frozenset[str] | None = None
+    while True:
+        types = declared_types(transport, url) | frozenset(extra)
+        if types == written:
+            return outcome, types
+        subscription = _subscriptions(sns, transport.topic_arn).get(queue_arn)
+        if not types:
+            if subscription is not None:
+                sns.unsubscribe(SubscriptionArn=subscription)
+                return "unsubscribed", types
+            return outcome, types
         wanted = {
             "RawMessageDelivery": "true",
             "FilterPolicyScope": "MessageAttributes",
-            "FilterPolicy": json.dumps({"type": group_types, "groups": [group]}),
+            "FilterPolicy": json.dumps(filter_policy(group, sorted(types))),
         }
-        subscription = existing.pop(queue_arn, None)
         if subscription is None:
             sns.subscribe(
-                TopicArn=topic_arn,
+                TopicArn=transport.topic_arn,
                 Protocol="sqs",
                 Endpoint=queue_arn,
                 Attributes=wanted,
                 ReturnSubscriptionArn=True,
             )
-            lines.append(f"{steps[2]} (created)")
+            outcome = "created"
         else:
             current = sns.get_subscription_attributes(SubscriptionArn=subscription)["Attributes"]
             changed = _differing(current, wanted)
@@ -112,14 +199,13 @@ def _provision(
                 sns.set_subscription_attributes(
                     SubscriptionArn=subscription, AttributeName=name, AttributeValue=wanted[name]
                 )
-            lines.append(f"{steps[2]} ({'updated' if changed else 'unchanged'})")
-    if not dry_run:
-        for endpoint in sorted(existing):
-            lines.append(
-                f"left alone: the topic's subscription of {endpoint}, which no handler "
-                "group uses (remove it by hand if it is stale)"
-            )
-    return lines
+            if changed and outcome == "unchanged":
+                outcome = "updated"
+        written = types
+
+
+def _visibility(transport: SnsSqsTransport) -> int:
+    return transport.visibility_timeout or _lease(transport)
 
 
 def _lease(transport: SnsSqsTransport) -> int:
@@ -134,22 +220,38 @@ def _base_attributes(transport: SnsSqsTransport, visibility: int) -> dict[str, s
 
 
 def _ensure_queue(
-    transport: SnsSqsTransport, name: str, attributes: dict[str, str]
+    transport: SnsSqsTransport,
+    name: str,
+    attributes: dict[str, str],
+    tags: dict[str, str] | None = None,
 ) -> tuple[str, str]:
-    """Create the queue, or bring an existing one's attributes up to date."""
+    """Create the queue, or bring an existing one's attributes (and ``tags``) up to date."""
     sqs = transport._client("sqs")
     try:
-        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        url = str(sqs.get_queue_url(QueueName=name)["QueueUrl"])
     except ClientError as exc:
         if _code(exc) not in {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}:
             raise
-        return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"], "created"
+        url = str(
+            sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags or {})["QueueUrl"]
+        )
+        transport._queue_urls[name] = url
+        return url, "created"
     changeable = {k: v for k, v in attributes.items() if k != "FifoQueue"}
     current = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     changed = _differing(current, changeable)
+    if tags:
+        held = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
+        missing = {k: v for k, v in tags.items() if held.get(k) != v}
+        if missing:
+            sqs.tag_queue(QueueUrl=url, Tags=missing)
+            changed.append("tags")
     if not changed:
         return url, "unchanged"
-    sqs.set_queue_attributes(QueueUrl=url, Attributes={k: changeable[k] for k in changed})
+    if changed != ["tags"]:
+        sqs.set_queue_attributes(
+            QueueUrl=url, Attributes={k: changeable[k] for k in changed if k != "tags"}
+        )
     return url, "updated"
 
 
@@ -182,9 +284,7 @@ def subscribed_types(transport: SnsSqsTransport, group: str) -> frozenset[str] |
     if subscription is None:
         return None
     attributes = sns.get_subscription_attributes(SubscriptionArn=subscription)["Attributes"]
-    policy = json.loads(attributes.get("FilterPolicy") or "{}")
-    types = policy.get("type") if isinstance(policy, dict) else None
-    return frozenset(t for t in types if isinstance(t, str)) if isinstance(types, list) else None
+    return policy_types(json.loads(attributes.get("FilterPolicy") or "{}"))
 
 
 def _queue_arn(transport: SnsSqsTransport, url: str) -> str:
@@ -278,10 +378,12 @@ def access_policies(
             "Effect": "Allow",
             "Action": [
                 "sns:CreateTopic",
+                "sns:GetSubscriptionAttributes",
                 "sns:GetTopicAttributes",
                 "sns:ListSubscriptionsByTopic",
                 "sns:SetSubscriptionAttributes",
                 "sns:Subscribe",
+                "sns:Unsubscribe",  # setup_events --prune, a group's last type
             ],
             "Resource": topic,
         },
@@ -293,8 +395,18 @@ def access_policies(
                 "sqs:GetQueueAttributes",
                 "sqs:GetQueueUrl",
                 "sqs:SetQueueAttributes",
+                "sqs:TagQueue",  # the subscription store (sqs_subscriptions)
+                "sqs:UntagQueue",
             ],
             "Resource": every_queue or ["none"],
+        },
+        {
+            # the subscription store: every service's queues on the topic, read (and
+            # pruned) by setup_events, events_status and check W050
+            "Sid": "Store",
+            "Effect": "Allow",
+            "Action": ["sqs:GetQueueUrl", "sqs:ListQueueTags", "sqs:UntagQueue"],
+            "Resource": transport._arn("sqs", f"{transport.prefix}*", account),
         },
     )
     return policies

@@ -150,15 +150,11 @@ if os.environ.get("EXAMPLE_SQS_ENDPOINT"):
     }
 
 # The demo's second service, the warehouse (../warehouse_project), consumes the shop's
-# events from its own Django project. It joins the demo where services with their own code
-# see each other's subscriptions: the database transport (Level 0), Redis (Level 1,
-# through the `<prefix>:subscriptions` hash) and RabbitMQ (each service binds its own queues
-# to the exchange). On SNS + SQS (Level 2) that is not built yet (docs/services.md), so the
-# demo skips it there; EXAMPLE_WAREHOUSE=1 turns it on once it is.
-_WAREHOUSE_BUILT = not DJANGO_EVENTS["TRANSPORTS"]["default"]["BACKEND"].endswith(
-    ".SnsSqsTransport"
-)
-EXAMPLE_WAREHOUSE = os.environ.get("EXAMPLE_WAREHOUSE", "1" if _WAREHOUSE_BUILT else "0") == "1"
+# events from its own Django project, on every transport: the database (Level 0), Redis
+# (Level 1, the `<prefix>:subscriptions` hash), SNS + SQS (Level 2, its own queue
+# subscribed to the shop's topic by its own `setup_events`) and RabbitMQ (its own queues
+# bound to the exchange). EXAMPLE_WAREHOUSE=0 leaves it out.
+EXAMPLE_WAREHOUSE = os.environ.get("EXAMPLE_WAREHOUSE", "1") == "1"
 
 LOGGING = {
     "version": 1,

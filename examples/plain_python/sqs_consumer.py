@@ -1,9 +1,14 @@
-"""Consume one django-events group from its SQS queue, without Django (wire format 1).
+"""Consume one django-events group from its SQS queue, without Django (wire format 2).
 
     python sqs_consumer.py --prefix shop- --group emails --region eu-west-1
+    python sqs_consumer.py --prefix shop- --group audit --subscribe order.placed ...
 
 What it does, as docs/wire-format.md ("SNS + SQS: what a consumer does") says:
 
+* with ``--subscribe TYPE`` (repeatable), first joins on its own, as a django-events
+  service's ``setup_events`` does: creates the group's queue and dead-letter queue and
+  subscribes the queue to the topic ``<prefix>topic`` with wire format 2's filter policy
+  on those types (the publisher changes nothing);
 * long-polls the group's queue ``<prefix><group>`` with ``ReceiveMessage``; the body is
   the CloudEvents JSON envelope as is (raw message delivery);
 * decodes it and handles it: here, prints one JSON line;
@@ -120,6 +125,55 @@ class Consumer:
         self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
 
 
+def subscribe(sqs: Any, sns: Any, name: str, args: argparse.Namespace) -> None:
+    """Create the group's queues and subscribe the queue to the topic (idempotent)."""
+    fifo = {"FifoQueue": "true"} if args.fifo else {}
+    dead = sqs.create_queue(
+        QueueName=queue_name(args.prefix, args.group, fifo=args.fifo, dead=True), Attributes=fifo
+    )["QueueUrl"]
+    dead_arn = queue_arn(sqs, dead)
+    topic = sns.create_topic(
+        Name=f"{args.prefix}topic{'.fifo' if args.fifo else ''}",
+        Attributes={"FifoTopic": "true"} if args.fifo else {},
+    )["TopicArn"]
+    url = sqs.create_queue(QueueName=name, Attributes=fifo)["QueueUrl"]
+    arn = queue_arn(sqs, url)
+    may_send = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic}},
+            }
+        ],
+    }
+    redrive = {"deadLetterTargetArn": dead_arn, "maxReceiveCount": str(args.max_attempts)}
+    sqs.set_queue_attributes(
+        QueueUrl=url,
+        Attributes={"Policy": json.dumps(may_send), "RedrivePolicy": json.dumps(redrive)},
+    )
+    policy = {
+        "$or": [
+            {"type": sorted(set(args.subscribe)), "groups": [{"exists": False}]},
+            {"groups": [args.group]},
+        ]
+    }
+    sns.subscribe(
+        TopicArn=topic,
+        Protocol="sqs",
+        Endpoint=arn,
+        Attributes={"RawMessageDelivery": "true", "FilterPolicy": json.dumps(policy)},
+    )
+
+
+def queue_arn(sqs: Any, url: str) -> str:
+    found = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return str(found["Attributes"]["QueueArn"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prefix", default="django-events-", help="the transport's prefix")
@@ -130,10 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--visibility", type=int, default=30, help="lease, seconds")
     parser.add_argument("--retry-after", type=int, default=30, help="seconds")
     parser.add_argument("--max-attempts", type=int, default=5, help="without a redrive policy")
+    parser.add_argument(
+        "--subscribe",
+        action="append",
+        metavar="TYPE",
+        help="create the group's queue and subscribe it to the topic for this event type "
+        "(repeat for several), then consume",
+    )
     common_arguments(parser, idle="the queue holds nothing, not even in flight")
     args = parser.parse_args(argv)
     sqs = boto3.client("sqs", region_name=args.region, endpoint_url=args.endpoint_url)
     name = queue_name(args.prefix, args.group, fifo=args.fifo)
+    if args.subscribe:
+        sns = boto3.client("sns", region_name=args.region, endpoint_url=args.endpoint_url)
+        subscribe(sqs, sns, name, args)
     consumer = Consumer(sqs, sqs.get_queue_url(QueueName=name)["QueueUrl"], args)
     while True:
         if not consumer.step() and args.until_idle and not consumer.in_queue():

@@ -91,10 +91,10 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("No orphaned subscriptions.")
             return
-        backlog = transport.backlog_by_type() or {}
+        backlog = transport.backlog_by_type()
         verb = "Would unsubscribe" if dry_run else "Unsubscribing"
         for row in rows:
-            held = backlog.get((row.group, row.event_type), 0)
+            held = "?" if backlog is None else backlog.get((row.group, row.event_type), 0)
             self.stdout.write(
                 f"{verb} {row.service}: {row.group} from {row.event_type} "
                 f"(retired {row.retired_at:%Y-%m-%d %H:%M}, {held} pending)"

@@ -135,20 +135,15 @@ class Command(BaseCommand):
         return order
 
     def deploy_warehouse(self) -> None:
-        """The warehouse's `migrate` declares its subscription (`picking` on `order.placed`)
-        before the shop publishes, the deploy rule of docs/services.md: from then on every
-        order reaches `picking`, whichever service's relay moves the outbox."""
+        """The warehouse's deploy declares its subscription (`picking` on `order.placed`)
+        before the shop publishes, the deploy rule of docs/services.md: `migrate` on the
+        database and Redis, `setup_events` on SNS + SQS (it subscribes the warehouse's own
+        queue to the shop's topic). From then on every order reaches `picking`."""
         if not settings.EXAMPLE_WAREHOUSE:
-            self.stdout.write(
-                self.style.WARNING(
-                    f"  skipped on {type(transports['default']).__name__}: services with their"
-                    " own code see each other's subscriptions on the database transport"
-                    " (Level 0) and Redis (Level 1); Level 2 is not built yet"
-                    " (docs/services.md). EXAMPLE_WAREHOUSE=1 runs the warehouse here once it is."
-                )
-            )
+            self.stdout.write(self.style.WARNING("  skipped: EXAMPLE_WAREHOUSE is 0"))
             return
         self.warehouse("migrate", "--no-input")
+        self.warehouse("setup_events")
         self.warehouse("pick_lists", "--clear")
         self.stdout.write("  emptied the warehouse's pick lists")
 
