@@ -23,13 +23,6 @@ FanOut = list[tuple[str, str, bool]]
 """``(event_type, group, ordered)`` rows, the shape ``Transport.publish`` takes."""
 
 
-class Broadcast(FanOut):
-    """The fan-out the relay hands ``Transport.publish``: every subscription it knows of.
-    A transport whose broker routes by its own bindings (RabbitMQ's topic exchange) sends
-    such a publish to every bound queue, another service's too; any other list is a
-    targeted publish (replay, an admin retry) for the groups it names only."""
-
-
 @dataclass
 class Declaration:
     """What one ``declare`` changed, as ``(group, event_type)`` pairs."""

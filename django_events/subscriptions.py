@@ -30,7 +30,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .conf import get_settings
-from .stores import Broadcast, DatabaseStore, Declaration, FanOut, SubscriptionStore, Wanted
+from .stores import DatabaseStore, Declaration, FanOut, SubscriptionStore, Wanted
 
 if TYPE_CHECKING:
     from .models import Subscription
@@ -165,10 +165,10 @@ def fan_out(transport: Transport) -> FanOut:
     share (the database table; Redis' hash), for a transport that has one; its own
     handlers' otherwise."""
     if transport.shares_subscriptions:
-        return Broadcast(current(store_of(transport)))
+        return current(store_of(transport))
     from .registry import registry
 
-    return Broadcast(registry.subscriptions())
+    return registry.subscriptions()
 
 
 def handled_types(handlers: Iterable[Handler], groups: Sequence[str]) -> dict[str, frozenset[str]]:

@@ -20,7 +20,6 @@ from django_events import publish
 from django_events.exceptions import TransportUnavailable
 from django_events.models import DeadLetter
 from django_events.registry import registry
-from django_events.subscriptions import Broadcast
 from django_events.testing.contract import claim_until, make_event
 from django_events.transports import transports
 from django_events.worker import Worker
@@ -123,7 +122,8 @@ def test_the_relay_reaches_a_queue_another_service_bound_and_a_targeted_publish_
     try:
         other.setup([(TYPE, "elsewhere", False)])  # the other service's own setup_events
         event = make_event(TYPE)
-        rabbit.publish([event], Broadcast([(TYPE, "alpha", False)]))  # as the relay does
+        rabbit.setup([(TYPE, "alpha", False)])
+        rabbit.publish_to_all([event])  # as the relay does
         [got] = claim_until(other, ["elsewhere"], 1)
         assert got.event_id == event.event_id
         assert other.ack(got)
@@ -138,11 +138,9 @@ def test_the_relay_reaches_a_queue_another_service_bound_and_a_targeted_publish_
 
 
 def test_deliveries_past_the_limit_are_dead_lettered_by_the_broker_and_mirrored(rabbit):
-    from django_events.transports.rabbitmq import _max_attempts
-
     [event_id] = healthy(1)
     Worker([], relay=True).step()
-    limit = _max_attempts("alpha")
+    limit = rabbit.context.max_attempts("alpha")
     deadline = time.monotonic() + 60
     attempts = []
     while not attempts or attempts[-1] != "dead":  # a lease that keeps running out
@@ -163,9 +161,10 @@ def test_deliveries_past_the_limit_are_dead_lettered_by_the_broker_and_mirrored(
 def test_prefetch_is_batch_size(rabbit):
     rabbit.publish([make_event(TYPE) for _ in range(10)], [(TYPE, "alpha", False)])
     with override_settings(DJANGO_EVENTS={**events_settings(rabbit.prefix), "BATCH_SIZE": 3}):
-        held = claim_until(rabbit, ["alpha"], 10, timeout=1.5, limit=10)
-    assert len(held) == 3, "at most BATCH_SIZE unacked messages per consumer"
-    assert len(rabbit.ack_many(held)) == 3
+        current = transports["default"]  # a changed setting builds the transports anew
+        held = claim_until(current, ["alpha"], 10, timeout=1.5, limit=10)
+        assert len(held) == 3, "at most BATCH_SIZE unacked messages per consumer"
+        assert len(current.ack_many(held)) == 3
 
 
 def test_setup_dry_run_declares_nothing_and_setup_declares_everything(rabbit):
@@ -261,7 +260,7 @@ def test_a_declaration_binds_so_a_relay_that_knows_nothing_of_the_group_reaches_
         declare("warehouse", [handler], store=other.subscription_store())
         assert Subscription.objects.filter(service="warehouse", group="elsewhere").exists()
         event = make_event(TYPE)
-        rabbit.publish([event], Broadcast([]))  # a relay whose own code has no handler
+        rabbit.publish_to_all([event])  # a relay whose own code has no handler
         [got] = claim_until(other, ["elsewhere"], 1)
         assert got.event_id == event.event_id
         assert other.ack(got)

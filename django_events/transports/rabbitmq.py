@@ -47,7 +47,7 @@ from django.db import connections, transaction
 from ..envelope import from_cloudevent, split_trace
 from ..exceptions import EventsConfigurationError, TransportUnavailable
 from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
-from ..stores import Broadcast, DatabaseStore, Declaration, Wanted
+from ..stores import DatabaseStore, Declaration, Wanted
 from .base import (
     Claimed,
     GroupStatus,
@@ -90,12 +90,6 @@ def _unavailable(exc: Exception) -> str | None:
 
 
 _translating = translating(_unavailable)
-
-
-def _is_broadcast(subscriptions: Sequence[tuple[str, str, bool]]) -> bool:
-    """Whether the relay is publishing (every subscription it knows: the exchange fans out
-    by binding) rather than a targeted publish to the groups named (replay, admin retry)."""
-    return isinstance(subscriptions, Broadcast)
 
 
 # -- the connection -------------------------------------------------------------------------
@@ -234,6 +228,7 @@ class RabbitMQTransport(Transport):
     idempotent_publish = False  # a batch the relay sends again arrives twice; the inbox skips it
     waits_for_work = True
     filters_types = False
+    routes_itself = True
     accepted_options = frozenset(_OPTIONS)
 
     def __init__(
@@ -419,28 +414,36 @@ class RabbitMQTransport(Transport):
     # -- relay side -----------------------------------------------------------------------
 
     @_translating
+    def publish_to_all(self, events: Sequence[Outgoing]) -> None:
+        """The relay's publish: once per event to the exchange, routed by type, to every
+        bound queue, another service's too (this process's own subscriptions are bound
+        first, so it always delivers to itself). Returns once the broker confirmed every
+        message."""
+        self._declare(self.context.subscriptions())
+        signing = self.context.signing
+        # Every event goes, in outbox order: a type only another service binds too.
+        self._send([(self.exchange, e.type, *_message(e, signing)) for e in events])
+
+    @_translating
     def publish(
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
-        """The relay's publish goes to the exchange once per event, routed by type, to every
-        bound queue (this process's own subscriptions are bound first, so it always delivers
-        to itself). Any other publish goes to the named groups' queues only. Returns once
-        the broker confirmed every message."""
+        """A targeted publish (replay, an admin retry): to the named groups' queues only.
+        Returns once the broker confirmed every message."""
         signing = self.context.signing
-        if _is_broadcast(subscriptions):
-            self._declare(subscriptions)
-            # Every event goes, in outbox order: a type only another service binds too.
-            messages = [(self.exchange, e.type, *_message(e, signing)) for e in events]
-        else:
-            by_type: dict[str, list[str]] = {}
-            for event_type, group, _ in subscriptions:
-                by_type.setdefault(event_type, []).append(group)
-            self._ensure_groups(sorted({g for groups in by_type.values() for g in groups}))
-            messages = [
+        by_type: dict[str, list[str]] = {}
+        for event_type, group, _ in subscriptions:
+            by_type.setdefault(event_type, []).append(group)
+        self._ensure_groups(sorted({g for groups in by_type.values() for g in groups}))
+        self._send(
+            [
                 ("", self.queue(group), *_message(e, signing))
                 for e in events
                 for group in by_type.get(e.type, ())
             ]
+        )
+
+    def _send(self, messages: Sequence[tuple[str, str, bytes, Any]]) -> None:
         with self._pub.lock:
             try:
                 self._pub.publish_confirmed(messages)
