@@ -1,15 +1,20 @@
 """``publish()``: the event joins the caller's transaction as one outbox row.
 
-The row is the guarantee: it commits or rolls back with the caller's own writes. On
-PostgreSQL the same statement sends one NOTIFY per transaction (never one per row) so
-an idle relay wakes at commit; if that wake-up is lost, the relay's poll finds the row.
+The row is the guarantee: it commits or rolls back with the caller's own writes. The
+wake-up is not part of it: once the transaction has committed, one NOTIFY per transaction
+(never one per row) goes out on PostgreSQL in a transaction of its own that does not wait
+for the disk, so publishers never hold PostgreSQL's NOTIFY lock through their commit
+(docs/performance.md, "Publishing"). If that wake-up is lost, the relay's poll finds the
+row.
 """
 
 from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import functools
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -35,6 +40,10 @@ from .versions import publish_version
 
 OUTBOX_CHANNEL = "django_events_outbox"
 
+logger = logging.getLogger("django_events.outbox")
+
+_DECODER = json.JSONDecoder()
+
 _current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
     "django_events_current_event", default=None
 )
@@ -55,21 +64,49 @@ def handling(event: Event) -> Iterator[None]:
         _current_event.reset(token)
 
 
+class _WakeUp:
+    """What runs once the publishing transaction has committed (or at once, outside one):
+    the in-process wake-up, then on PostgreSQL one NOTIFY in an autocommit transaction
+    that does not wait for the disk. PostgreSQL takes a database-wide lock for a NOTIFY
+    at commit and holds it until the commit is on disk; sent inside the publisher's
+    transaction, it would make concurrent publishers flush one after the other. A failure
+    here is logged, never raised: the caller's transaction has committed, and the relay's
+    poll finds the events anyway."""
+
+    __slots__ = ("using",)
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+
+    def __call__(self) -> None:
+        from .wakeup import local_wakeup
+
+        local_wakeup.set()
+        connection = connections[self.using]
+        if connection.vendor != "postgresql":
+            return
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(_NOTIFY, [OUTBOX_CHANNEL])
+        except Exception:
+            logger.warning(
+                "The outbox NOTIFY after a commit failed; the relay's poll finds the events",
+                exc_info=True,
+            )
+
+
+_NOTIFY = f"SELECT {sql.RELAXED_COMMIT}, pg_notify(%s, '')"
+
+
 def _notified_in_this_transaction(connection: Any) -> bool:
-    """True after the first call in a transaction; the marker lives in its on_commit list."""
-    if not connection.in_atomic_block:
-        return False
-    for entry in connection.run_on_commit:
-        if entry[1] is _wake_local:
-            return True
-    connection.on_commit(_wake_local)
+    """True if this transaction already has its wake-up queued; else queue it, to run at
+    commit (outside a transaction, on_commit runs it at once: after the insert)."""
+    if connection.in_atomic_block:
+        for entry in connection.run_on_commit:
+            if isinstance(entry[1], _WakeUp):
+                return True
+    connection.on_commit(_WakeUp(connection.alias))
     return False
-
-
-def _wake_local() -> None:
-    from .wakeup import local_wakeup
-
-    local_wakeup.set()
 
 
 PublishSpec = (
@@ -145,7 +182,10 @@ def publish_many(
     metadata_text = encode_metadata(metadata, conf.max_metadata_bytes)
     source = conf.source or conf.service
     cause = _current_event.get()
-    room = _message_room(len(metadata_text))
+    room = _message_room(conf, len(metadata_text))
+    max_bytes = conf.max_payload_bytes
+    now = dt.datetime.now
+    utc = dt.timezone.utc
     built: list[tuple[Event, str]] = []
     for spec in events:
         typed, event_type, data, key = _unpack(spec)
@@ -153,8 +193,8 @@ def publish_many(
         event_version = publish_version(
             event_type, typed.event_version if typed else version, allow_old_version
         )
-        text = encode_data(typed.to_data() if typed else data, conf.max_payload_bytes)
-        decoded = json.loads(text)
+        text = encode_data(typed.to_data() if typed else data, max_bytes)
+        decoded = _DECODER.raw_decode(text)[0]  # what handlers receive; never the caller's
         if typed is None:
             check_data(event_type, event_version, decoded)
         if room is not None and (len(text) if text.isascii() else len(text.encode())) > room[0]:
@@ -171,7 +211,7 @@ def publish_many(
             data=decoded,
             version=event_version,
             key=validate_key(key),
-            occurred_at=dt.datetime.now(dt.timezone.utc),
+            occurred_at=now(utc),
             source=source,
             correlation_id=(cause.correlation_id or cause.id) if cause else event_id,
             causation_id=cause.id if cause else None,
@@ -180,8 +220,9 @@ def publish_many(
         built.append((event, text))
     if built:
         _insert(using, built, metadata_text, conf.publish_notify)
-    for event, _ in built:
-        signals.event_published.send(sender=publish, event=event, using=using)
+        if signals.event_published.receivers:
+            for event, _ in built:
+                signals.event_published.send(sender=publish, event=event, using=using)
     return [event for event, _ in built]
 
 
@@ -200,44 +241,73 @@ def _unpack(spec: Any) -> tuple[TypedEvent | None, str, Any, str | None]:
     return None, spec[0], spec[1], spec[2] if len(spec) == 3 else None
 
 
-def _message_room(metadata_bytes: int) -> tuple[int, str, int] | None:
-    """Bytes left for data in one message of the configured transport, if it has a limit."""
-    from .transports import transports
+_room: tuple[Any, tuple[int, str, int] | None] = (None, None)
 
-    transport = transports["default"]
-    limit = transport.max_message_bytes
-    if limit is None:
+
+def _message_room(conf: Any, metadata_bytes: int) -> tuple[int, str, int] | None:
+    """Bytes left for data in one message of the configured transport, if it has a limit.
+
+    The transport is looked up once per settings object: it is built from them, and a
+    change of settings makes a new one (``conf._reset``)."""
+    global _room
+    if _room[0] is not conf:
+        from .transports import transports
+
+        transport = transports["default"]
+        limit = transport.max_message_bytes
+        found = None if limit is None else (limit, type(transport).__name__, limit)
+        _room = (conf, found)
+    found = _room[1]
+    if found is None:
         return None
-    return limit - ENVELOPE_RESERVE - metadata_bytes, type(transport).__name__, limit
+    return found[0] - ENVELOPE_RESERVE - metadata_bytes, found[1], found[2]
 
 
 _ROWS_PER_STATEMENT = 500
 
 
+@functools.cache
+def _insert_sql(table: str, vendor: str, rows: int) -> str:
+    row = f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(vendor)})"
+    return f"INSERT INTO {table} ({_COLUMNS}) VALUES {', '.join([row] * rows)}"
+
+
 def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: bool) -> None:
     connection = connections[using]
-    kind = sql.vendor(using)
+    kind = sql.vendor_of(connection)
     table = sql.table(connection, "OutboxMessage")
-    row = f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(kind)})"
+    native = kind == "postgresql"  # UUIDs and datetimes go as they are; SQLite wants text
     for start in range(0, len(events), _ROWS_PER_STATEMENT):
         chunk = events[start : start + _ROWS_PER_STATEMENT]
         params: list[Any] = []
         for event, data_text in chunk:
-            params += [
-                sql.uuid_value(kind, event.id),
-                event.type,
-                event.version,
-                event.key,
-                data_text,
-                metadata,
-                sql.datetime_value(connection, event.occurred_at),
-                event.source,
-                sql.uuid_value(kind, event.correlation_id),
-                sql.uuid_value(kind, event.causation_id),
-            ]
-        insert = f"INSERT INTO {table} ({_COLUMNS}) VALUES {', '.join([row] * len(chunk))}"
-        if notify and kind == "postgresql" and not _notified_in_this_transaction(connection):
-            insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
-            params.append(OUTBOX_CHANNEL)
+            if native:
+                params += [
+                    event.id,
+                    event.type,
+                    event.version,
+                    event.key,
+                    data_text,
+                    metadata,
+                    event.occurred_at,
+                    event.source,
+                    event.correlation_id,
+                    event.causation_id,
+                ]
+            else:
+                params += [
+                    sql.uuid_value(kind, event.id),
+                    event.type,
+                    event.version,
+                    event.key,
+                    data_text,
+                    metadata,
+                    sql.datetime_value(connection, event.occurred_at),
+                    event.source,
+                    sql.uuid_value(kind, event.correlation_id),
+                    sql.uuid_value(kind, event.causation_id),
+                ]
         with connection.cursor() as cursor:
-            cursor.execute(insert, params)
+            cursor.execute(_insert_sql(table, kind, len(chunk)), params)
+    if notify:
+        _notified_in_this_transaction(connection)
