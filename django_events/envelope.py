@@ -286,10 +286,11 @@ def build_event(
             f"Event data must be a JSON object, got {payload.__class__.__name__}."
         )
     meta = decode_json(metadata, max_bytes, "metadata") if metadata else {}
-    try:
-        meta = validate_metadata(meta)
-    except InvalidEvent as exc:
-        raise UndecodableEvent(str(exc)) from exc
+    if meta != {} or not isinstance(meta, dict):  # nothing to check in the usual {}
+        try:
+            meta = validate_metadata(meta)
+        except InvalidEvent as exc:
+            raise UndecodableEvent(str(exc)) from exc
     if isinstance(occurred_at, str):
         try:
             # Python 3.10's fromisoformat does not read a "Z" suffix (CloudEvents, AWS).
