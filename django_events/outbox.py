@@ -1,11 +1,11 @@
 """``publish()``: the event joins the caller's transaction as one outbox row.
 
 The row is the guarantee: it commits or rolls back with the caller's own writes. The
-wake-up is not part of it: once the transaction has committed, one NOTIFY per transaction
-(never one per row) goes out on PostgreSQL in a transaction of its own that does not wait
-for the disk, so publishers never hold PostgreSQL's NOTIFY lock through their commit
-(docs/performance.md, "Publishing"). If that wake-up is lost, the relay's poll finds the
-row.
+wake-up is not part of it: on PostgreSQL, once the transaction has committed, a thread
+sends one NOTIFY for it (never one per row) on a connection of its own (``notifier``),
+so publishers never hold PostgreSQL's NOTIFY lock through their commit nor wait for the
+NOTIFY (docs/performance.md, "Publishing"). If that wake-up is lost, the relay's poll
+finds the row.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import contextvars
 import datetime as dt
 import functools
 import json
-import logging
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -34,13 +33,13 @@ from .envelope import (
     validate_version,
 )
 from .exceptions import EventsConfigurationError, InvalidEvent, PayloadTooLarge
+from .notifier import notifier
 from .transports.base import ENVELOPE_RESERVE
 from .typed import TypedEvent, check_data
 from .versions import publish_version
 
 OUTBOX_CHANNEL = "django_events_outbox"
 
-logger = logging.getLogger("django_events.outbox")
 
 _DECODER = json.JSONDecoder()
 
@@ -66,12 +65,8 @@ def handling(event: Event) -> Iterator[None]:
 
 class _WakeUp:
     """What runs once the publishing transaction has committed (or at once, outside one):
-    the in-process wake-up, then on PostgreSQL one NOTIFY in an autocommit transaction
-    that does not wait for the disk. PostgreSQL takes a database-wide lock for a NOTIFY
-    at commit and holds it until the commit is on disk; sent inside the publisher's
-    transaction, it would make concurrent publishers flush one after the other. A failure
-    here is logged, never raised: the caller's transaction has committed, and the relay's
-    poll finds the events anyway."""
+    the in-process wake-up, and on PostgreSQL the NOTIFY, which a thread sends after the
+    commit on a connection of its own (``notifier``); the publisher only sets a flag."""
 
     __slots__ = ("using",)
 
@@ -82,20 +77,8 @@ class _WakeUp:
         from .wakeup import local_wakeup
 
         local_wakeup.set()
-        connection = connections[self.using]
-        if connection.vendor != "postgresql":
-            return
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(_NOTIFY, [OUTBOX_CHANNEL])
-        except Exception:
-            logger.warning(
-                "The outbox NOTIFY after a commit failed; the relay's poll finds the events",
-                exc_info=True,
-            )
-
-
-_NOTIFY = f"SELECT {sql.RELAXED_COMMIT}, pg_notify(%s, '')"
+        if connections[self.using].vendor == "postgresql":
+            notifier(self.using, OUTBOX_CHANNEL).announce()
 
 
 def _notified_in_this_transaction(connection: Any) -> bool:

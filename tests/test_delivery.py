@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connection, connections, transaction
+from django.db import connection, connections, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
@@ -18,7 +19,7 @@ from django_events.testing import deliver
 from django_events.transports import transports
 from django_events.worker import Worker
 
-from .conftest import postgres_only
+from .conftest import postgres_only, wait_until
 from .testapp.models import Effect
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -290,32 +291,88 @@ def test_commit_order_gap_is_never_skipped():
     assert sorted(effects("alpha")) == [("alpha", 1), ("alpha", 2)]
 
 
-@postgres_only
-def test_one_notify_per_publishing_transaction():
-    import psycopg
+class Listener:
+    """A LISTEN connection on the outbox channel."""
 
-    settings_dict = connection.settings_dict
-    listener = psycopg.connect(
-        host=settings_dict["HOST"],
-        port=settings_dict["PORT"],
-        user=settings_dict["USER"],
-        dbname=settings_dict["NAME"],
-        autocommit=True,
-    )
-    listener.execute("LISTEN django_events_outbox")
+    def __init__(self) -> None:
+        import psycopg
+
+        settings_dict = connection.settings_dict
+        self.raw = psycopg.connect(
+            host=settings_dict["HOST"],
+            port=settings_dict["PORT"],
+            user=settings_dict["USER"],
+            dbname=settings_dict["NAME"],
+            autocommit=True,
+        )
+        self.raw.execute("LISTEN django_events_outbox")
+
+    def wait(self, timeout: float) -> list[Any]:
+        """Every notification arriving within ``timeout`` seconds."""
+        return list(self.raw.notifies(timeout=timeout))
+
+    def first(self) -> list[Any]:
+        """The next notification, waiting up to 5 s for it."""
+        return list(self.raw.notifies(timeout=5, stop_after=1))
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    found = Listener()
+    yield found
+    found.raw.close()
+
+
+@postgres_only
+def test_one_notify_per_publishing_transaction(listener: Listener):
     with CaptureQueriesContext(connection) as queries, transaction.atomic():
         for n in range(5):
             publish("test.happened", {"n": n})
-    assert sum("pg_notify" in q["sql"] for q in queries.captured_queries) == 1
+    assert not any("pg_notify" in q["sql"] for q in queries.captured_queries), (
+        "the publisher's connection sends none"
+    )
+    assert len(listener.first() + listener.wait(0.3)) == 1
     with transaction.atomic():
         with pytest.raises(RuntimeError), transaction.atomic():
             publish("test.happened", {"n": 5})
             raise RuntimeError
-        publish("test.happened", {"n": 6})  # the rolled-back NOTIFY must be sent again
+        publish("test.happened", {"n": 6})  # the rolled-back wake-up is queued again
+    assert len(listener.first() + listener.wait(0.3)) == 1
     publish("test.happened", {"n": 7})  # autocommit: its own transaction
-    received = list(listener.notifies(timeout=1.0))
-    listener.close()
-    assert len(received) == 3
+    assert len(listener.first() + listener.wait(0.3)) == 1
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish("test.happened", {"n": 8})
+        raise RuntimeError
+    assert listener.wait(0.5) == [], "a rolled-back publish wakes nobody"
+
+
+@postgres_only
+def test_the_notify_comes_after_the_commit_from_a_connection_of_its_own(listener: Listener):
+    """Inside the publisher's transaction, PostgreSQL's NOTIFY lock would be held through
+    its commit's flush, making concurrent publishers commit one after the other."""
+    with transaction.atomic():
+        publish("test.happened", {"n": 1})
+        own = connection.connection.info.backend_pid
+        assert listener.wait(0.3) == [], "nothing before the commit"
+    notes = listener.first()
+    assert len(notes) == 1
+    assert notes[0].pid != own, "sent from the notifier's connection, not the publisher's"
+
+
+@postgres_only
+def test_a_notify_connection_cut_loses_one_wake_up_and_the_next_reconnects(
+    listener: Listener, caplog: pytest.LogCaptureFixture
+):
+    publish("test.happened", {"n": 1})
+    [note] = listener.first()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [note.pid])
+    publish("test.happened", {"n": 2})  # its NOTIFY meets the cut connection
+    wait_until(lambda: "outbox NOTIFY failed" in caplog.text, timeout=5)
+    publish("test.happened", {"n": 3})
+    assert len(listener.first()) == 1, "a new connection announces the next commit"
+    deliver(["alpha"])
+    assert sorted(effects("alpha")) == [("alpha", 1), ("alpha", 2), ("alpha", 3)]
 
 
 def test_a_batch_shares_one_transaction_and_a_failure_is_recorded_without_a_replay():
@@ -378,48 +435,11 @@ def test_a_failing_group_does_not_replay_another_groups_handlers(tmp_path: Path)
 
 
 @postgres_only
-def test_the_notify_goes_out_after_the_commit_in_a_transaction_that_does_not_wait_for_disk():
-    """Inside the publisher's transaction, PostgreSQL's NOTIFY lock would be held through
-    its commit's flush, making concurrent publishers commit one after the other."""
-    seen: list[tuple[str, bool]] = []
-
-    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        seen.append((sql, connection.get_autocommit()))
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(record), transaction.atomic():
-        publish("test.happened", {"n": 1})
-        assert not any("pg_notify" in sql for sql, _ in seen), "nothing before the commit"
-    notifies = [(sql, autocommit) for sql, autocommit in seen if "pg_notify" in sql]
-    assert len(notifies) == 1
-    sql, autocommit = notifies[0]
-    assert autocommit, "after the commit, in a transaction of its own"
-    assert "synchronous_commit" in sql
-
-
-@postgres_only
-def test_a_failed_notify_after_the_commit_is_logged_and_the_event_kept(
-    caplog: pytest.LogCaptureFixture,
-):
-    def refuse_notify(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if "pg_notify" in sql:
-            raise OperationalError("the NOTIFY was refused")
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(refuse_notify), transaction.atomic():
-        event = publish("test.happened", {"n": 1})
-    assert "outbox NOTIFY after a commit failed" in caplog.text
-    assert OutboxMessage.objects.filter(event_id=event.id).exists(), "the commit stands"
-    deliver(["alpha"])
-    assert effects("alpha") == [("alpha", 1)], "the relay's poll finds it"
-
-
-@postgres_only
 @override_settings(DJANGO_EVENTS={"PUBLISH_NOTIFY": False})
-def test_publish_sends_no_notify_when_turned_off():
-    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+def test_publish_sends_no_notify_when_turned_off(listener: Listener):
+    with transaction.atomic():
         publish("test.happened", {"n": 1})
-    assert not any("pg_notify" in q["sql"] for q in queries.captured_queries)
+    assert listener.wait(0.5) == []
     deliver(["alpha"])
     assert effects("alpha") == [("alpha", 1)], "the relay's poll still finds it"
 
