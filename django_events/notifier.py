@@ -66,10 +66,12 @@ class Notifier:
                 raw = _close(raw)
 
 
-def _close(raw: Any) -> None:
+def _close(raw: Any) -> Any:
+    """Close ``raw`` if open; None, the connection the thread holds after."""
     if raw is not None:
         with contextlib.suppress(Exception):  # already broken: nothing more to release
             raw.close()
+    return None
 
 
 _notifiers: dict[str, Notifier] = {}
