@@ -1,11 +1,8 @@
 """``publish()``: the event joins the caller's transaction as one outbox row.
 
-The row is the guarantee: it commits or rolls back with the caller's own writes. The
-wake-up is not part of it: on PostgreSQL, once the transaction has committed, a thread
-sends one NOTIFY for it (never one per row) on a connection of its own (``notifier``),
-so publishers never hold PostgreSQL's NOTIFY lock through their commit nor wait for the
-NOTIFY (docs/performance.md, "Publishing"). If that wake-up is lost, the relay's poll
-finds the row.
+The row is the guarantee: it commits or rolls back with the caller's own writes. On
+PostgreSQL the same statement sends one NOTIFY per transaction (never one per row) so
+an idle relay wakes at commit; if that wake-up is lost, the relay's poll finds the row.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from .envelope import (
     validate_version,
 )
 from .exceptions import EventsConfigurationError, InvalidEvent, PayloadTooLarge
-from .notifier import notifier
 from .transports.base import ENVELOPE_RESERVE
 from .typed import TypedEvent, check_data
 from .versions import publish_version
@@ -63,33 +59,21 @@ def handling(event: Event) -> Iterator[None]:
         _current_event.reset(token)
 
 
-class _WakeUp:
-    """What runs once the publishing transaction has committed (or at once, outside one):
-    the in-process wake-up, and on PostgreSQL the NOTIFY, which a thread sends after the
-    commit on a connection of its own (``notifier``); the publisher only sets a flag."""
-
-    __slots__ = ("using",)
-
-    def __init__(self, using: str) -> None:
-        self.using = using
-
-    def __call__(self) -> None:
-        from .wakeup import local_wakeup
-
-        local_wakeup.set()
-        if connections[self.using].vendor == "postgresql":
-            notifier(self.using, OUTBOX_CHANNEL).announce()
-
-
 def _notified_in_this_transaction(connection: Any) -> bool:
-    """True if this transaction already has its wake-up queued; else queue it, to run at
-    commit (outside a transaction, on_commit runs it at once: after the insert)."""
-    if connection.in_atomic_block:
-        for entry in connection.run_on_commit:
-            if isinstance(entry[1], _WakeUp):
-                return True
-    connection.on_commit(_WakeUp(connection.alias))
+    """True after the first call in a transaction; the marker lives in its on_commit list."""
+    if not connection.in_atomic_block:
+        return False
+    for entry in connection.run_on_commit:
+        if entry[1] is _wake_local:
+            return True
+    connection.on_commit(_wake_local)
     return False
+
+
+def _wake_local() -> None:
+    from .wakeup import local_wakeup
+
+    local_wakeup.set()
 
 
 PublishSpec = (
@@ -290,7 +274,9 @@ def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: 
                     sql.uuid_value(kind, event.correlation_id),
                     sql.uuid_value(kind, event.causation_id),
                 ]
+        insert = _insert_sql(table, kind, len(chunk))
+        if notify and native and not _notified_in_this_transaction(connection):
+            insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
+            params.append(OUTBOX_CHANNEL)
         with connection.cursor() as cursor:
-            cursor.execute(_insert_sql(table, kind, len(chunk)), params)
-    if notify:
-        _notified_in_this_transaction(connection)
+            cursor.execute(insert, params)
