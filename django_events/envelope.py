@@ -142,6 +142,7 @@ _uuid7_last = [0, 0]  # last millisecond, last 12-bit counter
 def uuid7() -> uuid.UUID:
     """A time-ordered UUID (RFC 9562 version 7), monotonic within this process."""
     ms = time.time_ns() // 1_000_000
+    random = int.from_bytes(os.urandom(10), "big")  # one system call: 16 bits, then 64
     with _uuid7_lock:
         last_ms, counter = _uuid7_last
         if ms <= last_ms:
@@ -149,9 +150,9 @@ def uuid7() -> uuid.UUID:
             if counter > 0xFFF:
                 ms, counter = ms + 1, 0
         else:
-            counter = int.from_bytes(os.urandom(2), "big") & 0x3FF
+            counter = (random >> 64) & 0x3FF
         _uuid7_last[:] = [ms, counter]
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    rand_b = random & ((1 << 62) - 1)
     value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
     return uuid.UUID(int=value)
 
@@ -189,6 +190,10 @@ def _find_unserializable(value: Any, path: str, parents: tuple[int, ...] = ()) -
     return None
 
 
+_ENCODER = DjangoJSONEncoder(separators=(",", ":"), allow_nan=False)
+"""One compact encoder for every publish: it keeps no state between calls."""
+
+
 def encode_data(data: Any, max_bytes: int) -> str:
     """Encode ``data`` as compact JSON, naming the field that cannot be encoded."""
     if not isinstance(data, Mapping):
@@ -196,7 +201,7 @@ def encode_data(data: Any, max_bytes: int) -> str:
     if not isinstance(data, dict):
         data = dict(data)
     try:
-        text = json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":"), allow_nan=False)
+        text = _ENCODER.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
         where = _find_unserializable(data, "data") if not isinstance(exc, RecursionError) else None
         raise PayloadNotSerializable(
@@ -313,10 +318,11 @@ def build_event(
             f"Event data must be a JSON object, got {payload.__class__.__name__}."
         )
     meta = decode_json(metadata, max_bytes, "metadata") if metadata else {}
-    try:
-        meta = validate_metadata(meta)
-    except InvalidEvent as exc:
-        raise UndecodableEvent(str(exc)) from exc
+    if meta != {} or not isinstance(meta, dict):  # nothing to check in the usual {}
+        try:
+            meta = validate_metadata(meta)
+        except InvalidEvent as exc:
+            raise UndecodableEvent(str(exc)) from exc
     if isinstance(occurred_at, str):
         try:
             # Python 3.10's fromisoformat does not read a "Z" suffix (CloudEvents, AWS).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -34,6 +35,9 @@ from .typed import TypedEvent, check_data
 from .versions import publish_version
 
 OUTBOX_CHANNEL = "django_events_outbox"
+
+
+_DECODER = json.JSONDecoder()
 
 _current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
     "django_events_current_event", default=None
@@ -169,7 +173,10 @@ def _publish_many(
         metadata_text = json.dumps(metadata, separators=(",", ":"))
     source = conf.source or conf.service
     cause = _current_event.get()
-    room = _message_room(len(metadata_text))
+    room = _message_room(conf, len(metadata_text))
+    max_bytes = conf.max_payload_bytes
+    now = dt.datetime.now
+    utc = dt.timezone.utc
     built: list[tuple[Event, str]] = []
     for spec in events:
         typed, event_type, data, key = _unpack(spec)
@@ -177,8 +184,8 @@ def _publish_many(
         event_version = publish_version(
             event_type, typed.event_version if typed else version, allow_old_version
         )
-        text = encode_data(typed.to_data() if typed else data, conf.max_payload_bytes)
-        decoded = json.loads(text)
+        text = encode_data(typed.to_data() if typed else data, max_bytes)
+        decoded = _DECODER.raw_decode(text)[0]  # what handlers receive; never the caller's
         if typed is None:
             check_data(event_type, event_version, decoded)
         if room is not None and (len(text) if text.isascii() else len(text.encode())) > room[0]:
@@ -195,7 +202,7 @@ def _publish_many(
             data=decoded,
             version=event_version,
             key=validate_key(key),
-            occurred_at=dt.datetime.now(dt.timezone.utc),
+            occurred_at=now(utc),
             source=source,
             correlation_id=(cause.correlation_id or cause.id) if cause else event_id,
             causation_id=cause.id if cause else None,
@@ -204,8 +211,9 @@ def _publish_many(
         built.append((event, text))
     if built:
         _insert(using, built, metadata_text, conf.publish_notify)
-    for event, _ in built:
-        signals.event_published.send(sender=publish, event=event, using=using)
+        if signals.event_published.receivers:
+            for event, _ in built:
+                signals.event_published.send(sender=publish, event=event, using=using)
     return [event for event, _ in built]
 
 
@@ -224,43 +232,74 @@ def _unpack(spec: Any) -> tuple[TypedEvent | None, str, Any, str | None]:
     return None, spec[0], spec[1], spec[2] if len(spec) == 3 else None
 
 
-def _message_room(metadata_bytes: int) -> tuple[int, str, int] | None:
-    """Bytes left for data in one message of the configured transport, if it has a limit."""
-    from .transports import transports
+_room: tuple[Any, tuple[int, str, int] | None] = (None, None)
 
-    transport = transports["default"]
-    limit = transport.max_message_bytes
-    if limit is None:
+
+def _message_room(conf: Any, metadata_bytes: int) -> tuple[int, str, int] | None:
+    """Bytes left for data in one message of the configured transport, if it has a limit.
+
+    The transport is looked up once per settings object: it is built from them, and a
+    change of settings makes a new one (``conf._reset``)."""
+    global _room
+    if _room[0] is not conf:
+        from .transports import transports
+
+        transport = transports["default"]
+        limit = transport.max_message_bytes
+        found = None if limit is None else (limit, type(transport).__name__, limit)
+        _room = (conf, found)
+    found = _room[1]
+    if found is None:
         return None
-    return limit - ENVELOPE_RESERVE - metadata_bytes, type(transport).__name__, limit
+    return found[0] - ENVELOPE_RESERVE - metadata_bytes, found[1], found[2]
 
 
 _ROWS_PER_STATEMENT = 500
 
 
+@functools.cache
+def _insert_sql(table: str, vendor: str, rows: int) -> str:
+    row = f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(vendor)})"
+    return f"INSERT INTO {table} ({_COLUMNS}) VALUES {', '.join([row] * rows)}"
+
+
 def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: bool) -> None:
     connection = connections[using]
-    kind = sql.vendor(using)
+    kind = sql.vendor_of(connection)
     table = sql.table(connection, "OutboxMessage")
-    row = f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(kind)})"
+    native = kind == "postgresql"  # UUIDs and datetimes go as they are; SQLite wants text
     for start in range(0, len(events), _ROWS_PER_STATEMENT):
         chunk = events[start : start + _ROWS_PER_STATEMENT]
         params: list[Any] = []
         for event, data_text in chunk:
-            params += [
-                sql.uuid_value(kind, event.id),
-                event.type,
-                event.version,
-                event.key,
-                data_text,
-                metadata,
-                sql.datetime_value(connection, event.occurred_at),
-                event.source,
-                sql.uuid_value(kind, event.correlation_id),
-                sql.uuid_value(kind, event.causation_id),
-            ]
-        insert = f"INSERT INTO {table} ({_COLUMNS}) VALUES {', '.join([row] * len(chunk))}"
-        if notify and kind == "postgresql" and not _notified_in_this_transaction(connection):
+            if native:
+                params += [
+                    event.id,
+                    event.type,
+                    event.version,
+                    event.key,
+                    data_text,
+                    metadata,
+                    event.occurred_at,
+                    event.source,
+                    event.correlation_id,
+                    event.causation_id,
+                ]
+            else:
+                params += [
+                    sql.uuid_value(kind, event.id),
+                    event.type,
+                    event.version,
+                    event.key,
+                    data_text,
+                    metadata,
+                    sql.datetime_value(connection, event.occurred_at),
+                    event.source,
+                    sql.uuid_value(kind, event.correlation_id),
+                    sql.uuid_value(kind, event.causation_id),
+                ]
+        insert = _insert_sql(table, kind, len(chunk))
+        if notify and native and not _notified_in_this_transaction(connection):
             insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
             params.append(OUTBOX_CHANNEL)
         with connection.cursor() as cursor:

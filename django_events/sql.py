@@ -19,10 +19,15 @@ SUPPORTED_VENDORS = ("postgresql", "sqlite")
 
 
 def vendor(using: str) -> str:
-    name: str = connections[using].vendor
+    return vendor_of(connections[using])
+
+
+def vendor_of(connection: BaseDatabaseWrapper) -> str:
+    name: str = connection.vendor
     if name not in SUPPORTED_VENDORS:
         raise EventsConfigurationError(
-            f"django-events supports PostgreSQL and SQLite; database {using!r} is {name}."
+            f"django-events supports PostgreSQL and SQLite; database {connection.alias!r} "
+            f"is {name}."
         )
     return name
 

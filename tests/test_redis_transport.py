@@ -548,3 +548,28 @@ def test_a_stopping_worker_gives_back_what_its_last_wait_received(transport):
     transport.close()  # as Worker.run does when it stops
     again = RedisStreamsTransport("other", dict(transport.options)).claim(["alpha"], 10, 30)
     assert [c.attempt for c in again] == [1], "given back, without an attempt"
+
+
+def test_scripts_redis_forgot_are_loaded_again_and_nothing_is_skipped(configure):
+    """Scripts go on pipelines by hash alone (no SCRIPT EXISTS round trip before each):
+    after a SCRIPT FLUSH (or a restart) each is run again, loaded, and none is skipped."""
+    server = PrivateRedis().start()
+    try:
+        transport = configure(url=server.url)
+        alpha = [("test.happened", "alpha", False)]
+        private = redis.Redis.from_url(server.url)
+        transport.publish([outgoing(1), outgoing(2)], alpha)
+        private.script_flush()
+        transport.publish([outgoing(3)], alpha)
+        first, second, third = transport.claim(["alpha"], 10, 30)
+        transport.retry_later(first, 0.0, "once more")
+        private.script_flush()
+        assert transport.ack_many([second, third]) == [second, third]
+        private.script_flush()
+        # Nothing new: the claim promotes the due retry (after its read, when the script
+        # had to be loaded again), so the next claim has it at the latest.
+        again = transport.claim(["alpha"], 10, 30) or transport.claim(["alpha"], 10, 30)
+        assert [(c.event_id, c.attempt) for c in again] == [(first.event_id, 2)]
+        assert int(private.zcount(transport.owed("alpha"), "-inf", "(inf")) == 1
+    finally:
+        server.destroy()

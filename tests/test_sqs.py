@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.db import transaction
+from django.test import override_settings
 
 from django_events import publish
 from django_events.exceptions import (
@@ -669,3 +670,12 @@ def test_a_worker_rides_out_an_outage_and_loses_nothing(
         server.stop()
     assert sorted(Effect.objects.values_list("n", flat=True)) == [1, 2], workers.logs()
     assert not DeadLetter.objects.exists()
+
+
+def test_the_message_limit_follows_a_change_of_settings(sqs: SnsSqsTransport):
+    big = {"blob": "x" * (256 * 1024 - 1000)}
+    with override_settings(DJANGO_EVENTS={}):  # the database transport: no message limit
+        publish("test.happened", big)
+    with pytest.raises(PayloadTooLarge, match="SnsSqsTransport"):
+        publish("test.happened", big)
+    assert OutboxMessage.objects.count() == 1

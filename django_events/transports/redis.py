@@ -213,6 +213,25 @@ class RedisStreamsTransport(Transport):
             script = self._scripts[name] = self.client.register_script(getattr(redis_lua, name))
         return script
 
+    def _queue(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Queue a script on ``pipe`` by its hash alone. A script passed to a pipeline the
+        usual way costs a ``SCRIPT EXISTS`` round trip before every execute; here a
+        ``NOSCRIPT`` reply (Redis restarted or flushed its scripts) is run again by
+        ``_rerun``, which loads it: a script that was not found did nothing."""
+        pipe.evalsha(self._script(name).sha, len(keys), *keys, *args)
+
+    def _rerun(
+        self, results: list[Any], calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """``results`` of the scripts queued by ``_queue`` (in ``calls`` order), each one
+        Redis did not have run again, which loads it."""
+        return [
+            self._script(name)(keys=keys, args=args)
+            if isinstance(result, redis.exceptions.NoScriptError)
+            else result
+            for result, (name, keys, args) in zip(results, calls, strict=True)
+        ]
+
     @_translating
     def flush(self) -> int:
         """Delete every key under this transport's prefix; for demos and tests, never in
@@ -364,11 +383,14 @@ class RedisStreamsTransport(Transport):
             return 0
         for group in args:
             self.ensure_group(group)
-        script = self._script("PUBLISH")
+        calls = [("PUBLISH", [self.stream(g), self.owed(g)], argv) for g, argv in args.items()]
         pipe = self.client.pipeline(transaction=False)
-        for group, argv in args.items():
-            script(keys=[self.stream(group), self.owed(group)], args=argv, client=pipe)
-        results = pipe.execute()
+        for call in calls:
+            self._queue(pipe, *call)
+        results = self._rerun(pipe.execute(raise_on_error=False), calls)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
         added = 0
         for group, (count, length) in zip(args, results, strict=True):
             added += int(count)
@@ -516,13 +538,16 @@ class RedisStreamsTransport(Transport):
             for group in groups:
                 self.ensure_group(group)
             if promote:
-                script = self._script("PROMOTE")
                 pipe = self.client.pipeline(transaction=False)
-                for group in groups:
-                    keys = [self.delayed(group), self.stream(group)]
-                    script(keys=keys, args=[limit], client=pipe)
+                calls = [("PROMOTE", [self.delayed(g), self.stream(g)], [limit]) for g in groups]
+                for call in calls:
+                    self._queue(pipe, *call)
                 pipe.xreadgroup(CONSUMER_GROUP, self.consumer, streams, count=per_stream)
-                *promoted, response = pipe.execute()
+                *promoted, response = pipe.execute(raise_on_error=False)
+                promoted = self._rerun(promoted, calls)
+                for result in (*promoted, response):
+                    if isinstance(result, Exception):
+                        raise result
                 self._note_strange(groups, promoted)
             else:
                 ms = None if block is None else max(1, int(block * 1000))
@@ -590,9 +615,7 @@ class RedisStreamsTransport(Transport):
         with it (fields that are not UTF-8, a body that does not decode, a delayed-set
         member that was not ours), never an exception that would stop the group."""
         fields = {  # the ones needed now; the rest stay bytes until a retry rewrites them
-            name: _text(raw[name.encode()])
-            for name in ("id", "type", "attempts", "first_failed_at", "problem")
-            if name.encode() in raw
+            name: _text(raw[key]) for name, key in _READ_FIELDS if key in raw
         }
         receipt = Receipt(self.stream(group), entry_id, raw, deliveries)
         where = f"Stream entry {entry_id} of {receipt.stream}"
@@ -700,18 +723,17 @@ class RedisStreamsTransport(Transport):
         by_group: dict[str, list[Claimed]] = {}
         for item in claimed:
             by_group.setdefault(item.group, []).append(item)
-        script = self._script("ACK")
-        pipe = self.client.pipeline(transaction=False)
+        calls = []
         for group, items in by_group.items():
             args: list[Any] = [CONSUMER_GROUP, self.consumer]
             for item in items:
                 args += [item.receipt.claim, str(item.event_id)]
-            script(
-                keys=[self.stream(group), self.owed(group), self.leases(group)],
-                args=args,
-                client=pipe,
-            )
-        results = pipe.execute(raise_on_error=False)
+            keys = [self.stream(group), self.owed(group), self.leases(group)]
+            calls.append(("ACK", keys, args))
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            self._queue(pipe, *call)
+        results = self._rerun(pipe.execute(raise_on_error=False), calls)
         acked: list[Claimed] = []
         for items, positions in zip(by_group.values(), results, strict=True):
             if isinstance(positions, list):
@@ -845,6 +867,9 @@ def _positive(
 
 
 UNSIGNED = Signing()
+_READ_FIELDS = tuple(
+    (name, name.encode()) for name in ("id", "type", "attempts", "first_failed_at", "problem")
+)
 
 
 def _fields(event: Outgoing, signing: Signing = UNSIGNED) -> list[str]:

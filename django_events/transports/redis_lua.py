@@ -199,18 +199,28 @@ ACK = (
     + """
 -- KEYS: stream, owed, leases. ARGV: group, consumer, then per entry: claim, event id.
 -- Acknowledges the entries this claim still holds; returns their positions in ARGV order.
-local acked = {}
+-- One XACK, ZREM and HDEL per 500 entries rather than three calls per entry.
+local acked, ids, events, seen = {}, {}, {}, {}
 guard(KEYS[2], 'zset')
 guard(KEYS[3], 'hash')
+local function flush()
+  if #ids == 0 then return end
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  redis.call('ZREM', KEYS[2], unpack(events))
+  redis.call('HDEL', KEYS[3], unpack(ids))
+  ids, events = {}, {}
+end
 for i = 3, #ARGV, 2 do
   local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[i])
-  if mine then
-    redis.call('XACK', KEYS[1], ARGV[1], id)
-    redis.call('ZREM', KEYS[2], ARGV[i + 1])
-    redis.call('HDEL', KEYS[3], id)
+  if mine and not seen[id] then
+    seen[id] = true
+    table.insert(ids, id)
+    table.insert(events, ARGV[i + 1])
     table.insert(acked, (i - 1) / 2)
+    if #ids == 500 then flush() end
   end
 end
+flush()
 return acked
 """
 )
