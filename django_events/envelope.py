@@ -80,27 +80,53 @@ class Event:
 
     def to_cloudevent(self) -> dict[str, Any]:
         """The CloudEvents 1.0 structured form, with our extensions in lower case."""
-        body: dict[str, Any] = {
-            "specversion": "1.0",
-            "id": str(self.id),
-            "type": self.type,
-            "source": self.source,
-            "time": self.occurred_at.isoformat(),
-            "datacontenttype": "application/json",
-            "dataversion": self.version,
-            "data": self.data,
-        }
-        if self.key is not None:
-            body["partitionkey"] = self.key
-        if self.correlation_id is not None:
-            body["correlationid"] = str(self.correlation_id)
-        if self.causation_id is not None:
-            body["causationid"] = str(self.causation_id)
         metadata, trace = _without_trace(self.metadata)
+        body = cloudevent_attributes(
+            str(self.id),
+            self.type,
+            self.source,
+            self.occurred_at.isoformat(),
+            self.version,
+            key=self.key,
+            correlation_id=None if self.correlation_id is None else str(self.correlation_id),
+            causation_id=None if self.causation_id is None else str(self.causation_id),
+        )
+        body["data"] = self.data
         if metadata:
             body["metadata"] = metadata
         body.update(trace)
         return body
+
+
+def cloudevent_attributes(
+    event_id: str,
+    event_type: str,
+    source: str,
+    time: str,
+    version: int,
+    *,
+    key: str | None = None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+) -> dict[str, Any]:
+    """An event's CloudEvents attributes, in wire order: the one place that names them, for
+    ``Event.to_cloudevent`` and every transport's writer (docs/wire-format.md)."""
+    head: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "type": event_type,
+        "source": source,
+        "time": time,
+        "datacontenttype": "application/json",
+        "dataversion": version,
+    }
+    if key is not None:
+        head["partitionkey"] = key
+    if correlation_id is not None:
+        head["correlationid"] = correlation_id
+    if causation_id is not None:
+        head["causationid"] = causation_id
+    return head
 
 
 # --- trace context ---------------------------------------------------------------------------

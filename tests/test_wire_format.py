@@ -435,3 +435,46 @@ def test_an_undecodable_message_is_a_dead_letter_not_a_retry(
     outcomes = run_example("sqs_consumer.py", *sqs_args(on_sqs, "alpha"), env=aws_env)
     assert [o["outcome"] for o in outcomes] == ["dead-lettered"] * len(bodies)
     assert in_queue(on_sqs, "alpha") == 0
+
+
+def test_one_writer_gives_every_transport_the_same_envelope():
+    """Redis, SNS + SQS and RabbitMQ send the envelope ``cloudevent_json`` writes, and it
+    reads back as the event it was (a key shaped like a UUID stays the key it was)."""
+    from django_events.envelope import from_cloudevent
+    from django_events.signing import Signing
+    from django_events.transports.base import Outgoing, cloudevent_json
+    from django_events.transports.rabbitmq import _message
+    from django_events.transports.redis import _fields
+    from django_events.transports.sqs import SnsSqsTransport as Sqs
+
+    event_id = uuid.uuid4()
+    outgoing = Outgoing(
+        position=1,
+        event_id=event_id,
+        type="order.placed",
+        key="0123456789abcdef0123456789abcdef",
+        version=2,
+        data='{"total":"9.50","name":"Zoë"}',
+        metadata='{"tenant":"t1","traceparent":"00-' + "1" * 32 + "-" + "2" * 16 + '-01"}',
+        occurred_at=dt.datetime(2026, 1, 2, 3, 4, 5),  # naive, as SQLite hands it back
+        source="shop",
+        causation_id=uuid.UUID(int=7),
+    )
+    written = cloudevent_json(outgoing, str(event_id))
+    fields = _fields(outgoing)
+    assert fields[fields.index("event") + 1] == written
+    assert _message(outgoing, Signing())[0] == written.encode()
+    entry, _ = Sqs("wire", {})._entry(outgoing, [], fresh=True)
+    assert json.loads(entry["Message"]) == json.loads(written)  # ASCII-escaped, same JSON
+    event = from_cloudevent(written, 10_000)
+    assert (event.id, event.type, event.version, event.key) == (
+        event_id,
+        "order.placed",
+        2,
+        "0123456789abcdef0123456789abcdef",
+    )
+    assert event.occurred_at == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert event.data == {"total": "9.50", "name": "Zoë"}
+    assert event.metadata["tenant"] == "t1" and event.metadata["traceparent"].startswith("00-")
+    assert json.loads(written)["traceparent"].startswith("00-"), "trace context on the wire"
+    assert event.causation_id == uuid.UUID(int=7)

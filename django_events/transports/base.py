@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from django.core.checks import CheckMessage
 
-from ..envelope import Event
+from ..envelope import Event, cloudevent_attributes, split_trace
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 from ..signing import Signing
 from ..text import storable
@@ -115,6 +115,30 @@ def wire_uuid(value: Any) -> str:
         return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
     except ValueError:
         return str(value)  # not a UUID: the consumer's decoder names it
+
+
+def cloudevent_json(event: Outgoing, event_id: str, *, ascii_only: bool = False) -> str:
+    """The CloudEvents JSON envelope every transport sends (docs/wire-format.md): the
+    attributes encoded here, the stored data and metadata spliced in as they are (JSON
+    text already, never decoded and encoded again), the trace context lifted out of the
+    metadata into its extension attributes. ``ascii_only`` escapes what a broker's body
+    charset may refuse in the attributes (SQS)."""
+    head = cloudevent_attributes(
+        event_id,
+        event.type,
+        event.source,
+        wire_time(event.occurred_at),
+        event.version,
+        key=event.key,
+        correlation_id=None if event.correlation_id is None else wire_uuid(event.correlation_id),
+        causation_id=None if event.causation_id is None else wire_uuid(event.causation_id),
+    )
+    metadata, trace = split_trace(event.metadata)
+    head.update(trace)
+    text = json.dumps(head, ensure_ascii=ascii_only, separators=(",", ":"))[:-1]
+    if metadata:
+        text += ',"metadata":' + metadata
+    return text + ',"data":' + (event.data or "{}") + "}"
 
 
 @dataclass(frozen=True)

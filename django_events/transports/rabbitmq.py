@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import json
 import logging
 import math
 import re
@@ -44,7 +43,7 @@ import pika.exceptions
 from django.core.checks import CheckMessage, Error
 from django.db import connections, transaction
 
-from ..envelope import from_cloudevent, split_trace
+from ..envelope import from_cloudevent
 from ..exceptions import EventsConfigurationError, TransportUnavailable
 from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
 from ..stores import DatabaseStore, Declaration, Wanted
@@ -54,11 +53,10 @@ from .base import (
     Outgoing,
     Transport,
     TransportContext,
+    cloudevent_json,
     decode_failure,
     fallback_id,
     translating,
-    wire_time,
-    wire_uuid,
 )
 
 logger = logging.getLogger("django_events.transports.rabbitmq")
@@ -918,7 +916,7 @@ def _delay_step(delay: float) -> int:
 def _message(event: Outgoing, signing: Signing) -> tuple[bytes, Any]:
     """The CloudEvents JSON body and the AMQP properties of ``event``."""
     event_id = str(uuid.UUID(str(event.event_id)))  # SQLite gives 32 hex digits
-    body = _cloudevent(event, event_id)
+    body = cloudevent_json(event, event_id)
     headers: dict[str, Any] = {}
     if event.key is not None:
         headers["key"] = event.key
@@ -932,32 +930,6 @@ def _message(event: Outgoing, signing: Signing) -> tuple[bytes, Any]:
         headers=headers or None,
     )
     return body.encode(), properties
-
-
-def _cloudevent(event: Outgoing, event_id: str) -> str:
-    """The CloudEvents JSON envelope (wire format 1), stored data spliced in as is."""
-    head: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": event_id,
-        "type": event.type,
-        "source": event.source,
-        "time": wire_time(event.occurred_at),
-        "datacontenttype": "application/json",
-        "dataversion": event.version,
-    }
-    for name, value in (
-        ("partitionkey", event.key),
-        ("correlationid", event.correlation_id),
-        ("causationid", event.causation_id),
-    ):
-        if value is not None:
-            head[name] = wire_uuid(value)
-    metadata, trace = split_trace(event.metadata)
-    head.update(trace)
-    body = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1]
-    if metadata:
-        body += f',"metadata":{metadata}'
-    return body + f',"data":{event.data or "{}"}}}'
 
 
 def _copy_properties(properties: Any, headers: dict[str, Any]) -> Any:

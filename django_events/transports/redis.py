@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 from django.core.checks import CheckMessage, Error, Warning
 
-from ..envelope import from_cloudevent, split_trace
+from ..envelope import from_cloudevent
 from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
 from . import redis_lua
@@ -46,11 +46,11 @@ from .base import (
     Outgoing,
     Transport,
     TransportContext,
+    cloudevent_json,
     decode_failure,
     fallback_id,
     text_size,
     translating,
-    wire_time,
     wire_uuid,
     within_budget,
 )
@@ -877,30 +877,7 @@ def _fields(event: Outgoing, signing: Signing = UNSIGNED) -> list[str]:
     CloudEvents JSON form, with its id and type beside it for when that form is broken,
     and its signature when signing keys are set."""
     event_id = wire_uuid(event.event_id)  # the same on every database (docs/wire-format.md)
-    head: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": event_id,
-        "type": event.type,
-        "source": event.source,
-        "time": wire_time(event.occurred_at),
-        "datacontenttype": "application/json",
-        "dataversion": event.version,
-    }
-    if event.key is not None:
-        head["partitionkey"] = event.key
-    for name, value in (
-        ("correlationid", event.correlation_id),
-        ("causationid", event.causation_id),
-    ):
-        if value is not None:
-            head[name] = wire_uuid(value)
-    metadata, trace = split_trace(event.metadata)
-    head.update(trace)
-    # data and metadata are JSON text already (as stored in the outbox): spliced, not re-encoded
-    body = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1]
-    if metadata:
-        body += f',"metadata":{metadata}'
-    body += f',"data":{event.data}}}'
+    body = cloudevent_json(event, event_id)
     fields = ["id", event_id, "type", event.type, "event", body, "attempts", "0"]
     if signing.enabled:
         fields += (SIGNATURE, signing.sign(body))

@@ -39,7 +39,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from django.core.checks import CheckMessage, Error
 from django.db import connections, transaction
 
-from ..envelope import from_cloudevent, split_trace
+from ..envelope import from_cloudevent
 from ..exceptions import (
     EventsConfigurationError,
     PublishRefused,
@@ -52,6 +52,7 @@ from .base import (
     Outgoing,
     Transport,
     TransportContext,
+    cloudevent_json,
     decode_failure,
     fallback_id,
     logged_events,
@@ -403,7 +404,7 @@ class SnsSqsTransport(Transport):
         """One PublishBatch entry: ``groups`` only when ``names`` targets some groups (a
         fresh publish has none: each subscription's filter policy takes it by type)."""
         event_id = _uuid_text(event.event_id)
-        body = _cloudevent(event, event_id)
+        body = cloudevent_json(event, event_id, ascii_only=True)
         attributes = {"type": {"DataType": "String", "StringValue": event.type}}
         if names:
             attributes["groups"] = {"DataType": "String.Array", "StringValue": json.dumps(names)}
@@ -965,39 +966,6 @@ def _seconds(value: float, *, minimum: int) -> int:
 
 def _uuid_text(value: Any) -> str:
     return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
-
-
-def _iso(value: Any) -> str:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return value.isoformat()
-    return str(value)
-
-
-def _cloudevent(event: Outgoing, event_id: str) -> str:
-    """The CloudEvents JSON body, with the stored data spliced in rather than re-encoded."""
-    head: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": event_id,
-        "type": event.type,
-        "source": event.source,
-        "time": _iso(event.occurred_at),
-        "datacontenttype": "application/json",
-        "dataversion": event.version,
-    }
-    if event.key is not None:
-        head["partitionkey"] = event.key
-    if event.correlation_id is not None:
-        head["correlationid"] = _uuid_text(event.correlation_id)
-    if event.causation_id is not None:
-        head["causationid"] = _uuid_text(event.causation_id)
-    metadata, trace = split_trace(event.metadata)
-    head.update(trace)
-    text = json.dumps(head, separators=(",", ":"))[:-1]
-    if metadata:
-        text += ',"metadata":' + metadata
-    return text + ',"data":' + (event.data or "{}") + "}"
 
 
 def message_group_id(key: str) -> str:
