@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from django_events import publish, sentry
+from django_events import handler, publish, sentry
 from django_events.conf import get_settings
 from django_events.models import DeadLetter
+from django_events.registry import registry
 from django_events.testing import deliver
 
 sentry_sdk = pytest.importorskip("sentry_sdk")
@@ -88,6 +89,31 @@ def test_a_handler_that_succeeds_reports_nothing_and_leaves_no_tags_behind(repor
     sentry_sdk.capture_message("after the worker")
     (after,) = reported
     assert not any(key.startswith("django_events.") for key in after.get("tags", {}))
+
+
+@pytest.fixture
+def reporting_handler() -> Iterator[None]:
+    """A handler of ``sentry.checked`` that reports a message itself and succeeds."""
+    saved = list(registry)
+
+    @handler("sentry.checked", group="sentry-test")
+    def report(event: Any) -> None:
+        sentry_sdk.capture_message("seen by the handler")
+
+    yield
+    registry.clear()
+    for entry in saved:
+        registry.add(entry)
+
+
+def test_what_a_handler_reports_itself_carries_the_events_tags(reported, reporting_handler):
+    event = publish("sentry.checked", {"n": 1})
+    assert deliver(["sentry-test"]) == 1
+    (report,) = reported
+    assert report["message"] == "seen by the handler"
+    assert report["tags"]["django_events.event_id"] == str(event.id)
+    assert report["tags"]["django_events.group"] == "sentry-test"
+    assert report["tags"]["django_events.attempt"] == "1"
 
 
 def test_before_sentry_is_initialised_the_hook_is_the_shared_no_op(monkeypatch):
