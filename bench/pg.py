@@ -169,7 +169,13 @@ class Consumers:
     ``n`` pre-published events: from the first relayed batch to the last handled event.
     """
 
-    def __init__(self, processes: int = 2, dbname: str = BENCH_DB, group: str = "bench") -> None:
+    def __init__(
+        self,
+        processes: int = 2,
+        dbname: str = BENCH_DB,
+        group: str = "bench",
+        environ: dict[str, str] | None = None,
+    ) -> None:
         self.dbname = dbname
         self.procs = [
             subprocess.Popen(
@@ -183,7 +189,7 @@ class Consumers:
                     "--verbosity",
                     "0",
                 ],
-                env=env(DJANGO_EVENTS_BENCH_DB=dbname),
+                env=env(DJANGO_EVENTS_BENCH_DB=dbname, **(environ or {})),
                 cwd=ROOT,
             )
             for _ in range(processes)

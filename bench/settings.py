@@ -2,6 +2,7 @@
 
 import os
 
+from bench import otel
 from tests.settings_postgres import *  # noqa: F403
 from tests.settings_postgres import DATABASES, INSTALLED_APPS
 
@@ -20,3 +21,7 @@ if os.environ.get("DJANGO_EVENTS_BENCH_REDIS_PREFIX"):  # R1's worker: the Redis
     }
 if os.environ.get("DJANGO_EVENTS_BENCH_SIGNING"):  # R1 with signatures on (docs/services.md)
     DJANGO_EVENTS["SIGNING_KEYS"] = {"bench": "bench-secret-" + "x" * 32}
+if os.environ.get("DJANGO_EVENTS_BENCH_OTEL") == "absent":  # O1's workers (bench/otel.py)
+    otel.block_import()
+elif os.environ.get("DJANGO_EVENTS_BENCH_OTEL") == "on":
+    otel.install_sdk()

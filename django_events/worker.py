@@ -23,7 +23,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
-from . import failpoints, inbox, instrumentation, logfields, signals
+from . import failpoints, inbox, instrumentation, logfields, sentry, signals
 from .conf import get_settings
 from .envelope import Event
 from .exceptions import BackgroundThreadDied, PermanentFailure, TransportUnavailable
@@ -412,6 +412,7 @@ class Worker:
                         connection.execute_wrapper(savepoint),
                         handling(event),
                         instrumentation.consuming(item, event),
+                        sentry.reporting(item),
                         self._watchdog.paused(),
                     ):
                         handler.call(event)
@@ -499,6 +500,7 @@ class Worker:
                     with (
                         handling(event),
                         instrumentation.consuming(claimed, event),
+                        sentry.reporting(claimed),
                         self._watchdog.paused(),
                     ):
                         handler.call(event)

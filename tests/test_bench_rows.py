@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 
-from bench import private, runner
+import pytest
+
+from bench import private, runner, scenarios
 from bench.scenarios import b1_bloat, h1_held_snapshot
 
 # Real pg_waldump lines (PostgreSQL 15): a catalog prune, a sequence, a heap insert, two
@@ -82,3 +84,31 @@ def test_regenerated_docs_keep_the_hand_written_section(tmp_path):
     assert "| W1 | wal |" in text and "\nold\n" not in text
     runner.write_docs(results, page)  # and again: kept once, not twice
     assert page.read_text().count(runner.KEEP) == 1
+
+
+def test_o1_states_are_what_their_rows_say():
+    """O1 compares OpenTelemetry absent, installed without an SDK, and on: each state
+    must be the one the hooks see, or the rows compare a state with itself."""
+    pytest.importorskip("opentelemetry.sdk")
+    from bench import otel
+    from bench.scenarios import o1_otel
+    from django_events import instrumentation
+
+    assert o1_otel in scenarios.load()
+    seen = {}
+    try:
+        for mode in otel.MODES:
+            otel.set_mode(mode)
+            seen[mode] = (
+                instrumentation.otel is not None,
+                instrumentation.tracing_enabled(),
+                instrumentation.metrics_enabled(),
+            )
+    finally:
+        otel.set_mode("off")
+    assert seen == {
+        "absent": (False, False, False),
+        "off": (True, False, False),
+        "on": (True, True, True),
+    }
+    assert not instrumentation.tracing_enabled()

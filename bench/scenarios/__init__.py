@@ -25,6 +25,7 @@ MODULES = [
     "r1_redis",
     "q1_sqs",
     "admin_changelist",
+    "o1_otel",
 ]
 
 
