@@ -85,6 +85,9 @@ def test_a_pause_from_the_admin_records_who_and_why_in_the_row_and_the_log(clien
 
     page = client.get(STATUS).content.decode()
     assert "PAUSED</strong> (test.happened) by alice since" in page and "CRM down" in page
+    listed = client.get(f"{PAUSES}?group=beta")
+    assert listed.status_code == 200, listed.content.decode()[:500]
+    assert 'class="action-select"' in listed.content.decode()
 
     resume_post(client, row)
     assert not Pause.objects.exists()
