@@ -1037,7 +1037,7 @@ class PauseForm(forms.ModelForm):
         fields = ("group", "event_type", "reason")
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data: dict[str, Any] = super().clean() or {}
         if "group" in data:
             try:
                 pauses.check_target(data["group"], data.get("event_type") or "")
@@ -1085,7 +1085,7 @@ class PauseAdmin(DeclaredLookupsOnly):
 
     def construct_change_message(
         self, request: HttpRequest, form: Any, formsets: Any, add: bool = False
-    ) -> str:
+    ) -> Any:  # the admin log's message: a string is kept as written
         return f"Paused: {form.instance.reason}"
 
     @admin.display(description="event type")

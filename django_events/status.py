@@ -23,8 +23,8 @@ def collect() -> dict[str, Any]:
     for row in declared:
         services.setdefault(row.group, set()).add(row.service)
     paused: dict[str, list[dict[str, Any]]] = {}
-    for row in pauses.current(transport.database):
-        paused.setdefault(row.group, []).append(pauses.describe(row))
+    for pause in pauses.current(transport.database):
+        paused.setdefault(pause.group, []).append(pauses.describe(pause))
     groups_known = sorted({*registry.groups(), *conf.groups, *dead, *services, *paused})
     groups: dict[str, Any] = {}
     for name, state in transport.status(groups_known).items():
