@@ -1203,7 +1203,6 @@ class QueueStatusAdmin(PageAdmin):
             group["dead_url"] = _url(
                 "deadletter_changelist", query={"group": name, "state__exact": "open"}
             )
-            group["pause_url"] = _url("pause_add", query={"group": name})
         return self._page(
             request,
             "admin/django_events/status.html",
@@ -1211,6 +1210,7 @@ class QueueStatusAdmin(PageAdmin):
             title="Queue status",
             can_pause=request.user.has_perm(pauses.PERMISSION),
             pauses_url=_url("pause_changelist"),
+            pause_add_url=_url("pause_add"),
         )
 
 
