@@ -27,8 +27,10 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.models import DELETION
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import flatten_fieldsets, get_fields_from_path
 from django.core.exceptions import PermissionDenied
@@ -52,7 +54,7 @@ from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
-from . import edit_retry, export, failure_counts, subscriptions, triage
+from . import edit_retry, export, failure_counts, pauses, subscriptions, triage
 from .conf import get_settings
 from .exceptions import InvalidEvent
 from .models import (
@@ -61,6 +63,7 @@ from .models import (
     EventRecord,
     FailureGroup,
     InboxRecord,
+    Pause,
     QueueStatus,
     Subscription,
 )
@@ -1023,6 +1026,94 @@ def _store_key(row: Subscription) -> str:
     return json.dumps([row.service, row.group, row.event_type], separators=(",", ":"))
 
 
+# --------------------------------------------------------------------------- pauses
+
+
+class PauseForm(forms.ModelForm):
+    """A new pause: the group (and type) must be one some service declares."""
+
+    class Meta:
+        model = Pause
+        fields = ("group", "event_type", "reason")
+
+    def clean(self) -> dict[str, Any]:
+        data: dict[str, Any] = super().clean() or {}
+        if "group" in data:
+            try:
+                pauses.check_target(data["group"], data.get("event_type") or "")
+            except ValueError as exc:
+                raise forms.ValidationError(str(exc)) from exc
+        return data
+
+
+@admin.register(Pause)
+class PauseAdmin(DeclaredLookupsOnly):
+    """Paused groups and types. Adding one pauses, "Resume selected" resumes; both need
+    ``django_events.pause_group`` and are written to the admin log. Workers see either
+    within one poll (:mod:`django_events.pauses`)."""
+
+    form = PauseForm
+    list_display = ("group", "event_type_shown", "paused_by", "paused_at", "reason")
+    list_filter = ("group",)
+    ordering = ("group", "event_type")
+    actions = ("resume_selected",)
+    readonly_fields = ("paused_by", "paused_at")
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        user = request.user
+        return user.has_perm("django_events.view_pause") or self.has_pause_group_permission(request)
+
+    def has_pause_group_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(pauses.PERMISSION)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_pause_group_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {k: request.GET[k] for k in ("group", "event_type") if k in request.GET}
+
+    def save_model(self, request: HttpRequest, obj: Pause, form: Any, change: bool) -> None:
+        obj.paused_by = request.user.get_username()
+        obj.save(using=transports["default"].database)
+        obj.refresh_from_db(fields=["paused_at"])
+
+    def construct_change_message(
+        self, request: HttpRequest, form: Any, formsets: Any, add: bool = False
+    ) -> Any:  # the admin log's message: a string is kept as written
+        return f"Paused: {form.instance.reason}"
+
+    @admin.display(description="event type")
+    def event_type_shown(self, obj: Pause) -> str:
+        return obj.event_type or "(whole group)"
+
+    @admin.action(description="Resume selected", permissions=["pause_group"])
+    def resume_selected(self, request: HttpRequest, queryset: QuerySet[Pause]) -> None:
+        using = transports["default"].database
+        resumed = []
+        for row in queryset:
+            try:
+                done = pauses.resume(row.group, event_type=row.event_type, using=using)
+            except pauses.NotPaused:
+                continue  # resumed meanwhile by someone else
+            pauses.audit(
+                request.user, done, DELETION, f"Resumed (paused by {done.paused_by}: {done.reason})"
+            )
+            resumed.append(str(done))
+        self.message_user(
+            request,
+            f"Resumed {', '.join(resumed)}: workers claim again within one poll."
+            if resumed
+            else "Nothing was paused any more.",
+            messages.SUCCESS if resumed else messages.WARNING,
+        )
+
+
 # --------------------------------------------------------------------------- pages
 
 
@@ -1113,7 +1204,13 @@ class QueueStatusAdmin(PageAdmin):
                 "deadletter_changelist", query={"group": name, "state__exact": "open"}
             )
         return self._page(
-            request, "admin/django_events/status.html", report=report, title="Queue status"
+            request,
+            "admin/django_events/status.html",
+            report=report,
+            title="Queue status",
+            can_pause=request.user.has_perm(pauses.PERMISSION),
+            pauses_url=_url("pause_changelist"),
+            pause_add_url=_url("pause_add"),
         )
 
 

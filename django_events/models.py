@@ -304,6 +304,38 @@ class Subscription(models.Model):
         return f"{self.service}: {self.group} on {self.event_type}"
 
 
+class Pause(models.Model):
+    """A consumer group, or one event type of it, that workers do not claim for now.
+
+    Events keep arriving (the relay still fans out); workers read this small table once
+    per poll (:mod:`django_events.pauses`) and leave what it names unclaimed until the
+    row is deleted (resumed). ``event_type`` empty pauses the whole group.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    group = models.CharField(max_length=100)
+    event_type = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="Empty: the whole group is paused; otherwise only this event type of it.",
+    )
+    paused_by = models.CharField(max_length=150, blank=True, default="")
+    paused_at = models.DateTimeField(db_default=Now())
+    reason = models.TextField()
+
+    class Meta:
+        db_table = "django_events_pause"
+        default_permissions = ("view",)
+        permissions = [("pause_group", "Can pause and resume a consumer group's consumption")]
+        constraints = [
+            models.UniqueConstraint(fields=["group", "event_type"], name="django_events_pause_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group} ({self.event_type})" if self.event_type else self.group
+
+
 class FailureGroup(DeadLetter):
     """Open dead letters grouped by fingerprint: an admin page, no table of its own."""
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import connections
 
-from . import failure_counts, sql, subscriptions
+from . import failure_counts, pauses, sql, subscriptions
 from .conf import get_settings
 from .models import Subscription
 from .registry import registry
@@ -22,7 +22,10 @@ def collect() -> dict[str, Any]:
     services: dict[str, set[str]] = {}
     for row in declared:
         services.setdefault(row.group, set()).add(row.service)
-    groups_known = sorted({*registry.groups(), *conf.groups, *dead, *services})
+    paused: dict[str, list[dict[str, Any]]] = {}
+    for pause in pauses.current(transport.database):
+        paused.setdefault(pause.group, []).append(pauses.describe(pause))
+    groups_known = sorted({*registry.groups(), *conf.groups, *dead, *services, *paused})
     groups: dict[str, Any] = {}
     for name, state in transport.status(groups_known).items():
         groups[name] = {
@@ -34,6 +37,8 @@ def collect() -> dict[str, Any]:
             "retrying": state.retrying,
             "parked": state.parked,
             "lagging": state.lagging,
+            # The group's pauses: one with event_type None pauses all of it.
+            "paused": paused.get(name, []),
         }
     unrelayed, oldest = 0, None
     for using in conf.outbox_databases:

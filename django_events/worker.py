@@ -23,7 +23,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
-from . import failpoints, inbox, instrumentation, logfields, sentry, signals
+from . import failpoints, inbox, instrumentation, logfields, pauses, sentry, signals
 from .conf import get_settings
 from .envelope import Event
 from .exceptions import BackgroundThreadDied, PermanentFailure, TransportUnavailable
@@ -165,6 +165,8 @@ class Worker:
         self.database = self.transport.database
         self.batch_transactions = conf.batch_transactions
         self._watchdog = Watchdog(conf.call_timeout)
+        self._pauses = pauses.PauseSet(self.database, self.poll_interval)
+        self._warned_type_pause = False
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.running = True
         self.handled = 0
@@ -276,7 +278,7 @@ class Worker:
                 waiter.wait(wait)
                 continue
             try:
-                self.transport.wait(self.groups, wait)
+                self.transport.wait(self._pauses.get().claimable(self.groups), wait)
             except TransportUnavailable:
                 logger.warning("Transport unavailable while waiting", exc_info=True)
                 time.sleep(self.poll_interval)
@@ -340,14 +342,26 @@ class Worker:
         return len(claimed)
 
     def _claim(self) -> list[Claimed]:
+        # Paused groups and types are left unclaimed; the pause set is read at most once
+        # per poll interval, so a pause or a resume takes effect within one poll.
+        paused = self._pauses.get()
+        groups = paused.claimable(self.groups) if paused else self.groups
+        if not groups:
+            return []
         if self.types is None:
+            if paused.types and not self._warned_type_pause:
+                self._warned_type_pause = True
+                logger.warning(
+                    "Transport %r cannot leave one event type unclaimed: pauses of a single "
+                    "type are ignored here, only whole groups pause",
+                    self.transport.alias,
+                )
             return self.transport.claim(
-                self.groups, self.batch_size, self.lease, max_bytes=self.batch_bytes
+                groups, self.batch_size, self.lease, max_bytes=self.batch_bytes
             )
+        types = paused.filter_types(self.types) if paused else self.types
         claim = cast(FiltersTypes, self.transport).claim
-        return claim(
-            self.groups, self.batch_size, self.lease, types=self.types, max_bytes=self.batch_bytes
-        )
+        return claim(groups, self.batch_size, self.lease, types=types, max_bytes=self.batch_bytes)
 
     def _handle_together(self, claimed: list[Claimed]) -> list[Claimed]:
         """Handle each group's share of the batch in one transaction, sharing one commit.

@@ -59,6 +59,18 @@ class Command(BaseCommand):
             else:
                 out.write(line)
 
+    def _pauses(self, report: dict[str, Any]) -> None:
+        """What is paused, by whom, since when and why: workers leave it unclaimed."""
+        for name, group in report["groups"].items():
+            for row in group.get("paused", ()):
+                what = f"type {row['event_type']} of group {name}" if row["event_type"] else name
+                self.stdout.write(
+                    self.style.WARNING(
+                        f"PAUSED {what} by {row['paused_by'] or '?'} since {row['paused_at']}: "
+                        f"{row['reason']}"
+                    )
+                )
+
     def _table(self, report: dict[str, Any]) -> None:
         out = self.stdout
         out.write(
@@ -70,6 +82,7 @@ class Command(BaseCommand):
                 f"{name:<24}{g['pending']:>9}{g['in_flight']:>11}{g['dead']:>7}{age:>12}  "
                 f"{', '.join(g['services']) or '-'}"
             )
+        self._pauses(report)
         self._subscriptions(report)
         box = report["outbox"]
         age = "-" if box["oldest_age_s"] is None else f"{box['oldest_age_s']:.1f}s"
