@@ -18,5 +18,15 @@ if os.environ.get("DJANGO_EVENTS_BENCH_REDIS_PREFIX"):  # R1's worker: the Redis
             },
         }
     }
+if os.environ.get("DJANGO_EVENTS_BENCH_RABBITMQ_PREFIX"):  # A1's worker: RabbitMQ
+    DJANGO_EVENTS["TRANSPORTS"] = {
+        "default": {
+            "BACKEND": "django_events.transports.rabbitmq.RabbitMQTransport",
+            "OPTIONS": {
+                "url": os.environ["DJANGO_EVENTS_BENCH_RABBITMQ_URL"],
+                "prefix": os.environ["DJANGO_EVENTS_BENCH_RABBITMQ_PREFIX"],
+            },
+        }
+    }
 if os.environ.get("DJANGO_EVENTS_BENCH_SIGNING"):  # R1 with signatures on (docs/services.md)
     DJANGO_EVENTS["SIGNING_KEYS"] = {"bench": "bench-secret-" + "x" * 32}
