@@ -18,7 +18,7 @@ if os.environ.get("DJANGO_EVENTS_BENCH_REDIS_PREFIX"):  # R1's worker: the Redis
             },
         }
     }
-if os.environ.get("DJANGO_EVENTS_BENCH_RABBITMQ_PREFIX"):  # A1's worker: RabbitMQ
+if os.environ.get("DJANGO_EVENTS_BENCH_RABBITMQ_PREFIX"):  # RQ1's worker: RabbitMQ
     DJANGO_EVENTS["TRANSPORTS"] = {
         "default": {
             "BACKEND": "django_events.transports.rabbitmq.RabbitMQTransport",

@@ -24,7 +24,7 @@ MODULES = [
     "m1_memory",
     "r1_redis",
     "q1_sqs",
-    "a1_rabbitmq",
+    "rq1_rabbitmq",
     "admin_changelist",
 ]
 

@@ -1,4 +1,4 @@
-"""A1: the RabbitMQ transport against raw pika doing the same AMQP work.
+"""RQ1: the RabbitMQ transport against raw pika doing the same AMQP work.
 
 Publish: ``transport.publish_to_all`` (the relay's call) of N events, 1,000 per call,
 through the topic exchange to one bound quorum queue, returning once the broker confirmed
@@ -26,7 +26,7 @@ from typing import Any
 from bench import pg
 from bench.runner import Context, Goal, Row, alternate, na_row, percentile, ratio_row
 
-ID = "A1"
+ID = "RQ1"
 TITLE = "RabbitMQ transport"
 BASELINE = "raw pika, confirms on"
 GOAL: Goal | None = Goal(">=", 0.6)
@@ -64,7 +64,7 @@ def _transport(prefix: str) -> Any:
 
 def _fresh() -> tuple[Any, str]:
     """A transport under a new prefix, its exchange, queues and bindings declared."""
-    prefix = f"bench-a1.{uuid.uuid4().hex[:8]}"
+    prefix = f"bench-rq1.{uuid.uuid4().hex[:8]}"
     transport = _transport(prefix)
     transport.setup(transport.context.subscriptions())
     return transport, prefix
@@ -200,7 +200,7 @@ def throughput_rows(ctx: Context) -> list[Row]:
     note = f"{n:,} events of about 200 bytes, one quorum queue, in this process"
     return [
         ratio_row(
-            "A1.publish",
+            "RQ1.publish",
             f"{TITLE}: publish_to_all (relay side), {BATCH:,} per call, confirmed",
             f"raw pika basic_publish, {BATCH:,} then wait for their confirms",
             "throughput",
@@ -212,7 +212,7 @@ def throughput_rows(ctx: Context) -> list[Row]:
             notes=note + "; both through the topic exchange, persistent messages",
         ),
         ratio_row(
-            "A1.consume",
+            "RQ1.consume",
             f"{TITLE}: claim + ack_many, prefetch {PREFETCH}",
             f"raw basic_consume, prefetch {PREFETCH}, one multiple ack per {PREFETCH}",
             "throughput",
@@ -311,7 +311,7 @@ def latency_rows(ctx: Context) -> list[Row]:
     count = int(RATE * ctx.size(4, 0.8))
     files = {}
     for name in ("events", "raw"):
-        fd, files[name] = tempfile.mkstemp(prefix=f"bench-a1-{name}-", suffix=".txt")
+        fd, files[name] = tempfile.mkstemp(prefix=f"bench-rq1-{name}-", suffix=".txt")
         os.close(fd)
     worker = subprocess.Popen(
         [sys.executable, "-m", "django", "consume_events", "--group", "bench_latency", "-v0"],
@@ -369,7 +369,7 @@ def latency_rows(ctx: Context) -> list[Row]:
     )
     return [
         ratio_row(
-            f"A1.{name}",
+            f"RQ1.{name}",
             f"{TITLE}: commit-to-handler latency at 100 events/s",
             "raw confirmed publish to a waiting consumer",
             f"{name} latency",
