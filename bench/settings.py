@@ -19,6 +19,16 @@ if os.environ.get("DJANGO_EVENTS_BENCH_REDIS_PREFIX"):  # R1's worker: the Redis
             },
         }
     }
+if os.environ.get("DJANGO_EVENTS_BENCH_RABBITMQ_PREFIX"):  # RQ1's worker: RabbitMQ
+    DJANGO_EVENTS["TRANSPORTS"] = {
+        "default": {
+            "BACKEND": "django_events.transports.rabbitmq.RabbitMQTransport",
+            "OPTIONS": {
+                "url": os.environ["DJANGO_EVENTS_BENCH_RABBITMQ_URL"],
+                "prefix": os.environ["DJANGO_EVENTS_BENCH_RABBITMQ_PREFIX"],
+            },
+        }
+    }
 if os.environ.get("DJANGO_EVENTS_BENCH_SIGNING"):  # R1 with signatures on (docs/services.md)
     DJANGO_EVENTS["SIGNING_KEYS"] = {"bench": "bench-secret-" + "x" * 32}
 if os.environ.get("DJANGO_EVENTS_BENCH_OTEL") == "absent":  # O1's workers (bench/otel.py)

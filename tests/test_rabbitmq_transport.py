@@ -310,3 +310,20 @@ def test_an_ordered_group_has_one_active_consumer_and_keeps_each_keys_order(rabb
         assert claim_until(rabbit, ["sequence"], 1, timeout=1.0) == [], "one active consumer"
     finally:
         active.close()
+
+
+def test_an_ack_of_later_deliveries_leaves_earlier_ones_held(rabbit):
+    """Acks go as one ``multiple`` ack only when nothing below the highest tag is still
+    held: acking a later claim first must not ack an earlier one, which comes again
+    once the connection that held it closes."""
+    events = [make_event(TYPE) for _ in range(6)]
+    rabbit.publish(events, [(TYPE, "alpha", False)])
+    first = claim_until(rabbit, ["alpha"], 3, limit=3)
+    second = claim_until(rabbit, ["alpha"], 3, limit=3)
+    assert len(first) == len(second) == 3
+    assert rabbit.ack_many(second) == second
+    rabbit.close()  # what it still held unacked goes back to the broker
+    again = claim_until(rabbit, ["alpha"], 3, timeout=5, limit=10)
+    assert sorted(c.event_id for c in again) == sorted(c.event_id for c in first)
+    assert rabbit.ack_many(again) == again
+    assert claim_until(rabbit, ["alpha"], 1, timeout=1.0) == [], "the later ones were acked"

@@ -24,6 +24,7 @@ MODULES = [
     "m1_memory",
     "r1_redis",
     "q1_sqs",
+    "rq1_rabbitmq",
     "admin_changelist",
     "o1_otel",
 ]

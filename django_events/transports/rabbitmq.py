@@ -121,6 +121,7 @@ class _Link:
         self._published = 0
         self._nacked: list[int] = []
         self._pending_single: set[int] = set()
+        self.unsettled: set[int] = set()  # delivery tags of this channel not acked or nacked
 
     def open(self) -> Any:
         if self.connection is None or not self.connection.is_open:
@@ -135,6 +136,7 @@ class _Link:
         if self.channel is None or not self.channel.is_open:
             self.channel = self.connection.channel()
             self.generation += 1
+            self.unsettled = set()
             self._confirmed = self._published = 0
             self._nacked = []
             self._select_confirms()
@@ -198,14 +200,20 @@ class _Link:
                 raise
 
     def answer(self, channel: Any, tags: Sequence[int], *, requeue: bool | None = None) -> None:
-        """Ack ``tags`` (or, with ``requeue``, nack them) in one write: pika's blocking
+        """Ack ``tags`` (or, with ``requeue``, nack them), polling once: pika's blocking
         channel flushes and polls after each, which made acks three quarters of a
-        worker's time."""
-        for tag in tags:
-            if requeue is None:
-                channel._impl.basic_ack(delivery_tag=tag)
-            else:
-                channel._impl.basic_nack(delivery_tag=tag, requeue=requeue)
+        worker's time. When no other delivery below the highest tag is unsettled, one
+        ``multiple`` ack covers them all: each frame is a socket write of its own."""
+        self.unsettled.difference_update(tags)
+        top = max(tags, default=0)
+        if requeue is None and tags and not any(tag < top for tag in self.unsettled):
+            channel._impl.basic_ack(delivery_tag=top, multiple=True)
+        else:
+            for tag in tags:
+                if requeue is None:
+                    channel._impl.basic_ack(delivery_tag=tag)
+                else:
+                    channel._impl.basic_nack(delivery_tag=tag, requeue=requeue)
         self.connection.process_data_events(time_limit=0)
 
     def reset(self) -> None:
@@ -481,6 +489,8 @@ class RabbitMQTransport(Transport):
     ) -> None:
         """A delivery: decoded into the buffer, where the next claim takes it."""
         receipt = Receipt(generation, method.delivery_tag, queue, properties, body)
+        if generation == self._sub.generation:
+            self._sub.unsettled.add(method.delivery_tag)
         self._buffer.append(self._claimed(group, receipt))
 
     def _pull(self, groups: Sequence[str], wait: float) -> None:
@@ -603,6 +613,7 @@ class RabbitMQTransport(Transport):
                     method, properties, body = channel.basic_get(queue)
                     if method is None:
                         break
+                    self._sub.unsettled.add(method.delivery_tag)
                     receipt = Receipt(
                         self._sub.generation, method.delivery_tag, queue, properties, body, True
                     )

@@ -5,7 +5,8 @@
 instead, so a test can prove that the checker sees the fault the real engine prevents:
 
 ``ack_first``
-    every claimed event is acknowledged (deleted) at once, before its handler runs;
+    every claimed event is acknowledged (deleted; on RabbitMQ, acked to the broker) at
+    once, before its handler runs;
     ``DJANGO_EVENTS_FAULTS_ACK_GAP`` seconds pass between that ack and the handlers (a
     handler's working time), so that a kill lands in the window rather than by luck.
 ``no_inbox``
@@ -54,6 +55,7 @@ def apply_controls(names: list[str]) -> None:
 
             DatabaseTransport.claim = claim_and_ack  # type: ignore[method-assign]
             DatabaseTransport.acks_in_transaction = False
+            _ack_first_on_rabbitmq(gap)
         elif name == "no_inbox":
             inbox.record = lambda *args, **kwargs: True  # type: ignore[assignment]
             inbox.record_many = lambda using, slots: set(slots)  # type: ignore[attr-defined]
@@ -102,6 +104,24 @@ def apply_controls(names: list[str]) -> None:
                 module.decode_failure = undefended  # type: ignore[attr-defined]
         elif name:
             raise SystemExit(f"unknown control {name!r}")
+
+
+def _ack_first_on_rabbitmq(gap: float) -> None:
+    """``ack_first`` on RabbitMQ too: each claimed batch acked to the broker at once."""
+    try:
+        from django_events.transports.rabbitmq import RabbitMQTransport
+    except ImportError:  # pika not installed: no RabbitMQ row runs
+        return
+    claim = RabbitMQTransport.claim
+
+    def claim_and_ack(self, *args, _claim=claim, _gap=gap, **kwargs):  # type: ignore[no-untyped-def]
+        claimed = _claim(self, *args, **kwargs)
+        self.ack_many(claimed)  # the broker forgets them before they are handled
+        if claimed and _gap:
+            time.sleep(_gap)
+        return claimed
+
+    RabbitMQTransport.claim = claim_and_ack  # type: ignore[method-assign]
 
 
 def main() -> None:
