@@ -108,3 +108,29 @@ def test_consume_events_exits_non_zero_when_a_background_thread_dies(monkeypatch
             call_command("consume_events", "--group", "alpha", "--no-relay")
     finally:
         stop.cancel()
+
+
+def test_consume_events_started_while_the_database_is_away_waits_for_it(tmp_path):
+    """A worker started during a database restart (F6 caught one) does not die declaring
+    its subscriptions: it says so and its loop waits for the database as for any outage."""
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings_postgres", "PGPORT": "1"}
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "django", "consume_events"], stdout=out, stderr=out, env=env
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "Database error; retrying" not in log.read_text():
+                assert worker.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            assert worker.poll() is None, "the worker waits for the database"
+            assert "Subscriptions not declared now" in log.read_text()
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from ...exceptions import BackgroundThreadDied, TransportUnavailable
 from ...health import HealthFile
@@ -59,7 +60,9 @@ class Command(BaseCommand):
         # deploy, and only a deploy (migrate, setup_events) replaces the service's set.
         try:
             declare_current(replace=False)
-        except TransportUnavailable as exc:  # Redis down: its own relay still serves it
+        except (DatabaseError, TransportUnavailable) as exc:
+            # The store is away (a database restarting, Redis down): the worker's loop waits
+            # for it as for any outage, and the deploy's migrate declared them already.
             self.stderr.write(f"Subscriptions not declared now ({exc}); migrate declared them.")
         worker = Worker(groups, relay=not options["no_relay"], batch_size=options["batch_size"])
         health = HealthFile(options["health_file"]) if options["health_file"] else None
