@@ -75,6 +75,7 @@ ATTEMPTS = "attempts"
 """Header: attempts made before this message was published again (a retry)."""
 FIRST_FAILED = "first_failed_at"
 _OPTIONS = {"url", "prefix", "heartbeat", "dead_letter_poll", "database"}
+# StreamLostError (a dropped socket) is an AMQPConnectionError, so it is in here too.
 _UNAVAILABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionClosed, OSError)
 
 R = TypeVar("R")
@@ -82,7 +83,7 @@ R = TypeVar("R")
 
 def _unavailable(exc: Exception) -> str | None:
     """The broker out of reach (or a connection it closed) is ``TransportUnavailable``."""
-    if isinstance(exc, (*_UNAVAILABLE, pika.exceptions.StreamLostError)):
+    if isinstance(exc, _UNAVAILABLE):
         return f"RabbitMQ is unavailable: {type(exc).__name__}: {exc}"
     return None
 
@@ -195,7 +196,7 @@ class _Link:
         with self.lock:
             try:
                 return work(self.open())
-            except (*_UNAVAILABLE, pika.exceptions.StreamLostError):
+            except _UNAVAILABLE:
                 self.reset()
                 raise
 
@@ -453,7 +454,7 @@ class RabbitMQTransport(Transport):
         with self._pub.lock:
             try:
                 self._pub.publish_confirmed(messages)
-            except (*_UNAVAILABLE, pika.exceptions.StreamLostError):
+            except _UNAVAILABLE:
                 self._pub.reset()
                 raise
 
@@ -701,7 +702,7 @@ class RabbitMQTransport(Transport):
                 return []
             try:
                 self._sub.call(lambda ch: self._sub.answer(ch, [c.receipt.tag for c in held]))
-            except (*_UNAVAILABLE, pika.exceptions.StreamLostError):
+            except _UNAVAILABLE:
                 return []
             return held
 
@@ -722,7 +723,7 @@ class RabbitMQTransport(Transport):
                         item.group,
                     )
             if self._sub.connection is not None and self._sub.connection.is_open:
-                with contextlib.suppress(*_UNAVAILABLE, pika.exceptions.StreamLostError):
+                with contextlib.suppress(*_UNAVAILABLE):
                     self._sub.connection.process_data_events(time_limit=0)
 
     def release(self, claimed: Sequence[Claimed]) -> None:
@@ -764,7 +765,7 @@ class RabbitMQTransport(Transport):
             with self._pub.lock:
                 try:
                     self._pub.publish_confirmed([message])
-                except (*_UNAVAILABLE, pika.exceptions.StreamLostError):
+                except _UNAVAILABLE:
                     self._pub.reset()
                     raise
             self._settle([claimed])
