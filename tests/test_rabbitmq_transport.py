@@ -327,3 +327,17 @@ def test_an_ack_of_later_deliveries_leaves_earlier_ones_held(rabbit):
     assert sorted(c.event_id for c in again) == sorted(c.event_id for c in first)
     assert rabbit.ack_many(again) == again
     assert claim_until(rabbit, ["alpha"], 1, timeout=1.0) == [], "the later ones were acked"
+
+
+def test_an_ack_after_the_lease_ran_out_settles_what_nobody_took_back(rabbit):
+    """A lease that ran out with no claim since (nothing gave the message back) is still
+    this channel's delivery: the ack settles it. Dropping it unsettled would hold a
+    prefetch slot, and the event, until the connection closed."""
+    event = make_event(TYPE)
+    rabbit.publish([event], [(TYPE, "alpha", False)])
+    [claimed] = claim_until(rabbit, ["alpha"], 1, lease=0.2)
+    time.sleep(0.4)
+    assert rabbit.ack_many([claimed]) == [claimed]
+    assert claim_until(rabbit, ["alpha"], 1, timeout=1.0) == [], "acked, not held unsettled"
+    rabbit.close()  # anything left unsettled would come back now
+    assert claim_until(rabbit, ["alpha"], 1, timeout=2.0) == [], "nothing was left unsettled"

@@ -690,11 +690,19 @@ class RabbitMQTransport(Transport):
             and lease[0] > time.monotonic()
         )
 
+    def _still_ours(self, claimed: Claimed) -> bool:
+        """Whether the broker still holds this delivery for us: its channel is the current
+        one and ``_expire`` has not given it back. A lease that ran out but was not given
+        back yet has not been lost (nobody else can have the message), so it is settled:
+        leaving it unsettled would hold a prefetch slot until the connection closes."""
+        key = (claimed.receipt.generation, claimed.receipt.tag)
+        return claimed.receipt.generation == self._sub.generation and key in self._leases
+
     def _settle(self, claimed: Sequence[Claimed]) -> list[Claimed]:
-        """Ack what still holds; return those acked. A connection lost meanwhile gave the
+        """Ack what is still ours; return those acked. A connection lost meanwhile gave the
         messages back to the broker: they come again, and the inbox skips them."""
         with self._sub.lock:
-            held = [c for c in claimed if self._holds(c)]
+            held = [c for c in claimed if self._still_ours(c)]
             for item in claimed:
                 self._leases.pop((item.receipt.generation, item.receipt.tag), None)
             self._free(held)
