@@ -123,3 +123,25 @@ def test_setup_events_is_a_no_op_for_the_database_transport():
 def test_setup_events_names_an_unknown_transport_alias():
     with pytest.raises(CommandError, match="nope"):
         call_command("setup_events", "--transport", "nope")
+
+
+def test_stop_on_signals_stops_on_the_first_signal_and_restores_the_handlers_it_found():
+    """A command run from a program leaves that program's own handlers in place."""
+    import os
+    import signal
+
+    from django_events.management import SIGNALS, stop_on_signals
+
+    def ours(signum, frame):  # the program's own handler
+        raise AssertionError("not while the command runs")
+
+    before = {sig: signal.signal(sig, ours) for sig in SIGNALS}
+    stopped: list[bool] = []
+    try:
+        with stop_on_signals(lambda: stopped.append(True)):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stopped == [True]
+        assert all(signal.getsignal(sig) is ours for sig in SIGNALS)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

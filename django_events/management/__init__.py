@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from django.core.management.base import BaseCommand
@@ -32,8 +33,15 @@ def run_runtime_checks(command: BaseCommand, options: dict[str, Any]) -> None:
         command.check(tags=[RUNTIME_TAG], include_deployment_checks=True)
 
 
-def stop_on_signals(stop: Callable[[], None]) -> None:
-    """First SIGTERM/SIGINT/SIGQUIT: finish the current event and stop. Second: exit at once."""
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """First SIGTERM/SIGINT/SIGQUIT: finish the current event and stop. Second: exit at once.
+    The handlers that were there before come back on leaving, so a command run from a
+    program (``call_command``, a test) does not leave its handlers behind in it."""
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
 
     def first(signum: int, frame: Any) -> None:
         logging.getLogger("django_events").warning(
@@ -41,11 +49,16 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
             signal.Signals(signum).name,
         )
         stop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        for sig in SIGNALS:
             signal.signal(sig, second)
 
     def second(signum: int, frame: Any) -> None:
         sys.exit(1)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+    for sig in SIGNALS:
         signal.signal(sig, first)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -68,10 +69,12 @@ class Command(BaseCommand):
         health = HealthFile(options["health_file"]) if options["health_file"] else None
         if health:
             worker.on_loop = health.touch
-        if not options["once"]:
-            stop_on_signals(worker.stop)
+        # --once is also run from programs (call_command), maybe off the main thread, where
+        # signal handlers cannot be set; a one-off pass has nothing to stop gracefully.
+        signals = nullcontext() if options["once"] else stop_on_signals(worker.stop)
         try:
-            worker.run(once=options["once"], wait_for_retries=ONCE_WAITS_FOR_RETRIES)
+            with signals:
+                worker.run(once=options["once"], wait_for_retries=ONCE_WAITS_FOR_RETRIES)
         except BackgroundThreadDied as exc:
             raise CommandError(str(exc)) from exc
         finally:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -18,6 +19,5 @@ class Command(BaseCommand):
         configure_logging(options["verbosity"])
         # A worker with no groups only relays, with the same wake-ups and error handling.
         worker = Worker([], relay=True)
-        if not options["once"]:
-            stop_on_signals(worker.stop)
-        worker.run(once=options["once"])
+        with nullcontext() if options["once"] else stop_on_signals(worker.stop):
+            worker.run(once=options["once"])
