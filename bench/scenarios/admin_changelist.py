@@ -42,6 +42,8 @@ PAGES: dict[str, str] = {
     "event log by type": "/admin/django_events/eventrecord/?type=bench.noop",
     "event log by key": "/admin/django_events/eventrecord/?key=order-4242",
     "event by id": f"/admin/django_events/eventrecord/?q={EVENT_ID}",
+    "a dead letter": "/admin/django_events/deadletter/7/change/",
+    "pauses": "/admin/django_events/pause/",
     "edit and retry form": "/admin/django_events/deadletter/7/edit/",
     "redirect form": "/admin/django_events/deadletter/7/redirect/",
     "export of a dead letter by event id": (
