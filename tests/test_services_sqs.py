@@ -229,7 +229,7 @@ def test_the_filter_policy_takes_fresh_events_by_type_and_redeliveries_by_group(
     """Wire format 2's filter policy, with plain boto3: of five publishes the queue of
     ``emails`` on ``order.placed`` gets the fresh ``order.placed`` and the two that name
     ``emails``, not a fresh ``order.cancelled`` nor an ``order.placed`` naming ``picking``."""
-    from django_events.transports.sqs_setup import filter_policy
+    from django_events.transports.sqs.setup import filter_policy
 
     sns = boto3.client("sns", endpoint_url=moto_endpoint, region_name=REGION)
     sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name=REGION)

@@ -19,7 +19,7 @@ from django_events.checks import check_subscriptions
 from django_events.models import Subscription
 from django_events.transports import transports
 from django_events.transports.sqs import SnsSqsTransport
-from django_events.transports.sqs_setup import _queue_arn, _subscriptions, policy_types
+from django_events.transports.sqs.setup import _queue_arn, _subscriptions, policy_types
 
 from .sqs_server import aws_env, events_settings, moto_endpoint, unique_prefix
 from .test_subscriptions import handlers

@@ -444,7 +444,7 @@ def test_one_writer_gives_every_transport_the_same_envelope():
     from django_events.signing import Signing
     from django_events.transports.base import Outgoing, cloudevent_json
     from django_events.transports.rabbitmq import _message
-    from django_events.transports.redis import _fields
+    from django_events.transports.redis.transport import _fields
     from django_events.transports.sqs import SnsSqsTransport as Sqs
 
     event_id = uuid.uuid4()

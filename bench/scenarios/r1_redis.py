@@ -83,7 +83,7 @@ def publish_events(events: list[Any], batch: int) -> tuple[float, str]:
 
 
 def publish_raw(events: list[Any], batch: int) -> tuple[float, str]:
-    from django_events.transports.redis import CONSUMER_GROUP, _fields
+    from django_events.transports.redis.transport import CONSUMER_GROUP, _fields
 
     prefix = f"bench-r1:{uuid.uuid4().hex[:8]}"
     stream = f"{prefix}:stream:{GROUP}"

@@ -83,7 +83,7 @@ def apply_controls(names: list[str]) -> None:
                 module.MAX_NESTING = 10**9  # type: ignore[attr-defined]
                 module.too_deep = lambda text, limit=0: False  # type: ignore[attr-defined]
         elif name == "no_redis_recovery":
-            from django_events.transports.redis_recovery import Recovery
+            from django_events.transports.redis.recovery import Recovery
 
             Recovery.recover_lost = lambda self: []  # type: ignore[method-assign]
         elif name == "own_registry":

@@ -517,7 +517,7 @@ def test_f12_control_redis_undefended_decode_stops_the_worker(fresh_redis, monke
     from django_events.envelope import from_cloudevent
     from django_events.exceptions import UndecodableEvent
     from django_events.transports.base import Claimed
-    from django_events.transports.redis import Receipt, RedisStreamsTransport
+    from django_events.transports.redis.transport import Receipt, RedisStreamsTransport
 
     def undefended(self: Any, group: str, entry_id: str, raw: Any, *, deliveries: int) -> Any:
         fields = {name.decode(): value.decode() for name, value in raw.items()}

@@ -37,14 +37,14 @@ from django.db import transaction
 from django.db.models import Max
 from django.db.models.functions import Now
 
-from ..stores import FanOut
-from .base import logged_events
+from ...stores import FanOut
+from ..base import logged_events
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
 
-    from ..models import EventRecord, StreamCheckpoint
-    from .redis import RedisStreamsTransport
+    from ...models import EventRecord, StreamCheckpoint
+    from .transport import RedisStreamsTransport
 
 logger = logging.getLogger("django_events.transports.redis")
 
@@ -275,12 +275,12 @@ def _text(value: Any) -> str:
 def _log(using: str) -> QuerySet[EventRecord]:
     """The event log; models are imported on use, so importing a transport needs no app
     registry (docs/internals.md)."""
-    from ..models import EventRecord
+    from ...models import EventRecord
 
     return EventRecord.objects.using(using)
 
 
 def _checkpoints(using: str) -> QuerySet[StreamCheckpoint]:
-    from ..models import StreamCheckpoint
+    from ...models import StreamCheckpoint
 
     return StreamCheckpoint.objects.using(using)

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ..stores import Declaration, FanOut, Stored, Wanted, plan
-from .redis import _translating
+from ...stores import Declaration, FanOut, Stored, Wanted, plan
+from .transport import _translating
 
 if TYPE_CHECKING:
-    from ..models import Subscription
-    from .redis import RedisStreamsTransport
+    from ...models import Subscription
+    from .transport import RedisStreamsTransport
 
 
 class RedisStore:
@@ -86,7 +86,7 @@ class RedisStore:
 
     @_translating
     def rows(self) -> list[Subscription]:
-        from ..models import Subscription
+        from ...models import Subscription
 
         found = [
             Subscription(

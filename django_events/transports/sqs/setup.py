@@ -6,7 +6,7 @@ attributes it should have, an existing subscription its filter policy, so the co
 safe to run on every deploy. What already matches is reported "(unchanged)" and not
 written. Nothing is deleted here: a type a service no longer handles is retired in its
 queue's tags and stays in the filter policy until ``setup_events --prune``
-(``sqs_subscriptions``); queues are never deleted.
+(``sqs.subscriptions``); queues are never deleted.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from ..exceptions import EventsConfigurationError
-from .sqs import RETENTION, _code, _types_by_group
-from .sqs_subscriptions import GROUP_TAG
+from ...exceptions import EventsConfigurationError
+from .subscriptions import GROUP_TAG
+from .transport import RETENTION, _code, _types_by_group
 
 if TYPE_CHECKING:
-    from .sqs import SnsSqsTransport
+    from .transport import SnsSqsTransport
 
 POLICY_VERSION = "2012-10-17"
 NO_CREDENTIALS = (
@@ -86,7 +86,7 @@ def _provision(
             f"{', '.join(sorted(listed))}, or groups includes {group!r} ({outcome})"
         )
     if not dry_run:
-        from .sqs_subscriptions import SqsStore
+        from .subscriptions import SqsStore
 
         for declared in SqsStore(transport)._groups().values():  # other services' too
             existing.pop(declared.arn, None)
@@ -163,7 +163,7 @@ def converge_subscription(
 
     Read again after writing, until the tags hold still: two services declaring into one
     group at once each write their tags first, so the last policy written lists both."""
-    from .sqs_subscriptions import declared_types
+    from .subscriptions import declared_types
 
     sns = transport._client("sns")
     outcome = "unchanged"
@@ -395,7 +395,7 @@ def access_policies(
                 "sqs:GetQueueAttributes",
                 "sqs:GetQueueUrl",
                 "sqs:SetQueueAttributes",
-                "sqs:TagQueue",  # the subscription store (sqs_subscriptions)
+                "sqs:TagQueue",  # the subscription store (sqs.subscriptions)
                 "sqs:UntagQueue",
             ],
             "Resource": every_queue or ["none"],

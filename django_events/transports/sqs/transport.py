@@ -7,7 +7,7 @@ or a message whose ``groups`` attribute names it, with raw message delivery, so 
 holds the event's CloudEvents JSON as is. A publish for some groups only (an admin retry,
 a replay) names them in ``groups`` and reaches those groups' queues only (wire format 2,
 docs/wire-format.md). The subscriptions are the store the services share
-(``sqs_subscriptions``): the publisher's code knows nothing of its consumers.
+(``sqs.subscriptions``): the publisher's code knows nothing of its consumers.
 
 A claim is a receive under a visibility timeout (the worker's lease), and the attempt is
 SQS's ``ApproximateReceiveCount``. Acks are deletes, sent in batches after the handler's
@@ -39,14 +39,14 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from django.core.checks import CheckMessage, Error
 from django.db import connections, transaction
 
-from ..envelope import from_cloudevent
-from ..exceptions import (
+from ...envelope import from_cloudevent
+from ...exceptions import (
     EventsConfigurationError,
     PublishRefused,
     TransportUnavailable,
 )
-from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
-from .base import (
+from ...signing import SIGNATURE, Signing, UnverifiedMessage, same
+from ..base import (
     Claimed,
     GroupStatus,
     Outgoing,
@@ -61,7 +61,7 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    from .sqs_subscriptions import SqsStore
+    from .subscriptions import SqsStore
 
 logger = logging.getLogger("django_events.transports.sqs")
 
@@ -84,7 +84,7 @@ POLICY_TTL = 30.0
 a type it does not handle is still subscribed (``pass_over``)."""
 MAX_FILTER_VALUES = 49
 """The event types one group handles: each is a tag of the group's queue (the subscription
-store, ``sqs_subscriptions``), and a queue holds 50 tags, one of them the group's name."""
+store, ``sqs.subscriptions``), and a queue holds 50 tags, one of them the group's name."""
 
 _ID_FIELD = re.compile(r'"id":\s*"([0-9a-fA-F-]{32,36})"')
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{0,40}$")
@@ -149,7 +149,7 @@ class SnsSqsTransport(Transport):
     waits_for_work = True
     max_message_bytes = MESSAGE_LIMIT
     filters_types = True  # a message of a type the worker does not handle is sent again
-    shares_subscriptions = True  # the topic's subscriptions (sqs_subscriptions.py)
+    shares_subscriptions = True  # the topic's subscriptions (sqs/subscriptions.py)
     routes_itself = True  # SNS filter policies fan out: the relay publishes each event once
 
     accepted_options = frozenset(_OPTIONS)
@@ -272,7 +272,7 @@ class SnsSqsTransport(Transport):
         return self._topic_arn
 
     def subscription_store(self) -> SqsStore:
-        from .sqs_subscriptions import SqsStore
+        from .subscriptions import SqsStore
 
         return SqsStore(self)
 
@@ -569,7 +569,7 @@ class SnsSqsTransport(Transport):
         hit = self._policies.get(group)
         if hit is not None and now - hit[0] < POLICY_TTL:
             return hit[1]
-        from .sqs_setup import subscribed_types
+        from .setup import subscribed_types
 
         try:
             found = subscribed_types(self, group)
@@ -924,14 +924,14 @@ class SnsSqsTransport(Transport):
     def setup(
         self, subscriptions: Sequence[tuple[str, str, bool]], *, dry_run: bool = False
     ) -> list[str]:
-        from .sqs_setup import provision
+        from .setup import provision
 
         if not dry_run:
             self._ordered_slots |= {(g, t) for t, g, ordered in subscriptions if ordered}
         return provision(self, subscriptions, dry_run=dry_run)
 
     def access_policies(self, subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, Any]:
-        from .sqs_setup import access_policies
+        from .setup import access_policies
 
         return access_policies(self, subscriptions)
 

@@ -36,11 +36,10 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 from django.core.checks import CheckMessage, Error, Warning
 
-from ..envelope import from_cloudevent
-from ..exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
-from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
-from . import redis_lua
-from .base import (
+from ...envelope import from_cloudevent
+from ...exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
+from ...signing import SIGNATURE, Signing, UnverifiedMessage, same
+from ..base import (
     Claimed,
     GroupStatus,
     Outgoing,
@@ -54,9 +53,10 @@ from .base import (
     wire_uuid,
     within_budget,
 )
+from . import lua
 
 if TYPE_CHECKING:
-    from .redis_subscriptions import RedisStore
+    from .subscriptions import RedisStore
 
 logger = logging.getLogger("django_events.transports.redis")
 
@@ -117,7 +117,7 @@ class RedisStreamsTransport(Transport):
     idempotent_publish = True  # while the group owes the event (the owed set, ZADD NX)
     waits_for_work = True
     filters_types = True  # an entry of a type the worker does not handle is passed over
-    shares_subscriptions = True  # the <prefix>:subscriptions hash (redis_subscriptions.py)
+    shares_subscriptions = True  # the <prefix>:subscriptions hash (redis/subscriptions.py)
     ordering_note = (
         "Redis Streams hand a group's entries to competing consumers with no per-key "
         "lock, so per-key order cannot be kept. Drop ordered=True, or handle this group "
@@ -163,7 +163,7 @@ class RedisStreamsTransport(Transport):
         self._store: RedisStore | None = None
         self.lagging: dict[str, int] = {}
         """Groups whose stream held more than ``max_len`` entries at the last publish."""
-        from .redis_recovery import Recovery
+        from .recovery import Recovery
 
         self.recovery = Recovery(self)
 
@@ -210,7 +210,7 @@ class RedisStreamsTransport(Transport):
     def _script(self, name: str) -> Any:
         script = self._scripts.get(name)
         if script is None:
-            script = self._scripts[name] = self.client.register_script(getattr(redis_lua, name))
+            script = self._scripts[name] = self.client.register_script(getattr(lua, name))
         return script
 
     def _queue(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
@@ -257,7 +257,7 @@ class RedisStreamsTransport(Transport):
         """Level 1: the ``<prefix>:subscriptions`` hash, shared by every service under the
         same Redis and ``prefix``, whatever database each has."""
         if self._store is None:
-            from .redis_subscriptions import RedisStore
+            from .subscriptions import RedisStore
 
             self._store = RedisStore(self)
         return self._store

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 
-from ..exceptions import EventsConfigurationError
-from ..stores import Declaration, FanOut, Stored, Wanted, plan
+from ...exceptions import EventsConfigurationError
+from ...stores import Declaration, FanOut, Stored, Wanted, plan
 
 if TYPE_CHECKING:
-    from ..models import Subscription
-    from .sqs import SnsSqsTransport
+    from ...models import Subscription
+    from .transport import SnsSqsTransport
 
 GROUP_TAG = "django-events-group"
 ROW_TAG = "django-events/"
@@ -124,7 +124,7 @@ class SqsStore:
         return self._translated(lambda: self._declare(service, wanted))
 
     def _declare(self, service: str, wanted: Wanted) -> Declaration:
-        from .sqs_setup import converge_subscription, ensure_queues, ensure_topic
+        from .setup import converge_subscription, ensure_queues, ensure_topic
 
         topic_arn = ensure_topic(self.transport)
         groups = self._groups()
@@ -178,7 +178,7 @@ class SqsStore:
         ]
 
     def rows(self) -> list[Subscription]:
-        from ..models import Subscription
+        from ...models import Subscription
 
         def when(seconds: int) -> dt.datetime:
             return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
@@ -209,7 +209,7 @@ class SqsStore:
     def _remove(
         self, row: Subscription, drop_backlog: Callable[[str, str], int | None]
     ) -> tuple[bool, int | None]:
-        from .sqs_setup import converge_subscription
+        from .setup import converge_subscription
 
         group = self._groups().get(row.group)
         mine = group.rows.get((row.service, row.event_type)) if group else None
@@ -227,7 +227,7 @@ class SqsStore:
     def _groups(self) -> dict[str, Group]:
         """The groups whose queue is subscribed to the topic and tagged by django-events:
         one listing of the topic, then one tag read per queue."""
-        from .sqs_setup import _subscriptions
+        from .setup import _subscriptions
 
         transport = self.transport
         sqs = transport._client("sqs")
@@ -257,8 +257,8 @@ class SqsStore:
     def _translated(self, work: Callable[[], Any]) -> Any:
         """AWS out of reach is ``TransportUnavailable``; no credentials, a clear
         configuration error (as ``setup_events`` gives)."""
-        from .sqs import _translating
-        from .sqs_setup import NO_CREDENTIALS
+        from .setup import NO_CREDENTIALS
+        from .transport import _translating
 
         try:
             return _translating(work)()
