@@ -184,14 +184,14 @@ def test_setup_dry_run_declares_nothing_and_setup_declares_everything(rabbit):
 
 
 def test_retry_delays_round_up_to_a_step_at_most_one_and_a_half_times_longer():
-    from django_events.transports.rabbitmq import MAX_DELAY_MS, _delay_step
+    from django_events.transports.rabbitmq.messages import MAX_DELAY_MS, delay_step
 
-    assert [_delay_step(s) for s in (0, -1, 0.0004, 1.0, 1.2, 2.5, 4, 8, 90)] == [
+    assert [delay_step(s) for s in (0, -1, 0.0004, 1.0, 1.2, 2.5, 4, 8, 90)] == [
         0, 0, 1, 1000, 1500, 3000, 4000, 10000, 100_000,
     ]  # fmt: skip
-    assert _delay_step(10**9) == MAX_DELAY_MS
+    assert delay_step(10**9) == MAX_DELAY_MS
     for ms in range(1, 200_000, 997):
-        step = _delay_step(ms / 1000)
+        step = delay_step(ms / 1000)
         assert ms <= step <= 1.5 * ms
 
 

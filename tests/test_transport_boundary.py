@@ -124,9 +124,17 @@ def test_importing_any_transport_loads_no_engine_module() -> None:
     module imports (no app registry needed) and settings, registry and the rest of the
     engine stay unloaded."""
     loaded = _fresh(FRESH)
-    assert {"base", "database", "memory", "redis", "sqs", "redis.recovery", "sqs.setup"} <= set(
-        loaded
-    )
+    assert {
+        "base",
+        "database",
+        "memory",
+        "redis",
+        "sqs",
+        "rabbitmq",
+        "rabbitmq.link",
+        "redis.recovery",
+        "sqs.setup",
+    } <= set(loaded)
     engine = {f"django_events.{name}" for name in (*ENGINE, "models")}
     assert {name: sorted(engine & set(mods)) for name, mods in loaded.items()} == {
         name: [] for name in loaded

@@ -443,7 +443,7 @@ def test_one_writer_gives_every_transport_the_same_envelope():
     from django_events.envelope import from_cloudevent
     from django_events.signing import Signing
     from django_events.transports.base import Outgoing, cloudevent_json
-    from django_events.transports.rabbitmq import _message
+    from django_events.transports.rabbitmq.messages import to_message
     from django_events.transports.redis.transport import _fields
     from django_events.transports.sqs import SnsSqsTransport as Sqs
 
@@ -463,7 +463,7 @@ def test_one_writer_gives_every_transport_the_same_envelope():
     written = cloudevent_json(outgoing, str(event_id))
     fields = _fields(outgoing)
     assert fields[fields.index("event") + 1] == written
-    assert _message(outgoing, Signing())[0] == written.encode()
+    assert to_message(outgoing, Signing())[0] == written.encode()
     entry, _ = Sqs("wire", {})._entry(outgoing, [], fresh=True)
     assert json.loads(entry["Message"]) == json.loads(written)  # ASCII-escaped, same JSON
     event = from_cloudevent(written, 10_000)

@@ -98,7 +98,7 @@ def publish_events(events: list[Any]) -> tuple[float, str]:
 def publish_raw(events: list[Any]) -> tuple[float, str]:
     """Pika's own way to wait for a batch's confirms: its asynchronous channel (under the
     blocking connection) counts them; its blocking channel would wait for each in turn."""
-    from django_events.transports.rabbitmq import _message
+    from django_events.transports.rabbitmq.messages import to_message
 
     transport, prefix = _fresh()
     signing = transport.context.signing
@@ -118,7 +118,7 @@ def publish_raw(events: list[Any]) -> tuple[float, str]:
     started = time.perf_counter()
     for i in range(0, len(events), BATCH):
         for event in events[i : i + BATCH]:
-            body, properties = _message(event, signing)  # building it is part of the work
+            body, properties = to_message(event, signing)  # building it is part of the work
             channel._impl.basic_publish(prefix, event.type, body, properties)
             published += 1
         while confirmed[0] < published:

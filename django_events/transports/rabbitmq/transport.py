@@ -26,205 +26,51 @@ out one event per key at a time (docs/transport-rabbitmq.md, "Per-key order").
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import logging
-import math
 import re
-import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-import pika
 import pika.exceptions
 from django.core.checks import CheckMessage, Error
 from django.db import connections, transaction
 
-from ..envelope import from_cloudevent
-from ..exceptions import EventsConfigurationError, TransportUnavailable
-from ..signing import SIGNATURE, Signing, UnverifiedMessage, same
-from ..stores import DatabaseStore, Declaration, Wanted
-from .base import (
+from ...envelope import from_cloudevent
+from ...exceptions import EventsConfigurationError
+from ...signing import SIGNATURE, UnverifiedMessage, same
+from ..base import (
     Claimed,
     GroupStatus,
     Outgoing,
     Transport,
     TransportContext,
-    cloudevent_json,
     decode_failure,
     fallback_id,
-    translating,
 )
+from .link import UNAVAILABLE, Link, Receipt, translating_errors
+from .messages import (
+    ATTEMPTS,
+    FIRST_FAILED,
+    copy_properties,
+    count_header,
+    datetime_header,
+    delay_step,
+    key_of,
+    now_iso,
+    to_message,
+    uuid_or_none,
+)
+from .subscriptions import BindingStore
 
 logger = logging.getLogger("django_events.transports.rabbitmq")
 
-DELAY_STEPS = (1, 1.5, 2, 3, 4, 5, 7)
-"""Retry delays are rounded up to one of these times a power of ten milliseconds: one
-TTL queue per step in use, none more than 1.5 times the delay asked for."""
-MAX_DELAY_MS = 24 * 60 * 60 * 1000
-"""Longest retry delay: a day (a longer one waits a day)."""
-CONFIRM_TIMEOUT = 30.0
-"""Seconds a publish waits for the broker's confirms before it counts as unavailable."""
 PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 NAME_LIMIT = 255
 """Bytes in an AMQP queue or exchange name."""
-ATTEMPTS = "attempts"
-"""Header: attempts made before this message was published again (a retry)."""
-FIRST_FAILED = "first_failed_at"
 _OPTIONS = {"url", "prefix", "heartbeat", "dead_letter_poll", "database"}
-# StreamLostError (a dropped socket) is an AMQPConnectionError, so it is in here too.
-_UNAVAILABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionClosed, OSError)
-
-R = TypeVar("R")
-
-
-def _unavailable(exc: Exception) -> str | None:
-    """The broker out of reach (or a connection it closed) is ``TransportUnavailable``."""
-    if isinstance(exc, _UNAVAILABLE):
-        return f"RabbitMQ is unavailable: {type(exc).__name__}: {exc}"
-    return None
-
-
-_translating = translating(_unavailable)
-
-
-# -- the connection -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """Where a delivered message lives: its channel's generation and delivery tag."""
-
-    generation: int
-    tag: int
-    queue: str
-    properties: Any
-    body: bytes
-    dead: bool = False
-
-
-class _Link:
-    """One pika connection used under a lock: pika is not thread-safe, and every thread of
-    a worker (the loop, the heartbeat, the relay) may call the transport. Each use services
-    the connection (its AMQP heartbeats); the worker's heartbeat thread renews leases at
-    least every third of ``LEASE``, so heartbeats flow while a handler runs."""
-
-    def __init__(self, transport: RabbitMQTransport) -> None:
-        self.transport = transport
-        self.lock = threading.RLock()
-        self.connection: Any = None
-        self.channel: Any = None
-        self.generation = 0
-        self._confirmed = 0
-        self._published = 0
-        self._nacked: list[int] = []
-        self._pending_single: set[int] = set()
-        self.unsettled: set[int] = set()  # delivery tags of this channel not acked or nacked
-
-    def open(self) -> Any:
-        if self.connection is None or not self.connection.is_open:
-            self.reset()
-            params = pika.URLParameters(self.transport.url)
-            params.heartbeat = self.transport.heartbeat
-            params.blocked_connection_timeout = CONFIRM_TIMEOUT
-            params.connection_attempts = 1
-            params.socket_timeout = 5
-            self.connection = pika.BlockingConnection(params)
-            self.generation += 1
-        if self.channel is None or not self.channel.is_open:
-            self.channel = self.connection.channel()
-            self.generation += 1
-            self.unsettled = set()
-            self._confirmed = self._published = 0
-            self._nacked = []
-            self._select_confirms()
-        return self.channel
-
-    def _select_confirms(self) -> None:
-        """Publisher confirms, counted here rather than one round trip per message: pika's
-        blocking channel waits for each confirm in turn, so its asynchronous channel is used
-        for this one call (its ``_impl``, part of pika since 1.0)."""
-        done = threading.Event()
-        self.channel._impl.confirm_delivery(
-            ack_nack_callback=self._on_confirm, callback=lambda _frame: done.set()
-        )
-        while not done.is_set():
-            self.connection.process_data_events(time_limit=0.05)
-
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        if isinstance(method, pika.spec.Basic.Nack):
-            self._nacked.append(method.delivery_tag)
-        if method.multiple:
-            self._confirmed = max(self._confirmed, method.delivery_tag)
-        elif method.delivery_tag == self._confirmed + 1:
-            self._confirmed = method.delivery_tag
-        else:  # out of order single confirms: count them when the gap closes
-            self._pending_single.add(method.delivery_tag)
-        while self._confirmed + 1 in self._pending_single:
-            self._pending_single.discard(self._confirmed + 1)
-            self._confirmed += 1
-
-    def publish_confirmed(self, messages: Sequence[tuple[str, str, bytes, Any]]) -> None:
-        """Publish ``(exchange, routing key, body, properties)`` and wait until the broker
-        has confirmed them all; ``TransportUnavailable`` if it refuses any or stays silent."""
-        if not messages:
-            return
-        channel = self.open()
-        for exchange, routing_key, body, properties in messages:
-            channel._impl.basic_publish(exchange, routing_key, body, properties)
-            self._published += 1
-        deadline = time.monotonic() + CONFIRM_TIMEOUT
-        while self._confirmed < self._published:
-            if time.monotonic() > deadline:
-                self.reset()
-                raise TransportUnavailable(
-                    f"RabbitMQ confirmed {self._confirmed} of {self._published} messages "
-                    f"within {CONFIRM_TIMEOUT:.0f}s"
-                )
-            self.connection.process_data_events(time_limit=0.05)
-        if self._nacked:
-            nacked, self._nacked = self._nacked, []
-            raise TransportUnavailable(f"RabbitMQ refused {len(nacked)} messages (nack)")
-
-    def call(self, work: Callable[[Any], R]) -> R:
-        """Run ``work(channel)`` under the lock; a broken connection is dropped, so the
-        next call opens a new one."""
-        with self.lock:
-            try:
-                return work(self.open())
-            except _UNAVAILABLE:
-                self.reset()
-                raise
-
-    def answer(self, channel: Any, tags: Sequence[int], *, requeue: bool | None = None) -> None:
-        """Ack ``tags`` (or, with ``requeue``, nack them), polling once: pika's blocking
-        channel flushes and polls after each, which made acks three quarters of a
-        worker's time. When no other delivery below the highest tag is unsettled, one
-        ``multiple`` ack covers them all: each frame is a socket write of its own."""
-        self.unsettled.difference_update(tags)
-        top = max(tags, default=0)
-        if requeue is None and tags and not any(tag < top for tag in self.unsettled):
-            channel._impl.basic_ack(delivery_tag=top, multiple=True)
-        else:
-            for tag in tags:
-                if requeue is None:
-                    channel._impl.basic_ack(delivery_tag=tag)
-                else:
-                    channel._impl.basic_nack(delivery_tag=tag, requeue=requeue)
-        self.connection.process_data_events(time_limit=0)
-
-    def reset(self) -> None:
-        """Forget the connection (closing it if still open): what it held unacked goes back
-        to the broker, and claims made through it are lost."""
-        connection, self.connection, self.channel = self.connection, None, None
-        self.generation += 1
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(Exception):
-                connection.close()
 
 
 class RabbitMQTransport(Transport):
@@ -257,8 +103,8 @@ class RabbitMQTransport(Transport):
         self.prefix = prefix
         self.heartbeat = _number(options, "heartbeat", 30, where, integer=True)
         self.dead_letter_poll = float(_number(options, "dead_letter_poll", 10.0, where))
-        self._pub = _Link(self)
-        self._sub = _Link(self)
+        self._pub = Link(self)
+        self._sub = Link(self)
         self._buffer: list[Claimed] = []
         self._leases: dict[tuple[int, int], tuple[float, str]] = {}  # (generation, tag): end, group
         self._consuming: dict[str, str] = {}  # group: consumer tag, on this generation
@@ -314,7 +160,7 @@ class RabbitMQTransport(Transport):
                 errors.append(Error(str(exc), id="django_events.E042"))
         return errors
 
-    @_translating
+    @translating_errors
     def setup(
         self, subscriptions: Sequence[tuple[str, str, bool]], *, dry_run: bool = False
     ) -> list[str]:
@@ -335,7 +181,7 @@ class RabbitMQTransport(Transport):
             self._declare(subscriptions)
         return lines
 
-    @_translating
+    @translating_errors
     def _bind(self, subscriptions: Sequence[tuple[str, str, bool]]) -> None:
         self._declare(subscriptions)
 
@@ -406,7 +252,7 @@ class RabbitMQTransport(Transport):
             self._pub.call(declare)
             self._declared |= {(g, "") for g in missing}
 
-    @_translating
+    @translating_errors
     def drop_backlog(self, group: str, event_type: str) -> None:
         """Unbind the group's queue from ``event_type`` (its last subscription was pruned).
         What the queue already holds of that type stays (a queue is not searchable): it
@@ -420,7 +266,7 @@ class RabbitMQTransport(Transport):
 
     # -- relay side -----------------------------------------------------------------------
 
-    @_translating
+    @translating_errors
     def publish_to_all(self, events: Sequence[Outgoing]) -> None:
         """The relay's publish: once per event to the exchange, routed by type, to every
         bound queue, another service's too (this process's own subscriptions are bound
@@ -429,9 +275,9 @@ class RabbitMQTransport(Transport):
         self._declare(self.context.subscriptions())
         signing = self.context.signing
         # Every event goes, in outbox order: a type only another service binds too.
-        self._send([(self.exchange, e.type, *_message(e, signing)) for e in events])
+        self._send([(self.exchange, e.type, *to_message(e, signing)) for e in events])
 
-    @_translating
+    @translating_errors
     def publish(
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
@@ -444,7 +290,7 @@ class RabbitMQTransport(Transport):
         self._ensure_groups(sorted({g for groups in by_type.values() for g in groups}))
         self._send(
             [
-                ("", self.queue(group), *_message(e, signing))
+                ("", self.queue(group), *to_message(e, signing))
                 for e in events
                 for group in by_type.get(e.type, ())
             ]
@@ -454,7 +300,7 @@ class RabbitMQTransport(Transport):
         with self._pub.lock:
             try:
                 self._pub.publish_confirmed(messages)
-            except _UNAVAILABLE:
+            except UNAVAILABLE:
                 self._pub.reset()
                 raise
 
@@ -513,7 +359,7 @@ class RabbitMQTransport(Transport):
             self._buffer = [c for c in self._buffer if c.receipt.generation == generation]
             self._due = [(at, c) for at, c in self._due if c.receipt.generation == generation]
 
-    @_translating
+    @translating_errors
     def claim(
         self, groups: Sequence[str], limit: int, lease: float, *, max_bytes: int | None = None
     ) -> list[Claimed]:
@@ -552,12 +398,12 @@ class RabbitMQTransport(Transport):
                 break
             if max_bytes is not None and taken and size + item.size > max_bytes:
                 break
-            key = _key_of(item) if self.is_ordered(item.group) else None
+            key = key_of(item) if self.is_ordered(item.group) else None
             if key is not None:
                 head = self._heads.get(key)
                 if head is not None and head != item.event_id:
                     continue
-                if any(_key_of(other) == key for other in taken):
+                if any(key_of(other) == key for other in taken):
                     continue
                 self._heads[key] = item.event_id
             taken.append(item)
@@ -567,7 +413,7 @@ class RabbitMQTransport(Transport):
     def _free(self, claimed: Sequence[Claimed]) -> None:
         """``claimed`` is done with (acked or dead-lettered): its key takes the next event."""
         for item in claimed:
-            key = _key_of(item)
+            key = key_of(item)
             if key is not None and self._heads.get(key) == item.event_id:
                 del self._heads[key]
 
@@ -623,7 +469,7 @@ class RabbitMQTransport(Transport):
 
         return self._sub.call(get)
 
-    @_translating
+    @translating_errors
     def wait(self, groups: Sequence[str], timeout: float) -> bool:
         """Service the worker's connection for up to ``timeout`` seconds, in short slices
         (the heartbeat thread takes the lock between them), until a message arrives."""
@@ -647,18 +493,18 @@ class RabbitMQTransport(Transport):
         properties = receipt.properties
         headers = properties.headers if isinstance(properties.headers, dict) else {}
         where = f"RabbitMQ message {properties.message_id!r} on {receipt.queue}"
-        before = _count(headers.get(ATTEMPTS))
-        attempt = before + _count(headers.get("x-delivery-count")) + 1
+        before = count_header(headers.get(ATTEMPTS))
+        attempt = before + count_header(headers.get("x-delivery-count")) + 1
         if receipt.dead:
             attempt = max(attempt, self.context.max_attempts(group) + 1)
         claimed = Claimed(
             group=group,
             attempt=attempt,
             receipt=receipt,
-            event_id=_uuid_or_none(properties.message_id)
+            event_id=uuid_or_none(properties.message_id)
             or fallback_id(f"rabbitmq:{receipt.queue}:{properties.message_id}"),
             event_type=str(properties.type or "")[:200],
-            first_failed_at=_datetime(headers.get(FIRST_FAILED)),
+            first_failed_at=datetime_header(headers.get(FIRST_FAILED)),
             size=len(receipt.body),
         )
         try:
@@ -710,7 +556,7 @@ class RabbitMQTransport(Transport):
                 return []
             try:
                 self._sub.call(lambda ch: self._sub.answer(ch, [c.receipt.tag for c in held]))
-            except _UNAVAILABLE:
+            except UNAVAILABLE:
                 return []
             return held
 
@@ -731,7 +577,7 @@ class RabbitMQTransport(Transport):
                         item.group,
                     )
             if self._sub.connection is not None and self._sub.connection.is_open:
-                with contextlib.suppress(*_UNAVAILABLE):
+                with contextlib.suppress(*UNAVAILABLE):
                     self._sub.connection.process_data_events(time_limit=0)
 
     def release(self, claimed: Sequence[Claimed]) -> None:
@@ -743,7 +589,7 @@ class RabbitMQTransport(Transport):
                 self._leases.pop((item.receipt.generation, item.receipt.tag), None)
             self._buffer[:0] = back
 
-    @_translating
+    @translating_errors
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
         """Publish the message again, its attempts and first failure in headers, to the
         TTL queue of the smallest delay step at least ``delay`` (or straight back to its
@@ -751,7 +597,7 @@ class RabbitMQTransport(Transport):
         with self._sub.lock:
             if not self._holds(claimed):
                 return
-            if self.is_ordered(claimed.group) and _key_of(claimed) is not None:
+            if self.is_ordered(claimed.group) and key_of(claimed) is not None:
                 # Kept in place: a copy would go behind the key's later events.
                 self._leases.pop((claimed.receipt.generation, claimed.receipt.tag), None)
                 self._due.append((time.monotonic() + max(0.0, delay), claimed))
@@ -761,19 +607,19 @@ class RabbitMQTransport(Transport):
             headers.pop("x-delivery-count", None)
             headers.pop("x-death", None)
             headers[ATTEMPTS] = claimed.attempt
-            headers.setdefault(FIRST_FAILED, _now_iso())
-            properties = _copy_properties(receipt.properties, headers)
-            ms = _delay_step(delay)
+            headers.setdefault(FIRST_FAILED, now_iso())
+            properties = copy_properties(receipt.properties, headers)
+            ms = delay_step(delay)
             target = self.queue(claimed.group)
             if ms:
                 self._ensure_delay(ms)
-                message = (self.delay_queue(ms), target, receipt.body, properties)
+                copy = (self.delay_queue(ms), target, receipt.body, properties)
             else:
-                message = ("", target, receipt.body, properties)
+                copy = ("", target, receipt.body, properties)
             with self._pub.lock:
                 try:
-                    self._pub.publish_confirmed([message])
-                except _UNAVAILABLE:
+                    self._pub.publish_confirmed([copy])
+                except UNAVAILABLE:
                     self._pub.reset()
                     raise
             self._settle([claimed])
@@ -812,7 +658,7 @@ class RabbitMQTransport(Transport):
 
     # -- status ---------------------------------------------------------------------------
 
-    @_translating
+    @translating_errors
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
         """Ready messages from a passive declare of each queue, plus what this process holds:
         delivered to it and not yet claimed (pending) or claimed (in flight). What other
@@ -849,7 +695,7 @@ class RabbitMQTransport(Transport):
 
         return self._pub.call(depth)
 
-    @_translating
+    @translating_errors
     def flush(self) -> int:
         """Purge the queues of this process's groups; for demos and tests, never in
         production. Returns how many messages went."""
@@ -876,20 +722,6 @@ class RabbitMQTransport(Transport):
             self._pub.reset()
 
 
-class BindingStore(DatabaseStore):
-    """The ``Subscription`` table (shown, pruned, warned about as at Level 0), and each
-    declaration bound on the broker first: the binding is what routes events, so a
-    subscription exists once its queue is bound to its type."""
-
-    def __init__(self, transport: RabbitMQTransport) -> None:
-        super().__init__(transport.database)
-        self.transport = transport
-
-    def declare(self, service: str, wanted: Wanted, *, replace: bool) -> Declaration:
-        self.transport._bind([(t, group, ordered) for (group, t), ordered in wanted.items()])
-        return super().declare(service, wanted, replace=replace)
-
-
 # -- helpers --------------------------------------------------------------------------------
 
 
@@ -904,91 +736,8 @@ def _number(
     return value
 
 
-def _key_of(claimed: Claimed) -> tuple[str, str] | None:
-    """The (group, key) an ordered event holds, from its ``key`` header; None if it has none."""
-    headers = claimed.receipt.properties.headers
-    key = headers.get("key") if isinstance(headers, dict) else None
-    if isinstance(key, bytes):
-        key = key.decode(errors="backslashreplace")
-    return (claimed.group, key) if isinstance(key, str) else None
-
-
 def _types_by_group(subscriptions: Sequence[tuple[str, str, bool]]) -> dict[str, list[str]]:
     found: dict[str, set[str]] = {}
     for event_type, group, _ in subscriptions:
         found.setdefault(group, set()).add(event_type)
     return {group: sorted(types) for group, types in sorted(found.items())}
-
-
-def _delay_step(delay: float) -> int:
-    """The TTL, in milliseconds, of the delay queue for ``delay`` seconds (0: none)."""
-    ms = math.ceil(delay * 1000)
-    if ms <= 0:
-        return 0
-    ms = min(ms, MAX_DELAY_MS)
-    power = 10 ** max(0, len(str(ms)) - 1)
-    for step in (*DELAY_STEPS, 10):
-        if step * power >= ms:
-            return min(int(step * power), MAX_DELAY_MS)
-    return MAX_DELAY_MS  # pragma: no cover - the steps reach 10 times the power
-
-
-def _message(event: Outgoing, signing: Signing) -> tuple[bytes, Any]:
-    """The CloudEvents JSON body and the AMQP properties of ``event``."""
-    event_id = str(uuid.UUID(str(event.event_id)))  # SQLite gives 32 hex digits
-    body = cloudevent_json(event, event_id)
-    headers: dict[str, Any] = {}
-    if event.key is not None:
-        headers["key"] = event.key
-    if signing.enabled:
-        headers[SIGNATURE] = signing.sign(body)
-    properties = pika.BasicProperties(
-        content_type="application/cloudevents+json",
-        delivery_mode=pika.DeliveryMode.Persistent,
-        message_id=event_id,
-        type=event.type,
-        headers=headers or None,
-    )
-    return body.encode(), properties
-
-
-def _copy_properties(properties: Any, headers: dict[str, Any]) -> Any:
-    return pika.BasicProperties(
-        content_type=properties.content_type,
-        delivery_mode=pika.DeliveryMode.Persistent,
-        message_id=properties.message_id,
-        type=properties.type,
-        headers=headers,
-    )
-
-
-def _count(value: Any) -> int:
-    """A count from a header; 0 if absent or not a sane number (not ours)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return 0
-    return min(max(0, value), 1_000_000)
-
-
-def _uuid_or_none(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value)) if value else None
-    except ValueError:
-        return None
-
-
-def _datetime(value: Any) -> dt.datetime | None:
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if not isinstance(value, str):
-        return None
-    try:
-        found = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return found if found.tzinfo is not None else found.replace(tzinfo=dt.timezone.utc)
-
-
-def _now_iso() -> str:
-    """When a message first failed, by this worker's clock: shown in the admin only, never
-    a due time (the broker's TTL times the retry)."""
-    return dt.datetime.now(dt.timezone.utc).isoformat()
