@@ -1,7 +1,7 @@
 """The inbox: one row per (group, event) handled, written in the handler's transaction.
 
 Inserting it first means a second delivery of the same event waits on the first one's
-unique entry and then finds it there (DESIGN.md, "inbox races").
+unique entry and then finds it there (docs/guarantees.md, "3. Effects once").
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Tables behind the database queue.
 
 The outbox and the deliveries are hot work tables: rows are deleted as soon as they are
-done, so they stay small however long the history. The event log is append-only and
-kept apart from them (DESIGN.md, "table bloat").
+done, so they hold only what is in flight. Their dead row versions wait for vacuum,
+which a long-held snapshot anywhere in the database holds back, so their files grow
+while one is open (measured in docs/performance.md, "Write and bloat budget"). The
+event log is append-only and kept apart from them.
 """
 
 from __future__ import annotations

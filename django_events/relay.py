@@ -1,7 +1,8 @@
 """The relay: moves committed outbox rows to the transport and into the event log.
 
-It never tracks progress by id (DESIGN.md, "sequence gaps"): it takes whichever
-committed rows exist, oldest first, and deletes them as it moves them. When the
+It never tracks progress by id, which would skip a transaction that commits late
+(docs/guarantees.md, "2. At least once"): it takes whichever committed rows exist,
+oldest first, and deletes them as it moves them. When the
 transport lives in the same database the move is one short transaction; otherwise rows
 are leased in database time, sent with no transaction open, then deleted.
 

@@ -1,14 +1,16 @@
-"""The few SQL expressions that differ between PostgreSQL and SQLite.
+"""The SQL that differs between PostgreSQL and SQLite: one class per database.
 
 Every due time and lease is computed by the database clock, never the worker's
-(DESIGN.md, "clock skew"). Hot paths use raw SQL through Django's connection; table
-names come from the models and are quoted by the backend, never from input.
+(docs/internals.md, "One class per database"). Hot paths use raw SQL through Django's
+connection; table names come from the models and are quoted by the backend, never from
+input.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -32,18 +34,139 @@ def vendor_of(connection: BaseDatabaseWrapper) -> str:
     return name
 
 
+class Dialect:
+    """The SQL that differs between the databases the engine supports, as Django's
+    ``connection.ops`` holds what differs between backends: one instance per vendor,
+    chosen once per alias by ``dialect(using)`` (docs/internals.md, "One class per
+    database"), so engine code asks it instead of branching on the vendor."""
+
+    vendor: ClassVar[str]
+    skip_locked: ClassVar[str] = ""
+    """Appended to a claim's row selection: other workers' claims pass over locked rows."""
+    for_update: ClassVar[str] = ""
+    """Appended to a selection that must lock its rows until the transaction ends."""
+    backend_pid: ClassVar[str] = "NULL"
+    """The claiming connection's id, by which a dead claimer is noticed at once."""
+    notifies: ClassVar[bool] = False
+    """Whether a statement can wake listeners (``pg_notify``)."""
+
+    def now(self) -> str:
+        """Database time; every due time and lease is the database's, never the worker's."""
+        raise NotImplementedError
+
+    def now_plus(self) -> str:
+        """Database time plus the seconds given as the next parameter (see ``seconds``)."""
+        raise NotImplementedError
+
+    def seconds(self, value: float) -> Any:
+        """``value`` seconds as the parameter ``now_plus`` takes."""
+        raise NotImplementedError
+
+    def age_seconds(self, column: str) -> str:
+        """Seconds between ``column`` and the database's now."""
+        raise NotImplementedError
+
+    def as_text(self, column: str) -> str:
+        """A timestamp ``column`` as ISO 8601 text, which no driver converts: a value it
+        could not convert (written by raw SQL) then fails its own row, not the fetch."""
+        raise NotImplementedError
+
+    def uuid_value(self, value: Any) -> Any:
+        """A UUID parameter as the ORM stores it."""
+        return value
+
+    def in_values(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column`` is one of ``values``: the condition and its parameters."""
+        return f"{column} IN ({in_list(len(values))})", list(values)
+
+    def in_query(self, column: str, query: str) -> str:
+        """``column`` is one of the rows ``query`` selects."""
+        return f"{column} IN ({query})"
+
+    def in_pairs(self, columns: str, pairs: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+        """The two ``columns`` (``"(a, b)"``) are one of ``pairs``."""
+        values = ", ".join(["(%s, %s)"] * len(pairs))
+        return f"{columns} IN (VALUES {values})", [v for pair in pairs for v in pair]
+
+
+class PostgreSQL(Dialect):
+    vendor = "postgresql"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    for_update = " FOR UPDATE"
+    backend_pid = "pg_backend_pid()"
+    notifies = True
+
+    def now(self) -> str:
+        return "statement_timestamp()"  # per statement, so leases move in long transactions
+
+    def now_plus(self) -> str:
+        return "(statement_timestamp() + make_interval(secs => %s))"
+
+    def seconds(self, value: float) -> Any:
+        return float(value)
+
+    def age_seconds(self, column: str) -> str:
+        return f"extract(epoch from (statement_timestamp() - {column}))"
+
+    def as_text(self, column: str) -> str:
+        # Through JSON, whose times are ISO 8601 whatever the session's DateStyle.
+        return f"to_json({column}) #>> ARRAY[]::text[]"
+
+    def in_values(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(%s)", [list(values)]
+
+    def in_query(self, column: str, query: str) -> str:
+        # ARRAY(...) runs the query once; each row is then found by its index.
+        return f"{column} = ANY(ARRAY({query}))"
+
+    def in_pairs(self, columns: str, pairs: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+        return (
+            f"{columns} IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            [[a for a, _ in pairs], [b for _, b in pairs]],
+        )
+
+
+class SQLite(Dialect):
+    vendor = "sqlite"
+
+    def now(self) -> str:
+        return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+
+    def now_plus(self) -> str:
+        return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)"
+
+    def seconds(self, value: float) -> Any:
+        return f"{float(value):+.3f} seconds"
+
+    def age_seconds(self, column: str) -> str:
+        return f"((julianday('now') - julianday({column})) * 86400.0)"
+
+    def as_text(self, column: str) -> str:
+        return f"CAST({column} AS TEXT)"
+
+    def uuid_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value  # a string is already in the stored form
+        return value.hex  # 32 hex digits, as the ORM stores a UUIDField
+
+
+DIALECTS: dict[str, Dialect] = {"postgresql": PostgreSQL(), "sqlite": SQLite()}
+
+
+def dialect(using: str) -> Dialect:
+    """The dialect of database ``using``; ``EventsConfigurationError`` if unsupported."""
+    return DIALECTS[vendor(using)]
+
+
+# The vendor-string spelling of the same, for the modules that still branch on the vendor.
+
+
 def now(vendor: str) -> str:
-    """Database time, per statement on PostgreSQL so leases move inside long transactions."""
-    if vendor == "postgresql":
-        return "statement_timestamp()"
-    return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+    return DIALECTS[vendor].now()
 
 
 def now_plus(vendor: str) -> str:
-    """Database time plus the number of seconds given as the next parameter (see ``seconds``)."""
-    if vendor == "postgresql":
-        return "(statement_timestamp() + make_interval(secs => %s))"
-    return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)"
+    return DIALECTS[vendor].now_plus()
 
 
 RELAXED_COMMIT = "set_config('synchronous_commit', 'off', true)"
@@ -55,14 +178,11 @@ later synchronous commit (a handler's) flushes the write-ahead log past it first
 
 
 def seconds(vendor: str, value: float) -> Any:
-    return float(value) if vendor == "postgresql" else f"{float(value):+.3f} seconds"
+    return DIALECTS[vendor].seconds(value)
 
 
 def age_seconds(vendor: str, column: str) -> str:
-    """Seconds between ``column`` and the database's now."""
-    if vendor == "postgresql":
-        return f"extract(epoch from (statement_timestamp() - {column}))"
-    return f"((julianday('now') - julianday({column})) * 86400.0)"
+    return DIALECTS[vendor].age_seconds(column)
 
 
 @cache
@@ -83,10 +203,7 @@ def in_list(count: int) -> str:
 
 
 def uuid_value(vendor: str, value: Any) -> Any:
-    """A UUID as the ORM stores it: native on PostgreSQL, 32 hex digits on SQLite."""
-    if value is None or vendor == "postgresql" or isinstance(value, str):
-        return value  # a string is already in the stored form
-    return value.hex
+    return DIALECTS[vendor].uuid_value(value)
 
 
 def datetime_value(connection: BaseDatabaseWrapper, value: Any) -> Any:

@@ -84,8 +84,8 @@ class DatabaseTransport(Transport):
         return connections[self.database]
 
     @property
-    def _vendor(self) -> str:
-        return sql.vendor(self.database)
+    def _sql(self) -> sql.Dialect:
+        return sql.dialect(self.database)
 
     def _tables(self) -> tuple[str, str]:
         conn = self._connection
@@ -95,21 +95,6 @@ class DatabaseTransport(Transport):
         with self._connection.cursor() as cursor:
             cursor.execute(query, params)
             return cursor.fetchall() if cursor.description else cursor.rowcount
-
-    def _groups_clause(self, column: str, groups: Sequence[str]) -> tuple[str, list[Any]]:
-        if self._vendor == "postgresql":
-            return f"{column} = ANY(%s)", [list(groups)]
-        return f"{column} IN ({sql.in_list(len(groups))})", list(groups)
-
-    def _pairs_clause(self, pairs: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
-        """Rows of these (group, type) pairs; ``pairs`` includes ``(group, "")`` per group."""
-        if self._vendor == "postgresql":
-            return (
-                "(c.group_name, c.event_type) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                [[g for g, _ in pairs], [t for _, t in pairs]],
-            )
-        values = ", ".join(["(%s, %s)"] * len(pairs))
-        return f"(c.group_name, c.event_type) IN (VALUES {values})", [v for p in pairs for v in p]
 
     # -- checks -------------------------------------------------------------------------
 
@@ -193,14 +178,14 @@ class DatabaseTransport(Transport):
         ]
         if not rows:
             return
-        vendor = self._vendor
+        dialect = self._sql
         delivery, _ = self._tables()
-        now = sql.now(vendor)
+        now = dialect.now()
         columns = (
             f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, ordered, "
             "attempts, available_at, parked, last_error, created_at) "
         )
-        if vendor == "postgresql":
+        if isinstance(dialect, sql.PostgreSQL):
             # Six arrays, whatever the batch size: a short statement for the driver to send.
             inserted = self._execute(
                 f"{columns}SELECT e, g, y, p, k, o, 0, {now}, FALSE, '', {now} FROM unnest("
@@ -213,16 +198,21 @@ class DatabaseTransport(Transport):
             row_sql = f"(%s, %s, %s, %s, %s, %s, 0, {now}, FALSE, '', {now})"
             for start in range(0, len(rows), 500):
                 chunk = rows[start : start + 500]
-                params = [p for row in chunk for p in (sql.uuid_value(vendor, row[0]), *row[1:])]
+                params = [p for row in chunk for p in (dialect.uuid_value(row[0]), *row[1:])]
                 inserted += self._execute(
                     f"{columns}VALUES {', '.join([row_sql] * len(chunk))}", params
                 )
-        if inserted and vendor == "postgresql" and self.notify:
-            self._execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL])
+        if inserted:
+            self._wake()
         self._unanalyzed += int(inserted)
 
+    def _wake(self) -> None:
+        """Wake the workers listening for new deliveries (PostgreSQL; SQLite polls)."""
+        if self.notify and self._sql.notifies:
+            self._execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL])
+
     def housekeeping(self) -> None:
-        if self._unanalyzed >= ANALYZE_AFTER and self._vendor == "postgresql":
+        if self._unanalyzed >= ANALYZE_AFTER and isinstance(self._sql, sql.PostgreSQL):
             self._unanalyzed = 0
             delivery, _ = self._tables()
             self._execute(f"ANALYZE {delivery}", [])
@@ -284,13 +274,14 @@ class DatabaseTransport(Transport):
         pairs: list[tuple[str, str]] | None = None,
         max_bytes: int | None = None,
     ) -> list[Claimed]:
-        vendor = self._vendor
+        dialect = self._sql
+        postgresql = isinstance(dialect, sql.PostgreSQL)
         delivery, event = self._tables()
         token = uuid.uuid4().hex
-        now = sql.now(vendor)
+        now = dialect.now()
         if not orphans:
             held = "c.lease_token IS NULL"
-        elif vendor == "postgresql":
+        elif postgresql:
             # A claimer whose connection is gone is dead: no need to wait for its lease,
             # only for the retry backoff its death earned (as if the handler had raised).
             context = self.context
@@ -311,8 +302,8 @@ class DatabaseTransport(Transport):
             f"AND (NOT c.ordered OR NOT EXISTS (SELECT 1 FROM {delivery} h WHERE h.ordered "
             "AND h.group_name = c.group_name AND h.key = c.key AND h.position < c.position))"
         )
-        lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
-        if vendor == "postgresql" and not orphans and pairs is not None:
+        lock = dialect.skip_locked
+        if postgresql and not orphans and pairs is not None:
             # One ordered index scan per (group, type) that stops at the limit, however
             # long the backlog, and never walks past types this worker leaves to others.
             # Pairs take turns at coming first so a busy one cannot starve the others.
@@ -325,7 +316,7 @@ class DatabaseTransport(Transport):
                 f"ORDER BY c.position LIMIT %s{lock}) c LIMIT %s"
             )
             group_params = [[g for g, _ in turned], [t for _, t in turned], limit]
-        elif vendor == "postgresql" and not orphans:
+        elif postgresql and not orphans:
             # One scan per group that stops at the limit: `group_name = ANY(...)` would
             # sort every pending row instead. Groups take turns at coming first.
             self._turn = (getattr(self, "_turn", -1) + 1) % len(groups)
@@ -336,49 +327,45 @@ class DatabaseTransport(Transport):
             )
             group_params = [[*groups[self._turn :], *groups[: self._turn]], limit]
         else:
-            in_groups, group_params = self._groups_clause("c.group_name", groups)
+            in_groups, group_params = dialect.in_values("c.group_name", groups)
             if pairs is not None:
-                typed, typed_params = self._pairs_clause(pairs)
+                # ``pairs`` includes ``(group, "")`` per group: types never recorded.
+                typed, typed_params = dialect.in_pairs("(c.group_name, c.event_type)", pairs)
                 in_groups = f"{in_groups} AND {typed}"
                 group_params += typed_params
             candidates = (
                 f"SELECT c.id FROM {delivery} c WHERE {in_groups} AND {claimable} "
                 f"ORDER BY c.position LIMIT %s{lock}"
             )
-        # On PostgreSQL ARRAY(...) runs once; the update then finds each row by primary key.
-        candidates = (
-            f"= ANY(ARRAY({candidates}))" if vendor == "postgresql" else f"IN ({candidates})"
-        )
         counted = "CASE WHEN claimed_alone THEN 1 ELSE 0 END" if orphans else "1"
-        claimer = "pg_backend_pid()" if vendor == "postgresql" else "NULL"
         alone = "TRUE" if orphans or limit == 1 else "FALSE"
         update = (
             # A count written near the column's top by another writer must not overflow
             # and fail the claim of the whole batch.
             f"UPDATE {delivery} SET attempts = CASE WHEN attempts > {MAX_ATTEMPTS_STORED} "
             f"THEN {MAX_ATTEMPTS_STORED} ELSE attempts END + {counted}, claimed_alone = {alone}, "
-            f"claimed_until = {sql.now_plus(vendor)}, claimer = {claimer}, "
-            "lease_token = %s WHERE id {candidates} "
-            f"RETURNING id, event_id, group_name, attempts, {_as_text(vendor, 'first_failed_at')} "
+            f"claimed_until = {dialect.now_plus()}, claimer = {dialect.backend_pid}, "
+            f"lease_token = %s WHERE {dialect.in_query('id', candidates)} "
+            f"RETURNING id, event_id, group_name, attempts, {dialect.as_text('first_failed_at')} "
             "AS first_failed_at"
         )
-        params = [sql.seconds(vendor, lease), token, *group_params, limit]
+        params = [dialect.seconds(lease), token, *group_params, limit]
         # Times come as text, parsed per row: a value the driver cannot convert (written
         # by raw SQL) must fail its own event, not the fetch of the whole batch.
         columns = (
             "e.id, e.type, e.version, e.key, e.data, e.metadata, "
-            f"{_as_text(vendor, 'e.occurred_at')}, e.source, e.correlation_id, e.causation_id"
+            f"{dialect.as_text('e.occurred_at')}, e.source, e.correlation_id, e.causation_id"
         )
-        if vendor == "postgresql":
+        if postgresql:
             rows = self._execute(
-                f"WITH d AS ({update.format(candidates=candidates)}) "
+                f"WITH d AS ({update}) "
                 f"SELECT d.id, d.event_id, d.group_name, d.attempts, d.first_failed_at, {columns}, "
                 f"{sql.RELAXED_COMMIT} "
                 f"FROM d LEFT JOIN {event} e ON e.id = d.event_id ORDER BY d.id",
                 params,
             )
         else:
-            claimed = self._execute(update.format(candidates=candidates), params)
+            claimed = self._execute(update, params)
             if not claimed:
                 return []
             ids = sorted({row[1] for row in claimed})
@@ -446,22 +433,18 @@ class DatabaseTransport(Transport):
         for item in claimed:
             delivery_id, token = item.receipt
             by_token.setdefault(token, []).append(delivery_id)
-        vendor = self._vendor
+        dialect = self._sql
         delivery, _ = self._tables()
         for token, ids in by_token.items():
-            if vendor == "postgresql":
-                # Rows a handler is working on are locked by its transaction; skip them.
-                where = (
-                    f"id IN (SELECT id FROM {delivery} WHERE id = ANY(%s) AND lease_token = %s "
-                    "FOR UPDATE SKIP LOCKED)"
-                )
-                params: list[Any] = [ids, token]
-            else:
-                where = f"id IN ({sql.in_list(len(ids))}) AND lease_token = %s"
-                params = [*ids, token]
+            # Rows a handler is working on are locked by its transaction; skip them.
+            in_ids, params = dialect.in_values("id", ids)
+            where = (
+                f"id IN (SELECT id FROM {delivery} WHERE {in_ids} AND lease_token = %s"
+                f"{dialect.skip_locked})"
+            )
             self._execute(
-                f"UPDATE {delivery} SET claimed_until = {sql.now_plus(vendor)} WHERE {where}",
-                [sql.seconds(vendor, lease), *params],
+                f"UPDATE {delivery} SET claimed_until = {dialect.now_plus()} WHERE {where}",
+                [dialect.seconds(lease), *params, token],
             )
 
     def release(self, claimed: Sequence[Claimed]) -> None:
@@ -494,7 +477,7 @@ class DatabaseTransport(Transport):
         """Lock the rows still claimed by this lease (PostgreSQL; SQLite has one writer):
         other workers' claims and this worker's heartbeat skip them until the commit."""
         by_receipt = {item.receipt: item for item in claimed}
-        lock = " FOR UPDATE" if self._vendor == "postgresql" else ""
+        lock = self._sql.for_update
         delivery, _ = self._tables()
         held: list[Claimed] = []
         for token in sorted({token for _, token in by_receipt}):
@@ -514,10 +497,7 @@ class DatabaseTransport(Transport):
             return super().ack_many(claimed)
         delivery, _ = self._tables()
         ids = sorted(delivery_id for delivery_id, _ in by_receipt)
-        if self._vendor == "postgresql":
-            where, params = "id = ANY(%s)", [ids]
-        else:
-            where, params = f"id IN ({sql.in_list(len(ids))})", list(ids)
+        where, params = self._sql.in_values("id", ids)
         rows = self._execute(
             f"DELETE FROM {delivery} WHERE {where} AND lease_token = %s RETURNING id",
             [*params, *tokens],
@@ -526,14 +506,14 @@ class DatabaseTransport(Transport):
         return [by_receipt[(row[0], token)] for row in rows]
 
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
-        vendor = self._vendor
+        dialect = self._sql
         delivery, _ = self._tables()
         delivery_id, token = claimed.receipt
         self._execute(
-            f"UPDATE {delivery} SET available_at = {sql.now_plus(vendor)}, claimed_until = NULL, "
+            f"UPDATE {delivery} SET available_at = {dialect.now_plus()}, claimed_until = NULL, "
             f"lease_token = NULL, last_error = %s, first_failed_at = COALESCE(first_failed_at, "
-            f"{sql.now(vendor)}) WHERE id = %s AND lease_token = %s",
-            [sql.seconds(vendor, delay), error[:2000], delivery_id, token],
+            f"{dialect.now()}) WHERE id = %s AND lease_token = %s",
+            [dialect.seconds(delay), error[:2000], delivery_id, token],
         )
 
     def dead_letter(self, claimed: Claimed) -> bool:
@@ -552,10 +532,10 @@ class DatabaseTransport(Transport):
         return bool(parked or removed)
 
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
-        vendor = self._vendor
+        dialect = self._sql
         delivery, event = self._tables()
-        db_id = sql.uuid_value(vendor, event_id)
-        now = sql.now(vendor)
+        db_id = dialect.uuid_value(event_id)
+        now = dialect.now()
         reopened = self._execute(
             f"UPDATE {delivery} SET parked = FALSE, attempts = 0, available_at = {now}, "
             "claimed_until = NULL, lease_token = NULL, first_failed_at = NULL, last_error = '' "
@@ -579,14 +559,13 @@ class DatabaseTransport(Transport):
             f"{now} FROM {event} WHERE id = %s",
             [group, ordered, db_id],
         )
-        if vendor == "postgresql" and self.notify:
-            self._execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL])
+        self._wake()
 
     def discard(self, event_id: uuid.UUID, group: str) -> None:
         delivery, _ = self._tables()
         self._execute(
             f"DELETE FROM {delivery} WHERE event_id = %s AND group_name = %s AND parked",
-            [sql.uuid_value(self._vendor, event_id), group],
+            [self._sql.uuid_value(event_id), group],
         )
 
     def backlog_by_type(self) -> dict[tuple[str, str], int]:
@@ -608,15 +587,15 @@ class DatabaseTransport(Transport):
         )
 
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
-        vendor = self._vendor
+        dialect = self._sql
         delivery, _ = self._tables()
-        now = sql.now(vendor)
+        now = dialect.now()
         waiting = f"NOT parked AND (claimed_until IS NULL OR claimed_until < {now})"
         rows = self._execute(
             f"SELECT group_name, "
             f"SUM(CASE WHEN {waiting} THEN 1 ELSE 0 END), "
             f"SUM(CASE WHEN claimed_until >= {now} THEN 1 ELSE 0 END), "
-            f"MAX(CASE WHEN {waiting} THEN {sql.age_seconds(vendor, 'created_at')} END), "
+            f"MAX(CASE WHEN {waiting} THEN {dialect.age_seconds('created_at')} END), "
             f"SUM(CASE WHEN {waiting} AND attempts > 0 THEN 1 ELSE 0 END), "
             "SUM(CASE WHEN parked THEN 1 ELSE 0 END) "
             f"FROM {delivery} GROUP BY group_name",
@@ -638,14 +617,6 @@ class DatabaseTransport(Transport):
 def _pairs(groups: Sequence[str], types: Mapping[str, Collection[str]]) -> list[tuple[str, str]]:
     """The (group, type) pairs to claim: each listed type, and ``""`` (type not recorded)."""
     return [(g, t) for g in groups for t in [*sorted(types.get(g, ())), ""]]
-
-
-def _as_text(vendor: str, column: str) -> str:
-    """``column`` (a timestamp) as ISO 8601 text, which no driver converts: on PostgreSQL
-    through JSON, whose times are ISO 8601 whatever the session's DateStyle."""
-    if vendor == "postgresql":
-        return f"to_json({column}) #>> ARRAY[]::text[]"
-    return f"CAST({column} AS TEXT)"
 
 
 def _time_or_none(value: Any) -> dt.datetime | None:

@@ -71,7 +71,8 @@ def test_f2_writers_commit_out_of_order_and_none_is_skipped(procs: Procs, tmp_pa
 
 
 def _naive_relay(dbname: str, stop: threading.Event, seen: set) -> None:
-    """CONTROL: the relay DESIGN.md warns about. Never used outside this test."""
+    """CONTROL: a relay that tracks progress by id, which docs/guarantees.md ("2. At
+    least once") says skips late commits. Never used outside this test."""
     last_id = 0
     with psycopg.connect(
         host="127.0.0.1",
