@@ -24,6 +24,7 @@ import json
 import threading
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -1231,10 +1232,13 @@ class WorkerAdmin(PageAdmin):
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         conf = get_settings().workers
+        found = workers.listing(transports["default"].database)
+        for worker in found:
+            worker["started"] = datetime.fromisoformat(worker["started_at"])
         return self._page(
             request,
             "admin/django_events/workers.html",
-            workers=workers.listing(transports["default"].database),
+            workers=found,
             stuck_after=conf.stuck_after,
             dead_after=conf.heartbeat * conf.dead_after,
             title="Workers",

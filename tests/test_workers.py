@@ -8,6 +8,7 @@ import json
 import threading
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -30,7 +31,7 @@ from .conftest import closing_connections, wait_until
 PAGE = "/admin/django_events/workerrecord/"
 
 
-def presence(name: str = "host-a:101:abc", groups: tuple[str, ...] = ("alpha",)) -> workers.Presence:
+def presence(name: str = "host-a:101:abc", groups: tuple[str, ...] = ("alpha",)) -> Any:
     return workers.Presence(name, list(groups), "default", "default")
 
 
@@ -157,16 +158,14 @@ class TestRegistry:
 
 
 def test_workers_settings_are_checked():
-    with (
-        override_settings(DJANGO_EVENTS={"WORKERS": {"HEARTBEAT": 2, "STUCK_AFTER": 60}}),
-    ):
+    with override_settings(DJANGO_EVENTS={"WORKERS": {"HEARTBEAT": 2, "STUCK_AFTER": 60}}):
         conf = get_settings().workers
         assert (conf.heartbeat, conf.dead_after, conf.stuck_after) == (2.0, 3, 60.0)
-    with override_settings(DJANGO_EVENTS={"WORKERS": {"HEARTBEATS": 2}}):
-        with pytest.raises(EventsConfigurationError, match="HEARTBEATS"):
-            get_settings()
-    with override_settings(DJANGO_EVENTS={"WORKERS": {"DEAD_AFTER": 1}}):
-        with pytest.raises(EventsConfigurationError, match="DEAD_AFTER"):
+    for wrong, key in (({"HEARTBEATS": 2}, "HEARTBEATS"), ({"DEAD_AFTER": 1}, "DEAD_AFTER")):
+        with (
+            override_settings(DJANGO_EVENTS={"WORKERS": wrong}),
+            pytest.raises(EventsConfigurationError, match=key),
+        ):
             get_settings()
 
 
