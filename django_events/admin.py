@@ -24,6 +24,7 @@ import json
 import threading
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -54,7 +55,7 @@ from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
-from . import edit_retry, export, failure_counts, pauses, subscriptions, triage
+from . import edit_retry, export, failure_counts, pauses, subscriptions, triage, workers
 from .conf import get_settings
 from .exceptions import InvalidEvent
 from .models import (
@@ -66,6 +67,7 @@ from .models import (
     Pause,
     QueueStatus,
     Subscription,
+    WorkerRecord,
 )
 from .registry import registry
 from .status import collect
@@ -1211,6 +1213,35 @@ class QueueStatusAdmin(PageAdmin):
             can_pause=request.user.has_perm(pauses.PERMISSION),
             pauses_url=_url("pause_changelist"),
             pause_add_url=_url("pause_add"),
+        )
+
+
+@admin.register(WorkerRecord)
+class WorkerAdmin(PageAdmin):
+    """Live and recently dead workers, and what each is handling (read-only; one query,
+    whatever the number of workers: :func:`django_events.workers.listing`)."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("django_events.view_workerrecord")
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [path("", view(self.changelist_view), name="django_events_workerrecord_changelist")]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        conf = get_settings().workers
+        found = workers.listing(transports["default"].database)
+        for worker in found:
+            worker["started"] = datetime.fromisoformat(worker["started_at"])
+        return self._page(
+            request,
+            "admin/django_events/workers.html",
+            workers=found,
+            stuck_after=conf.stuck_after,
+            dead_after=conf.heartbeat * conf.dead_after,
+            title="Workers",
         )
 
 

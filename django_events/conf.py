@@ -51,6 +51,18 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Workers:
+    """The worker registry (:mod:`django_events.workers`): how often a worker's row is
+    written, when a silent one counts as dead, when a handler counts as stuck, and how
+    long the rows of dead and stopped workers are kept."""
+
+    heartbeat: float = 10.0
+    dead_after: int = 3
+    stuck_after: float = 300.0
+    retention: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
 class EventsSettings:
     transports: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"default": {"BACKEND": DEFAULT_TRANSPORT, "OPTIONS": {}}}
@@ -76,6 +88,7 @@ class EventsSettings:
     inbox_retention: float | None = None
     dead_letter_retention: float | None = None
     health: Health = field(default_factory=Health)
+    workers: Workers = field(default_factory=Workers)
     autodiscover_modules: tuple[str, ...] = ("events", "handlers")
     schema_dir: str | None = None
     allow_command_names: tuple[str, ...] = ()
@@ -111,6 +124,7 @@ _TOP_KEYS = {
     "INBOX_RETENTION",
     "DEAD_LETTER_RETENTION",
     "HEALTH",
+    "WORKERS",
     "AUTODISCOVER_MODULES",
     "SCHEMA_DIR",
     "ALLOW_COMMAND_NAMES",
@@ -121,6 +135,7 @@ _TOP_KEYS = {
 }
 _RETRY_KEYS = {"MAX_ATTEMPTS", "BACKOFF_BASE", "BACKOFF_MAX"}
 _HEALTH_KEYS = {"MAX_PENDING_AGE", "MAX_OUTBOX_AGE", "MAX_DEAD"}
+_WORKERS_KEYS = {"HEARTBEAT", "DEAD_AFTER", "STUCK_AFTER", "RETENTION"}
 _TRANSPORT_KEYS = {"BACKEND", "OPTIONS"}
 
 
@@ -179,6 +194,17 @@ def _retry(raw: dict[str, Any], base: RetryPolicy, where: str) -> RetryPolicy:
     return policy
 
 
+def _workers(raw: dict[str, Any], where: str) -> Workers:
+    _unknown(raw, _WORKERS_KEYS, where)
+    base = Workers()
+    return Workers(
+        heartbeat=float(_number(raw, "HEARTBEAT", base.heartbeat, where, minimum=0.01)),
+        dead_after=_number(raw, "DEAD_AFTER", base.dead_after, where, minimum=2, integer=True),
+        stuck_after=float(_number(raw, "STUCK_AFTER", base.stuck_after, where)),
+        retention=float(_number(raw, "RETENTION", base.retention, where)),
+    )
+
+
 def _dict(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise EventsConfigurationError(f"{where} must be a dict, got {type(value).__name__}.")
@@ -224,6 +250,8 @@ def parse(raw: Any) -> EventsSettings:
             health_raw, "MAX_DEAD", defaults.health.max_dead, hw, integer=True, optional=True
         ),
     )
+
+    workers = _workers(_dict(raw.get("WORKERS", {}), f"{where}['WORKERS']"), f"{where}['WORKERS']")
 
     databases = raw.get("OUTBOX_DATABASES", defaults.outbox_databases)
     if (
@@ -315,6 +343,7 @@ def parse(raw: Any) -> EventsSettings:
         inbox_retention=_number(raw, "INBOX_RETENTION", None, where, optional=True),
         dead_letter_retention=_number(raw, "DEAD_LETTER_RETENTION", None, where, optional=True),
         health=health,
+        workers=workers,
         autodiscover_modules=tuple(modules),
         schema_dir=None if schema_dir is None else os.fspath(schema_dir),
         allow_command_names=tuple(allowed),

@@ -338,6 +338,42 @@ class Pause(models.Model):
         return f"{self.group} ({self.event_type})" if self.event_type else self.group
 
 
+class WorkerRecord(models.Model):
+    """A ``consume_events`` process: who it is, and what it was doing when last seen.
+
+    Inserted when the worker starts, updated by its heartbeat thread at most once per
+    ``WORKERS["HEARTBEAT"]`` (never per event), marked stopped on a clean exit. A killed
+    worker's row stops moving and reads as dead after ``DEAD_AFTER`` heartbeats
+    (:mod:`django_events.workers`, docs/admin.md "Workers").
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    name = models.CharField(max_length=200, unique=True)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    service = models.CharField(max_length=100)
+    version = models.CharField(max_length=50)
+    groups = models.JSONField(default=list)
+    transport = models.CharField(max_length=100)
+    started_at = models.DateTimeField(db_default=Now())
+    last_seen_at = models.DateTimeField(db_default=Now(), db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    event_id = models.UUIDField(null=True, blank=True)
+    event_type = models.CharField(max_length=200, blank=True, default="")
+    event_group = models.CharField(max_length=100, blank=True, default="")
+    event_since = models.DateTimeField(
+        null=True, blank=True, help_text="When the handler of the current event started."
+    )
+
+    class Meta:
+        db_table = "django_events_worker"
+        verbose_name = "worker"
+        default_permissions = ("view",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class FailureGroup(DeadLetter):
     """Open dead letters grouped by fingerprint: an admin page, no table of its own."""
 

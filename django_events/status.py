@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import connections
 
-from . import failure_counts, pauses, sql, subscriptions
+from . import failure_counts, pauses, sql, subscriptions, workers
 from .conf import get_settings
 from .models import Subscription
 from .registry import registry
@@ -14,7 +14,7 @@ from .transports import transports
 
 
 def collect() -> dict[str, Any]:
-    """Per-group backlog, in-flight and dead counts, and the outbox backlog."""
+    """Per-group backlog, in-flight and dead counts, the outbox backlog, and the workers."""
     conf = get_settings()
     transport = transports["default"]
     dead = failure_counts.open_by_group(transport.database)
@@ -60,6 +60,7 @@ def collect() -> dict[str, Any]:
         "groups": groups,
         "outbox": {"unrelayed": unrelayed, "oldest_age_s": oldest},
         "transport": transport.alias,
+        "workers": workers.listing(transport.database),
     }
 
 

@@ -23,7 +23,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
-from . import failpoints, inbox, instrumentation, logfields, pauses, sentry, signals
+from . import failpoints, inbox, instrumentation, logfields, pauses, sentry, signals, workers
 from .conf import get_settings
 from .envelope import Event
 from .exceptions import BackgroundThreadDied, PermanentFailure, TransportUnavailable
@@ -66,12 +66,16 @@ class _ClaimLost(Exception):
 
 
 class Heartbeat(threading.Thread):
-    """Renews the leases of claimed events while this worker is alive."""
+    """Renews the leases of claimed events while this worker is alive, and writes its
+    registry row (``presence``, at most once per ``WORKERS["HEARTBEAT"]``)."""
 
-    def __init__(self, transport: Transport, lease: float) -> None:
+    def __init__(
+        self, transport: Transport, lease: float, presence: workers.Presence | None = None
+    ) -> None:
         super().__init__(name="django-events-heartbeat", daemon=True)
         self.transport = transport
         self.lease = lease
+        self.presence = presence
         self.held: dict[object, Claimed] = {}
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -87,7 +91,8 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self.stopped.wait(self.lease / 3):
+            every = min(self.lease / 3, self.presence.interval if self.presence else self.lease)
+            while not self.stopped.wait(every):
                 with self.lock:
                     held = list(self.held.values())
                 if held:
@@ -96,6 +101,8 @@ class Heartbeat(threading.Thread):
                     except Exception:
                         logger.warning("Could not renew %d leases", len(held), exc_info=True)
                         connections.close_all()
+                if self.presence:
+                    self.presence.beat()
         finally:
             connections.close_all()
 
@@ -168,6 +175,9 @@ class Worker:
         self._pauses = pauses.PauseSet(self.database, self.poll_interval)
         self._warned_type_pause = False
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.presence = workers.Presence(
+            self.name, self.groups, self.transport.alias, self.database
+        )
         self.running = True
         self.handled = 0
         self.retried = 0
@@ -198,7 +208,9 @@ class Worker:
         if self.relay:
             channels.append(OUTBOX_CHANNEL)
         waiter = Waiter(self.database, channels, ignore=self._own_backend)
-        self._heartbeat = Heartbeat(self.transport, self.lease)
+        if not once:  # a cron run (--once) is not a worker to watch
+            self.presence.register()
+        self._heartbeat = Heartbeat(self.transport, self.lease, self.presence)
         self._heartbeat.start()
         self._watchdog.start()
         if self.relay and self.groups and self.transport.waits_for_work and not once:
@@ -218,6 +230,7 @@ class Worker:
         finally:
             self._watchdog.stop()
             self._heartbeat.stop()
+            self.presence.stop()
             if self._relay_thread:
                 self._relay_thread.stop()
                 self._relay_thread.join(timeout=self.poll_interval + 30)
@@ -427,6 +440,7 @@ class Worker:
                         handling(event),
                         instrumentation.consuming(item, event),
                         sentry.reporting(item),
+                        self.presence.handling(item),
                         self._watchdog.paused(),
                     ):
                         handler.call(event)
@@ -515,6 +529,7 @@ class Worker:
                         handling(event),
                         instrumentation.consuming(claimed, event),
                         sentry.reporting(claimed),
+                        self.presence.handling(claimed),
                         self._watchdog.paused(),
                     ):
                         handler.call(event)

@@ -20,6 +20,10 @@ def behave(event, group=""):
         raise RuntimeError(f"{group} asked to fail: {data.get('n')}")
     if data.get("sleep"):
         time.sleep(data["sleep"])
+    hold = data.get("wait_for")  # a file: the handler blocks until it exists (a stuck handler)
+    deadline = time.monotonic() + 120
+    while hold and not Path(hold).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     marker = data.get("crash_once")
     if marker and not Path(marker).exists():
         Path(marker).write_text(str(os.getpid()))

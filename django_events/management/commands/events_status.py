@@ -71,6 +71,32 @@ class Command(BaseCommand):
                     )
                 )
 
+    def _workers(self, report: dict[str, Any]) -> None:
+        """Live and recently gone workers; a stuck handler and a dead worker stand out."""
+        rows = report.get("workers", ())
+        if not rows:
+            return
+        self.stdout.write("workers:")
+        for w in rows:
+            now = w["current"]
+            doing = (
+                f"{now['event_type']} {now['event_id']} for {now['group']} since "
+                f"{now['since']} ({now['running_s']:.0f}s)"
+                if now
+                else ("idle" if w["state"] == "live" else "-")
+            )
+            line = (
+                f"  {w['state'].upper():<8}{w['host']}:{w['pid']}  {w['service']} {w['version']}  "
+                f"groups {', '.join(w['groups']) or '-'}  started {w['started_at']}  "
+                f"seen {w['last_seen_s']:.0f}s ago  {doing}"
+            )
+            if w["stuck"]:
+                self.stdout.write(self.style.ERROR(line))
+            elif w["state"] == "dead":
+                self.stdout.write(self.style.WARNING(line))
+            else:
+                self.stdout.write(line)
+
     def _table(self, report: dict[str, Any]) -> None:
         out = self.stdout
         out.write(
@@ -83,6 +109,7 @@ class Command(BaseCommand):
                 f"{', '.join(g['services']) or '-'}"
             )
         self._pauses(report)
+        self._workers(report)
         self._subscriptions(report)
         box = report["outbox"]
         age = "-" if box["oldest_age_s"] is None else f"{box['oldest_age_s']:.1f}s"
