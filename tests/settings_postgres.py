@@ -6,7 +6,7 @@ from .settings_base import TEST_DB_NAME
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": TEST_DB_NAME or os.environ.get("PGDATABASE", "django_events"),
+        "NAME": TEST_DB_NAME or os.environ.get("PGDATABASE", "postgres"),
         "USER": os.environ.get("PGUSER", "postgres"),
         "HOST": os.environ.get("PGHOST", "127.0.0.1"),
         "PORT": os.environ.get("PGPORT", "5432"),
