@@ -148,7 +148,10 @@ def test_the_worker_counts_what_it_did(meter_reader):
     assert points[("django_events.failed", beta)].value == 5
     assert points[("django_events.retried", beta)].value == 4
     assert points[("django_events.dead_lettered", beta)].value == 1
-    assert points[("django_events.handler.duration", alpha)].count == 1
+    duration = points[("django_events.handler.duration", alpha)]
+    assert duration.count == 1
+    # seconds, with sub-second resolution: not the SDK's default, millisecond-sized buckets
+    assert len([bound for bound in duration.explicit_bounds if 0 < bound < 1]) >= 5
     latency = points[("django_events.delivery.latency", alpha)]
     assert latency.count == 1
     assert 0 <= latency.sum < 60
