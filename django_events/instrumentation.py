@@ -15,8 +15,8 @@ trace reads from the request that published to every handler it caused.
 Per event, the SDK's own work is the cost (docs/observability.md, "What it costs"), so the
 hooks add as little as they can to it: counters are plain integers summed here and read
 by the SDK through asynchronous counters when its reader collects (one callback per
-collection instead of an SDK measurement per event), and a handler's span is started and
-made current without the generator layers of ``start_as_current_span``.
+collection instead of an SDK measurement per event), and the publish and handler spans are
+started and made current without the generator layers of ``start_as_current_span``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from .envelope import TRACE_KEYS, Event
@@ -84,19 +84,43 @@ def _tracer() -> Any:
 # --- publish --------------------------------------------------------------------------------
 
 
-@contextmanager
-def publishing() -> Iterator[Any]:
+class _Current:
+    """A span made current for a ``with`` block and ended after it, an exception recorded
+    on it: what ``start_as_current_span`` does, without its two generator-based context
+    managers (docs/observability.md, "What it costs")."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+    def __enter__(self) -> Any:
+        self.token = otel_context.attach(otel.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        otel_context.detach(self.token)
+        span = self.span
+        if exc is not None:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.set_attribute("error.type", type(exc).__qualname__)
+        span.end()
+
+
+def publishing() -> AbstractContextManager[Any]:
     """The producer span around one ``publish_many``, when tracing is on."""
-    with _tracer().start_as_current_span(
-        "send",
-        kind=SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": SYSTEM,
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "send",
-        },
-    ) as span:
-        yield span
+    return _Current(
+        _tracer().start_span(
+            "send",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+            },
+        )
+    )
 
 
 def trace_context(span: Any, metadata: Mapping[str, str]) -> dict[str, str]:
@@ -162,22 +186,17 @@ def relayed(using: str, count: int, started_ns: int) -> None:
 def consuming(claimed: Claimed, event: Event) -> AbstractContextManager[None]:
     """The consumer span of one handler run, a child of the publish span; an exception
     is recorded on it and goes on to the worker."""
-    return _Consuming(claimed, event) if tracing_enabled() else _NOTHING
+    return _consuming(claimed, event) if tracing_enabled() else _NOTHING
 
 
-class _Consuming:
-    """The handler's span, current while it runs (start_span and attach: what
-    ``start_as_current_span`` does, without its two generator-based context managers)."""
-
-    __slots__ = ("span", "token")
-
-    def __init__(self, claimed: Claimed, event: Event) -> None:
-        parent = None
-        if "traceparent" in event.metadata:
-            parent = _W3C.extract(
-                {key: event.metadata[key] for key in TRACE_KEYS if key in event.metadata}
-            )
-        self.span = _tracer().start_span(
+def _consuming(claimed: Claimed, event: Event) -> _Current:
+    parent = None
+    if "traceparent" in event.metadata:
+        parent = _W3C.extract(
+            {key: event.metadata[key] for key in TRACE_KEYS if key in event.metadata}
+        )
+    return _Current(
+        _tracer().start_span(
             f"process {claimed.group}",
             context=parent,
             kind=SpanKind.CONSUMER,
@@ -193,18 +212,7 @@ class _Consuming:
                 "django_events.attempt": claimed.attempt,
             },
         )
-
-    def __enter__(self) -> None:
-        self.token = otel_context.attach(otel.set_span_in_context(self.span))
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        otel_context.detach(self.token)
-        span = self.span
-        if exc is not None:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            span.set_attribute("error.type", type(exc).__qualname__)
-        span.end()
+    )
 
 
 def handled(claimed: Claimed, event: Event, duration: float) -> None:
