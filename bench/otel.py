@@ -2,9 +2,9 @@
 
 "absent" is an install without the ``otel`` extra; "off" has the API but no tracer or
 meter provider set (what most installs that pull the API in as a dependency look like);
-"on" is the SDK as production sets it up, a batch span processor and a metric reader,
-exporting nowhere, so what is measured is the library's hooks and the SDK's bookkeeping,
-not a collector.
+"on" is the SDK as docs/observability.md tells users to set it up, a batch span processor
+and a periodic metric reader (at the SDK's default interval), exporting nowhere, so what
+is measured is the library's hooks and the SDK's bookkeeping, not a collector.
 """
 
 from __future__ import annotations
@@ -47,7 +47,11 @@ def install_sdk() -> None:
 
     if not _sdk:
         from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.metrics.export import (
+            MetricExporter,
+            MetricExportResult,
+            PeriodicExportingMetricReader,
+        )
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import (
             BatchSpanProcessor,
@@ -59,9 +63,20 @@ def install_sdk() -> None:
             def export(self, spans: Sequence[Any]) -> SpanExportResult:
                 return SpanExportResult.SUCCESS
 
+        class NoMetrics(MetricExporter):
+            def export(self, metrics_data: Any, **kwargs: Any) -> MetricExportResult:
+                return MetricExportResult.SUCCESS
+
+            def force_flush(self, timeout_millis: float = 10_000) -> bool:
+                return True
+
+            def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+                pass
+
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(BatchSpanProcessor(Nowhere()))
-        _sdk.extend([tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])])
+        reader = PeriodicExportingMetricReader(NoMetrics())
+        _sdk.extend([tracer_provider, MeterProvider(metric_readers=[reader])])
     _unset()
     trace.set_tracer_provider(_sdk[0])
     metrics.set_meter_provider(_sdk[1])

@@ -11,13 +11,20 @@ and ``tracestate``; on the wire they are the CloudEvents distributed-tracing ext
 attributes (``envelope.split_trace``). A handler's span is a child of the publish span:
 one event is handled once per group per attempt, so one parent is the truth, and the
 trace reads from the request that published to every handler it caused.
+
+Per event, the SDK's own work is the cost (docs/observability.md, "What it costs"), so the
+hooks add as little as they can to it: counters are plain integers summed here and read
+by the SDK through asynchronous counters when its reader collects (one callback per
+collection instead of an SDK measurement per event), and the publish and handler spans are
+started and made current without the generator layers of ``start_as_current_span``.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from .envelope import TRACE_KEYS, Event
@@ -26,8 +33,10 @@ if TYPE_CHECKING:
     from .transports.base import Claimed
 
 try:  # the one import guard: everything below checks ``otel``
+    from opentelemetry import context as otel_context
     from opentelemetry import metrics as otel_metrics
     from opentelemetry import trace as otel
+    from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     from opentelemetry.trace.status import Status, StatusCode
@@ -75,19 +84,43 @@ def _tracer() -> Any:
 # --- publish --------------------------------------------------------------------------------
 
 
-@contextmanager
-def publishing() -> Iterator[Any]:
+class _Current:
+    """A span made current for a ``with`` block and ended after it, an exception recorded
+    on it: what ``start_as_current_span`` does, without its two generator-based context
+    managers (docs/observability.md, "What it costs")."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+    def __enter__(self) -> Any:
+        self.token = otel_context.attach(otel.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        otel_context.detach(self.token)
+        span = self.span
+        if exc is not None:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.set_attribute("error.type", type(exc).__qualname__)
+        span.end()
+
+
+def publishing() -> AbstractContextManager[Any]:
     """The producer span around one ``publish_many``, when tracing is on."""
-    with _tracer().start_as_current_span(
-        "send",
-        kind=SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": SYSTEM,
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "send",
-        },
-    ) as span:
-        yield span
+    return _Current(
+        _tracer().start_span(
+            "send",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+            },
+        )
+    )
 
 
 def trace_context(span: Any, metadata: Mapping[str, str]) -> dict[str, str]:
@@ -118,9 +151,9 @@ def published(events: Sequence[Event]) -> None:
     """Count events as they are written (the transaction may still roll back)."""
     if not metrics_enabled():
         return
-    counter = _instrument("counter", "django_events.published", "Events published")
+    counter = _counter("django_events.published", "Events published")
     for event in events:
-        counter.add(1, {"type": event.type})
+        counter.add((event.type,))
 
 
 # --- relay ----------------------------------------------------------------------------------
@@ -131,9 +164,7 @@ def relayed(using: str, count: int, started_ns: int) -> None:
     if otel is None or not count:
         return
     if metrics_enabled():
-        _instrument("counter", "django_events.relayed", "Events relayed").add(
-            count, {"database": using}
-        )
+        _counter("django_events.relayed", "Events relayed", ("database",)).add((using,), count)
     if not tracing_enabled():
         return
     span = _tracer().start_span(
@@ -158,53 +189,44 @@ def consuming(claimed: Claimed, event: Event) -> AbstractContextManager[None]:
     return _consuming(claimed, event) if tracing_enabled() else _NOTHING
 
 
-@contextmanager
-def _consuming(claimed: Claimed, event: Event) -> Iterator[None]:
+def _consuming(claimed: Claimed, event: Event) -> _Current:
     parent = None
     if "traceparent" in event.metadata:
         parent = _W3C.extract(
             {key: event.metadata[key] for key in TRACE_KEYS if key in event.metadata}
         )
-    attributes = {
-        "messaging.system": SYSTEM,
-        "messaging.operation.type": "process",
-        "messaging.operation.name": "process",
-        "messaging.destination.name": claimed.group,
-        "messaging.consumer.group.name": claimed.group,
-        "messaging.message.id": str(event.id),
-        "messaging.message.conversation_id": str(event.correlation_id or event.id),
-        "django_events.event.type": event.type,
-        "django_events.attempt": claimed.attempt,
-    }
-    with _tracer().start_as_current_span(
-        f"process {claimed.group}",
-        context=parent,
-        kind=SpanKind.CONSUMER,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        try:
-            yield
-        except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            span.set_attribute("error.type", type(exc).__qualname__)
-            raise
+    return _Current(
+        _tracer().start_span(
+            f"process {claimed.group}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": claimed.group,
+                "messaging.consumer.group.name": claimed.group,
+                "messaging.message.id": str(event.id),
+                "messaging.message.conversation_id": str(event.correlation_id or event.id),
+                "django_events.event.type": event.type,
+                "django_events.attempt": claimed.attempt,
+            },
+        )
+    )
 
 
 def handled(claimed: Claimed, event: Event, duration: float) -> None:
     if not metrics_enabled():
         return
     labels = {"group": claimed.group, "type": event.type}
-    _instrument("counter", "django_events.handled", "Events handled").add(1, labels)
-    _instrument("histogram", "django_events.handler.duration", "Handler run time", "s").record(
-        duration, labels
+    _counter("django_events.handled", "Events handled", _GROUP_TYPE).add(
+        (claimed.group, event.type)
     )
+    _histogram("django_events.handler.duration", "Handler run time").record(duration, labels)
     latency = time.time() - event.occurred_at.timestamp()
-    _instrument(
-        "histogram", "django_events.delivery.latency", "From publish to handled", "s"
-    ).record(max(latency, 0.0), labels)
+    _histogram("django_events.delivery.latency", "From publish to handled").record(
+        max(latency, 0.0), labels
+    )
 
 
 def failed(claimed: Claimed) -> None:
@@ -223,16 +245,58 @@ def dead_lettered(claimed: Claimed) -> None:
 def _count(name: str, description: str, claimed: Claimed) -> None:
     if not metrics_enabled():
         return
-    labels = {"group": claimed.group, "type": claimed.event_type}
-    _instrument("counter", name, description).add(1, labels)
+    _counter(name, description, _GROUP_TYPE).add((claimed.group, claimed.event_type))
 
 
-def _instrument(kind: str, name: str, description: str, unit: str = "{event}") -> Any:
-    """One instrument per name, created on first use from the global meter (a proxy until
+class _Totals:
+    """A monotonic counter summed in plain integers, per tuple of attribute values, and
+    reported by an asynchronous counter of the same name at each collection."""
+
+    def __init__(self, name: str, description: str, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self.totals: dict[tuple[str, ...], int] = {}
+        self.lock = threading.Lock()  # publish() may run in several threads
+        otel_metrics.get_meter("django_events").create_observable_counter(
+            name, callbacks=[self.observe], unit="{event}", description=description
+        )
+
+    def add(self, values: tuple[str, ...], amount: int = 1) -> None:
+        with self.lock:
+            self.totals[values] = self.totals.get(values, 0) + amount
+
+    def observe(self, options: CallbackOptions) -> Iterator[Observation]:
+        with self.lock:
+            totals = list(self.totals.items())
+        for values, total in totals:
+            yield Observation(total, dict(zip(self.keys, values, strict=True)))
+
+
+_GROUP_TYPE = ("group", "type")
+SECONDS_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
+)
+"""Bucket bounds of the two histograms: the SDK's default ones (0, 5, 10, 25 ... 10000) are
+made for milliseconds and would put every handler run in the first bucket."""
+
+
+def _counter(name: str, description: str, keys: tuple[str, ...] = ("type",)) -> _Totals:
+    found = _instruments.get(name)
+    if found is None:
+        found = _instruments[name] = _Totals(name, description, keys)
+    return found
+
+
+def _histogram(name: str, description: str) -> Any:
+    """One histogram per name, created on first use from the global meter (a proxy until
     an SDK meter provider is set, then the real one)."""
     found = _instruments.get(name)
     if found is None:
         meter = otel_metrics.get_meter("django_events")
-        create = meter.create_counter if kind == "counter" else meter.create_histogram
-        found = _instruments[name] = create(name, unit=unit, description=description)
+        found = _instruments[name] = meter.create_histogram(
+            name,
+            unit="s",
+            description=description,
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+        )
     return found

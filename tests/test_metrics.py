@@ -129,9 +129,8 @@ def test_a_short_metrics_token_is_refused_by_name(settings):
         get_settings()
 
 
-def test_the_worker_counts_what_it_did(meter_reader):
-    publish("test.happened", {"n": 1, "fail_group": "beta"})
-    deliver(["alpha", "beta"])
+def collected(meter_reader: Any) -> dict[tuple[str, tuple], Any]:
+    """Every data point the reader collects now, by (instrument, sorted attributes)."""
     points: dict[tuple[str, tuple], Any] = {}
     data = meter_reader.get_metrics_data()
     for resource in data.resource_metrics:
@@ -139,6 +138,13 @@ def test_the_worker_counts_what_it_did(meter_reader):
             for metric in scope.metrics:
                 for point in metric.data.data_points:
                     points[(metric.name, tuple(sorted(point.attributes.items())))] = point
+    return points
+
+
+def test_the_worker_counts_what_it_did(meter_reader):
+    publish("test.happened", {"n": 1, "fail_group": "beta"})
+    deliver(["alpha", "beta"])
+    points = collected(meter_reader)
     alpha = (("group", "alpha"), ("type", "test.happened"))
     beta = (("group", "beta"), ("type", "test.happened"))
     assert points[("django_events.published", (("type", "test.happened"),))].value == 1
@@ -148,7 +154,26 @@ def test_the_worker_counts_what_it_did(meter_reader):
     assert points[("django_events.failed", beta)].value == 5
     assert points[("django_events.retried", beta)].value == 4
     assert points[("django_events.dead_lettered", beta)].value == 1
-    assert points[("django_events.handler.duration", alpha)].count == 1
+    duration = points[("django_events.handler.duration", alpha)]
+    assert duration.count == 1
+    # seconds, with sub-second resolution: not the SDK's default, millisecond-sized buckets
+    assert len([bound for bound in duration.explicit_bounds if 0 < bound < 1]) >= 5
     latency = points[("django_events.delivery.latency", alpha)]
     assert latency.count == 1
     assert 0 <= latency.sum < 60
+
+
+def test_counters_are_totals_since_start_at_every_collection(meter_reader):
+    """The counters are summed in the process and read at collection (docs/observability.md,
+    "OpenTelemetry counters and histograms"): each collection sees the running total."""
+    alpha = ("django_events.handled", (("group", "alpha"), ("type", "test.happened")))
+    published = ("django_events.published", (("type", "test.happened"),))
+    publish("test.happened", {"n": 1})
+    deliver(["alpha"])
+    first = collected(meter_reader)
+    assert (first[alpha].value, first[published].value) == (1, 1)
+    publish("test.happened", {"n": 2})
+    publish("test.happened", {"n": 3})
+    deliver(["alpha"])
+    second = collected(meter_reader)
+    assert (second[alpha].value, second[published].value) == (3, 3)

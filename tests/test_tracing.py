@@ -155,3 +155,14 @@ def test_without_opentelemetry_installed_every_hook_stands_aside(client, monkeyp
     assert request_id.status_code == 200
     assert deliver() == 1  # alpha handled it; beta's five failures became a dead letter
     assert "traceparent" not in EventRecord.objects.get().metadata
+
+
+def test_the_publish_and_handler_spans_stop_being_current_when_they_end(spans):
+    """Both are made current for their block only (instrumentation._Current): what runs
+    after a publish or a handler is back under the span it ran under."""
+    with trace.get_tracer("test").start_as_current_span("outer") as outer:
+        publish("test.happened", {"n": 1, "fail_group": "beta"})
+        assert trace.get_current_span() is outer
+        deliver(["alpha", "beta"])  # one handler that returns, one that raises
+        assert trace.get_current_span() is outer
+    assert set(by_name(spans)) >= {"outer", "send test.happened", "process alpha", "process beta"}
