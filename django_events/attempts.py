@@ -24,6 +24,7 @@ from django.db.models import Subquery
 
 from .conf import get_settings
 from .models import Attempt
+from .text import storable
 
 if TYPE_CHECKING:
     from .transports.base import Claimed
@@ -64,8 +65,8 @@ def record(
         worker=worker[:200],
         duration=duration,
         outcome=outcome,
-        error_class=error_class[:300],
-        error_message=message[:MESSAGE_LIMIT],
+        error_class=storable(error_class)[:300],
+        error_message=storable(message)[:MESSAGE_LIMIT],
     )
     mine = Attempt.objects.using(using).filter(event_id=claimed.event_id, group=claimed.group)
     oldest_kept = mine.order_by("-id").values("id")[keep - 1 : keep]

@@ -90,6 +90,19 @@ def test_messages_are_truncated():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_an_error_no_database_takes_as_it_is_is_recorded_escaped():
+    with override_settings(DJANGO_EVENTS={"BACKOFF_BASE": 0, "MAX_ATTEMPTS": 2}):
+        publish("test.happened", {"n": 1, "unstorable_error": True})
+        deliver(["alpha"])
+
+    assert [(number, outcome) for number, outcome, *_ in rows()] == [
+        (1, "failed"),
+        (2, "dead-lettered"),
+    ]
+    assert "\\ud800" in rows()[0][3]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_retention_removes_attempts_of_resolved_events_and_keeps_those_of_open_dead_letters():
     with override_settings(DJANGO_EVENTS={"BACKOFF_BASE": 0, "MAX_ATTEMPTS": 2}):
         publish("test.happened", {"n": 1, "fail": True})
