@@ -55,6 +55,7 @@ from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
+from . import attempts as history
 from . import edit_retry, export, failure_counts, pauses, subscriptions, triage, workers
 from .conf import get_settings
 from .exceptions import InvalidEvent
@@ -819,6 +820,22 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
         }
         return super().change_view(request, object_id, form_url, extra)
 
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: DeadLetter | None = None,
+    ) -> HttpResponse:
+        """Adds the attempt timeline: one query whatever its length."""
+        if obj is not None:
+            using = obj._state.db or DeadLetter.objects.db
+            context["attempts"] = history.timeline(using, obj.event_id, obj.group)
+            context["show_messages"] = can_view_payload(request)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -901,7 +918,7 @@ class DeadLetterAdmin(TriageMixin, ReadOnlyAdmin):
             .first()
         )
         if row is None:
-            return "(no delivery row left; a per-attempt history is not kept yet)"
+            return "(no delivery row left; see the attempt history above)"
         return row or "-"
 
 

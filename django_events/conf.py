@@ -87,6 +87,7 @@ class EventsSettings:
     log_retention: float | None = None
     inbox_retention: float | None = None
     dead_letter_retention: float | None = None
+    attempt_history: int = 20
     health: Health = field(default_factory=Health)
     workers: Workers = field(default_factory=Workers)
     autodiscover_modules: tuple[str, ...] = ("events", "handlers")
@@ -123,6 +124,7 @@ _TOP_KEYS = {
     "LOG_RETENTION",
     "INBOX_RETENTION",
     "DEAD_LETTER_RETENTION",
+    "ATTEMPT_HISTORY",
     "HEALTH",
     "WORKERS",
     "AUTODISCOVER_MODULES",
@@ -342,6 +344,9 @@ def parse(raw: Any) -> EventsSettings:
         log_retention=_number(raw, "LOG_RETENTION", None, where, optional=True),
         inbox_retention=_number(raw, "INBOX_RETENTION", None, where, optional=True),
         dead_letter_retention=_number(raw, "DEAD_LETTER_RETENTION", None, where, optional=True),
+        attempt_history=_number(
+            raw, "ATTEMPT_HISTORY", defaults.attempt_history, where, integer=True
+        ),
         health=health,
         workers=workers,
         autodiscover_modules=tuple(modules),

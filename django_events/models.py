@@ -374,6 +374,46 @@ class WorkerRecord(models.Model):
         return self.name
 
 
+class Attempt(models.Model):
+    """One attempt of an event in a group that the admin's timeline shows.
+
+    Failures and the successes that follow them; a first attempt that succeeds is not
+    written (:mod:`django_events.attempts`). Keyed by event id and group rather than by
+    dead letter, so the history is there before, during and after a dead letter.
+    """
+
+    class Outcome(models.TextChoices):
+        HANDLED = "handled", "handled"
+        FAILED = "failed", "failed"
+        DEAD_LETTERED = "dead-lettered", "dead-lettered"
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.UUIDField()
+    group = models.CharField(max_length=100)
+    number = models.PositiveIntegerField(help_text="The attempt's number, counted at its claim.")
+    at = models.DateTimeField(db_default=Now(), help_text="When the attempt ended.")
+    worker = models.CharField(max_length=200, blank=True, default="")
+    duration = models.FloatField(null=True, blank=True, help_text="Seconds, if it was timed.")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    error_class = models.CharField(max_length=300, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "django_events_attempt"
+        default_permissions = ()
+        indexes = [
+            models.Index(fields=["event_id", "group", "id"], name="django_events_attempt_of"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group}: {self.event_id} attempt {self.number} {self.outcome}"
+
+    @property
+    def took(self) -> str:
+        """The handler's run time as the worker's log says it (milliseconds)."""
+        return "-" if self.duration is None else f"{self.duration * 1000:.1f} ms"
+
+
 class FailureGroup(DeadLetter):
     """Open dead letters grouped by fingerprint: an admin page, no table of its own."""
 

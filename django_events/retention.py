@@ -1,4 +1,5 @@
-"""Retention: old events, inbox records and resolved dead letters go away, in batches.
+"""Retention: old events, inbox records, attempts and resolved dead letters go away, in
+batches.
 
 Payloads may hold personal data; retention is how it leaves the database. Nothing a
 group still has to handle is ever removed: an event with a delivery row (pending, in
@@ -31,12 +32,14 @@ logger = logging.getLogger("django_events.retention")
 EVENTS = "events"
 INBOX = "inbox"
 DEAD_LETTERS = "dead-letters"
-KINDS = (DEAD_LETTERS, INBOX, EVENTS)
+ATTEMPTS = "attempts"
+KINDS = (DEAD_LETTERS, ATTEMPTS, INBOX, EVENTS)
 """Every kind, in the order a purge removes them."""
 SETTINGS = {
     EVENTS: "LOG_RETENTION",
     INBOX: "INBOX_RETENTION",
     DEAD_LETTERS: "DEAD_LETTER_RETENTION",
+    ATTEMPTS: "LOG_RETENTION",  # an event's attempts are part of its history
 }
 PURGE_LOCK = 0x6465_7670_7267
 """PostgreSQL advisory lock: one purge at a time per database, and none while a replay
@@ -72,6 +75,7 @@ def configured(conf: EventsSettings | None = None) -> dict[str, float | None]:
         EVENTS: conf.log_retention,
         INBOX: conf.inbox_retention,
         DEAD_LETTERS: conf.dead_letter_retention,
+        ATTEMPTS: conf.log_retention,
     }
 
 
@@ -142,6 +146,7 @@ class _Table:
 def _tables(connection: Any) -> dict[str, _Table]:
     delivery = sql.table(connection, "Delivery")
     dead = sql.table(connection, "DeadLetter")
+    group = connection.ops.quote_name("group")
     return {
         EVENTS: _Table(
             "EventRecord",
@@ -166,6 +171,16 @@ def _tables(connection: Any) -> dict[str, _Table]:
             "resolved_at",
             "t.state IN ('retried', 'discarded') AND t.resolved_at IS NOT NULL",
             walk_in_order=False,
+        ),
+        ATTEMPTS: _Table(
+            "Attempt",
+            "id",
+            "at",
+            f"NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.event_id = t.event_id "
+            f"AND d.group_name = t.{group}) "
+            f"AND NOT EXISTS (SELECT 1 FROM {dead} x WHERE x.event_id = t.event_id "
+            f"AND x.{group} = t.{group} AND x.state = 'open')",
+            walk_in_order=True,
         ),
     }
 

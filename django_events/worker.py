@@ -23,6 +23,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
+from . import attempts as history
 from . import failpoints, inbox, instrumentation, logfields, pauses, sentry, signals, workers
 from .conf import get_settings
 from .envelope import Event
@@ -468,7 +469,8 @@ class Worker:
         for item, handler, event in done:
             self._handled(item, handler, event, duration)
         for item, handler, error in failed:
-            self._failed(item, handler, policy_for(item.group, handler).max_attempts, error)
+            max_attempts = policy_for(item.group, handler).max_attempts
+            self._failed(item, handler, max_attempts, error, duration=duration)
         return later
 
     # -- one event ----------------------------------------------------------------------
@@ -563,6 +565,8 @@ class Worker:
     def _handled(self, claimed: Claimed, handler: Handler, event: Event, duration: float) -> None:
         self.handled += 1
         instrumentation.handled(claimed, event, duration)
+        if claimed.attempt > 1:  # a first success is not history (docs/internals.md)
+            history.note(self.database, claimed, self.name, history.HANDLED, duration=duration)
         logger.debug(
             "Handled %s %s for %s (attempt %d, %s)",
             claimed.event_type,
@@ -628,6 +632,15 @@ class Worker:
         else:
             self.retried += 1
             instrumentation.retried(claimed)
+            history.note(
+                self.database,
+                claimed,
+                self.name,
+                history.FAILED,
+                duration=duration,
+                error_class=_qualified(exc),
+                message=message,
+            )
             heapq.heappush(self._retries_due, time.monotonic() + delay)
 
     def _dead_letter(
@@ -644,7 +657,9 @@ class Worker:
         attempts = claimed.attempt if attempts is None else attempts
         error_class, message, trace = storable(error_class), storable(message), storable(trace)
         try:
-            dead = self._store_dead_letter(claimed, handler, error_class, message, trace, attempts)
+            dead = self._store_dead_letter(
+                claimed, handler, error_class, message, trace, attempts, duration
+            )
         except _ClaimLost:
             logger.warning(
                 "Lost the claim on %s for %s before dead-lettering it; another worker has it",
@@ -690,6 +705,7 @@ class Worker:
         message: str,
         trace: str,
         attempts: int,
+        duration: float | None = None,
     ) -> DeadLetter:
         with transaction.atomic(using=self.database):
             dead = DeadLetter.objects.using(self.database).create(
@@ -703,6 +719,16 @@ class Worker:
                 fingerprint=fingerprint(error_class, handler.name if handler else "", trace),
                 first_failed_at=claimed.first_failed_at or Now(),
                 last_failed_at=Now(),
+            )
+            history.record(
+                self.database,
+                claimed,
+                self.name,
+                history.DEAD_LETTERED,
+                duration=duration,
+                error_class=error_class,
+                message=message,
+                number=attempts,
             )
             if not self.transport.dead_letter(claimed):
                 raise _ClaimLost

@@ -18,7 +18,7 @@ from django.test import override_settings
 
 from django_events import publish
 from django_events.exceptions import TransportUnavailable
-from django_events.models import DeadLetter
+from django_events.models import Attempt, DeadLetter
 from django_events.registry import registry
 from django_events.testing.contract import claim_until, make_event
 from django_events.transports import transports
@@ -154,6 +154,10 @@ def test_deliveries_past_the_limit_are_dead_lettered_by_the_broker_and_mirrored(
     [letter] = DeadLetter.objects.filter(group="alpha")
     assert (letter.event_id, letter.error_class) == (event_id, "LeaseExpired")
     assert letter.attempts == limit
+    history = Attempt.objects.filter(event_id=event_id, group="alpha")
+    assert list(history.values_list("number", "outcome", "error_class")) == [
+        (limit, "dead-lettered", "LeaseExpired")
+    ], "the mirrored dead letter is in the attempt history"
     assert rabbit.status(["alpha"])["alpha"].parked == 0, "acked in the dead-letter queue"
     assert not Effect.objects.exists()
 

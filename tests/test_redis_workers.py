@@ -12,7 +12,7 @@ import pytest
 from django.test import override_settings
 
 from django_events import publish
-from django_events.models import DeadLetter
+from django_events.models import Attempt, DeadLetter
 from django_events.transports import transports
 
 from .conftest import Workers, wait_until
@@ -75,6 +75,10 @@ def test_a_handler_that_kills_its_process_runs_out_of_attempts(
     dead = DeadLetter.objects.get()
     assert (dead.group, dead.attempts, dead.error_class) == ("limited", 2, "LeaseExpired")
     assert not Effect.objects.exists()
+    # The lost attempt (the second) is what the timeline shows; a crash leaves no row.
+    assert list(Attempt.objects.values_list("number", "outcome", "error_class")) == [
+        (2, "dead-lettered", "LeaseExpired")
+    ]
 
 
 def test_a_blocking_worker_handles_every_event_published_at_a_steady_pace(

@@ -95,7 +95,9 @@ def test_a_bounded_purge_resumes_past_old_rows_it_must_keep():
         return removed["events"]
 
     assert [one_batch(), one_batch(), one_batch()] == [0, 1, 1]
-    assert resume == {("events", "default"): None}, "the walk ended; the next starts over"
+    assert resume == {("events", "default"): None, ("attempts", "default"): None}, (
+        "the walks ended; the next starts over"
+    )
     assert sorted(EventRecord.objects.values_list("id", flat=True)) == sorted(
         d.event_id for d in kept
     )
@@ -160,6 +162,7 @@ def test_dry_run_prints_per_kind_counts_and_removes_nothing():
 
     assert out.splitlines() == [
         "dead-letters: would remove 1 older than 1d",
+        "attempts: would remove 0 older than 1d",
         "inbox: would remove 4 older than 1d",
         "events: would remove 3 older than 1d",
         "Dry run: nothing was removed.",

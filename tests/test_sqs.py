@@ -26,7 +26,7 @@ from django_events.exceptions import (
     PayloadTooLarge,
     TransportUnavailable,
 )
-from django_events.models import DeadLetter, OutboxMessage
+from django_events.models import Attempt, DeadLetter, OutboxMessage
 from django_events.registry import registry
 from django_events.relay import Relay
 from django_events.testing.contract import make_event
@@ -228,6 +228,9 @@ def test_redrive_after_max_receives_is_mirrored_into_dead_letter(
     dead = DeadLetter.objects.get()
     assert (dead.event_id, dead.group, dead.error_class) == (event.id, "alpha", "LeaseExpired")
     assert dead.attempts == 2
+    assert list(Attempt.objects.values_list("number", "outcome", "error_class")) == [
+        (2, "dead-lettered", "LeaseExpired")
+    ], "the redriven dead letter is in the attempt history"
     assert sqs.status(["alpha"])["alpha"].parked == 0, "mirrored, then removed from the DLQ"
     assert not Effect.objects.filter(group="alpha").exists()
 
