@@ -3,7 +3,8 @@
 Each page is fetched with Django's test client, in this process, as a superuser: the
 dead-letter list (plain, filtered, one failure group, searched by event id and by
 message), the failure groups, the event log (plain, by type, by key, by event id), and
-the console's pages (edit and retry, redirect, an export). The databases are built from
+the console's pages (a dead letter with its attempt history, pauses, workers, edit and
+retry, redirect, an export). The databases are built from
 the migrated bench schema with ``INSERT … SELECT generate_series``, so they hold the same
 shape of data in different amounts. A second pair puts a million *open* dead letters
 against a thousand: the pages that count open dead letters read the trigger-kept
@@ -28,6 +29,7 @@ BIG_DB = pg.BENCH_DB + "_admin_big"
 FEW_OPEN_DB = pg.BENCH_DB + "_admin_few_open"
 MANY_OPEN_DB = pg.BENCH_DB + "_admin_many_open"
 REQUESTS = 5  # per measurement; the median is kept
+WORKERS = 20  # registered workers in every database
 
 EVENT_ID = "00000000-0000-4000-8000-000000000007"  # event number 7, a dead letter's
 
@@ -44,6 +46,7 @@ PAGES: dict[str, str] = {
     "event by id": f"/admin/django_events/eventrecord/?q={EVENT_ID}",
     "a dead letter": "/admin/django_events/deadletter/7/change/",
     "pauses": "/admin/django_events/pause/",
+    "workers": "/admin/django_events/workerrecord/",
     "edit and retry form": "/admin/django_events/deadletter/7/edit/",
     "redirect form": "/admin/django_events/deadletter/7/redirect/",
     "export of a dead letter by event id": (
@@ -97,8 +100,31 @@ def build(
             "FROM generate_series(1, %s) g",
             [all_open, fingerprints, dead],
         )
-        conn.execute("VACUUM ANALYZE django_events_event")
-        conn.execute("VACUUM ANALYZE django_events_deadletter")
+        # Five attempts behind every dead letter: the dead-letter page's timeline.
+        conn.execute(
+            'INSERT INTO django_events_attempt (event_id, "group", number, at, worker, '
+            "duration, outcome, error_class, error_message) "
+            "SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, "
+            "'g' || (g %% 4), n, now() - ((g * 5 - n) || ' seconds')::interval, "
+            "'bench-host:' || (1000 + g %% 7) || ':abc123', 0.012, "
+            "CASE WHEN n = 5 THEN 'dead-lettered' ELSE 'failed' END, "
+            "'shop.errors.E' || (g %% 10), 'timeout talking to the CRM for order ' || g "
+            "FROM generate_series(1, %s) g CROSS JOIN generate_series(1, 5) n",
+            [dead],
+        )
+        # A fleet of workers, the same in every database: the page reads only this table.
+        conn.execute(
+            "INSERT INTO django_events_worker (name, host, pid, service, version, groups, "
+            "transport, started_at, last_seen_at, stopped_at, event_id, event_type, "
+            "event_group, event_since) "
+            "SELECT 'bench-host-' || w || ':' || (1000 + w) || ':abc', 'bench-host-' || w, "
+            "1000 + w, 'shop', '0.1', '[\"g1\", \"g2\"]'::jsonb, 'default', "
+            "now() - interval '1 hour', now(), NULL, NULL, '', '', NULL "
+            "FROM generate_series(1, %s) w",
+            [WORKERS],
+        )
+        for table in ("event", "deadletter", "attempt", "worker"):
+            conn.execute(f"VACUUM ANALYZE django_events_{table}")
     return time.perf_counter() - started
 
 
