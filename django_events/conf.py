@@ -75,6 +75,7 @@ class EventsSettings:
     log_retention: float | None = None
     inbox_retention: float | None = None
     dead_letter_retention: float | None = None
+    chart_retention: float | None = 48 * 3600.0
     health: Health = field(default_factory=Health)
     autodiscover_modules: tuple[str, ...] = ("events", "handlers")
     schema_dir: str | None = None
@@ -110,6 +111,7 @@ _TOP_KEYS = {
     "LOG_RETENTION",
     "INBOX_RETENTION",
     "DEAD_LETTER_RETENTION",
+    "CHART_RETENTION",
     "HEALTH",
     "AUTODISCOVER_MODULES",
     "SCHEMA_DIR",
@@ -314,6 +316,9 @@ def parse(raw: Any) -> EventsSettings:
         log_retention=_number(raw, "LOG_RETENTION", None, where, optional=True),
         inbox_retention=_number(raw, "INBOX_RETENTION", None, where, optional=True),
         dead_letter_retention=_number(raw, "DEAD_LETTER_RETENTION", None, where, optional=True),
+        chart_retention=_number(
+            raw, "CHART_RETENTION", defaults.chart_retention, where, optional=True
+        ),
         health=health,
         autodiscover_modules=tuple(modules),
         schema_dir=None if schema_dir is None else os.fspath(schema_dir),
