@@ -52,6 +52,22 @@ def test_two_workers_flushing_the_same_minute_add_their_counts():
     assert first.counts == {} and second.counts == {}
 
 
+def test_a_worker_flushes_at_most_once_a_minute(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("django_events.rollup.time.monotonic", lambda: clock[0])
+    counting = rollup()
+    counting.count("alpha", HANDLED)
+    clock[0] += 59
+    counting.maybe_flush()
+    assert not MinuteStat.objects.exists()
+    clock[0] += 1
+    counting.maybe_flush()
+    counting.count("alpha", HANDLED)
+    counting.maybe_flush()
+    assert stored()[minute_of(NOW)][:3] == (1, 0, 0)
+    assert counting.counts == {(minute_of(NOW), "alpha"): [1, 0, 0]}
+
+
 def test_counts_land_in_the_minute_they_happened():
     now = [NOW]
     counting = Rollup(transports["default"], ["alpha"], clock=lambda: now[0])
@@ -158,7 +174,8 @@ def test_charts_need_their_view_permission(perms: tuple[str, ...], status: int):
 def test_charts_are_linked_from_the_app_index_and_the_status_page():
     client = login("view_minutestat", "view_deadletter")
     assert CHARTS.encode() in client.get("/admin/django_events/").content
-    assert CHARTS.encode() in client.get("/admin/django_events/queuestatus/").content
+    status = client.get("/admin/django_events/queuestatus/").content
+    assert f'<a id="de-charts" href="{CHARTS}">'.encode() in status
 
 
 def fill(groups: int, minutes: int) -> None:
