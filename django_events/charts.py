@@ -24,7 +24,7 @@ from .rollup import minute_of
 WINDOWS = {"1h": (60, 1), "6h": (360, 5), "24h": (1440, 15)}
 """Window name: (minutes shown, minutes per bucket); about 60 to 100 bars each."""
 DEFAULT_WINDOW = "1h"
-WIDTH, HEIGHT, PAD = 480, 120, 30
+WIDTH, HEIGHT, PAD = 360, 120, 30
 COLORS = {"handled": "#417690", "failed": "#e0a000", "dead": "#ba2121", "pending": "#5b80b2"}
 
 
@@ -78,7 +78,9 @@ def series(window: str, *, using: str = "default", now: float | None = None) -> 
         one.failed[index] = int(row["failed"])
         one.dead[index] = int(row["dead"])
         one.pending[index] = row["pending"]
-        one.oldest[index] = row["oldest"]
+        # Nothing pending has no oldest age: drawn as 0, like the Prometheus gauge.
+        sampled = row["pending"] is not None
+        one.oldest[index] = row["oldest"] if row["oldest"] is not None or not sampled else 0.0
     return [found[name] for name in sorted(found)]
 
 
