@@ -11,6 +11,7 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_events import publish
+from django_events.charts import series
 from django_events.models import MinuteStat
 from django_events.relay import Relay
 from django_events.rollup import DEAD, FAILED, HANDLED, Rollup, minute_of
@@ -234,6 +235,21 @@ def test_chart_page_draws_the_stored_counts(monkeypatch):
         "7",
         "3",
     ]
+
+
+def test_a_lag_sample_with_nothing_pending_is_drawn_at_age_zero():
+    now = minute_of(NOW)
+    MinuteStat.objects.bulk_create(
+        [
+            MinuteStat(minute=now - 1, group="alpha", pending=2, oldest_pending_age_s=4.5),
+            MinuteStat(minute=now, group="alpha", pending=0, oldest_pending_age_s=None),
+            MinuteStat(minute=now - 2, group="alpha", handled=1),  # no sample that minute
+        ]
+    )
+    (alpha,) = series("1h", now=NOW)
+    assert alpha.pending[-3:] == [None, 2, 0]
+    assert alpha.oldest[-3:] == [None, 4.5, 0.0]
+    assert alpha.handled[-3:] == [1, 0, 0]
 
 
 def login_again() -> Client:
