@@ -101,7 +101,15 @@ class Rollup:
     def _lag(self, minute: int) -> dict[str, tuple[int, float | None]]:
         """Pending count and oldest pending age of this worker's groups that have no
         sample for ``minute`` yet: the first worker of a minute samples, the others read
-        one small indexed row set and skip the transport's status query."""
+        one small indexed row set and skip the transport's status query. A transport
+        that cannot tell (its broker away) costs the sample, never the counts."""
+        try:
+            return self._sample(minute)
+        except Exception:
+            logger.warning("Could not sample the lag for the charts", exc_info=True)
+            return {}
+
+    def _sample(self, minute: int) -> dict[str, tuple[int, float | None]]:
         from .models import MinuteStat
 
         sampled = set(

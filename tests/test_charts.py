@@ -139,6 +139,19 @@ def test_a_failed_write_keeps_the_counts_for_the_next_flush():
     assert stored()[minute_of(NOW)][:3] == (2, 0, 0)
 
 
+def test_counts_are_written_when_the_lag_cannot_be_sampled():
+    counting = rollup()
+    counting.count("alpha", HANDLED)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE django_events_delivery RENAME TO delivery_away")
+    try:
+        counting.flush()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE delivery_away RENAME TO django_events_delivery")
+    assert stored() == {minute_of(NOW): (1, 0, 0, None)}
+
+
 def test_worker_counts_handled_failed_and_dead_and_writes_them_when_it_stops():
     publish("test.happened", {"n": 1})
     publish("test.happened", {"n": 2, "fail_group": "alpha"})
