@@ -1234,6 +1234,7 @@ class ChartsAdmin(PageAdmin):
         window = request.GET.get("window", charts.DEFAULT_WINDOW)
         if window not in charts.WINDOWS:
             window = charts.DEFAULT_WINDOW
+        only = request.GET.get("group") or None
         labels = charts.axis_labels(window)
         step = charts.WINDOWS[window][1]
         per = "minute" if step == 1 else f"{step} minutes"
@@ -1253,7 +1254,7 @@ class ChartsAdmin(PageAdmin):
                     one.oldest, "oldest", f"{one.group}: oldest pending age (s)", labels
                 ),
             }
-            for one in charts.series(window)
+            for one in charts.series(window, group=only)
         ]
         return self._page(
             request,
@@ -1261,6 +1262,7 @@ class ChartsAdmin(PageAdmin):
             groups=groups,
             window=window,
             windows=list(charts.WINDOWS),
+            only=only,
             per=per,
             colors=charts.COLORS,
             retention=get_settings().chart_retention,

@@ -44,14 +44,20 @@ class GroupSeries:
         return {"handled": sum(self.handled), "failed": sum(self.failed), "dead": sum(self.dead)}
 
 
-def series(window: str, *, using: str = "default", now: float | None = None) -> list[GroupSeries]:
-    """Every group with data in ``window``, by name: one query."""
+def series(
+    window: str,
+    *,
+    group: str | None = None,
+    using: str = "default",
+    now: float | None = None,
+) -> list[GroupSeries]:
+    """Every group with data in ``window`` (or only ``group``), by name: one query."""
     minutes, step = WINDOWS[window]
     last = minute_of(time.time() if now is None else now) // step
     first = last - minutes // step + 1
     rows = (
         MinuteStat.objects.using(using)
-        .filter(minute__gte=first * step)
+        .filter(minute__gte=first * step, **({} if group is None else {"group": group}))
         .annotate(bucket=F("minute") / step)
         .values("group", "bucket")
         .annotate(

@@ -12,6 +12,8 @@ from django.test.utils import CaptureQueriesContext
 
 from django_events import publish
 from django_events.charts import series
+from django_events.conf import parse
+from django_events.exceptions import EventsConfigurationError
 from django_events.models import MinuteStat
 from django_events.relay import Relay
 from django_events.rollup import DEAD, FAILED, HANDLED, Rollup, minute_of
@@ -113,6 +115,13 @@ def test_flush_deletes_minutes_older_than_chart_retention():
         MinuteStat.objects.create(minute=now - 10_000, group="alpha", handled=1)
         rollup().flush()
     assert now - 10_000 in stored()
+
+
+def test_chart_retention_defaults_to_48_hours_and_names_itself_when_wrong():
+    assert parse({}).chart_retention == 48 * 3600
+    assert parse({"CHART_RETENTION": None}).chart_retention is None
+    with pytest.raises(EventsConfigurationError, match=r"\['CHART_RETENTION'\]"):
+        parse({"CHART_RETENTION": "48h"})
 
 
 def test_chart_retention_zero_turns_the_counts_off():
@@ -248,6 +257,15 @@ def test_chart_page_draws_the_stored_counts(monkeypatch):
         "7",
         "3",
     ]
+
+
+def test_chart_page_shows_one_group_when_asked(monkeypatch):
+    monkeypatch.setattr("django_events.charts.time.time", lambda: NOW)
+    fill(5, 10)
+    page = login("view_minutestat").get(CHARTS, {"window": "6h", "group": "g03"})
+    assert page.content.count(b'class="de-chart"') == 3
+    assert b'<tr data-group="g03">' in page.content
+    assert b'href="?window=24h&amp;group=g03"' in page.content
 
 
 def test_a_lag_sample_with_nothing_pending_is_drawn_at_age_zero():
