@@ -56,7 +56,16 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
 from . import attempts as history
-from . import edit_retry, export, failure_counts, pauses, subscriptions, triage, workers
+from . import (
+    charts,
+    edit_retry,
+    export,
+    failure_counts,
+    pauses,
+    subscriptions,
+    triage,
+    workers,
+)
 from .conf import get_settings
 from .exceptions import InvalidEvent
 from .models import (
@@ -65,6 +74,7 @@ from .models import (
     EventRecord,
     FailureGroup,
     InboxRecord,
+    MinuteStat,
     Pause,
     QueueStatus,
     Subscription,
@@ -1230,6 +1240,62 @@ class QueueStatusAdmin(PageAdmin):
             can_pause=request.user.has_perm(pauses.PERMISSION),
             pauses_url=_url("pause_changelist"),
             pause_add_url=_url("pause_add"),
+            charts_url=_url("minutestat_changelist"),
+        )
+
+
+@admin.register(MinuteStat)
+class ChartsAdmin(PageAdmin):
+    """Per-group charts of the per-minute counts (:mod:`django_events.charts`): one query
+    for every group and any window."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("django_events.view_minutestat")
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [path("", view(self.changelist_view), name="django_events_minutestat_changelist")]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        window = request.GET.get("window", charts.DEFAULT_WINDOW)
+        if window not in charts.WINDOWS:
+            window = charts.DEFAULT_WINDOW
+        only = request.GET.get("group") or None
+        labels = charts.axis_labels(window)
+        step = charts.WINDOWS[window][1]
+        per = "minute" if step == 1 else f"{step} minutes"
+        groups = [
+            {
+                "name": one.group,
+                "totals": one.totals,
+                "throughput": charts.bars(
+                    {"handled": one.handled, "failed": one.failed, "dead": one.dead},
+                    f"{one.group}: handled, failed and dead per {per}",
+                    labels,
+                ),
+                "pending": charts.line(
+                    one.pending, "pending", f"{one.group}: pending events", labels
+                ),
+                "oldest": charts.line(
+                    one.oldest, "oldest", f"{one.group}: oldest pending age (s)", labels
+                ),
+            }
+            for one in charts.series(window, group=only)
+        ]
+        return self._page(
+            request,
+            "admin/django_events/charts.html",
+            groups=groups,
+            window=window,
+            windows=list(charts.WINDOWS),
+            only=only,
+            per=per,
+            colors=charts.COLORS,
+            retention=get_settings().chart_retention,
+            status_url=_url("queuestatus_changelist"),
+            title="Charts",
         )
 
 

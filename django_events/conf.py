@@ -88,6 +88,7 @@ class EventsSettings:
     inbox_retention: float | None = None
     dead_letter_retention: float | None = None
     attempt_history: int = 20
+    chart_retention: float | None = 48 * 3600.0
     health: Health = field(default_factory=Health)
     workers: Workers = field(default_factory=Workers)
     autodiscover_modules: tuple[str, ...] = ("events", "handlers")
@@ -125,6 +126,7 @@ _TOP_KEYS = {
     "INBOX_RETENTION",
     "DEAD_LETTER_RETENTION",
     "ATTEMPT_HISTORY",
+    "CHART_RETENTION",
     "HEALTH",
     "WORKERS",
     "AUTODISCOVER_MODULES",
@@ -346,6 +348,9 @@ def parse(raw: Any) -> EventsSettings:
         dead_letter_retention=_number(raw, "DEAD_LETTER_RETENTION", None, where, optional=True),
         attempt_history=_number(
             raw, "ATTEMPT_HISTORY", defaults.attempt_history, where, integer=True
+        ),
+        chart_retention=_number(
+            raw, "CHART_RETENTION", defaults.chart_retention, where, optional=True
         ),
         health=health,
         workers=workers,

@@ -414,6 +414,41 @@ class Attempt(models.Model):
         return "-" if self.duration is None else f"{self.duration * 1000:.1f} ms"
 
 
+class MinuteStat(models.Model):
+    """What one consumer group did in one minute, and its lag then: the charts' data.
+
+    Workers count in memory and add their counts here at most once a minute each, with
+    one upsert that adds to what other workers wrote for the same minute
+    (:mod:`django_events.rollup`); the lag columns hold the last sample taken in the
+    minute. ``minute`` counts minutes since the Unix epoch (UTC) on the workers' clocks,
+    an integer so that the charts bucket by plain division on every database. Rows older
+    than ``CHART_RETENTION`` are deleted by the workers' flush.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    minute = models.BigIntegerField(help_text="Minutes since 1970-01-01 00:00 UTC.")
+    group = models.CharField(max_length=100)
+    handled = models.PositiveBigIntegerField(default=0)
+    failed = models.PositiveBigIntegerField(
+        default=0, help_text="Attempts whose handler raised (retried or dead-lettered)."
+    )
+    dead = models.PositiveBigIntegerField(default=0)
+    pending = models.BigIntegerField(null=True, blank=True)
+    oldest_pending_age_s = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        db_table = "django_events_minute_stat"
+        default_permissions = ("view",)
+        verbose_name = "chart"
+        verbose_name_plural = "charts"
+        constraints = [
+            models.UniqueConstraint(fields=["minute", "group"], name="django_events_minute_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group} @ {self.minute}"
+
+
 class FailureGroup(DeadLetter):
     """Open dead letters grouped by fingerprint: an admin page, no table of its own."""
 

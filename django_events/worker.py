@@ -24,7 +24,17 @@ from django.db.models.functions import Now
 from django.dispatch import Signal
 
 from . import attempts as history
-from . import failpoints, inbox, instrumentation, logfields, pauses, sentry, signals, workers
+from . import (
+    failpoints,
+    inbox,
+    instrumentation,
+    logfields,
+    pauses,
+    rollup,
+    sentry,
+    signals,
+    workers,
+)
 from .conf import get_settings
 from .envelope import Event
 from .exceptions import BackgroundThreadDied, PermanentFailure, TransportUnavailable
@@ -174,6 +184,7 @@ class Worker:
         self.batch_transactions = conf.batch_transactions
         self._watchdog = Watchdog(conf.call_timeout)
         self._pauses = pauses.PauseSet(self.database, self.poll_interval)
+        self.rollup = rollup.Rollup(self.transport, self.groups)  # the admin's charts
         self._warned_type_pause = False
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.presence = workers.Presence(
@@ -240,6 +251,7 @@ class Worker:
                 self.transport.close()  # gives back what a last wait received
             waiter.close()
             self.transport.close()  # a transport that defers acks sends them now
+            self.rollup.flush(sample=False)
         logger.info(
             "Worker %s stopped: %s",
             self.name,
@@ -261,6 +273,7 @@ class Worker:
             self._check_threads()
             if self.on_loop is not None:
                 self.on_loop()
+            self.rollup.maybe_flush()
             try:
                 worked = self.step()
                 failures = 0
@@ -565,6 +578,7 @@ class Worker:
     def _handled(self, claimed: Claimed, handler: Handler, event: Event, duration: float) -> None:
         self.handled += 1
         instrumentation.handled(claimed, event, duration)
+        self.rollup.count(claimed.group, rollup.HANDLED)
         if claimed.attempt > 1:  # a first success is not history (docs/internals.md)
             history.note(self.database, claimed, self.name, history.HANDLED, duration=duration)
         logger.debug(
@@ -595,6 +609,7 @@ class Worker:
         duration: float | None = None,
     ) -> None:
         instrumentation.failed(claimed)
+        self.rollup.count(claimed.group, rollup.FAILED)
         message, trace = describe(exc), storable("".join(tb.format_exception(exc)))
         error = f"{type(exc).__name__}: {message}"
         if claimed.attempt >= max_attempts or isinstance(exc, PermanentFailure):
@@ -684,6 +699,7 @@ class Worker:
             return
         self.dead_lettered += 1
         instrumentation.dead_lettered(claimed)
+        self.rollup.count(claimed.group, rollup.DEAD)
         logger.error(
             "Dead letter: %s %s for group %s after %d attempts%s: %s: %s",
             claimed.event_type,

@@ -4,7 +4,7 @@ Each page is fetched with Django's test client, in this process, as a superuser:
 dead-letter list (plain, filtered, one failure group, searched by event id and by
 message), the failure groups, the event log (plain, by type, by key, by event id), and
 the console's pages (a dead letter with its attempt history, pauses, workers, edit and
-retry, redirect, an export). The databases are built from
+retry, redirect, an export, the charts over 24 hours). The databases are built from
 the migrated bench schema with ``INSERT … SELECT generate_series``, so they hold the same
 shape of data in different amounts. A second pair puts a million *open* dead letters
 against a thousand: the pages that count open dead letters read the trigger-kept
@@ -52,6 +52,7 @@ PAGES: dict[str, str] = {
     "export of a dead letter by event id": (
         f"/admin/django_events/deadletter/export/csv/?q={EVENT_ID}"
     ),
+    "charts, last 24 hours": "/admin/django_events/minutestat/?window=24h",
 }
 OPEN_PAGES: dict[str, str] = {  # against FEW_OPEN_DB and MANY_OPEN_DB
     "failure groups": "/admin/django_events/failuregroup/",
@@ -123,7 +124,17 @@ def build(
             "FROM generate_series(1, %s) w",
             [WORKERS],
         )
-        for table in ("event", "deadletter", "attempt", "worker"):
+        # The charts' table full for the four groups: 48 hours (CHART_RETENTION's default)
+        # of minutes, the same in every database; the page must not read the log.
+        conn.execute(
+            'INSERT INTO django_events_minute_stat (minute, "group", handled, failed, dead, '
+            "pending, oldest_pending_age_s) "
+            "SELECT floor(extract(epoch from now()) / 60)::bigint - m, 'g' || g, 100 + m %% 7, "
+            "m %% 3, m %% 2, m %% 11, (m %% 13) * 1.5 "
+            "FROM generate_series(0, 2879) m, generate_series(0, 3) g",
+            [],
+        )
+        for table in ("event", "deadletter", "attempt", "worker", "minute_stat"):
             conn.execute(f"VACUUM ANALYZE django_events_{table}")
     return time.perf_counter() - started
 
