@@ -163,16 +163,15 @@ class Switch(Transport):
     def route(self) -> Route:
         """The route, read again if older than the TTL: called when claiming and between
         relay passes, so the flags a worker reads while handling one batch stay put. A
-        database that cannot be read keeps the route as it was; the claim that follows
-        meets the same outage and the worker retries."""
+        database that cannot be read keeps the route as it was."""
         now = time.monotonic()
         if now - self._read_at >= self.ttl:
             try:
                 self._route = route_now(self.default)
             except DatabaseError:
-                if self._read_at < 0:
-                    raise
-                logger.warning("Could not read the moves; keeping the route", exc_info=True)
+                # Kept as it was (the default before the first read, which is tried again
+                # at each use until it succeeds); the claim that follows meets the outage.
+                logger.debug("Could not read the moves; keeping the route", exc_info=True)
             else:
                 self._read_at = now
         return self._route
