@@ -12,6 +12,7 @@ settings make it the default.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
@@ -73,11 +74,13 @@ def route_now(default: Transport) -> Route:
 
 def held(database: str, claimed: Sequence[Claimed], ordered: Mapping[str, set[str]]) -> set[int]:
     """``id()`` of the events in ``claimed`` to hold back: of an ordered group's type, with
-    a key that has an earlier event (by log position) not yet handled by that group, or
-    dead-lettered (its key stays parked). One query per group in the batch."""
-    from .models import EventRecord, InboxRecord
+    a key that has an earlier event (by position) this group has not handled, whether in
+    the event log with no inbox row (a dead letter has none: its key stays parked) or
+    still in the outbox; or not in the log yet themselves (a relay sends before it logs,
+    so their place is not known). Two queries per group in the batch."""
+    from .models import EventRecord, InboxRecord, OutboxMessage
 
-    by_group: dict[str, list[Claimed]] = {}
+    by_group: dict[str, list[tuple[Claimed, str]]] = {}
     for item in claimed:
         event = item.event
         if (
@@ -85,18 +88,22 @@ def held(database: str, claimed: Sequence[Claimed], ordered: Mapping[str, set[st
             and event.key is not None
             and item.event_type in ordered.get(item.group, ())
         ):
-            by_group.setdefault(item.group, []).append(item)
+            by_group.setdefault(item.group, []).append((item, event.key))
     hold: set[int] = set()
     for group, items in by_group.items():
-        positions = dict(
+        logged = dict(
             EventRecord.objects.using(database)
-            .filter(id__in=[item.event_id for item in items])
+            .filter(id__in=[item.event_id for item, _ in items])
             .values_list("id", "position")
         )
-        keys = {cast(str, item.event.key) for item in items if item.event is not None}
-        earlier = (
+        hold.update(id(item) for item, _ in items if item.event_id not in logged)
+        if not logged:
+            continue
+        keys = {key for _, key in items}
+        before = {"key__in": keys, "type__in": ordered[group], "position__lt": max(logged.values())}
+        unhandled = (
             EventRecord.objects.using(database)
-            .filter(key__in=keys, type__in=ordered[group], position__lt=max(positions.values()))
+            .filter(**before)
             .exclude(
                 Exists(
                     InboxRecord.objects.using(database).filter(
@@ -106,12 +113,13 @@ def held(database: str, claimed: Sequence[Claimed], ordered: Mapping[str, set[st
             )
             .values_list("key", "position")
         )
+        unrelayed = OutboxMessage.objects.using(database).filter(**before)
         first: dict[str, int] = {}
-        for key, position in earlier:
+        for key, position in [*unhandled, *unrelayed.values_list("key", "position")]:
             first[key] = min(position, first.get(key, position))
-        for item in items:
-            start = first.get(cast(str, item.event.key) if item.event else "")
-            if start is not None and start < positions.get(item.event_id, start):
+        for item, key in items:
+            start, position = first.get(key), logged.get(item.event_id)
+            if start is not None and position is not None and start < position:
                 hold.add(id(item))
     return hold
 
@@ -159,6 +167,10 @@ class Switch(Transport):
         self._route = Route(default)
         self._read_at = -float("inf")
         self._via: dict[int, tuple[Claimed, Transport]] = {}
+        self._held: list[Claimed] = []
+        """Claimed from the new side, kept here (leases renewed) until their key is free:
+        given back, a broker may put them behind the key's later events (Redis appends)."""
+        self._lock = threading.Lock()
 
     def route(self) -> Route:
         """The route, read again if older than the TTL: called when claiming and between
@@ -260,19 +272,28 @@ class Switch(Transport):
         max_bytes: int | None = None,
     ) -> list[Claimed]:
         route = self.route()
-        if route.old is None:
+        if route.old is None and not self._held:
             return self._tag(route.to, _claim(route.to, groups, limit, lease, types, max_bytes))
-        old = self._tag(route.old, _claim(route.old, groups, limit, lease, types, max_bytes))
-        if len(old) >= limit:
-            return old
-        new = _claim(route.to, groups, limit - len(old), lease, types, max_bytes)
-        if new and self.hold_keys:
-            hold = held(route.to.database, new, _ordered_types())
-            back = [item for item in new if id(item) in hold]
-            if back:
-                route.to.release(back)
-                new = [item for item in new if id(item) not in hold]
-        return old + self._tag(route.to, new)
+        old: list[Claimed] = []
+        if route.old is not None:
+            old = self._tag(route.old, _claim(route.old, groups, limit, lease, types, max_bytes))
+        room = limit - len(old)
+        with self._lock:
+            waiting = list(self._held)
+        fresh: list[Claimed] = []
+        if room > 0 and len(waiting) < limit:
+            fresh = _claim(route.to, groups, room, lease, types, max_bytes)
+        candidates = [*waiting, *fresh]
+        hold = held(route.to.database, candidates, _ordered_types()) if self.hold_keys else set()
+        wanted = set(groups)
+        free = [c for c in candidates if id(c) not in hold and c.group in wanted][: max(room, 0)]
+        taken = {id(c) for c in free}
+        kept = [c for c in candidates if id(c) not in taken]
+        with self._lock:
+            self._held = kept
+        if kept:
+            route.to.renew(kept, lease)
+        return old + self._tag(route.to, free)
 
     def wait(self, groups: Sequence[str], timeout: float) -> bool:
         return self._current().to.wait(groups, timeout)
@@ -300,6 +321,10 @@ class Switch(Transport):
     def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
         for transport, items in list(self._split(claimed).values()):
             transport.renew(items, lease)
+        with self._lock:
+            waiting = list(self._held)
+        if waiting:  # the heartbeat keeps what waits for its key too
+            self._current().to.renew(waiting, lease)
 
     def release(self, claimed: Sequence[Claimed]) -> None:
         for transport, items in self._split(claimed).values():
@@ -355,6 +380,10 @@ class Switch(Transport):
 
     def close(self) -> None:
         route = self._route  # closing reads nothing
+        with self._lock:
+            waiting, self._held = self._held, []
+        if waiting:
+            route.to.release(waiting)
         route.to.close()
         if route.old is not None:
             route.old.close()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -14,41 +15,62 @@ from django.conf import settings
 from django.test import override_settings
 
 from django_events import moving, publish
-from django_events.models import Delivery, Move
+from django_events.models import Move
 from django_events.relay import Relay
 from django_events.transports import transports
 from django_events.worker import Worker
 
 from .conftest import ROOT, Workers, wait_until
+from .rabbitmq_support import BACKEND as RABBIT
+from .rabbitmq_support import RABBITMQ_URL, delete_everything
 from .redis_support import BACKEND, REDIS_URL, delete_prefix, needs_redis, unique_prefix
 from .testapp.models import Effect
 
 pytestmark = [pytest.mark.django_db(transaction=True), needs_redis()]
 DATABASE = "django_events.transports.database.DatabaseTransport"
-MOVE = ["move_transport", "default", "redis", "--interval", "0.2", "--grace", "1"]
+MOVE = ["move_transport", "default", "new", "--interval", "0.2", "--grace", "1"]
 
 
-@pytest.fixture
-def two_transports() -> Iterator[dict[str, str]]:
-    """The database as the default transport and Redis as ``redis``, for this process and
-    as a subprocess's environment."""
+TRANSPORTS = {
+    "database": lambda prefix: {"BACKEND": DATABASE},
+    "redis": lambda prefix: {"BACKEND": BACKEND, "OPTIONS": {"url": REDIS_URL, "prefix": prefix}},
+    "rabbitmq": lambda prefix: {
+        "BACKEND": RABBIT,
+        "OPTIONS": {"url": RABBITMQ_URL, "prefix": prefix.replace(":", ".")},
+    },
+}
+GROUPS = ("alpha", "beta", "chain", "limited", "sequence")
+
+
+@contextmanager
+def moving_between(old: str, new: str) -> Iterator[dict[str, str]]:
+    """``old`` as the default transport and ``new`` under the alias ``new``, for this
+    process and as a subprocess's environment; what the brokers held is deleted after."""
     prefix = unique_prefix()
     events = {
         **settings.DJANGO_EVENTS,
         "LEASE": 2,
-        "TRANSPORTS": {
-            "default": {"BACKEND": DATABASE},
-            "redis": {"BACKEND": BACKEND, "OPTIONS": {"url": REDIS_URL, "prefix": prefix}},
-        },
+        "TRANSPORTS": {"default": TRANSPORTS[old](prefix), "new": TRANSPORTS[new](prefix)},
     }
-    with override_settings(DJANGO_EVENTS=events):
+    try:
+        with override_settings(DJANGO_EVENTS=events):
+            transports.reset()
+            yield {
+                "DJANGO_EVENTS_TEST_OVERRIDES": json.dumps(events),
+                "DJANGO_EVENTS_TEST_SILENCED": json.dumps(["django_events.E008"]),
+            }
+            for alias, kind in (("default", old), ("new", new)):
+                if kind == "rabbitmq":
+                    delete_everything(transports[alias], GROUPS)
+    finally:
         transports.reset()
-        yield {
-            "DJANGO_EVENTS_TEST_OVERRIDES": json.dumps(events),
-            "DJANGO_EVENTS_TEST_SILENCED": json.dumps(["django_events.E008"]),
-        }
-        transports.reset()
-    delete_prefix(prefix)
+        delete_prefix(prefix)
+
+
+@pytest.fixture
+def two_transports() -> Iterator[dict[str, str]]:
+    with moving_between("database", "redis") as env:
+        yield env
 
 
 def handled_order(group: str) -> dict[str, list[int]]:
@@ -67,12 +89,12 @@ def _move_with_a_key_on_both_sides(hold: bool) -> dict[str, list[int]]:
     publish("test.sequenced", {"n": 1}, key="k")
     publish("test.sequenced", {"n": 2}, key="k")
     relay.run_once()
-    moving.prepare(transports["redis"])
-    moving.start("default", "redis")
+    moving.prepare(transports["new"])
+    moving.start("default", "new")
     switch.route()
     publish("test.sequenced", {"n": 3}, key="k")
     relay.run_once()
-    assert transports["redis"].status(["sequence"])["sequence"].pending == 1, "3 is on Redis"
+    assert transports["new"].status(["sequence"])["sequence"].pending == 1, "3 is on Redis"
     Worker(["sequence"], transport=switch, relay=False).run(once=True, wait_for_retries=1)
     return handled_order("sequence")
 
@@ -89,23 +111,27 @@ def test_without_the_hold_the_new_side_overtakes_the_old(two_transports: Any):
 def test_the_move_is_followed_by_every_worker_and_loses_nothing_through_a_kill(
     workers: Workers, two_transports: dict[str, str]
 ):
-    """Two workers run on the default (database) transport; the move starts with events
-    in flight, more are published during it, and the alpha/beta worker is killed with
-    SIGKILL mid-move. Every event is handled once per group, each key in order, and what
-    is published after the move goes to Redis."""
-    env = two_transports
+    move_under_load(workers, two_transports, kill_ordered=False)
+
+
+def move_under_load(workers: Workers, env: dict[str, str], *, kill_ordered: bool) -> None:
+    """Two workers run on the default transport; the move starts with events in flight,
+    more are published during it, and the alpha/beta worker (with ``kill_ordered``, the
+    ordered group's too) is killed with SIGKILL mid-move and replaced. Every event is
+    handled once per group, each key in order, and a relay started after the move sends
+    to the new transport only."""
     unordered = workers.start("--group", "alpha", "--group", "beta", **env)
-    workers.start("--group", "sequence", **env)
-    published = {"alpha": 0, "sequence": 0}
+    ordered = workers.start("--group", "sequence", **env)
+    published = 0
 
-    def burst(start: int, count: int) -> None:
-        for n in range(start, start + count):
+    def burst(count: int) -> None:
+        nonlocal published
+        for n in range(published, published + count):
             publish("test.happened", {"n": n, "sleep": 0.01})
-            publish("test.sequenced", {"n": n}, key=f"k{n % 4}")
-            published["alpha"] += 1
-            published["sequence"] += 1
+            publish("test.sequenced", {"n": n, "sleep": 0.01}, key=f"k{n % 4}")
+        published += count
 
-    burst(0, 40)
+    burst(40)
     wait_until(lambda: Effect.objects.filter(group="alpha").exists(), what="workers are up")
     mover = subprocess.Popen(
         [sys.executable, "-m", "django", *MOVE],
@@ -117,33 +143,36 @@ def test_the_move_is_followed_by_every_worker_and_loses_nothing_through_a_kill(
     )
     try:
         wait_until(lambda: Move.objects.exists(), what="the move is recorded")
-        burst(40, 40)
-        unordered.send_signal(signal.SIGKILL)
-        unordered.wait(timeout=10)
-        burst(80, 40)
+        burst(40)
+        killed = [unordered, ordered] if kill_ordered else [unordered]
+        for proc in killed:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        burst(40)
         workers.start("--group", "alpha", "--group", "beta", **env)
-        output, _ = mover.communicate(timeout=60)
+        if kill_ordered:
+            workers.start("--group", "sequence", **env)
+        output, _ = mover.communicate(timeout=90)
     finally:
         if mover.poll() is None:
             mover.kill()
     assert mover.returncode == 0, output
     assert "owes nothing" in output, output
     assert Move.objects.get().finished_at is not None
-    for group, expected in (("alpha", 120), ("beta", 120), ("sequence", 120)):
+    for group in ("alpha", "beta", "sequence"):
         wait_until(
-            lambda group=group, expected=expected: (
-                Effect.objects.filter(group=group).count() >= expected
-            ),
+            lambda group=group: Effect.objects.filter(group=group).count() >= published,
             what=f"every {group} event handled",
         )
     for group in ("alpha", "beta", "sequence"):
         ids = list(Effect.objects.filter(group=group).values_list("event_id", flat=True))
-        assert len(ids) == len(set(ids)) == published["alpha"], f"{group}: once each"
-    assert all(ns == sorted(ns) for ns in handled_order("sequence").values())
-    # After the move a relay sends to Redis, even one started afresh.
+        assert len(ids) == len(set(ids)) == published, f"{group}: once each"
+    order = handled_order("sequence")
+    assert all(ns == sorted(ns) for ns in order.values()), {k: str(ns) for k, ns in order.items()}
+    # After the move a relay sends to the new transport, even one started afresh.
     workers.stop_all()
-    publish("test.happened", {"n": 1000})
+    publish("test.happened", {"n": -1})
     relayed = workers.run("relay_events", "--once", **env)
     assert relayed.returncode == 0, relayed.stderr
-    assert not Delivery.objects.exists()
-    assert transports["redis"].status(["alpha"])["alpha"].pending == 1
+    assert transports["default"].status(["alpha"])["alpha"].pending == 0
+    assert transports["new"].status(["alpha"])["alpha"].pending == 1
