@@ -341,9 +341,10 @@ class Move(models.Model):
 
     While ``finished_at`` is empty, relays send to ``to_alias`` and workers drain
     ``from_alias`` too, holding on the new side an ordered key the old side still owes
-    (docs/moving.md). The latest finished move keeps every process on ``to_alias`` until
-    the settings make it the default. ``cutover_position``: the last logged position when
-    every relay had switched (informational: the hold does not depend on it).
+    (docs/moving.md). After the latest move finished, processes go on that way until the
+    settings drop ``to_alias`` (having made it the default). ``cutover_position``: the
+    last logged position when every relay had switched (informational: the hold does
+    not depend on it).
     """
 
     id = models.BigAutoField(primary_key=True)

@@ -5,8 +5,8 @@ to a ``Switch``: with no move recorded it is the default transport, as before; w
 move is in progress it sends new events to the new transport and claims from both, the
 old first, holding back on the new side an event of an ordered group whose key still
 has an earlier event unhandled (wherever that event is), so per-key order holds across
-the move. Once the move is finished, the switch stays on the new transport until the
-settings make it the default.
+the move. Once the move is finished, the switch keeps doing so until the settings make
+the new transport the default and drop the old alias.
 """
 
 from __future__ import annotations
@@ -67,9 +67,13 @@ def route_now(default: Transport) -> Route:
         return Route(default)
     if move.finished_at is None:
         return Route(transports[move.to_alias], transports[move.from_alias])
-    if move.to_alias in get_settings().transports:
-        return Route(transports[move.to_alias])
-    return Route(default)  # the settings have made it the default since
+    configured = get_settings().transports
+    if move.to_alias not in configured:
+        return Route(default)  # the settings have made it the default since
+    # Until the deploy that drops it, the old side is still looked at: a worker's prefetch
+    # that no count showed, or a relay that had not switched, leaves nothing behind there.
+    old = transports[move.from_alias] if move.from_alias in configured else None
+    return Route(transports[move.to_alias], old)
 
 
 def held(database: str, claimed: Sequence[Claimed], ordered: Mapping[str, set[str]]) -> set[int]:

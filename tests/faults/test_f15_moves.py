@@ -34,3 +34,17 @@ def test_f15_database_to_rabbitmq_with_both_workers_killed(
     started = time.monotonic()
     move_under_load(workers, database_to_rabbitmq, kill_ordered=True)
     add_row("F15 move database -> RabbitMQ, 2 kills", secs=time.monotonic() - started)
+
+
+@pytest.fixture
+def rabbitmq_to_database() -> Iterator[dict[str, str]]:
+    with moving_between("rabbitmq", "database") as env:
+        yield env
+
+
+def test_f15_rabbitmq_back_to_the_database_with_both_workers_killed(
+    workers: Workers, rabbitmq_to_database: dict[str, str]
+):
+    started = time.monotonic()
+    move_under_load(workers, rabbitmq_to_database, kill_ordered=True)
+    add_row("F15 move RabbitMQ -> database, 2 kills", secs=time.monotonic() - started)
