@@ -24,6 +24,7 @@ from django.db.models import Exists, Max, OuterRef
 from django.db.models.functions import Now
 
 from .conf import get_settings
+from .exceptions import EventsConfigurationError
 from .transports import transports
 from .transports.base import Claimed, FiltersTypes, GroupStatus, Outgoing, Transport
 
@@ -65,9 +66,17 @@ def route_now(default: Transport) -> Route:
     move = latest_move(default.database)
     if move is None:
         return Route(default)
-    if move.finished_at is None:
-        return Route(transports[move.to_alias], transports[move.from_alias])
     configured = get_settings().transports
+    if move.finished_at is None:
+        missing = [a for a in (move.from_alias, move.to_alias) if a not in configured]
+        if missing:
+            # Loud: a process that cannot follow the move would send to the wrong side.
+            raise EventsConfigurationError(
+                f"A move from {move.from_alias!r} to {move.to_alias!r} is in progress, and "
+                f"DJANGO_EVENTS['TRANSPORTS'] has no {missing[0]!r}: deploy settings that "
+                "name both (docs/moving.md)."
+            )
+        return Route(transports[move.to_alias], transports[move.from_alias])
     if move.to_alias not in configured:
         return Route(default)  # the settings have made it the default since
     # Until the deploy that drops it, the old side is still looked at: a worker's prefetch

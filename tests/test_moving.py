@@ -15,6 +15,7 @@ from django.conf import settings
 from django.test import override_settings
 
 from django_events import moving, publish
+from django_events.exceptions import EventsConfigurationError
 from django_events.models import Move
 from django_events.relay import Relay
 from django_events.transports import transports
@@ -176,3 +177,10 @@ def move_under_load(workers: Workers, env: dict[str, str], *, kill_ordered: bool
     assert relayed.returncode == 0, relayed.stderr
     assert transports["default"].status(["alpha"])["alpha"].pending == 0
     assert transports["new"].status(["alpha"])["alpha"].pending == 1
+
+
+def test_a_process_that_cannot_follow_the_move_stops_saying_why(two_transports: Any):
+    Move.objects.create(from_alias="default", to_alias="elsewhere")
+    switch = moving.Switch(transports["default"], ttl=0)
+    with pytest.raises(EventsConfigurationError, match="has no 'elsewhere'"):
+        switch.claim(["alpha"], 10, 30.0)
