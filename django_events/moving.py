@@ -428,20 +428,26 @@ def owed(transport: Transport, groups: Sequence[str]) -> int:
     return sum(s.pending + s.in_flight for s in transport.status(groups).values())
 
 
+def check_start(from_alias: str, to_alias: str) -> Any:
+    """The move in progress between the same transports, or None; ValueError if another
+    move is in progress."""
+    current = in_progress()
+    if current is not None and (current.from_alias, current.to_alias) != (from_alias, to_alias):
+        raise ValueError(
+            f"A move from {current.from_alias!r} to {current.to_alias!r} is in progress; "
+            "finish it first."
+        )
+    return current
+
+
 def start(from_alias: str, to_alias: str) -> Any:
     """Record a move (or return the one in progress between the same transports)."""
     from .models import Move
 
-    using = moves_database()
-    current = in_progress(using)
+    current = check_start(from_alias, to_alias)
     if current is not None:
-        if (current.from_alias, current.to_alias) != (from_alias, to_alias):
-            raise ValueError(
-                f"A move from {current.from_alias!r} to {current.to_alias!r} is in progress; "
-                "finish it first."
-            )
         return current
-    return Move.objects.using(using).create(from_alias=from_alias, to_alias=to_alias)
+    return Move.objects.using(moves_database()).create(from_alias=from_alias, to_alias=to_alias)
 
 
 def record_cutover(move: Any) -> int:

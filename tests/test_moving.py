@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from django_events import moving, publish
@@ -184,3 +185,12 @@ def test_a_process_that_cannot_follow_the_move_stops_saying_why(two_transports: 
     switch = moving.Switch(transports["default"], ttl=0)
     with pytest.raises(EventsConfigurationError, match="has no 'elsewhere'"):
         switch.claim(["alpha"], 10, 30.0)
+
+
+def test_the_command_refuses_a_second_move_and_a_move_to_itself(two_transports: Any):
+    Move.objects.create(from_alias="default", to_alias="new")
+    with pytest.raises(CommandError, match="is in progress; finish it first"):
+        call_command("move_transport", "new", "default", grace=0, interval=0)
+    with pytest.raises(CommandError, match="the same transport"):
+        call_command("move_transport", "new", "new")
+    assert Move.objects.count() == 1

@@ -45,8 +45,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         old, new = self._transports(options["from_alias"], options["to_alias"])
-        self._prepare(new, options["to_alias"])
         try:
+            moving.check_start(options["from_alias"], options["to_alias"])
+            self._prepare(new, options["to_alias"])
             move = moving.start(options["from_alias"], options["to_alias"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
