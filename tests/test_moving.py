@@ -194,3 +194,29 @@ def test_the_command_refuses_a_second_move_and_a_move_to_itself(two_transports: 
     with pytest.raises(CommandError, match="the same transport"):
         call_command("move_transport", "new", "new")
     assert Move.objects.count() == 1
+
+
+def test_on_a_terminal_the_command_draws_a_progress_bar(
+    workers: Workers, two_transports: dict[str, str]
+):
+    import os
+    import pty
+
+    main, terminal = pty.openpty()
+    command = [sys.executable, "-m", "django", *MOVE[:3], "--interval", "0", "--grace", "0"]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=workers.env(**two_transports), stdout=terminal, stderr=terminal
+    )
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main)
+    assert proc.wait(timeout=60) == 0, output
+    assert f"\r[{'#' * 30}] 0/0 drained, 0 owed".encode() in output, output
