@@ -34,25 +34,43 @@ MOVE = ["move_transport", "default", "new", "--interval", "0.2", "--grace", "1"]
 
 
 TRANSPORTS = {
-    "database": lambda prefix: {"BACKEND": DATABASE},
-    "redis": lambda prefix: {"BACKEND": BACKEND, "OPTIONS": {"url": REDIS_URL, "prefix": prefix}},
-    "rabbitmq": lambda prefix: {
+    "database": lambda prefix, endpoint: {"BACKEND": DATABASE},
+    "redis": lambda prefix, endpoint: {
+        "BACKEND": BACKEND,
+        "OPTIONS": {"url": REDIS_URL, "prefix": prefix},
+    },
+    "rabbitmq": lambda prefix, endpoint: {
         "BACKEND": RABBIT,
         "OPTIONS": {"url": RABBITMQ_URL, "prefix": prefix.replace(":", ".")},
+    },
+    "sqs": lambda prefix, endpoint: {  # FIFO: it keeps per-key order
+        "BACKEND": "django_events.transports.sqs.SnsSqsTransport",
+        "OPTIONS": {
+            "endpoint_url": endpoint,
+            "region": "us-east-1",
+            "prefix": prefix.replace(":", "-") + "-",
+            "wait_time": 0,
+            "dead_letter_poll": 0.2,
+            "fifo": True,
+        },
     },
 }
 GROUPS = ("alpha", "beta", "chain", "limited", "sequence")
 
 
 @contextmanager
-def moving_between(old: str, new: str) -> Iterator[dict[str, str]]:
+def moving_between(old: str, new: str, endpoint: str = "") -> Iterator[dict[str, str]]:
     """``old`` as the default transport and ``new`` under the alias ``new``, for this
-    process and as a subprocess's environment; what the brokers held is deleted after."""
+    process and as a subprocess's environment; what the brokers held is deleted after.
+    ``endpoint``: moto's, for SNS + SQS."""
     prefix = unique_prefix()
     events = {
         **settings.DJANGO_EVENTS,
         "LEASE": 2,
-        "TRANSPORTS": {"default": TRANSPORTS[old](prefix), "new": TRANSPORTS[new](prefix)},
+        "TRANSPORTS": {
+            "default": TRANSPORTS[old](prefix, endpoint),
+            "new": TRANSPORTS[new](prefix, endpoint),
+        },
     }
     try:
         with override_settings(DJANGO_EVENTS=events):
