@@ -88,10 +88,11 @@ def route_now(default: Transport) -> Route:
 def held(database: str, claimed: Sequence[Claimed], ordered: Mapping[str, set[str]]) -> set[int]:
     """``id()`` of the events in ``claimed`` to hold back: of an ordered group's type, with
     a key that has an earlier event (by position) this group has not handled, whether in
-    the event log with no inbox row (a dead letter has none: its key stays parked) or
-    still in the outbox; or not in the log yet themselves (a relay sends before it logs,
-    so their place is not known). Two queries per group in the batch."""
-    from .models import EventRecord, InboxRecord, OutboxMessage
+    the event log with no inbox row (an open dead letter has none: its key stays parked;
+    a discarded one frees it) or still in the outbox; or not in the log yet themselves
+    (a relay sends before it logs, so their place is not known). Three queries per group
+    in the batch."""
+    from .models import DeadLetter, EventRecord, InboxRecord, OutboxMessage
 
     by_group: dict[str, list[tuple[Claimed, str]]] = {}
     for item in claimed:
@@ -121,6 +122,13 @@ def held(database: str, claimed: Sequence[Claimed], ordered: Mapping[str, set[st
                 Exists(
                     InboxRecord.objects.using(database).filter(
                         group_name=group, event_id=OuterRef("id")
+                    )
+                )
+            )
+            .exclude(
+                Exists(
+                    DeadLetter.objects.using(database).filter(
+                        group=group, event_id=OuterRef("id"), state=DeadLetter.State.DISCARDED
                     )
                 )
             )

@@ -15,9 +15,9 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from django_events import moving, publish
+from django_events import moving, publish, triage
 from django_events.exceptions import EventsConfigurationError
-from django_events.models import Move
+from django_events.models import DeadLetter, Move
 from django_events.relay import Relay
 from django_events.transports import transports
 from django_events.worker import Worker
@@ -238,3 +238,22 @@ def test_on_a_terminal_the_command_draws_a_progress_bar(
     os.close(main)
     assert proc.wait(timeout=60) == 0, output
     assert f"\r[{'#' * 30}] 0/0 drained, 0 owed".encode() in output, output
+
+
+def test_a_dead_letter_parks_its_key_on_the_new_side_until_discarded(two_transports: Any):
+    switch = moving.Switch(transports["default"], ttl=0)
+    relay = Relay(switch)
+    publish("test.sequenced", {"n": 1, "fail": True}, key="k")
+    relay.run_once()
+    moving.prepare(transports["new"])
+    moving.start("default", "new")
+    switch.route()
+    publish("test.sequenced", {"n": 2}, key="k")
+    relay.run_once()
+    worker = Worker(["sequence"], transport=switch, relay=False)
+    worker.run(once=True, wait_for_retries=1)
+    dead = DeadLetter.objects.get(group="sequence")
+    assert not Effect.objects.exists(), "2 waits behind the dead letter of 1"
+    triage.discard([dead], None, "not needed", actor="test")
+    Worker(["sequence"], transport=switch, relay=False).run(once=True)
+    assert handled_order("sequence") == {"k": [2]}
