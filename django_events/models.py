@@ -449,6 +449,32 @@ class MinuteStat(models.Model):
         return f"{self.group} @ {self.minute}"
 
 
+class Move(models.Model):
+    """A move between two transports (``manage.py move_transport``), seen by every process.
+
+    While ``finished_at`` is empty, relays send to ``to_alias`` and workers drain
+    ``from_alias`` too, holding on the new side an ordered key the old side still owes
+    (docs/moving.md). After the latest move finished, processes go on that way until the
+    settings drop ``to_alias`` (having made it the default). ``cutover_position``: the
+    last logged position when every relay had switched (informational: the hold does
+    not depend on it).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    from_alias = models.CharField(max_length=100)
+    to_alias = models.CharField(max_length=100)
+    started_at = models.DateTimeField(db_default=Now())
+    cutover_position = models.BigIntegerField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "django_events_move"
+        default_permissions = ("view",)
+
+    def __str__(self) -> str:
+        return f"{self.from_alias} -> {self.to_alias}"
+
+
 class FailureGroup(DeadLetter):
     """Open dead letters grouped by fingerprint: an admin page, no table of its own."""
 

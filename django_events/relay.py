@@ -25,13 +25,12 @@ from typing import Any
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django.db.models.functions import Now
 
-from . import failpoints, instrumentation, logfields, retention, sql
+from . import failpoints, instrumentation, logfields, moving, retention, sql
 from .conf import get_settings
 from .envelope import validate_metadata, validate_type, validate_version
 from .exceptions import InvalidEvent, PublishRefused
 from .subscriptions import fan_out
 from .text import storable
-from .transports import transports
 from .transports.base import Outgoing, Transport
 from .validation import check_storable, check_text, validate_key
 
@@ -59,7 +58,7 @@ class Relay:
         batch_size: int | None = None,
     ) -> None:
         conf = get_settings()
-        self.transport = transport or transports["default"]
+        self.transport = transport or moving.switch()  # follows a live move (moving.py)
         self.databases = tuple(databases or conf.outbox_databases)
         self.batch_size = batch_size or conf.relay_batch_size
         self._pruned_at = 0.0

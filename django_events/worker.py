@@ -29,6 +29,7 @@ from . import (
     inbox,
     instrumentation,
     logfields,
+    moving,
     pauses,
     rollup,
     sentry,
@@ -46,7 +47,6 @@ from .retry import backoff, policy_for
 from .savepoint import LazySavepoint
 from .subscriptions import handled_types
 from .text import describe, storable
-from .transports import transports
 from .transports.base import Claimed, FiltersTypes, Transport
 from .triage import fingerprint
 from .wakeup import Waiter
@@ -171,7 +171,7 @@ class Worker:
         poll_interval: float | None = None,
     ) -> None:
         conf = get_settings()
-        self.transport = transport or transports["default"]
+        self.transport = transport or moving.switch()  # follows a live move (moving.py)
         self.groups = list(groups) if groups is not None else registry.groups()
         # Claim only what this code handles: a newer version's groups and types wait for it.
         self.types = handled_types(registry, self.groups) if self.transport.filters_types else None

@@ -1,0 +1,474 @@
+"""Moving between transports while workers run (docs/moving.md).
+
+The state of a move is a ``Move`` row, so every process sees it. Workers and relays talk
+to a ``Switch``: with no move recorded it is the default transport, as before; while a
+move is in progress it sends new events to the new transport and claims from both, the
+old first, holding back on the new side an event of an ordered group whose key still
+has an earlier event unhandled (wherever that event is), so per-key order holds across
+the move. Once the move is finished, the switch keeps doing so until the settings make
+the new transport the default and drop the old alias.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from django.db import DatabaseError
+from django.db.models import Exists, Max, OuterRef
+from django.db.models.functions import Now
+
+from .conf import get_settings
+from .exceptions import EventsConfigurationError
+from .transports import transports
+from .transports.base import Claimed, FiltersTypes, GroupStatus, Outgoing, Transport
+
+logger = logging.getLogger("django_events.moving")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a process sends and claims: ``to`` always, ``old`` too during a move."""
+
+    to: Transport
+    old: Transport | None = None
+
+
+def moves_database() -> str:
+    """The database holding ``Move`` rows: the default transport's."""
+    return transports["default"].database
+
+
+def latest_move(using: str | None = None) -> Any:
+    from .models import Move
+
+    return Move.objects.using(using or moves_database()).order_by("-id").first()
+
+
+def in_progress(using: str | None = None) -> Any:
+    from .models import Move
+
+    return (
+        Move.objects.using(using or moves_database())
+        .filter(finished_at__isnull=True)
+        .order_by("-id")
+        .first()
+    )
+
+
+def route_now(default: Transport) -> Route:
+    """The route the recorded moves give: ``default`` when none was ever made."""
+    move = latest_move(default.database)
+    if move is None:
+        return Route(default)
+    configured = get_settings().transports
+    if move.finished_at is None:
+        missing = [a for a in (move.from_alias, move.to_alias) if a not in configured]
+        if missing:
+            # Loud: a process that cannot follow the move would send to the wrong side.
+            raise EventsConfigurationError(
+                f"A move from {move.from_alias!r} to {move.to_alias!r} is in progress, and "
+                f"DJANGO_EVENTS['TRANSPORTS'] has no {missing[0]!r}: deploy settings that "
+                "name both (docs/moving.md)."
+            )
+        return Route(transports[move.to_alias], transports[move.from_alias])
+    if move.to_alias not in configured:
+        return Route(default)  # the settings have made it the default since
+    # Until the deploy that drops it, the old side is still looked at: a worker's prefetch
+    # that no count showed, or a relay that had not switched, leaves nothing behind there.
+    old = transports[move.from_alias] if move.from_alias in configured else None
+    return Route(transports[move.to_alias], old)
+
+
+def held(database: str, claimed: Sequence[Claimed], ordered: Mapping[str, set[str]]) -> set[int]:
+    """``id()`` of the events in ``claimed`` to hold back: of an ordered group's type, with
+    a key that has an earlier event (by position) this group has not handled, whether in
+    the event log with no inbox row (an open dead letter has none: its key stays parked;
+    a discarded one frees it) or still in the outbox; or not in the log yet themselves
+    (a relay sends before it logs, so their place is not known). Three queries per group
+    in the batch."""
+    from .models import DeadLetter, EventRecord, InboxRecord, OutboxMessage
+
+    by_group: dict[str, list[tuple[Claimed, str]]] = {}
+    for item in claimed:
+        event = item.event
+        if (
+            event is not None
+            and event.key is not None
+            and item.event_type in ordered.get(item.group, ())
+        ):
+            by_group.setdefault(item.group, []).append((item, event.key))
+    hold: set[int] = set()
+    for group, items in by_group.items():
+        logged = dict(
+            EventRecord.objects.using(database)
+            .filter(id__in=[item.event_id for item, _ in items])
+            .values_list("id", "position")
+        )
+        hold.update(id(item) for item, _ in items if item.event_id not in logged)
+        if not logged:
+            continue
+        keys = {key for _, key in items}
+        before = {"key__in": keys, "type__in": ordered[group], "position__lt": max(logged.values())}
+        unhandled = (
+            EventRecord.objects.using(database)
+            .filter(**before)
+            .exclude(
+                Exists(
+                    InboxRecord.objects.using(database).filter(
+                        group_name=group, event_id=OuterRef("id")
+                    )
+                )
+            )
+            .exclude(
+                Exists(
+                    DeadLetter.objects.using(database).filter(
+                        group=group, event_id=OuterRef("id"), state=DeadLetter.State.DISCARDED
+                    )
+                )
+            )
+            .values_list("key", "position")
+        )
+        unrelayed = OutboxMessage.objects.using(database).filter(**before)
+        first: dict[str, int] = {}
+        for key, position in [*unhandled, *unrelayed.values_list("key", "position")]:
+            first[key] = min(position, first.get(key, position))
+        for item, key in items:
+            start, position = first.get(key), logged.get(item.event_id)
+            if start is not None and position is not None and start < position:
+                hold.add(id(item))
+    return hold
+
+
+def _ordered_types() -> dict[str, set[str]]:
+    from .registry import registry
+
+    ordered: dict[str, set[str]] = {}
+    for event_type, group, is_ordered in registry.subscriptions():
+        if is_ordered:
+            ordered.setdefault(group, set()).add(event_type)
+    return ordered
+
+
+def _claim(
+    transport: Transport,
+    groups: Sequence[str],
+    limit: int,
+    lease: float,
+    types: Mapping[str, Collection[str]] | None,
+    max_bytes: int | None,
+) -> list[Claimed]:
+    if types is not None and transport.filters_types:
+        claim = cast(FiltersTypes, transport).claim
+        return claim(groups, limit, lease, types=types, max_bytes=max_bytes)
+    return transport.claim(groups, limit, lease, max_bytes=max_bytes)
+
+
+class Switch(Transport):
+    """The transport of a worker and a relay: the route of the recorded moves, read again
+    at most once per poll interval (a small query, like the pauses).
+
+    With no move ever recorded every call goes to the default transport as it did before.
+    During a move the flags are those that are safe for both sides: acks after the
+    commit (the inbox absorbs a redelivery), no blocking wait (a worker polls, woken by
+    the database's channel where there is one).
+    """
+
+    def __init__(self, default: Transport, ttl: float | None = None, *, hold: bool = True) -> None:
+        super().__init__(default.alias, {}, default.context)
+        self.default = default
+        self.hold_keys = hold
+        """False only in the tests' control, which shows order breaking without the hold."""
+        self.ttl = get_settings().poll_interval if ttl is None else ttl
+        self._route = Route(default)
+        self._read_at = -float("inf")
+        self._via: dict[int, tuple[Claimed, Transport]] = {}
+        self._held: list[Claimed] = []
+        """Claimed from the new side, kept here (leases renewed) until their key is free:
+        given back, a broker may put them behind the key's later events (Redis appends)."""
+        self._lock = threading.Lock()
+
+    def route(self) -> Route:
+        """The route, read again if older than the TTL: called when claiming and between
+        relay passes, so the flags a worker reads while handling one batch stay put. A
+        database that cannot be read keeps the route as it was."""
+        now = time.monotonic()
+        if now - self._read_at >= self.ttl:
+            try:
+                self._route = route_now(self.default)
+            except DatabaseError:
+                # Kept as it was (the default before the first read, which is tried again
+                # at each use until it succeeds); the claim that follows meets the outage.
+                logger.debug("Could not read the moves; keeping the route", exc_info=True)
+            else:
+                self._read_at = now
+        return self._route
+
+    def _current(self) -> Route:
+        return self._route if self._read_at >= 0 else self.route()
+
+    @property
+    def moving(self) -> bool:
+        return self._current().old is not None
+
+    # -- flags: the new side's, or those safe for both during a move --------------------
+
+    @property
+    def acks_in_transaction(self) -> bool:  # type: ignore[override]
+        return not self.moving and self._current().to.acks_in_transaction
+
+    @property
+    def waits_for_work(self) -> bool:  # type: ignore[override]
+        return not self.moving and self._current().to.waits_for_work
+
+    @property
+    def wake_channel(self) -> str | None:  # type: ignore[override]
+        route = self._current()
+        return route.to.wake_channel or (route.old.wake_channel if route.old else None)
+
+    @property
+    def filters_types(self) -> bool:  # type: ignore[override]
+        return self._current().to.filters_types
+
+    @property
+    def supports_ordering(self) -> bool:  # type: ignore[override]
+        return self._current().to.supports_ordering
+
+    @property
+    def shares_subscriptions(self) -> bool:  # type: ignore[override]
+        return self._current().to.shares_subscriptions
+
+    @property
+    def routes_itself(self) -> bool:  # type: ignore[override]
+        return self._current().to.routes_itself
+
+    @property
+    def idempotent_publish(self) -> bool:  # type: ignore[override]
+        return self._current().to.idempotent_publish
+
+    @property
+    def max_message_bytes(self) -> int | None:  # type: ignore[override]
+        return self._current().to.max_message_bytes
+
+    @property
+    def database(self) -> str:
+        return self._current().to.database
+
+    def subscription_store(self) -> Any:
+        return self._current().to.subscription_store()
+
+    # -- the relay's side: new events go to the new transport ---------------------------
+
+    def joins_outbox_transaction(self, using: str) -> bool:
+        return self._current().to.joins_outbox_transaction(using)
+
+    def publish(
+        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    ) -> None:
+        self._current().to.publish(events, subscriptions)
+
+    def publish_to_all(self, events: Sequence[Outgoing]) -> None:
+        self._current().to.publish_to_all(events)
+
+    def housekeeping(self) -> None:
+        route = self.route()  # a relay without a worker reads the route here, between passes
+        route.to.housekeeping()
+        if route.old is not None:
+            route.old.housekeeping()
+
+    # -- the worker's side --------------------------------------------------------------
+
+    def claim(
+        self,
+        groups: Sequence[str],
+        limit: int,
+        lease: float,
+        *,
+        types: Mapping[str, Collection[str]] | None = None,
+        max_bytes: int | None = None,
+    ) -> list[Claimed]:
+        route = self.route()
+        if route.old is None and not self._held:
+            return self._tag(route.to, _claim(route.to, groups, limit, lease, types, max_bytes))
+        old: list[Claimed] = []
+        if route.old is not None:
+            old = self._tag(route.old, _claim(route.old, groups, limit, lease, types, max_bytes))
+        room = limit - len(old)
+        with self._lock:
+            waiting = list(self._held)
+        fresh: list[Claimed] = []
+        if room > 0 and len(waiting) < limit:
+            fresh = _claim(route.to, groups, room, lease, types, max_bytes)
+        candidates = [*waiting, *fresh]
+        hold = held(route.to.database, candidates, _ordered_types()) if self.hold_keys else set()
+        wanted = set(groups)
+        free = [c for c in candidates if id(c) not in hold and c.group in wanted][: max(room, 0)]
+        taken = {id(c) for c in free}
+        kept = [c for c in candidates if id(c) not in taken]
+        with self._lock:
+            self._held = kept
+        if kept:
+            route.to.renew(kept, lease)
+        return old + self._tag(route.to, free)
+
+    def wait(self, groups: Sequence[str], timeout: float) -> bool:
+        return self._current().to.wait(groups, timeout)
+
+    def _tag(self, transport: Transport, claimed: list[Claimed]) -> list[Claimed]:
+        for item in claimed:
+            self._via[id(item)] = (item, transport)
+        return claimed
+
+    def _of(self, claimed: Claimed) -> Transport:
+        found = self._via.get(id(claimed))
+        return found[1] if found is not None else self._current().to
+
+    def _done(self, claimed: Sequence[Claimed]) -> None:
+        for item in claimed:
+            self._via.pop(id(item), None)
+
+    def _split(self, claimed: Sequence[Claimed]) -> dict[int, tuple[Transport, list[Claimed]]]:
+        parts: dict[int, tuple[Transport, list[Claimed]]] = {}
+        for item in claimed:
+            transport = self._of(item)
+            parts.setdefault(id(transport), (transport, []))[1].append(item)
+        return parts
+
+    def renew(self, claimed: Sequence[Claimed], lease: float) -> None:
+        for transport, items in list(self._split(claimed).values()):
+            transport.renew(items, lease)
+        with self._lock:
+            waiting = list(self._held)
+        if waiting:  # the heartbeat keeps what waits for its key too
+            self._current().to.renew(waiting, lease)
+
+    def release(self, claimed: Sequence[Claimed]) -> None:
+        for transport, items in self._split(claimed).values():
+            transport.release(items)
+        self._done(claimed)
+
+    def hold(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        return [
+            item
+            for transport, items in self._split(claimed).values()
+            for item in transport.hold(items)
+        ]
+
+    def ack(self, claimed: Claimed) -> bool:
+        try:
+            return self._of(claimed).ack(claimed)
+        finally:
+            self._done([claimed])
+
+    def ack_many(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        try:
+            return [
+                item
+                for transport, items in self._split(claimed).values()
+                for item in transport.ack_many(items)
+            ]
+        finally:
+            self._done(claimed)
+
+    def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
+        try:
+            self._of(claimed).retry_later(claimed, delay, error)
+        finally:
+            self._done([claimed])
+
+    def dead_letter(self, claimed: Claimed) -> bool:
+        try:
+            return self._of(claimed).dead_letter(claimed)
+        finally:
+            self._done([claimed])
+
+    def redeliver(self, event_id: uuid.UUID, group: str) -> None:
+        self._current().to.redeliver(event_id, group)
+
+    def discard(self, event_id: uuid.UUID, group: str) -> None:
+        route = self._current()
+        for transport in (route.to, route.old):
+            if transport is not None:
+                transport.discard(event_id, group)
+
+    def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
+        return self._current().to.status(groups)
+
+    def close(self) -> None:
+        route = self._route  # closing reads nothing
+        with self._lock:
+            waiting, self._held = self._held, []
+        if waiting:
+            route.to.release(waiting)
+        route.to.close()
+        if route.old is not None:
+            route.old.close()
+
+
+def switch() -> Switch:
+    """The transport a worker or a relay uses when none is given."""
+    return Switch(transports["default"])
+
+
+# -- the command's side ------------------------------------------------------------------
+
+
+def prepare(new: Transport) -> list[str]:
+    """What ``setup_events --transport TO`` does for this deployment: its subscriptions in
+    the new transport's store (adding only), and the streams or queues they need."""
+    from .registry import registry
+    from .subscriptions import declare, store_of
+
+    store = store_of(new)
+    if new.shares_subscriptions and not getattr(store, "setup_only", False):
+        declare(get_settings().service, registry, store=store, replace=False)
+    return new.setup(registry.subscriptions())
+
+
+def owed(transport: Transport, groups: Sequence[str]) -> int:
+    """Events ``transport`` still owes ``groups``: waiting or in flight (a dead letter's
+    parked row is not owed; the events behind it are)."""
+    return sum(s.pending + s.in_flight for s in transport.status(groups).values())
+
+
+def check_start(from_alias: str, to_alias: str) -> Any:
+    """The move in progress between the same transports, or None; ValueError if another
+    move is in progress."""
+    current = in_progress()
+    if current is not None and (current.from_alias, current.to_alias) != (from_alias, to_alias):
+        raise ValueError(
+            f"A move from {current.from_alias!r} to {current.to_alias!r} is in progress; "
+            "finish it first."
+        )
+    return current
+
+
+def start(from_alias: str, to_alias: str) -> Any:
+    """Record a move (or return the one in progress between the same transports)."""
+    from .models import Move
+
+    current = check_start(from_alias, to_alias)
+    if current is not None:
+        return current
+    return Move.objects.using(moves_database()).create(from_alias=from_alias, to_alias=to_alias)
+
+
+def record_cutover(move: Any) -> int:
+    """Note the last logged position now that every relay has switched."""
+    from .models import EventRecord
+
+    using = moves_database()
+    position = EventRecord.objects.using(using).aggregate(top=Max("position"))["top"] or 0
+    type(move).objects.using(using).filter(pk=move.pk).update(cutover_position=position)
+    move.cutover_position = position
+    return int(position)
+
+
+def finish(move: Any) -> None:
+    type(move).objects.using(moves_database()).filter(pk=move.pk).update(finished_at=Now())
+    logger.info("Move from %s to %s finished", move.from_alias, move.to_alias)

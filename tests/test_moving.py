@@ -1,0 +1,259 @@
+"""Moving from the database to Redis Streams while workers run (docs/moving.md)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+from django_events import moving, publish, triage
+from django_events.exceptions import EventsConfigurationError
+from django_events.models import DeadLetter, Move
+from django_events.relay import Relay
+from django_events.transports import transports
+from django_events.worker import Worker
+
+from .conftest import ROOT, Workers, wait_until
+from .rabbitmq_support import BACKEND as RABBIT
+from .rabbitmq_support import RABBITMQ_URL, delete_everything
+from .redis_support import BACKEND, REDIS_URL, delete_prefix, needs_redis, unique_prefix
+from .testapp.models import Effect
+
+pytestmark = [pytest.mark.django_db(transaction=True), needs_redis()]
+DATABASE = "django_events.transports.database.DatabaseTransport"
+MOVE = ["move_transport", "default", "new", "--interval", "0.2", "--grace", "1"]
+
+
+TRANSPORTS = {
+    "database": lambda prefix, endpoint: {"BACKEND": DATABASE},
+    "redis": lambda prefix, endpoint: {
+        "BACKEND": BACKEND,
+        "OPTIONS": {"url": REDIS_URL, "prefix": prefix},
+    },
+    "rabbitmq": lambda prefix, endpoint: {
+        "BACKEND": RABBIT,
+        "OPTIONS": {"url": RABBITMQ_URL, "prefix": prefix.replace(":", ".")},
+    },
+    "sqs": lambda prefix, endpoint: {  # FIFO: it keeps per-key order
+        "BACKEND": "django_events.transports.sqs.SnsSqsTransport",
+        "OPTIONS": {
+            "endpoint_url": endpoint,
+            "region": "us-east-1",
+            "prefix": prefix.replace(":", "-") + "-",
+            "wait_time": 0,
+            "dead_letter_poll": 0.2,
+            "fifo": True,
+        },
+    },
+}
+GROUPS = ("alpha", "beta", "chain", "limited", "sequence")
+
+
+@contextmanager
+def moving_between(old: str, new: str, endpoint: str = "") -> Iterator[dict[str, str]]:
+    """``old`` as the default transport and ``new`` under the alias ``new``, for this
+    process and as a subprocess's environment; what the brokers held is deleted after.
+    ``endpoint``: moto's, for SNS + SQS."""
+    prefix = unique_prefix()
+    events = {
+        **settings.DJANGO_EVENTS,
+        "LEASE": 2,
+        "TRANSPORTS": {
+            "default": TRANSPORTS[old](prefix, endpoint),
+            "new": TRANSPORTS[new](prefix, endpoint),
+        },
+    }
+    try:
+        with override_settings(DJANGO_EVENTS=events):
+            transports.reset()
+            yield {
+                "DJANGO_EVENTS_TEST_OVERRIDES": json.dumps(events),
+                "DJANGO_EVENTS_TEST_SILENCED": json.dumps(["django_events.E008"]),
+            }
+            for alias, kind in (("default", old), ("new", new)):
+                if kind == "rabbitmq":
+                    delete_everything(transports[alias], GROUPS)
+    finally:
+        transports.reset()
+        delete_prefix(prefix)
+
+
+@pytest.fixture
+def two_transports() -> Iterator[dict[str, str]]:
+    with moving_between("database", "redis") as env:
+        yield env
+
+
+def handled_order(group: str) -> dict[str, list[int]]:
+    """Each key's ``n`` in the order its group's handler committed them."""
+    order: dict[str, list[int]] = {}
+    for key, n in Effect.objects.filter(group=group).order_by("id").values_list("key", "n"):
+        order.setdefault(key, []).append(n)
+    return order
+
+
+def _move_with_a_key_on_both_sides(hold: bool) -> dict[str, list[int]]:
+    """Key ``k``: events 1 and 2 relayed to the database, then the move starts and event
+    3 goes to Redis; one worker drains both sides."""
+    switch = moving.Switch(transports["default"], ttl=0, hold=hold)
+    relay = Relay(switch)
+    publish("test.sequenced", {"n": 1}, key="k")
+    publish("test.sequenced", {"n": 2}, key="k")
+    relay.run_once()
+    moving.prepare(transports["new"])
+    moving.start("default", "new")
+    switch.route()
+    publish("test.sequenced", {"n": 3}, key="k")
+    relay.run_once()
+    assert transports["new"].status(["sequence"])["sequence"].pending == 1, "3 is on Redis"
+    Worker(["sequence"], transport=switch, relay=False).run(once=True, wait_for_retries=1)
+    return handled_order("sequence")
+
+
+def test_a_key_with_events_owed_on_the_old_side_is_held_on_the_new(two_transports: Any):
+    assert _move_with_a_key_on_both_sides(hold=True) == {"k": [1, 2, 3]}
+
+
+def test_without_the_hold_the_new_side_overtakes_the_old(two_transports: Any):
+    """The control: the same move with the hold switched off breaks the key's order."""
+    assert _move_with_a_key_on_both_sides(hold=False) == {"k": [1, 3, 2]}
+
+
+def test_the_move_is_followed_by_every_worker_and_loses_nothing_through_a_kill(
+    workers: Workers, two_transports: dict[str, str]
+):
+    move_under_load(workers, two_transports, kill_ordered=False)
+
+
+def move_under_load(workers: Workers, env: dict[str, str], *, kill_ordered: bool) -> None:
+    """Two workers run on the default transport; the move starts with events in flight,
+    more are published during it, and the alpha/beta worker (with ``kill_ordered``, the
+    ordered group's too) is killed with SIGKILL mid-move and replaced. Every event is
+    handled once per group, each key in order, and a relay started after the move sends
+    to the new transport only."""
+    unordered = workers.start("--group", "alpha", "--group", "beta", **env)
+    ordered = workers.start("--group", "sequence", **env)
+    published = 0
+
+    def burst(count: int) -> None:
+        nonlocal published
+        for n in range(published, published + count):
+            publish("test.happened", {"n": n, "sleep": 0.01})
+            publish("test.sequenced", {"n": n, "sleep": 0.01}, key=f"k{n % 4}")
+        published += count
+
+    burst(40)
+    wait_until(lambda: Effect.objects.filter(group="alpha").exists(), what="workers are up")
+    mover = subprocess.Popen(
+        [sys.executable, "-m", "django", *MOVE],
+        cwd=ROOT,
+        env=workers.env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: Move.objects.exists(), what="the move is recorded")
+        burst(40)
+        killed = [unordered, ordered] if kill_ordered else [unordered]
+        for proc in killed:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        burst(40)
+        workers.start("--group", "alpha", "--group", "beta", **env)
+        if kill_ordered:
+            workers.start("--group", "sequence", **env)
+        output, _ = mover.communicate(timeout=90)
+    finally:
+        if mover.poll() is None:
+            mover.kill()
+    assert mover.returncode == 0, output
+    assert "owes nothing" in output, output
+    assert Move.objects.get().finished_at is not None
+    for group in ("alpha", "beta", "sequence"):
+        wait_until(
+            lambda group=group: Effect.objects.filter(group=group).count() >= published,
+            what=f"every {group} event handled",
+        )
+    for group in ("alpha", "beta", "sequence"):
+        ids = list(Effect.objects.filter(group=group).values_list("event_id", flat=True))
+        assert len(ids) == len(set(ids)) == published, f"{group}: once each"
+    order = handled_order("sequence")
+    assert all(ns == sorted(ns) for ns in order.values()), {k: str(ns) for k, ns in order.items()}
+    # After the move a relay sends to the new transport, even one started afresh.
+    workers.stop_all()
+    publish("test.happened", {"n": -1})
+    relayed = workers.run("relay_events", "--once", **env)
+    assert relayed.returncode == 0, relayed.stderr
+    assert transports["default"].status(["alpha"])["alpha"].pending == 0
+    assert transports["new"].status(["alpha"])["alpha"].pending == 1
+
+
+def test_a_process_that_cannot_follow_the_move_stops_saying_why(two_transports: Any):
+    Move.objects.create(from_alias="default", to_alias="elsewhere")
+    switch = moving.Switch(transports["default"], ttl=0)
+    with pytest.raises(EventsConfigurationError, match="has no 'elsewhere'"):
+        switch.claim(["alpha"], 10, 30.0)
+
+
+def test_the_command_refuses_a_second_move_and_a_move_to_itself(two_transports: Any):
+    Move.objects.create(from_alias="default", to_alias="new")
+    with pytest.raises(CommandError, match="is in progress; finish it first"):
+        call_command("move_transport", "new", "default", grace=0, interval=0)
+    with pytest.raises(CommandError, match="the same transport"):
+        call_command("move_transport", "new", "new")
+    assert Move.objects.count() == 1
+
+
+def test_on_a_terminal_the_command_draws_a_progress_bar(
+    workers: Workers, two_transports: dict[str, str]
+):
+    import os
+    import pty
+
+    main, terminal = pty.openpty()
+    command = [sys.executable, "-m", "django", *MOVE[:3], "--interval", "0", "--grace", "0"]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=workers.env(**two_transports), stdout=terminal, stderr=terminal
+    )
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main)
+    assert proc.wait(timeout=60) == 0, output
+    assert f"\r[{'#' * 30}] 0/0 drained, 0 owed".encode() in output, output
+
+
+def test_a_dead_letter_parks_its_key_on_the_new_side_until_discarded(two_transports: Any):
+    switch = moving.Switch(transports["default"], ttl=0)
+    relay = Relay(switch)
+    publish("test.sequenced", {"n": 1, "fail": True}, key="k")
+    relay.run_once()
+    moving.prepare(transports["new"])
+    moving.start("default", "new")
+    switch.route()
+    publish("test.sequenced", {"n": 2}, key="k")
+    relay.run_once()
+    worker = Worker(["sequence"], transport=switch, relay=False)
+    worker.run(once=True, wait_for_retries=1)
+    dead = DeadLetter.objects.get(group="sequence")
+    assert not Effect.objects.exists(), "2 waits behind the dead letter of 1"
+    triage.discard([dead], None, "not needed", actor="test")
+    Worker(["sequence"], transport=switch, relay=False).run(once=True)
+    assert handled_order("sequence") == {"k": [2]}
