@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.contrib import admin as django_admin
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
@@ -21,6 +21,8 @@ from django_events.status import collect
 from django_events.testing import deliver
 from tests.deadletters import bulk, failing
 from tests.testapp.models import Effect
+
+from .admin_support import staff_client
 
 pytestmark = pytest.mark.django_db
 
@@ -33,18 +35,8 @@ def dead_letter() -> DeadLetter:
     return DeadLetter.objects.get()
 
 
-def staff(*perms: str) -> Client:
-    user = User.objects.create_user("op", password="pw", is_staff=True)  # noqa: S106
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="django_events", codename__in=perms)
-    )
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def test_dead_letter_pages_render_without_payload_for_plain_viewers(dead_letter: DeadLetter):
-    client = staff("view_deadletter", "view_eventrecord")
+    client = staff_client("view_deadletter", "view_eventrecord")
     listing = client.get("/admin/django_events/deadletter/")
     assert listing.status_code == 200 and b"RuntimeError" in listing.content
     detail = client.get(f"/admin/django_events/deadletter/{dead_letter.pk}/change/")
@@ -55,7 +47,7 @@ def test_dead_letter_pages_render_without_payload_for_plain_viewers(dead_letter:
 
 
 def test_payload_and_traceback_are_shown_with_view_payload(dead_letter: DeadLetter):
-    client = staff("view_deadletter", "view_eventrecord", "view_payload")
+    client = staff_client("view_deadletter", "view_eventrecord", "view_payload")
     detail = client.get(f"/admin/django_events/deadletter/{dead_letter.pk}/change/")
     assert b"Traceback" in detail.content
     event = client.get(f"/admin/django_events/eventrecord/{dead_letter.event_id}/change/")
@@ -80,16 +72,6 @@ DL = "/admin/django_events/deadletter/"
 GROUPS = "/admin/django_events/failuregroup/"
 EVENTS = "/admin/django_events/eventrecord/"
 VIEW = ("view_deadletter", "view_eventrecord")
-
-
-def login(*perms: str, name: str = "op") -> Client:
-    user = User.objects.create_user(name, password="pw", is_staff=True)  # noqa: S106
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="django_events", codename__in=perms)
-    )
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @contextmanager
@@ -128,7 +110,7 @@ def queries(client: Client, url: str) -> tuple[int, bytes]:
 def test_changelists_issue_a_constant_number_of_queries(url: str, model: type, expected: int):
     bulk(30, error_class="ValueError")
     bulk(30, group="beta", handler="tests.testapp.events.beta", key="k1")
-    client = login(*VIEW, "view_payload")  # error-message search needs it
+    client = staff_client(*VIEW, "view_payload")  # error-message search needs it
     client.get(url)  # warm the content-type and permission caches of this process
     with page_size(model, 5):
         small, content = queries(client, url)
@@ -140,7 +122,7 @@ def test_changelists_issue_a_constant_number_of_queries(url: str, model: type, e
 
 def test_changelist_lists_what_failed_with_its_columns_and_filters():
     bulk(3, error_class="shop.errors.CrmDown", group="crm", handler="shop.events.sync")
-    client = login(*VIEW, "view_payload")  # the message column needs it
+    client = staff_client(*VIEW, "view_payload")  # the message column needs it
     content = client.get(DL).content.decode()
     for text in (
         "test.happened",
@@ -163,7 +145,7 @@ def test_changelist_lists_what_failed_with_its_columns_and_filters():
 def test_search_by_event_id_key_and_message():
     one = bulk(1, key="order-7")[0]
     bulk(2, error_class="KeyError")
-    client = login(*VIEW, "view_payload")  # words of the message need it
+    client = staff_client(*VIEW, "view_payload")  # words of the message need it
     assert client.get(DL, {"q": str(one.event_id)}).context["cl"].result_count == 1
     assert client.get(DL, {"q": "order-7"}).context["cl"].result_count == 1
     assert client.get(DL, {"q": "KeyError for"}).context["cl"].result_count == 2
@@ -174,7 +156,7 @@ def test_filters_narrow_by_group_type_error_state_and_fingerprint():
     a = bulk(2, error_class="ValueError")
     bulk(3, group="beta", handler="tests.testapp.events.beta", state="retried")
     bulk(1, event_type="test.other", error_class="KeyError")
-    client = login(*VIEW)
+    client = staff_client(*VIEW)
 
     def count(**params: str) -> int:
         return client.get(DL, params).context["cl"].result_count
@@ -188,7 +170,7 @@ def test_filters_narrow_by_group_type_error_state_and_fingerprint():
 
 
 def test_detail_shows_envelope_links_and_attempts(dead_letter: DeadLetter):
-    client = login(*VIEW, "view_payload")
+    client = staff_client(*VIEW, "view_payload")
     content = client.get(f"{DL}{dead_letter.pk}/change/").content.decode()
     event = dead_letter.event
     assert f"{EVENTS}{event.id}/change/" in content
@@ -201,7 +183,7 @@ def test_detail_shows_envelope_links_and_attempts(dead_letter: DeadLetter):
 def test_dead_letter_whose_event_left_the_log_is_still_listed_and_shown():
     dead = bulk(1)[0]
     EventRecord.objects.filter(id=dead.event_id).delete()
-    client = login(*VIEW, "view_payload")
+    client = staff_client(*VIEW, "view_payload")
     assert client.get(DL).context["cl"].result_count == 1
     detail = client.get(f"{DL}{dead.pk}/change/")
     assert detail.status_code == 200 and b"not in the event log" in detail.content
@@ -222,7 +204,7 @@ MATRIX = {
 def test_permission_matrix_for_one_dead_letter(role: str, action: str):
     perms, expected = MATRIX[role]
     dead = bulk(1)[0]
-    client = login(*perms)
+    client = staff_client(*perms)
     detail = client.get(f"{DL}{dead.pk}/change/")
     if "view_deadletter" in perms:
         shown = f'id="de-{action}"'.encode() in detail.content
@@ -240,7 +222,7 @@ def test_permission_matrix_for_one_dead_letter(role: str, action: str):
 def test_permission_matrix_for_a_failure_group_and_the_changelist_action(role: str, action: str):
     perms, expected = MATRIX[role]
     rows = bulk(2)
-    client = login(*perms)
+    client = staff_client(*perms)
     page = client.get(GROUPS)
     if "view_deadletter" in perms:
         assert page.status_code == 200
@@ -284,7 +266,7 @@ def test_retry_from_the_detail_page_runs_the_handler_again_and_is_logged(tmp_pat
     dead = failing({"fail": False, "fail_if_exists": str(flag)}, groups=("alpha", "beta"))
     alpha = next(d for d in dead if d.group == "alpha")
     flag.unlink()
-    client = login(*VIEW, "retry_deadletter")
+    client = staff_client(*VIEW, "retry_deadletter")
     response = client.post(f"{DL}{alpha.pk}/retry/", {"confirm": "yes", "reason": "fixed"})
     assert response.status_code == 302
     deliver(["alpha", "beta"])
@@ -297,7 +279,7 @@ def test_retry_from_the_detail_page_runs_the_handler_again_and_is_logged(tmp_pat
 
 def test_get_shows_a_confirmation_and_changes_nothing():
     rows = bulk(3)
-    client = login(*VIEW, "retry_deadletter", "discard_deadletter")
+    client = staff_client(*VIEW, "retry_deadletter", "discard_deadletter")
     page = client.get(f"{GROUPS}{rows[0].fingerprint}/retry/")
     assert page.status_code == 200 and b"re-runs the handler" in page.content
     assert b"Yes, retry 3" in page.content
@@ -308,7 +290,7 @@ def test_get_shows_a_confirmation_and_changes_nothing():
 
 def test_discard_needs_a_reason_that_is_kept():
     dead = bulk(1)[0]
-    client = login(*VIEW, "discard_deadletter")
+    client = staff_client(*VIEW, "discard_deadletter")
     response = client.post(f"{DL}{dead.pk}/discard/", {"confirm": "yes", "reason": " "})
     assert response.status_code == 200 and b"needs a reason" in response.content
     dead.refresh_from_db()
@@ -322,7 +304,7 @@ def test_resolved_rows_stay_visible_under_the_state_filter():
     bulk(1, state="retried")
     bulk(1, state="discarded")
     bulk(1)
-    client = login(*VIEW)
+    client = staff_client(*VIEW)
     assert client.get(DL).context["cl"].result_count == 3
     for state in ("open", "retried", "discarded"):
         assert client.get(DL, {"state__exact": state}).context["cl"].result_count == 1
@@ -332,7 +314,7 @@ def test_failure_groups_page_groups_open_dead_letters_by_cause():
     bulk(4, error_class="ValueError")
     bulk(2, error_class="KeyError", func="load")
     bulk(5, error_class="ValueError", state="discarded")
-    client = login(*VIEW, "view_payload")  # the example's message needs it
+    client = staff_client(*VIEW, "view_payload")  # the example's message needs it
     response = client.get(GROUPS)
     groups = response.context["groups"]
     assert [(g["error_class"], g["count"]) for g in groups] == [("ValueError", 4), ("KeyError", 2)]
@@ -343,7 +325,7 @@ def test_failure_groups_page_groups_open_dead_letters_by_cause():
 def test_failure_group_bulk_retry_acts_on_that_group_only():
     target = bulk(3, error_class="ValueError")
     other = bulk(2, error_class="KeyError")
-    client = login(*VIEW, "retry_deadletter")
+    client = staff_client(*VIEW, "retry_deadletter")
     client.post(f"{GROUPS}{target[0].fingerprint}/retry/", {"confirm": "yes"})
     assert set(
         DeadLetter.objects.filter(fingerprint=target[0].fingerprint).values_list("state", flat=True)
@@ -356,7 +338,7 @@ def test_failure_group_bulk_retry_acts_on_that_group_only():
 def test_status_page_shows_the_numbers_of_events_status():
     failing({"n": 1})
     publish("test.happened", {"n": 2})
-    client = login(*VIEW)
+    client = staff_client(*VIEW)
     response = client.get("/admin/django_events/queuestatus/")
     report = collect()
     shown = response.context["report"]["groups"]
@@ -368,13 +350,13 @@ def test_status_page_shows_the_numbers_of_events_status():
     assert shown["beta"][age] is not None
     assert report["groups"]["alpha"]["dead"] == 1
     assert f"{report['outbox']['unrelayed']} unrelayed event".encode() in response.content
-    assert login(name="nobody").get("/admin/django_events/queuestatus/").status_code == 403
+    assert staff_client(name="nobody").get("/admin/django_events/queuestatus/").status_code == 403
 
 
 def test_event_log_shows_each_groups_delivery_state(tmp_path: Path):
     dead = failing({"fail": False, "fail_group": "beta"}, groups=("alpha", "beta"))
     event_id = dead[0].event_id
-    client = login(*VIEW)
+    client = staff_client(*VIEW)
     listing = client.get(EVENTS)
     assert b"alpha: handled" in listing.content and b"beta: dead" in listing.content
     detail = client.get(f"{EVENTS}{event_id}/change/")
@@ -386,7 +368,7 @@ def test_event_log_filters_and_search():
     correlation = uuid.uuid4()
     first = bulk(2, key="order-1", correlation_id=correlation)[0]
     bulk(3, event_type="test.other")
-    client = login(*VIEW)
+    client = staff_client(*VIEW)
 
     def count(**params: str) -> int:
         return client.get(EVENTS, params).context["cl"].result_count

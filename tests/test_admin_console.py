@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
@@ -24,21 +24,13 @@ from tests.testapp import typed_events
 from tests.testapp.models import Effect
 from tests.testapp.typed_events import ParcelShipped
 
+from .admin_support import staff_client
+
 pytestmark = pytest.mark.django_db
 
 DL = "/admin/django_events/deadletter/"
 VIEW = ("view_deadletter", "view_eventrecord")
 EDIT_ON = override_settings(DJANGO_EVENTS={"BACKOFF_BASE": 0, "ADMIN_EDIT_RETRY": True})
-
-
-def login(*perms: str, name: str = "op") -> Client:
-    user = User.objects.create_user(name, password="pw", is_staff=True)  # noqa: S106
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="django_events", codename__in=perms)
-    )
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def edited(client: Client, dead: DeadLetter, data: object, reason: str = "fixed") -> object:
@@ -76,7 +68,7 @@ EDIT_MATRIX = {
 def test_permission_matrix_for_edit_and_retry(role: str):
     perms, expected = EDIT_MATRIX[role]
     dead = failing({"n": 1})[0]
-    client = login(*perms)
+    client = staff_client(*perms)
     with EDIT_ON:
         if "view_deadletter" in perms:
             detail = client.get(f"{DL}{dead.pk}/change/")
@@ -93,7 +85,7 @@ def test_permission_matrix_for_edit_and_retry(role: str):
 def test_edit_and_retry_is_a_new_event_for_that_group_only_and_keeps_the_original():
     dead = next(d for d in failing({"n": 7, "city": "Bern"}, groups=("alpha", "beta")))
     original = EventRecord.objects.get(id=dead.event_id)
-    client = login(*VIEW, "view_payload", "edit_deadletter")
+    client = staff_client(*VIEW, "view_payload", "edit_deadletter")
     with EDIT_ON:
         response = edited(client, dead, {"n": 7, "fail": False, "city": "Berne"}, "typo")
     assert response.status_code == 302
@@ -125,7 +117,7 @@ def test_edit_and_retry_is_a_new_event_for_that_group_only_and_keeps_the_origina
 )
 def test_an_invalid_payload_is_refused_and_nothing_is_written(payload: str, problem: bytes):
     dead = failing({"n": 1})[0]
-    client = login(*VIEW, "view_payload", "edit_deadletter")
+    client = staff_client(*VIEW, "view_payload", "edit_deadletter")
     with EDIT_ON:
         response = edited(client, dead, payload)
     assert response.status_code == 400 and problem in response.content
@@ -148,7 +140,7 @@ def parcel_dead_letter():
 
 def test_edited_payload_is_checked_against_its_typed_declaration(parcel_dead_letter):
     dead = parcel_dead_letter
-    client = login(*VIEW, "view_payload", "edit_deadletter")
+    client = staff_client(*VIEW, "view_payload", "edit_deadletter")
     good = {**EventRecord.objects.get(id=dead.event_id).data, "parcel_id": 6}
     with EDIT_ON:
         form = client.get(f"{DL}{dead.pk}/edit/")
@@ -164,10 +156,10 @@ def test_edited_payload_is_checked_against_its_typed_declaration(parcel_dead_let
 
 def test_edit_diff_in_the_history_is_hidden_without_view_payload():
     dead = failing({"n": 1, "email": "alice@example.com"})[0]
-    editor = login(*VIEW, "view_payload", "edit_deadletter")
+    editor = staff_client(*VIEW, "view_payload", "edit_deadletter")
     with EDIT_ON:
         edited(editor, dead, {"n": 1, "fail": False, "email": "bob@example.com"})
-    viewer = login(*VIEW, "view_logentry", name="viewer")
+    viewer = staff_client(*VIEW, "view_logentry", name="viewer")
     history = viewer.get(f"{DL}{dead.pk}/history/")
     assert history.status_code == 200 and b"Edited and retried" in history.content
     assert b"alice@example.com" not in history.content and b"hidden" in history.content
@@ -188,7 +180,7 @@ REDIRECT_MATRIX = {
 def test_permission_matrix_for_redirect(role: str):
     perms, expected = REDIRECT_MATRIX[role]
     dead = failing({"n": 1, "fail": False, "fail_group": "alpha"}, groups=("alpha",))[0]
-    client = login(*perms)
+    client = staff_client(*perms)
     if "view_deadletter" in perms:
         detail = client.get(f"{DL}{dead.pk}/change/")
         assert (b'id="de-redirect"' in detail.content) == (expected == 302)
@@ -204,7 +196,7 @@ def test_permission_matrix_for_redirect(role: str):
 def test_redirect_delivers_the_same_event_to_the_other_group_and_is_audited():
     dead = failing({"n": 3, "fail": False, "fail_group": "alpha"}, groups=("alpha",))[0]
     Delivery.objects.filter(group_name="beta").delete()  # as if beta subscribed later
-    client = login(*VIEW, "redirect_deadletter")
+    client = staff_client(*VIEW, "redirect_deadletter")
     form = client.get(f"{DL}{dead.pk}/redirect/")
     assert form.status_code == 200 and b'<option value="beta">' in form.content
     assert b'<option value="alpha">' not in form.content  # not its own group
@@ -221,7 +213,7 @@ def test_redirect_delivers_the_same_event_to_the_other_group_and_is_audited():
 
 def test_redirect_to_a_group_that_does_not_subscribe_is_refused():
     dead = failing({"n": 1})[0]
-    client = login(*VIEW, "redirect_deadletter")
+    client = staff_client(*VIEW, "redirect_deadletter")
     response = client.post(f"{DL}{dead.pk}/redirect/", {"confirm": "yes", "group": "sequence"})
     assert (
         response.status_code == 400 and b"does not subscribe to test.happened" in response.content
@@ -243,7 +235,7 @@ def test_export_follows_the_changelist_filters_in_csv_and_json():
     bulk(3, error_class="ValueError")
     bulk(2, error_class="KeyError", group="beta")
     bulk(1, error_class="KeyError", group="beta", state="discarded")
-    client = login(*VIEW)
+    client = staff_client(*VIEW)
     status, text = exported(client, "csv", "?group=beta&state__exact=open")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert status == 200 and [r["error_class"] for r in rows] == ["KeyError", "KeyError"]
@@ -255,12 +247,12 @@ def test_export_follows_the_changelist_filters_in_csv_and_json():
 
 def test_export_holds_payloads_and_messages_only_with_view_payload():
     bulk(1)
-    _, plain = exported(login(*VIEW), "json")
+    _, plain = exported(staff_client(*VIEW), "json")
     (row,) = json.loads(plain)
     assert row["event_type"] == "test.happened" and row["error_class"] == "RuntimeError"
     assert row["data"] is None and row["error_message"] is None and row["traceback"] is None
     assert "4111-1111" not in plain and "for order" not in plain
-    _, full = exported(login(*VIEW, "view_payload", name="full"), "json")
+    _, full = exported(staff_client(*VIEW, "view_payload", name="full"), "json")
     (row,) = json.loads(full)
     assert row["data"]["secret"] == "4111-1111"  # noqa: S105 - a fake card number
     assert "for order" in row["error_message"]
@@ -268,19 +260,19 @@ def test_export_holds_payloads_and_messages_only_with_view_payload():
 
 def test_export_needs_the_view_permission():
     bulk(1)
-    assert login("view_payload").get(f"{DL}export/csv/").status_code == 403
+    assert staff_client("view_payload").get(f"{DL}export/csv/").status_code == 403
 
 
 def test_export_defuses_spreadsheet_formulas():
     dead = bulk(1)[0]
     DeadLetter.objects.filter(pk=dead.pk).update(error_message='=HYPERLINK("http://x")')
-    _, text = exported(login(*VIEW, "view_payload"), "csv")
+    _, text = exported(staff_client(*VIEW, "view_payload"), "csv")
     (row,) = csv.DictReader(io.StringIO(text))
     assert row["error_message"] == '\'=HYPERLINK("http://x")'
 
 
 def test_export_queries_do_not_grow_with_the_rows():
-    client = login(*VIEW, "view_payload")
+    client = staff_client(*VIEW, "view_payload")
 
     def count() -> int:
         with CaptureQueriesContext(connection) as captured:
@@ -297,7 +289,7 @@ def test_export_queries_do_not_grow_with_the_rows():
 
 @pytest.mark.parametrize("size", [5, 50])
 def test_failure_groups_page_queries_do_not_grow_with_the_groups(size: int):
-    client = login(*VIEW, "view_payload")
+    client = staff_client(*VIEW, "view_payload")
     client.get("/admin/django_events/failuregroup/")
     for n in range(size):
         bulk(1, error_class=f"shop.errors.E{n}")
@@ -308,7 +300,7 @@ def test_failure_groups_page_queries_do_not_grow_with_the_groups(size: int):
 
 
 def test_unknown_dead_letter_is_a_404_everywhere():
-    client = login(*VIEW, "view_payload", "edit_deadletter", "redirect_deadletter")
+    client = staff_client(*VIEW, "view_payload", "edit_deadletter", "redirect_deadletter")
     missing = 10_000 + uuid.uuid4().int % 1000
     with EDIT_ON:
         assert client.get(f"{DL}{missing}/edit/").status_code == 404

@@ -9,10 +9,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
-from django.test import Client, override_settings
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -21,6 +21,8 @@ from django_events.models import Attempt, DeadLetter
 from django_events.testing import deliver
 from django_events.triage import discard
 from tests.deadletters import bulk
+
+from .admin_support import staff_client
 
 pytestmark = pytest.mark.django_db
 
@@ -123,20 +125,10 @@ def test_retention_removes_attempts_of_resolved_events_and_keeps_those_of_open_d
 # --------------------------------------------------------------------------- the timeline
 
 
-def login(*perms: str) -> Client:
-    user = User.objects.create_user("op", password="pw", is_staff=True)  # noqa: S106
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="django_events", codename__in=perms)
-    )
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def test_the_dead_letter_page_shows_the_timeline_messages_only_with_view_payload():
     dead = dead_after(3)
 
-    shown = login("view_deadletter", "view_payload").get(f"{DL}{dead.pk}/change/")
+    shown = staff_client("view_deadletter", "view_payload").get(f"{DL}{dead.pk}/change/")
     assert [(a.number, a.outcome) for a in shown.context["attempts"]] == [
         (1, "failed"),
         (2, "failed"),
@@ -145,7 +137,7 @@ def test_the_dead_letter_page_shows_the_timeline_messages_only_with_view_payload
     assert shown.content.count(b"asked to fail: 1") >= 3
 
     User.objects.all().delete()
-    masked = login("view_deadletter").get(f"{DL}{dead.pk}/change/")
+    masked = staff_client("view_deadletter").get(f"{DL}{dead.pk}/change/")
     assert masked.content.count(b'class="de-attempt ') == 3
     assert b"asked to fail" not in masked.content
     assert b"<code>RuntimeError</code>" in masked.content
@@ -158,7 +150,7 @@ def test_the_timeline_costs_the_same_queries_whatever_its_length(size: int):
         Attempt(event_id=dead.event_id, group=dead.group, number=n, outcome="failed")
         for n in range(1, size + 1)
     )
-    client = login("view_deadletter", "view_payload")
+    client = staff_client("view_deadletter", "view_payload")
     client.get(f"{DL}{dead.pk}/change/")  # warm the permission caches
 
     with CaptureQueriesContext(connection) as captured:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
@@ -19,6 +19,8 @@ from django_events.relay import Relay
 from django_events.rollup import DEAD, FAILED, HANDLED, Rollup, minute_of
 from django_events.transports import transports
 from django_events.worker import Worker
+
+from .admin_support import staff_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -176,26 +178,16 @@ def test_worker_counts_handled_failed_and_dead_and_writes_them_when_it_stops():
 # --------------------------------------------------------------------------- the page
 
 
-def login(*perms: str) -> Client:
-    user = User.objects.create_user("op", password="pw", is_staff=True)  # noqa: S106
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="django_events", codename__in=perms)
-    )
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 @pytest.mark.parametrize(
     ("perms", "status"),
     [((), 403), (("view_deadletter",), 403), (("view_minutestat",), 200)],
 )
 def test_charts_need_their_view_permission(perms: tuple[str, ...], status: int):
-    assert login(*perms).get(CHARTS).status_code == status
+    assert staff_client(*perms).get(CHARTS).status_code == status
 
 
 def test_charts_are_linked_from_the_app_index_and_the_status_page():
-    client = login("view_minutestat", "view_deadletter")
+    client = staff_client("view_minutestat", "view_deadletter")
     assert CHARTS.encode() in client.get("/admin/django_events/").content
     status = client.get("/admin/django_events/queuestatus/").content
     assert f'<a id="de-charts" href="{CHARTS}">'.encode() in status
@@ -221,7 +213,7 @@ def fill(groups: int, minutes: int) -> None:
 @pytest.mark.parametrize("window", ["1h", "24h"])
 def test_chart_page_costs_the_same_queries_at_5_and_50_groups(window: str, monkeypatch):
     monkeypatch.setattr("django_events.charts.time.time", lambda: NOW)
-    client = login("view_minutestat")
+    client = staff_client("view_minutestat")
     counts = []
     for groups in (5, 50):
         MinuteStat.objects.all().delete()
@@ -246,7 +238,7 @@ def test_chart_page_draws_the_stored_counts(monkeypatch):
             MinuteStat(minute=now, group="z<b>x</b>", handled=1),
         ]
     )
-    page = login("view_minutestat").get(CHARTS).content.decode()
+    page = staff_client("view_minutestat").get(CHARTS).content.decode()
     assert re.findall(r'class="de-bar de-handled"[^>]*data-value="(\d+)"', page) == ["7", "3", "1"]
     assert re.findall(r'class="de-bar de-dead"[^>]*data-value="(\d+)"', page) == ["1"]
     assert "10 handled" in page and "1000" not in page
@@ -262,7 +254,7 @@ def test_chart_page_draws_the_stored_counts(monkeypatch):
 def test_chart_page_shows_one_group_when_asked(monkeypatch):
     monkeypatch.setattr("django_events.charts.time.time", lambda: NOW)
     fill(5, 10)
-    page = login("view_minutestat").get(CHARTS, {"window": "6h", "group": "g03"})
+    page = staff_client("view_minutestat").get(CHARTS, {"window": "6h", "group": "g03"})
     assert page.content.count(b'class="de-chart"') == 3
     assert b'<tr data-group="g03">' in page.content
     assert b'href="?window=24h&amp;group=g03"' in page.content

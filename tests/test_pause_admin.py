@@ -15,19 +15,12 @@ from django.core.management import CommandError, call_command
 from django_events import pauses
 from django_events.models import Pause
 
+from .admin_support import staff_client
+
 pytestmark = pytest.mark.django_db
 
 PAUSES = "/admin/django_events/pause/"
 STATUS = "/admin/django_events/queuestatus/"
-
-
-def login(client, *perms: str, name: str = "op"):
-    user = User.objects.create_user(name, password="pw", is_staff=True)  # noqa: S106
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="django_events", codename__in=perms)
-    )
-    client.force_login(user)
-    return client
 
 
 def resume_post(client, row: Pause):
@@ -50,7 +43,7 @@ def resume_post(client, row: Pause):
     ],
 )
 def test_permission_matrix(client, perms, can_view, can_pause):
-    login(client, *perms)
+    staff_client(*perms, client=client)
     assert client.get(PAUSES).status_code == (200 if can_view else 403)
     added = client.post(f"{PAUSES}add/", {"group": "alpha", "event_type": "", "reason": "x"})
     assert added.status_code == (302 if can_pause else 403)
@@ -68,7 +61,7 @@ def test_permission_matrix(client, perms, can_view, can_pause):
 
 
 def test_a_pause_from_the_admin_records_who_and_why_in_the_row_and_the_log(client):
-    login(client, "pause_group", "view_deadletter", name="alice")
+    staff_client("pause_group", "view_deadletter", name="alice", client=client)
     response = client.post(
         f"{PAUSES}add/", {"group": "beta", "event_type": "test.happened", "reason": "CRM down"}
     )
@@ -97,7 +90,7 @@ def test_a_pause_from_the_admin_records_who_and_why_in_the_row_and_the_log(clien
 
 
 def test_the_admin_refuses_an_unknown_group_a_duplicate_and_an_empty_reason(client):
-    login(client, "pause_group")
+    staff_client("pause_group", client=client)
     typo = client.post(f"{PAUSES}add/", {"group": "alpah", "reason": "x"})
     assert typo.status_code == 200 and "No consumer group" in typo.content.decode()
     assert client.post(f"{PAUSES}add/", {"group": "alpha", "reason": ""}).status_code == 200

@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
@@ -26,6 +25,7 @@ from django_events.models import WorkerRecord
 from django_events.transports.base import Claimed
 from django_events.worker import Worker
 
+from .admin_support import staff_client
 from .conftest import closing_connections, wait_until
 
 PAGE = "/admin/django_events/workerrecord/"
@@ -215,14 +215,6 @@ def test_events_status_shows_workers_and_flags_the_stuck_one():
 # --------------------------------------------------------------------------- admin
 
 
-def login(client, *perms: str, staff: bool = True):
-    user = User.objects.create_user("op", password="pw", is_staff=staff)  # noqa: S106
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="django_events", codename__in=perms)
-    )
-    client.force_login(user)
-
-
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("perms", "staff", "status"),
@@ -235,7 +227,7 @@ def login(client, *perms: str, staff: bool = True):
 )
 def test_permission_matrix(client, perms, staff, status):
     presence().register()
-    login(client, *perms, staff=staff)
+    staff_client(*perms, client=client, is_staff=staff)
     response = client.get(PAGE)
     assert response.status_code == status
     if status == 200:
@@ -253,7 +245,7 @@ def test_the_page_flags_a_stuck_handler_and_a_dead_worker(client):
             beat_now(p)
     age(stuck.name, event_since=timedelta(seconds=get_settings().workers.stuck_after + 5))
     age(dead.name, last_seen_at=timedelta(hours=1))
-    login(client, "view_workerrecord")
+    staff_client("view_workerrecord", client=client)
     html = client.get(PAGE).content.decode()
     assert '<tr class="de-stuck" data-worker="h:1:stuck"' in html
     assert '<tr class="de-dead" data-worker="h:2:dead"' in html
@@ -261,7 +253,7 @@ def test_the_page_flags_a_stuck_handler_and_a_dead_worker(client):
 
 @pytest.mark.django_db
 def test_the_page_costs_the_same_queries_at_5_and_50_workers(client):
-    login(client, "view_workerrecord")
+    staff_client("view_workerrecord", client=client)
     client.get(PAGE)  # warm the permission caches
 
     def queries(size: int) -> int:
