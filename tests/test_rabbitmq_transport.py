@@ -345,3 +345,18 @@ def test_an_ack_after_the_lease_ran_out_settles_what_nobody_took_back(rabbit):
     assert claim_until(rabbit, ["alpha"], 1, timeout=1.0) == [], "acked, not held unsettled"
     rabbit.close()  # anything left unsettled would come back now
     assert claim_until(rabbit, ["alpha"], 1, timeout=2.0) == [], "nothing was left unsettled"
+
+
+def test_a_confirmed_publish_returns_when_the_broker_confirms_not_when_its_poll_ends(
+    rabbit, monkeypatch
+):
+    """The relay waits for confirms in polls of the connection: the last confirm must end
+    the poll it arrives in. Stretched to 20 s, a poll sat out in full shows as a publish of
+    20 s; answered at once it is milliseconds (a liveness bound, not a benchmark)."""
+    from django_events.transports.rabbitmq import link
+
+    monkeypatch.setattr(link, "CONFIRM_POLL", 20.0)
+    started = time.monotonic()
+    rabbit.publish_to_all([make_event(TYPE)])
+    assert time.monotonic() - started < 10, "the confirm did not end the poll's wait"
+    assert len(claim_until(rabbit, ["alpha"], 1)) == 1

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 CONFIRM_TIMEOUT = 30.0
 """Seconds a publish waits for the broker's confirms before it counts as unavailable."""
+CONFIRM_POLL = 0.05
+"""Longest wait for confirms in one poll of the connection; the last confirm awaited
+ends it at once (``Link._on_confirm``), so this bounds only how often a silent broker
+is checked against ``CONFIRM_TIMEOUT``."""
 # StreamLostError (a dropped socket) is an AMQPConnectionError, so it is in here too.
 UNAVAILABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionClosed, OSError)
 
@@ -110,6 +114,11 @@ class Link:
         while self._confirmed + 1 in self._pending_single:
             self._pending_single.discard(self._confirmed + 1)
             self._confirmed += 1
+        if self._confirmed >= self._published:
+            # Confirms reach this callback without queueing anything that ends
+            # process_data_events' wait early, so publish_confirmed would sit out its whole
+            # slice after the last one arrived (50 ms a batch); a queued no-op ends it now.
+            self.connection.add_callback_threadsafe(_nothing)
 
     def publish_confirmed(self, messages: Sequence[tuple[str, str, bytes, Any]]) -> None:
         """Publish ``(exchange, routing key, body, properties)`` and wait until the broker
@@ -128,7 +137,7 @@ class Link:
                     f"RabbitMQ confirmed {self._confirmed} of {self._published} messages "
                     f"within {CONFIRM_TIMEOUT:.0f}s"
                 )
-            self.connection.process_data_events(time_limit=0.05)
+            self.connection.process_data_events(time_limit=CONFIRM_POLL)
         if self._nacked:
             nacked, self._nacked = self._nacked, []
             raise TransportUnavailable(f"RabbitMQ refused {len(nacked)} messages (nack)")
@@ -168,3 +177,7 @@ class Link:
         if connection is not None and connection.is_open:
             with contextlib.suppress(Exception):
                 connection.close()
+
+
+def _nothing() -> None:
+    """Queued to end a wait of ``process_data_events`` (see ``Link._on_confirm``)."""
