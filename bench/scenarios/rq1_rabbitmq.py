@@ -109,6 +109,8 @@ def publish_raw(events: list[Any]) -> tuple[float, str]:
 
     def on_confirm(frame: Any) -> None:
         confirmed[0] = max(confirmed[0], frame.method.delivery_tag)
+        if confirmed[0] >= published:  # end the poll now, as the transport does
+            connection.add_callback_threadsafe(lambda: None)
 
     ready: list[Any] = []
     channel._impl.confirm_delivery(ack_nack_callback=on_confirm, callback=ready.append)
