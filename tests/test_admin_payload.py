@@ -19,8 +19,9 @@ from django.test import Client
 
 from django_events.admin import declared_filter_parameters
 from django_events.models import DeadLetter, EventRecord
+from tests.admin_support import staff_client
 from tests.deadletters import DEAD_LETTER_LOOKUPS, ERROR, EVENT_LOOKUPS, MESSAGE, SECRET, leaky
-from tests.test_admin import DL, EVENTS, VIEW, login
+from tests.test_admin import DL, EVENTS, VIEW
 
 pytestmark = pytest.mark.django_db
 
@@ -39,9 +40,9 @@ def assert_private(content: bytes) -> None:
 def client(request: pytest.FixtureRequest) -> Client:
     """Lookups are limited for everyone: payload holders and superusers too."""
     if request.param == "viewer":
-        return login(*VIEW, name="viewer")
+        return staff_client(*VIEW, name="viewer")
     if request.param == "payload holder":
-        return login(*VIEW, "view_payload", name="holder")
+        return staff_client(*VIEW, "view_payload", name="holder")
     client = Client()
     client.force_login(User.objects.create_superuser("root", password="pw"))  # noqa: S106
     return client
@@ -74,7 +75,7 @@ def test_the_declared_filters_are_the_whole_query_language():
         "occurred_at__lt",
     }
     dead = leaky()
-    client = login(*VIEW)
+    client = staff_client(*VIEW)
     for params in (
         {"state__exact": "open", "group": "alpha", "type": "test.happened"},
         {"fingerprint": dead.fingerprint, "error_class": ERROR},
@@ -93,7 +94,7 @@ def test_the_declared_filters_are_the_whole_query_language():
 
 def test_search_reads_error_messages_only_for_payload_holders():
     leaky()
-    viewer, holder = login(*VIEW), login(*VIEW, "view_payload", name="holder")
+    viewer, holder = staff_client(*VIEW), staff_client(*VIEW, "view_payload", name="holder")
     for term in (SECRET, "ssn", "no customer"):
         assert viewer.get(DL, {"q": term}).context["cl"].result_count == 0, term
         assert holder.get(DL, {"q": term}).context["cl"].result_count == 1, term
@@ -105,7 +106,7 @@ def test_search_reads_error_messages_only_for_payload_holders():
 
 def test_no_ordering_reaches_a_private_field():
     leaky()
-    viewer = login(*VIEW)
+    viewer = staff_client(*VIEW)
     for url, model in ((DL, DeadLetter), (EVENTS, EventRecord)):
         columns = len(django_admin.site._registry[model].list_display)
         for index in range(columns + 2):
@@ -119,7 +120,7 @@ def test_no_ordering_reaches_a_private_field():
 
 def test_error_text_is_payload_on_every_page_the_viewer_sees():
     dead = leaky()
-    viewer = login(*VIEW, "retry_deadletter", "discard_deadletter")
+    viewer = staff_client(*VIEW, "retry_deadletter", "discard_deadletter")
     pages = [
         DL,
         f"{DL}{dead.pk}/change/",
@@ -135,7 +136,7 @@ def test_error_text_is_payload_on_every_page_the_viewer_sees():
         assert_private(response.content)
         if url.startswith(DL) or "failuregroup" in url:
             assert b"NoCustomer" in response.content, url  # the error class stays
-    holder = login(*VIEW, "view_payload", name="holder")
+    holder = staff_client(*VIEW, "view_payload", name="holder")
     detail = holder.get(f"{DL}{dead.pk}/change/").content
     assert MESSAGE.encode() in detail and b"KeyError: 123-45-6789" in detail
     assert holder.get(DL).content.count(b"no customer with ssn") == 1
@@ -150,8 +151,8 @@ def dead_letters(*args: str) -> str:
 
 def test_dead_letters_command_hides_error_text_from_a_user_without_view_payload():
     dead = leaky()
-    login(*VIEW, "retry_deadletter", name="viewer")
-    login(*VIEW, "view_payload", name="holder")
+    staff_client(*VIEW, "retry_deadletter", name="viewer")
+    staff_client(*VIEW, "view_payload", name="holder")
     text = dead_letters("list", "--user", "viewer")
     assert "NoCustomer" in text and "hidden: needs view_payload" in text
     assert SECRET not in text and "no customer" not in text
