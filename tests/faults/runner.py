@@ -93,7 +93,9 @@ def apply_controls(names: list[str]) -> None:
             relay.fan_out = lambda transport: registry.subscriptions()  # type: ignore[assignment]
         elif name == "no_decode_defence":
             from django_events.exceptions import UndecodableEvent
-            from django_events.transports import base, database, memory, redis, sqs
+            from django_events.transports import base, database, memory
+            from django_events.transports.redis import transport as redis
+            from django_events.transports.sqs import transport as sqs
 
             def undefended(exc, where="", _original=base.decode_failure):  # type: ignore[no-untyped-def]
                 if not isinstance(exc, UndecodableEvent):

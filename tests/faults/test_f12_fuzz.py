@@ -359,9 +359,10 @@ def test_f12_fuzzed_rows_in_one_batch_and_a_worker_process_exits_0(procs: Procs)
 def test_f12_control_database_without_text_times_stops_the_worker(monkeypatch):
     """CONTROL: times converted by the driver again (as before): an unconvertible one
     fails the fetch of the whole batch, out of ``claim``, every lease."""
-    from django_events.transports import database
+    from django_events import sql
 
-    monkeypatch.setattr(database, "_as_text", lambda vendor, column: column)
+    for dialect in (sql.PostgreSQL, sql.SQLite):
+        monkeypatch.setattr(dialect, "as_text", lambda self, column: column)
     worker_stops(
         fuzz_database(size(60, 200), "control database"),
         "F12 CONTROL database: times converted by the driver",
@@ -639,7 +640,7 @@ def test_f12_control_sqs_undefended_decode_stops_the_worker(sqs, monkeypatch):
     from django_events.conf import get_settings
     from django_events.envelope import from_cloudevent
     from django_events.exceptions import UndecodableEvent
-    from django_events.transports import sqs as module
+    from django_events.transports.sqs import transport as module
     from django_events.transports.base import Claimed
 
     def undefended(self: Any, group: str, url: str, message: Any, dead: bool) -> Any:
