@@ -640,8 +640,8 @@ def test_f12_control_sqs_undefended_decode_stops_the_worker(sqs, monkeypatch):
     from django_events.conf import get_settings
     from django_events.envelope import from_cloudevent
     from django_events.exceptions import UndecodableEvent
-    from django_events.transports.sqs import transport as module
     from django_events.transports.base import Claimed
+    from django_events.transports.sqs import transport as module
 
     def undefended(self: Any, group: str, url: str, message: Any, dead: bool) -> Any:
         tags = message.get("MessageAttributes", {})
