@@ -173,7 +173,7 @@ def relay_null(args: dict[str, Any]) -> Any:
     with override_settings(DJANGO_EVENTS={**_bench_events_settings(), **null}):
         from django.db import connection
 
-        from django_events.relay import Relay
+        from django_events.engine.relay import Relay
 
         connection.ensure_connection()
         relay = Relay()
@@ -201,7 +201,7 @@ def sqlite_e2e(args: dict[str, Any]) -> Any:
 
     from bench import pg
     from django_events import publish
-    from django_events.worker import Worker
+    from django_events.engine.worker import Worker
 
     payload = dict(pg.PAYLOAD)
     t0 = time.perf_counter()

@@ -56,16 +56,7 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
 from . import attempts as history
-from . import (
-    charts,
-    edit_retry,
-    export,
-    failure_counts,
-    pauses,
-    subscriptions,
-    triage,
-    workers,
-)
+from . import charts, edit_retry, export, failure_counts, pauses, subscriptions, triage, workers
 from .conf import get_settings
 from .exceptions import InvalidEvent
 from .models import (

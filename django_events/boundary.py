@@ -9,8 +9,8 @@ never form an import cycle through a transport.
 from __future__ import annotations
 
 from .conf import get_settings
+from .engine.retry import max_attempts
 from .registry import registry
-from .retry import max_attempts
 from .stores import SubscriptionStore
 from .transports.base import Subscriptions, TransportContext
 

@@ -27,10 +27,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from .conf import get_settings
+from .engine.relay import QUARANTINE_GROUP
 from .envelope import encode_data
 from .exceptions import InvalidEvent
 from .models import DeadLetter, EventRecord, OutboxMessage
-from .relay import QUARANTINE_GROUP
 from .transports import transports
 from .triage import VIEW_PAYLOAD, event_of
 from .typed import check_data, declaration

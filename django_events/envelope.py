@@ -28,16 +28,8 @@ from .exceptions import (
     UndecodableEvent,
     UnstorableValue,
 )
-from .validation import (
-    MAX_KEY_LENGTH as MAX_KEY_LENGTH,  # re-exported: it was defined here before
-)
-from .validation import (
-    MAX_NESTING,
-    check_encoded,
-    check_storable,
-    find_unstorable,
-    validate_key,
-)
+from .validation import MAX_KEY_LENGTH as MAX_KEY_LENGTH
+from .validation import MAX_NESTING, check_encoded, check_storable, find_unstorable, validate_key
 
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_-]*)+$")
 MAX_TYPE_LENGTH = 200

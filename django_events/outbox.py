@@ -17,8 +17,9 @@ from typing import Any
 
 from django.db import connections
 
-from . import instrumentation, signals, sql
+from . import instrumentation, signals
 from .conf import get_settings
+from .engine import sql
 from .envelope import (
     Event,
     encode_data,
@@ -71,7 +72,7 @@ def _notified_in_this_transaction(connection: Any) -> bool:
 
 
 def _wake_local() -> None:
-    from .wakeup import local_wakeup
+    from .engine.wakeup import local_wakeup
 
     local_wakeup.set()
 

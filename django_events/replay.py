@@ -31,8 +31,8 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from . import failpoints, sql
 from .conf import get_settings
+from .engine import failpoints, sql
 from .exceptions import EventsError
 from .models import DeadLetter, EventRecord, InboxRecord, ReplayProgress
 from .registry import registry

@@ -24,8 +24,8 @@ from typing import Any
 from django.core.checks import CheckMessage, Error
 from django.db import DatabaseError, connections
 
-from . import sql
 from .conf import EventsSettings, RetryPolicy, get_settings
+from .engine import sql
 
 logger = logging.getLogger("django_events.retention")
 
@@ -95,8 +95,8 @@ def redelivery_window(conf: EventsSettings | None = None) -> tuple[float, str]:
     """The longest time, in seconds, over which an event can reach a group again, and
     whose retry policy sets it. An inbox record removed sooner could let a redelivered
     event run its handler twice."""
+    from .engine.retry import policy_for
     from .registry import registry
-    from .retry import policy_for
 
     conf = conf or get_settings()
     candidates = [(_window(conf.retry, conf.lease), "the global retry policy")]

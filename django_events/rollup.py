@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from django.db import connections
 
-from . import sql
 from .conf import get_settings
+from .engine import sql
 
 if TYPE_CHECKING:
     from .transports.base import Transport

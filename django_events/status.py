@@ -6,8 +6,9 @@ from typing import Any
 
 from django.db import connections
 
-from . import failure_counts, pauses, sql, subscriptions, workers
+from . import failure_counts, pauses, subscriptions, workers
 from .conf import get_settings
+from .engine import sql
 from .models import Subscription
 from .registry import registry
 from .transports import transports

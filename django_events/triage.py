@@ -26,8 +26,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from . import failure_counts
+from .engine.relay import QUARANTINE_GROUP
 from .models import DeadLetter, EventRecord
-from .relay import QUARANTINE_GROUP
 from .transports import transports
 
 logger = logging.getLogger("django_events.triage")

@@ -13,12 +13,12 @@ from django.test.utils import CaptureQueriesContext
 from django_events import publish
 from django_events.charts import series
 from django_events.conf import parse
+from django_events.engine.relay import Relay
+from django_events.engine.worker import Worker
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import MinuteStat
-from django_events.relay import Relay
 from django_events.rollup import DEAD, FAILED, HANDLED, Rollup, minute_of
 from django_events.transports import transports
-from django_events.worker import Worker
 
 from .admin_support import staff_client
 

@@ -10,8 +10,8 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from django_events import publish
+from django_events.engine.relay import Relay
 from django_events.models import Delivery, OutboxMessage
-from django_events.relay import Relay
 from django_events.testing import deliver
 from django_events.transports import transports
 

@@ -11,11 +11,11 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_events import publish
+from django_events.engine.relay import Relay
+from django_events.engine.worker import Worker
 from django_events.models import DeadLetter, Delivery, EventRecord, InboxRecord, OutboxMessage
-from django_events.relay import Relay
 from django_events.testing import deliver
 from django_events.transports import transports
-from django_events.worker import Worker
 
 from .conftest import postgres_only
 from .testapp.models import Effect

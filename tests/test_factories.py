@@ -9,10 +9,10 @@ from decimal import Decimal
 import pytest
 
 from django_events import publish
+from django_events.engine.relay import Relay
 from django_events.exceptions import InvalidEvent
 from django_events.models import DeadLetter, EventRecord
 from django_events.registry import registry
-from django_events.relay import Relay
 from django_events.testing.factories import DeadLetterFactory, EventFactory, EventRecordFactory
 from tests.deadletters import failing
 from tests.testapp import typed_events

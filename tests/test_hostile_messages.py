@@ -20,12 +20,12 @@ from django.db import connection
 from django.test import override_settings
 
 from django_events import publish
+from django_events.engine.worker import Worker
 from django_events.models import DeadLetter
 from django_events.registry import registry
 from django_events.text import storable
 from django_events.transports import transports
 from django_events.transports.base import STORABLE_CHARS
-from django_events.worker import Worker
 
 from .redis_support import delete_prefix, events_settings, needs_redis, unique_prefix
 from .sqs_server import aws_env, moto_endpoint

@@ -16,10 +16,10 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_events import publish
+from django_events.engine.relay import Relay
+from django_events.engine.worker import Worker
 from django_events.models import DeadLetter, Delivery, InboxRecord
-from django_events.relay import Relay
 from django_events.testing import deliver
-from django_events.worker import Worker
 
 from .testapp.models import Effect
 

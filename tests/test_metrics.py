@@ -15,7 +15,7 @@ from django.db import transaction
 from django.test import override_settings
 
 from django_events import publish
-from django_events.relay import Relay
+from django_events.engine.relay import Relay
 from django_events.testing import deliver
 
 parser = pytest.importorskip("prometheus_client.parser")

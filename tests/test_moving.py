@@ -16,11 +16,11 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from django_events import moving, publish, triage
+from django_events.engine.relay import Relay
+from django_events.engine.worker import Worker
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import DeadLetter, Move
-from django_events.relay import Relay
 from django_events.transports import transports
-from django_events.worker import Worker
 
 from .conftest import ROOT, Workers, wait_until
 from .rabbitmq_support import BACKEND as RABBIT

@@ -17,12 +17,12 @@ import pytest
 from django.test import override_settings
 
 from django_events import publish
+from django_events.engine.worker import Worker
 from django_events.exceptions import TransportUnavailable
 from django_events.models import Attempt, DeadLetter
 from django_events.registry import registry
 from django_events.testing.contract import claim_until, make_event
 from django_events.transports import transports
-from django_events.worker import Worker
 
 from .rabbitmq_support import (
     RABBITMQ_URL,

@@ -18,15 +18,15 @@ from django.test import override_settings
 
 from django_events import publish
 from django_events.checks import check_events, check_runtime
+from django_events.engine.relay import Relay
+from django_events.engine.worker import Worker
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import DeadLetter, EventRecord, StreamCheckpoint
-from django_events.relay import Relay
 from django_events.status import collect, problems
 from django_events.testing import deliver
 from django_events.transports import transports
 from django_events.transports.base import Outgoing
 from django_events.transports.redis import CONSUMER_GROUP, RedisStreamsTransport
-from django_events.worker import Worker
 
 from .conftest import closing_connections, wait_until
 from .redis_support import (

@@ -22,13 +22,13 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_events import publish
+from django_events.engine.relay import QUARANTINE_GROUP, Relay, set_aside
+from django_events.engine.worker import Worker
 from django_events.models import DeadLetter, EventRecord, OutboxMessage
-from django_events.relay import QUARANTINE_GROUP, Relay, set_aside
 from django_events.transports import transports
 from django_events.transports.base import Outgoing
 from django_events.transports.sqs import message_group_id
 from django_events.triage import retry
-from django_events.worker import Worker
 
 from .redis_support import delete_prefix, needs_redis
 from .redis_support import events_settings as redis_settings

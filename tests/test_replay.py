@@ -16,10 +16,10 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_events import publish
-from django_events.failpoints import EXIT_CODE
+from django_events.engine.failpoints import EXIT_CODE
+from django_events.engine.relay import Relay
 from django_events.models import DeadLetter, Delivery, EventRecord, InboxRecord, ReplayProgress
 from django_events.registry import Handler, registry
-from django_events.relay import Relay
 from django_events.replay import Replay, ReplaySpec
 from django_events.retention import purge_expired
 from django_events.testing import deliver
@@ -272,7 +272,7 @@ def test_ctrl_c_keeps_what_was_sent_and_says_how_to_continue(new_group, monkeypa
         if name == "replay.after_batch" and (stop := next(batches)):
             raise stop
 
-    monkeypatch.setattr("django_events.failpoints.hit", interrupt)
+    monkeypatch.setattr("django_events.engine.failpoints.hit", interrupt)
     with pytest.raises(CommandError, match="Run the same command again") as raised:
         replay("--group", NEW, "--batch-size", "2")
     assert raised.value.returncode == 130

@@ -16,9 +16,9 @@ from django.utils import timezone
 from django_events import publish, retention
 from django_events.checks import check_events
 from django_events.conf import parse
+from django_events.engine.relay import Relay
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import DeadLetter, Delivery, EventRecord, InboxRecord
-from django_events.relay import Relay
 from django_events.testing import deliver
 from django_events.testing.factories import DeadLetterFactory
 from django_events.triage import discard

@@ -17,13 +17,13 @@ from django_events.conf import (
     get_settings,
     parse,
 )
+from django_events.engine.retry import policy_for
 from django_events.exceptions import (
     EventsConfigurationError,
     HandlerRegistrationError,
     InvalidEventType,
 )
 from django_events.registry import Handler, Registry, registry
-from django_events.retry import policy_for
 from django_events.transports import transports
 
 

@@ -12,12 +12,12 @@ from django.dispatch import Signal
 from django.test import override_settings
 
 from django_events import publish
+from django_events.engine.worker import Worker
 from django_events.models import DeadLetter, Delivery, EventRecord
 from django_events.outbox import publish as publish_function
 from django_events.registry import Handler
 from django_events.signals import event_dead_lettered, event_handled, event_published
 from django_events.testing import deliver
-from django_events.worker import Worker
 from tests.testapp import events as test_handlers
 
 pytestmark = pytest.mark.django_db

@@ -20,10 +20,10 @@ from django.test import override_settings
 
 from django_events import publish
 from django_events.conf import parse
+from django_events.engine.relay import Relay
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import DeadLetter
 from django_events.registry import registry
-from django_events.relay import Relay
 from django_events.transports import transports
 
 from .redis_support import REDIS_URL, delete_prefix, events_settings, needs_redis, unique_prefix

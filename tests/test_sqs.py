@@ -21,6 +21,8 @@ from django.db import transaction
 from django.test import override_settings
 
 from django_events import publish
+from django_events.engine.relay import Relay
+from django_events.engine.worker import Worker
 from django_events.exceptions import (
     EventsConfigurationError,
     PayloadTooLarge,
@@ -28,13 +30,11 @@ from django_events.exceptions import (
 )
 from django_events.models import Attempt, DeadLetter, OutboxMessage
 from django_events.registry import registry
-from django_events.relay import Relay
 from django_events.testing.contract import make_event
 from django_events.transports import transports
 from django_events.transports.base import Outgoing, logged_events
 from django_events.transports.sqs import SnsSqsTransport
 from django_events.triage import retry
-from django_events.worker import Worker
 
 from .conftest import ROOT, Workers, wait_until
 from .sqs_server import aws_env, events_settings, moto_endpoint, unique_prefix, worker_env

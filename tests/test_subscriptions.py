@@ -18,9 +18,9 @@ from django.test import Client
 from django_events import publish, subscriptions
 from django_events.checks import check_subscriptions
 from django_events.conf import get_settings
+from django_events.engine.relay import Relay
 from django_events.models import DeadLetter, Delivery, Subscription
 from django_events.registry import Handler
-from django_events.relay import Relay
 from django_events.testing import deliver
 
 pytestmark = pytest.mark.django_db

@@ -10,12 +10,12 @@ import pytest
 from django.test import override_settings
 
 from django_events import publish
+from django_events.engine.relay import Relay
+from django_events.engine.worker import Worker
 from django_events.models import EventRecord
 from django_events.registry import registry
-from django_events.relay import Relay
 from django_events.testing import deliver
 from django_events.transports import transports
-from django_events.worker import Worker
 
 from .redis_support import delete_prefix, events_settings, needs_redis, unique_prefix
 from .sqs_server import aws_env, moto_endpoint

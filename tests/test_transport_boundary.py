@@ -30,12 +30,22 @@ ALLOWED = {
     "django_events.stores",
     "django_events.signing",
     "django_events.text",
-    "django_events.sql",
+    # the engine's per-database SQL: a leaf module, no settings, no registry
+    "django_events.engine.sql",
 }
 """What a module under django_events/transports/ may import from django_events."""
 HANDLER = TRANSPORTS / "__init__.py"
 """The engine's side: it reads ``TRANSPORTS`` and hands each transport its context."""
-ENGINE = ("conf", "registry", "retry", "subscriptions", "boundary", "relay", "worker", "checks")
+ENGINE = (
+    "conf",
+    "registry",
+    "engine.retry",
+    "subscriptions",
+    "boundary",
+    "engine.relay",
+    "engine.worker",
+    "checks",
+)
 
 
 def _package(path: Path) -> str:
@@ -83,12 +93,12 @@ def test_transport_modules_import_nothing_of_the_engine() -> None:
 def test_the_lint_sees_deferred_and_relative_imports(tmp_path: Path) -> None:
     module = tmp_path / "fake.py"
     module.write_text(
-        "from .. import sql\nfrom .base import Transport\n"
+        "from ..engine import sql\nfrom .base import Transport\n"
         "def f():\n    from ..conf import get_settings\n    import django_events.registry\n"
     )
     names = [name for _, name in _imports(module)]
     assert names == [
-        "django_events.sql",
+        "django_events.engine.sql",
         "django_events.transports.base",
         "django_events.conf",
         "django_events.registry",

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from django_events import Event, TypedEvent, publish, publish_many
+from django_events.engine.relay import Relay
 from django_events.envelope import uuid7
 from django_events.exceptions import (
     EventContractError,
@@ -26,7 +27,6 @@ from django_events.exceptions import (
 )
 from django_events.models import DeadLetter, Delivery, EventRecord, OutboxMessage
 from django_events.registry import handler
-from django_events.relay import Relay
 from django_events.testing import deliver
 from django_events.transports import transports
 from django_events.transports.base import Transport

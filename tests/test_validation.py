@@ -25,12 +25,7 @@ from django_events.exceptions import (
 from django_events.models import EventRecord, OutboxMessage
 from django_events.testing import deliver
 from django_events.text import storable
-from django_events.validation import (
-    MAX_NESTING,
-    check_storable,
-    check_text,
-    validate_key,
-)
+from django_events.validation import MAX_NESTING, check_storable, check_text, validate_key
 from tests.testapp.models import Effect
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from django.db import OperationalError, connection, connections
 
-from django_events.watchdog import Watchdog
+from django_events.engine.watchdog import Watchdog
 
 from .conftest import postgres_only
 

@@ -26,9 +26,9 @@ import redis
 from django.db import transaction
 
 from django_events import publish
+from django_events.engine.relay import Relay
 from django_events.outbox import handling
 from django_events.registry import registry
-from django_events.relay import Relay
 from django_events.transports import transports
 from django_events.transports.redis import CONSUMER_GROUP, RedisStreamsTransport
 from django_events.transports.sqs import SnsSqsTransport

@@ -17,11 +17,11 @@ from django.test import override_settings
 
 from django_events import publish
 from django_events.checks import check_runtime
+from django_events.engine.relay import Relay
+from django_events.engine.wakeup import local_wakeup
+from django_events.engine.worker import Worker
 from django_events.models import DeadLetter, Delivery, InboxRecord
 from django_events.registry import registry
-from django_events.relay import Relay
-from django_events.wakeup import local_wakeup
-from django_events.worker import Worker
 
 from .conftest import Workers, wait_until
 from .testapp.models import Effect

@@ -13,10 +13,10 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from django_events import publish
+from django_events.engine.worker import Heartbeat, Worker
 from django_events.exceptions import BackgroundThreadDied
 from django_events.models import DeadLetter, Delivery
 from django_events.testing import deliver
-from django_events.worker import Heartbeat, Worker
 
 from .testapp.models import Effect
 

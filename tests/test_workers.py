@@ -20,10 +20,10 @@ from django.utils import timezone
 import django_events
 from django_events import workers
 from django_events.conf import get_settings
+from django_events.engine.worker import Worker
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import WorkerRecord
 from django_events.transports.base import Claimed
-from django_events.worker import Worker
 
 from .admin_support import staff_client
 from .conftest import closing_connections, wait_until

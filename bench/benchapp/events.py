@@ -35,7 +35,7 @@ def held(event):
 
 
 if os.environ.get("BENCH_SAVEPOINTS_PER_COMMIT"):  # bench.savepoints: the cap under test
-    from django_events import worker
+    from django_events.engine import worker
 
     worker.SAVEPOINTS_PER_COMMIT = int(os.environ["BENCH_SAVEPOINTS_PER_COMMIT"])
 

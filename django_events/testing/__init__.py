@@ -100,7 +100,7 @@ def deliver(groups: Sequence[str] | None = None, *, relay: bool = True) -> int:
     Works inside ``TestCase`` too: the worker sees the test transaction's own writes, and
     each handler runs in a savepoint. Retries due later are left for a later call.
     """
-    from ..worker import Worker
+    from ..engine.worker import Worker
 
     worker = Worker(groups, relay=relay)
     while worker.step():

@@ -716,8 +716,8 @@ class TransportContract:
         self, transport: Transport
     ) -> None:
         from .. import publish
+        from ..engine.worker import Worker
         from ..models import EventRecord, InboxRecord, OutboxMessage
-        from ..worker import Worker
 
         calls: list[uuid.UUID] = []
 

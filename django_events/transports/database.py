@@ -20,7 +20,7 @@ from django.core.checks import CheckMessage, Error, Warning
 from django.db import connections
 from django.utils.dateparse import parse_datetime
 
-from .. import sql
+from ..engine import sql
 from ..envelope import build_event
 from ..stores import DatabaseStore
 from ..text import storable

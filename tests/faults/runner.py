@@ -36,7 +36,8 @@ import time
 
 
 def apply_controls(names: list[str]) -> None:
-    from django_events import envelope, inbox, worker
+    from django_events import envelope
+    from django_events.engine import inbox, worker
     from django_events.transports.database import DatabaseTransport
 
     for name in names:
@@ -87,7 +88,7 @@ def apply_controls(names: list[str]) -> None:
 
             Recovery.recover_lost = lambda self: []  # type: ignore[method-assign]
         elif name == "own_registry":
-            from django_events import relay
+            from django_events.engine import relay
             from django_events.registry import registry
 
             relay.fan_out = lambda transport: registry.subscriptions()  # type: ignore[assignment]

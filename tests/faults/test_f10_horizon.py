@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from django_events.relay import RELAY_LOCK
+from django_events.engine.relay import RELAY_LOCK
 
 from .checker import backlog_from, check_database, read_truth
 from .conftest import Procs, add_row, cursor_check, size, start_publishers, wait_exited

@@ -35,10 +35,10 @@ from hypothesis import HealthCheck, Phase, example, given, seed, settings
 from hypothesis import strategies as st
 
 from django_events import publish
+from django_events.engine.worker import Worker
 from django_events.models import DeadLetter, Delivery, InboxRecord, OutboxMessage
 from django_events.registry import registry
 from django_events.transports import transports
-from django_events.worker import Worker
 
 from ..redis_support import delete_prefix, needs_redis, unique_prefix
 from ..redis_support import events_settings as redis_settings
@@ -359,7 +359,7 @@ def test_f12_fuzzed_rows_in_one_batch_and_a_worker_process_exits_0(procs: Procs)
 def test_f12_control_database_without_text_times_stops_the_worker(monkeypatch):
     """CONTROL: times converted by the driver again (as before): an unconvertible one
     fails the fetch of the whole batch, out of ``claim``, every lease."""
-    from django_events import sql
+    from django_events.engine import sql
 
     for dialect in (sql.PostgreSQL, sql.SQLite):
         monkeypatch.setattr(dialect, "as_text", lambda self, column: column)

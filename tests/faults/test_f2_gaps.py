@@ -18,7 +18,7 @@ import pytest
 from django.db import connection, transaction
 
 from django_events import publish
-from django_events.relay import Relay
+from django_events.engine.relay import Relay
 
 from .checker import check_database, classify, logged_from, read_truth
 from .conftest import (

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from django_events.failpoints import EXIT_CODE
+from django_events.engine.failpoints import EXIT_CODE
 
 from .checker import check_database
 from .conftest import Procs, add_row, cursor_check, drain_with, publish_truth, size

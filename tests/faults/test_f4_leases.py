@@ -17,10 +17,10 @@ import time
 import pytest
 
 from django_events import publish
+from django_events.engine.relay import Relay
+from django_events.engine.worker import Worker
 from django_events.models import Delivery, InboxRecord
-from django_events.relay import Relay
 from django_events.transports import transports
-from django_events.worker import Worker
 from tests.testapp.models import Effect
 
 from .checker import check_database

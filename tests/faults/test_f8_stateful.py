@@ -31,13 +31,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from django_events import inbox, publish
+from django_events import publish
+from django_events.engine import inbox
+from django_events.engine.relay import Relay
+from django_events.engine.worker import Worker
 from django_events.models import DeadLetter, Delivery
-from django_events.relay import Relay
 from django_events.transports import transports
 from django_events.transports.base import Claimed
 from django_events.transports.database import DatabaseTransport
-from django_events.worker import Worker
 
 from .conftest import FULL, SEED, add_row, size
 

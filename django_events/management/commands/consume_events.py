@@ -6,11 +6,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from ...engine.worker import Worker
 from ...exceptions import BackgroundThreadDied, TransportUnavailable
 from ...health import HealthFile
 from ...registry import registry
 from ...subscriptions import declare_current
-from ...worker import Worker
 from .. import configure_logging, run_runtime_checks, stop_on_signals
 
 ONCE_WAITS_FOR_RETRIES = 5.0

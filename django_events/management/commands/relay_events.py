@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from ...worker import Worker
+from ...engine.worker import Worker
 from .. import configure_logging, stop_on_signals
 
 

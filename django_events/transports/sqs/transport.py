@@ -40,11 +40,7 @@ from django.core.checks import CheckMessage, Error
 from django.db import connections, transaction
 
 from ...envelope import from_cloudevent
-from ...exceptions import (
-    EventsConfigurationError,
-    PublishRefused,
-    TransportUnavailable,
-)
+from ...exceptions import EventsConfigurationError, PublishRefused, TransportUnavailable
 from ...signing import SIGNATURE, Signing, UnverifiedMessage, same
 from ..base import (
     Claimed,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from .conf import RetryPolicy, get_settings
-from .registry import Handler, registry
+from ..conf import RetryPolicy, get_settings
+from ..registry import Handler, registry
 
 
 def policy_for(group: str, handler: Handler | None) -> RetryPolicy:

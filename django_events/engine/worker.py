@@ -23,32 +23,22 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models.functions import Now
 from django.dispatch import Signal
 
-from . import attempts as history
-from . import (
-    failpoints,
-    inbox,
-    instrumentation,
-    logfields,
-    moving,
-    pauses,
-    rollup,
-    sentry,
-    signals,
-    workers,
-)
-from .conf import get_settings
-from .envelope import Event
-from .exceptions import BackgroundThreadDied, PermanentFailure, TransportUnavailable
-from .models import DeadLetter
-from .outbox import OUTBOX_CHANNEL, handling
-from .registry import Handler, registry
+from .. import attempts as history
+from .. import instrumentation, logfields, moving, pauses, rollup, sentry, signals, workers
+from ..conf import get_settings
+from ..envelope import Event
+from ..exceptions import BackgroundThreadDied, PermanentFailure, TransportUnavailable
+from ..models import DeadLetter
+from ..outbox import OUTBOX_CHANNEL, handling
+from ..registry import Handler, registry
+from ..savepoint import LazySavepoint
+from ..subscriptions import handled_types
+from ..text import describe, storable
+from ..transports.base import Claimed, FiltersTypes, Transport
+from ..triage import fingerprint
+from . import failpoints, inbox
 from .relay import Relay
 from .retry import backoff, policy_for
-from .savepoint import LazySavepoint
-from .subscriptions import handled_types
-from .text import describe, storable
-from .transports.base import Claimed, FiltersTypes, Transport
-from .triage import fingerprint
 from .wakeup import Waiter
 from .watchdog import Watchdog
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from .exceptions import EventsConfigurationError
+from ..exceptions import EventsConfigurationError
 
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
 

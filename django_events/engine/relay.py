@@ -25,14 +25,15 @@ from typing import Any
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django.db.models.functions import Now
 
-from . import failpoints, instrumentation, logfields, moving, retention, sql
-from .conf import get_settings
-from .envelope import validate_metadata, validate_type, validate_version
-from .exceptions import InvalidEvent, PublishRefused
-from .subscriptions import fan_out
-from .text import storable
-from .transports.base import Outgoing, Transport
-from .validation import check_storable, check_text, validate_key
+from .. import instrumentation, logfields, moving, retention
+from ..conf import get_settings
+from ..envelope import validate_metadata, validate_type, validate_version
+from ..exceptions import InvalidEvent, PublishRefused
+from ..subscriptions import fan_out
+from ..text import storable
+from ..transports.base import Outgoing, Transport
+from ..validation import check_storable, check_text, validate_key
+from . import failpoints, sql
 
 logger = logging.getLogger("django_events.relay")
 
@@ -480,8 +481,8 @@ def set_aside(
     remove it from the outbox, in one transaction. A row another relay removed meanwhile
     is left to that relay, so no row becomes two dead letters. ``removed``: the caller's
     transaction has deleted the rows already."""
-    from .models import DeadLetter
-    from .triage import fingerprint
+    from ..models import DeadLetter
+    from ..triage import fingerprint
 
     if not bad:
         return
