@@ -56,6 +56,11 @@ def _package(path: Path) -> str:
     return ".".join(path.parent.relative_to(PACKAGE.parent).parts)
 
 
+def _is_package(module: str) -> bool:
+    """Whether ``module`` is a package of django_events (its names are modules, then)."""
+    return PACKAGE.parent.joinpath(*module.split(".")).is_dir()
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
     """Every django_events module ``path`` imports, deferred and type-only ones too."""
     package = _package(path)
@@ -66,7 +71,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             base = package.rsplit(".", node.level - 1)[0] if node.level else ""
             module = ".".join(p for p in (base, node.module or "") if p)
-            if node.module is None:  # from .. import sql
+            if node.module is None or _is_package(module):  # from ..engine import sql
                 found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
             else:
                 found.append((node.lineno, module))
