@@ -231,7 +231,7 @@ UUID_TEXTS = [
 
 
 @pytest.mark.parametrize("text", UUID_TEXTS)
-def test_parse_uuid_is_uuid_UUID(text: str) -> None:  # noqa: N802 - the class it matches
+def test_parse_uuid_is_uuid_UUID(text: str) -> None:
     try:
         expected: uuid.UUID | str = uuid.UUID(text)
     except ValueError as exc:

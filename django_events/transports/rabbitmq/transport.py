@@ -393,12 +393,13 @@ class RabbitMQTransport(Transport):
         again (its redelivery)."""
         taken: list[Claimed] = []
         size = 0
+        ordered = self._ordered | self._ordered_groups()  # once a claim, not once an event
         for item in buffered:
             if len(taken) >= limit:
                 break
             if max_bytes is not None and taken and size + item.size > max_bytes:
                 break
-            key = key_of(item) if self.is_ordered(item.group) else None
+            key = key_of(item) if item.group in ordered else None
             if key is not None:
                 head = self._heads.get(key)
                 if head is not None and head != item.event_id:
