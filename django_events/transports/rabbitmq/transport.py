@@ -38,7 +38,7 @@ import pika.exceptions
 from django.core.checks import CheckMessage, Error
 from django.db import connections, transaction
 
-from ...envelope import from_cloudevent
+from ...envelope import Event, from_cloudevent
 from ...exceptions import EventsConfigurationError
 from ...signing import SIGNATURE, UnverifiedMessage, same
 from ..base import (
@@ -393,12 +393,13 @@ class RabbitMQTransport(Transport):
         again (its redelivery)."""
         taken: list[Claimed] = []
         size = 0
+        ordered = self._ordered | self._ordered_groups()  # once a claim, not once an event
         for item in buffered:
             if len(taken) >= limit:
                 break
             if max_bytes is not None and taken and size + item.size > max_bytes:
                 break
-            key = key_of(item) if self.is_ordered(item.group) else None
+            key = key_of(item) if item.group in ordered else None
             if key is not None:
                 head = self._heads.get(key)
                 if head is not None and head != item.event_id:
@@ -492,37 +493,47 @@ class RabbitMQTransport(Transport):
         wrong with it; never an exception, which would stop the worker."""
         properties = receipt.properties
         headers = properties.headers if isinstance(properties.headers, dict) else {}
-        where = f"RabbitMQ message {properties.message_id!r} on {receipt.queue}"
         before = count_header(headers.get(ATTEMPTS))
         attempt = before + count_header(headers.get("x-delivery-count")) + 1
         if receipt.dead:
             attempt = max(attempt, self.context.max_attempts(group) + 1)
-        claimed = Claimed(
-            group=group,
-            attempt=attempt,
-            receipt=receipt,
-            event_id=uuid_or_none(properties.message_id)
-            or fallback_id(f"rabbitmq:{receipt.queue}:{properties.message_id}"),
-            event_type=str(properties.type or "")[:200],
-            first_failed_at=datetime_header(headers.get(FIRST_FAILED)),
-            size=len(receipt.body),
-        )
+        event: Event | None = None
         try:
             signature = headers.get(SIGNATURE)
             signed = self.context.signing.verify(
                 signature if isinstance(signature, (str, bytes)) else None, receipt.body
             )
-            claimed.event = from_cloudevent(receipt.body, self.context.max_payload_bytes * 2)
+            event = from_cloudevent(receipt.body, self.context.max_payload_bytes * 2)
             if signed:  # the properties the worker reads beside the envelope are the signed ones
-                same("message_id property", properties.message_id, str(claimed.event.id))
-                same("type property", properties.type, claimed.event.type)
+                same("message_id property", properties.message_id, str(event.id))
+                same("type property", properties.type, event.type)
         except Exception as exc:  # whatever is wrong with it, it is this message's dead letter
-            claimed.decode_error = decode_failure(exc, where)
+            where = f"RabbitMQ message {properties.message_id!r} on {receipt.queue}"
+            claimed = Claimed(
+                group=group,
+                attempt=attempt,
+                receipt=receipt,
+                event_id=uuid_or_none(properties.message_id)
+                or fallback_id(f"rabbitmq:{receipt.queue}:{properties.message_id}"),
+                event_type=str(properties.type or "")[:200],
+                event=event,  # decoded, then a signed property did not match it
+                decode_error=decode_failure(exc, where),
+                first_failed_at=datetime_header(headers.get(FIRST_FAILED)),
+                size=len(receipt.body),
+            )
             if isinstance(exc, UnverifiedMessage):
                 claimed.decode_class, claimed.event = "UnverifiedMessage", None
-        else:
-            claimed.event_id, claimed.event_type = claimed.event.id, claimed.event.type
-        return claimed
+            return claimed
+        return Claimed(  # a decoded event's id and type are its own: the properties not read
+            group=group,
+            attempt=attempt,
+            receipt=receipt,
+            event_id=event.id,
+            event_type=event.type,
+            event=event,
+            first_failed_at=datetime_header(headers.get(FIRST_FAILED)),
+            size=len(receipt.body),
+        )
 
     # -- outcomes -------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 from django.core.checks import CheckMessage, Error, Warning
 
-from ...envelope import from_cloudevent
+from ...envelope import from_cloudevent, parse_uuid
 from ...exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 from ...signing import SIGNATURE, Signing, UnverifiedMessage, same
 from ..base import (
@@ -487,7 +487,7 @@ class RedisStreamsTransport(Transport):
             claimed += self._orphans(groups, limit - len(claimed), lease)
         if types is not None:
             claimed = self.pass_over(claimed, types)
-        taken = within_budget((text_size(*c.receipt.raw.values()) for c in claimed), max_bytes)
+        taken = within_budget((c.size for c in claimed), max_bytes)
         if taken < len(claimed):
             self.release(claimed[taken:])
         return claimed[:taken]
@@ -618,7 +618,6 @@ class RedisStreamsTransport(Transport):
             name: _text(raw[key]) for name, key in _READ_FIELDS if key in raw
         }
         receipt = Receipt(self.stream(group), entry_id, raw, deliveries)
-        where = f"Stream entry {entry_id} of {receipt.stream}"
         try:
             before = min(max(0, int(fields.get("attempts", "0"))), 1_000_000)
         except ValueError:
@@ -627,22 +626,23 @@ class RedisStreamsTransport(Transport):
             group=group,
             attempt=before + deliveries,
             receipt=receipt,
-            event_id=_uuid(fields.get("id")) or fallback_id(f"redis:{where}"),
+            event_id=_uuid(fields.get("id")) or fallback_id(f"redis:{_where(receipt)}"),
             event_type=fields.get("type", ""),
             first_failed_at=_datetime(fields.get("first_failed_at")),
+            size=text_size(*raw.values()),  # what claim's budget counts
         )
         try:
             if "problem" in fields:
                 raise UndecodableEvent(f"{fields['problem']}: {_text(raw.get(b'member'))!r}")
             context = self.context
             body = raw.get(b"event", b"")
-            signed = context.signing.verify(raw.get(SIGNATURE.encode()), body)
+            signed = context.signing.verify(raw.get(_SIGNATURE), body)
             claimed.event = from_cloudevent(body, context.max_payload_bytes * 2)
             if signed:  # the fields the worker reads beside the envelope are the signed ones
                 same("id field", fields.get("id"), str(claimed.event.id))
                 same("type field", fields.get("type"), claimed.event.type)
         except Exception as exc:  # whatever is wrong with it, it is this entry's dead letter
-            claimed.decode_error = decode_failure(exc, where)
+            claimed.decode_error = decode_failure(exc, _where(receipt))
             if isinstance(exc, UnverifiedMessage):
                 claimed.decode_class, claimed.event = "UnverifiedMessage", None
         return claimed
@@ -867,6 +867,7 @@ def _positive(
 
 
 UNSIGNED = Signing()
+_SIGNATURE = SIGNATURE.encode()
 _READ_FIELDS = tuple(
     (name, name.encode()) for name in ("id", "type", "attempts", "first_failed_at", "problem")
 )
@@ -884,6 +885,11 @@ def _fields(event: Outgoing, signing: Signing = UNSIGNED) -> list[str]:
     return fields
 
 
+def _where(receipt: Receipt) -> str:
+    """An entry, as a decode error and a fallback id name it."""
+    return f"Stream entry {receipt.entry_id} of {receipt.stream}"
+
+
 def _text(value: Any) -> str:
     """Text from Redis; bytes that are not UTF-8 (not written here) are escaped."""
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
@@ -891,7 +897,7 @@ def _text(value: Any) -> str:
 
 def _uuid(value: str | None) -> uuid.UUID | None:
     try:
-        return uuid.UUID(value or "")
+        return parse_uuid(value or "")
     except ValueError:
         return None  # the decode error says what was wrong
 
