@@ -390,6 +390,13 @@ def build_event(
     )
 
 
+WIRE_FORMAT = 2
+"""The newest wire format this release reads; an envelope marked with a later one is
+refused, never guessed at (docs/wire-format.md, "What a reader requires")."""
+
+_REQUIRED = ("id", "type", "time", "data")
+
+
 def from_cloudevent(body: Any, max_bytes: int) -> Event:
     """Rebuild an event from its CloudEvents JSON form (as sent by external transports).
 
@@ -433,6 +440,8 @@ def _plain_event(body: dict[str, Any]) -> Event | None:
         or type(event_id) is not str
         or type(when) is not str
         or type(source) is not str
+        or get("specversion", "1.0") != "1.0"
+        or "wireformat" in body
         or get("metadata")
         or "traceparent" in body
         or "tracestate" in body
@@ -465,9 +474,20 @@ def _general_event(body: Any, max_bytes: int) -> Event:
     the first problem named."""
     if not isinstance(body, dict):
         raise UndecodableEvent("Event envelope must be a JSON object.")
-    missing = [name for name in ("id", "type", "time", "data") if name not in body]
+    missing = [name for name in _REQUIRED if name not in body]
     if missing:
         raise UndecodableEvent(f"Event envelope is missing {', '.join(missing)}.")
+    if body.get("specversion", "1.0") != "1.0":
+        raise UndecodableEvent(
+            f"Event envelope has specversion {repr(body['specversion'])[:80]}; this "
+            'reader handles CloudEvents "1.0".'
+        )
+    wire_format = body.get("wireformat", 1)
+    if type(wire_format) is not int or not 1 <= wire_format <= WIRE_FORMAT:
+        raise UndecodableEvent(
+            f"Event envelope has wireformat {repr(wire_format)[:80]}; this reader "
+            f"handles wire formats 1 to {WIRE_FORMAT} (docs/wire-format.md)."
+        )
     metadata = body.get("metadata")
     trace = {k: body[k] for k in TRACE_KEYS if isinstance(body.get(k), str)}
     if trace:  # back into the metadata, where publish() put it

@@ -657,3 +657,32 @@ def test_input_that_is_not_text_is_refused() -> None:
 def test_error_names_what_was_being_decoded() -> None:
     with pytest.raises(UndecodableEvent, match=r"^Event metadata is not valid JSON"):
         decode_json("{", 10_000, "metadata")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"specversion": "2.0"}, "specversion '2.0'; this reader handles CloudEvents \"1.0\""),
+        ({"specversion": 1.0}, "specversion 1.0;"),
+        ({"wireformat": 3}, "wireformat 3; this reader handles wire formats 1 to 2"),
+        ({"wireformat": "2"}, "wireformat '2';"),
+        ({"wireformat": True}, "wireformat True;"),
+    ],
+)
+def test_cloudevent_of_another_spec_or_a_later_wire_format_is_refused(
+    change: dict[str, Any], message: str
+) -> None:
+    """docs/wire-format.md: a reader dead-letters what it cannot read instead of guessing,
+    on the fast path's envelopes too (this body would take it)."""
+    body = {
+        "specversion": "1.0",
+        "id": "01890a5d-ac96-774b-bcce-b302099a8057",
+        "type": "order.placed",
+        "time": "2024-01-02T03:04:05+00:00",
+        "source": "shop",
+        "data": {"n": 1},
+    }
+    assert from_cloudevent(body, 10_000).data == {"n": 1}
+    assert from_cloudevent({**body, "wireformat": 2}, 10_000).data == {"n": 1}
+    with pytest.raises(UndecodableEvent, match=re.escape(message)):
+        from_cloudevent({**body, **change}, 10_000)

@@ -102,11 +102,13 @@ PLAIN = {
     "empty data": {"data": {}},
     "empty metadata": {"metadata": {}},
     "empty metadata text": {"metadata": ""},
-    "unknown attribute": {"wireformat": 2, "extra": [1]},
+    "unknown attribute": {"extra": [1]},
 }
 
 # Envelopes the fast path leaves to the general path (which decodes or refuses them).
 GENERAL = {
+    "a wireformat marker": {"wireformat": 2},
+    "another specversion": {"specversion": "2.0"},
     "metadata": {"metadata": {"tenant": "t-1"}},
     "metadata as text": {"metadata": '{"tenant": "t-1"}'},
     "trace context": {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
