@@ -316,7 +316,7 @@ def test_0013_swaps_the_indexes_both_ways_on_a_filled_database() -> None:
                 cursor.execute(
                     "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", [delivery]
                 )
-                assert cursor.fetchone()[0] == ["fillfactor=80"]
+                assert cursor.fetchone()[0] == ["fillfactor=50"]
         call_command("migrate", "django_events", "0012_moves", verbosity=0)
         assert _indexes(log) == old, "backwards restores the indexes of 0012"
         assert "django_events_dlv_held" in _indexes(delivery)

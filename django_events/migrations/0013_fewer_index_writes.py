@@ -21,7 +21,7 @@ from django.db.migrations.state import ProjectState
 
 LOG = "django_events_event"
 DELIVERY = "django_events_delivery"
-FILLFACTOR = 80
+FILLFACTOR = 50
 
 NEW_INDEXES = {
     "django_events_event_type": f"CREATE INDEX CONCURRENTLY django_events_event_type ON {LOG} (type)",
