@@ -46,9 +46,9 @@ class EventRecord(models.Model):
 
     id = models.UUIDField(primary_key=True)
     position = models.BigIntegerField(unique=True)
-    type = models.CharField(max_length=200, db_index=True)
+    type = models.CharField(max_length=200)
     version = models.PositiveIntegerField(default=1)
-    key = models.CharField(max_length=200, null=True, blank=True, db_index=True)  # noqa: DJ001 - None means "no key"
+    key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - None means "no key"
     data = models.JSONField()
     metadata = models.JSONField(default=dict, blank=True)
     occurred_at = models.DateTimeField()
@@ -60,6 +60,19 @@ class EventRecord(models.Model):
     class Meta:
         db_table = "django_events_event"
         verbose_name = "event"
+        # One index per looked-up column, not ``db_index``'s pair: every lookup of ``type``
+        # and ``key`` is an equality (the admin's filters, replay, moving), so the
+        # ``varchar_pattern_ops`` copy PostgreSQL gets for ``LIKE`` served nothing, and
+        # only keyed events enter the key index (docs/performance.md, "Where the writes
+        # and the dead tuples come from").
+        indexes = [
+            models.Index(fields=["type"], name="django_events_event_type"),
+            models.Index(
+                fields=["key"],
+                name="django_events_event_key",
+                condition=models.Q(key__isnull=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.id}"
@@ -99,14 +112,14 @@ class Delivery(models.Model):
     class Meta:
         db_table = "django_events_delivery"
         verbose_name_plural = "deliveries"
+        # No index may name a column the claim sets (attempts, claimed_alone,
+        # claimed_until, claimer, lease_token), in its fields or its condition: then the
+        # claim's UPDATE is a HOT update, written to the heap page alone, with no new index
+        # entries. Orphans are found through the claim index (docs/internals.md, "The
+        # delivery table and HOT claims").
         indexes = [
             models.Index(
                 fields=["group_name", "event_type", "position"], name="django_events_dlv_claim_type"
-            ),
-            models.Index(
-                fields=["claimed_until"],
-                name="django_events_dlv_held",
-                condition=models.Q(lease_token__isnull=False),
             ),
             models.Index(
                 fields=["group_name", "key", "position"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from io import StringIO
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from django.core.checks import ERROR, WARNING, CheckMessage
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.db import connection
 from django.test import override_settings
 
 from django_events.checks import check_events
@@ -265,3 +267,58 @@ def test_models_and_migrations_agree() -> None:
     except SystemExit as exc:  # --check exits 1 when a migration is missing
         pytest.fail(f"django_events needs a new migration:\n{out.getvalue()} (exit {exc.code})")
     assert "No changes detected in app 'django_events'" in out.getvalue()
+
+
+def _indexes(table: str) -> set[str]:
+    with connection.cursor() as cursor:
+        found = connection.introspection.get_constraints(cursor, table)
+    return {
+        name
+        for name, info in found.items()
+        if info["index"] and not info["primary_key"] and not name.startswith("sqlite_autoindex")
+    }
+
+
+def _index_columns(table: str) -> list[list[str]]:
+    with connection.cursor() as cursor:
+        found = connection.introspection.get_constraints(cursor, table)
+    return sorted(info["columns"] for info in found.values() if info["index"])
+
+
+NOW = "2026-01-01T00:00:00+00:00"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_0013_swaps_the_indexes_both_ways_on_a_filled_database() -> None:
+    # docs/internals.md, "Upgrading": on PostgreSQL CONCURRENTLY, elsewhere index by index.
+    log, delivery = "django_events_event", "django_events_delivery"
+    call_command("migrate", "django_events", "0012_moves", verbosity=0)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO django_events_event (id, position, type, version, key, data, "
+                "metadata, occurred_at, source, recorded_at) VALUES "
+                "(%s, 1, 'test.happened', 1, NULL, '{}', '{}', %s, '', %s), "
+                "(%s, 2, 'test.happened', 1, 'k', '{}', '{}', %s, '', %s)",
+                [uuid.uuid4().hex, NOW, NOW, uuid.uuid4().hex, NOW, NOW],
+            )
+        old = _indexes(log)
+        assert "django_events_dlv_held" in _indexes(delivery)
+        assert sum(1 for name in old if name.startswith(f"{log}_type_")) >= 1
+        call_command("migrate", "django_events", verbosity=0)
+        new = _indexes(log)
+        assert {"django_events_event_type", "django_events_event_key"} <= new
+        assert not {name for name in new if name.startswith((f"{log}_type_", f"{log}_key_"))}
+        assert ["type"] in _index_columns(log) and ["key"] in _index_columns(log)
+        assert "django_events_dlv_held" not in _indexes(delivery)
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", [delivery]
+                )
+                assert cursor.fetchone()[0] == ["fillfactor=50"]
+        call_command("migrate", "django_events", "0012_moves", verbosity=0)
+        assert _indexes(log) == old, "backwards restores the indexes of 0012"
+        assert "django_events_dlv_held" in _indexes(delivery)
+    finally:
+        call_command("migrate", verbosity=0)

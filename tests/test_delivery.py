@@ -483,3 +483,35 @@ def test_a_worker_claims_batches_within_its_byte_budget():
     assert [worker.process_batch() for _ in range(3)] == [2, 2, 0]
     assert sorted(effects("alpha")) == [("alpha", n) for n in range(4)]
     assert set(Delivery.objects.values_list("group_name", flat=True)) == {"beta"}
+
+
+def _delivery_updates() -> tuple[int, int]:
+    """This transaction's updates of the deliveries so far: all, and HOT ones."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_stat_get_xact_tuples_updated(c.oid), "
+            "pg_stat_get_xact_tuples_hot_updated(c.oid) FROM pg_class c "
+            "WHERE c.oid = 'django_events_delivery'::regclass"
+        )
+        updated, hot = cursor.fetchone()
+    return int(updated), int(hot)
+
+
+@postgres_only
+def test_claims_and_heartbeats_are_hot_updates_and_an_expired_lease_still_comes_back():
+    # docs/internals.md, "The delivery table and HOT claims": no index of the deliveries
+    # names a column the claim sets, so its update adds no index entries.
+    for n in range(5):
+        publish("test.happened", {"n": n})
+    Relay().run_once()
+    transport = transports["default"]
+    before = _delivery_updates()
+    claimed = transport.claim(["alpha"], 10, lease=30)
+    transport.renew(claimed, lease=60)
+    after = _delivery_updates()
+    assert len(claimed) == 5
+    assert (after[0] - before[0], after[1] - before[1]) == (10, 10), "every update was HOT"
+    # Without the "held" index, the orphan claim still finds an expired lease.
+    Delivery.objects.filter(group_name="alpha").update(claimed_until="2000-01-01T00:00:00Z")
+    (orphan,) = transport.claim(["alpha"], 10, lease=30)
+    assert orphan.event_id == claimed[0].event_id

@@ -13,6 +13,7 @@ happened to overlap.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from bench import pg, private
@@ -41,19 +42,23 @@ def publish_one_per_transaction(n: int, dbname: str) -> None:
 class Measure:
     """WAL of one system's repetition, step by step, and where the last one went."""
 
-    def __init__(self, server: Any, dbname: str) -> None:
-        self.server, self.dbname = server, dbname
+    def __init__(self, server: Any, dbname: str, updated: str = "") -> None:
+        self.server, self.dbname, self.updated = server, dbname, updated
         self.steps: dict[str, list[float]] = {step: [] for step in STEPS}
         self.tables: dict[str, int] = {}
+        self.hot = (0, 0)  # updates of ``updated`` in the last repetition: all, HOT
 
     def run(self, n: int, publish: Any, drain: Any) -> float:
         with pg.connect(self.dbname) as conn:
             conn.execute("CHECKPOINT")
+            before = self.updates(conn)
             marks = [private.wal_lsn(conn)]
             publish(n)
             marks.append(private.wal_lsn(conn))
             drain(n)
             marks.append(private.wal_lsn(conn))
+            after = self.updates(conn, settle=True)
+            self.hot = (after[0] - before[0], after[1] - before[1])
             conn.execute("VACUUM")
             marks.append(private.wal_lsn(conn))
             for step, start, end in zip(STEPS, marks, marks[1:], strict=False):
@@ -61,6 +66,26 @@ class Measure:
             total = private.wal_bytes(conn, marks[0], marks[-1]) / n
         self.tables = private.wal_by_relation(self.server, self.dbname, marks[0], marks[-1])
         return total
+
+    def updates(self, conn: Any, settle: bool = False) -> tuple[int, int]:
+        """``pg_stat_user_tables``' updates and HOT updates of the table: the workers'
+        counts reach it when they exit, so after a drain wait until they stop changing."""
+        if not self.updated:
+            return (0, 0)
+        last: tuple[int, int] | None = None
+        for _ in range(20 if settle else 1):
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = conn.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = %s",
+                [self.updated],
+            ).fetchone()
+            now = (int(row[0]), int(row[1])) if row else (0, 0)
+            if now == last:
+                break
+            last = now
+            if settle:
+                time.sleep(0.5)
+        return last or (0, 0)
 
 
 def run(ctx: Context) -> list[Row]:
@@ -72,7 +97,7 @@ def run(ctx: Context) -> list[Row]:
     n = ctx.size(5_000, 1_000)
     with private.cluster(autovacuum=False) as server:
         private.migrated_database(server, EVENTS_DB)
-        ours = Measure(server, EVENTS_DB)
+        ours = Measure(server, EVENTS_DB, updated="django_events_delivery")
         theirs = Measure(server, PGQUEUER_DB)
 
         def django_events() -> float:
@@ -96,7 +121,9 @@ def run(ctx: Context) -> list[Row]:
         got = alternate(ctx, {"django-events": django_events, "PgQueuer": pgqueuer}, warmup=False)
     where = (
         f"per event of the last repetition, bytes, by table (pg_waldump): django-events: "
-        f"{private.breakdown(ours.tables, n)}; PgQueuer: {private.breakdown(theirs.tables, n)}"
+        f"{private.breakdown(ours.tables, n)}; PgQueuer: {private.breakdown(theirs.tables, n)}; "
+        f"django_events_delivery updates (claims, heartbeats, retries) in that repetition: "
+        f"{ours.hot[0]:,}, of which HOT {ours.hot[1]:,}"
     )
     note = (
         f"{n:,} events per repetition, one per transaction; private cluster, CHECKPOINT "

@@ -290,8 +290,13 @@ class DatabaseTransport(Transport):
                 f"LEAST({float(context.backoff_max)!r}, {float(context.backoff_base)!r} "
                 "* power(2, GREATEST(c.attempts - 1, 0)))"
             )
+            # No index finds held rows (one would make every claim a non-HOT update,
+            # docs/internals.md "The delivery table and HOT claims"): one cheap pass picks
+            # the held ids, so the costly tests below run on those rows alone (and the
+            # plan's estimate stays small enough not to JIT-compile a table-sized scan).
             held = (
-                f"c.lease_token IS NOT NULL AND (c.claimed_until < {now} OR ("
+                f"c.id = ANY(ARRAY(SELECT o.id FROM {delivery} o WHERE o.lease_token IS NOT "
+                f"NULL)) AND c.lease_token IS NOT NULL AND (c.claimed_until < {now} OR ("
                 f"{claimed_at} + make_interval(secs => {backoff}) < {now} AND NOT EXISTS "
                 "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = c.claimer)))"
             )
