@@ -2,11 +2,12 @@
 
 The state of a move is a ``Move`` row, so every process sees it. Workers and relays talk
 to a ``Switch``: with no move recorded it is the default transport, as before; while a
-move is in progress it sends new events to the new transport and claims from both, the
-old first, holding back on either side an event of an ordered group whose key still
-has an earlier event unhandled (wherever that event is: relays switch each within its
-own poll, so the old side may get a key's later event), so per-key order holds across
-the move. Once the move is finished, the switch keeps doing so until the settings make
+move is in progress it claims from both transports, the old first, and sends new events
+to the new one from the cutover (recorded once every process has had time to read the
+move), holding back on either side an event of an ordered group whose key still has an
+earlier event unhandled (wherever that event is: relays reach the cutover each within
+its own poll, so the old side may get a key's later event), so per-key order holds
+across the move. Once the move is finished, the switch keeps doing so until the settings make
 the new transport the default and drop the old alias.
 """
 
@@ -34,10 +35,16 @@ logger = logging.getLogger("django_events.moving")
 
 @dataclass(frozen=True)
 class Route:
-    """Where a process sends and claims: ``to`` always, ``old`` too during a move."""
+    """Where a process claims: ``to`` always, ``old`` too during a move; and where its
+    relay sends: ``to``, or ``old`` until the move's cutover (``sending``)."""
 
     to: Transport
     old: Transport | None = None
+    sending: Transport | None = None
+
+    @property
+    def send(self) -> Transport:
+        return self.sending or self.to
 
 
 def moves_database() -> str:
@@ -77,7 +84,12 @@ def route_now(default: Transport) -> Route:
                 f"DJANGO_EVENTS['TRANSPORTS'] has no {missing[0]!r}: deploy settings that "
                 "name both (docs/moving.md)."
             )
-        return Route(transports[move.to_alias], transports[move.from_alias])
+        moved_from = transports[move.from_alias]
+        # Relays keep sending to the old side until the cutover, which the command records
+        # once every process has had time to read the move: by the time any event goes
+        # to the new side, every worker holds keys on both sides (docs/moving.md).
+        sending = moved_from if move.cutover_position is None else None
+        return Route(transports[move.to_alias], moved_from, sending)
     if move.to_alias not in configured:
         return Route(default)  # the settings have made it the default since
     # Until the deploy that drops it, the old side is still looked at: a worker's prefetch
@@ -299,39 +311,39 @@ class Switch(Transport):
 
     @property
     def shares_subscriptions(self) -> bool:  # type: ignore[override]
-        return self._current().to.shares_subscriptions
+        return self._current().send.shares_subscriptions
 
     @property
     def routes_itself(self) -> bool:  # type: ignore[override]
-        return self._current().to.routes_itself
+        return self._current().send.routes_itself
 
     @property
     def idempotent_publish(self) -> bool:  # type: ignore[override]
-        return self._current().to.idempotent_publish
+        return self._current().send.idempotent_publish
 
     @property
     def max_message_bytes(self) -> int | None:  # type: ignore[override]
-        return self._current().to.max_message_bytes
+        return self._current().send.max_message_bytes
 
     @property
     def database(self) -> str:
         return self._current().to.database
 
     def subscription_store(self) -> Any:
-        return self._current().to.subscription_store()
+        return self._current().send.subscription_store()
 
-    # -- the relay's side: new events go to the new transport ---------------------------
+    # -- the relay's side: new events go to the new transport, from the cutover ---------
 
     def joins_outbox_transaction(self, using: str) -> bool:
-        return self._current().to.joins_outbox_transaction(using)
+        return self._current().send.joins_outbox_transaction(using)
 
     def publish(
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
-        self._current().to.publish(events, subscriptions)
+        self._current().send.publish(events, subscriptions)
 
     def publish_to_all(self, events: Sequence[Outgoing]) -> None:
-        self._current().to.publish_to_all(events)
+        self._current().send.publish_to_all(events)
 
     def housekeeping(self) -> None:
         route = self.route()  # a relay without a worker reads the route here, between passes

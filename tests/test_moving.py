@@ -112,7 +112,7 @@ def _move_with_a_key_on_both_sides(hold: bool) -> dict[str, list[int]]:
     publish("test.sequenced", {"n": 2}, key="k")
     relay.run_once()
     moving.prepare(transports["new"])
-    moving.start("default", "new")
+    moving.record_cutover(moving.start("default", "new"))
     switch.route()
     publish("test.sequenced", {"n": 3}, key="k")
     relay.run_once()
@@ -248,7 +248,7 @@ def test_a_dead_letter_parks_its_key_on_the_new_side_until_discarded(two_transpo
     publish("test.sequenced", {"n": 1, "fail": True}, key="k")
     relay.run_once()
     moving.prepare(transports["new"])
-    moving.start("default", "new")
+    moving.record_cutover(moving.start("default", "new"))
     switch.route()
     publish("test.sequenced", {"n": 2}, key="k")
     relay.run_once()
@@ -278,7 +278,7 @@ def _relays_switching_one_after_the_other() -> dict[str, list[int]]:
     publish("test.sequenced", {"n": 1}, key="k")
     Relay(late).run_once()
     moving.prepare(transports["new"])
-    moving.start("default", "new")
+    moving.record_cutover(moving.start("default", "new"))
     prompt.route()
     publish("test.sequenced", {"n": 2}, key="k")
     Relay(prompt).run_once()
@@ -367,3 +367,24 @@ def test_a_dead_letter_on_rabbitmq_frees_its_key_on_that_side_during_a_move(
         switch.close()
     assert DeadLetter.objects.get(group="sequence").state == DeadLetter.State.OPEN
     assert handled_order("sequence") == {"k": [2]}
+
+
+def test_relays_send_to_the_old_side_until_the_cutover(two_transports: Any):
+    """Until the command records the cutover (once every process has had time to read
+    the move, so every worker holds keys on both sides), relays keep sending to the old
+    transport; a worker that has not read the move yet cannot overtake the new side."""
+    switch = moving.Switch(transports["default"], ttl=0)
+    relay = Relay(switch)
+    moving.prepare(transports["new"])
+    move = moving.start("default", "new")
+    switch.route()
+    publish("test.sequenced", {"n": 1}, key="k")
+    relay.run_once()
+    assert transports["new"].status(["sequence"])["sequence"].pending == 0, "1 stays old"
+    moving.record_cutover(move)
+    switch.route()
+    publish("test.sequenced", {"n": 2}, key="k")
+    relay.run_once()
+    assert transports["new"].status(["sequence"])["sequence"].pending == 1, "2 is on Redis"
+    Worker(["sequence"], transport=switch, relay=False).run(once=True)
+    assert handled_order("sequence") == {"k": [1, 2]}
