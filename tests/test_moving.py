@@ -19,7 +19,6 @@ from django.test import override_settings
 from django_events import moving, publish, triage
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import DeadLetter, Move
-from django_events.registry import registry
 from django_events.relay import Relay
 from django_events.transports import transports
 from django_events.worker import Worker
@@ -320,7 +319,7 @@ def test_another_services_event_is_not_held(old: str, new: str, alias: str):
         moving.start("default", "new")
         switch.route()
         rabbit = transports[alias]
-        rabbit.setup(registry.subscriptions())
+        moving.prepare(rabbit)  # its queues, as setup_events declares them
         event_id = str(uuid.uuid4())
         head = {"specversion": "1.0", "id": event_id, "type": "test.sequenced", "source": "x"}
         body = {**head, "time": "2026-01-01T00:00:00+00:00", "partitionkey": "k", "data": {"n": 7}}
