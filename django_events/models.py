@@ -465,12 +465,12 @@ class MinuteStat(models.Model):
 class Move(models.Model):
     """A move between two transports (``manage.py move_transport``), seen by every process.
 
-    While ``finished_at`` is empty, relays send to ``to_alias`` and workers drain
-    ``from_alias`` too, holding on the new side an ordered key the old side still owes
-    (docs/moving.md). After the latest move finished, processes go on that way until the
-    settings drop ``to_alias`` (having made it the default). ``cutover_position``: the
-    last logged position when every relay had switched (informational: the hold does
-    not depend on it).
+    While ``finished_at`` is empty, workers drain ``from_alias`` too, holding on either
+    side an ordered key's event while an earlier one is unhandled, and relays send to
+    ``to_alias`` once ``cutover_position`` is set (docs/moving.md). After the latest move
+    finished, processes go on that way until the settings drop ``to_alias`` (having made
+    it the default). ``cutover_position``: the last logged position when the command,
+    every process having had time to read the move, let relays send to ``to_alias``.
     """
 
     id = models.BigAutoField(primary_key=True)

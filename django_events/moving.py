@@ -2,10 +2,12 @@
 
 The state of a move is a ``Move`` row, so every process sees it. Workers and relays talk
 to a ``Switch``: with no move recorded it is the default transport, as before; while a
-move is in progress it sends new events to the new transport and claims from both, the
-old first, holding back on the new side an event of an ordered group whose key still
-has an earlier event unhandled (wherever that event is), so per-key order holds across
-the move. Once the move is finished, the switch keeps doing so until the settings make
+move is in progress it claims from both transports, the old first, and sends new events
+to the new one from the cutover (recorded once every process has had time to read the
+move), holding back on either side an event of an ordered group whose key still has an
+earlier event unhandled (wherever that event is: relays reach the cutover each within
+its own poll, so the old side may get a key's later event), so per-key order holds
+across the move. Once the move is finished, the switch keeps doing so until the settings make
 the new transport the default and drop the old alias.
 """
 
@@ -33,10 +35,16 @@ logger = logging.getLogger("django_events.moving")
 
 @dataclass(frozen=True)
 class Route:
-    """Where a process sends and claims: ``to`` always, ``old`` too during a move."""
+    """Where a process claims: ``to`` always, ``old`` too during a move; and where its
+    relay sends: ``to``, or ``old`` until the move's cutover (``sending``)."""
 
     to: Transport
     old: Transport | None = None
+    sending: Transport | None = None
+
+    @property
+    def send(self) -> Transport:
+        return self.sending or self.to
 
 
 def moves_database() -> str:
@@ -76,7 +84,12 @@ def route_now(default: Transport) -> Route:
                 f"DJANGO_EVENTS['TRANSPORTS'] has no {missing[0]!r}: deploy settings that "
                 "name both (docs/moving.md)."
             )
-        return Route(transports[move.to_alias], transports[move.from_alias])
+        moved_from = transports[move.from_alias]
+        # Relays keep sending to the old side until the cutover, which the command records
+        # once every process has had time to read the move: by the time any event goes
+        # to the new side, every worker holds keys on both sides (docs/moving.md).
+        sending = moved_from if move.cutover_position is None else None
+        return Route(transports[move.to_alias], moved_from, sending)
     if move.to_alias not in configured:
         return Route(default)  # the settings have made it the default since
     # Until the deploy that drops it, the old side is still looked at: a worker's prefetch
@@ -85,13 +98,26 @@ def route_now(default: Transport) -> Route:
     return Route(transports[move.to_alias], old)
 
 
-def held(database: str, claimed: Sequence[Claimed], ordered: Mapping[str, set[str]]) -> set[int]:
+def held(
+    database: str,
+    claimed: Sequence[Claimed],
+    ordered: Mapping[str, set[str]],
+    old: Collection[int] = (),
+) -> set[int]:
     """``id()`` of the events in ``claimed`` to hold back: of an ordered group's type, with
     a key that has an earlier event (by position) this group has not handled, whether in
     the event log with no inbox row (an open dead letter has none: its key stays parked;
     a discarded one frees it) or still in the outbox; or not in the log yet themselves
-    (a relay sends before it logs, so their place is not known). Three queries per group
-    in the batch."""
+    but still in the outbox (a relay sends before it logs, so their place is not known).
+    One in neither the log nor the outbox is not held: another service published it to a
+    shared broker, and it has no place among this log's positions.
+
+    ``old``: ``id()`` of those claimed from the side moved from. They are held by the same
+    rule, because a relay that had not read the move yet may have sent them there after
+    an earlier event of their key went to the new side (relays switch within a poll, each
+    on its own); but an open dead letter does not hold them, as that side's own rule
+    would not (RabbitMQ frees a dead letter's key; the database transport parks it
+    itself). Three queries per group in the batch, two more when one is not in the log."""
     from .models import DeadLetter, EventRecord, InboxRecord, OutboxMessage
 
     by_group: dict[str, list[tuple[Claimed, str]]] = {}
@@ -105,12 +131,10 @@ def held(database: str, claimed: Sequence[Claimed], ordered: Mapping[str, set[st
             by_group.setdefault(item.group, []).append((item, event.key))
     hold: set[int] = set()
     for group, items in by_group.items():
-        logged = dict(
-            EventRecord.objects.using(database)
-            .filter(id__in=[item.event_id for item, _ in items])
-            .values_list("id", "position")
-        )
-        hold.update(id(item) for item, _ in items if item.event_id not in logged)
+        logged = _positions(database, [item.event_id for item, _ in items])
+        unlogged = [item for item, _ in items if item.event_id not in logged]
+        foreign = {id(item) for item in _not_from_this_outbox(database, unlogged, logged)}
+        hold.update(id(item) for item in unlogged if id(item) not in foreign)
         if not logged:
             continue
         keys = {key for _, key in items}
@@ -132,17 +156,62 @@ def held(database: str, claimed: Sequence[Claimed], ordered: Mapping[str, set[st
                     )
                 )
             )
-            .values_list("key", "position")
+            .annotate(
+                parked=Exists(
+                    DeadLetter.objects.using(database).filter(
+                        group=group, event_id=OuterRef("id"), state=DeadLetter.State.OPEN
+                    )
+                )
+            )
+            .values_list("key", "position", "parked")
         )
         unrelayed = OutboxMessage.objects.using(database).filter(**before)
-        first: dict[str, int] = {}
-        for key, position in [*unhandled, *unrelayed.values_list("key", "position")]:
+        first: dict[str, int] = {}  # for the new side: dead letters park their key
+        first_old: dict[str, int] = {}  # for the old side: they do not
+        for key, position, parked in [
+            *unhandled,
+            *((key, position, False) for key, position in unrelayed.values_list("key", "position")),
+        ]:
             first[key] = min(position, first.get(key, position))
+            if not parked:
+                first_old[key] = min(position, first_old.get(key, position))
         for item, key in items:
-            start, position = first.get(key), logged.get(item.event_id)
+            start = (first_old if id(item) in old else first).get(key)
+            position = logged.get(item.event_id)
             if start is not None and position is not None and start < position:
                 hold.add(id(item))
     return hold
+
+
+def _positions(database: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    from .models import EventRecord
+
+    found = EventRecord.objects.using(database).filter(id__in=ids).values_list("id", "position")
+    return dict(found)
+
+
+def _not_from_this_outbox(
+    database: str, claimed: Sequence[Claimed], logged: dict[uuid.UUID, int]
+) -> list[Claimed]:
+    """Of ``claimed`` (not in the log when ``logged`` was read), those in neither the
+    outbox nor the log: another service's events. Read in that order, the outbox then the
+    log again (a relay moves a row from one to the other in one transaction), so an event
+    its relay logged meanwhile is found in the log, and its position added to ``logged``."""
+    from .models import OutboxMessage
+
+    if not claimed:
+        return []
+    ids = [item.event_id for item in claimed]
+    waiting = set(
+        OutboxMessage.objects.using(database)
+        .filter(event_id__in=ids)
+        .values_list("event_id", flat=True)
+    )
+    rest = [item for item in claimed if item.event_id not in waiting]
+    if not rest:
+        return []
+    logged.update(_positions(database, [item.event_id for item in rest]))
+    return [item for item in rest if item.event_id not in logged]
 
 
 def _ordered_types() -> dict[str, set[str]]:
@@ -188,9 +257,10 @@ class Switch(Transport):
         self._route = Route(default)
         self._read_at = -float("inf")
         self._via: dict[int, tuple[Claimed, Transport]] = {}
-        self._held: list[Claimed] = []
-        """Claimed from the new side, kept here (leases renewed) until their key is free:
-        given back, a broker may put them behind the key's later events (Redis appends)."""
+        self._held: list[tuple[Claimed, Transport]] = []
+        """Claimed from either side, kept here (leases renewed, on the side each came
+        from) until their key is free: given back, a broker may put them behind the key's
+        later events (Redis appends)."""
         self._lock = threading.Lock()
 
     def route(self) -> Route:
@@ -241,39 +311,39 @@ class Switch(Transport):
 
     @property
     def shares_subscriptions(self) -> bool:  # type: ignore[override]
-        return self._current().to.shares_subscriptions
+        return self._current().send.shares_subscriptions
 
     @property
     def routes_itself(self) -> bool:  # type: ignore[override]
-        return self._current().to.routes_itself
+        return self._current().send.routes_itself
 
     @property
     def idempotent_publish(self) -> bool:  # type: ignore[override]
-        return self._current().to.idempotent_publish
+        return self._current().send.idempotent_publish
 
     @property
     def max_message_bytes(self) -> int | None:  # type: ignore[override]
-        return self._current().to.max_message_bytes
+        return self._current().send.max_message_bytes
 
     @property
     def database(self) -> str:
         return self._current().to.database
 
     def subscription_store(self) -> Any:
-        return self._current().to.subscription_store()
+        return self._current().send.subscription_store()
 
-    # -- the relay's side: new events go to the new transport ---------------------------
+    # -- the relay's side: new events go to the new transport, from the cutover ---------
 
     def joins_outbox_transaction(self, using: str) -> bool:
-        return self._current().to.joins_outbox_transaction(using)
+        return self._current().send.joins_outbox_transaction(using)
 
     def publish(
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
-        self._current().to.publish(events, subscriptions)
+        self._current().send.publish(events, subscriptions)
 
     def publish_to_all(self, events: Sequence[Outgoing]) -> None:
-        self._current().to.publish_to_all(events)
+        self._current().send.publish_to_all(events)
 
     def housekeeping(self) -> None:
         route = self.route()  # a relay without a worker reads the route here, between passes
@@ -295,26 +365,43 @@ class Switch(Transport):
         route = self.route()
         if route.old is None and not self._held:
             return self._tag(route.to, _claim(route.to, groups, limit, lease, types, max_bytes))
-        old: list[Claimed] = []
-        if route.old is not None:
-            old = self._tag(route.old, _claim(route.old, groups, limit, lease, types, max_bytes))
-        room = limit - len(old)
         with self._lock:
             waiting = list(self._held)
-        fresh: list[Claimed] = []
-        if room > 0 and len(waiting) < limit:
-            fresh = _claim(route.to, groups, room, lease, types, max_bytes)
-        candidates = [*waiting, *fresh]
-        hold = held(route.to.database, candidates, _ordered_types()) if self.hold_keys else set()
+        # Each side's waiting events count against what is claimed from it: the old side's
+        # (held behind an earlier event a relay sent to the new side) never keep the new
+        # side from being claimed, where that earlier event is.
+        waiting_old = [pair for pair in waiting if pair[1] is route.old]
+        waiting_new = [pair for pair in waiting if pair[1] is not route.old]
+        fresh_old: list[tuple[Claimed, Transport]] = []
+        if route.old is not None and len(waiting_old) < limit:
+            left = limit - len(waiting_old)
+            claimed = _claim(route.old, groups, left, lease, types, max_bytes)
+            fresh_old = [(item, route.old) for item in claimed]
+        room = limit - len(fresh_old)
+        fresh: list[tuple[Claimed, Transport]] = []
+        if room > 0 and len(waiting_new) < limit:
+            claimed = _claim(route.to, groups, room, lease, types, max_bytes)
+            fresh = [(item, route.to) for item in claimed]
+        candidates = [*waiting_old, *fresh_old, *waiting_new, *fresh]
+        old = {id(item) for item, _ in [*waiting_old, *fresh_old]}
+        hold = (
+            held(route.to.database, [item for item, _ in candidates], _ordered_types(), old)
+            if self.hold_keys
+            else set()
+        )
         wanted = set(groups)
-        free = [c for c in candidates if id(c) not in hold and c.group in wanted][: max(room, 0)]
-        taken = {id(c) for c in free}
-        kept = [c for c in candidates if id(c) not in taken]
+        free = [
+            (item, transport)
+            for item, transport in candidates
+            if id(item) not in hold and item.group in wanted
+        ][:limit]
+        taken = {id(item) for item, _ in free}
+        kept = [(item, transport) for item, transport in candidates if id(item) not in taken]
         with self._lock:
             self._held = kept
-        if kept:
-            route.to.renew(kept, lease)
-        return old + self._tag(route.to, free)
+        for transport, items in _by_transport(kept):
+            transport.renew(items, lease)
+        return [self._tag(transport, [item])[0] for item, transport in free]
 
     def wait(self, groups: Sequence[str], timeout: float) -> bool:
         return self._current().to.wait(groups, timeout)
@@ -344,8 +431,8 @@ class Switch(Transport):
             transport.renew(items, lease)
         with self._lock:
             waiting = list(self._held)
-        if waiting:  # the heartbeat keeps what waits for its key too
-            self._current().to.renew(waiting, lease)
+        for transport, items in _by_transport(waiting):  # what waits for its key too
+            transport.renew(items, lease)
 
     def release(self, claimed: Sequence[Claimed]) -> None:
         for transport, items in self._split(claimed).values():
@@ -403,11 +490,20 @@ class Switch(Transport):
         route = self._route  # closing reads nothing
         with self._lock:
             waiting, self._held = self._held, []
-        if waiting:
-            route.to.release(waiting)
+        for transport, items in _by_transport(waiting):
+            transport.release(items)
         route.to.close()
         if route.old is not None:
             route.old.close()
+
+
+def _by_transport(
+    items: Sequence[tuple[Claimed, Transport]],
+) -> list[tuple[Transport, list[Claimed]]]:
+    parts: dict[int, tuple[Transport, list[Claimed]]] = {}
+    for item, transport in items:
+        parts.setdefault(id(transport), (transport, []))[1].append(item)
+    return list(parts.values())
 
 
 def switch() -> Switch:

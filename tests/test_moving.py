@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,7 +25,7 @@ from django_events.transports import transports
 
 from .conftest import ROOT, Workers, wait_until
 from .rabbitmq_support import BACKEND as RABBIT
-from .rabbitmq_support import RABBITMQ_URL, delete_everything
+from .rabbitmq_support import RABBITMQ_URL, delete_everything, needs_pika, publish_raw
 from .redis_support import BACKEND, REDIS_URL, delete_prefix, needs_redis, unique_prefix
 from .testapp.models import Effect
 
@@ -110,7 +111,7 @@ def _move_with_a_key_on_both_sides(hold: bool) -> dict[str, list[int]]:
     publish("test.sequenced", {"n": 2}, key="k")
     relay.run_once()
     moving.prepare(transports["new"])
-    moving.start("default", "new")
+    moving.record_cutover(moving.start("default", "new"))
     switch.route()
     publish("test.sequenced", {"n": 3}, key="k")
     relay.run_once()
@@ -246,7 +247,7 @@ def test_a_dead_letter_parks_its_key_on_the_new_side_until_discarded(two_transpo
     publish("test.sequenced", {"n": 1, "fail": True}, key="k")
     relay.run_once()
     moving.prepare(transports["new"])
-    moving.start("default", "new")
+    moving.record_cutover(moving.start("default", "new"))
     switch.route()
     publish("test.sequenced", {"n": 2}, key="k")
     relay.run_once()
@@ -257,3 +258,132 @@ def test_a_dead_letter_parks_its_key_on_the_new_side_until_discarded(two_transpo
     triage.discard([dead], None, "not needed", actor="test")
     Worker(["sequence"], transport=switch, relay=False).run(once=True)
     assert handled_order("sequence") == {"k": [2]}
+
+
+@pytest.fixture
+def rabbitmq_to_database() -> Iterator[dict[str, str]]:
+    with moving_between("rabbitmq", "database") as env:
+        yield env
+
+
+def _relays_switching_one_after_the_other() -> dict[str, list[int]]:
+    """RabbitMQ to the database, key ``k``: 1 goes to RabbitMQ before the move; then a
+    relay that has read the move sends 2 to the database while one that has not read it
+    yet (relays switch within a poll, each on its own) sends 3 to RabbitMQ. One worker
+    that has read the move drains both sides."""
+    late = moving.Switch(transports["default"], ttl=3600)  # reads the route once: no move
+    late.route()
+    prompt = moving.Switch(transports["default"], ttl=0)
+    publish("test.sequenced", {"n": 1}, key="k")
+    Relay(late).run_once()
+    moving.prepare(transports["new"])
+    moving.record_cutover(moving.start("default", "new"))
+    prompt.route()
+    publish("test.sequenced", {"n": 2}, key="k")
+    Relay(prompt).run_once()
+    publish("test.sequenced", {"n": 3}, key="k")
+    Relay(late).run_once()
+    late.close()
+    assert transports["new"].status(["sequence"])["sequence"].pending == 1, "2 is on the database"
+    worker = Worker(["sequence"], transport=prompt, relay=False)
+    try:
+        wait_until(
+            lambda: worker.process_batch() >= 0 and Effect.objects.count() >= 3,
+            what="the three events handled",
+        )
+    finally:
+        prompt.close()
+    return handled_order("sequence")
+
+
+@needs_pika()
+def test_an_event_on_the_old_side_waits_for_an_earlier_one_on_the_new(
+    rabbitmq_to_database: Any,
+):
+    """The old side is held too: 3 reached RabbitMQ after 2 reached the database."""
+    assert _relays_switching_one_after_the_other() == {"k": [1, 2, 3]}
+
+
+@needs_pika()
+@pytest.mark.parametrize(
+    ("old", "new", "alias"),
+    [("rabbitmq", "database", "default"), ("database", "rabbitmq", "new")],
+    ids=["on-the-old-side", "on-the-new-side"],
+)
+def test_another_services_event_is_not_held(old: str, new: str, alias: str):
+    """An event in neither this log nor this outbox (another service published it to the
+    shared exchange) has no place among this deployment's positions: it is handled."""
+    with moving_between(old, new):
+        switch = moving.Switch(transports["default"], ttl=0)
+        moving.prepare(transports["new"])
+        moving.start("default", "new")
+        switch.route()
+        rabbit = transports[alias]
+        moving.prepare(rabbit)  # its queues, as setup_events declares them
+        event_id = str(uuid.uuid4())
+        head = {"specversion": "1.0", "id": event_id, "type": "test.sequenced", "source": "x"}
+        body = {**head, "time": "2026-01-01T00:00:00+00:00", "partitionkey": "k", "data": {"n": 7}}
+        publish_raw(
+            rabbit.queue("sequence"),
+            json.dumps(body).encode(),
+            message_id=event_id,
+            type="test.sequenced",
+            headers={"key": "k"},
+        )
+        worker = Worker(["sequence"], transport=switch, relay=False)
+        try:
+            wait_until(
+                lambda: worker.process_batch() >= 0 and Effect.objects.exists(),
+                timeout=10,
+                what="the other service's event handled",
+            )
+        finally:
+            switch.close()
+    assert handled_order("sequence") == {"k": [7]}
+
+
+@needs_pika()
+def test_a_dead_letter_on_rabbitmq_frees_its_key_on_that_side_during_a_move(
+    rabbitmq_to_database: Any,
+):
+    """On the side moved from, its own rule: RabbitMQ frees a dead letter's key, so 2
+    (behind 1's dead letter on RabbitMQ) is handled, where the new side would park it."""
+    switch = moving.Switch(transports["default"], ttl=0)
+    relay = Relay(switch)
+    publish("test.sequenced", {"n": 1, "fail": True}, key="k")
+    publish("test.sequenced", {"n": 2}, key="k")
+    relay.run_once()
+    moving.prepare(transports["new"])
+    moving.start("default", "new")
+    switch.route()
+    worker = Worker(["sequence"], transport=switch, relay=False)
+    try:
+        wait_until(
+            lambda: worker.process_batch() >= 0 and Effect.objects.exists(),
+            what="2 handled behind the dead letter of 1",
+        )
+    finally:
+        switch.close()
+    assert DeadLetter.objects.get(group="sequence").state == DeadLetter.State.OPEN
+    assert handled_order("sequence") == {"k": [2]}
+
+
+def test_relays_send_to_the_old_side_until_the_cutover(two_transports: Any):
+    """Until the command records the cutover (once every process has had time to read
+    the move, so every worker holds keys on both sides), relays keep sending to the old
+    transport; a worker that has not read the move yet cannot overtake the new side."""
+    switch = moving.Switch(transports["default"], ttl=0)
+    relay = Relay(switch)
+    moving.prepare(transports["new"])
+    move = moving.start("default", "new")
+    switch.route()
+    publish("test.sequenced", {"n": 1}, key="k")
+    relay.run_once()
+    assert transports["new"].status(["sequence"])["sequence"].pending == 0, "1 stays old"
+    moving.record_cutover(move)
+    switch.route()
+    publish("test.sequenced", {"n": 2}, key="k")
+    relay.run_once()
+    assert transports["new"].status(["sequence"])["sequence"].pending == 1, "2 is on Redis"
+    Worker(["sequence"], transport=switch, relay=False).run(once=True)
+    assert handled_order("sequence") == {"k": [1, 2]}

@@ -45,15 +45,6 @@ def rabbitmq_to_database() -> Iterator[dict[str, str]]:
         yield env
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known order bug, open in issue #15: one CI run on 2026-12-05 (seed 933965) handled "
-        "key k0's events 60 and 72 before 40 when both workers were killed mid-move from "
-        "RabbitMQ back to the database (every event still once per group); the other runs "
-        "that day kept order. docs/moving.md, 'Known limits'."
-    ),
-)
 def test_f15_rabbitmq_back_to_the_database_with_both_workers_killed(
     workers: Workers, rabbitmq_to_database: dict[str, str]
 ):

@@ -1,9 +1,10 @@
 """``manage.py move_transport FROM TO``: move to another transport while workers run.
 
-Records the move (every relay sends to TO within a poll; every worker drains FROM too),
-waits until every process has switched, then reports what FROM still owes until it owes
-nothing, and records the move as finished (docs/moving.md). Interrupted, it can be run
-again with the same aliases: it takes up the move in progress.
+Records the move (every worker drains FROM too within a poll), waits until every process
+has seen it, records the cutover (every relay sends to TO within a poll) and waits again,
+then reports what FROM still owes until it owes nothing, and records the move as
+finished (docs/moving.md). Interrupted, it can be run again with the same aliases: it
+takes up the move in progress.
 """
 
 from __future__ import annotations
@@ -60,9 +61,13 @@ class Command(BaseCommand):
             grace = options["grace"]
             if grace is None:
                 grace = 2 * conf.poll_interval + conf.subscriptions_cache + 1
-            time.sleep(grace)
+            time.sleep(grace)  # every worker claims from both sides and holds keys by now
             position = moving.record_cutover(move)
-            self.stdout.write(f"Every process has switched: cutover after position {position}.")
+            self.stdout.write(
+                f"Every process has seen the move: new events go to {move.to_alias} after "
+                f"position {position}."
+            )
+            time.sleep(grace)  # every relay sends to the new side by now
         self._drain(old, options["interval"])
         moving.finish(move)
         self.stdout.write(
