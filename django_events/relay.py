@@ -1,8 +1,11 @@
 """The relay: moves committed outbox rows to the transport and into the event log.
 
-It never tracks progress by id, which would skip a transaction that commits late
-(docs/guarantees.md, "2. At least once"): it takes whichever committed rows exist,
-oldest first, and deletes them as it moves them. When the
+It never tracks progress by a position alone, which would skip a transaction that
+commits late (docs/guarantees.md, "2. At least once"): it takes whichever committed rows
+exist, oldest first, and deletes them as it moves them. On PostgreSQL the take starts
+above the positions it has passed and looks up, by position, each one it saw missing
+below them until its writer has ended (``Frontier``; docs/internals.md, "The relay's
+frontier"), so its cost does not grow with the rows deleted since the oldest snapshot. When the
 transport lives in the same database the move is one short transaction; otherwise rows
 are leased in database time, sent with no transaction open, then deleted.
 

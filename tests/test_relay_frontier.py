@@ -1,5 +1,5 @@
-"""The relay's frontier and its bounded take on PostgreSQL (docs/internals.md, "The
-relay's frontier").
+"""The relay's frontier and its bounded take, and the claim's floor, on PostgreSQL
+(docs/internals.md, "The relay's frontier", "The claim's floor").
 
 The take starts above the positions it has passed instead of at the lowest one, so a row
 that commits late, below that frontier, must still be found (a gap, looked up by position
@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from django_events import publish
 from django_events.models import EventRecord, OutboxMessage
 from django_events.relay import GAP_GRACE, RELAY_LOCK, Relay
+from django_events.testing.contract import log_events
+from django_events.transports.base import Outgoing
+from django_events.transports.database import FLOOR_EVERY, DatabaseTransport
 
 from .conftest import closing_connections, postgres_only
 
@@ -120,3 +125,34 @@ def test_a_take_that_times_out_ends_on_the_server(raw: psycopg.Connection, hold:
         raw.execute("SELECT pg_advisory_unlock_all()")
         thread.join(timeout=30)
     assert relay.relay_batch("default") == 1  # the lock gone, the same relay moves on
+
+
+def test_a_delivery_released_below_the_claim_floor_is_claimed_after_a_floor_read():
+    """The claim starts at a floor per (group, type), read at most every ``FLOOR_EVERY``
+    seconds: a delivery another worker gives back below it is claimed at the next read."""
+    now = timezone.now()
+    events = [
+        Outgoing(
+            position=900_000 + i, event_id=uuid.uuid4(), type="floor.t", key=None, occurred_at=now
+        )
+        for i in range(3)
+    ]
+    log_events(events)
+    mine, other = DatabaseTransport("floor-a", {}), DatabaseTransport("floor-b", {})
+    try:
+        mine.publish(events, [("floor.t", "floor", False)])
+        types = {"floor": ["floor.t"]}
+        held = other.claim(["floor"], 1, 30.0, types=types)  # the first, by another worker
+        assert [c.event_id for c in held] == [events[0].event_id]
+        time.sleep(FLOOR_EVERY + 0.1)
+        second = mine.claim(["floor"], 1, 30.0, types=types)  # reads its floor past it
+        assert [c.event_id for c in second] == [events[1].event_id]
+        other.retry_later(held[0], 0.0, "given back")  # now claimable, below that floor
+        third = mine.claim(["floor"], 1, 30.0, types=types)
+        assert [c.event_id for c in third] == [events[2].event_id]  # the floor still holds
+        time.sleep(FLOOR_EVERY + 0.1)
+        again = mine.claim(["floor"], 1, 30.0, types=types)
+        assert [c.event_id for c in again] == [events[0].event_id]
+    finally:
+        mine.close()
+        other.close()
