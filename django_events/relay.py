@@ -54,7 +54,7 @@ UNSUBSCRIBED_WARN_EVERY = 600.0  # seconds between warnings about one unsubscrib
 GAP_GRACE = 1.0  # seconds after a gap is seen before its writer's horizon is read
 MAX_GAPS = 10_000  # more gaps than this and takes start from the lowest position again
 RESCAN_EVERY = 60.0  # seconds between full takes from the lowest position
-RESCAN_TIMEOUT = 2.0  # seconds a full take may run on the server before it is cancelled
+RESCAN_TIMEOUT = 0.25  # seconds a full take may run on the server before it is cancelled
 _OUTBOX_FIELDS = (
     "position, event_id, type, key, version, data, metadata, occurred_at, source, "
     "correlation_id, causation_id"
