@@ -1,8 +1,11 @@
 """The relay: moves committed outbox rows to the transport and into the event log.
 
-It never tracks progress by id, which would skip a transaction that commits late
-(docs/guarantees.md, "2. At least once"): it takes whichever committed rows exist,
-oldest first, and deletes them as it moves them. When the
+It never tracks progress by a position alone, which would skip a transaction that
+commits late (docs/guarantees.md, "2. At least once"): it takes whichever committed rows
+exist, oldest first, and deletes them as it moves them. On PostgreSQL the take starts
+above the positions it has passed and looks up, by position, each one it saw missing
+below them until its writer has ended (``Frontier``; docs/internals.md, "The relay's
+frontier"), so its cost does not grow with the rows deleted since the oldest snapshot. When the
 transport lives in the same database the move is one short transaction; otherwise rows
 are leased in database time, sent with no transaction open, then deleted.
 
@@ -22,7 +25,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    OperationalError,
+    connections,
+    transaction,
+)
 from django.db.models.functions import Now
 
 from .. import instrumentation, logfields, moving, retention
@@ -41,6 +51,11 @@ RELAY_LOCK = 0x6465_7665_6E74  # one relay moves at a time per database: keeps p
 _PRUNE_EVERY = 60.0
 _PRUNE_BATCHES = 10  # per kind and pass: retention never holds the relay up for long
 UNSUBSCRIBED_WARN_EVERY = 600.0  # seconds between warnings about one unsubscribed type
+# The take's frontier on PostgreSQL (docs/internals.md, "The relay's frontier").
+GAP_GRACE = 1.0  # seconds after a gap is seen before its writer's horizon is read
+MAX_GAPS = 10_000  # more gaps than this and takes start from the lowest position again
+RESCAN_EVERY = 60.0  # seconds between full takes from the lowest position
+RESCAN_TIMEOUT = 0.25  # seconds a full take may run on the server before it is cancelled
 _OUTBOX_FIELDS = (
     "position, event_id, type, key, version, data, metadata, occurred_at, source, "
     "correlation_id, causation_id"
@@ -49,6 +64,112 @@ _LOG_COLUMNS = (
     "id, position, type, key, version, data, metadata, occurred_at, source, "
     "correlation_id, causation_id, recorded_at"
 )
+
+
+class Frontier:
+    """Where the relay's take starts on one PostgreSQL database (docs/internals.md, "The
+    relay's frontier").
+
+    A deleted outbox row keeps its index entry until no snapshot can see it, so a take that
+    starts at the lowest position walks every row taken since the oldest open snapshot
+    began: behind an idle transaction that holds one, each take costs more than the last
+    (docs/performance.md, H1). The frontier remembers instead where the takes reached:
+    every position up to ``top`` has been taken, is a *gap* (a position seen missing while
+    a higher one was taken: an insert not yet committed, or rolled back), or is known to be
+    in the event log. A take reads the rows above ``top`` and looks each gap up by its
+    position, so its cost follows what it moves, not what was deleted before it.
+
+    A gap is looked up at every take until the transaction that wrote it has ended: its
+    ``horizon`` is the snapshot's ``xmax`` read at least ``GAP_GRACE`` seconds after the gap
+    was seen, and once a take's snapshot has its ``xmin`` at or past it, every transaction
+    that could have written the position has ended, so a row there would have been visible
+    to that very take. Until ``top`` is known (a new relay), takes start at the lowest
+    position, and ``top`` is set only once the same horizon rule proves nothing below it
+    can still commit. A full take from the lowest position runs every ``RESCAN_EVERY``
+    seconds as well, for rows no rule foresees (a position given explicitly, a sequence
+    reset); one that finds a row below ``top`` that was no gap starts the frontier over.
+    """
+
+    def __init__(self) -> None:
+        self.top: int | None = None
+        self.gaps: dict[int, list[Any]] = {}  # position -> [seen at, horizon or None]
+        self._settling: list[Any] | None = None  # [candidate top, horizon or None, since]
+        self._seen_top: int | None = None
+        self.rescanned_at = time.monotonic()
+
+    def full(self, now: float) -> bool:
+        """Whether the next take starts at the lowest position."""
+        return self.top is None or now - self.rescanned_at >= RESCAN_EVERY
+
+    def reset(self) -> None:
+        self.top, self.gaps, self._settling, self._seen_top = None, {}, None, None
+
+    def after_take(
+        self, taken: list[int], snapshot: tuple[int, int], *, full: bool, drained: bool, now: float
+    ) -> list[int]:
+        """Record a take (the positions it moved, its snapshot's ``xmin`` and ``xmax``);
+        return the new gaps, for the caller to look up in the event log."""
+        xmin, xmax = snapshot
+        if full:
+            self.rescanned_at = now
+        if self.top is None:
+            return self._settle(taken, xmin, xmax, drained=drained, now=now)
+        top = self.top
+        if full and any(p < top and p not in self.gaps for p in taken):
+            logger.warning(
+                "The relay found outbox rows below positions it had passed (written with an "
+                "explicit position, or the sequence was reset): its takes start from the "
+                "lowest position again until it has caught up"
+            )
+            self.reset()
+            return []
+        for position in taken:
+            self.gaps.pop(position, None)
+        for position, gap in list(self.gaps.items()):
+            if gap[1] is not None and xmin >= gap[1]:
+                del self.gaps[position]  # its writer ended before this take, which saw no row
+            elif gap[1] is None and now - gap[0] >= GAP_GRACE:
+                gap[1] = xmax
+        highest = max(taken, default=top)
+        if highest <= top:
+            return []
+        if highest - top - len(taken) + len(self.gaps) > MAX_GAPS:
+            self.reset()  # too many to look up one by one: take from the lowest again
+            return []
+        moved = set(taken)
+        new = [p for p in range(top + 1, highest) if p not in moved]
+        for position in new:
+            self.gaps[position] = [now, None]
+        self.top = highest
+        return new
+
+    def _settle(
+        self, taken: list[int], xmin: int, xmax: int, *, drained: bool, now: float
+    ) -> list[int]:
+        if taken:
+            self._seen_top = max(self._seen_top or 0, max(taken))
+        if not drained or self._seen_top is None:
+            return []
+        if self._settling is None:
+            self._settling = [self._seen_top, None, now]
+            return []
+        candidate, horizon, since = self._settling
+        if horizon is None:
+            if now - since >= GAP_GRACE:
+                self._settling[1] = xmax
+            return []
+        if xmin < horizon:
+            return []
+        # Every writer of a position up to the candidate has ended, and this take, which
+        # started from the lowest position, left nothing visible behind it.
+        self._settling = None
+        self.top = candidate
+        return self.after_take(taken, (xmin, xmax), full=False, drained=True, now=now)
+
+    def forget(self, positions: Sequence[int]) -> None:
+        """Gaps found in the event log: another relay moved them."""
+        for position in positions:
+            self.gaps.pop(position, None)
 
 
 class Relay:
@@ -65,6 +186,11 @@ class Relay:
         self._pruned_at = 0.0
         self._purge_resume: dict[tuple[str, str], Any] = {}
         self._unsubscribed_warned: dict[str, float] = {}
+        self._frontiers: dict[str, Frontier] = {}
+        self.statement_timeout = get_settings().call_timeout / 2
+        """Seconds the server lets a take, and the wait for the relay lock, run before it
+        cancels them (half of ``CALL_TIMEOUT``: the server ends the statement, and with it
+        the lock, well before the watchdog cuts the connection)."""
 
     def run_once(self) -> int:
         """Move everything committed so far; return how many events moved."""
@@ -93,6 +219,15 @@ class Relay:
         while True:
             try:
                 return set_aside + self._relay_batch(using)
+            except OperationalError as exc:
+                if not sql.dialect(using).timed_out(exc):
+                    raise
+                # The server ended the take or the wait for the lock: nothing is held, and
+                # the next batch tries again (docs/internals.md, "The relay's frontier").
+                logger.warning("The relay's take was cancelled on the server: %s", exc)
+                if frontier := self._frontiers.get(using):
+                    frontier.rescanned_at = time.monotonic()  # a full take waits its turn
+                return set_aside
             except (DataError, IntegrityError) as exc:
                 found = self._after_refusal(using, exc)
                 if not found:
@@ -259,6 +394,85 @@ class Relay:
 
     # -- same-database move -------------------------------------------------------------
 
+    def _take_postgresql(
+        self, using: str, cursor: Any, which: str, params: list[Any], batch: bool
+    ) -> tuple[list[Outgoing], int]:
+        """The take on PostgreSQL: one statement, bounded on the server, that starts from
+        the frontier when it is known (docs/internals.md, "The relay's frontier")."""
+        dialect = sql.dialect(using)
+        connection = connections[using]
+        outbox = sql.table(connection, "OutboxMessage")
+        log = sql.table(connection, "EventRecord")
+        frontier = self._frontiers.setdefault(using, Frontier()) if batch else None
+        now = time.monotonic()
+        full = frontier is None or frontier.full(now)
+        top = frontier.top if frontier is not None else None
+        timeout = RESCAN_TIMEOUT if full and top is not None else self.statement_timeout
+        bound, bound_params = dialect.bounded_transaction(timeout)
+        cursor.execute(
+            f"SELECT {bound}, pg_advisory_xact_lock(%s), {sql.RELAXED_COMMIT}",
+            [*bound_params, RELAY_LOCK],
+        )
+        candidates, passed = "", "NULL::bigint[]"
+        if frontier is not None and top is not None and not full:
+            candidates = (
+                f"g AS (SELECT position FROM {outbox} WHERE position = ANY(%s::bigint[])"
+                f"{dialect.skip_locked}), "
+                f"f AS (SELECT position FROM {outbox} WHERE position > %s ORDER BY position "
+                f"LIMIT %s{dialect.skip_locked}), "
+            )
+            which = dialect.in_query(
+                "position", "SELECT position FROM g UNION ALL SELECT position FROM f"
+            )
+            params = [sorted(frontier.gaps), top, self.batch_size]
+        if top is not None:
+            # What other relays moved past this one's frontier: not gaps.
+            passed = (
+                f"ARRAY(SELECT position FROM {log} WHERE position > %s "
+                "AND position < (SELECT max(position) FROM moved))"
+            )
+            params = [*params, top]
+        cursor.execute(
+            f"WITH {candidates}moved AS (DELETE FROM {outbox} WHERE {which} "
+            f"RETURNING {_OUTBOX_FIELDS}), "
+            "parsed AS MATERIALIZED (SELECT *, data::jsonb AS d, "
+            "COALESCE(NULLIF(metadata, ''), '{}')::jsonb AS m FROM moved), "
+            f"logged AS (INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, "
+            "type, key, version, CASE WHEN jsonb_typeof(d) = 'object' THEN d END, "
+            "CASE WHEN jsonb_typeof(m) = 'object' THEN m END, "
+            "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
+            "FROM parsed) "
+            "SELECT position, event_id, type, key, NULL::bigint, NULL::bigint, NULL::bigint[] "
+            f"FROM moved UNION ALL SELECT NULL, NULL, NULL, NULL, {dialect.snapshot_bounds()}, "
+            f"{passed} ORDER BY 1",
+            params,
+        )
+        *rows, (_, _, _, _, xmin, xmax, logged) = cursor.fetchall()
+        moved = [Outgoing(*row[:4]) for row in rows]
+        if frontier is not None:
+            positions = [row.position for row in moved]
+            from_gaps = sum(1 for p in positions if p in frontier.gaps)
+            drained = len(positions) - from_gaps < self.batch_size
+
+            def advance() -> None:
+                new = frontier.after_take(
+                    positions, (xmin, xmax), full=full, drained=drained, now=now
+                )
+                if not new:
+                    return
+                if logged is not None:
+                    frontier.forget(logged)
+                    return
+                with contextlib.suppress(DatabaseError), connection.cursor() as lookup:
+                    lookup.execute(
+                        f"SELECT position FROM {log} WHERE position = ANY(%s::bigint[])", [new]
+                    )
+                    frontier.forget([row[0] for row in lookup.fetchall()])
+
+            # Only a committed take moves the frontier: a rolled-back one left its rows.
+            transaction.on_commit(advance, using=using)
+        return moved, len(moved)
+
     def _take(self, using: str, position: int | None = None) -> tuple[list[Outgoing], int]:
         """Move the next batch (or the row at ``position``) into the event log; return the
         rows moved, and how many rows left the outbox (those set aside count too).
@@ -274,29 +488,12 @@ class Relay:
         if position is None:
             lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
             which = f"position IN (SELECT position FROM {outbox} ORDER BY position LIMIT %s{lock})"
-            params = [self.batch_size]
+            params: list[Any] = [self.batch_size]
         else:
             which, params = "position = %s", [position]
         with connection.cursor() as cursor:
             if vendor == "postgresql":
-                cursor.execute(
-                    f"SELECT pg_advisory_xact_lock(%s), {sql.RELAXED_COMMIT}", [RELAY_LOCK]
-                )
-                cursor.execute(
-                    f"WITH moved AS (DELETE FROM {outbox} WHERE {which} "
-                    f"RETURNING {_OUTBOX_FIELDS}), "
-                    "parsed AS MATERIALIZED (SELECT *, data::jsonb AS d, "
-                    "COALESCE(NULLIF(metadata, ''), '{}')::jsonb AS m FROM moved), "
-                    f"logged AS (INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, "
-                    "type, key, version, CASE WHEN jsonb_typeof(d) = 'object' THEN d END, "
-                    "CASE WHEN jsonb_typeof(m) = 'object' THEN m END, "
-                    "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
-                    "FROM parsed) "
-                    "SELECT position, event_id, type, key FROM moved ORDER BY position",
-                    params,
-                )
-                moved = [Outgoing(*row) for row in cursor.fetchall()]
-                return moved, len(moved)
+                return self._take_postgresql(using, cursor, which, params, position is None)
             cursor.execute(
                 f"DELETE FROM {outbox} WHERE {which} "
                 f"RETURNING {_OUTBOX_FIELDS}, {_logged(outbox, log)}",

@@ -88,6 +88,23 @@ class Dialect:
         values = ", ".join(["(%s, %s)"] * len(pairs))
         return f"{columns} IN (VALUES {values})", [v for pair in pairs for v in pair]
 
+    def bounded_transaction(self, seconds: float) -> tuple[str, list[Any]]:
+        """Expressions that make the server itself cancel, after ``seconds``, each later
+        statement of the current transaction and any wait for a lock (the one evaluating
+        them included): a client that gives up must not leave a statement running, holding
+        its locks (docs/internals.md, "The relay's frontier"). Nothing on SQLite, whose
+        statements run in the client's process."""
+        return "NULL", []
+
+    def snapshot_bounds(self) -> str:
+        """Two columns: the statement's snapshot ``xmin`` (every older transaction has
+        ended) and ``xmax`` (every transaction from it on had not started)."""
+        raise NotImplementedError
+
+    def timed_out(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the server cancelling what ``bounded_transaction`` bounds."""
+        return False
+
 
 class PostgreSQL(Dialect):
     vendor = "postgresql"
@@ -118,6 +135,25 @@ class PostgreSQL(Dialect):
     def in_query(self, column: str, query: str) -> str:
         # ARRAY(...) runs the query once; each row is then found by its index.
         return f"{column} = ANY(ARRAY({query}))"
+
+    def bounded_transaction(self, seconds: float) -> tuple[str, list[Any]]:
+        # lock_timeout applies from here on, to this statement's own lock wait too;
+        # statement_timeout from the next statement. Both end with the transaction.
+        value = f"{max(1, round(seconds * 1000))}ms"
+        return (
+            "set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+            [value, value],
+        )
+
+    def snapshot_bounds(self) -> str:
+        return (
+            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
+            "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+        )
+
+    def timed_out(self, exc: BaseException) -> bool:
+        # query_canceled (statement_timeout, or a cancel request) and lock_not_available.
+        return getattr(exc.__cause__, "sqlstate", None) in ("57014", "55P03")
 
     def in_pairs(self, columns: str, pairs: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
         return (

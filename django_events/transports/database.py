@@ -44,6 +44,11 @@ ANALYZE_AFTER = 10_000
 """Refresh the planner's statistics after this many new deliveries: a burst otherwise
 leaves PostgreSQL planning claims for the near-empty table it last sampled, sorting the
 whole backlog on every claim until autovacuum catches up."""
+FLOOR_EVERY = 1.0
+"""Seconds between reads of the claim's floors: per (group, type), the lowest position a
+claim may find (docs/internals.md, "The claim's floor"). A delivery that becomes claimable
+below its floor (a retry released by another worker, an event committed late) waits at
+most this long past its due time."""
 _OPTIONS = {"database", "notify"}
 MAX_ATTEMPTS_STORED = 2**31 - 2
 """Attempts a delivery row counts up to: one below the top of a 32-bit column."""
@@ -69,6 +74,8 @@ class DatabaseTransport(Transport):
         self._orphans_checked_at = 0.0
         self._fitted = 0
         """How many events the last claim cut at ``max_bytes`` kept (0: it was not cut)."""
+        self._floors: dict[tuple[str, str], int] = {}
+        self._floors_read_at = -FLOOR_EVERY
         self._store: DatabaseStore | None = None
 
     def subscription_store(self) -> DatabaseStore:
@@ -314,13 +321,20 @@ class DatabaseTransport(Transport):
             # Pairs take turns at coming first so a busy one cannot starve the others.
             self._turn = (getattr(self, "_turn", -1) + 1) % len(pairs)
             turned = [*pairs[self._turn :], *pairs[: self._turn]]
+            floors = self._read_floors(turned)
             candidates = (
-                "SELECT c.id FROM unnest(%s::text[], %s::text[]) AS g(name, type) "
+                "SELECT c.id FROM unnest(%s::text[], %s::text[], %s::bigint[]) "
+                "AS g(name, type, floor) "
                 f"CROSS JOIN LATERAL (SELECT c.id FROM {delivery} c WHERE c.group_name = g.name "
-                f"AND c.event_type = g.type AND {claimable} "
+                f"AND c.event_type = g.type AND c.position >= g.floor AND {claimable} "
                 f"ORDER BY c.position LIMIT %s{lock}) c LIMIT %s"
             )
-            group_params = [[g for g, _ in turned], [t for _, t in turned], limit]
+            group_params = [
+                [g for g, _ in turned],
+                [t for _, t in turned],
+                [floors.get(pair, 0) for pair in turned],
+                limit,
+            ]
         elif postgresql and not orphans:
             # One scan per group that stops at the limit: `group_name = ANY(...)` would
             # sort every pending row instead. Groups take turns at coming first.
@@ -387,6 +401,32 @@ class DatabaseTransport(Transport):
         if taken < len(rows):
             self._give_back([row[0] for row in rows[taken:]], token)
         return [self._claimed(row, token) for row in rows[:taken]]
+
+    def _read_floors(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Per (group, type), the lowest position a claim needs to look from, read at most
+        every ``FLOOR_EVERY`` seconds (docs/internals.md, "The claim's floor"): the lowest
+        unclaimed delivery due within twice that, or past the highest delivery when none
+        is. Deleted deliveries keep their index entries while any snapshot may see them,
+        so a claim starting at the lowest position would walk every one acknowledged since
+        the oldest open snapshot began; this read walks them once a second instead."""
+        now = time.monotonic()
+        if now - self._floors_read_at < FLOOR_EVERY and all(p in self._floors for p in pairs):
+            return self._floors
+        delivery, _ = self._tables()
+        dialect = self._sql
+        rows = self._execute(
+            "SELECT g.name, g.type, COALESCE("
+            f"(SELECT min(c.position) FROM {delivery} c WHERE c.group_name = g.name "
+            "AND c.event_type = g.type AND c.lease_token IS NULL "
+            f"AND c.available_at <= {dialect.now_plus()}), "
+            f"(SELECT max(c.position) + 1 FROM {delivery} c WHERE c.group_name = g.name "
+            "AND c.event_type = g.type), 0) "
+            "FROM unnest(%s::text[], %s::text[]) AS g(name, type)",
+            [dialect.seconds(2 * FLOOR_EVERY), [g for g, _ in pairs], [t for _, t in pairs]],
+        )
+        self._floors = {(name, type_): floor for name, type_, floor in rows}
+        self._floors_read_at = now
+        return self._floors
 
     def _claimed(self, row: Sequence[Any], token: str) -> Claimed:
         """One claimed row as a ``Claimed``. Whatever another writer put in the log or the
@@ -462,6 +502,7 @@ class DatabaseTransport(Transport):
 
     def _give_back(self, ids: Sequence[int], token: str) -> None:
         """Unclaim rows still held under ``token``, their attempt not counted."""
+        self._floors_read_at = -FLOOR_EVERY  # below the floor now, perhaps
         delivery, _ = self._tables()
         self._execute(
             f"UPDATE {delivery} SET attempts = attempts - 1, claimed_until = NULL, "
@@ -511,6 +552,7 @@ class DatabaseTransport(Transport):
         return [by_receipt[(row[0], token)] for row in rows]
 
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
+        self._floors_read_at = -FLOOR_EVERY  # below the floor now, perhaps
         dialect = self._sql
         delivery, _ = self._tables()
         delivery_id, token = claimed.receipt
@@ -537,6 +579,7 @@ class DatabaseTransport(Transport):
         return bool(parked or removed)
 
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
+        self._floors_read_at = -FLOOR_EVERY  # below the floor now, perhaps
         dialect = self._sql
         delivery, event = self._tables()
         db_id = dialect.uuid_value(event_id)

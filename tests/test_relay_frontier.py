@@ -1,0 +1,158 @@
+"""The relay's frontier and its bounded take, and the claim's floor, on PostgreSQL
+(docs/internals.md, "The relay's frontier", "The claim's floor").
+
+The take starts above the positions it has passed instead of at the lowest one, so a row
+that commits late, below that frontier, must still be found (a gap, looked up by position
+until its writer has ended); and a take the server cannot finish in time must end on the
+server, leaving no backend behind on the relay's lock or the tables.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from django_events import publish
+from django_events.models import EventRecord, OutboxMessage
+from django_events.relay import GAP_GRACE, RELAY_LOCK, Relay
+from django_events.testing.contract import log_events
+from django_events.transports.base import Outgoing
+from django_events.transports.database import FLOOR_EVERY, DatabaseTransport
+
+from .conftest import closing_connections, postgres_only
+
+pytestmark = [postgres_only, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def raw() -> Iterator[psycopg.Connection]:
+    """A second session on the test database, its transaction left open until asked."""
+    s = connection.settings_dict
+    with psycopg.connect(host=s["HOST"], port=s["PORT"], user=s["USER"], dbname=s["NAME"]) as conn:
+        yield conn
+        conn.rollback()
+
+
+def _settled(relay: Relay) -> int:
+    """Run the relay until its frontier is known (a new relay takes from the lowest
+    position until a snapshot horizon proves nothing below can still commit)."""
+    deadline = time.monotonic() + 30
+    n = 0
+    while (frontier := relay._frontiers.get("default")) is None or frontier.top is None:
+        assert time.monotonic() < deadline, "the frontier never settled"
+        publish("frontier.settle", {"n": n})
+        n += 1
+        relay.run_once()
+        time.sleep(0.2)
+    return frontier.top
+
+
+def test_a_row_committed_late_below_the_frontier_is_relayed(raw: psycopg.Connection):
+    relay = Relay()
+    _settled(relay)
+    frontier = relay._frontiers["default"]
+    # A writer takes its position first and commits last (docs/guarantees.md).
+    late = raw.execute(
+        "INSERT INTO django_events_outbox (event_id, type, version, data, metadata, "
+        "occurred_at, source, created_at) VALUES (gen_random_uuid(), 'frontier.late', 1, "
+        "'{}', '', now(), 'late', now()) RETURNING position"
+    ).fetchone()[0]
+    publish("frontier.after", {"n": 1})
+    relay.run_once()
+    assert frontier.top is not None and frontier.top > late
+    assert late in frontier.gaps
+    # Its writer is still open: past the grace the horizon is read, and the gap is kept
+    # however many takes pass.
+    time.sleep(GAP_GRACE + 0.2)
+    for _ in range(3):
+        relay.run_once()
+    assert late in frontier.gaps
+    raw.commit()
+    relay.run_once()
+    assert EventRecord.objects.filter(position=late, type="frontier.late").exists()
+    assert not OutboxMessage.objects.exists()
+    assert late not in frontier.gaps
+
+
+def _waiting(holder_pid: int) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, wait_event_type, wait_event, state, left(query, 60) "
+            "FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid NOT IN (pg_backend_pid(), %s) AND state <> 'idle'",
+            [holder_pid],
+        )
+        return cursor.fetchall()
+
+
+@pytest.mark.parametrize(
+    "hold",
+    [
+        # another relay stuck inside its transaction: the wait for the relay lock
+        f"SELECT pg_advisory_lock({RELAY_LOCK})",
+        # the take's own statement blocked, here on the event log it writes
+        "LOCK TABLE django_events_event IN ACCESS EXCLUSIVE MODE",
+    ],
+    ids=["relay-lock", "take"],
+)
+def test_a_take_that_times_out_ends_on_the_server(raw: psycopg.Connection, hold: str):
+    publish("frontier.bounded", {"n": 1})
+    relay = Relay()
+    relay.statement_timeout = 0.5
+    holder_pid = raw.execute("SELECT pg_backend_pid()").fetchone()[0]
+    raw.execute(hold)
+    moved: list[int] = []
+    thread = threading.Thread(
+        target=closing_connections(lambda: moved.append(relay.relay_batch("default"))),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        thread.join(timeout=10)
+        left = _waiting(holder_pid)
+        assert not thread.is_alive(), f"the relay still waits; on the server: {left}"
+        assert moved == [0]
+        assert left == [], "a cancelled take left a statement on the server"
+    finally:
+        raw.rollback()
+        raw.execute("SELECT pg_advisory_unlock_all()")
+        thread.join(timeout=30)
+    assert relay.relay_batch("default") == 1  # the lock gone, the same relay moves on
+
+
+def test_a_delivery_released_below_the_claim_floor_is_claimed_after_a_floor_read():
+    """The claim starts at a floor per (group, type), read at most every ``FLOOR_EVERY``
+    seconds: a delivery another worker gives back below it is claimed at the next read."""
+    now = timezone.now()
+    events = [
+        Outgoing(
+            position=900_000 + i, event_id=uuid.uuid4(), type="floor.t", key=None, occurred_at=now
+        )
+        for i in range(3)
+    ]
+    log_events(events)
+    mine, other = DatabaseTransport("floor-a", {}), DatabaseTransport("floor-b", {})
+    try:
+        mine.publish(events, [("floor.t", "floor", False)])
+        types = {"floor": ["floor.t"]}
+        held = other.claim(["floor"], 1, 30.0, types=types)  # the first, by another worker
+        assert [c.event_id for c in held] == [events[0].event_id]
+        time.sleep(FLOOR_EVERY + 0.1)
+        second = mine.claim(["floor"], 1, 30.0, types=types)  # reads its floor past it
+        assert [c.event_id for c in second] == [events[1].event_id]
+        other.retry_later(held[0], 0.0, "given back")  # now claimable, below that floor
+        third = mine.claim(["floor"], 1, 30.0, types=types)
+        assert [c.event_id for c in third] == [events[2].event_id]  # the floor still holds
+        time.sleep(FLOOR_EVERY + 0.1)
+        again = mine.claim(["floor"], 1, 30.0, types=types)
+        assert [c.event_id for c in again] == [events[0].event_id]
+    finally:
+        mine.close()
+        other.close()
