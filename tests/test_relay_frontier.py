@@ -20,8 +20,8 @@ from django.db import connection
 from django.utils import timezone
 
 from django_events import publish
+from django_events.engine.relay import GAP_GRACE, RELAY_LOCK, Relay
 from django_events.models import EventRecord, OutboxMessage
-from django_events.relay import GAP_GRACE, RELAY_LOCK, Relay
 from django_events.testing.contract import log_events
 from django_events.transports.base import Outgoing
 from django_events.transports.database import FLOOR_EVERY, DatabaseTransport
