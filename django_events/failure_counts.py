@@ -27,6 +27,8 @@ from typing import Any
 from django.db import connections, transaction
 from django.db.models import Max, Min, QuerySet, Sum
 
+from . import sql
+
 COUNTS = "django_events_failure_count"
 DEAD = "django_events_deadletter"
 _COLUMNS = (
@@ -142,24 +144,28 @@ FROM {DEAD} WHERE state = 'open' GROUP BY "group", fingerprint
 """
 
 
-def _statements(vendor: str, install: bool) -> list[str]:
-    if vendor == "postgresql":
+def _statements(connection: Any, install: bool) -> list[str]:
+    # The triggers are this module's own SQL, one body per database: which to run is a
+    # choice of strategy, not a spelling the dialect holds. A migration refuses no
+    # database (sql.dialect() does, with a clear message, wherever events are handled).
+    dialect = sql.DIALECTS.get(connection.vendor)
+    if isinstance(dialect, sql.PostgreSQL):
         return [PG_INSTALL if install else PG_UNINSTALL]
-    if vendor == "sqlite":
+    if isinstance(dialect, sql.SQLite):
         return SQLITE_INSTALL if install else SQLITE_UNINSTALL
-    return []  # sql.vendor() refuses other databases elsewhere, with a clear message
+    return []
 
 
 def install(schema_editor: Any) -> None:
     """Create the triggers and count what is already open (a migration's forward step)."""
-    for statement in _statements(schema_editor.connection.vendor, install=True):
+    for statement in _statements(schema_editor.connection, install=True):
         schema_editor.execute(statement, params=None)
     schema_editor.execute(f"DELETE FROM {COUNTS}", params=None)
     schema_editor.execute(_RECOUNT, params=None)
 
 
 def uninstall(schema_editor: Any) -> None:
-    for statement in _statements(schema_editor.connection.vendor, install=False):
+    for statement in _statements(schema_editor.connection, install=False):
         schema_editor.execute(statement, params=None)
 
 
@@ -171,7 +177,7 @@ def recount(using: str = "default") -> int:
     """
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
+        if not sql.dialect(using).one_writer:
             cursor.execute(f"LOCK TABLE {DEAD} IN SHARE MODE")
         cursor.execute(f"DELETE FROM {COUNTS}")
         cursor.execute(_RECOUNT)
@@ -189,7 +195,7 @@ def lock(slots: Iterable[tuple[str, str]], using: str) -> None:
     """
     connection = connections[using]
     wanted = sorted(set(slots))
-    if connection.vendor != "postgresql" or len(wanted) < 2:
+    if sql.dialect(using).one_writer or len(wanted) < 2:
         return
     pairs = ", ".join(["(%s, %s)"] * len(wanted))
     with connection.cursor() as cursor:

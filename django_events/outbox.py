@@ -259,16 +259,16 @@ _ROWS_PER_STATEMENT = 500
 
 
 @functools.cache
-def _insert_sql(table: str, vendor: str, rows: int) -> str:
-    row = f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(vendor)})"
+def _insert_sql(table: str, dialect: sql.Dialect, rows: int) -> str:
+    row = f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {dialect.now()})"
     return f"INSERT INTO {table} ({_COLUMNS}) VALUES {', '.join([row] * rows)}"
 
 
 def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: bool) -> None:
     connection = connections[using]
-    kind = sql.vendor_of(connection)
+    dialect = sql.dialect(using)
     table = sql.table(connection, "OutboxMessage")
-    native = kind == "postgresql"  # UUIDs and datetimes go as they are; SQLite wants text
+    native = dialect.native_params  # UUIDs and datetimes go as they are; SQLite wants text
     for start in range(0, len(events), _ROWS_PER_STATEMENT):
         chunk = events[start : start + _ROWS_PER_STATEMENT]
         params: list[Any] = []
@@ -288,7 +288,7 @@ def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: 
                 ]
             else:
                 params += [
-                    sql.uuid_value(kind, event.id),
+                    dialect.uuid_value(event.id),
                     event.type,
                     event.version,
                     event.key,
@@ -296,11 +296,11 @@ def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: 
                     metadata,
                     sql.datetime_value(connection, event.occurred_at),
                     event.source,
-                    sql.uuid_value(kind, event.correlation_id),
-                    sql.uuid_value(kind, event.causation_id),
+                    dialect.uuid_value(event.correlation_id),
+                    dialect.uuid_value(event.causation_id),
                 ]
-        insert = _insert_sql(table, kind, len(chunk))
-        if notify and native and not _notified_in_this_transaction(connection):
+        insert = _insert_sql(table, dialect, len(chunk))
+        if notify and dialect.notifies and not _notified_in_this_transaction(connection):
             insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
             params.append(OUTBOX_CHANNEL)
         with connection.cursor() as cursor:

@@ -323,7 +323,7 @@ class Replay:
             yield
             return
         with transaction.atomic(using=self.using):
-            if sql.vendor(self.using) == "postgresql":
+            if not sql.dialect(self.using).one_writer:
                 with connections[self.using].cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [PURGE_LOCK])
             yield

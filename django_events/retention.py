@@ -215,10 +215,10 @@ def walk(
     than walking again over old rows that are kept, such as those of open dead letters.
     """
     connection = connections[using]
-    vendor = sql.vendor(using)
+    dialect = sql.dialect(using)
     spec = _tables(connection)[kind]
     table = sql.table(connection, spec.model)
-    old = f"{sql.age_seconds(vendor, 't.' + spec.age_column)} > %s"
+    old = f"{dialect.age_seconds('t.' + spec.age_column)} > %s"
     done = 0
     for _ in itertools.count() if max_batches is None else range(max_batches):
         with connection.cursor() as cursor:
@@ -241,7 +241,7 @@ def walk(
                 rows = cursor.fetchall()
                 expired = [row[0] for row in rows]
             if expired:
-                done += _remove(cursor, vendor, table, spec, expired, dry_run)
+                done += _remove(cursor, dialect, table, spec, expired, dry_run)
         young = spec.walk_in_order and len(expired) < len(rows)
         if young or len(rows) < batch:
             return done, None
@@ -250,13 +250,15 @@ def walk(
 
 
 def _remove(
-    cursor: Any, vendor: str, table: str, spec: _Table, keys: Sequence[Any], dry_run: bool
+    cursor: Any,
+    dialect: sql.Dialect,
+    table: str,
+    spec: _Table,
+    keys: Sequence[Any],
+    dry_run: bool,
 ) -> int:
     """Delete the rows at ``keys`` that still may go (checked again, in this statement)."""
-    if vendor == "postgresql":
-        chosen, params = f"t.{spec.key} = ANY(%s)", [list(keys)]
-    else:
-        chosen, params = f"t.{spec.key} IN ({sql.in_list(len(keys))})", list(keys)
+    chosen, params = dialect.in_values(f"t.{spec.key}", keys)
     where = f"{chosen} AND {spec.where}" if spec.where else chosen
     if dry_run:
         cursor.execute(f"SELECT COUNT(*) FROM {table} t WHERE {where}", params)
@@ -299,7 +301,7 @@ def purge_expired(
                 )
                 removed[kind] += count
         finally:
-            if sql.vendor(using) == "postgresql":
+            if not sql.dialect(using).one_writer:  # the lock _try_lock took
                 with contextlib.suppress(DatabaseError):  # a lost connection lost the lock too
                     _unlock(using)
     for kind, count in removed.items():
@@ -312,7 +314,7 @@ def purge_expired(
 def exclusive(using: str) -> Iterator[None]:
     """Purge ``using`` alone: on PostgreSQL, wait for a relay's purge pass to finish, and
     keep relays from starting one meanwhile (concurrent deletes could deadlock)."""
-    if sql.vendor(using) != "postgresql":
+    if sql.dialect(using).one_writer:
         yield
         return
     with connections[using].cursor() as cursor:
@@ -325,7 +327,7 @@ def exclusive(using: str) -> Iterator[None]:
 
 
 def _try_lock(using: str) -> bool:
-    if sql.vendor(using) != "postgresql":
+    if sql.dialect(using).one_writer:
         return True
     with connections[using].cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [PURGE_LOCK])

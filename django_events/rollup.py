@@ -134,7 +134,7 @@ def write(using: str, rows: Sequence[Row]) -> None:
     if not rows:
         return
     connection = connections[using]
-    sql.vendor_of(connection)  # PostgreSQL and SQLite both speak this upsert
+    sql.dialect(using)  # refuses another database; PostgreSQL and SQLite both speak this upsert
     table = sql.table(connection, "MinuteStat")
     quote = connection.ops.quote_name
     columns = ", ".join(quote(name) for name in _COLUMNS)

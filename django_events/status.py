@@ -44,10 +44,9 @@ def collect() -> dict[str, Any]:
     unrelayed, oldest = 0, None
     for using in conf.outbox_databases:
         connection = connections[using]
-        vendor = sql.vendor(using)
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT COUNT(*), MAX({sql.age_seconds(vendor, 'created_at')}) "
+                f"SELECT COUNT(*), MAX({sql.dialect(using).age_seconds('created_at')}) "
                 f"FROM {sql.table(connection, 'OutboxMessage')}",
                 [],
             )

@@ -114,3 +114,23 @@ def test_a_batch_commits_after_64_savepoints_and_goes_on_in_the_next_transaction
     assert sum("INSERT INTO" in s and "inbox" in s for s in statements) == 2
     assert alpha_effects() == list(range(70))
     assert not Delivery.objects.filter(group_name="alpha").exists()
+
+
+def test_an_event_alone_takes_the_batch_path_without_a_savepoint_or_a_row_lock():
+    """A single event is committed by the batch's path as a batch of one
+    (docs/internals.md, "One commit path in the worker"): its transaction is its
+    savepoint and, on the database transport, its acknowledgement is its lock, so it
+    costs no statement more than the single-event path it replaced."""
+    publish("test.happened", {"n": 1})
+    Relay().run_once()
+    with CaptureQueriesContext(connection) as queries:
+        assert Worker(["alpha"], relay=False).process_batch() == 1
+    statements = [q["sql"] for q in queries.captured_queries]
+    acks = [i for i, s in enumerate(statements) if s.startswith("DELETE") and "delivery" in s]
+    inbox = [i for i, s in enumerate(statements) if s.startswith("INSERT") and "inbox" in s]
+    assert len(acks) == 1 and len(inbox) == 1 and acks[0] < inbox[0], statements
+    committing = statements[acks[0] :]
+    assert not [s for s in committing if s.startswith("SAVEPOINT")], committing
+    assert not [s for s in committing if "delivery" in s and not s.startswith("DELETE")]
+    assert alpha_effects() == [1]
+    assert not Delivery.objects.filter(group_name="alpha").exists()

@@ -13,20 +13,6 @@ from django.db import connections
 from . import sql
 
 
-def record(using: str, group: str, event_id: uuid.UUID) -> bool:
-    """Insert the inbox row; False if the group already handled this event."""
-    connection = connections[using]
-    vendor = sql.vendor(using)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {sql.table(connection, 'InboxRecord')} "
-            "(group_name, event_id, handled_at) "
-            f"VALUES (%s, %s, {sql.now(vendor)}) ON CONFLICT (group_name, event_id) DO NOTHING",
-            [group, sql.uuid_value(vendor, event_id)],
-        )
-        return bool(cursor.rowcount)
-
-
 def record_many(using: str, slots: list[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
     """Insert many inbox rows at once; return the (group, event id) pairs that were new.
 
@@ -36,10 +22,10 @@ def record_many(using: str, slots: list[tuple[str, uuid.UUID]]) -> set[tuple[str
     if not slots:
         return set()
     connection = connections[using]
-    vendor = sql.vendor(using)
+    dialect = sql.dialect(using)
     ordered = sorted(set(slots), key=lambda slot: (slot[1], slot[0]))
-    values = ", ".join([f"(%s, %s, {sql.now(vendor)})"] * len(ordered))
-    params = [p for group, event_id in ordered for p in (group, sql.uuid_value(vendor, event_id))]
+    values = ", ".join([f"(%s, %s, {dialect.now()})"] * len(ordered))
+    params = [p for group, event_id in ordered for p in (group, dialect.uuid_value(event_id))]
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {sql.table(connection, 'InboxRecord')} "
@@ -58,8 +44,8 @@ def forget(using: str, slots: list[tuple[str, uuid.UUID]]) -> None:
     """Delete inbox rows this transaction inserted for events whose handler then failed,
     so the failure leaves no trace that would make the next attempt skip the handler."""
     connection = connections[using]
-    vendor = sql.vendor(using)
+    dialect = sql.dialect(using)
     pairs = " OR ".join(["(group_name = %s AND event_id = %s)"] * len(slots))
-    params = [p for group, event_id in slots for p in (group, sql.uuid_value(vendor, event_id))]
+    params = [p for group, event_id in slots for p in (group, dialect.uuid_value(event_id))]
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {sql.table(connection, 'InboxRecord')} WHERE {pairs}", params)

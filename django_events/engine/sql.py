@@ -49,6 +49,13 @@ class Dialect:
     """The claiming connection's id, by which a dead claimer is noticed at once."""
     notifies: ClassVar[bool] = False
     """Whether a statement can wake listeners (``pg_notify``)."""
+    one_writer: ClassVar[bool] = False
+    """The database lets one transaction write at a time, so writers need no lock against
+    each other (retention's purge lock, the dead-letter counters' locks): a strategy,
+    not a spelling."""
+    native_params: ClassVar[bool] = False
+    """The driver takes UUIDs and aware datetimes as parameters as they are, so a hot
+    path passes them without converting each (``uuid_value``, ``datetime_value``)."""
 
     def now(self) -> str:
         """Database time; every due time and lease is the database's, never the worker's."""
@@ -112,6 +119,7 @@ class PostgreSQL(Dialect):
     for_update = " FOR UPDATE"
     backend_pid = "pg_backend_pid()"
     notifies = True
+    native_params = True
 
     def now(self) -> str:
         return "statement_timestamp()"  # per statement, so leases move in long transactions
@@ -164,6 +172,7 @@ class PostgreSQL(Dialect):
 
 class SQLite(Dialect):
     vendor = "sqlite"
+    one_writer = True
 
     def now(self) -> str:
         return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
@@ -194,7 +203,7 @@ def dialect(using: str) -> Dialect:
     return DIALECTS[vendor(using)]
 
 
-# The vendor-string spelling of the same, for the modules that still branch on the vendor.
+# The vendor-string spelling of the same, for the relay, which still branches on the vendor.
 
 
 def now(vendor: str) -> str:

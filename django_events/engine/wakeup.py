@@ -16,6 +16,8 @@ from typing import Any
 
 from django.db import connections
 
+from . import sql
+
 logger = logging.getLogger("django_events.wakeup")
 
 local_wakeup = threading.Event()
@@ -38,7 +40,7 @@ class Waiter:
         self.can_listen = bool(self.channels) and self._psycopg3()
 
     def _psycopg3(self) -> bool:
-        if connections[self.using].vendor != "postgresql":
+        if not sql.dialect(self.using).notifies:
             return False
         try:
             import psycopg  # noqa: F401

@@ -17,6 +17,7 @@ import time
 import traceback as tb
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any, cast
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
@@ -60,6 +61,11 @@ SAVEPOINTS_PER_COMMIT = 64
 the batch goes on in the next: a PostgreSQL transaction with more than 64
 subtransactions that wrote overflows its backend's subtransaction cache, which slows
 every snapshot taken in the database until it ends (docs/concepts.md)."""
+
+
+Ready = tuple[Claimed, Handler, Event]
+"""An event whose handler can run: it decoded, its group handles its type, and an
+attempt is left."""
 
 
 class _ClaimLost(Exception):
@@ -381,17 +387,11 @@ class Worker:
         return claim(groups, self.batch_size, self.lease, types=types, max_bytes=self.batch_bytes)
 
     def _handle_together(self, claimed: list[Claimed]) -> list[Claimed]:
-        """Handle each group's share of the batch in one transaction, sharing one commit.
-
-        Acks, inbox rows and every handler's writes commit together, so effects stay
-        once per group. Each handler runs in a savepoint (taken at its first SQL
-        statement): one that raises has its writes rolled back, its inbox row and ack
-        left out, and its failure recorded after the commit, while its neighbours'
-        effects commit as they are. No handler runs twice for one attempt. A transaction
-        that has taken ``SAVEPOINTS_PER_COMMIT`` savepoints commits, and the rest of the
-        group's share goes on in the next. Returns the events left to handle one at a time.
-        """
-        by_group: dict[str, list[tuple[Claimed, Handler, Event]]] = {}
+        """Handle each group's share of the batch in one transaction, sharing one commit
+        (``_commit``). Returns the events left to handle one at a time: those to
+        dead-letter without running a handler, and a group's only event, which
+        ``handle`` commits as a batch of one."""
+        by_group: dict[str, list[Ready]] = {}
         alone: list[Claimed] = []
         for item in claimed:
             handler = registry.get(item.group, item.event_type)
@@ -408,67 +408,121 @@ class Worker:
                 alone.append(ready[0][0])
                 continue
             while ready:
-                ready = self._commit_together(ready)
+                ready = self._commit(ready)
         return alone
 
-    def _commit_together(
-        self, ready: list[tuple[Claimed, Handler, Event]]
-    ) -> list[tuple[Claimed, Handler, Event]]:
-        """One transaction for ``ready``; returns the events left for the next one."""
+    def _commit(self, ready: list[Ready]) -> list[Ready]:
+        """Run the handlers of ``ready`` in one transaction and record each outcome: the
+        one commit path of the worker, for a batch and for a single event (a batch of
+        one). Returns the events left for the next transaction.
+
+        Acks, inbox rows and every handler's writes commit together, so effects stay once
+        per group, and no handler runs twice for one attempt (docs/guarantees.md, "6. Once
+        per attempt"). In a batch each handler runs in a savepoint (taken at its first SQL
+        statement): one that raises has its writes rolled back, its inbox row and ack
+        left out, and its failure recorded after the commit, while its neighbours'
+        effects commit as they are; a transaction that has taken
+        ``SAVEPOINTS_PER_COMMIT`` savepoints commits, and the rest goes on in the next.
+        A batch of one needs no savepoint, its transaction is one: its ack (on a
+        transport that acks in the transaction) is what keeps it from other workers,
+        and anything that fails in that transaction, the handler, the inbox row or the
+        commit, rolls all of it back and is the event's failed attempt
+        (docs/internals.md, "One commit path in the worker").
+        """
         started = time.perf_counter()
-        done: list[tuple[Claimed, Handler, Event]] = []
+        alone = len(ready) == 1
+        in_transaction = self.transport.acks_in_transaction  # read once: a move may flip it
+        done: list[Ready] = []
         failed: list[tuple[Claimed, Handler, Exception]] = []
+        later: list[Ready] = []
+        lost: list[Ready] = []
+        skipped: list[Ready] = []
+        acked: list[Claimed] = []
+        ours: list[tuple[str, uuid.UUID]] = []  # inbox rows added here for events not handled
         connection = connections[self.database]
         savepoints = 0
-        with transaction.atomic(using=self.database):
-            owned = [item for item, _, _ in ready]
-            if self.transport.acks_in_transaction:
-                owned = self.transport.hold(owned)
-            fresh = inbox.record_many(self.database, [(c.group, c.event_id) for c in owned])
-            owned_ids = {id(item) for item in owned}
-            later: list[tuple[Claimed, Handler, Event]] = []
-            for index, (item, handler, event) in enumerate(ready):
-                if savepoints >= SAVEPOINTS_PER_COMMIT:
-                    later = ready[index:]
-                    break
-                if index == 1:
-                    failpoints.hit("worker.mid_batch")
-                slot = (item.group, item.event_id)
-                if id(item) not in owned_ids or slot not in fresh:
-                    continue  # lost to another worker, or a second delivery in this batch
-                fresh.discard(slot)
-                savepoint = LazySavepoint(connection)
-                try:
-                    with (
-                        connection.execute_wrapper(savepoint),
-                        handling(event),
-                        instrumentation.consuming(item, event),
-                        sentry.reporting(item),
-                        self.presence.handling(item),
-                        self._watchdog.paused(),
-                    ):
-                        handler.call(event)
-                except Exception as exc:
-                    savepoint.rollback()
-                    failed.append((item, handler, exc))
-                else:
-                    done.append((item, handler, event))
-                savepoints += savepoint.taken
-            unhandled = [item for item, _, _ in (*failed, *later)]
-            ours = [(c.group, c.event_id) for c, _, _ in failed]
-            ours += [(c.group, c.event_id) for c, _, _ in later if (c.group, c.event_id) in fresh]
-            if ours:  # the inbox rows this transaction added for events not handled in it
-                inbox.forget(self.database, ours)
-            unhandled_ids = {id(item) for item in unhandled}
-            acked = [item for item in owned if id(item) not in unhandled_ids]
-            if self.transport.acks_in_transaction:
-                self.transport.ack_many(acked)
-            failpoints.hit("worker.after_handler")
+        try:
+            with transaction.atomic(using=self.database):
+                owned = [item for item, _, _ in ready]
+                if in_transaction:  # kept from every other worker until this commit
+                    owned = self.transport.ack_many(owned) if alone else self.transport.hold(owned)
+                owned_ids = {id(item) for item in owned}
+                # Slots by the decoded event's id: a transport's event_id may be its text.
+                slots = [(item.group, event.id) for item, _, event in ready]
+                held = zip(slots, ready, strict=True)
+                fresh = inbox.record_many(
+                    self.database, [slot for slot, (item, _, _) in held if id(item) in owned_ids]
+                )
+                for index, (item, handler, event) in enumerate(ready):
+                    if savepoints >= SAVEPOINTS_PER_COMMIT:
+                        later = ready[index:]
+                        break
+                    if index == 1:
+                        failpoints.hit("worker.mid_batch")
+                    slot = slots[index]
+                    if id(item) not in owned_ids:
+                        lost.append(ready[index])  # its lease ended and another worker took it
+                        continue
+                    if slot not in fresh:
+                        skipped.append(ready[index])  # handled before, or twice in this batch
+                        continue
+                    fresh.discard(slot)
+                    savepoint = None if alone else LazySavepoint(connection)
+                    try:
+                        with (
+                            connection.execute_wrapper(savepoint) if savepoint else nullcontext(),
+                            handling(event),
+                            instrumentation.consuming(item, event),
+                            sentry.reporting(item),
+                            self.presence.handling(item),
+                            self._watchdog.paused(),
+                        ):
+                            handler.call(event)
+                    except Exception as exc:
+                        if savepoint is None:
+                            raise  # alone: the whole transaction rolls back
+                        savepoint.rollback()
+                        failed.append((item, handler, exc))
+                        ours.append(slot)
+                    else:
+                        done.append((item, handler, event))
+                    if savepoint is not None:
+                        savepoints += savepoint.taken
+                unhandled = [item for item, _, _ in (*failed, *later)]
+                ours += [slot for slot in slots[len(ready) - len(later) :] if slot in fresh]
+                if ours:
+                    inbox.forget(self.database, ours)
+                unhandled_ids = {id(item) for item in unhandled}
+                acked = [item for item in owned if id(item) not in unhandled_ids]
+                if in_transaction and not alone:
+                    self.transport.ack_many(acked)
+                failpoints.hit("worker.after_handler")
+        except Exception as exc:
+            if not alone:
+                raise
+            item, handler, _ = ready[0]
+            max_attempts = policy_for(item.group, handler).max_attempts
+            self._failed(item, handler, max_attempts, exc, duration=time.perf_counter() - started)
+            return []
         failpoints.hit("worker.after_commit")
-        if not self.transport.acks_in_transaction:
+        if not in_transaction and acked:
             self.transport.ack_many(acked)
         duration = (time.perf_counter() - started) / len(ready)
-        self.skipped += len(ready) - len(done) - len(failed) - len(later)
+        for item, _, event in lost:
+            logger.warning(
+                "Lost the claim on %s for %s; another worker has it",
+                event.id,
+                item.group,
+                extra=logfields.for_claimed(item),
+            )
+        self.skipped += len(skipped)
+        for item, _, event in skipped:
+            logger.info(
+                "Skipped %s for %s: already handled",
+                event.id,
+                item.group,
+                extra=logfields.for_claimed(item),
+            )
         for item, handler, event in done:
             self._handled(item, handler, event, duration)
         for item, handler, error in failed:
@@ -495,6 +549,7 @@ class Worker:
             )
 
     def _handle(self, claimed: Claimed) -> None:
+        """Dead-letter an event no handler can run; commit any other as a batch of one."""
         handler = registry.get(claimed.group, claimed.event_type)
         policy = policy_for(claimed.group, handler)
         if claimed.decode_error is not None or claimed.event is None:
@@ -522,48 +577,7 @@ class Worker:
                 attempts=policy.max_attempts,  # this claim is not an attempt: none is left
             )
             return
-        event = claimed.event
-        started = time.perf_counter()
-        try:
-            with transaction.atomic(using=self.database):
-                if self.transport.acks_in_transaction and not self.transport.ack(claimed):
-                    raise _ClaimLost
-                fresh = inbox.record(self.database, claimed.group, event.id)
-                if fresh:
-                    with (
-                        handling(event),
-                        instrumentation.consuming(claimed, event),
-                        sentry.reporting(claimed),
-                        self.presence.handling(claimed),
-                        self._watchdog.paused(),
-                    ):
-                        handler.call(event)
-                failpoints.hit("worker.after_handler")
-        except _ClaimLost:
-            logger.warning(
-                "Lost the claim on %s for %s; another worker has it",
-                event.id,
-                claimed.group,
-                extra=logfields.for_claimed(claimed),
-            )
-            return
-        except Exception as exc:
-            duration = time.perf_counter() - started
-            self._failed(claimed, handler, policy.max_attempts, exc, duration=duration)
-            return
-        failpoints.hit("worker.after_commit")
-        if not self.transport.acks_in_transaction:
-            self.transport.ack(claimed)
-        if not fresh:
-            self.skipped += 1
-            logger.info(
-                "Skipped %s for %s: already handled",
-                event.id,
-                claimed.group,
-                extra=logfields.for_claimed(claimed),
-            )
-            return
-        self._handled(claimed, handler, event, time.perf_counter() - started)
+        self._commit([(claimed, handler, claimed.event)])
 
     def _handled(self, claimed: Claimed, handler: Handler, event: Event, duration: float) -> None:
         self.handled += 1
