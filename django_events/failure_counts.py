@@ -27,7 +27,7 @@ from typing import Any
 from django.db import connections, transaction
 from django.db.models import Max, Min, QuerySet, Sum
 
-from . import sql
+from .engine import sql
 
 COUNTS = "django_events_failure_count"
 DEAD = "django_events_deadletter"
