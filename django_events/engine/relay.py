@@ -252,7 +252,7 @@ class Relay:
                     failpoints.hit("relay.after_take")
             self._warn_unsubscribed(rows, subscriptions)
             return left
-        if sql.vendor(using) == "postgresql":
+        if isinstance(sql.dialect(using), sql.PostgreSQL):  # a lock, not one writer
             return self._send_under_lock(using)
         taken = self._lease(using)
         self._send(using, taken)
@@ -482,17 +482,17 @@ class Relay:
         refuses; either fails the batch, and ``_after_refusal`` finds the row. On SQLite,
         which stores JSON as text, the rows are checked here as they are moved."""
         connection = connections[using]
-        vendor = sql.vendor(using)
+        dialect = sql.dialect(using)
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
         if position is None:
-            lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+            lock = dialect.skip_locked
             which = f"position IN (SELECT position FROM {outbox} ORDER BY position LIMIT %s{lock})"
             params: list[Any] = [self.batch_size]
         else:
             which, params = "position = %s", [position]
         with connection.cursor() as cursor:
-            if vendor == "postgresql":
+            if isinstance(dialect, sql.PostgreSQL):
                 return self._take_postgresql(using, cursor, which, params, position is None)
             cursor.execute(
                 f"DELETE FROM {outbox} WHERE {which} "
@@ -510,7 +510,7 @@ class Relay:
             if rows:
                 cursor.executemany(
                     f"INSERT INTO {log} ({_LOG_COLUMNS}) VALUES "
-                    f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {sql.now(vendor)})",
+                    f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {dialect.now()})",
                     [
                         (
                             r.event_id,
@@ -534,32 +534,32 @@ class Relay:
 
     def _lease(self, using: str) -> list[tuple[Outgoing, bool]]:
         connection = connections[using]
-        vendor = sql.vendor(using)
+        dialect = sql.dialect(using)
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
-        lock = " FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+        lock = dialect.skip_locked
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {outbox} SET claimed_until = {sql.now_plus(vendor)} WHERE position IN "
+                f"UPDATE {outbox} SET claimed_until = {dialect.now_plus()} WHERE position IN "
                 f"(SELECT position FROM {outbox} WHERE claimed_until IS NULL OR claimed_until < "
-                f"{sql.now(vendor)} ORDER BY position LIMIT %s{lock}) "
+                f"{dialect.now()} ORDER BY position LIMIT %s{lock}) "
                 f"RETURNING {_OUTBOX_FIELDS}, {_logged(outbox, log)}",
-                [sql.seconds(vendor, get_settings().lease), self.batch_size],
+                [dialect.seconds(get_settings().lease), self.batch_size],
             )
             return _taken(cursor.fetchall())
 
     def _complete(self, using: str, rows: Sequence[Outgoing]) -> None:
         connection = connections[using]
-        vendor = sql.vendor(using)
+        dialect = sql.dialect(using)
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
         positions = [row.position for row in rows]
-        data = "data::jsonb" if vendor == "postgresql" else "data"
+        data = "data::jsonb" if isinstance(dialect, sql.PostgreSQL) else "data"
         metadata = "COALESCE(NULLIF(metadata, ''), '{}')"
-        if vendor == "postgresql":
+        if isinstance(dialect, sql.PostgreSQL):
             metadata += "::jsonb"
         with connection.cursor() as cursor:
-            if vendor == "postgresql":
+            if isinstance(dialect, sql.PostgreSQL):
                 cursor.execute(
                     f"WITH moved AS (DELETE FROM {outbox} WHERE position = ANY(%s) "
                     f"RETURNING {_OUTBOX_FIELDS}) INSERT INTO {log} ({_LOG_COLUMNS}) "
@@ -572,7 +572,7 @@ class Relay:
             cursor.execute(
                 f"INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, type, key, "
                 f"version, {data}, {metadata}, occurred_at, source, correlation_id, causation_id, "
-                f"{sql.now(vendor)} FROM {outbox} "
+                f"{dialect.now()} FROM {outbox} "
                 f"WHERE position IN ({sql.in_list(len(positions))}) "
                 "ON CONFLICT DO NOTHING",
                 positions,

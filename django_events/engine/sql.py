@@ -203,31 +203,12 @@ def dialect(using: str) -> Dialect:
     return DIALECTS[vendor(using)]
 
 
-# The vendor-string spelling of the same, for the relay, which still branches on the vendor.
-
-
-def now(vendor: str) -> str:
-    return DIALECTS[vendor].now()
-
-
-def now_plus(vendor: str) -> str:
-    return DIALECTS[vendor].now_plus()
-
-
 RELAXED_COMMIT = "set_config('synchronous_commit', 'off', true)"
 """Evaluated inside a PostgreSQL statement: its transaction commits without waiting for the
 disk. Used only for the engine's own bookkeeping (relaying, claiming), never for a handler's
 or publisher's transaction. A server crash can lose the last such commits, and losing one
 is harmless: the outbox rows or deliveries it moved come back and are moved again, and any
 later synchronous commit (a handler's) flushes the write-ahead log past it first."""
-
-
-def seconds(vendor: str, value: float) -> Any:
-    return DIALECTS[vendor].seconds(value)
-
-
-def age_seconds(vendor: str, column: str) -> str:
-    return DIALECTS[vendor].age_seconds(column)
 
 
 @cache
@@ -245,10 +226,6 @@ def table(connection: BaseDatabaseWrapper, model_label: str) -> str:
 
 def in_list(count: int) -> str:
     return ", ".join(["%s"] * count)
-
-
-def uuid_value(vendor: str, value: Any) -> Any:
-    return DIALECTS[vendor].uuid_value(value)
 
 
 def datetime_value(connection: BaseDatabaseWrapper, value: Any) -> Any:
