@@ -554,12 +554,11 @@ class Relay:
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
         positions = [row.position for row in rows]
-        data = "data::jsonb" if isinstance(dialect, sql.PostgreSQL) else "data"
-        metadata = "COALESCE(NULLIF(metadata, ''), '{}')"
-        if isinstance(dialect, sql.PostgreSQL):
-            metadata += "::jsonb"
+        postgresql = isinstance(dialect, sql.PostgreSQL)
+        data = "data::jsonb" if postgresql else "data"
+        metadata = "COALESCE(NULLIF(metadata, ''), '{}')" + ("::jsonb" if postgresql else "")
         with connection.cursor() as cursor:
-            if isinstance(dialect, sql.PostgreSQL):
+            if postgresql:
                 cursor.execute(
                     f"WITH moved AS (DELETE FROM {outbox} WHERE position = ANY(%s) "
                     f"RETURNING {_OUTBOX_FIELDS}) INSERT INTO {log} ({_LOG_COLUMNS}) "

@@ -449,9 +449,9 @@ class Worker:
                 owned_ids = {id(item) for item in owned}
                 # Slots by the decoded event's id: a transport's event_id may be its text.
                 slots = [(item.group, event.id) for item, _, event in ready]
-                held = zip(slots, ready, strict=True)
                 fresh = inbox.record_many(
-                    self.database, [slot for slot, (item, _, _) in held if id(item) in owned_ids]
+                    self.database,
+                    [slots[i] for i, (item, _, _) in enumerate(ready) if id(item) in owned_ids],
                 )
                 for index, (item, handler, event) in enumerate(ready):
                     if savepoints >= SAVEPOINTS_PER_COMMIT:
@@ -508,21 +508,13 @@ class Worker:
         if not in_transaction and acked:
             self.transport.ack_many(acked)
         duration = (time.perf_counter() - started) / len(ready)
-        for item, _, event in lost:
-            logger.warning(
-                "Lost the claim on %s for %s; another worker has it",
-                event.id,
-                item.group,
-                extra=logfields.for_claimed(item),
-            )
         self.skipped += len(skipped)
-        for item, _, event in skipped:
-            logger.info(
-                "Skipped %s for %s: already handled",
-                event.id,
-                item.group,
-                extra=logfields.for_claimed(item),
-            )
+        for items, level, message in (
+            (lost, logging.WARNING, "Lost the claim on %s for %s; another worker has it"),
+            (skipped, logging.INFO, "Skipped %s for %s: already handled"),
+        ):
+            for item, _, event in items:
+                logger.log(level, message, event.id, item.group, extra=logfields.for_claimed(item))
         for item, handler, event in done:
             self._handled(item, handler, event, duration)
         for item, handler, error in failed:
