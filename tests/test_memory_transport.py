@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Iterator
@@ -104,3 +105,19 @@ def test_a_batch_of_several_events_runs_each_handler_once(name: str) -> None:
         assert deliver(["alpha"]) == 3
         assert sorted(Effect.objects.values_list("n", flat=True)) == [0, 1, 2]
         assert InboxRecord.objects.filter(group_name="alpha").count() == 3
+
+
+def test_an_event_id_handed_over_as_text_is_claimed_and_discarded_as_a_uuid(name: str) -> None:
+    """On SQLite the relay hands ids over as the driver reads them, as text: the queue keys
+    them by UUID, so ``Claimed.event_id`` is one and the admin's ``discard`` (which passes
+    a UUID) finds the parked event (it once found nothing and left it parked)."""
+    event = make_event(key="k1")
+    transport = InMemoryTransport("a", {"name": name})
+    as_text = dataclasses.replace(event, event_id=event.event_id.hex)
+    transport.publish([as_text], [(TYPE, "g1", True)])
+    [claimed] = transport.claim(["g1"], 10, 30)
+    assert claimed.event_id == event.event_id and isinstance(claimed.event_id, uuid.UUID)
+    assert transport.dead_letter(claimed)
+    assert transport.status(["g1"])["g1"].parked == 1
+    transport.discard(event.event_id, "g1")
+    assert transport.status(["g1"])["g1"].parked == 0

@@ -23,7 +23,9 @@ def run(ctx: Context) -> list[Row]:
         holder: list[Any] = []
         if hold:
             # Open before the events exist, so none of their dead versions can be removed.
-            h = pg.child("snapshot_holder", {"db": pg.BENCH_DB, "seconds": 60})
+            # Held until the drain ends; the bound only frees a holder whose bench died, and
+            # is far above any drain (a loaded machine once drained past a 60 s bound).
+            h = pg.child("snapshot_holder", {"db": pg.BENCH_DB, "seconds": 600})
             assert h.stdout is not None and h.stdout.readline().strip() == "ready"
             holder.append(h)
         try:
@@ -48,7 +50,7 @@ def run(ctx: Context) -> list[Row]:
     pg.reset_events()
     note = (
         f"{n:,} events per repetition; the snapshot is opened before they are published "
-        "and held until the drain ends (under 60 s here)"
+        "and held until the drain ends"
     )
     return [
         ratio_row(

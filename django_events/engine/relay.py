@@ -494,12 +494,8 @@ class Relay:
         with connection.cursor() as cursor:
             if isinstance(dialect, sql.PostgreSQL):
                 return self._take_postgresql(using, cursor, which, params, position is None)
-            cursor.execute(
-                f"DELETE FROM {outbox} WHERE {which} "
-                f"RETURNING {_OUTBOX_FIELDS}, {_logged(outbox, log)}",
-                params,
-            )
-            taken = _taken(cursor.fetchall())
+            cursor.execute(f"DELETE FROM {outbox} WHERE {which} RETURNING {_OUTBOX_FIELDS}", params)
+            taken = _marked(cursor, dialect, log, cursor.fetchall())
             left = len(taken)
             bad = screen(taken, get_settings().max_payload_bytes * 2)
             if bad:
@@ -543,10 +539,10 @@ class Relay:
                 f"UPDATE {outbox} SET claimed_until = {dialect.now_plus()} WHERE position IN "
                 f"(SELECT position FROM {outbox} WHERE claimed_until IS NULL OR claimed_until < "
                 f"{dialect.now()} ORDER BY position LIMIT %s{lock}) "
-                f"RETURNING {_OUTBOX_FIELDS}, {_logged(outbox, log)}",
+                f"RETURNING {_OUTBOX_FIELDS}",
                 [dialect.seconds(get_settings().lease), self.batch_size],
             )
-            return _taken(cursor.fetchall())
+            return _marked(cursor, dialect, log, cursor.fetchall())
 
     def _complete(self, using: str, rows: Sequence[Outgoing]) -> None:
         connection = connections[using]
@@ -603,6 +599,22 @@ def _logged(outbox: str, log: str) -> str:
     """A column saying whether the row's event id is in the log already: a row written
     around ``publish()`` with a relayed event's id, to be set aside before it is sent."""
     return f"EXISTS (SELECT 1 FROM {log} e WHERE e.id = {outbox}.event_id)"
+
+
+def _marked(
+    cursor: Any, dialect: sql.Dialect, log: str, rows: Sequence[Sequence[Any]]
+) -> list[tuple[Outgoing, bool]]:
+    """Rows taken without their ``_logged`` column, marked by one lookup in the log's
+    index. SQLite cannot use an index for a subquery in ``RETURNING``: each row's
+    ``_logged`` there scanned the whole log, so a take cost grew with the log
+    (docs/internals.md, "The relay on SQLite")."""
+    if not rows:
+        return []
+    ids = list({row[1] for row in rows})
+    condition, params = dialect.in_values("id", ids)
+    cursor.execute(f"SELECT id FROM {log} WHERE {condition}", params)
+    logged = {found for (found,) in cursor.fetchall()}
+    return _taken([(*row, row[1] in logged) for row in rows])
 
 
 def _taken(rows: Sequence[Sequence[Any]]) -> list[tuple[Outgoing, bool]]:
