@@ -33,7 +33,13 @@ from django_events.transports.base import Outgoing
 from django_events.transports.database import FLOOR_EVERY, DatabaseTransport
 
 from .conftest import closing_connections, postgres_only
-from .redis_support import delete_prefix, events_settings, needs_redis, unique_prefix
+from .redis_support import (
+    PrivateRedis,
+    delete_prefix,
+    events_settings,
+    needs_redis,
+    unique_prefix,
+)
 from .testapp.models import Effect
 
 pytestmark = [postgres_only, pytest.mark.django_db(transaction=True)]
@@ -105,6 +111,34 @@ def test_a_row_committed_late_below_the_frontier_is_relayed(raw: psycopg.Connect
     assert late not in frontier.gaps
     deliver(["alpha"], relay=False)  # it reached the transport: the handler ran
     assert list(Effect.objects.values_list("group", "n")) == [("alpha", 7)]
+
+
+@needs_redis()
+def test_a_send_that_fails_leaves_the_frontier_where_it_was():
+    """A broker's relay moves the frontier only once the rows it read have left the
+    outbox: rows whose send failed are read again (a private Redis, stopped and started)."""
+    import redis
+
+    server = PrivateRedis().start()
+    prefix = unique_prefix()
+    transports.reset()
+    try:
+        with override_settings(DJANGO_EVENTS=events_settings(prefix, server.url)):
+            relay = Relay()
+            top = _settled(relay)
+            server.kill()
+            publish("test.happened", {"n": 5})
+            with pytest.raises(Exception):  # noqa: B017 - whatever the client raises
+                relay.run_once()
+            assert relay._frontiers["default"].top == top
+            server.start()  # same port, empty
+            relay.run_once()
+            assert EventRecord.objects.filter(type="test.happened").count() == 1
+            stream = transports["default"].stream("alpha")
+            assert redis.Redis.from_url(server.url).xlen(stream) == 1
+    finally:
+        transports.reset()
+        server.destroy()
 
 
 def _walked(node: dict[str, Any]) -> int:
