@@ -5,9 +5,11 @@ commits late (docs/guarantees.md, "2. At least once"): it takes whichever commit
 exist, oldest first, and deletes them as it moves them. On PostgreSQL the take starts
 above the positions it has passed and looks up, by position, each one it saw missing
 below them until its writer has ended (``Frontier``; docs/internals.md, "The relay's
-frontier"), so its cost does not grow with the rows deleted since the oldest snapshot. When the
-transport lives in the same database the move is one short transaction; otherwise rows
-are leased in database time, sent with no transaction open, then deleted.
+frontier"), so its cost does not grow with the rows deleted since the oldest snapshot.
+When the transport lives in the same database the move is one short transaction;
+otherwise one relay at a time, under a session lock, reads rows from the same frontier,
+sends them with no transaction open, then deletes them (on SQLite, rows are leased in
+database time instead).
 
 A row that no stage can take (written around ``publish()``) never holds the others back:
 it becomes a ``(relay)`` dead letter with its reason (docs/guarantees.md, "What publish
@@ -515,9 +517,7 @@ class Relay:
 
     # -- same-database move -------------------------------------------------------------
 
-    def _take_postgresql(
-        self, using: str, cursor: Any, position: int | None
-    ) -> tuple[list[Outgoing], int]:
+    def _take_postgresql(self, using: str, position: int | None) -> tuple[list[Outgoing], int]:
         """The take on PostgreSQL: one statement, bounded on the server, that starts from
         the frontier when it is known (docs/internals.md, "The relay's frontier")."""
         dialect = sql.dialect(using)
@@ -530,26 +530,27 @@ class Relay:
             now, timeout = time.monotonic(), self.statement_timeout
             plan = _Plan(None, True, now, timeout, "", "position = %s", [position])
         bound, bound_params = dialect.bounded_transaction(plan.timeout)
-        cursor.execute(
-            f"SELECT {bound}, pg_advisory_xact_lock(%s), {sql.RELAXED_COMMIT}",
-            [*bound_params, RELAY_LOCK],
-        )
         select, params = plan.select(
             dialect, log, "taken.position, taken.event_id, taken.type, taken.key"
         )
-        cursor.execute(
-            f"WITH {plan.candidates}taken AS (DELETE FROM {outbox} WHERE {plan.which} "
-            f"RETURNING {_OUTBOX_FIELDS}), "
-            "parsed AS MATERIALIZED (SELECT *, data::jsonb AS d, "
-            "COALESCE(NULLIF(metadata, ''), '{}')::jsonb AS m FROM taken), "
-            f"logged AS (INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, "
-            "type, key, version, CASE WHEN jsonb_typeof(d) = 'object' THEN d END, "
-            "CASE WHEN jsonb_typeof(m) = 'object' THEN m END, "
-            "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
-            f"FROM parsed) {select}",
-            [*plan.params, *params],
-        )
-        rows, snapshot, passed = _with_snapshot(cursor.fetchall())
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {bound}, pg_advisory_xact_lock(%s), {sql.RELAXED_COMMIT}",
+                [*bound_params, RELAY_LOCK],
+            )
+            cursor.execute(
+                f"WITH {plan.candidates}taken AS (DELETE FROM {outbox} WHERE {plan.which} "
+                f"RETURNING {_OUTBOX_FIELDS}), "
+                "parsed AS MATERIALIZED (SELECT *, data::jsonb AS d, "
+                "COALESCE(NULLIF(metadata, ''), '{}')::jsonb AS m FROM taken), "
+                f"logged AS (INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, "
+                "type, key, version, CASE WHEN jsonb_typeof(d) = 'object' THEN d END, "
+                "CASE WHEN jsonb_typeof(m) = 'object' THEN m END, "
+                "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
+                f"FROM parsed) {select}",
+                [*plan.params, *params],
+            )
+            rows, snapshot, passed = _with_snapshot(cursor.fetchall())
         moved = [Outgoing(*row) for row in rows]
         positions = [row.position for row in moved]
         # Only a committed take moves the frontier: a rolled-back one left its rows.
@@ -566,8 +567,10 @@ class Relay:
         stored, and data or metadata that is not a JSON object becomes NULL, which the log
         refuses; either fails the batch, and ``_after_refusal`` finds the row. On SQLite,
         which stores JSON as text, the rows are checked here as they are moved."""
-        connection = connections[using]
         dialect = sql.dialect(using)
+        if isinstance(dialect, sql.PostgreSQL):
+            return self._take_postgresql(using, position)
+        connection = connections[using]
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
         if position is None:
@@ -576,8 +579,6 @@ class Relay:
         else:
             which, params = "position = %s", [position]
         with connection.cursor() as cursor:
-            if isinstance(dialect, sql.PostgreSQL):
-                return self._take_postgresql(using, cursor, position)
             cursor.execute(
                 f"DELETE FROM {outbox} WHERE {which} "
                 f"RETURNING {_OUTBOX_FIELDS}, {_logged(outbox, log)}",
