@@ -2,22 +2,25 @@
 H1 "After").
 
 ``python -m bench.take_cost``: in a scratch database of its own on the local server
-(``de_take_cost``, dropped at the end), a table shaped like the outbox (a ``bigserial``
-primary key), an idle ``REPEATABLE READ`` transaction holding its snapshot, and rows
-inserted and taken 1,000 at a time until 10k, 50k and 200k entries are dead; at each
-step the median of 21 takes of 1,000 rows: the old take (``ORDER BY position LIMIT``
-from the lowest position) and the frontier take (above ``top``, plus 10 gaps looked up
-by position), as relay.py writes them.
+(``de_take_cost_<pid>``, dropped at the end, so runs side by side do not collide), a
+table shaped like the outbox (a ``bigserial`` primary key), an idle ``REPEATABLE READ``
+transaction holding its snapshot, and rows inserted and taken 1,000 at a time until 10k,
+50k and 200k entries are dead; at each step the median of 21 takes of 1,000 rows: the
+old take (``ORDER BY position LIMIT`` from the lowest position) and the frontier take
+(above ``top``, plus 10 gaps looked up by position), as relay.py writes them; for the
+database transport's move (``FOR UPDATE SKIP LOCKED``) and for a broker's read (Redis,
+SQS, RabbitMQ: no row lock, the rows' data read to be sent).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
 import psycopg
 
-DB = "de_take_cost"
+DB = f"de_take_cost_{os.getpid()}"
 SERVER = "host=127.0.0.1 user=postgres dbname="
 OLD = "SELECT position FROM o ORDER BY position LIMIT 1000 FOR UPDATE SKIP LOCKED"
 NEW = (
@@ -26,6 +29,13 @@ NEW = (
     "f AS (SELECT position FROM o WHERE position > %s ORDER BY position LIMIT 1000 "
     "FOR UPDATE SKIP LOCKED) "
     "SELECT position FROM g UNION ALL SELECT position FROM f"
+)
+OLD_BROKER = "SELECT position, data FROM o ORDER BY position LIMIT 1000"
+NEW_BROKER = (
+    "WITH g AS (SELECT position FROM o WHERE position = ANY(%s::bigint[])), "
+    "f AS (SELECT position FROM o WHERE position > %s ORDER BY position LIMIT 1000) "
+    "SELECT position, data FROM o WHERE position = ANY(ARRAY("
+    "SELECT position FROM g UNION ALL SELECT position FROM f))"
 )
 
 
@@ -65,11 +75,15 @@ def main() -> None:
                 conn.execute("INSERT INTO o (data) SELECT '{}' FROM generate_series(1, 100)")
                 gaps = list(range(top - 50, top - 40))  # taken already: dead entries
                 # top: the highest position taken, as the relay keeps it
-                old, new = timed(conn, OLD), timed(conn, NEW, (gaps, top))
-                print(
-                    f"dead entries {dead:>7,}: old take {old:8.2f} ms, "
-                    f"frontier take {new:6.2f} ms, ratio {old / new:6.1f}x"
-                )
+                for kind, old_take, new_take in (
+                    ("database", OLD, NEW),
+                    ("broker", OLD_BROKER, NEW_BROKER),
+                ):
+                    old, new = timed(conn, old_take), timed(conn, new_take, (gaps, top))
+                    print(
+                        f"{kind:>8} dead entries {dead:>7,}: old take {old:8.2f} ms, "
+                        f"frontier take {new:6.2f} ms, ratio {old / new:6.1f}x"
+                    )
                 conn.execute("DELETE FROM o WHERE position > %s", [top])
             holder.rollback()
     finally:

@@ -4,7 +4,9 @@
 The take starts above the positions it has passed instead of at the lowest one, so a row
 that commits late, below that frontier, must still be found (a gap, looked up by position
 until its writer has ended); and a take the server cannot finish in time must end on the
-server, leaving no backend behind on the relay's lock or the tables.
+server, leaving no backend behind on the relay's lock or the tables. Both relays take from
+the frontier: the same-database move, and a broker's (here Redis), which reads, sends, then
+deletes.
 """
 
 from __future__ import annotations
@@ -13,20 +15,32 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 from django.db import connection
+from django.test import override_settings
 from django.utils import timezone
 
 from django_events import publish
 from django_events.engine.relay import GAP_GRACE, RELAY_LOCK, Relay
 from django_events.models import EventRecord, OutboxMessage
+from django_events.testing import deliver
 from django_events.testing.contract import log_events
+from django_events.transports import transports
 from django_events.transports.base import Outgoing
 from django_events.transports.database import FLOOR_EVERY, DatabaseTransport
 
 from .conftest import closing_connections, postgres_only
+from .redis_support import (
+    PrivateRedis,
+    delete_prefix,
+    events_settings,
+    needs_redis,
+    unique_prefix,
+)
+from .testapp.models import Effect
 
 pytestmark = [postgres_only, pytest.mark.django_db(transaction=True)]
 
@@ -38,6 +52,22 @@ def raw() -> Iterator[psycopg.Connection]:
     with psycopg.connect(host=s["HOST"], port=s["PORT"], user=s["USER"], dbname=s["NAME"]) as conn:
         yield conn
         conn.rollback()
+
+
+@pytest.fixture(params=["database", pytest.param("redis", marks=needs_redis())])
+def via(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The relay's path: the same-database move, or a broker's (Redis, read then sent)."""
+    if request.param == "database":
+        yield request.param
+        return
+    prefix = unique_prefix()
+    transports.reset()
+    try:
+        with override_settings(DJANGO_EVENTS=events_settings(prefix)):
+            yield request.param
+    finally:
+        transports.reset()
+        delete_prefix(prefix)
 
 
 def _settled(relay: Relay) -> int:
@@ -54,15 +84,15 @@ def _settled(relay: Relay) -> int:
     return frontier.top
 
 
-def test_a_row_committed_late_below_the_frontier_is_relayed(raw: psycopg.Connection):
+def test_a_row_committed_late_below_the_frontier_is_relayed(raw: psycopg.Connection, via: str):
     relay = Relay()
     _settled(relay)
     frontier = relay._frontiers["default"]
     # A writer takes its position first and commits last (docs/guarantees.md).
     late = raw.execute(
         "INSERT INTO django_events_outbox (event_id, type, version, data, metadata, "
-        "occurred_at, source, created_at) VALUES (gen_random_uuid(), 'frontier.late', 1, "
-        "'{}', '', now(), 'late', now()) RETURNING position"
+        "occurred_at, source, created_at) VALUES (gen_random_uuid(), 'test.happened', 1, "
+        "'{\"n\": 7}', '', now(), 'late', now()) RETURNING position"
     ).fetchone()[0]
     publish("frontier.after", {"n": 1})
     relay.run_once()
@@ -76,9 +106,97 @@ def test_a_row_committed_late_below_the_frontier_is_relayed(raw: psycopg.Connect
     assert late in frontier.gaps
     raw.commit()
     relay.run_once()
-    assert EventRecord.objects.filter(position=late, type="frontier.late").exists()
+    assert EventRecord.objects.filter(position=late, type="test.happened").exists()
     assert not OutboxMessage.objects.exists()
     assert late not in frontier.gaps
+    deliver(["alpha"], relay=False)  # it reached the transport: the handler ran
+    assert list(Effect.objects.values_list("group", "n")) == [("alpha", 7)]
+
+
+@needs_redis()
+def test_a_send_that_fails_leaves_the_frontier_where_it_was():
+    """A broker's relay moves the frontier only once the rows it read have left the
+    outbox: rows whose send failed are read again (a private Redis, stopped and started)."""
+    import redis
+
+    server = PrivateRedis().start()
+    prefix = unique_prefix()
+    transports.reset()
+    try:
+        with override_settings(DJANGO_EVENTS=events_settings(prefix, server.url)):
+            relay = Relay()
+            top = _settled(relay)
+            server.kill()
+            publish("test.happened", {"n": 5})
+            with pytest.raises(Exception):  # noqa: B017 - whatever the client raises
+                relay.run_once()
+            assert relay._frontiers["default"].top == top
+            server.start()  # same port, empty
+            relay.run_once()
+            assert EventRecord.objects.filter(type="test.happened").count() == 1
+            stream = transports["default"].stream("alpha")
+            assert redis.Redis.from_url(server.url).xlen(stream) == 1
+    finally:
+        transports.reset()
+        server.destroy()
+
+
+def _walked(node: dict[str, Any]) -> int:
+    """Heap tuples an explained plan fetched from index entries (dead ones included)."""
+    return node.get("Heap Fetches", 0) + sum(_walked(child) for child in node.get("Plans", []))
+
+
+def _reads(relay: Relay) -> list[tuple[int, int]]:
+    """Run the relay once; return, for each of its reads of the outbox, the buffers it
+    touched and the heap tuples it fetched, from ``EXPLAIN (ANALYZE, BUFFERS)`` of the
+    read itself run just before it: a plain ``SELECT``, so explaining it changes nothing."""
+    found: list[tuple[int, int]] = []
+
+    def explain(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if " taken AS (SELECT " in sql:
+            raw_cursor = context["cursor"].cursor
+            raw_cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", params)
+            plan = raw_cursor.fetchone()[0][0]["Plan"]
+            found.append((plan["Shared Hit Blocks"] + plan["Shared Read Blocks"], _walked(plan)))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(explain):
+        relay.run_once()
+    assert found, "no read of the outbox was explained"
+    return found
+
+
+@pytest.mark.parametrize("via", [pytest.param("redis", marks=needs_redis())], indirect=True)
+def test_a_held_snapshot_does_not_make_a_brokers_take_walk_what_it_took(
+    raw: psycopg.Connection, via: str
+):
+    """Behind a snapshot held open, every outbox row taken keeps its index entry: a take
+    from the lowest position fetches each of them from the heap; one from the frontier
+    does not."""
+    relay = Relay()
+    _settled(relay)
+    raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    raw.execute("SELECT count(*) FROM django_events_outbox")  # the snapshot, held from here on
+    dead = 3000
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO django_events_outbox (event_id, type, version, data, metadata, "
+            "occurred_at, source, created_at) SELECT gen_random_uuid(), 'frontier.dead', 1, "
+            "'{}', '', now(), 'bulk', now() FROM generate_series(1, %s)",
+            [dead],
+        )
+    relay.run_once()  # taken: their index entries stay while the snapshot is held
+    assert not OutboxMessage.objects.exists()
+    with connection.cursor() as cursor:  # the statistics autovacuum keeps (off here)
+        cursor.execute("ANALYZE django_events_outbox, django_events_event")
+    publish("frontier.after", {"n": 1})
+    [(frontier_buffers, frontier_fetched)] = _reads(relay)
+    relay._frontiers["default"].rescanned_at = -float("inf")  # the next take is a full one
+    publish("frontier.after", {"n": 2})
+    [(full_buffers, full_fetched)] = _reads(relay)
+    assert full_fetched >= dead, f"the full take fetched {full_fetched} tuples: none dead?"
+    assert frontier_fetched < 10, f"the frontier take fetched {frontier_fetched} tuples"
+    assert frontier_buffers * 5 < full_buffers, (frontier_buffers, full_buffers)
 
 
 def _waiting(holder_pid: int) -> list[tuple]:
@@ -102,7 +220,7 @@ def _waiting(holder_pid: int) -> list[tuple]:
     ],
     ids=["relay-lock", "take"],
 )
-def test_a_take_that_times_out_ends_on_the_server(raw: psycopg.Connection, hold: str):
+def test_a_take_that_times_out_ends_on_the_server(raw: psycopg.Connection, hold: str, via: str):
     publish("frontier.bounded", {"n": 1})
     relay = Relay()
     relay.statement_timeout = 0.5

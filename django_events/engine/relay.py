@@ -5,9 +5,11 @@ commits late (docs/guarantees.md, "2. At least once"): it takes whichever commit
 exist, oldest first, and deletes them as it moves them. On PostgreSQL the take starts
 above the positions it has passed and looks up, by position, each one it saw missing
 below them until its writer has ended (``Frontier``; docs/internals.md, "The relay's
-frontier"), so its cost does not grow with the rows deleted since the oldest snapshot. When the
-transport lives in the same database the move is one short transaction; otherwise rows
-are leased in database time, sent with no transaction open, then deleted.
+frontier"), so its cost does not grow with the rows deleted since the oldest snapshot.
+When the transport lives in the same database the move is one short transaction;
+otherwise one relay at a time, under a session lock, reads rows from the same frontier,
+sends them with no transaction open, then deletes them (on SQLite, rows are leased in
+database time instead).
 
 A row that no stage can take (written around ``publish()``) never holds the others back:
 it becomes a ``(relay)`` dead letter with its reason (docs/guarantees.md, "What publish
@@ -23,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import (
@@ -172,6 +175,51 @@ class Frontier:
             self.gaps.pop(position, None)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One take on PostgreSQL, planned from the frontier: the rows it reads (``candidates``,
+    common table expressions, and ``which``, a condition on ``position``, with ``params``)
+    and what moving the frontier afterwards needs (docs/internals.md, "The relay's
+    frontier"). The same-database move deletes these rows; a broker's relay reads them,
+    sends them, then deletes them."""
+
+    frontier: Frontier | None  # None: one row by its position, which moves no frontier
+    full: bool
+    now: float
+    timeout: float  # seconds the server lets the take run
+    candidates: str
+    which: str
+    params: list[Any]
+
+    def select(self, dialect: sql.Dialect, log: str, columns: str) -> tuple[str, list[Any]]:
+        """The statement's final ``SELECT``: ``columns`` of each row of ``taken``, then the
+        snapshot's ``xmin`` and ``xmax`` and the positions in the event log between the
+        frontier and the highest position taken (another relay moved them: not gaps), in
+        one row of NULLs when nothing was taken."""
+        top = self.frontier.top if self.frontier is not None else None
+        passed, params = "NULL::bigint[]", []
+        if top is not None:
+            passed = (
+                f"ARRAY(SELECT position FROM {log} WHERE position > %s "
+                "AND position < (SELECT max(position) FROM taken))"
+            )
+            params = [top]
+        return (
+            f"SELECT {columns}, s.* FROM (SELECT {dialect.snapshot_bounds()}, {passed}) s "
+            "LEFT JOIN taken ON true ORDER BY 1",
+            params,
+        )
+
+
+def _with_snapshot(
+    rows: Sequence[Sequence[Any]],
+) -> tuple[list[Sequence[Any]], tuple[int, int], list[int] | None]:
+    """Split what ``_Plan.select`` returns: the rows taken, the snapshot bounds, the
+    positions passed."""
+    *_, xmin, xmax, passed = rows[0]
+    return [row[:-3] for row in rows if row[0] is not None], (xmin, xmax), passed
+
+
 class Relay:
     def __init__(
         self,
@@ -286,22 +334,23 @@ class Relay:
     def _send_under_lock(self, using: str) -> int:
         """One relay at a time sends, holding a session lock instead of leasing rows: no
         row is written before the send, and a relay that dies releases the lock with its
-        connection."""
+        connection. The rows are read from the frontier, in a read the server bounds, and
+        the frontier moves once they have left the outbox (docs/internals.md, "The relay's
+        frontier")."""
         connection = connections[using]
-        outbox = sql.table(connection, "OutboxMessage")
-        log = sql.table(connection, "EventRecord")
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [RELAY_LOCK])
             if not cursor.fetchone()[0]:
                 return 0  # another relay is sending; it drains what is here
             try:
-                cursor.execute(
-                    f"SELECT {_OUTBOX_FIELDS}, {_logged(outbox, log)} FROM {outbox} "
-                    "ORDER BY position LIMIT %s",
-                    [self.batch_size],
-                )
-                taken = _taken(cursor.fetchall())
+                plan = self._plan(using, lock="")
+                bound, bound_params = sql.dialect(using).bounded_transaction(plan.timeout)
+                with transaction.atomic(using=using):
+                    cursor.execute(f"SELECT {bound}", bound_params)
+                    taken, snapshot, passed = self._read(cursor, using, plan)
                 self._send(using, taken)
+                # Sent and logged, or set aside: every row read has left the outbox.
+                self._advance(using, plan, [row.position for row, _ in taken], snapshot, passed)
             finally:
                 with contextlib.suppress(DatabaseError):  # a lost connection lost the lock too
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [RELAY_LOCK])
@@ -381,10 +430,13 @@ class Relay:
         return len(taken)
 
     def _peek(self, using: str) -> list[tuple[Outgoing, bool]]:
+        """The rows the next take reads, left in place."""
         connection = connections[using]
-        outbox = sql.table(connection, "OutboxMessage")
-        log = sql.table(connection, "EventRecord")
         with connection.cursor() as cursor:
+            if isinstance(sql.dialect(using), sql.PostgreSQL):
+                return self._read(cursor, using, self._plan(using, lock=""))[0]
+            outbox = sql.table(connection, "OutboxMessage")
+            log = sql.table(connection, "EventRecord")
             cursor.execute(
                 f"SELECT {_OUTBOX_FIELDS}, {_logged(outbox, log)} FROM {outbox} "
                 "ORDER BY position LIMIT %s",
@@ -392,85 +444,119 @@ class Relay:
             )
             return _taken(cursor.fetchall())
 
+    # -- the frontier's take on PostgreSQL ----------------------------------------------
+
+    def _plan(self, using: str, *, lock: str) -> _Plan:
+        """Where the next batch is taken from: above the frontier and its gaps, or from the
+        lowest position while the frontier is not known and once every ``RESCAN_EVERY``
+        seconds. ``lock``: appended to each row selection (the same-database move locks
+        what it deletes; a broker's read locks nothing)."""
+        outbox = sql.table(connections[using], "OutboxMessage")
+        frontier = self._frontiers.setdefault(using, Frontier())
+        now = time.monotonic()
+        top = frontier.top
+        if top is None or frontier.full(now):
+            timeout = RESCAN_TIMEOUT if top is not None else self.statement_timeout
+            which = f"position IN (SELECT position FROM {outbox} ORDER BY position LIMIT %s{lock})"
+            return _Plan(frontier, True, now, timeout, "", which, [self.batch_size])
+        candidates = (
+            f"g AS (SELECT position FROM {outbox} WHERE position = ANY(%s::bigint[]){lock}), "
+            f"f AS (SELECT position FROM {outbox} WHERE position > %s ORDER BY position "
+            f"LIMIT %s{lock}), "
+        )
+        which = sql.dialect(using).in_query(
+            "position", "SELECT position FROM g UNION ALL SELECT position FROM f"
+        )
+        params = [sorted(frontier.gaps), top, self.batch_size]
+        return _Plan(frontier, False, now, self.statement_timeout, candidates, which, params)
+
+    def _read(
+        self, cursor: Any, using: str, plan: _Plan
+    ) -> tuple[list[tuple[Outgoing, bool]], tuple[int, int], list[int] | None]:
+        """Read, without moving, the rows ``plan`` takes (with their ``_logged`` column),
+        the statement's snapshot bounds, and the positions other relays passed."""
+        connection = connections[using]
+        outbox = sql.table(connection, "OutboxMessage")
+        log = sql.table(connection, "EventRecord")
+        select, params = plan.select(sql.dialect(using), log, "taken.*")
+        cursor.execute(
+            f"WITH {plan.candidates}taken AS (SELECT {_OUTBOX_FIELDS}, {_logged(outbox, log)} "
+            f"FROM {outbox} WHERE {plan.which}) {select}",
+            [*plan.params, *params],
+        )
+        rows, snapshot, passed = _with_snapshot(cursor.fetchall())
+        return _taken(rows), snapshot, passed
+
+    def _advance(
+        self,
+        using: str,
+        plan: _Plan,
+        positions: list[int],
+        snapshot: tuple[int, int],
+        passed: list[int] | None,
+    ) -> None:
+        """Move the frontier past a take whose rows have all left the outbox; look its new
+        gaps up in the event log when the take could not (``passed`` is None)."""
+        frontier = plan.frontier
+        if frontier is None:
+            return
+        from_gaps = sum(1 for p in positions if p in frontier.gaps)
+        drained = len(positions) - from_gaps < self.batch_size
+        new = frontier.after_take(
+            positions, snapshot, full=plan.full, drained=drained, now=plan.now
+        )
+        if not new:
+            return
+        if passed is not None:
+            frontier.forget(passed)
+            return
+        log = sql.table(connections[using], "EventRecord")
+        with contextlib.suppress(DatabaseError), connections[using].cursor() as lookup:
+            lookup.execute(f"SELECT position FROM {log} WHERE position = ANY(%s::bigint[])", [new])
+            frontier.forget([row[0] for row in lookup.fetchall()])
+
     # -- same-database move -------------------------------------------------------------
 
-    def _take_postgresql(
-        self, using: str, cursor: Any, which: str, params: list[Any], batch: bool
-    ) -> tuple[list[Outgoing], int]:
+    def _take_postgresql(self, using: str, position: int | None) -> tuple[list[Outgoing], int]:
         """The take on PostgreSQL: one statement, bounded on the server, that starts from
         the frontier when it is known (docs/internals.md, "The relay's frontier")."""
         dialect = sql.dialect(using)
         connection = connections[using]
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
-        frontier = self._frontiers.setdefault(using, Frontier()) if batch else None
-        now = time.monotonic()
-        full = frontier is None or frontier.full(now)
-        top = frontier.top if frontier is not None else None
-        timeout = RESCAN_TIMEOUT if full and top is not None else self.statement_timeout
-        bound, bound_params = dialect.bounded_transaction(timeout)
-        cursor.execute(
-            f"SELECT {bound}, pg_advisory_xact_lock(%s), {sql.RELAXED_COMMIT}",
-            [*bound_params, RELAY_LOCK],
+        if position is None:
+            plan = self._plan(using, lock=dialect.skip_locked)
+        else:
+            now, timeout = time.monotonic(), self.statement_timeout
+            plan = _Plan(None, True, now, timeout, "", "position = %s", [position])
+        bound, bound_params = dialect.bounded_transaction(plan.timeout)
+        select, params = plan.select(
+            dialect, log, "taken.position, taken.event_id, taken.type, taken.key"
         )
-        candidates, passed = "", "NULL::bigint[]"
-        if frontier is not None and top is not None and not full:
-            candidates = (
-                f"g AS (SELECT position FROM {outbox} WHERE position = ANY(%s::bigint[])"
-                f"{dialect.skip_locked}), "
-                f"f AS (SELECT position FROM {outbox} WHERE position > %s ORDER BY position "
-                f"LIMIT %s{dialect.skip_locked}), "
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {bound}, pg_advisory_xact_lock(%s), {sql.RELAXED_COMMIT}",
+                [*bound_params, RELAY_LOCK],
             )
-            which = dialect.in_query(
-                "position", "SELECT position FROM g UNION ALL SELECT position FROM f"
+            cursor.execute(
+                f"WITH {plan.candidates}taken AS (DELETE FROM {outbox} WHERE {plan.which} "
+                f"RETURNING {_OUTBOX_FIELDS}), "
+                "parsed AS MATERIALIZED (SELECT *, data::jsonb AS d, "
+                "COALESCE(NULLIF(metadata, ''), '{}')::jsonb AS m FROM taken), "
+                f"logged AS (INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, "
+                "type, key, version, CASE WHEN jsonb_typeof(d) = 'object' THEN d END, "
+                "CASE WHEN jsonb_typeof(m) = 'object' THEN m END, "
+                "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
+                f"FROM parsed) {select}",
+                [*plan.params, *params],
             )
-            params = [sorted(frontier.gaps), top, self.batch_size]
-        if top is not None:
-            # What other relays moved past this one's frontier: not gaps.
-            passed = (
-                f"ARRAY(SELECT position FROM {log} WHERE position > %s "
-                "AND position < (SELECT max(position) FROM moved))"
-            )
-            params = [*params, top]
-        cursor.execute(
-            f"WITH {candidates}moved AS (DELETE FROM {outbox} WHERE {which} "
-            f"RETURNING {_OUTBOX_FIELDS}), "
-            "parsed AS MATERIALIZED (SELECT *, data::jsonb AS d, "
-            "COALESCE(NULLIF(metadata, ''), '{}')::jsonb AS m FROM moved), "
-            f"logged AS (INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, "
-            "type, key, version, CASE WHEN jsonb_typeof(d) = 'object' THEN d END, "
-            "CASE WHEN jsonb_typeof(m) = 'object' THEN m END, "
-            "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
-            "FROM parsed) "
-            "SELECT position, event_id, type, key, NULL::bigint, NULL::bigint, NULL::bigint[] "
-            f"FROM moved UNION ALL SELECT NULL, NULL, NULL, NULL, {dialect.snapshot_bounds()}, "
-            f"{passed} ORDER BY 1",
-            params,
+            rows, snapshot, passed = _with_snapshot(cursor.fetchall())
+        moved = [Outgoing(*row) for row in rows]
+        positions = [row.position for row in moved]
+        # Only a committed take moves the frontier: a rolled-back one left its rows.
+        transaction.on_commit(
+            lambda: self._advance(using, plan, positions, snapshot, passed), using=using
         )
-        *rows, (_, _, _, _, xmin, xmax, logged) = cursor.fetchall()
-        moved = [Outgoing(*row[:4]) for row in rows]
-        if frontier is not None:
-            positions = [row.position for row in moved]
-            from_gaps = sum(1 for p in positions if p in frontier.gaps)
-            drained = len(positions) - from_gaps < self.batch_size
-
-            def advance() -> None:
-                new = frontier.after_take(
-                    positions, (xmin, xmax), full=full, drained=drained, now=now
-                )
-                if not new:
-                    return
-                if logged is not None:
-                    frontier.forget(logged)
-                    return
-                with contextlib.suppress(DatabaseError), connection.cursor() as lookup:
-                    lookup.execute(
-                        f"SELECT position FROM {log} WHERE position = ANY(%s::bigint[])", [new]
-                    )
-                    frontier.forget([row[0] for row in lookup.fetchall()])
-
-            # Only a committed take moves the frontier: a rolled-back one left its rows.
-            transaction.on_commit(advance, using=using)
         return moved, len(moved)
 
     def _take(self, using: str, position: int | None = None) -> tuple[list[Outgoing], int]:
@@ -481,19 +567,18 @@ class Relay:
         stored, and data or metadata that is not a JSON object becomes NULL, which the log
         refuses; either fails the batch, and ``_after_refusal`` finds the row. On SQLite,
         which stores JSON as text, the rows are checked here as they are moved."""
-        connection = connections[using]
         dialect = sql.dialect(using)
+        if isinstance(dialect, sql.PostgreSQL):
+            return self._take_postgresql(using, position)
+        connection = connections[using]
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
         if position is None:
-            lock = dialect.skip_locked
-            which = f"position IN (SELECT position FROM {outbox} ORDER BY position LIMIT %s{lock})"
+            which = f"position IN (SELECT position FROM {outbox} ORDER BY position LIMIT %s)"
             params: list[Any] = [self.batch_size]
         else:
             which, params = "position = %s", [position]
         with connection.cursor() as cursor:
-            if isinstance(dialect, sql.PostgreSQL):
-                return self._take_postgresql(using, cursor, which, params, position is None)
             cursor.execute(f"DELETE FROM {outbox} WHERE {which} RETURNING {_OUTBOX_FIELDS}", params)
             taken = _marked(cursor, dialect, log, cursor.fetchall())
             left = len(taken)
