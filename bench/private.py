@@ -24,13 +24,16 @@ DEFAULTS = "shared_buffers = 128MB\n"
 
 
 @contextmanager
-def cluster(*, autovacuum: bool = True) -> Iterator[Any]:
-    """Start a private server, point ``bench.pg`` (and the children) at it, remove it after."""
+def cluster(*, autovacuum: bool = True, preload: str = "") -> Iterator[Any]:
+    """Start a private server, point ``bench.pg`` (and the children) at it, remove it after.
+    ``preload``: ``shared_preload_libraries`` (bench/held_profile.py loads pg_stat_statements)."""
     from tests.faults.pgserver import PrivatePostgres
 
     server = PrivatePostgres().init()
     with open(server.data / "postgresql.conf", "a") as conf:
         conf.write(DEFAULTS + f"autovacuum = {'on' if autovacuum else 'off'}\n")
+        if preload:
+            conf.write(f"shared_preload_libraries = '{preload}'\n")
     try:
         server.start()
         server.wait_ready()

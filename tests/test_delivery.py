@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -515,3 +516,28 @@ def test_claims_and_heartbeats_are_hot_updates_and_an_expired_lease_still_comes_
     Delivery.objects.filter(group_name="alpha").update(claimed_until="2000-01-01T00:00:00Z")
     (orphan,) = transport.claim(["alpha"], 10, lease=30)
     assert orphan.event_id == claimed[0].event_id
+
+
+def test_a_costly_look_for_orphans_waits_its_share_of_a_busy_worker(monkeypatch):
+    # docs/internals.md, "The claim's floor": the look reads the whole delivery table,
+    # so behind a held snapshot a worker with work to do spaces it by its cost.
+    from django_events.transports import database
+
+    for n in range(3):
+        publish("test.happened", {"n": n})
+    Relay().run_once()
+    transport = database.DatabaseTransport("orphans", {})
+    try:
+        claimed = transport.claim(["alpha"], 2, lease=30)  # looks for orphans first
+        assert len(claimed) == 2
+        ids = [c.receipt[0] for c in claimed]
+        Delivery.objects.filter(id__in=ids).update(claimed_until="2000-01-01T00:00:00Z")
+        monkeypatch.setattr(database, "SCAN_SHARE", 1e-12)  # as if the look were costly
+        time.sleep(database.ORPHAN_CHECK_INTERVAL + 0.1)
+        (fresh,) = transport.claim(["alpha"], 10, lease=30)  # the work waiting, no look
+        assert fresh.event_id not in {c.event_id for c in claimed}
+        monkeypatch.setattr(database, "SCAN_SHARE", 1e12)  # as if it cost nothing
+        (orphan,) = transport.claim(["alpha"], 10, lease=30)
+        assert orphan.event_id == claimed[0].event_id
+    finally:
+        transport.close()

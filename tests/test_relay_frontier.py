@@ -28,7 +28,7 @@ from django_events.engine.relay import GAP_GRACE, RELAY_LOCK, Relay
 from django_events.models import EventRecord, OutboxMessage
 from django_events.testing import deliver
 from django_events.testing.contract import log_events
-from django_events.transports import transports
+from django_events.transports import database, transports
 from django_events.transports.base import Outgoing
 from django_events.transports.database import FLOOR_EVERY, DatabaseTransport
 
@@ -274,3 +274,85 @@ def test_a_delivery_released_below_the_claim_floor_is_claimed_after_a_floor_read
     finally:
         mine.close()
         other.close()
+
+
+def _floor_events(base: int, n: int) -> list[Outgoing]:
+    now = timezone.now()
+    events = [
+        Outgoing(
+            position=base + i, event_id=uuid.uuid4(), type="floor.t", key=None, occurred_at=now
+        )
+        for i in range(n)
+    ]
+    log_events(events)
+    return events
+
+
+def _rare_full_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As behind a long-held snapshot: the full floor read costs so much, relative to
+    ``SCAN_SHARE``, that the next one is far away."""
+    monkeypatch.setattr(database, "SCAN_SHARE", 1e-12)
+
+
+def test_between_full_reads_the_floor_is_read_from_where_it_was(monkeypatch):
+    """Most floor reads start at the last floor; what another worker gives back below it
+    waits for the next full read, which ``SCAN_SHARE`` spaces by its cost."""
+    events = _floor_events(910_000, 4)
+    types = {"floor": ["floor.t"]}
+    mine, other = DatabaseTransport("floor-a", {}), DatabaseTransport("floor-b", {})
+    try:
+        mine.publish(events, [("floor.t", "floor", False)])
+        held = other.claim(["floor"], 1, 30.0, types=types)
+        assert [c.event_id for c in held] == [events[0].event_id]
+        assert [c.event_id for c in mine.claim(["floor"], 1, 30.0, types=types)] == [
+            events[1].event_id
+        ]  # its first read is a full one, past the claimed first
+        _rare_full_reads(monkeypatch)
+        other.retry_later(held[0], 0.0, "given back")  # claimable, below mine's floor
+        time.sleep(FLOOR_EVERY + 0.1)
+        third = mine.claim(["floor"], 1, 30.0, types=types)  # read from the last floor
+        assert [c.event_id for c in third] == [events[2].event_id]
+        monkeypatch.undo()  # the full read comes due again
+        time.sleep(FLOOR_EVERY + 0.1)
+        again = mine.claim(["floor"], 1, 30.0, types=types)
+        assert [c.event_id for c in again] == [events[0].event_id]
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_what_a_worker_gives_back_below_its_floor_is_claimed_at_once(monkeypatch):
+    """A worker that puts a delivery back reads its floors fully at its next claim,
+    however rare its full reads have become."""
+    events = _floor_events(920_000, 3)
+    types = {"floor": ["floor.t"]}
+    mine = DatabaseTransport("floor-a", {})
+    try:
+        mine.publish(events, [("floor.t", "floor", False)])
+        (first,) = mine.claim(["floor"], 1, 30.0, types=types)
+        time.sleep(FLOOR_EVERY + 0.1)
+        (second,) = mine.claim(["floor"], 1, 30.0, types=types)  # the floor moves past it
+        assert (first.event_id, second.event_id) == (events[0].event_id, events[1].event_id)
+        _rare_full_reads(monkeypatch)
+        mine.retry_later(first, 0.0, "failed")
+        again = mine.claim(["floor"], 1, 30.0, types=types)
+        assert [c.event_id for c in again] == [events[0].event_id]
+    finally:
+        mine.close()
+
+
+def test_a_floor_read_with_nothing_waiting_keeps_the_floor():
+    """With every delivery handled, the floor stays where it was: back at the lowest
+    position, each claim would walk every entry the held snapshot keeps."""
+    events = _floor_events(930_000, 3)
+    types = {"floor": ["floor.t"]}
+    mine = DatabaseTransport("floor-a", {})
+    try:
+        mine.publish(events, [("floor.t", "floor", False)])
+        claimed = mine.claim(["floor"], 3, 30.0, types=types)
+        assert len(claimed) == 3 and len(mine.ack_many(claimed)) == 3
+        time.sleep(FLOOR_EVERY + 0.1)
+        assert mine.claim(["floor"], 3, 30.0, types=types) == []
+        assert mine._floors[("floor", "floor.t")] >= events[0].position
+    finally:
+        mine.close()

@@ -10,6 +10,7 @@ handler runs. Handled rows are deleted, never flagged, so the table stays small.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import sqlite3
 import time
 import uuid
@@ -39,16 +40,25 @@ from .base import (
 DELIVERY_CHANNEL = "django_events_delivery"
 ORPHAN_CHECK_INTERVAL = 0.5
 """Seconds between looks for orphaned claims, so a busy worker does not pay for it on
-every claim; an orphan waits at most this long once its claimer is known dead."""
+every claim; an orphan waits at most this long once its claimer is known dead (longer
+behind a held snapshot, see ``SCAN_SHARE``), or until the worker runs out of work."""
+SCAN_SHARE = 0.02
+"""The share of a worker's time the two reads whose cost follows the table's dead rows
+may take: the look for orphans while there is other work (it reads the whole delivery
+table) and the full read of the floors (it walks every index entry from the lowest
+position). Each waits at least its last duration divided by this, so behind a held
+snapshot they grow rarer instead of taking the worker over (docs/internals.md, "The
+claim's floor")."""
 ANALYZE_AFTER = 10_000
 """Refresh the planner's statistics after this many new deliveries: a burst otherwise
 leaves PostgreSQL planning claims for the near-empty table it last sampled, sorting the
 whole backlog on every claim until autovacuum catches up."""
 FLOOR_EVERY = 1.0
 """Seconds between reads of the claim's floors: per (group, type), the lowest position a
-claim may find (docs/internals.md, "The claim's floor"). A delivery that becomes claimable
-below its floor (a retry released by another worker, an event committed late) waits at
-most this long past its due time."""
+claim may find (docs/internals.md, "The claim's floor"). Most reads start from the last
+floor; a full read from the lowest position comes as often as ``SCAN_SHARE`` allows, and
+at least this far apart. A delivery that becomes claimable below its floor (a retry
+released by another worker, an event committed late) waits for the next full read."""
 _OPTIONS = {"database", "notify"}
 MAX_ATTEMPTS_STORED = 2**31 - 2
 """Attempts a delivery row counts up to: one below the top of a 32-bit column."""
@@ -72,10 +82,16 @@ class DatabaseTransport(Transport):
         self.wake_channel = DELIVERY_CHANNEL if self.notify else None
         self._unanalyzed = 0
         self._orphans_checked_at = 0.0
+        self._orphans_cost = 0.0
+        """Seconds the last look for orphans took."""
         self._fitted = 0
         """How many events the last claim cut at ``max_bytes`` kept (0: it was not cut)."""
         self._floors: dict[tuple[str, str], int] = {}
-        self._floors_read_at = -FLOOR_EVERY
+        self._floors_read_at = -math.inf
+        self._floors_full_at = -math.inf
+        """When the floors were last read from the lowest position (monotonic seconds)."""
+        self._floors_full_cost = 0.0
+        """Seconds that read took."""
         self._store: DatabaseStore | None = None
 
     def subscription_store(self) -> DatabaseStore:
@@ -253,7 +269,8 @@ class DatabaseTransport(Transport):
         if not groups:
             return []
         pairs = None if types is None else _pairs(groups, types)
-        due = time.monotonic() >= self._orphans_checked_at + ORPHAN_CHECK_INTERVAL
+        spacing = max(ORPHAN_CHECK_INTERVAL, self._orphans_cost / SCAN_SHARE)
+        due = time.monotonic() >= self._orphans_checked_at + spacing
         if due and (orphan := self._orphan(groups, lease, pairs)):
             return orphan
         if max_bytes is not None and self._fitted:  # fetch little past the last claim's fit
@@ -266,9 +283,11 @@ class DatabaseTransport(Transport):
     def _orphan(
         self, groups: Sequence[str], lease: float, pairs: list[tuple[str, str]] | None
     ) -> list[Claimed]:
+        started = time.monotonic()
         found = self._claim(groups, 1, lease, orphans=True, pairs=pairs)
+        self._orphans_cost = time.monotonic() - started
         # Found one: there may be more, so look again at the next claim.
-        self._orphans_checked_at = 0.0 if found else time.monotonic()
+        self._orphans_checked_at = -math.inf if found else started
         return found
 
     def _claim(
@@ -405,28 +424,47 @@ class DatabaseTransport(Transport):
     def _read_floors(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """Per (group, type), the lowest position a claim needs to look from, read at most
         every ``FLOOR_EVERY`` seconds (docs/internals.md, "The claim's floor"): the lowest
-        unclaimed delivery due within twice that, or past the highest delivery when none
-        is. Deleted deliveries keep their index entries while any snapshot may see them,
-        so a claim starting at the lowest position would walk every one acknowledged since
-        the oldest open snapshot began; this read walks them once a second instead."""
+        unclaimed delivery due within twice that, else one past the highest delivery, else
+        the floor as it was. Deleted deliveries keep their index entries while any snapshot
+        may see them, so a claim starting at the lowest position would walk every one
+        acknowledged since the oldest open snapshot began. Most reads start from the last
+        floor and walk only the last second's; a full read from the lowest position, which
+        finds deliveries given back or committed late below the floor, comes as often as
+        ``SCAN_SHARE`` allows."""
         now = time.monotonic()
-        if now - self._floors_read_at < FLOOR_EVERY and all(p in self._floors for p in pairs):
+        known = all(p in self._floors for p in pairs)
+        if now - self._floors_read_at < FLOOR_EVERY and known:
             return self._floors
+        spacing = max(FLOOR_EVERY, self._floors_full_cost / SCAN_SHARE)
+        full = not known or now - self._floors_full_at >= spacing
+        from_last = "" if full else "AND c.position >= g.last "
         delivery, _ = self._tables()
         dialect = self._sql
         rows = self._execute(
             "SELECT g.name, g.type, COALESCE("
             f"(SELECT min(c.position) FROM {delivery} c WHERE c.group_name = g.name "
-            "AND c.event_type = g.type AND c.lease_token IS NULL "
+            f"AND c.event_type = g.type {from_last}AND c.lease_token IS NULL "
             f"AND c.available_at <= {dialect.now_plus()}), "
             f"(SELECT max(c.position) + 1 FROM {delivery} c WHERE c.group_name = g.name "
-            "AND c.event_type = g.type), 0) "
-            "FROM unnest(%s::text[], %s::text[]) AS g(name, type)",
-            [dialect.seconds(2 * FLOOR_EVERY), [g for g, _ in pairs], [t for _, t in pairs]],
+            "AND c.event_type = g.type AND c.position >= g.last), g.last) "
+            "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS g(name, type, last)",
+            [
+                dialect.seconds(2 * FLOOR_EVERY),
+                [g for g, _ in pairs],
+                [t for _, t in pairs],
+                [self._floors.get(pair, 0) for pair in pairs],
+            ],
         )
         self._floors = {(name, type_): floor for name, type_, floor in rows}
         self._floors_read_at = now
+        if full:
+            self._floors_full_at, self._floors_full_cost = now, time.monotonic() - now
         return self._floors
+
+    def _floor_may_be_passed(self) -> None:
+        """This worker put a delivery back below its floor, perhaps: the next claim reads
+        the floors from the lowest position."""
+        self._floors_read_at = self._floors_full_at = -math.inf
 
     def _claimed(self, row: Sequence[Any], token: str) -> Claimed:
         """One claimed row as a ``Claimed``. Whatever another writer put in the log or the
@@ -502,7 +540,7 @@ class DatabaseTransport(Transport):
 
     def _give_back(self, ids: Sequence[int], token: str) -> None:
         """Unclaim rows still held under ``token``, their attempt not counted."""
-        self._floors_read_at = -FLOOR_EVERY  # below the floor now, perhaps
+        self._floor_may_be_passed()
         delivery, _ = self._tables()
         self._execute(
             f"UPDATE {delivery} SET attempts = attempts - 1, claimed_until = NULL, "
@@ -552,7 +590,7 @@ class DatabaseTransport(Transport):
         return [by_receipt[(row[0], token)] for row in rows]
 
     def retry_later(self, claimed: Claimed, delay: float, error: str) -> None:
-        self._floors_read_at = -FLOOR_EVERY  # below the floor now, perhaps
+        self._floor_may_be_passed()
         dialect = self._sql
         delivery, _ = self._tables()
         delivery_id, token = claimed.receipt
@@ -579,7 +617,7 @@ class DatabaseTransport(Transport):
         return bool(parked or removed)
 
     def redeliver(self, event_id: uuid.UUID, group: str) -> None:
-        self._floors_read_at = -FLOOR_EVERY  # below the floor now, perhaps
+        self._floor_may_be_passed()
         dialect = self._sql
         delivery, event = self._tables()
         db_id = dialect.uuid_value(event_id)
