@@ -269,6 +269,27 @@ def test_an_ack_clears_the_owed_member_its_entry_names(transport):
     assert owed(transport, "alpha") == 0
 
 
+def test_renewing_a_batch_renews_only_what_the_consumer_still_holds(transport):
+    """RENEW reads what the consumer holds once for the batch: an entry another consumer
+    moved to itself (``XCLAIM ... JUSTID``, no delivery counted) is neither taken back nor
+    given a lease; the entries still held get theirs."""
+    transport.publish([outgoing(n) for n in range(1, 4)], SUBSCRIBED)
+    moved, *kept = transport.claim(["alpha"], 10, 30)
+    stream = transport.stream("alpha")
+    client().xclaim(
+        stream, CONSUMER_GROUP, "someone-else", 0, [moved.receipt.entry_id], justid=True
+    )
+    transport.renew([moved, *kept], 60)
+    leases = client().hgetall(transport.leases("alpha"))
+    assert sorted(leases) == sorted(c.receipt.entry_id.encode() for c in kept)
+    owners = {
+        p["message_id"].decode(): p["consumer"].decode()
+        for p in client().xpending_range(stream, CONSUMER_GROUP, "-", "+", 10)
+    }
+    assert owners[moved.receipt.entry_id] == "someone-else"
+    assert {owners[c.receipt.entry_id] for c in kept} == {transport.consumer}
+
+
 def test_released_entries_come_back_without_an_attempt(transport):
     transport.publish([outgoing(1)], SUBSCRIBED)
     held = transport.claim(["alpha"], 10, 30)
