@@ -360,3 +360,19 @@ def test_a_confirmed_publish_returns_when_the_broker_confirms_not_when_its_poll_
     rabbit.publish_to_all([make_event(TYPE)])
     assert time.monotonic() - started < 10, "the confirm did not end the poll's wait"
     assert len(claim_until(rabbit, ["alpha"], 1)) == 1
+
+
+def test_a_new_channel_is_ready_when_the_broker_answers_not_when_its_poll_ends(rabbit, monkeypatch):
+    """Opening a channel waits for the broker to turn confirms on, in polls of the
+    connection: its answer must end the poll it arrives in. Stretched to 20 s, a poll sat
+    out in full shows as a connect of 20 s per channel; answered at once it is milliseconds
+    (a liveness bound, not a benchmark)."""
+    from django_events.transports.rabbitmq import link
+
+    rabbit.close()
+    monkeypatch.setattr(link, "CONFIRM_POLL", 20.0)
+    started = time.monotonic()
+    rabbit.wait(["alpha"], 0)  # opens the worker's connection and channel
+    rabbit.publish_to_all([make_event(TYPE)])  # and the relay's
+    assert time.monotonic() - started < 10, "the broker's answer did not end the poll's wait"
+    assert len(claim_until(rabbit, ["alpha"], 1)) == 1

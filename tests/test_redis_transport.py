@@ -25,7 +25,7 @@ from django_events.models import DeadLetter, EventRecord, StreamCheckpoint
 from django_events.status import collect, problems
 from django_events.testing import deliver
 from django_events.transports import transports
-from django_events.transports.base import Outgoing
+from django_events.transports.base import Outgoing, cloudevent_json
 from django_events.transports.redis import CONSUMER_GROUP, RedisStreamsTransport
 
 from .conftest import closing_connections, wait_until
@@ -211,6 +211,83 @@ def test_renewing_keeps_a_live_workers_entries(configure):
     other._orphans_checked_at = 0.0
     assert other.claim(["alpha"], 10, 30) == []
     other.close()
+
+
+def test_an_ack_leaves_the_consumers_other_entries_between_those_it_names(transport):
+    """The ACK script reads what the consumer holds over the batch's id range, in pages
+    of the batch's size: an entry held in between is neither acknowledged nor mistaken
+    for a claim, and every claim named is found however many such entries lie between."""
+    transport.publish([outgoing(n) for n in range(1, 6)], SUBSCRIBED)
+    claimed = transport.claim(["alpha"], 10, 30)
+    named, between = claimed[::4], claimed[1:4]  # the first and the last; three between
+    assert transport.ack_many(named) == named
+    pending = client().xpending_range(transport.stream("alpha"), CONSUMER_GROUP, "-", "+", 10)
+    assert [p["message_id"].decode() for p in pending] == [c.receipt.entry_id for c in between]
+    assert transport.ack_many(between) == between
+
+
+def test_an_ack_finds_its_claims_in_any_order(transport):
+    """A batch may hold an entry taken over (older) after new ones: the range the script
+    reads runs from the lowest id to the highest, whatever the claims' order."""
+    transport.publish([outgoing(n) for n in range(1, 4)], SUBSCRIBED)
+    claimed = transport.claim(["alpha"], 10, 30)
+    backwards = claimed[::-1]
+    assert transport.ack_many(backwards) == backwards
+    assert owed(transport, "alpha") == 0
+
+
+def test_an_ack_leaves_an_entry_another_consumer_took_without_a_new_delivery(transport):
+    """``XCLAIM ... JUSTID`` (a plain redis-py consumer may use it) moves an entry to
+    another consumer without counting a delivery: the delivery count alone would still
+    match, so the ack must also find the entry under its own consumer."""
+    transport.publish([outgoing(1), outgoing(2)], SUBSCRIBED)
+    lost, kept = transport.claim(["alpha"], 10, 30)
+    stream = transport.stream("alpha")
+    client().xclaim(stream, CONSUMER_GROUP, "someone-else", 0, [lost.receipt.entry_id], justid=True)
+    assert transport.ack_many([lost, kept]) == [kept]
+    [pending] = client().xpending_range(stream, CONSUMER_GROUP, "-", "+", 10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"someone-else", 1)
+    assert owed(transport, "alpha") == 1, "the other consumer's event is still owed"
+
+
+def test_an_ack_clears_the_owed_member_its_entry_names(transport):
+    """An entry is read through its envelope, but what its group owes is recorded under
+    the entry's ``id`` field (docs/wire-format.md): the ack removes that member, even when
+    the envelope names another id."""
+    transport.ensure_group("alpha")
+    event = outgoing(1)
+    body = json.loads(cloudevent_json(event, str(event.event_id)))
+    field_id = str(uuid.uuid4())
+    client().zadd(transport.owed("alpha"), {field_id: 1})
+    client().xadd(
+        transport.stream("alpha"),
+        {"id": field_id, "type": event.type, "event": json.dumps(body), "attempts": "0"},
+    )
+    [claimed] = transport.claim(["alpha"], 10, 30)
+    assert (claimed.event_id, claimed.event.id) == (event.event_id, event.event_id)
+    assert transport.ack_many([claimed]) == [claimed]
+    assert owed(transport, "alpha") == 0
+
+
+def test_renewing_a_batch_renews_only_what_the_consumer_still_holds(transport):
+    """RENEW reads what the consumer holds once for the batch: an entry another consumer
+    moved to itself (``XCLAIM ... JUSTID``, no delivery counted) is neither taken back nor
+    given a lease; the entries still held get theirs."""
+    transport.publish([outgoing(n) for n in range(1, 4)], SUBSCRIBED)
+    moved, *kept = transport.claim(["alpha"], 10, 30)
+    stream = transport.stream("alpha")
+    client().xclaim(
+        stream, CONSUMER_GROUP, "someone-else", 0, [moved.receipt.entry_id], justid=True
+    )
+    transport.renew([moved, *kept], 60)
+    leases = client().hgetall(transport.leases("alpha"))
+    assert sorted(leases) == sorted(c.receipt.entry_id.encode() for c in kept)
+    owners = {
+        p["message_id"].decode(): p["consumer"].decode()
+        for p in client().xpending_range(stream, CONSUMER_GROUP, "-", "+", 10)
+    }
+    assert owners[moved.receipt.entry_id] == "someone-else"
+    assert {owners[c.receipt.entry_id] for c in kept} == {transport.consumer}
 
 
 def test_released_entries_come_back_without_an_attempt(transport):

@@ -380,8 +380,11 @@ class RabbitMQTransport(Transport):
                 if dead:
                     return self._lease(dead, lease)
             mine = self._takeable([c for c in self._buffer if c.group in wanted], limit, max_bytes)
-            ids = {id(c) for c in mine}
-            self._buffer = [c for c in self._buffer if id(c) not in ids]
+            if len(mine) == len(self._buffer):  # took all there was: no second pass
+                self._buffer = []
+            else:
+                ids = {id(c) for c in mine}
+                self._buffer = [c for c in self._buffer if id(c) not in ids]
             return self._lease(mine, lease)
 
     def _takeable(
@@ -413,6 +416,8 @@ class RabbitMQTransport(Transport):
 
     def _free(self, claimed: Sequence[Claimed]) -> None:
         """``claimed`` is done with (acked or dead-lettered): its key takes the next event."""
+        if not self._heads:  # no ordered key out: nothing to free
+            return
         for item in claimed:
             key = key_of(item)
             if key is not None and self._heads.get(key) == item.event_id:
@@ -493,8 +498,10 @@ class RabbitMQTransport(Transport):
         wrong with it; never an exception, which would stop the worker."""
         properties = receipt.properties
         headers = properties.headers if isinstance(properties.headers, dict) else {}
-        before = count_header(headers.get(ATTEMPTS))
-        attempt = before + count_header(headers.get("x-delivery-count")) + 1
+        attempt = 1  # a first delivery of a first attempt carries no count
+        if headers:
+            attempt += count_header(headers.get(ATTEMPTS))
+            attempt += count_header(headers.get("x-delivery-count"))
         if receipt.dead:
             attempt = max(attempt, self.context.max_attempts(group) + 1)
         event: Event | None = None
@@ -525,13 +532,13 @@ class RabbitMQTransport(Transport):
                 claimed.decode_class, claimed.event = "UnverifiedMessage", None
             return claimed
         return Claimed(  # a decoded event's id and type are its own: the properties not read
-            group=group,
-            attempt=attempt,
-            receipt=receipt,
-            event_id=event.id,
-            event_type=event.type,
-            event=event,
-            first_failed_at=datetime_header(headers.get(FIRST_FAILED)),
+            group,
+            attempt,
+            receipt,
+            event.id,
+            event.type,
+            event,
+            first_failed_at=datetime_header(headers.get(FIRST_FAILED)) if headers else None,
             size=len(receipt.body),
         )
 
@@ -547,21 +554,21 @@ class RabbitMQTransport(Transport):
             and lease[0] > time.monotonic()
         )
 
-    def _still_ours(self, claimed: Claimed) -> bool:
-        """Whether the broker still holds this delivery for us: its channel is the current
-        one and ``_expire`` has not given it back. A lease that ran out but was not given
-        back yet has not been lost (nobody else can have the message), so it is settled:
-        leaving it unsettled would hold a prefetch slot until the connection closes."""
-        key = (claimed.receipt.generation, claimed.receipt.tag)
-        return claimed.receipt.generation == self._sub.generation and key in self._leases
+    def _end_lease(self, claimed: Claimed) -> bool:
+        """Forget ``claimed``'s lease, and say whether the broker still holds the delivery
+        for us: its channel is the current one and ``_expire`` has not given it back. A
+        lease that ran out but was not given back yet has not been lost (nobody else can
+        have the message), so it is settled: leaving it unsettled would hold a prefetch
+        slot until the connection closes."""
+        receipt = claimed.receipt
+        lease = self._leases.pop((receipt.generation, receipt.tag), None)
+        return lease is not None and receipt.generation == self._sub.generation
 
     def _settle(self, claimed: Sequence[Claimed]) -> list[Claimed]:
         """Ack what is still ours; return those acked. A connection lost meanwhile gave the
         messages back to the broker: they come again, and the inbox skips them."""
         with self._sub.lock:
-            held = [c for c in claimed if self._still_ours(c)]
-            for item in claimed:
-                self._leases.pop((item.receipt.generation, item.receipt.tag), None)
+            held = [c for c in claimed if self._end_lease(c)]
             self._free(held)
             if not held:
                 return []

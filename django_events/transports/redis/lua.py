@@ -26,6 +26,44 @@ local function owned(stream, group, consumer, claim)
 end
 """
 
+_HELD = """
+-- Which claims ("<entry id>/<delivery count>", in ARGV[from], ARGV[from + step], ...)
+-- ``consumer`` still holds under the same delivery count, read with one XPENDING over its
+-- own pending entries between the claims' lowest and highest id (paged, should it hold
+-- others in between) rather than one XPENDING per claim. Returns the claims' entry ids
+-- (false for a malformed claim), their delivery counts, how many, and the delivery count
+-- each entry this consumer holds has now.
+local function later(ms, seq, than_ms, than_seq)  -- ids compared exactly, as numbers
+  if #ms ~= #than_ms then return #ms > #than_ms end
+  if ms ~= than_ms then return ms > than_ms end
+  if #seq ~= #than_seq then return #seq > #than_seq end
+  return seq > than_seq
+end
+local function held(stream, group, consumer, from, step)
+  local ids, counts, now, n = {}, {}, {}, 0
+  local low, low_ms, low_seq, high, high_ms, high_seq
+  for i = from, #ARGV, step do
+    local id, ms, seq, count = string.match(ARGV[i], '^((%d+)-(%d+))/(%d+)$')
+    n = n + 1
+    ids[n], counts[n] = id or false, tonumber(count)
+    if id and (not low or later(low_ms, low_seq, ms, seq)) then
+      low, low_ms, low_seq = id, ms, seq
+    end
+    if id and (not high or later(ms, seq, high_ms, high_seq)) then
+      high, high_ms, high_seq = id, ms, seq
+    end
+  end
+  local start = low
+  while start do
+    local ok, found = pcall(redis.call, 'XPENDING', stream, group, start, high, n, consumer)
+    if not ok then break end  -- no such stream or group: nothing is held
+    for _, p in ipairs(found) do now[p[1]] = p[4] end
+    start = #found == n and '(' .. found[n][1] or nil
+  end
+  return ids, counts, n, now
+end
+"""
+
 _GUARD = """
 -- A side key of the wrong type (written by something else) is set aside, renamed with a
 -- ':garbled:<ms>' suffix for inspection, rather than failing every call that touches it.
@@ -149,22 +187,36 @@ return 1
 
 RENEW = (
     _NOW_MS
-    + _OWNED
+    + _HELD
     + _GUARD
     + """
 -- KEYS: stream, leases. ARGV: group, consumer, lease ms, claims. Resets the idle time of
--- the entries this consumer still owns (JUSTID: the delivery count, our attempt count,
--- stays as it is) and notes until when they are held, should that outlast the idle time.
-local renewed, held_until = 0, now_ms() + tonumber(ARGV[3])
+-- the entries this consumer still holds under the claim's delivery count (JUSTID: the
+-- delivery count, our attempt count, stays as it is) and notes until when they are held,
+-- should that outlast the idle time. One XPENDING, XCLAIM and HSET per 500 entries.
+local ids, counts, n, now = held(KEYS[1], ARGV[1], ARGV[2], 4, 1)
+local held_until, renewed, seen = now_ms() + tonumber(ARGV[3]), 0, {}
+local claim, leases = {}, {}
 guard(KEYS[2], 'hash')
-for i = 4, #ARGV do
-  local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[i])
-  if mine then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
-    redis.call('HSET', KEYS[2], id, held_until)
+local function flush()
+  if #leases == 0 then return end
+  table.insert(claim, 'JUSTID')
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(claim))
+  redis.call('HSET', KEYS[2], unpack(leases))
+  claim, leases = {}, {}
+end
+for i = 1, n do
+  local id = ids[i]
+  if id and now[id] == counts[i] and not seen[id] then
+    seen[id] = true
+    table.insert(claim, id)
+    table.insert(leases, id)
+    table.insert(leases, held_until)
     renewed = renewed + 1
+    if #claim == 500 then flush() end
   end
 end
+flush()
 return renewed
 """
 )
@@ -194,34 +246,37 @@ return {cursor, taken}
 )
 
 ACK = (
-    _OWNED
+    _HELD
     + _GUARD
     + """
 -- KEYS: stream, owed, leases. ARGV: group, consumer, then per entry: claim, event id.
--- Acknowledges the entries this claim still holds; returns their positions in ARGV order.
--- One XACK, ZREM and HDEL per 500 entries rather than three calls per entry.
-local acked, ids, events, seen = {}, {}, {}, {}
+-- Acknowledges the entries this consumer still holds under the claim's delivery count
+-- (docs/internals.md, "Redis: acks in one script"); returns the positions, in ARGV
+-- order, of the claims it does not hold (lost to a takeover, or named twice): usually
+-- none, so the reply stays one empty array. One XACK, ZREM and HDEL per 500 entries.
+local ids, counts, n, now = held(KEYS[1], ARGV[1], ARGV[2], 3, 2)
+local lost, acked, events, seen = {}, {}, {}, {}
 guard(KEYS[2], 'zset')
 guard(KEYS[3], 'hash')
 local function flush()
-  if #ids == 0 then return end
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  if #acked == 0 then return end
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(acked))
   redis.call('ZREM', KEYS[2], unpack(events))
-  redis.call('HDEL', KEYS[3], unpack(ids))
-  ids, events = {}, {}
+  redis.call('HDEL', KEYS[3], unpack(acked))
+  acked, events = {}, {}
 end
-for i = 3, #ARGV, 2 do
-  local mine, id = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[i])
-  if mine and not seen[id] then
+for i = 1, n do
+  local id = ids[i]
+  if id and now[id] == counts[i] and not seen[id] then
     seen[id] = true
-    table.insert(ids, id)
-    table.insert(events, ARGV[i + 1])
-    table.insert(acked, (i - 1) / 2)
-    if #ids == 500 then flush() end
+    acked[#acked + 1], events[#events + 1] = id, ARGV[2 + 2 * i]
+    if #acked == 500 then flush() end
+  else
+    lost[#lost + 1] = i
   end
 end
 flush()
-return acked
+return lost
 """
 )
 

@@ -30,13 +30,12 @@ import threading
 import time
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import redis
 from django.core.checks import CheckMessage, Error, Warning
 
-from ...envelope import from_cloudevent, parse_uuid
+from ...envelope import Event, from_cloudevent, parse_uuid
 from ...exceptions import EventsConfigurationError, TransportUnavailable, UndecodableEvent
 from ...signing import SIGNATURE, Signing, UnverifiedMessage, same
 from ..base import (
@@ -90,9 +89,9 @@ def _unavailable(exc: Exception) -> str | None:
 _translating = translating(_unavailable)
 
 
-@dataclass(frozen=True)
-class Receipt:
-    """Where a claimed entry lives, and its fields, to put it back or retry it later."""
+class Receipt(NamedTuple):
+    """Where a claimed entry lives, and its fields, to put it back or retry it later (a
+    named tuple: one is built per entry claimed, and a tuple is the cheapest to build)."""
 
     stream: str
     entry_id: str
@@ -103,6 +102,12 @@ class Receipt:
     def claim(self) -> str:
         """This claim's token for the scripts: the entry id and its delivery count."""
         return f"{self.entry_id}/{self.deliveries}"
+
+    @property
+    def owed_as(self) -> bytes | None:
+        """The entry's ``id`` field as written: the member of the owed set that acking it
+        removes (docs/wire-format.md, "What a consumer does"); None if it has none."""
+        return self.raw.get(b"id")
 
     def fields(self) -> dict[str, str]:
         """The entry's fields as text; bytes that are not UTF-8 (not ours) are escaped."""
@@ -613,38 +618,58 @@ class RedisStreamsTransport(Transport):
     ) -> Claimed:
         """One entry as a ``Claimed``: an event, or a ``decode_error`` naming what is wrong
         with it (fields that are not UTF-8, a body that does not decode, a delayed-set
-        member that was not ours), never an exception that would stop the group."""
-        fields = {  # the ones needed now; the rest stay bytes until a retry rewrites them
-            name: _text(raw[key]) for name, key in _READ_FIELDS if key in raw
-        }
+        member that was not ours), never an exception that would stop the group. An entry
+        that decodes is read once, through its envelope (its id and type are the
+        envelope's, as on SQS and RabbitMQ); the other fields stay bytes until a retry or
+        a dead letter needs them."""
         receipt = Receipt(self.stream(group), entry_id, raw, deliveries)
+        attempts = raw.get(b"attempts")
+        attempt = deliveries + (0 if attempts == b"0" else _count(attempts))
+        event = None
         try:
-            before = min(max(0, int(fields.get("attempts", "0"))), 1_000_000)
-        except ValueError:
-            before = 0
-        claimed = Claimed(
-            group=group,
-            attempt=before + deliveries,
-            receipt=receipt,
-            event_id=_uuid(fields.get("id")) or fallback_id(f"redis:{_where(receipt)}"),
-            event_type=fields.get("type", ""),
-            first_failed_at=_datetime(fields.get("first_failed_at")),
-            size=text_size(*raw.values()),  # what claim's budget counts
-        )
-        try:
-            if "problem" in fields:
-                raise UndecodableEvent(f"{fields['problem']}: {_text(raw.get(b'member'))!r}")
+            if b"problem" in raw:
+                raise UndecodableEvent(f"{_text(raw[b'problem'])}: {_text(raw.get(b'member'))!r}")
             context = self.context
             body = raw.get(b"event", b"")
             signed = context.signing.verify(raw.get(_SIGNATURE), body)
-            claimed.event = from_cloudevent(body, context.max_payload_bytes * 2)
+            event = from_cloudevent(body, context.max_payload_bytes * 2)
             if signed:  # the fields the worker reads beside the envelope are the signed ones
-                same("id field", fields.get("id"), str(claimed.event.id))
-                same("type field", fields.get("type"), claimed.event.type)
+                same("id field", _text_or_none(raw.get(b"id")), str(event.id))
+                same("type field", _text_or_none(raw.get(b"type")), event.type)
         except Exception as exc:  # whatever is wrong with it, it is this entry's dead letter
-            claimed.decode_error = decode_failure(exc, _where(receipt))
-            if isinstance(exc, UnverifiedMessage):
-                claimed.decode_class, claimed.event = "UnverifiedMessage", None
+            return self._undecodable(group, receipt, attempt, event, exc)
+        failed = raw.get(b"first_failed_at")
+        return Claimed(
+            group,
+            attempt,
+            receipt,
+            event.id,
+            event.type,
+            event,
+            first_failed_at=None if failed is None else _datetime(_text(failed)),
+            size=sum(map(len, raw.values())),  # what claim's budget counts
+        )
+
+    def _undecodable(
+        self, group: str, receipt: Receipt, attempt: int, event: Event | None, exc: Exception
+    ) -> Claimed:
+        """The ``Claimed`` of an entry that did not decode (or verify): named by its ``id``
+        and ``type`` fields where they are readable, for its dead letter."""
+        raw = receipt.raw
+        fields = {name: _text(raw[key]) for name, key in _READ_FIELDS if key in raw}
+        claimed = Claimed(
+            group=group,
+            attempt=attempt,
+            receipt=receipt,
+            event_id=_uuid(fields.get("id")) or fallback_id(f"redis:{_where(receipt)}"),
+            event_type=fields.get("type", ""),
+            event=event,  # decoded, then a signed field did not match it
+            decode_error=decode_failure(exc, _where(receipt)),
+            first_failed_at=_datetime(fields.get("first_failed_at")),
+            size=text_size(*raw.values()),
+        )
+        if isinstance(exc, UnverifiedMessage):
+            claimed.decode_class, claimed.event = "UnverifiedMessage", None
         return claimed
 
     def repair(self, groups: Iterable[str]) -> None:
@@ -727,7 +752,7 @@ class RedisStreamsTransport(Transport):
         for group, items in by_group.items():
             args: list[Any] = [CONSUMER_GROUP, self.consumer]
             for item in items:
-                args += [item.receipt.claim, str(item.event_id)]
+                args += (item.receipt.claim, item.receipt.owed_as or str(item.event_id))
             keys = [self.stream(group), self.owed(group), self.leases(group)]
             calls.append(("ACK", keys, args))
         pipe = self.client.pipeline(transaction=False)
@@ -735,9 +760,12 @@ class RedisStreamsTransport(Transport):
             self._queue(pipe, *call)
         results = self._rerun(pipe.execute(raise_on_error=False), calls)
         acked: list[Claimed] = []
-        for items, positions in zip(by_group.values(), results, strict=True):
-            if isinstance(positions, list):
-                acked.extend(items[int(p) - 1] for p in positions)
+        for items, lost in zip(by_group.values(), results, strict=True):
+            if lost == []:
+                acked += items
+            elif isinstance(lost, list):  # positions of the claims no longer held
+                gone = set(lost)
+                acked += (item for n, item in enumerate(items, 1) if n not in gone)
         return acked
 
     @_translating
@@ -868,9 +896,7 @@ def _positive(
 
 UNSIGNED = Signing()
 _SIGNATURE = SIGNATURE.encode()
-_READ_FIELDS = tuple(
-    (name, name.encode()) for name in ("id", "type", "attempts", "first_failed_at", "problem")
-)
+_READ_FIELDS = tuple((name, name.encode()) for name in ("id", "type", "first_failed_at"))
 
 
 def _fields(event: Outgoing, signing: Signing = UNSIGNED) -> list[str]:
@@ -893,6 +919,18 @@ def _where(receipt: Receipt) -> str:
 def _text(value: Any) -> str:
     """Text from Redis; bytes that are not UTF-8 (not written here) are escaped."""
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def _text_or_none(value: bytes | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _count(value: bytes | None) -> int:
+    """An entry's ``attempts`` field: 0 if absent or not a sane number (not ours)."""
+    try:
+        return min(max(0, int(_text(value))), 1_000_000) if value is not None else 0
+    except ValueError:
+        return 0
 
 
 def _uuid(value: str | None) -> uuid.UUID | None:
