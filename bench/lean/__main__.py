@@ -25,6 +25,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -281,7 +282,12 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(VARIANTS), help="e.g. A,B")
     parser.add_argument("--groups", type=int, default=2)
     parser.add_argument("--rate", type=float, default=None, help="events/s while held")
+    parser.add_argument("--summarize", nargs="+", metavar="JSON", help="medians of past runs")
     args = parser.parse_args()
+    if args.summarize:
+        past = [r for path in args.summarize for r in json.loads(Path(path).read_text())["results"]]
+        print(summary(past, {name: VARIANTS[name]() for name in VARIANTS}))
+        return
     args.events = 5_000 if args.quick else 20_000
     args.held = 20.0 if args.quick else 60.0
     args.rate = args.rate or (300.0 if args.quick else 500.0)
