@@ -201,9 +201,19 @@ class Consumers:
     def __exit__(self, *exc: object) -> None:
         stop(self.procs)
 
-    def drain(self, n: int, timeout: float = 300) -> float:
+    def handled(self) -> int:
+        """Inbox rows so far: read it before publishing what ``drain`` waits for."""
         with connect(self.dbname) as conn:
-            before = _count(conn, "django_events_inbox")
+            return _count(conn, "django_events_inbox")
+
+    def drain(self, n: int, timeout: float = 300, *, before: int | None = None) -> float:
+        """Wait until ``n`` more events are handled; return events/s. ``before``: the
+        inbox count read before they were published. Counted here instead, it includes
+        what the running consumers handled between the publish and this call: one S4
+        repetition reported 29,900 of 30,000 handled, a batch short, on a loaded machine."""
+        with connect(self.dbname) as conn:
+            if before is None:
+                before = _count(conn, "django_events_inbox")
             first = conn.execute("SELECT min(position) FROM django_events_outbox").fetchone()
             first_position = first[0] if first else None
 

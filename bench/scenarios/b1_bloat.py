@@ -34,8 +34,9 @@ def run(ctx: Context) -> list[Row]:
         with pg.Consumers(2, DB) as consumers:
 
             def stage(name: str) -> None:
+                before = consumers.handled()
                 pg.prepublish(n, DB)
-                consumers.drain(n)
+                consumers.drain(n, before=before)
                 time.sleep(STATS_LAG)
                 stages[name] = private.table_stats(DB, exact)
                 ctx.log(f"    {name}: {describe(stages[name])}")

@@ -80,8 +80,9 @@ def drain_rate(ctx: Context) -> dict[str, list[float]]:
                 pg.prepublish(min(n, 1000))
                 consumers.drain(min(n, 1000))  # warm up the fresh processes
                 pg.reset_events()
+                before = consumers.handled()
                 pg.prepublish(n)
-                return consumers.drain(n)
+                return consumers.drain(n, before=before)
 
         return run
 

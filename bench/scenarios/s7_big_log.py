@@ -56,12 +56,14 @@ def run(ctx: Context) -> list[Row]:
 
     def empty() -> float:
         pg.reset_events()
+        before = small_consumers.handled()
         pg.prepublish(n)
-        return small_consumers.drain(n)
+        return small_consumers.drain(n, before=before)
 
     def large() -> float:
+        before = big_consumers.handled()
         pg.prepublish(n, dbname=BIG_DB)
-        return big_consumers.drain(n)
+        return big_consumers.drain(n, before=before)
 
     try:
         got = alternate(ctx, {"empty": empty, "large": large})

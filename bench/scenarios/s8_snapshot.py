@@ -29,8 +29,9 @@ def run(ctx: Context) -> list[Row]:
             assert h.stdout is not None and h.stdout.readline().strip() == "ready"
             holder.append(h)
         try:
+            before = consumers.handled()
             pg.prepublish(n)
-            rate = consumers.drain(n)
+            rate = consumers.drain(n, before=before)
             with pg.connect() as conn:
                 sizes["with" if hold else "without"].append(pg.table_bytes(conn, *WORK_TABLES))
         finally:
