@@ -58,18 +58,55 @@ _tracer_of: list[Any] = [None, None]  # (provider, its tracer)
 _NOTHING = nullcontext()
 
 
+# The answers of metrics_enabled()/tracing_enabled(), with the API's provider global they
+# were read from. While no provider is set, get_*_provider() looks OTEL_PYTHON_*_PROVIDER up
+# in os.environ on every call (about 0.7 µs each, paid per publish: docs/performance.md,
+# "OpenTelemetry (O1)"); the answer can only change when set_*_provider() replaces that
+# global, so the API is asked again only then. An API without these globals is asked
+# every time. OTEL_PYTHON_*_PROVIDER set after the first check, with no provider set in
+# between, is seen once something else asks the API (docs/observability.md, "What it costs").
+_UNSEEN = object()
+_metrics_seen: tuple[Any, bool] = (_UNSEEN, False)
+_tracing_seen: tuple[Any, bool] = (_UNSEEN, False)
+_FAST = otel is not None and (
+    hasattr(otel, "_TRACER_PROVIDER") and hasattr(otel_metrics._internal, "_METER_PROVIDER")
+)
+
+
 def metrics_enabled() -> bool:
     """True when an OpenTelemetry SDK meter provider is installed."""
     if otel is None:
         return False
-    return not isinstance(otel_metrics.get_meter_provider(), _UNCONFIGURED_METERS)
+    seen = _metrics_seen
+    if _FAST and otel_metrics._internal._METER_PROVIDER is seen[0]:
+        return seen[1]
+    return _ask_metrics()
+
+
+def _ask_metrics() -> bool:
+    global _metrics_seen
+    enabled = not isinstance(otel_metrics.get_meter_provider(), _UNCONFIGURED_METERS)
+    # read after asking: with OTEL_PYTHON_METER_PROVIDER set, asking is what sets it
+    _metrics_seen = (getattr(otel_metrics._internal, "_METER_PROVIDER", _UNSEEN), enabled)
+    return enabled
 
 
 def tracing_enabled() -> bool:
     """True when an OpenTelemetry SDK (any real tracer provider) is installed."""
     if otel is None:
         return False
-    return not isinstance(otel.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider))
+    seen = _tracing_seen
+    if _FAST and otel._TRACER_PROVIDER is seen[0]:
+        return seen[1]
+    return _ask_tracing()
+
+
+def _ask_tracing() -> bool:
+    global _tracing_seen
+    provider = otel.get_tracer_provider()
+    enabled = not isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider))
+    _tracing_seen = (getattr(otel, "_TRACER_PROVIDER", _UNSEEN), enabled)
+    return enabled
 
 
 def _tracer() -> Any:

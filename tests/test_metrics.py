@@ -177,3 +177,14 @@ def test_counters_are_totals_since_start_at_every_collection(meter_reader):
     deliver(["alpha"])
     second = collected(meter_reader)
     assert (second[alpha].value, second[published].value) == (3, 3)
+
+
+def test_a_meter_provider_set_after_the_first_publish_is_used(request):
+    """metrics_enabled() keeps its answer while the API's provider stays the same
+    (instrumentation._metrics_seen): an SDK installed later must still be counted into."""
+    pytest.importorskip("opentelemetry.sdk")
+    publish("test.happened", {"n": 1})  # no SDK yet: counted nowhere
+    meter_reader = request.getfixturevalue("meter_reader")
+    publish("test.happened", {"n": 2})
+    points = collected(meter_reader)
+    assert points[("django_events.published", (("type", "test.happened"),))].value == 1

@@ -166,3 +166,13 @@ def test_the_publish_and_handler_spans_stop_being_current_when_they_end(spans):
         deliver(["alpha", "beta"])  # one handler that returns, one that raises
         assert trace.get_current_span() is outer
     assert set(by_name(spans)) >= {"outer", "send test.happened", "process alpha", "process beta"}
+
+
+def test_a_tracer_provider_set_after_the_first_publish_is_used(request):
+    """tracing_enabled() keeps its answer while the API's provider stays the same
+    (instrumentation._tracing_seen): an SDK installed later must still be seen."""
+    assert "traceparent" not in publish("test.happened", {"n": 1}).metadata
+    spans = request.getfixturevalue("spans")  # the SDK's provider, set now
+    event = publish("test.happened", {"n": 2})
+    assert event.metadata["traceparent"].startswith("00-")
+    assert [span.name for span in spans.get_finished_spans()] == ["send test.happened"]
