@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-from bench import runner
+from bench import lock, pg, runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,13 +41,24 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr, flush=True)
 
     ctx = runner.Context(quick=args.quick, log=log)
-    lock = _one_run_at_a_time()
-    started = time.perf_counter()
-    setup_error = _setup()
-    if setup_error:
-        print(f"PostgreSQL set-up failed: {setup_error}", file=sys.stderr)
-    rows, durations = runner.run_all(modules, ctx)
-    elapsed = time.perf_counter() - started
+    # SIGTERM (a timeout, kill) ends the run through its finally blocks: children stopped,
+    # queues and databases deleted, the lock released (docs/performance.md, "Reproduce").
+    signal.signal(signal.SIGTERM, _exit)
+    shared = not all(getattr(m, "PRIVATE_SERVER", False) for m in modules)
+    held = lock.acquire(log) if shared else None  # W1, B1, H1 alone need neither
+    try:
+        started = time.perf_counter()
+        if shared:
+            pg.drop_databases(pg.DATABASES.orphans(), log)  # runs killed before finally
+            setup_error = _setup()
+            if setup_error:
+                print(f"PostgreSQL set-up failed: {setup_error}", file=sys.stderr)
+        rows, durations = runner.run_all(modules, ctx)
+        elapsed = time.perf_counter() - started
+    finally:
+        pg.drop_databases(pg.DATABASES.mine(), log)
+        if held is not None:
+            held.close()
     print()
     print("\n".join(runner.table_lines(rows, markdown=False)))
     print(f"\n{len(rows)} rows in {elapsed:.0f}s ({'quick' if args.quick else 'full'} run)")
@@ -60,32 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick and not args.only and not args.no_docs and args.json is None:
         runner.write_docs(out, runner.DOCS)
         print(f"docs: {runner.DOCS}")
-    if lock is not None:
-        lock.close()
     return 0
 
 
-def _one_run_at_a_time():  # type: ignore[no-untyped-def]
-    """Two runs on one server would drain each other's queues: wait for the other one."""
-    from bench import pg
-
-    try:
-        conn = pg.connect("postgres")
-    except Exception:
-        return None
-    key = 0x62656E6368  # "bench"
-    row = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
-    if not (row and row[0]):
-        print("another benchmark run holds the server; waiting for it...", file=sys.stderr)
-        conn.execute("SELECT pg_advisory_lock(%s)", [key])
-    return conn
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _setup() -> str | None:
-    """A fresh, migrated benchmark database (the run owns it)."""
+    """A fresh, migrated benchmark database (the run owns it, and drops it at the end)."""
     import django
-
-    from bench import pg
 
     try:
         pg.recreate_database(pg.BENCH_DB)

@@ -14,12 +14,15 @@ from typing import Any
 
 import psycopg
 
+from bench.leftovers import Ledger
 from bench.runner import ROOT
 
 HOST = os.environ.get("PGHOST", "127.0.0.1")
 PORT = os.environ.get("PGPORT", "5432")
 USER = os.environ.get("PGUSER", "postgres")
 BENCH_DB = os.environ.get("DJANGO_EVENTS_BENCH_DB", "django_events_bench")
+SHARED_PORT = PORT  # the machine's server; on_port() points elsewhere for a while
+DATABASES = Ledger("postgresql")  # what this and earlier runs created on the shared server
 
 # About 200 bytes of JSON, the payload of every scenario.
 PAYLOAD: dict[str, Any] = {
@@ -64,6 +67,11 @@ def connect(dbname: str = BENCH_DB, autocommit: bool = True) -> psycopg.Connecti
 
 
 def recreate_database(name: str, template: str | None = None) -> None:
+    """Create ``name`` afresh. On the shared server it is recorded first, and the run
+    drops it when it ends (``bench/__main__.py``), or the next run if this one is killed;
+    a private cluster goes with everything on it."""
+    if PORT == SHARED_PORT:
+        DATABASES.add(name)
     with connect("postgres") as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         extra = f' TEMPLATE "{template}"' if template else ""
@@ -73,6 +81,18 @@ def recreate_database(name: str, template: str | None = None) -> None:
 def drop_database(name: str) -> None:
     with connect("postgres") as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    if PORT == SHARED_PORT:
+        DATABASES.remove(name)
+
+
+def drop_databases(names: Sequence[str], log: Callable[[str], None]) -> None:
+    """Drop each of ``names`` (on the shared server: called outside ``on_port``); one that
+    fails is logged, not raised (a ``finally`` calls this: the run's error is the one to see)."""
+    for name in names:
+        try:
+            drop_database(name)
+        except Exception as exc:
+            log(f"could not drop database {name!r}: {exc}")
 
 
 def env(**extra: str) -> dict[str, str]:

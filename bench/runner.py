@@ -480,5 +480,16 @@ def write_docs(json_path: Path, docs_path: Path) -> None:
         "the package itself. PostgreSQL is expected at 127.0.0.1:5432 (user postgres), as "
         "for the tests.",
         "",
+        "One run at a time per PostgreSQL server: a run takes a session advisory lock "
+        "on a connection of its own (`bench/lock.py`) and, while another run holds it, "
+        "waits by polling from the client; the lock ends with the process holding it, "
+        "killed or not. W1, B1 and H1 run on a private cluster: a run of only those "
+        "takes no lock and creates no benchmark database. A run leaves nothing on the "
+        "shared servers: the databases it creates (`django_events_bench` and the rows' "
+        "own) are dropped when it ends, RQ1's queues and exchanges are deleted, also "
+        "when a row fails or the run gets SIGTERM. Each is recorded with the run's pid "
+        "before it is made (`bench/leftovers.py`, in the temporary directory), so what "
+        "a run killed with SIGKILL left is removed by the next run.",
+        "",
     ]
     docs_path.write_text("\n".join(lines))

@@ -27,6 +27,7 @@ from bench import pg, private
 from bench.runner import Context, Goal, Row, Stats, percentile
 
 ID = "H1"
+PRIVATE_SERVER = True  # everything on a cluster of its own: no shared lock, no bench DB
 TITLE = "steady rate, an idle transaction holding a snapshot in the middle phase"
 BASELINE = "the offered rate"
 GOAL = Goal(">=", 0.95)

@@ -8,7 +8,9 @@ Consume: ``claim`` plus ``ack_many`` (decoding included), prefetch 100, against 
 ``basic_consume`` with prefetch 100 acking every 100 deliveries in one multiple ack.
 Latency: one ``consume_events`` on RabbitMQ (relay thread woken by NOTIFY), from the
 publisher's commit to the handler; the baseline is a raw confirmed publish to a consumer
-waiting on the queue. Every run uses its own prefix and deletes what it declared.
+waiting on the queue. Every run uses its own prefix and deletes what it declared, also
+when it fails; a prefix is recorded (bench/leftovers.py) before anything is declared
+under it, so what a killed run left is deleted by the next one.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from bench import pg
+from bench.leftovers import Ledger
 from bench.runner import Context, Goal, Row, alternate, na_row, percentile, ratio_row
 
 ID = "RQ1"
@@ -36,9 +40,10 @@ TYPE = "bench.noop"
 BATCH = 1000
 PREFETCH = 100
 RATE = 100.0
+PREFIXES = Ledger("rabbitmq")  # every prefix declared under and not yet deleted
 
 
-def _events(n: int, event_type: str = TYPE) -> list[Any]:
+def _events(n: int, event_type: str | None = None) -> list[Any]:
     from django_events.transports.base import Outgoing
 
     now = dt.datetime.now(dt.timezone.utc)
@@ -46,7 +51,7 @@ def _events(n: int, event_type: str = TYPE) -> list[Any]:
         Outgoing(
             position=i + 1,
             event_id=uuid.uuid4(),
-            type=event_type,
+            type=event_type or TYPE,
             key=None,
             data=pg.PAYLOAD_TEXT,
             occurred_at=now,
@@ -65,18 +70,49 @@ def _transport(prefix: str) -> Any:
 def _fresh() -> tuple[Any, str]:
     """A transport under a new prefix, its exchange, queues and bindings declared."""
     prefix = f"bench-rq1.{uuid.uuid4().hex[:8]}"
+    PREFIXES.add(prefix)  # first: a failed or killed setup may have declared some of it
     transport = _transport(prefix)
     transport.setup(transport.context.subscriptions())
     return transport, prefix
 
 
-def _delete(prefix: str) -> None:
-    from tests.rabbitmq_support import delete_everything
-
+def names(prefix: str) -> tuple[list[str], list[str]]:
+    """(queues, exchanges) RQ1 may declare under ``prefix``: each group's queue and
+    dead-letter queue (``claim`` declares its group's), the raw latency consumer's queue,
+    the topic exchange."""
     transport = _transport(prefix)
-    groups = sorted({group for _, group, _ in transport.context.subscriptions()})
-    with contextlib.suppress(Exception):
-        delete_everything(transport, groups)
+    groups = sorted({GROUP} | {group for _, group, _ in transport.context.subscriptions()})
+    queues = [transport.queue(group, dead=dead) for group in groups for dead in (False, True)]
+    return [*queues, f"{prefix}.raw-latency"], [transport.exchange]
+
+
+def delete(prefix: str) -> None:
+    """Delete what RQ1 declared under ``prefix``, then forget it. A broker that cannot be
+    reached raises, and the prefix stays recorded for the next run."""
+    import pika
+
+    queues, exchanges = names(prefix)
+    connection = _connection()
+    try:
+        for queue in queues:  # deleting a missing queue is no error for RabbitMQ
+            connection.channel().queue_delete(queue)
+        for exchange in exchanges:
+            connection.channel().exchange_delete(exchange)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise RuntimeError(f"RabbitMQ refused to delete under {prefix!r}: {exc}") from exc
+    finally:
+        connection.close()
+    PREFIXES.remove(prefix)
+
+
+def delete_all(prefixes: list[str], log: Any) -> None:
+    """Delete under every prefix in ``prefixes``; one that fails is logged, not raised
+    (a ``finally`` calls this: the row's own error is the one to see)."""
+    for prefix in prefixes:
+        try:
+            delete(prefix)
+        except Exception as exc:
+            log(f"   RQ1: could not delete what it declared under {prefix!r}: {exc}")
 
 
 def _connection() -> Any:
@@ -180,13 +216,11 @@ _VARIANTS = ("publish:events", "publish:raw", "consume:events", "consume:raw")
 def throughput_rows(ctx: Context) -> list[Row]:
     n = ctx.size(20_000, 5_000)
     events = _events(n)
-    prefixes: list[str] = []
 
     def run(name: str) -> float:
         kind, side = name.split(":")
         filler = publish_events if side == "events" else publish_raw
         rate, prefix = filler(events)
-        prefixes.append(prefix)
         if kind == "publish":
             return rate
         # consume the queue the matching publisher filled: each side reads what it wrote
@@ -196,9 +230,8 @@ def throughput_rows(ctx: Context) -> list[Row]:
         got = alternate(
             ctx, {name: (lambda name=name: run(name)) for name in _VARIANTS}, warmup=True
         )
-    finally:
-        for prefix in prefixes:
-            _delete(prefix)
+    finally:  # the queues hold what was published: free the broker before the next part
+        delete_all(PREFIXES.mine(), ctx.log)
     note = f"{n:,} events of about 200 bytes, one quorum queue, in this process"
     return [
         ratio_row(
@@ -361,7 +394,7 @@ def latency_rows(ctx: Context) -> list[Row]:
             publisher.close()
         for path in files.values():
             os.unlink(path)
-        _delete(prefix)
+        delete_all(PREFIXES.mine(), ctx.log)
         pg.reset_events()
     note = (
         f"{count} events per repetition, one transaction each; one consume_events on "
@@ -402,4 +435,16 @@ def run(ctx: Context) -> list[Row]:
     reason = _unreachable()
     if reason:
         return [na_row(ID, TITLE, BASELINE, GOAL, f"not measured: {reason}")]
-    return throughput_rows(ctx) + latency_rows(ctx)
+    with cleaned(ctx):
+        return throughput_rows(ctx) + latency_rows(ctx)
+
+
+@contextlib.contextmanager
+def cleaned(ctx: Context) -> Iterator[None]:
+    """Delete what runs killed before their ``finally`` left on the broker, then, however
+    the block ends, everything this process declared."""
+    delete_all(PREFIXES.orphans(), ctx.log)
+    try:
+        yield
+    finally:
+        delete_all(PREFIXES.mine(), ctx.log)

@@ -21,6 +21,7 @@ from bench.runner import Context, Goal, Row, alternate, na_row, ratio_row
 from bench.scenarios.s4_end_to_end import WORKERS, missing, pgqueuer_drain
 
 ID = "W1"
+PRIVATE_SERVER = True  # everything on a cluster of its own: no shared lock, no bench DB
 TITLE = "WAL bytes per event end to end: publish, relay, 2 consume_events, inbox and log on"
 BASELINE = "PgQueuer per job: enqueue, dequeue, complete"
 GOAL = Goal("<=", 1.0)
