@@ -48,8 +48,10 @@ else:
         from opentelemetry.metrics._internal import _ProxyMeterProvider
     except ImportError:  # pragma: no cover - a later API: record into its proxy instead
         _UNCONFIGURED_METERS: tuple[type, ...] = (otel_metrics.NoOpMeterProvider,)
+        _METER_PROXIES: tuple[type, ...] = ()
     else:
         _UNCONFIGURED_METERS = (_ProxyMeterProvider, otel_metrics.NoOpMeterProvider)
+        _METER_PROXIES = (_ProxyMeterProvider,)
 
 SYSTEM = "django_events"
 MAX_TRACESTATE = 512  # W3C: a vendor may drop tracestate rather than carry more
@@ -84,10 +86,11 @@ def metrics_enabled() -> bool:
 
 
 def _ask_metrics() -> bool:
+    """Ask the API; the answer is kept with the global it came from (see _ask_tracing)."""
     global _metrics_seen
-    enabled = not isinstance(otel_metrics.get_meter_provider(), _UNCONFIGURED_METERS)
-    # read after asking: with OTEL_PYTHON_METER_PROVIDER set, asking is what sets it
-    _metrics_seen = (getattr(otel_metrics._internal, "_METER_PROVIDER", _UNSEEN), enabled)
+    provider = otel_metrics.get_meter_provider()
+    enabled = not isinstance(provider, _UNCONFIGURED_METERS)
+    _metrics_seen = (None if isinstance(provider, _METER_PROXIES) else provider, enabled)
     return enabled
 
 
@@ -102,10 +105,14 @@ def tracing_enabled() -> bool:
 
 
 def _ask_tracing() -> bool:
+    """Ask the API. The answer is kept with the global it came from, not the global read
+    afterwards: the API returns its proxy while the global is None, the global itself once
+    set (OTEL_PYTHON_TRACER_PROVIDER is loaded by the asking), so a provider another thread
+    sets meanwhile changes the global from what is kept, and is asked about next time."""
     global _tracing_seen
     provider = otel.get_tracer_provider()
     enabled = not isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider))
-    _tracing_seen = (getattr(otel, "_TRACER_PROVIDER", _UNSEEN), enabled)
+    _tracing_seen = (None if isinstance(provider, ProxyTracerProvider) else provider, enabled)
     return enabled
 
 

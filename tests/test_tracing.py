@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -176,3 +179,22 @@ def test_a_tracer_provider_set_after_the_first_publish_is_used(request):
     event = publish("test.happened", {"n": 2})
     assert event.metadata["traceparent"].startswith("00-")
     assert [span.name for span in spans.get_finished_spans()] == ["send test.happened"]
+
+
+def test_providers_named_in_the_environment_are_loaded_at_the_first_check():
+    """OTEL_PYTHON_*_PROVIDER, set before the process starts: the API loads them when
+    first asked, and the checks ask once (instrumentation._ask_tracing)."""
+    pytest.importorskip("opentelemetry.sdk")
+    script = (
+        "from django_events import instrumentation as i\n"
+        "print(i.tracing_enabled(), i.metrics_enabled(), i.tracing_enabled())\n"
+    )
+    env = {
+        **os.environ,
+        "OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider",
+        "OTEL_PYTHON_METER_PROVIDER": "sdk_meter_provider",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["True", "True", "True"]
