@@ -292,7 +292,7 @@ class Relay:
 
     def _relay_batch(self, using: str) -> int:
         if self.transport.joins_outbox_transaction(using):
-            with transaction.atomic(using=using):
+            with sql.bounded_atomic(using):
                 rows, left = self._take(using)
                 subscriptions = self._subscriptions(rows)
                 self.transport.publish(rows, subscriptions)
@@ -345,7 +345,7 @@ class Relay:
             try:
                 plan = self._plan(using, lock="")
                 bound, bound_params = sql.dialect(using).bounded_transaction(plan.timeout)
-                with transaction.atomic(using=using):
+                with sql.bounded_atomic(using):
                     cursor.execute(f"SELECT {bound}", bound_params)
                     taken, snapshot, passed = self._read(cursor, using, plan)
                 self._send(using, taken)
@@ -421,7 +421,7 @@ class Relay:
         logger.warning("The relay's batch failed (%s); moving its rows one at a time", exc)
         for row, _ in taken:
             try:
-                with transaction.atomic(using=using):
+                with sql.bounded_atomic(using):
                     moved = self._take(using, row.position)[0]
                     self.transport.publish(moved, self._subscriptions(moved))
             except (DataError, IntegrityError) as refused:
