@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -26,7 +26,9 @@ from django_events.engine.relay import QUARANTINE_GROUP, Relay, set_aside
 from django_events.engine.worker import Worker
 from django_events.models import DeadLetter, EventRecord, OutboxMessage
 from django_events.transports import transports
-from django_events.transports.base import Outgoing
+from django_events.transports.base import Outgoing, Transport
+from django_events.transports.database import DatabaseTransport
+from django_events.transports.memory import InMemoryTransport
 from django_events.transports.sqs import message_group_id
 from django_events.triage import retry
 
@@ -237,6 +239,66 @@ def test_a_relay_dead_letter_cannot_be_retried_only_discarded(admin_user: Any) -
         retry([dead], admin_user, "try")
     dead.refresh_from_db()
     assert dead.state == DeadLetter.State.OPEN
+
+
+# -- event ids ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["move", "send"])
+def handed(request: pytest.FixtureRequest) -> Iterator[tuple[Transport, list[Any]]]:
+    """A transport that notes each event id the relay hands it, then takes the events as
+    it would: ``move``, the database transport (the same-database move); ``send``, the
+    in-memory transport (the leased send on SQLite, the locked one on PostgreSQL)."""
+    ids: list[Any] = []
+    base = DatabaseTransport if request.param == "move" else InMemoryTransport
+
+    class Noting(base):  # type: ignore[valid-type,misc]
+        def publish(self, events: Sequence[Outgoing], subscriptions: Any) -> None:
+            ids.extend(event.event_id for event in events)
+            super().publish(events, subscriptions)
+
+    name = f"memory-{uuid.uuid4().hex}"
+    yield Noting("default", {} if request.param == "move" else {"name": name}), ids
+    InMemoryTransport("cleanup", {"name": name}).clear()
+
+
+def test_a_transport_is_handed_each_event_id_as_a_uuid(
+    handed: tuple[Transport, list[Any]],
+) -> None:
+    """SQLite's driver reads the outbox's ids as text: the relay parses each where it reads
+    the rows, so every transport gets the ``uuid.UUID`` that ``Outgoing`` declares."""
+    transport, ids = handed
+    published = [publish("test.happened", {"n": n}).id for n in range(3)]
+    Relay(transport=transport).run_once()
+    assert [type(event_id) for event_id in ids] == [uuid.UUID] * 3
+    assert ids == published
+    assert_logged_in_order(published)
+
+
+def test_an_outbox_row_whose_id_is_not_a_uuid_is_set_aside(
+    handed: tuple[Transport, list[Any]],
+) -> None:
+    """A row whose id does not parse is not handed over: it becomes one dead letter that
+    names the id, and the events around it move on."""
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's uuid column refuses such an id")
+    transport, ids = handed
+    healthy = [publish("test.happened", {"n": 0}).id]
+    row = plant({}, duplicate_of=healthy[0])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE django_events_outbox SET event_id = 'not-a-uuid' WHERE position = %s",
+            [row.position],
+        )
+    healthy.append(publish("test.happened", {"n": 1}).id)
+    Relay(transport=transport).run_once()
+    dead = DeadLetter.objects.get()
+    assert (dead.group, dead.event_id) == (QUARANTINE_GROUP, uuid.UUID(int=0))
+    assert dead.error_message == (
+        f"Outbox row {row.position} (test.happened): event id 'not-a-uuid' is not a UUID"
+    )
+    assert ids == healthy
+    assert_logged_in_order(healthy)
 
 
 # -- Redis Streams ------------------------------------------------------------------------------

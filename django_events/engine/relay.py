@@ -594,7 +594,7 @@ class Relay:
                     f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {dialect.now()})",
                     [
                         (
-                            r.event_id,
+                            dialect.uuid_value(r.event_id),
                             r.position,
                             r.type,
                             r.key,
@@ -703,9 +703,20 @@ def _marked(
 
 
 def _taken(rows: Sequence[Sequence[Any]]) -> list[tuple[Outgoing, bool]]:
-    """Rows read with their ``_logged`` column, in position order."""
-    taken = [(Outgoing(*row[:-1]), bool(row[-1])) for row in rows]
+    """Rows read with their ``_logged`` column, in position order, each event id a
+    ``uuid.UUID`` as ``Outgoing`` declares (SQLite's driver reads it as text)."""
+    taken = [(Outgoing(row[0], _uuid_or_raw(row[1]), *row[2:-1]), bool(row[-1])) for row in rows]
     return sorted(taken, key=lambda item: item[0].position)
+
+
+def _uuid_or_raw(value: Any) -> Any:
+    """``value`` as a ``uuid.UUID``; as it was if it is none, for ``screen`` to set aside."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return value
 
 
 def screen(
@@ -733,9 +744,9 @@ def screen(
 def row_problem(row: Outgoing, max_bytes: int) -> str | None:
     """Why an outbox row breaks the rule ``publish()`` enforces (django_events.validation),
     or None: what a consumer could not decode, or a database or transport could not keep."""
+    if not isinstance(_uuid_or_raw(row.event_id), uuid.UUID):
+        return f"event id {str(row.event_id)[:100]!r} is not a UUID"
     try:
-        if not isinstance(row.event_id, uuid.UUID):
-            uuid.UUID(str(row.event_id))
         validate_type(row.type)
         validate_version(row.version)
         validate_key(row.key)
