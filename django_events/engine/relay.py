@@ -37,6 +37,7 @@ from django.db import (
     transaction,
 )
 from django.db.models.functions import Now
+from django.utils.dateparse import parse_datetime
 
 from .. import instrumentation, logfields, moving, retention
 from ..conf import get_settings
@@ -63,6 +64,7 @@ _OUTBOX_FIELDS = (
     "position, event_id, type, key, version, data, metadata, occurred_at, source, "
     "correlation_id, causation_id"
 )
+_OCCURRED_AT = [name.strip() for name in _OUTBOX_FIELDS.split(",")].index("occurred_at")
 _LOG_COLUMNS = (
     "id, position, type, key, version, data, metadata, occurred_at, source, "
     "correlation_id, causation_id, recorded_at"
@@ -476,16 +478,22 @@ class Relay:
         """Read, without moving, the rows ``plan`` takes (with their ``_logged`` column),
         the statement's snapshot bounds, and the positions other relays passed."""
         connection = connections[using]
+        dialect = sql.dialect(using)
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
-        select, params = plan.select(sql.dialect(using), log, "taken.*")
+        select, params = plan.select(dialect, log, "taken.*")
+        # The time as text: one psycopg cannot convert (after year 9999, infinity) failed
+        # the whole fetch, at every pass (docs/guarantees.md, "What publish refuses").
+        fields = _OUTBOX_FIELDS.replace(
+            "occurred_at,", f"{dialect.as_text('occurred_at')} AS occurred_at,"
+        )
         cursor.execute(
-            f"WITH {plan.candidates}taken AS (SELECT {_OUTBOX_FIELDS}, {_logged(outbox, log)} "
+            f"WITH {plan.candidates}taken AS (SELECT {fields}, {_logged(outbox, log)} "
             f"FROM {outbox} WHERE {plan.which}) {select}",
             [*plan.params, *params],
         )
         rows, snapshot, passed = _with_snapshot(cursor.fetchall())
-        return _taken(rows), snapshot, passed
+        return _taken([_with_time(row) for row in rows]), snapshot, passed
 
     def _advance(
         self,
@@ -707,6 +715,18 @@ def _taken(rows: Sequence[Sequence[Any]]) -> list[tuple[Outgoing, bool]]:
     ``uuid.UUID`` as ``Outgoing`` declares (SQLite's driver reads it as text)."""
     taken = [(Outgoing(row[0], _uuid_or_raw(row[1]), *row[2:-1]), bool(row[-1])) for row in rows]
     return sorted(taken, key=lambda item: item[0].position)
+
+
+def _with_time(row: Sequence[Any]) -> Sequence[Any]:
+    """A row whose ``occurred_at`` was read as text (``Dialect.as_text``), with it as an
+    aware datetime; a time Python cannot hold either stays text, which the transport's
+    envelope carries as it is and the consumer's decoder names (``wire_time``)."""
+    index = _OCCURRED_AT
+    try:
+        value = parse_datetime(row[index])  # any digits of a second (3.10's fromisoformat not)
+    except (TypeError, ValueError):
+        return row
+    return row if value is None else (*row[:index], value, *row[index + 1 :])
 
 
 def _uuid_or_raw(value: Any) -> Any:
