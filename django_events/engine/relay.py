@@ -41,7 +41,7 @@ from django.utils.dateparse import parse_datetime
 
 from .. import instrumentation, logfields, moving, retention
 from ..conf import get_settings
-from ..envelope import validate_metadata, validate_type, validate_version
+from ..envelope import parse_uuid, validate_metadata, validate_type, validate_version
 from ..exceptions import InvalidEvent, PublishRefused
 from ..subscriptions import fan_out
 from ..text import storable
@@ -734,7 +734,7 @@ def _uuid_or_raw(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return value
     try:
-        return uuid.UUID(value)
+        return parse_uuid(value)
     except (TypeError, ValueError, AttributeError):
         return value
 
