@@ -267,6 +267,24 @@ def test_a_relay_inside_the_callers_transaction_puts_its_bounds_back(via: str):
     assert _bounds(connection.cursor()) == ("0", "0")  # and nothing left for the session
 
 
+def test_a_take_cancelled_inside_the_callers_transaction_leaves_no_bound(raw: psycopg.Connection):
+    """A bounded section the server cancels is rolled back to its savepoint, which undoes
+    its settings too: the caller's transaction goes on with its own."""
+    publish("frontier.nested", {"n": 1})
+    relay = Relay()
+    relay.statement_timeout = 0.2
+    raw.execute(f"SELECT pg_advisory_lock({RELAY_LOCK})")  # another relay holds the lock
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            before = _bounds(cursor)
+            assert relay.relay_batch("default") == 0  # the wait for the lock was cancelled
+            assert _bounds(cursor) == before
+            cursor.execute("SELECT pg_sleep(0.4)")
+    finally:
+        raw.execute("SELECT pg_advisory_unlock_all()")
+    assert relay.relay_batch("default") == 1
+
+
 def test_a_row_moved_alone_inside_the_callers_transaction_puts_the_bounds_back():
     """The same on the path that moves a refused batch one row at a time."""
     healthy = [publish("frontier.nested", {"n": n}).id for n in range(2)]
