@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import uuid
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ import pytest
 from django.test import override_settings
 
 from django_events import publish
+from django_events.engine.relay import Relay
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import Delivery, InboxRecord
 from django_events.testing import deliver
@@ -90,8 +90,8 @@ def test_an_unknown_option_is_named() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_of_several_events_runs_each_handler_once(name: str) -> None:
     """Several events of one group claimed together share one commit (BATCH_TRANSACTIONS):
-    each handler runs, once. The transport's event ids are text, so the worker matches
-    inbox rows by the decoded event's id (a batch once skipped every event here)."""
+    each handler runs, once. The worker matches inbox rows by the decoded event's id (a
+    batch once skipped every event here, when the transport's ids were text)."""
     backend = {"BACKEND": "django_events.transports.memory.InMemoryTransport"}
     with override_settings(
         DJANGO_EVENTS={
@@ -107,17 +107,17 @@ def test_a_batch_of_several_events_runs_each_handler_once(name: str) -> None:
         assert InboxRecord.objects.filter(group_name="alpha").count() == 3
 
 
-def test_an_event_id_handed_over_as_text_is_claimed_and_discarded_as_a_uuid(name: str) -> None:
-    """On SQLite the relay hands ids over as the driver reads them, as text: the queue keys
-    them by UUID, so ``Claimed.event_id`` is one and the admin's ``discard`` (which passes
+@pytest.mark.django_db(transaction=True)
+def test_a_relayed_event_is_claimed_and_discarded_by_its_uuid(name: str) -> None:
+    """The relay hands each event id over as a ``uuid.UUID`` (on SQLite too, whose driver
+    reads text), so ``Claimed.event_id`` is one and the admin's ``discard`` (which passes
     a UUID) finds the parked event (it once found nothing and left it parked)."""
-    event = make_event(key="k1")
     transport = InMemoryTransport("a", {"name": name})
-    as_text = dataclasses.replace(event, event_id=event.event_id.hex)
-    transport.publish([as_text], [(TYPE, "g1", True)])
-    [claimed] = transport.claim(["g1"], 10, 30)
-    assert claimed.event_id == event.event_id and isinstance(claimed.event_id, uuid.UUID)
+    event = publish("test.sequenced", {"n": 1}, key="k1")  # ordered: parked when dead
+    Relay(transport=transport).run_once()
+    [claimed] = transport.claim(["sequence"], 10, 30)
+    assert claimed.event_id == event.id and isinstance(claimed.event_id, uuid.UUID)
     assert transport.dead_letter(claimed)
-    assert transport.status(["g1"])["g1"].parked == 1
-    transport.discard(event.event_id, "g1")
-    assert transport.status(["g1"])["g1"].parked == 0
+    assert transport.status(["sequence"])["sequence"].parked == 1
+    transport.discard(event.id, "sequence")
+    assert transport.status(["sequence"])["sequence"].parked == 0

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -243,6 +243,70 @@ def test_a_take_that_times_out_ends_on_the_server(raw: psycopg.Connection, hold:
         raw.execute("SELECT pg_advisory_unlock_all()")
         thread.join(timeout=30)
     assert relay.relay_batch("default") == 1  # the lock gone, the same relay moves on
+
+
+def _bounds(cursor: Any) -> tuple[str, str]:
+    cursor.execute("SELECT current_setting('lock_timeout'), current_setting('statement_timeout')")
+    return cursor.fetchone()
+
+
+def test_a_relay_inside_the_callers_transaction_puts_its_bounds_back(via: str):
+    """The bound is a local setting, which lasts until the outermost transaction ends, not
+    the relay's savepoint: run inside the caller's transaction, the relay puts back the
+    caller's settings, so the caller's later statements are not cancelled after the
+    relay's bound (docs/internals.md, "The relay's frontier")."""
+    publish("frontier.nested", {"n": 1})
+    relay = Relay()
+    relay.statement_timeout = 0.2
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL statement_timeout = '7s'")  # the caller's own, kept
+        before = _bounds(cursor)
+        assert relay.run_once() == 1
+        assert _bounds(cursor) == before
+        cursor.execute("SELECT pg_sleep(0.4)")  # longer than the relay's bound
+    assert _bounds(connection.cursor()) == ("0", "0")  # and nothing left for the session
+
+
+def test_a_take_cancelled_inside_the_callers_transaction_leaves_no_bound(raw: psycopg.Connection):
+    """A bounded section the server cancels is rolled back to its savepoint, which undoes
+    its settings too: the caller's transaction goes on with its own."""
+    publish("frontier.nested", {"n": 1})
+    relay = Relay()
+    relay.statement_timeout = 0.2
+    raw.execute(f"SELECT pg_advisory_lock({RELAY_LOCK})")  # another relay holds the lock
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            before = _bounds(cursor)
+            assert relay.relay_batch("default") == 0  # the wait for the lock was cancelled
+            assert _bounds(cursor) == before
+            cursor.execute("SELECT pg_sleep(0.4)")
+    finally:
+        raw.execute("SELECT pg_advisory_unlock_all()")
+    assert relay.relay_batch("default") == 1
+
+
+def test_a_row_moved_alone_inside_the_callers_transaction_puts_the_bounds_back():
+    """The same on the path that moves a refused batch one row at a time."""
+    healthy = [publish("frontier.nested", {"n": n}).id for n in range(2)]
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE django_events_outbox ALTER COLUMN source TYPE text")
+        cursor.execute(
+            "UPDATE django_events_outbox SET source = repeat('s', 300) WHERE event_id = %s",
+            [healthy[1]],
+        )
+    relay = Relay()
+    relay.statement_timeout = 0.2
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            before = _bounds(cursor)
+            assert relay.relay_batch("default") == 2  # one moved, one set aside
+            assert _bounds(cursor) == before
+            cursor.execute("SELECT pg_sleep(0.4)")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM django_events_outbox WHERE length(source) > 200")
+            cursor.execute("ALTER TABLE django_events_outbox ALTER COLUMN source TYPE varchar(200)")
+    assert EventRecord.objects.filter(id=healthy[0]).exists()
 
 
 def test_a_delivery_released_below_the_claim_floor_is_claimed_after_a_floor_read():

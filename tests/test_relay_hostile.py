@@ -10,10 +10,11 @@ is one dead letter naming its reason, and a broker receives the healthy events o
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -26,7 +27,9 @@ from django_events.engine.relay import QUARANTINE_GROUP, Relay, set_aside
 from django_events.engine.worker import Worker
 from django_events.models import DeadLetter, EventRecord, OutboxMessage
 from django_events.transports import transports
-from django_events.transports.base import Outgoing
+from django_events.transports.base import Outgoing, Transport, wire_time
+from django_events.transports.database import DatabaseTransport
+from django_events.transports.memory import InMemoryTransport
 from django_events.transports.sqs import message_group_id
 from django_events.triage import retry
 
@@ -237,6 +240,104 @@ def test_a_relay_dead_letter_cannot_be_retried_only_discarded(admin_user: Any) -
         retry([dead], admin_user, "try")
     dead.refresh_from_db()
     assert dead.state == DeadLetter.State.OPEN
+
+
+# -- event ids ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["move", "send"])
+def handed(request: pytest.FixtureRequest) -> Iterator[tuple[Transport, list[Outgoing]]]:
+    """A transport that notes each event the relay hands it, then takes the events as it
+    would: ``move``, the database transport (the same-database move); ``send``, the
+    in-memory transport (the leased send on SQLite, the locked one on PostgreSQL)."""
+    noted: list[Outgoing] = []
+    base = DatabaseTransport if request.param == "move" else InMemoryTransport
+
+    class Noting(base):  # type: ignore[valid-type,misc]
+        def publish(self, events: Sequence[Outgoing], subscriptions: Any) -> None:
+            noted.extend(events)
+            super().publish(events, subscriptions)
+
+    name = f"memory-{uuid.uuid4().hex}"
+    yield Noting("default", {} if request.param == "move" else {"name": name}), noted
+    InMemoryTransport("cleanup", {"name": name}).clear()
+
+
+def test_a_transport_is_handed_each_event_id_as_a_uuid(
+    handed: tuple[Transport, list[Outgoing]],
+) -> None:
+    """SQLite's driver reads the outbox's ids as text: the relay parses each where it reads
+    the rows, so every transport gets the ``uuid.UUID`` that ``Outgoing`` declares."""
+    transport, noted = handed
+    published = [publish("test.happened", {"n": n}).id for n in range(3)]
+    Relay(transport=transport).run_once()
+    ids = [event.event_id for event in noted]
+    assert [type(event_id) for event_id in ids] == [uuid.UUID] * 3
+    assert ids == published
+    assert_logged_in_order(published)
+    if noted[0].occurred_at is not None:  # a broker's send carries the whole event
+        times = {r.id: r.occurred_at for r in EventRecord.objects.all()}
+        assert all(isinstance(event.occurred_at, dt.datetime) for event in noted)
+        assert [wire_time(event.occurred_at) for event in noted] == [
+            times[event_id].isoformat() for event_id in ids
+        ]
+
+
+def test_an_outbox_row_whose_id_is_not_a_uuid_is_set_aside(
+    handed: tuple[Transport, list[Outgoing]],
+) -> None:
+    """A row whose id does not parse is not handed over: it becomes one dead letter that
+    names the id, and the events around it move on."""
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's uuid column refuses such an id")
+    transport, noted = handed
+    healthy = [publish("test.happened", {"n": 0}).id]
+    row = plant({}, duplicate_of=healthy[0])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE django_events_outbox SET event_id = 'not-a-uuid' WHERE position = %s",
+            [row.position],
+        )
+    healthy.append(publish("test.happened", {"n": 1}).id)
+    Relay(transport=transport).run_once()
+    dead = DeadLetter.objects.get()
+    assert (dead.group, dead.event_id) == (QUARANTINE_GROUP, uuid.UUID(int=0))
+    assert dead.error_message == (
+        f"Outbox row {row.position} (test.happened): event id 'not-a-uuid' is not a UUID"
+    )
+    assert [event.event_id for event in noted] == healthy
+    assert_logged_in_order(healthy)
+
+
+@pytest.mark.parametrize("when", ["infinity", "99999-01-01 00:00:00+00"])
+def test_a_time_the_driver_cannot_read_does_not_stall_the_relay(
+    handed: tuple[Transport, list[Outgoing]], when: str
+) -> None:
+    """psycopg refuses a time after year 9999 (or ``infinity``): on PostgreSQL a broker's
+    read that fetched one raised at every pass and moved nothing. The read takes the time
+    as text, as SQLite hands it: the row is moved, and the consumer's decoder names the
+    time (or, where the database refuses it, the row is set aside); either way the events
+    around it move on."""
+    transport, noted = handed
+    healthy = [publish("test.happened", {"n": 0}).id]
+    row = plant({}, duplicate_of=healthy[0])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE django_events_outbox SET occurred_at = %s WHERE position = %s",
+            [when, row.position],
+        )
+    healthy.append(publish("test.happened", {"n": 1}).id)
+    Relay(transport=transport).run_once()
+    assert not OutboxMessage.objects.exists()
+    assert [e.event_id for e in noted if e.event_id != row.event_id] == healthy
+    logged = list(EventRecord.objects.order_by("position").values_list("id", flat=True))
+    assert [event_id for event_id in logged if event_id != row.event_id] == healthy
+    set_aside = DeadLetter.objects.filter(group=QUARANTINE_GROUP).count()
+    assert (row.event_id in logged, set_aside) in [(True, 0), (False, 1)]
+    if isinstance(transport, InMemoryTransport) and row.event_id in logged:
+        claimed = {c.event_id: c for c in transport.claim(["alpha"], 10, 30)}
+        assert claimed.keys() == {*healthy, row.event_id}
+        assert [c.event_id for c in claimed.values() if c.decode_error] == [row.event_id]
 
 
 # -- Redis Streams ------------------------------------------------------------------------------

@@ -37,10 +37,11 @@ from django.db import (
     transaction,
 )
 from django.db.models.functions import Now
+from django.utils.dateparse import parse_datetime
 
 from .. import instrumentation, logfields, moving, retention
 from ..conf import get_settings
-from ..envelope import validate_metadata, validate_type, validate_version
+from ..envelope import parse_uuid, validate_metadata, validate_type, validate_version
 from ..exceptions import InvalidEvent, PublishRefused
 from ..subscriptions import fan_out
 from ..text import storable
@@ -63,6 +64,7 @@ _OUTBOX_FIELDS = (
     "position, event_id, type, key, version, data, metadata, occurred_at, source, "
     "correlation_id, causation_id"
 )
+_OCCURRED_AT = [name.strip() for name in _OUTBOX_FIELDS.split(",")].index("occurred_at")
 _LOG_COLUMNS = (
     "id, position, type, key, version, data, metadata, occurred_at, source, "
     "correlation_id, causation_id, recorded_at"
@@ -292,7 +294,7 @@ class Relay:
 
     def _relay_batch(self, using: str) -> int:
         if self.transport.joins_outbox_transaction(using):
-            with transaction.atomic(using=using):
+            with sql.bounded_atomic(using):
                 rows, left = self._take(using)
                 subscriptions = self._subscriptions(rows)
                 self.transport.publish(rows, subscriptions)
@@ -345,7 +347,7 @@ class Relay:
             try:
                 plan = self._plan(using, lock="")
                 bound, bound_params = sql.dialect(using).bounded_transaction(plan.timeout)
-                with transaction.atomic(using=using):
+                with sql.bounded_atomic(using):
                     cursor.execute(f"SELECT {bound}", bound_params)
                     taken, snapshot, passed = self._read(cursor, using, plan)
                 self._send(using, taken)
@@ -421,7 +423,7 @@ class Relay:
         logger.warning("The relay's batch failed (%s); moving its rows one at a time", exc)
         for row, _ in taken:
             try:
-                with transaction.atomic(using=using):
+                with sql.bounded_atomic(using):
                     moved = self._take(using, row.position)[0]
                     self.transport.publish(moved, self._subscriptions(moved))
             except (DataError, IntegrityError) as refused:
@@ -476,16 +478,22 @@ class Relay:
         """Read, without moving, the rows ``plan`` takes (with their ``_logged`` column),
         the statement's snapshot bounds, and the positions other relays passed."""
         connection = connections[using]
+        dialect = sql.dialect(using)
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
-        select, params = plan.select(sql.dialect(using), log, "taken.*")
+        select, params = plan.select(dialect, log, "taken.*")
+        # The time as text: one psycopg cannot convert (after year 9999, infinity) failed
+        # the whole fetch, at every pass (docs/guarantees.md, "What publish refuses").
+        fields = _OUTBOX_FIELDS.replace(
+            "occurred_at,", f"{dialect.as_text('occurred_at')} AS occurred_at,"
+        )
         cursor.execute(
-            f"WITH {plan.candidates}taken AS (SELECT {_OUTBOX_FIELDS}, {_logged(outbox, log)} "
+            f"WITH {plan.candidates}taken AS (SELECT {fields}, {_logged(outbox, log)} "
             f"FROM {outbox} WHERE {plan.which}) {select}",
             [*plan.params, *params],
         )
         rows, snapshot, passed = _with_snapshot(cursor.fetchall())
-        return _taken(rows), snapshot, passed
+        return _taken([_with_time(row) for row in rows]), snapshot, passed
 
     def _advance(
         self,
@@ -594,7 +602,7 @@ class Relay:
                     f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {dialect.now()})",
                     [
                         (
-                            r.event_id,
+                            dialect.uuid_value(r.event_id),
                             r.position,
                             r.type,
                             r.key,
@@ -703,9 +711,32 @@ def _marked(
 
 
 def _taken(rows: Sequence[Sequence[Any]]) -> list[tuple[Outgoing, bool]]:
-    """Rows read with their ``_logged`` column, in position order."""
-    taken = [(Outgoing(*row[:-1]), bool(row[-1])) for row in rows]
+    """Rows read with their ``_logged`` column, in position order, each event id a
+    ``uuid.UUID`` as ``Outgoing`` declares (SQLite's driver reads it as text)."""
+    taken = [(Outgoing(row[0], _uuid_or_raw(row[1]), *row[2:-1]), bool(row[-1])) for row in rows]
     return sorted(taken, key=lambda item: item[0].position)
+
+
+def _with_time(row: Sequence[Any]) -> Sequence[Any]:
+    """A row whose ``occurred_at`` was read as text (``Dialect.as_text``), with it as an
+    aware datetime; a time Python cannot hold either stays text, which the transport's
+    envelope carries as it is and the consumer's decoder names (``wire_time``)."""
+    index = _OCCURRED_AT
+    try:
+        value = parse_datetime(row[index])  # any digits of a second (3.10's fromisoformat not)
+    except (TypeError, ValueError):
+        return row
+    return row if value is None else (*row[:index], value, *row[index + 1 :])
+
+
+def _uuid_or_raw(value: Any) -> Any:
+    """``value`` as a ``uuid.UUID``; as it was if it is none, for ``screen`` to set aside."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return parse_uuid(value)
+    except (TypeError, ValueError, AttributeError):
+        return value
 
 
 def screen(
@@ -733,9 +764,9 @@ def screen(
 def row_problem(row: Outgoing, max_bytes: int) -> str | None:
     """Why an outbox row breaks the rule ``publish()`` enforces (django_events.validation),
     or None: what a consumer could not decode, or a database or transport could not keep."""
+    if not isinstance(_uuid_or_raw(row.event_id), uuid.UUID):
+        return f"event id {str(row.event_id)[:100]!r} is not a UUID"
     try:
-        if not isinstance(row.event_id, uuid.UUID):
-            uuid.UUID(str(row.event_id))
         validate_type(row.type)
         validate_version(row.version)
         validate_key(row.key)

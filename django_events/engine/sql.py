@@ -8,11 +8,12 @@ input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from functools import cache
 from typing import Any, ClassVar
 
-from django.db import connections
+from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..exceptions import EventsConfigurationError
@@ -100,7 +101,16 @@ class Dialect:
         statement of the current transaction and any wait for a lock (the one evaluating
         them included): a client that gives up must not leave a statement running, holding
         its locks (docs/internals.md, "The relay's frontier"). Nothing on SQLite, whose
-        statements run in the client's process."""
+        statements run in the client's process. Run it inside ``bounded_atomic``, which
+        puts the settings back when the transaction is the caller's."""
+        return "NULL", []
+
+    def bounds(self) -> str:
+        """The settings ``bounded_transaction`` changes, as they are now: ``""`` if none."""
+        return ""
+
+    def set_bounds(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """Expressions that set, for the transaction, the settings ``bounds`` read."""
         return "NULL", []
 
     def snapshot_bounds(self) -> str:
@@ -146,11 +156,18 @@ class PostgreSQL(Dialect):
 
     def bounded_transaction(self, seconds: float) -> tuple[str, list[Any]]:
         # lock_timeout applies from here on, to this statement's own lock wait too;
-        # statement_timeout from the next statement. Both end with the transaction.
+        # statement_timeout from the next statement. Both end with the transaction, the
+        # outermost one: a savepoint's release keeps them (see ``bounded_atomic``).
         value = f"{max(1, round(seconds * 1000))}ms"
+        return self.set_bounds([value, value])
+
+    def bounds(self) -> str:
+        return "current_setting('lock_timeout'), current_setting('statement_timeout')"
+
+    def set_bounds(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return (
             "set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-            [value, value],
+            list(values),
         )
 
     def snapshot_bounds(self) -> str:
@@ -201,6 +218,31 @@ DIALECTS: dict[str, Dialect] = {"postgresql": PostgreSQL(), "sqlite": SQLite()}
 def dialect(using: str) -> Dialect:
     """The dialect of database ``using``; ``EventsConfigurationError`` if unsupported."""
     return DIALECTS[vendor(using)]
+
+
+@contextlib.contextmanager
+def bounded_atomic(using: str) -> Iterator[None]:
+    """``transaction.atomic(using)`` around a section that ``bounded_transaction`` bounds.
+
+    A local setting lasts until the outermost transaction ends, not a savepoint: inside
+    the caller's transaction (an ``atomic`` block around the relay, a test's), the bound
+    would cancel the caller's later statements. There the settings are read before the
+    section and set back when it ends; a section that fails is rolled back to its
+    savepoint, which undoes them anyway. A transaction of the section's own ends them
+    with it, at no extra statement (docs/internals.md, "The relay's frontier")."""
+    connection = connections[using]
+    bounds = dialect(using).bounds()
+    previous = None
+    if bounds and (connection.in_atomic_block or not connection.get_autocommit()):
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {bounds}")
+            previous = cursor.fetchone()
+    with transaction.atomic(using=using):
+        yield
+        if previous is not None:
+            restore, params = dialect(using).set_bounds(previous)
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT {restore}", params)
 
 
 RELAXED_COMMIT = "set_config('synchronous_commit', 'off', true)"

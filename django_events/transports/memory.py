@@ -15,10 +15,10 @@ import threading
 import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..envelope import build_event, parse_uuid
+from ..envelope import build_event
 from .base import (
     Claimed,
     GroupStatus,
@@ -107,7 +107,7 @@ class InMemoryTransport(Transport):
             by_type.setdefault(event_type, []).append((group, ordered))
         now = time.monotonic()
         with self._queue.lock:
-            for event in map(_with_uuid, events):
+            for event in events:
                 for group, ordered in by_type.get(event.type, ()):
                     queue = self._queue.groups.setdefault(group, {})
                     entry = queue.get(event.event_id)
@@ -269,15 +269,6 @@ class InMemoryTransport(Transport):
                     parked=sum(e.parked for e in queue.values()),
                 )
         return {group: found.get(group, GroupStatus()) for group in sorted({*groups, *found})}
-
-
-def _with_uuid(event: Outgoing) -> Outgoing:
-    """The event keyed by a ``uuid.UUID``: the relay hands over ids as the outbox's driver
-    reads them (text on SQLite), while ``Claimed.event_id`` and ``discard``/``redeliver``
-    use UUIDs. The relay has screened the id (``row_problem``), so it parses."""
-    if isinstance(event.event_id, uuid.UUID):
-        return event
-    return replace(event, event_id=parse_uuid(str(event.event_id)))
 
 
 def _decode(claimed: Claimed, event: Outgoing, max_bytes: int) -> None:
