@@ -318,6 +318,10 @@ class Switch(Transport):
         return self._current().send.routes_itself
 
     @property
+    def reads_log(self) -> bool:  # type: ignore[override]
+        return self._current().send.reads_log
+
+    @property
     def idempotent_publish(self) -> bool:  # type: ignore[override]
         return self._current().send.idempotent_publish
 
@@ -344,6 +348,9 @@ class Switch(Transport):
 
     def publish_to_all(self, events: Sequence[Outgoing]) -> None:
         self._current().send.publish_to_all(events)
+
+    def logged(self, events: Sequence[Outgoing]) -> None:
+        self._current().send.logged(events)
 
     def housekeeping(self) -> None:
         route = self.route()  # a relay without a worker reads the route here, between passes

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import psycopg
 import pytest
-from django.db import connection
+from django.conf import settings
+from django.db import connection, transaction
+from django.test import override_settings
 
-from django_events.models import Delivery, GroupCursor, Lease
+from django_events import publish
+from django_events.engine.worker import Worker
+from django_events.models import Delivery, GroupCursor, InboxRecord, Lease
 from django_events.testing.contract import (
     SUBSCRIPTIONS,
     TransportContract,
@@ -17,6 +22,7 @@ from django_events.testing.contract import (
     log_events,
     make_event,
 )
+from django_events.transports import transports
 from django_events.transports.base import Claimed, Outgoing, Transport
 from django_events.transports.log import LogTransport
 
@@ -186,3 +192,24 @@ def test_old_cursor_rows_are_pruned_and_each_groups_newest_kept(
     log_transport.housekeeping()
     assert list(GroupCursor.objects.filter(group_name="g1")) == [newest]
     assert GroupCursor.objects.filter(group_name="g2").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_on_the_log_transport_handles_events_without_delivery_rows() -> None:
+    """The engine's own path: ``publish()``, the relay (through the worker's switch
+    between transports, which must pass ``reads_log`` on) and the worker's claims."""
+    backend = {"default": {"BACKEND": "django_events.transports.log.LogTransport"}}
+    with override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backend}):
+        worker = Worker(["alpha"])
+        declare(cast(LogTransport, transports["default"]), [("test.happened", "alpha", False)])
+        ids = []
+        for n in range(3):
+            with transaction.atomic():
+                ids.append(publish("test.happened", {"n": n}).id)
+        assert worker.relay is not None and worker.relay.run_once() == 3
+        assert Delivery.objects.count() == 0
+        while worker.step():
+            pass
+    assert Delivery.objects.count() == 0 and Lease.objects.count() == 0
+    handled = InboxRecord.objects.filter(group_name="alpha").values_list("event_id", flat=True)
+    assert sorted(handled) == sorted(ids)
