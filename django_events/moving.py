@@ -542,6 +542,14 @@ def owed(transport: Transport, groups: Sequence[str]) -> int:
 def check_start(from_alias: str, to_alias: str) -> Any:
     """The move in progress between the same transports, or None; ValueError if another
     move is in progress."""
+    from .transports import transports
+
+    for alias in (from_alias, to_alias):
+        if alias in transports.settings and transports[alias].reads_log:
+            raise ValueError(
+                f"Transport {alias!r} is the log transport (a preview): moving to or from it "
+                'is not supported yet (docs/internals.md, "The log transport").'
+            )
     current = in_progress()
     if current is not None and (current.from_alias, current.to_alias) != (from_alias, to_alias):
         raise ValueError(

@@ -213,3 +213,16 @@ def test_a_worker_on_the_log_transport_handles_events_without_delivery_rows() ->
     assert Delivery.objects.count() == 0 and Lease.objects.count() == 0
     handled = InboxRecord.objects.filter(group_name="alpha").values_list("event_id", flat=True)
     assert sorted(handled) == sorted(ids)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_move_to_the_log_transport_is_refused_until_it_is_supported() -> None:
+    from django_events import moving
+
+    backends = {
+        "default": {"BACKEND": "django_events.transports.database.DatabaseTransport"},
+        "log": {"BACKEND": "django_events.transports.log.LogTransport"},
+    }
+    with override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backends}):
+        with pytest.raises(ValueError, match="'log' is the log transport"):
+            moving.check_start("default", "log")
