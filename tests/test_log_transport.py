@@ -223,6 +223,6 @@ def test_a_move_to_the_log_transport_is_refused_until_it_is_supported() -> None:
         "default": {"BACKEND": "django_events.transports.database.DatabaseTransport"},
         "log": {"BACKEND": "django_events.transports.log.LogTransport"},
     }
-    with override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backends}):
-        with pytest.raises(ValueError, match="'log' is the log transport"):
-            moving.check_start("default", "log")
+    overridden = override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backends})
+    with overridden, pytest.raises(ValueError, match="'log' is the log transport"):
+        moving.check_start("default", "log")
