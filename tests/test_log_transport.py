@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import cast
 
@@ -11,10 +12,18 @@ import pytest
 from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
+from django.utils import timezone
 
 from django_events import publish
 from django_events.engine.worker import Worker
-from django_events.models import Delivery, GroupCursor, InboxRecord, Lease
+from django_events.models import (
+    Delivery,
+    EventRecord,
+    GroupCursor,
+    InboxRecord,
+    Lease,
+    OutboxMessage,
+)
 from django_events.testing.contract import (
     SUBSCRIPTIONS,
     TransportContract,
@@ -194,25 +203,53 @@ def test_old_cursor_rows_are_pruned_and_each_groups_newest_kept(
     assert GroupCursor.objects.filter(group_name="g2").count() == 1
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_worker_on_the_log_transport_handles_events_without_delivery_rows() -> None:
-    """The engine's own path: ``publish()``, the relay (through the worker's switch
-    between transports, which must pass ``reads_log`` on) and the worker's claims."""
+@pytest.fixture
+def on_the_log_transport() -> Iterator[LogTransport]:
     backend = {"default": {"BACKEND": "django_events.transports.log.LogTransport"}}
     with override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backend}):
-        worker = Worker(["alpha"])
-        declare(cast(LogTransport, transports["default"]), [("test.happened", "alpha", False)])
-        ids = []
-        for n in range(3):
-            with transaction.atomic():
-                ids.append(publish("test.happened", {"n": n}).id)
-        assert worker.relay is not None and worker.relay.run_once() == 3
-        assert Delivery.objects.count() == 0
-        while worker.step():
-            pass
+        transport = cast(LogTransport, transports["default"])
+        declare(transport, [("test.happened", "alpha", False)])
+        yield transport
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publish_writes_the_log_row_itself_in_the_callers_transaction(
+    on_the_log_transport: LogTransport,
+) -> None:
+    with transaction.atomic():
+        kept = publish("test.happened", {"n": 1})
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish("test.happened", {"n": 2})
+        raise RuntimeError("rolled back")
+    assert OutboxMessage.objects.count() == 0
+    assert list(EventRecord.objects.values_list("id", flat=True)) == [kept.id]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT txid IS NOT NULL FROM django_events_event")
+        assert cursor.fetchall() == [(True,)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_on_the_log_transport_handles_events_without_delivery_rows(
+    on_the_log_transport: LogTransport,
+) -> None:
+    """The engine's own path: ``publish()``, the relay (which still moves what an older
+    release wrote to the outbox, through the worker's switch between transports, which
+    must pass ``reads_log`` on) and the worker's claims."""
+    worker = Worker(["alpha"])
+    ids = []
+    for n in range(3):
+        with transaction.atomic():
+            ids.append(publish("test.happened", {"n": n}).id)
+    older = OutboxMessage.objects.create(
+        event_id=uuid.uuid4(), type="test.happened", data='{"n": 3}', occurred_at=timezone.now()
+    )
+    assert worker.relay is not None and worker.relay.run_once() == 1
+    assert Delivery.objects.count() == 0
+    while worker.step():
+        pass
     assert Delivery.objects.count() == 0 and Lease.objects.count() == 0
     handled = InboxRecord.objects.filter(group_name="alpha").values_list("event_id", flat=True)
-    assert sorted(handled) == sorted(ids)
+    assert sorted(handled) == sorted([*ids, older.event_id])
 
 
 @pytest.mark.django_db(transaction=True)
