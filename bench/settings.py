@@ -9,6 +9,10 @@ from tests.settings_postgres import DATABASES, INSTALLED_APPS
 INSTALLED_APPS = [*INSTALLED_APPS, "bench.benchapp"]
 DATABASES["default"]["NAME"] = os.environ.get("DJANGO_EVENTS_BENCH_DB", "django_events_bench")
 DJANGO_EVENTS = {"POLL_INTERVAL": 0.2, "BATCH_SIZE": 100, "RELAY_BATCH_SIZE": 1000}
+if os.environ.get("DJANGO_EVENTS_BENCH_TRANSPORT") == "log":  # the log transport (preview)
+    DJANGO_EVENTS["TRANSPORTS"] = {
+        "default": {"BACKEND": "django_events.transports.log.LogTransport"}
+    }
 if os.environ.get("DJANGO_EVENTS_BENCH_REDIS_PREFIX"):  # R1's worker: the Redis transport
     DJANGO_EVENTS["TRANSPORTS"] = {
         "default": {

@@ -9,6 +9,7 @@ event log is append-only and kept apart from them.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.db import models
@@ -537,3 +538,73 @@ class ReplayProgress(models.Model):
 
     def __str__(self) -> str:
         return f"{self.group_name}: {self.replayed} replayed"
+
+
+class PositionsField(models.Field):
+    """Log positions, as one value: ``bigint[]`` on PostgreSQL (which the log transport's
+    claim function writes and trims), JSON text elsewhere."""
+
+    description = "A list of log positions"
+
+    def db_type(self, connection: Any) -> str:
+        return "bigint[]" if connection.vendor == "postgresql" else "text"
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> list[int] | None:
+        if value is None or isinstance(value, list):
+            return value
+        return [int(p) for p in json.loads(value)]
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        if value is None or connection.vendor == "postgresql":
+            return value
+        return json.dumps([int(p) for p in value])
+
+
+class GroupCursor(models.Model):
+    """How far a consumer group has read the event log (the log transport).
+
+    Appended, never updated: each claim that moves the group on inserts its new cursor,
+    and the newest row is the group's place, read backwards along ``(group_name, id)``, so
+    no claim walks the versions a held snapshot keeps (docs/internals.md, "The
+    second-generation engine: measured design"). On PostgreSQL ``lo`` and ``hi`` are two
+    snapshots (``pg_snapshot`` as text): the group is handing out the events committed
+    after ``lo`` and by ``hi``, in position order, up to ``pos`` so far; ``last`` is the
+    window's highest position. On SQLite, one writer, insertion order is commit order:
+    ``pos`` alone says where the group is.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    group_name = models.CharField(max_length=100)
+    lo = models.TextField(default="", blank=True)
+    hi = models.TextField(default="", blank=True)
+    pos = models.BigIntegerField(default=0)
+    last = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "django_events_cursor"
+        indexes = [models.Index(fields=["group_name", "id"], name="django_events_cursor_head")]
+
+    def __str__(self) -> str:
+        return f"{self.group_name}: {self.pos}"
+
+
+class Lease(models.Model):
+    """A batch of events a worker claimed from the log (the log transport): one row per
+    batch, not per event. Acknowledging removes positions from it and deletes it when
+    none is left; an expired lease, or one whose claimer's connection is gone, becomes
+    one ``Delivery`` row per event, claimed as an orphan (docs/internals.md)."""
+
+    id = models.BigAutoField(primary_key=True)
+    group_name = models.CharField(max_length=100)
+    positions = PositionsField()
+    claimed_alone = models.BooleanField(default=False)
+    claimed_until = models.DateTimeField()
+    claimer = models.IntegerField(null=True, blank=True)  # PostgreSQL backend that claimed it
+    lease_token = models.CharField(max_length=32)
+
+    class Meta:
+        db_table = "django_events_lease"
+
+    def __str__(self) -> str:
+        return f"{self.group_name}: {len(self.positions or [])} events"

@@ -318,6 +318,10 @@ class Switch(Transport):
         return self._current().send.routes_itself
 
     @property
+    def reads_log(self) -> bool:  # type: ignore[override]
+        return self._current().send.reads_log
+
+    @property
     def idempotent_publish(self) -> bool:  # type: ignore[override]
         return self._current().send.idempotent_publish
 
@@ -344,6 +348,9 @@ class Switch(Transport):
 
     def publish_to_all(self, events: Sequence[Outgoing]) -> None:
         self._current().send.publish_to_all(events)
+
+    def logged(self, events: Sequence[Outgoing]) -> None:
+        self._current().send.logged(events)
 
     def housekeeping(self) -> None:
         route = self.route()  # a relay without a worker reads the route here, between passes
@@ -535,6 +542,14 @@ def owed(transport: Transport, groups: Sequence[str]) -> int:
 def check_start(from_alias: str, to_alias: str) -> Any:
     """The move in progress between the same transports, or None; ValueError if another
     move is in progress."""
+    from .transports import transports
+
+    for alias in (from_alias, to_alias):
+        if alias in transports.settings and transports[alias].reads_log:
+            raise ValueError(
+                f"Transport {alias!r} is the log transport (a preview): moving to or from it "
+                'is not supported yet (docs/internals.md, "The log transport").'
+            )
     current = in_progress()
     if current is not None and (current.from_alias, current.to_alias) != (from_alias, to_alias):
         raise ValueError(

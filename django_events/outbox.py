@@ -264,9 +264,50 @@ def _insert_sql(table: str, dialect: sql.Dialect, rows: int) -> str:
     return f"INSERT INTO {table} ({_COLUMNS}) VALUES {', '.join([row] * rows)}"
 
 
+_LOG_COLUMNS = (
+    "id, position, type, version, key, data, metadata, occurred_at, source, "
+    "correlation_id, causation_id, recorded_at"
+)
+_straight: tuple[Any, dict[str, str | None]] = (None, {})
+
+
+def _straight_to_log(conf: Any) -> dict[str, str | None]:
+    """``{database: the channel that wakes its workers}`` for the databases whose events
+    are written straight into the event log: those the configured transport reads its log
+    in (the log transport, docs/internals.md "The log transport"). Looked up once per
+    settings object, as ``_message_room`` is."""
+    global _straight
+    if _straight[0] is not conf:
+        from .transports import transports
+
+        transport = transports["default"]
+        found = {
+            alias: transport.wake_channel
+            for alias in conf.outbox_databases
+            if transport.reads_log and transport.joins_outbox_transaction(alias)
+        }
+        _straight = (conf, found)
+    return _straight[1]
+
+
+@functools.cache
+def _log_insert_sql(table: str, rows: int) -> str:
+    # Positions come from the outbox's sequence, so rows an older release still writes to
+    # the outbox (and its relay moves) never take the same one.
+    row = (
+        "(%s, nextval(pg_get_serial_sequence('django_events_outbox', 'position')), %s, %s, "
+        "%s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, statement_timestamp())"
+    )
+    return f"INSERT INTO {table} ({_LOG_COLUMNS}) VALUES {', '.join([row] * rows)}"
+
+
 def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: bool) -> None:
     connection = connections[using]
     dialect = sql.dialect(using)
+    straight = _straight_to_log(get_settings())
+    if using in straight:
+        _insert_into_log(connection, events, metadata, notify and straight[using])
+        return
     table = sql.table(connection, "OutboxMessage")
     native = dialect.native_params  # UUIDs and datetimes go as they are; SQLite wants text
     for start in range(0, len(events), _ROWS_PER_STATEMENT):
@@ -303,5 +344,35 @@ def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: 
         if notify and dialect.notifies and not _notified_in_this_transaction(connection):
             insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
             params.append(OUTBOX_CHANNEL)
+        with connection.cursor() as cursor:
+            cursor.execute(insert, params)
+
+
+def _insert_into_log(
+    connection: Any, events: list[tuple[Event, str]], metadata: str, channel: str | bool | None
+) -> None:
+    """The log transport's publish: the log row itself, in the caller's transaction, so
+    nothing is written twice and no relay moves it; the workers are woken at commit."""
+    table = sql.table(connection, "EventRecord")
+    for start in range(0, len(events), _ROWS_PER_STATEMENT):
+        chunk = events[start : start + _ROWS_PER_STATEMENT]
+        params: list[Any] = []
+        for event, data_text in chunk:
+            params += [
+                event.id,
+                event.type,
+                event.version,
+                event.key,
+                data_text,
+                metadata or "{}",
+                event.occurred_at,
+                event.source,
+                event.correlation_id,
+                event.causation_id,
+            ]
+        insert = _log_insert_sql(table, len(chunk))
+        if isinstance(channel, str) and not _notified_in_this_transaction(connection):
+            insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
+            params.append(channel)
         with connection.cursor() as cursor:
             cursor.execute(insert, params)

@@ -46,6 +46,12 @@ DJANGO_EVENTS = {
     # Worker subprocesses started by a test get that test's overrides through this.
     **json.loads(os.environ.get("DJANGO_EVENTS_TEST_OVERRIDES", "{}")),
 }
+# Run the suites on another transport class for the default database transport, e.g.
+# ``DJANGO_EVENTS_TEST_BACKEND=django_events.transports.log.LogTransport`` (PostgreSQL).
+if os.environ.get("DJANGO_EVENTS_TEST_BACKEND"):
+    DJANGO_EVENTS.setdefault(
+        "TRANSPORTS", {"default": {"BACKEND": os.environ["DJANGO_EVENTS_TEST_BACKEND"]}}
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

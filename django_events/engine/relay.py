@@ -297,7 +297,7 @@ class Relay:
             with sql.bounded_atomic(using):
                 rows, left = self._take(using)
                 subscriptions = self._subscriptions(rows)
-                self.transport.publish(rows, subscriptions)
+                self._publish_logged(rows, subscriptions)
                 if rows:
                     failpoints.hit("relay.after_take")
             self._warn_unsubscribed(rows, subscriptions)
@@ -307,6 +307,15 @@ class Relay:
         taken = self._lease(using)
         self._send(using, taken)
         return len(taken)
+
+    def _publish_logged(
+        self, rows: Sequence[Outgoing], subscriptions: list[tuple[str, str, bool]]
+    ) -> None:
+        """Hand rows just moved into the log, in the same transaction, to the transport."""
+        if self.transport.reads_log:  # every group's cursor reads the log itself
+            self.transport.logged(rows)
+        else:
+            self.transport.publish(rows, subscriptions)
 
     def _warn_unsubscribed(
         self, rows: Sequence[Outgoing], subscriptions: list[tuple[str, str, bool]]
@@ -425,7 +434,7 @@ class Relay:
             try:
                 with sql.bounded_atomic(using):
                     moved = self._take(using, row.position)[0]
-                    self.transport.publish(moved, self._subscriptions(moved))
+                    self._publish_logged(moved, self._subscriptions(moved))
             except (DataError, IntegrityError) as refused:
                 why = f"the database refused it: {refused}"
                 set_aside(using, [(row, type(refused).__name__, why)])

@@ -343,6 +343,11 @@ class Transport:
     policies): the relay sends each event once with ``publish_to_all`` and reads no
     subscriptions; ``publish`` still targets the groups it names (replay, retry)."""
 
+    reads_log: bool = False
+    """Consumers read the event log itself (the log transport): the relay moves events into
+    the log and calls ``logged`` instead of ``publish``; ``publish`` still targets the
+    groups it names (replay, redelivery)."""
+
     accepted_options: frozenset[str] | None = None
     """The ``OPTIONS`` keys this transport understands; any other is refused by name."""
 
@@ -411,6 +416,10 @@ class Transport:
         Delivered once per group however often published while owed, if
         ``idempotent_publish``; at least once otherwise."""
         raise NotImplementedError
+
+    def logged(self, events: Sequence[Outgoing]) -> None:
+        """The relay moved ``events`` into the event log (``reads_log`` only), in the
+        transaction that is about to commit."""
 
     def publish_to_all(self, events: Sequence[Outgoing]) -> None:
         """Make ``events`` claimable by every group the broker has subscribed to their type

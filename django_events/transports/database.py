@@ -275,10 +275,22 @@ class DatabaseTransport(Transport):
             return orphan
         if max_bytes is not None and self._fitted:  # fetch little past the last claim's fit
             limit = min(limit, self._fitted + 1)
-        claimed = self._claim(groups, limit, lease, orphans=False, pairs=pairs, max_bytes=max_bytes)
+        claimed = self._claim_waiting(groups, limit, lease, pairs, types, max_bytes)
         if not claimed and not due:  # idle anyway: look now
             return self._orphan(groups, lease, pairs)
         return claimed
+
+    def _claim_waiting(
+        self,
+        groups: Sequence[str],
+        limit: int,
+        lease: float,
+        pairs: list[tuple[str, str]] | None,
+        types: Mapping[str, Collection[str]] | None,
+        max_bytes: int | None,
+    ) -> list[Claimed]:
+        """What a claim takes besides orphans: here, the waiting delivery rows."""
+        return self._claim(groups, limit, lease, orphans=False, pairs=pairs, max_bytes=max_bytes)
 
     def _orphan(
         self, groups: Sequence[str], lease: float, pairs: list[tuple[str, str]] | None

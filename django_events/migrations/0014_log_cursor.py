@@ -1,0 +1,234 @@
+"""The log transport's tables (docs/internals.md, "The log transport"): a group's cursor
+over the event log, and one lease row per claimed batch. On PostgreSQL the log also gets
+``txid``, the publishing transaction's id, which the cursor's snapshot windows read, and
+the claim is one function, ``django_events_log_claim``.
+
+Safe with workers of the previous release running: they never read the new column or
+tables. ``txid`` is added without a default first (existing rows keep NULL, which no
+window reads, and nothing is rewritten), then given one for new rows; its index is built
+``CONCURRENTLY``, so the migration is not atomic.
+"""
+
+from typing import Any
+
+import django.db.models.functions.datetime
+from django.db import migrations, models
+
+import django_events.models
+
+LOG = "django_events_event"
+TXID_INDEX = "django_events_event_txid"
+
+CLAIM_FUNCTION = r"""
+CREATE OR REPLACE FUNCTION django_events_log_claim(
+    a_group text, a_n integer, a_token text, a_lease double precision, a_handled text[],
+    a_alone boolean, a_own text[], a_own_ordered text[])
+RETURNS TABLE (r_lease bigint, r_position bigint, r_id uuid, r_type text, r_version integer,
+    r_key text, r_data jsonb, r_metadata jsonb, r_occurred_at text, r_source text,
+    r_correlation_id uuid, r_causation_id uuid)
+LANGUAGE plpgsql
+-- Index scans whatever the estimates: the log's position index for the open window, its
+-- txid index for the next; never the whole log.
+SET enable_seqscan = off SET enable_bitmapscan = off
+AS $fn$
+DECLARE
+    c_lo pg_snapshot; c_hi pg_snapshot; c_pos bigint; c_last bigint;
+    n_lo pg_snapshot; n_hi pg_snapshot; n_pos bigint; n_last bigint;
+    snap pg_snapshot;
+    wanted text[]; in_order text[];
+    picked bigint[]; kinds text[]; more bigint[]; more_kinds text[];
+    taken bigint[];
+    lease_id bigint;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    -- One claimer per group at a time; another tries its next group at once. The lock
+    -- comes before any read, so every statement below sees the cursor it left.
+    IF NOT pg_try_advisory_xact_lock(1684371062, hashtext(a_group)) THEN
+        RETURN;
+    END IF;
+    SELECT c.lo::pg_snapshot, c.hi::pg_snapshot, c.pos, c.last INTO c_lo, c_hi, c_pos, c_last
+      FROM django_events_cursor c WHERE c.group_name = a_group ORDER BY c.id DESC LIMIT 1;
+    IF NOT FOUND THEN  -- a group never declared here: it starts now
+        snap := pg_current_snapshot();
+        INSERT INTO django_events_cursor (group_name, lo, hi, pos, last, created_at)
+        VALUES (a_group, snap::text, snap::text, 0, 0, statement_timestamp());
+        RETURN;
+    END IF;
+    -- What the group subscribes to: every service's declarations, and the claiming
+    -- deployment's own handlers, declared by its code even before they are stored.
+    SELECT COALESCE(array_agg(s.event_type), '{}'),
+           COALESCE(array_agg(s.event_type) FILTER (WHERE s.ordered), '{}')
+      INTO wanted, in_order
+      FROM (SELECT u.event_type, bool_or(u.ordered) AS ordered FROM (
+                SELECT event_type::text, ordered FROM django_events_subscription
+                 WHERE "group" = a_group
+                UNION ALL SELECT t, t = ANY(a_own_ordered) FROM unnest(a_own) AS t
+            ) u GROUP BY u.event_type) s;
+    -- The open window: what committed after lo and by hi, in position order from pos.
+    SELECT COALESCE(array_agg(w.position ORDER BY w.position), '{}'),
+           COALESCE(array_agg(w.type ORDER BY w.position), '{}')
+      INTO picked, kinds
+      FROM (SELECT l.position, l.type::text AS type FROM django_events_event l
+             WHERE l.position > c_pos AND l.position <= c_last AND l.type = ANY(wanted)
+               AND pg_visible_in_snapshot(l.txid, c_hi)
+               AND NOT pg_visible_in_snapshot(l.txid, c_lo)
+             ORDER BY l.position LIMIT a_n) w;
+    n_lo := c_lo; n_hi := c_hi; n_last := c_last;
+    IF cardinality(picked) = a_n THEN
+        n_pos := picked[a_n];
+    ELSE
+        -- The open window is done: the next one is what committed after hi and by now,
+        -- found through the txid index (the xids begun since hi, and those running at hi).
+        n_pos := c_last;
+        snap := pg_current_snapshot();
+        WITH w AS MATERIALIZED (
+            SELECT l.position, l.type::text AS type FROM django_events_event l
+             WHERE l.txid >= pg_snapshot_xmax(c_hi) AND l.txid < pg_snapshot_xmax(snap)
+               AND pg_visible_in_snapshot(l.txid, snap)
+            UNION ALL
+            SELECT l.position, l.type::text FROM django_events_event l
+             WHERE l.txid = ANY(ARRAY(SELECT pg_snapshot_xip(c_hi)))
+               AND pg_visible_in_snapshot(l.txid, snap)
+        ), p AS (
+            SELECT w.position, w.type FROM w WHERE w.type = ANY(wanted)
+             ORDER BY w.position LIMIT a_n - cardinality(picked)
+        )
+        SELECT (SELECT max(w.position) FROM w),
+               COALESCE((SELECT array_agg(p.position ORDER BY p.position) FROM p), '{}'),
+               COALESCE((SELECT array_agg(p.type ORDER BY p.position) FROM p), '{}')
+          INTO n_last, more, more_kinds;
+        IF n_last IS NULL THEN  -- nothing committed since hi: the window stays
+            n_last := c_last;
+        ELSE
+            n_lo := c_hi; n_hi := snap;
+            n_pos := CASE WHEN cardinality(more) = a_n - cardinality(picked)
+                          THEN more[cardinality(more)] ELSE n_last END;
+            picked := picked || more; kinds := kinds || more_kinds;
+        END IF;
+    END IF;
+    IF cardinality(picked) = 0 AND n_pos = c_pos AND n_hi::text = c_hi::text THEN
+        RETURN;  -- nothing new: nothing written
+    END IF;
+    INSERT INTO django_events_cursor (group_name, lo, hi, pos, last, created_at)
+    VALUES (a_group, n_lo::text, n_hi::text, n_pos, n_last, statement_timestamp());
+    -- Ordered types, and types the claiming worker does not handle, become delivery rows:
+    -- key order is kept there, and another worker takes what this one cannot.
+    INSERT INTO django_events_delivery (event_id, group_name, event_type, position, key,
+        ordered, attempts, available_at, claimed_alone, parked, last_error, created_at)
+    SELECT l.id, a_group, l.type, l.position, l.key,
+           l.type = ANY(in_order) AND l.key IS NOT NULL, 0, statement_timestamp(), FALSE,
+           FALSE, '', statement_timestamp()
+      FROM unnest(picked, kinds) AS p(position, type)
+      JOIN django_events_event l ON l.position = p.position
+     WHERE p.type = ANY(in_order) OR (a_handled IS NOT NULL AND NOT p.type = ANY(a_handled));
+    taken := ARRAY(
+        SELECT p.position FROM unnest(picked, kinds) AS p(position, type)
+         WHERE NOT (p.type = ANY(in_order) OR (a_handled IS NOT NULL AND NOT p.type = ANY(a_handled)))
+         ORDER BY p.position);
+    IF cardinality(taken) > 0 THEN
+        INSERT INTO django_events_lease (group_name, positions, claimed_alone, claimed_until,
+            claimer, lease_token)
+        VALUES (a_group, taken, a_alone,
+                statement_timestamp() + make_interval(secs => a_lease), pg_backend_pid(), a_token)
+        RETURNING id INTO lease_id;
+    END IF;
+    -- The leased events in full; the diverted ones by position only.
+    RETURN QUERY
+        SELECT lease_id, l.position, l.id, l.type::text, l.version, l.key::text, l.data,
+               l.metadata, to_json(l.occurred_at) #>> ARRAY[]::text[], l.source::text,
+               l.correlation_id, l.causation_id
+          FROM django_events_event l WHERE l.position = ANY(taken)
+        UNION ALL
+        SELECT NULL::bigint, p.position, NULL::uuid, p.type, NULL::integer, NULL::text,
+               NULL::jsonb, NULL::jsonb, NULL::text, NULL::text, NULL::uuid, NULL::uuid
+          FROM unnest(picked, kinds) AS p(position, type) WHERE NOT p.position = ANY(taken)
+        ORDER BY 2;
+END
+$fn$;
+"""
+
+
+def forwards(apps: Any, schema_editor: Any) -> None:
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    execute = schema_editor.execute
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = 'txid'",
+            [LOG],
+        )
+        exists = cursor.fetchone() is not None
+    if not exists:
+        execute(f"ALTER TABLE {LOG} ADD COLUMN txid xid8 NULL", params=None)
+    execute(f"ALTER TABLE {LOG} ALTER COLUMN txid SET DEFAULT pg_current_xact_id()", params=None)
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = %s AND pg_table_is_visible(c.oid)",
+            [TXID_INDEX],
+        )
+        row = cursor.fetchone()
+    if row is not None and not row[0]:  # an interrupted CONCURRENTLY build
+        execute(f"DROP INDEX CONCURRENTLY IF EXISTS {TXID_INDEX}", params=None)
+    if row is None or not row[0]:
+        execute(f"CREATE INDEX CONCURRENTLY {TXID_INDEX} ON {LOG} (txid)", params=None)
+    execute(CLAIM_FUNCTION, params=None)
+
+
+def backwards(apps: Any, schema_editor: Any) -> None:
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    schema_editor.execute(
+        "DROP FUNCTION IF EXISTS django_events_log_claim(text, integer, text, double precision, "
+        "text[], boolean, text[], text[])",
+        params=None,
+    )
+    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {TXID_INDEX}", params=None)
+    schema_editor.execute(f"ALTER TABLE {LOG} DROP COLUMN IF EXISTS txid", params=None)
+
+
+class Migration(migrations.Migration):
+    # CREATE INDEX CONCURRENTLY cannot run inside a transaction.
+    atomic = False
+
+    dependencies = [
+        ("django_events", "0013_fewer_index_writes"),
+    ]
+
+    operations = [
+        migrations.CreateModel(
+            name="Lease",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("group_name", models.CharField(max_length=100)),
+                ("positions", django_events.models.PositionsField()),
+                ("claimed_alone", models.BooleanField(default=False)),
+                ("claimed_until", models.DateTimeField()),
+                ("claimer", models.IntegerField(blank=True, null=True)),
+                ("lease_token", models.CharField(max_length=32)),
+            ],
+            options={"db_table": "django_events_lease"},
+        ),
+        migrations.CreateModel(
+            name="GroupCursor",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("group_name", models.CharField(max_length=100)),
+                ("lo", models.TextField(blank=True, default="")),
+                ("hi", models.TextField(blank=True, default="")),
+                ("pos", models.BigIntegerField(default=0)),
+                ("last", models.BigIntegerField(default=0)),
+                (
+                    "created_at",
+                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                ),
+            ],
+            options={
+                "db_table": "django_events_cursor",
+                "indexes": [
+                    models.Index(fields=["group_name", "id"], name="django_events_cursor_head")
+                ],
+            },
+        ),
+        migrations.RunPython(forwards, backwards),
+    ]

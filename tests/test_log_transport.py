@@ -1,0 +1,265 @@
+"""The log transport (preview): groups read the event log through cursors (PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import cast
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connection, transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from django_events import publish
+from django_events.engine.worker import Worker
+from django_events.models import (
+    Delivery,
+    EventRecord,
+    GroupCursor,
+    InboxRecord,
+    Lease,
+    OutboxMessage,
+)
+from django_events.testing.contract import (
+    SUBSCRIPTIONS,
+    TransportContract,
+    claim_until,
+    log_events,
+    make_event,
+)
+from django_events.transports import transports
+from django_events.transports.base import Claimed, Outgoing, Transport
+from django_events.transports.log import LogTransport
+
+pytestmark = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the log transport needs PostgreSQL"
+)
+
+
+def declare(transport: LogTransport, subscriptions: Sequence[tuple[str, str, bool]]) -> None:
+    """Declare ``subscriptions`` in the shared store, as a deploying service does."""
+    wanted = {(group, event_type): ordered for event_type, group, ordered in subscriptions}
+    transport.subscription_store().declare("contract", wanted, replace=False)
+
+
+class TestLogContract(TransportContract):
+    """The contract, with events reaching the groups through the log: publishing to
+    every subscription is logging the events (the relay's part); publishing to a few
+    (replay, redelivery) writes delivery rows, as ``DatabaseTransport`` does."""
+
+    lease = 0.5
+    retry_delay = 0.5
+
+    @pytest.fixture
+    def transport(self) -> Iterator[Transport]:
+        transport = LogTransport("contract", {})
+        yield transport
+        transport.close()
+
+    @pytest.fixture
+    def provisioned(self, transport: Transport) -> Transport:
+        assert isinstance(transport, LogTransport)
+        transport.setup(SUBSCRIPTIONS)
+        declare(transport, SUBSCRIPTIONS)
+        return transport
+
+    def prepare(self, events: Sequence[Outgoing]) -> None:
+        for event in events:
+            try:
+                json.loads(event.data)
+            except ValueError:
+                pytest.skip("the event log holds only JSON: such data never reaches this transport")
+        log_events(events)
+
+    def publish(
+        self,
+        transport: Transport,
+        events: Sequence[Outgoing],
+        subscriptions: Sequence[tuple[str, str, bool]] = SUBSCRIPTIONS,
+    ) -> None:
+        self.prepare(events)
+        if list(subscriptions) != SUBSCRIPTIONS:
+            # Only the groups named: the cursors pass over these events (every group's
+            # cursor restarts now), and delivery rows carry them, as a replay's do.
+            start_over()
+            transport.publish(events, subscriptions)
+
+
+def start_over() -> None:
+    """Every group's cursor moves to now, past everything logged so far."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO django_events_cursor (group_name, lo, hi, pos, last, created_at) "
+            "SELECT DISTINCT group_name, pg_current_snapshot()::text, "
+            "pg_current_snapshot()::text, 0, 0, now() FROM django_events_cursor"
+        )
+
+
+@pytest.fixture
+def log_transport() -> Iterator[LogTransport]:
+    transport = LogTransport("log", {})
+    declare(transport, SUBSCRIPTIONS)
+    yield transport
+    transport.close()
+
+
+@pytest.fixture
+def other_connection() -> Iterator[psycopg.Connection]:
+    """A second session on the test database, as another process would hold."""
+    settings = connection.settings_dict
+    with psycopg.connect(
+        dbname=settings["NAME"],
+        user=settings["USER"],
+        host=settings["HOST"],
+        port=settings["PORT"] or 5432,
+    ) as other:
+        yield other
+
+
+def insert_log_row(db: psycopg.Connection, event: Outgoing) -> None:
+    db.execute(
+        "INSERT INTO django_events_event (id, position, type, version, key, data, metadata, "
+        "occurred_at, source, correlation_id, causation_id) "
+        "VALUES (%s, %s, %s, 1, NULL, %s::jsonb, '{}'::jsonb, now(), '', NULL, NULL)",
+        [event.event_id, event.position, event.type, event.data],
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_committed_late_with_a_lower_position_is_claimed_not_skipped(
+    log_transport: LogTransport, other_connection: psycopg.Connection
+) -> None:
+    """The commit-order gap: a window is a set of transactions between two snapshots,
+    never a range of positions, so a transaction that commits after a later position was
+    handed out is in a later window."""
+    early, late = make_event(), make_event()
+    assert early.position < late.position
+    insert_log_row(other_connection, early)  # its transaction stays open
+    log_events([late])
+    [first] = claim_until(log_transport, ["g1"], 1, timeout=5)
+    assert first.event_id == late.event_id
+    assert log_transport.ack_many([first]) == [first]
+    assert log_transport.claim(["g1"], 10, 30) == []
+    other_connection.commit()
+    [second] = claim_until(log_transport, ["g1"], 1, timeout=5)
+    assert (second.event_id, second.attempt) == (early.event_id, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_successful_batch_writes_one_lease_row_and_no_delivery_row(
+    log_transport: LogTransport,
+) -> None:
+    log_events([make_event() for _ in range(20)])
+    claimed = claim_until(log_transport, ["g1"], 20, timeout=5, limit=20)
+    assert len(claimed) == 20
+    assert Delivery.objects.count() == 0
+    assert Lease.objects.count() == 1
+    assert log_transport.ack_many(claimed) == claimed
+    assert Lease.objects.count() == 0
+    assert Delivery.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_claimers_batch_comes_back_one_event_at_a_time_its_attempt_given_back(
+    log_transport: LogTransport, other_connection: psycopg.Connection
+) -> None:
+    """A worker killed mid-batch: its connection is gone, so its lease is broken up at
+    once (no waiting for it to run out), and each event comes back alone, the batch's
+    attempt not counted (it may have died on a neighbour)."""
+    events = [make_event() for _ in range(3)]
+    log_events(events)
+    other_connection.autocommit = True
+    rows = other_connection.execute(
+        "SELECT r_id FROM django_events_log_claim('g1', 10, 'dead', 30, NULL, FALSE, '{}', '{}')"
+    ).fetchall()
+    assert len(rows) == 3
+    other_connection.close()  # the claimer dies
+    back: list[Claimed] = []
+    for _ in range(3):
+        got = claim_until(log_transport, ["g1"], 1, timeout=5)
+        assert len(got) == 1, "orphans come back one at a time"
+        back += got
+        assert log_transport.ack_many(got) == got
+    assert sorted(c.event_id for c in back) == sorted(e.event_id for e in events)
+    assert [c.attempt for c in back] == [1, 1, 1]
+    assert Lease.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_old_cursor_rows_are_pruned_and_each_groups_newest_kept(
+    log_transport: LogTransport,
+) -> None:
+    for _ in range(3):
+        log_events([make_event()])
+        log_transport.ack_many(claim_until(log_transport, ["g1"], 1, timeout=5))
+    newest = GroupCursor.objects.filter(group_name="g1").latest("id")
+    assert GroupCursor.objects.filter(group_name="g1").count() > 1
+    log_transport.housekeeping()
+    assert list(GroupCursor.objects.filter(group_name="g1")) == [newest]
+    assert GroupCursor.objects.filter(group_name="g2").count() == 1
+
+
+@pytest.fixture
+def on_the_log_transport() -> Iterator[LogTransport]:
+    backend = {"default": {"BACKEND": "django_events.transports.log.LogTransport"}}
+    with override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backend}):
+        transport = cast(LogTransport, transports["default"])
+        declare(transport, [("test.happened", "alpha", False)])
+        yield transport
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publish_writes_the_log_row_itself_in_the_callers_transaction(
+    on_the_log_transport: LogTransport,
+) -> None:
+    with transaction.atomic():
+        kept = publish("test.happened", {"n": 1})
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish("test.happened", {"n": 2})
+        raise RuntimeError("rolled back")
+    assert OutboxMessage.objects.count() == 0
+    assert list(EventRecord.objects.values_list("id", flat=True)) == [kept.id]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT txid IS NOT NULL FROM django_events_event")
+        assert cursor.fetchall() == [(True,)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_on_the_log_transport_handles_events_without_delivery_rows(
+    on_the_log_transport: LogTransport,
+) -> None:
+    """The engine's own path: ``publish()``, the relay (which still moves what an older
+    release wrote to the outbox, through the worker's switch between transports, which
+    must pass ``reads_log`` on) and the worker's claims."""
+    worker = Worker(["alpha"])
+    ids = []
+    for n in range(3):
+        with transaction.atomic():
+            ids.append(publish("test.happened", {"n": n}).id)
+    older = OutboxMessage.objects.create(
+        event_id=uuid.uuid4(), type="test.happened", data='{"n": 3}', occurred_at=timezone.now()
+    )
+    assert worker.relay is not None and worker.relay.run_once() == 1
+    assert Delivery.objects.count() == 0
+    while worker.step():
+        pass
+    assert Delivery.objects.count() == 0 and Lease.objects.count() == 0
+    handled = InboxRecord.objects.filter(group_name="alpha").values_list("event_id", flat=True)
+    assert sorted(handled) == sorted([*ids, older.event_id])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_move_to_the_log_transport_is_refused_until_it_is_supported() -> None:
+    from django_events import moving
+
+    backends = {
+        "default": {"BACKEND": "django_events.transports.database.DatabaseTransport"},
+        "log": {"BACKEND": "django_events.transports.log.LogTransport"},
+    }
+    overridden = override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backends})
+    with overridden, pytest.raises(ValueError, match="'log' is the log transport"):
+        moving.check_start("default", "log")
