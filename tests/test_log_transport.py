@@ -26,6 +26,7 @@ from django_events.models import (
 )
 from django_events.testing.contract import (
     SUBSCRIPTIONS,
+    TYPE,
     TransportContract,
     claim_until,
     log_events,
@@ -263,3 +264,20 @@ def test_a_move_to_the_log_transport_is_refused_until_it_is_supported() -> None:
     overridden = override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backends})
     with overridden, pytest.raises(ValueError, match="'log' is the log transport"):
         moving.check_start("default", "log")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_first_group_finds_what_was_published_before_it_and_a_later_one_joins_the_front() -> None:
+    transport = LogTransport("log", {})
+    early = [make_event(), make_event()]
+    log_events(early)  # before any group has a cursor: a fresh database
+    declare(transport, [(TYPE, "g1", False)])
+    got = claim_until(transport, ["g1"], 2, timeout=5)
+    assert sorted(c.event_id for c in got) == sorted(e.event_id for e in early)
+    assert transport.ack_many(got) == got
+    later = make_event()
+    log_events([later])
+    declare(transport, [(TYPE, "g9", False)])  # a group added now starts at g1's place
+    [joined] = claim_until(transport, ["g9"], 1, timeout=5)
+    assert joined.event_id == later.event_id
+    assert transport.claim(["g9"], 10, 30) == []

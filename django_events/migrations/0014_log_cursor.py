@@ -48,11 +48,19 @@ BEGIN
     END IF;
     SELECT c.lo::pg_snapshot, c.hi::pg_snapshot, c.pos, c.last INTO c_lo, c_hi, c_pos, c_last
       FROM django_events_cursor c WHERE c.group_name = a_group ORDER BY c.id DESC LIMIT 1;
-    IF NOT FOUND THEN  -- a group never declared here: it starts now
-        snap := pg_current_snapshot();
+    IF NOT FOUND THEN
+        -- A group never declared here starts where the most advanced group is, or at the
+        -- log's beginning if there is none (docs/internals.md, "A group's start").
+        SELECT h.lo::pg_snapshot, h.hi::pg_snapshot, h.pos, h.last
+          INTO c_lo, c_hi, c_pos, c_last
+          FROM (SELECT DISTINCT ON (c.group_name) c.lo, c.hi, c.pos, c.last
+                  FROM django_events_cursor c ORDER BY c.group_name, c.id DESC) h
+         ORDER BY pg_snapshot_xmax(h.hi::pg_snapshot) DESC, h.pos DESC LIMIT 1;
+        IF NOT FOUND THEN
+            c_lo := '1:1:'; c_hi := '1:1:'; c_pos := 0; c_last := 0;
+        END IF;
         INSERT INTO django_events_cursor (group_name, lo, hi, pos, last, created_at)
-        VALUES (a_group, snap::text, snap::text, 0, 0, statement_timestamp());
-        RETURN;
+        VALUES (a_group, c_lo::text, c_hi::text, c_pos, c_last, statement_timestamp());
     END IF;
     -- What the group subscribes to: every service's declarations, and the claiming
     -- deployment's own handlers, declared by its code even before they are stored.

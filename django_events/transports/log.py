@@ -40,7 +40,7 @@ class LeaseReceipt(NamedTuple):
 
 class LogStore(DatabaseStore):
     """The ``Subscription`` table, where declaring a new group also starts its cursor, in
-    the declaring transaction: the group receives every event committed after that."""
+    the declaring transaction (``start_cursors``)."""
 
     def declare(self, service: str, wanted: Wanted, *, replace: bool) -> Declaration:
         with transaction.atomic(using=self.using):
@@ -50,17 +50,22 @@ class LogStore(DatabaseStore):
 
 
 def start_cursors(using: str, groups: Sequence[str]) -> None:
-    """Give each of ``groups`` that has none a cursor at the current snapshot."""
+    """Give each of ``groups`` that has no cursor one where the most advanced group is, or
+    at the log's beginning if no group has one (docs/internals.md, "A group's start")."""
     if not groups:
         return
     connection = connections[using]
-    cursor_table = sql.table(connection, "GroupCursor")
+    cursors = sql.table(connection, "GroupCursor")
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {cursor_table} (group_name, lo, hi, pos, last, created_at) "
-            "SELECT g, pg_current_snapshot()::text, pg_current_snapshot()::text, 0, 0, "
-            f"statement_timestamp() FROM unnest(%s::text[]) AS g WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {cursor_table} c WHERE c.group_name = g)",
+            f"INSERT INTO {cursors} (group_name, lo, hi, pos, last, created_at) "
+            "SELECT g, COALESCE(f.lo, '1:1:'), COALESCE(f.hi, '1:1:'), COALESCE(f.pos, 0), "
+            "COALESCE(f.last, 0), statement_timestamp() FROM unnest(%s::text[]) AS g "
+            "LEFT JOIN (SELECT h.lo, h.hi, h.pos, h.last FROM (SELECT DISTINCT ON "
+            f"(c.group_name) c.lo, c.hi, c.pos, c.last FROM {cursors} c ORDER BY "
+            "c.group_name, c.id DESC) h ORDER BY pg_snapshot_xmax(h.hi::pg_snapshot) DESC, "
+            "h.pos DESC LIMIT 1) f ON TRUE "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {cursors} c WHERE c.group_name = g)",
             [list(groups)],
         )
 
