@@ -109,7 +109,7 @@ def env(**extra: str) -> dict[str, str]:
 
 EVENT_TABLES = (
     "django_events_outbox, django_events_event, django_events_delivery, "
-    "django_events_inbox, django_events_deadletter"
+    "django_events_inbox, django_events_deadletter, django_events_lease"
 )
 
 
@@ -137,6 +137,16 @@ def prepublish(n: int, dbname: str = BENCH_DB, type: str = "bench.noop") -> None
     what happens to committed events, not publishing.
     """
     with connect(dbname) as conn:
+        if LOG_TRANSPORT:  # publish() writes the log row itself there
+            conn.execute(
+                "INSERT INTO django_events_event (id, position, type, version, key, data, "
+                "metadata, occurred_at, source, correlation_id, causation_id, recorded_at) "
+                "SELECT u, nextval(pg_get_serial_sequence('django_events_outbox', 'position')), "
+                "%s, 1, NULL, %s::jsonb, '{}'::jsonb, now(), 'bench', u, NULL, now() "
+                "FROM (SELECT gen_random_uuid() AS u FROM generate_series(1, %s)) s",
+                [type, PAYLOAD_TEXT, n],
+            )
+            return
         conn.execute(
             "INSERT INTO django_events_outbox (event_id, type, version, key, data, metadata, "
             "occurred_at, source, correlation_id, causation_id, created_at) "
