@@ -50,7 +50,7 @@ BEGIN
       FROM django_events_cursor c WHERE c.group_name = a_group ORDER BY c.id DESC LIMIT 1;
     IF NOT FOUND THEN
         -- A group never declared here starts where the most advanced group is, or at the
-        -- log's beginning if there is none (docs/internals.md, "A group's start").
+        -- log's beginning if there is none (docs/internals.md, "The log transport").
         SELECT h.lo::pg_snapshot, h.hi::pg_snapshot, h.pos, h.last
           INTO c_lo, c_hi, c_pos, c_last
           FROM (SELECT DISTINCT ON (c.group_name) c.lo, c.hi, c.pos, c.last

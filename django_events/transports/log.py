@@ -51,7 +51,7 @@ class LogStore(DatabaseStore):
 
 def start_cursors(using: str, groups: Sequence[str]) -> None:
     """Give each of ``groups`` that has no cursor one where the most advanced group is, or
-    at the log's beginning if no group has one (docs/internals.md, "A group's start")."""
+    at the log's beginning if no group has one (docs/internals.md, "The log transport")."""
     if not groups:
         return
     connection = connections[using]
