@@ -34,6 +34,8 @@ def cluster(*, autovacuum: bool = True, preload: str = "") -> Iterator[Any]:
         conf.write(DEFAULTS + f"autovacuum = {'on' if autovacuum else 'off'}\n")
         if preload:
             conf.write(f"shared_preload_libraries = '{preload}'\n")
+        if "pg_stat_statements" in preload:  # statements inside functions too (the claim's)
+            conf.write("pg_stat_statements.track = all\n")
     try:
         server.start()
         server.wait_ready()
