@@ -281,3 +281,13 @@ def test_a_first_group_finds_what_was_published_before_it_and_a_later_one_joins_
     [joined] = claim_until(transport, ["g9"], 1, timeout=5)
     assert joined.event_id == later.event_id
     assert transport.claim(["g9"], 10, 30) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_status_reads_the_log_for_the_groups_asked_only(log_transport: LogTransport) -> None:
+    """A worker samples its own groups' lag every minute: another group's cursor, far
+    back if nobody consumes it, must not be walked from for it."""
+    log_events([make_event() for _ in range(3)])
+    status = log_transport.status(["g1"])
+    assert status["g1"].pending == 3
+    assert "g2" not in status  # g2 is owed the same 3 events; nobody asked

@@ -365,8 +365,10 @@ class LogTransport(DatabaseTransport):
     # -- what the admin and ``events_status`` see ---------------------------------------
 
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
-        """Delivery rows as for ``DatabaseTransport``, plus, per group, the log's events
-        past its cursor (pending) and its leases (in flight)."""
+        """Delivery rows as for ``DatabaseTransport``, plus, for the groups asked only, the
+        log's events past each one's cursor (pending) and its leases (in flight): a group
+        nobody consumes has its cursor far back, and counting what it is owed walks the
+        log from there (a worker's chart sample, once a minute, stalled it for seconds)."""
         found = super().status(groups)
         cursors = sql.table(self._connection, "GroupCursor")
         leases = sql.table(self._connection, "Lease")
@@ -384,8 +386,9 @@ class LogTransport(DatabaseTransport):
             f"statement_timestamp() - min(l.recorded_at)) {past}), "
             f"(SELECT COALESCE(sum(cardinality(k.positions)), 0) FROM {leases} k WHERE "
             "k.group_name = h.group_name AND k.claimed_until >= statement_timestamp()) FROM "
-            f"(SELECT DISTINCT ON (group_name) * FROM {cursors} ORDER BY group_name, id DESC) h",
-            [],
+            f"(SELECT DISTINCT ON (group_name) * FROM {cursors} WHERE group_name = ANY(%s) "
+            "ORDER BY group_name, id DESC) h",
+            [list(groups)],
         )
         for group, pending, age, in_flight in rows:
             was = found.get(group, GroupStatus())
