@@ -3,7 +3,8 @@ batches.
 
 Payloads may hold personal data; retention is how it leaves the database. Nothing a
 group still has to handle is ever removed: an event with a delivery row (pending, in
-flight, retrying or parked) or an open dead letter stays in the log, and an inbox record
+flight, retrying or parked), an open dead letter, or (the log transport) a lease or a
+group's cursor not yet past it stays in the log, and an inbox record
 stays while its group still has a delivery of that event (a duplicate it must skip).
 
 The log and the inbox are walked oldest first along their primary key, which follows
@@ -143,6 +144,26 @@ class _Table:
     walk_in_order: bool  # the key follows the age column: stop at the first young batch
 
 
+def _unread(connection: Any) -> str:
+    """On PostgreSQL, the log transport's owed events, which have no delivery row: those in
+    a lease, and those of a type a group subscribes to that its cursor has not passed
+    (docs/internals.md, "The log transport"). Empty elsewhere (no cursor on SQLite)."""
+    if connection.vendor != "postgresql":
+        return ""
+    leases = sql.table(connection, "Lease")
+    cursors = sql.table(connection, "GroupCursor")
+    subscriptions = sql.table(connection, "Subscription")
+    group = connection.ops.quote_name("group")
+    return (
+        f" AND NOT EXISTS (SELECT 1 FROM {leases} k WHERE t.position = ANY(k.positions))"
+        " AND NOT EXISTS (SELECT 1 FROM (SELECT DISTINCT ON (c.group_name) c.group_name, c.lo, "
+        f"c.hi, c.pos FROM {cursors} c ORDER BY c.group_name, c.id DESC) h WHERE t.txid IS "
+        f"NOT NULL AND t.type IN (SELECT s.event_type FROM {subscriptions} s WHERE s.{group} "
+        "= h.group_name) AND (NOT pg_visible_in_snapshot(t.txid, h.hi::pg_snapshot) OR (NOT "
+        "pg_visible_in_snapshot(t.txid, h.lo::pg_snapshot) AND t.position > h.pos)))"
+    )
+
+
 def _tables(connection: Any) -> dict[str, _Table]:
     delivery = sql.table(connection, "Delivery")
     dead = sql.table(connection, "DeadLetter")
@@ -154,7 +175,7 @@ def _tables(connection: Any) -> dict[str, _Table]:
             "recorded_at",
             f"NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.event_id = t.id) "
             f"AND NOT EXISTS (SELECT 1 FROM {dead} x WHERE x.event_id = t.id "
-            "AND x.state = 'open')",
+            f"AND x.state = 'open'){_unread(connection)}",
             walk_in_order=True,
         ),
         INBOX: _Table(

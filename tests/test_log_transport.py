@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Iterator, Sequence
@@ -291,3 +292,20 @@ def test_status_reads_the_log_for_the_groups_asked_only(log_transport: LogTransp
     status = log_transport.status(["g1"])
     assert status["g1"].pending == 3
     assert "g2" not in status  # g2 is owed the same 3 events; nobody asked
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retention_keeps_what_a_group_has_not_read_or_holds_in_a_lease(
+    log_transport: LogTransport,
+) -> None:
+    """An owed event has no delivery row here: the purge must ask the leases and cursors."""
+    from django_events import retention
+
+    events = [make_event() for _ in range(3)]
+    log_events(events)
+    EventRecord.objects.update(recorded_at=timezone.now() - dt.timedelta(days=2))
+    assert retention.purge(retention.EVENTS, "default", 3600) == 0  # nobody has read them
+    claimed = claim_until(log_transport, ["g1", "g2"], 6, timeout=5)
+    assert retention.purge(retention.EVENTS, "default", 3600) == 0  # all in leases
+    assert log_transport.ack_many(claimed) == claimed
+    assert retention.purge(retention.EVENTS, "default", 3600) == 3
