@@ -219,6 +219,9 @@ class Lean(Variant):
 
     def setup(self, conn: psycopg.Connection, groups: list[str]) -> None:
         conn.execute("CREATE TABLE lean_log (LIKE django_events_event INCLUDING ALL)")
+        # The log has its own txid since 0014 (nullable, for old rows); the prototype's is
+        # NOT NULL, as a log written only by it would be.
+        conn.execute("ALTER TABLE lean_log DROP COLUMN IF EXISTS txid")
         conn.execute("CREATE SEQUENCE lean_log_position_seq OWNED BY lean_log.position")
         conn.execute(
             "ALTER TABLE lean_log ALTER position SET DEFAULT nextval('lean_log_position_seq'), "
