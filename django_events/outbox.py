@@ -211,7 +211,7 @@ def _publish_many(
         )
         built.append((event, text))
     if built:
-        _insert(using, built, metadata_text, conf.publish_notify)
+        _insert(using, built, metadata_text, conf)
         if signals.event_published.receivers:
             for event, _ in built:
                 signals.event_published.send(sender=publish, event=event, using=using)
@@ -301,10 +301,28 @@ def _log_insert_sql(table: str, rows: int) -> str:
     return f"INSERT INTO {table} ({_LOG_COLUMNS}) VALUES {', '.join([row] * rows)}"
 
 
-def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: bool) -> None:
+def _native_row(event: Event, data_text: str, metadata: str) -> list[Any]:
+    """One event's values, in ``_COLUMNS``' order (the log's, ``position`` left out), as a
+    driver that takes UUIDs and datetimes receives them."""
+    return [
+        event.id,
+        event.type,
+        event.version,
+        event.key,
+        data_text,
+        metadata,
+        event.occurred_at,
+        event.source,
+        event.correlation_id,
+        event.causation_id,
+    ]
+
+
+def _insert(using: str, events: list[tuple[Event, str]], metadata: str, conf: Any) -> None:
     connection = connections[using]
     dialect = sql.dialect(using)
-    straight = _straight_to_log(get_settings())
+    notify = conf.publish_notify
+    straight = _straight_to_log(conf)
     if using in straight:
         _insert_into_log(connection, events, metadata, notify and straight[using])
         return
@@ -315,18 +333,7 @@ def _insert(using: str, events: list[tuple[Event, str]], metadata: str, notify: 
         params: list[Any] = []
         for event, data_text in chunk:
             if native:
-                params += [
-                    event.id,
-                    event.type,
-                    event.version,
-                    event.key,
-                    data_text,
-                    metadata,
-                    event.occurred_at,
-                    event.source,
-                    event.correlation_id,
-                    event.causation_id,
-                ]
+                params += _native_row(event, data_text, metadata)
             else:
                 params += [
                     dialect.uuid_value(event.id),
@@ -358,18 +365,7 @@ def _insert_into_log(
         chunk = events[start : start + _ROWS_PER_STATEMENT]
         params: list[Any] = []
         for event, data_text in chunk:
-            params += [
-                event.id,
-                event.type,
-                event.version,
-                event.key,
-                data_text,
-                metadata or "{}",
-                event.occurred_at,
-                event.source,
-                event.correlation_id,
-                event.causation_id,
-            ]
+            params += _native_row(event, data_text, metadata or "{}")
         insert = _log_insert_sql(table, len(chunk))
         if isinstance(channel, str) and not _notified_in_this_transaction(connection):
             insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"

@@ -150,17 +150,17 @@ def _unread(connection: Any) -> str:
     (docs/internals.md, "The log transport"). Empty elsewhere (no cursor on SQLite)."""
     if connection.vendor != "postgresql":
         return ""
+    from .transports.log import heads, not_passed
+
     leases = sql.table(connection, "Lease")
     cursors = sql.table(connection, "GroupCursor")
     subscriptions = sql.table(connection, "Subscription")
     group = connection.ops.quote_name("group")
     return (
         f" AND NOT EXISTS (SELECT 1 FROM {leases} k WHERE t.position = ANY(k.positions))"
-        " AND NOT EXISTS (SELECT 1 FROM (SELECT DISTINCT ON (c.group_name) c.group_name, c.lo, "
-        f"c.hi, c.pos FROM {cursors} c ORDER BY c.group_name, c.id DESC) h WHERE t.txid IS "
-        f"NOT NULL AND t.type IN (SELECT s.event_type FROM {subscriptions} s WHERE s.{group} "
-        "= h.group_name) AND (NOT pg_visible_in_snapshot(t.txid, h.hi::pg_snapshot) OR (NOT "
-        "pg_visible_in_snapshot(t.txid, h.lo::pg_snapshot) AND t.position > h.pos)))"
+        f" AND NOT EXISTS (SELECT 1 FROM {heads(cursors)} h WHERE t.type IN (SELECT "
+        f"s.event_type FROM {subscriptions} s WHERE s.{group} = h.group_name) AND "
+        f"{not_passed('t', 'h')})"
     )
 
 

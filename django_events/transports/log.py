@@ -49,6 +49,27 @@ class LogStore(DatabaseStore):
         return result
 
 
+def heads(cursors: str, where: str = "") -> str:
+    """SQL: each group's newest cursor row (its place), from the cursor table ``cursors``,
+    optionally only the rows ``where`` allows."""
+    where = f" WHERE {where}" if where else ""
+    return (
+        f"(SELECT DISTINCT ON (c.group_name) c.* FROM {cursors} c{where} "
+        "ORDER BY c.group_name, c.id DESC)"
+    )
+
+
+def not_passed(row: str, head: str) -> str:
+    """SQL: the log row ``row`` is one the cursor ``head`` has not passed yet: committed
+    after its window, or in the window beyond its position (docs/internals.md, "The log
+    transport"). Rows logged before migration 0014 (no ``txid``) are in no window."""
+    return (
+        f"{row}.txid IS NOT NULL AND (NOT pg_visible_in_snapshot({row}.txid, "
+        f"{head}.hi::pg_snapshot) OR (NOT pg_visible_in_snapshot({row}.txid, "
+        f"{head}.lo::pg_snapshot) AND {row}.position > {head}.pos))"
+    )
+
+
 def start_cursors(using: str, groups: Sequence[str]) -> None:
     """Give each of ``groups`` that has no cursor one where the most advanced group is, or
     at the log's beginning if no group has one (docs/internals.md, "The log transport")."""
@@ -61,10 +82,8 @@ def start_cursors(using: str, groups: Sequence[str]) -> None:
             f"INSERT INTO {cursors} (group_name, lo, hi, pos, last, created_at) "
             "SELECT g, COALESCE(f.lo, '1:1:'), COALESCE(f.hi, '1:1:'), COALESCE(f.pos, 0), "
             "COALESCE(f.last, 0), statement_timestamp() FROM unnest(%s::text[]) AS g "
-            "LEFT JOIN (SELECT h.lo, h.hi, h.pos, h.last FROM (SELECT DISTINCT ON "
-            f"(c.group_name) c.lo, c.hi, c.pos, c.last FROM {cursors} c ORDER BY "
-            "c.group_name, c.id DESC) h ORDER BY pg_snapshot_xmax(h.hi::pg_snapshot) DESC, "
-            "h.pos DESC LIMIT 1) f ON TRUE "
+            f"LEFT JOIN (SELECT h.lo, h.hi, h.pos, h.last FROM {heads(cursors)} h "
+            "ORDER BY pg_snapshot_xmax(h.hi::pg_snapshot) DESC, h.pos DESC LIMIT 1) f ON TRUE "
             f"WHERE NOT EXISTS (SELECT 1 FROM {cursors} c WHERE c.group_name = g)",
             [list(groups)],
         )
@@ -374,20 +393,18 @@ class LogTransport(DatabaseTransport):
         leases = sql.table(self._connection, "Lease")
         subscriptions = sql.table(self._connection, "Subscription")
         _, event = self._tables()
-        # Past the cursor: committed after hi, or in the open window beyond pos.
+        # Past the cursor, found from its window's oldest transaction on.
         past = (
             f"FROM {event} l WHERE l.txid >= pg_snapshot_xmin(h.lo::pg_snapshot) "
             f'AND l.type IN (SELECT s.event_type FROM {subscriptions} s WHERE s."group" = '
-            "h.group_name) AND (NOT pg_visible_in_snapshot(l.txid, h.hi::pg_snapshot) OR "
-            "(NOT pg_visible_in_snapshot(l.txid, h.lo::pg_snapshot) AND l.position > h.pos))"
+            f"h.group_name) AND {not_passed('l', 'h')}"
         )
         rows = self._execute(
             f"SELECT h.group_name, (SELECT count(*) {past}), (SELECT extract(epoch FROM "
             f"statement_timestamp() - min(l.recorded_at)) {past}), "
             f"(SELECT COALESCE(sum(cardinality(k.positions)), 0) FROM {leases} k WHERE "
             "k.group_name = h.group_name AND k.claimed_until >= statement_timestamp()) FROM "
-            f"(SELECT DISTINCT ON (group_name) * FROM {cursors} WHERE group_name = ANY(%s) "
-            "ORDER BY group_name, id DESC) h",
+            f"{heads(cursors, 'c.group_name = ANY(%s)')} h",
             [list(groups)],
         )
         for group, pending, age, in_flight in rows:

@@ -164,17 +164,18 @@ LOG_TRANSPORT = os.environ.get("DJANGO_EVENTS_TEST_BACKEND", "").endswith(".LogT
 """The suite runs on the log transport (tests/settings_base.py), whose owed events have no
 row of their own until claimed: they are counted from the groups' cursors."""
 
-_PAST_CURSORS = """
-SELECT COALESCE(sum(cardinality(positions)), 0) + (
-    SELECT count(*) FROM (SELECT DISTINCT ON (group_name) * FROM django_events_cursor
-                          ORDER BY group_name, id DESC) h
-    JOIN django_events_event l ON l.txid >= pg_snapshot_xmin(h.lo::pg_snapshot)
-     AND l.type IN (SELECT s.event_type FROM django_events_subscription s
-                     WHERE s."group" = h.group_name)
-     AND (NOT pg_visible_in_snapshot(l.txid, h.hi::pg_snapshot)
-          OR (NOT pg_visible_in_snapshot(l.txid, h.lo::pg_snapshot) AND l.position > h.pos)))
-FROM django_events_lease
-"""
+
+def _past_cursors() -> str:
+    from django_events.transports.log import heads, not_passed
+
+    past = (
+        f"{heads('django_events_cursor')} h JOIN django_events_event l ON l.txid >= "
+        "pg_snapshot_xmin(h.lo::pg_snapshot) AND l.type IN (SELECT s.event_type FROM "
+        f'django_events_subscription s WHERE s."group" = h.group_name) AND '
+        f"{not_passed('l', 'h')}"
+    )
+    sums = "SELECT COALESCE(sum(cardinality(positions)), 0) + (SELECT count(*) FROM "
+    return f"{sums}{past}) FROM django_events_lease"
 
 
 def backlog_from(cursor: Any) -> tuple[int, int]:
@@ -188,7 +189,7 @@ def backlog_from(cursor: Any) -> tuple[int, int]:
     if LOG_TRANSPORT:
         cursor.execute("SELECT EXISTS (SELECT 1 FROM django_events_cursor)")
         if cursor.fetchone()[0]:
-            cursor.execute(_PAST_CURSORS)
+            cursor.execute(_past_cursors())
         else:  # no worker has started: everything logged is owed
             cursor.execute("SELECT COUNT(*) FROM django_events_event WHERE txid IS NOT NULL")
         owed += int(cursor.fetchone()[0])
