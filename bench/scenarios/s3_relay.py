@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench import pg
-from bench.runner import Context, Goal, Row, alternate, ratio_row
+from bench.runner import Context, Goal, Row, alternate, na_row, ratio_row
 from bench.scenarios.s0_calibration import drain_rate
 
 ID = "S3"
@@ -13,6 +13,17 @@ GOAL = Goal(">=", 0.5)
 
 
 def run(ctx: Context) -> list[Row]:
+    if pg.LOG_TRANSPORT:
+        return [
+            na_row(
+                ID,
+                TITLE,
+                BASELINE,
+                GOAL,
+                "the log transport has no relay step: publish() writes the log row itself, "
+                "so S1.floor (the raw insert of that row) and S2 measure what replaced it",
+            )
+        ]
     n = ctx.size(100_000, 10_000)
 
     def relay(n: int = n) -> float:
