@@ -9,6 +9,11 @@ earlier event unhandled (wherever that event is: relays reach the cutover each w
 its own poll, so the old side may get a key's later event), so per-key order holds
 across the move. Once the move is finished, the switch keeps doing so until the settings make
 the new transport the default and drop the old alias.
+
+From the database transport into the log transport, which share their tables, there is
+one side at a time instead: the cutover places every group's cursor under the relay's
+lock, and each relay batch reads it under that lock (docs/moving.md, "Into the log
+transport").
 """
 
 from __future__ import annotations
@@ -390,16 +395,15 @@ class Switch(Transport):
         gets delivery rows and is in the cursors' starting snapshot; one logged after it
         is not, and gets none (docs/moving.md, "Into the log transport")."""
         route = self._current()
+        old = route.old
         if not route.shares_tables:
             route.send.logged(events)
-        elif not events:
-            return
-        elif cut_over(route):
-            route.to.logged(events)
-        elif route.old is not None:
+        elif events and old is not None and not cut_over(route):
             from .subscriptions import fan_out
 
-            route.old.publish(events, fan_out(route.old))
+            old.publish(events, fan_out(old))
+        else:
+            route.to.logged(events)
 
     def housekeeping(self) -> None:
         route = self.route()  # a relay without a worker reads the route here, between passes
@@ -610,13 +614,13 @@ def check_start(from_alias: str, to_alias: str) -> Any:
             "cutover and hand out again every event sent to the new side (docs/moving.md, "
             '"Into the log transport").'
         )
-    if len(configured) == 2 and transports[to_alias].reads_log:
-        if not into_log(transports[from_alias], transports[to_alias]):
-            raise ValueError(
-                f"Transport {to_alias!r} is the log transport (a preview): a move to it is "
-                "supported from DatabaseTransport in the same database only, whose tables "
-                'it shares (docs/moving.md, "Into the log transport").'
-            )
+    to_log = len(configured) == 2 and transports[to_alias].reads_log
+    if to_log and not into_log(transports[from_alias], transports[to_alias]):
+        raise ValueError(
+            f"Transport {to_alias!r} is the log transport (a preview): a move to it is "
+            "supported from DatabaseTransport in the same database only, whose tables it "
+            'shares (docs/moving.md, "Into the log transport").'
+        )
     current = in_progress()
     if current is not None and (current.from_alias, current.to_alias) != (from_alias, to_alias):
         raise ValueError(

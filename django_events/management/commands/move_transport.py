@@ -4,8 +4,8 @@ Records the move (every worker drains FROM too within a poll), waits until every
 has seen it, records the cutover (every relay sends to TO within a poll) and waits again,
 then reports what FROM still owes until it owes nothing, and records the move as
 finished (docs/moving.md). From the database transport into the log transport, which share
-their tables, the cutover also places the groups' cursors and the move finishes with it. Interrupted, it can be run again with the same aliases: it
-takes up the move in progress.
+their tables, the cutover also places the groups' cursors and the move finishes with it.
+Interrupted, it can be run again with the same aliases: it takes up the move in progress.
 """
 
 from __future__ import annotations
@@ -82,9 +82,11 @@ class Command(BaseCommand):
         else:
             self._drain(old, options["interval"])
         moving.finish(move)
-        done = "its rows are claimed there" if shared else "owes nothing"
+        done = f"{move.from_alias} owes nothing"
+        if shared:
+            done = f"{move.to_alias} claims what {move.from_alias} owed"
         self.stdout.write(
-            f"Done: {move.from_alias} {done}. Make {move.to_alias!r} the default "
+            f"Done: {done}. Make {move.to_alias!r} the default "
             f"transport in your settings at your next deploy, then drop {move.from_alias!r}."
         )
 
