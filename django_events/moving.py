@@ -9,6 +9,11 @@ earlier event unhandled (wherever that event is: relays reach the cutover each w
 its own poll, so the old side may get a key's later event), so per-key order holds
 across the move. Once the move is finished, the switch keeps doing so until the settings make
 the new transport the default and drop the old alias.
+
+From the database transport into the log transport, which share their tables, there is
+one side at a time instead: the cutover places every group's cursor under the relay's
+lock, and each relay batch reads it under that lock (docs/moving.md, "Into the log
+transport").
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Exists, Max, OuterRef
 from django.db.models.functions import Now
 
@@ -41,10 +46,32 @@ class Route:
     to: Transport
     old: Transport | None = None
     sending: Transport | None = None
+    move: int | None = None
+    """The ``Move`` row's id, where one is recorded."""
 
     @property
     def send(self) -> Transport:
         return self.sending or self.to
+
+    @property
+    def shares_tables(self) -> bool:
+        """A move from the database transport into the log transport: one set of tables,
+        so one side at a time, switched at the cutover (docs/moving.md, "Into the log
+        transport")."""
+        return self.old is not None and into_log(self.old, self.to)
+
+
+def into_log(old: Transport, new: Transport) -> bool:
+    """Whether ``old`` is the database transport and ``new`` the log transport over the
+    same tables: the move between them is the cursors' start, not a drain."""
+    from .transports.database import DatabaseTransport
+
+    return (
+        new.reads_log
+        and not old.reads_log
+        and isinstance(old, DatabaseTransport)
+        and old.database == new.database
+    )
 
 
 def moves_database() -> str:
@@ -89,13 +116,24 @@ def route_now(default: Transport) -> Route:
         # once every process has had time to read the move: by the time any event goes
         # to the new side, every worker holds keys on both sides (docs/moving.md).
         sending = moved_from if move.cutover_position is None else None
-        return Route(transports[move.to_alias], moved_from, sending)
+        return Route(transports[move.to_alias], moved_from, sending, move.pk)
     if move.to_alias not in configured:
         return Route(default)  # the settings have made it the default since
     # Until the deploy that drops it, the old side is still looked at: a worker's prefetch
     # that no count showed, or a relay that had not switched, leaves nothing behind there.
     old = transports[move.from_alias] if move.from_alias in configured else None
-    return Route(transports[move.to_alias], old)
+    return Route(transports[move.to_alias], old, move=move.pk)
+
+
+def cut_over(route: Route) -> bool:
+    """Whether the move of ``route`` has its cutover recorded, read again from the
+    database unless the route already says so (a cutover is never taken back)."""
+    from .models import Move
+
+    if route.sending is None:
+        return True
+    moves = Move.objects.using(route.to.database)
+    return moves.filter(pk=route.move, cutover_position__isnull=False).exists()
 
 
 def held(
@@ -319,7 +357,9 @@ class Switch(Transport):
 
     @property
     def reads_log(self) -> bool:  # type: ignore[override]
-        return self._current().send.reads_log
+        # Into the log transport the relay always calls ``logged``, which picks the side.
+        route = self._current()
+        return route.shares_tables or route.send.reads_log
 
     @property
     def idempotent_publish(self) -> bool:  # type: ignore[override]
@@ -350,7 +390,20 @@ class Switch(Transport):
         self._current().send.publish_to_all(events)
 
     def logged(self, events: Sequence[Outgoing]) -> None:
-        self._current().send.logged(events)
+        """Into the log transport, the side is read in the relay's own transaction, under
+        its lock, which the cutover takes too: a batch logged before the cutover committed
+        gets delivery rows and is in the cursors' starting snapshot; one logged after it
+        is not, and gets none (docs/moving.md, "Into the log transport")."""
+        route = self._current()
+        old = route.old
+        if not route.shares_tables:
+            route.send.logged(events)
+        elif events and old is not None and not cut_over(route):
+            from .subscriptions import fan_out
+
+            old.publish(events, fan_out(old))
+        else:
+            route.to.logged(events)
 
     def housekeeping(self) -> None:
         route = self.route()  # a relay without a worker reads the route here, between passes
@@ -372,6 +425,12 @@ class Switch(Transport):
         route = self.route()
         if route.old is None and not self._held:
             return self._tag(route.to, _claim(route.to, groups, limit, lease, types, max_bytes))
+        if route.shares_tables and not self._held:
+            # One table of delivery rows, where both keep key order: claimed where relays
+            # send, the old side until the cutover (which places the cursors), then the
+            # new, which claims those rows first.
+            side = route.send
+            return self._tag(side, _claim(side, groups, limit, lease, types, max_bytes))
         with self._lock:
             waiting = list(self._held)
         # Each side's waiting events count against what is claimed from it: the old side's
@@ -491,7 +550,10 @@ class Switch(Transport):
                 transport.discard(event_id, group)
 
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
-        return self._current().to.status(groups)
+        route = self._current()
+        # Into the log transport, the cursors are placed at the cutover: before it, the
+        # old side's counts.
+        return (route.send if route.shares_tables else route.to).status(groups)
 
     def close(self) -> None:
         route = self._route  # closing reads nothing
@@ -544,12 +606,21 @@ def check_start(from_alias: str, to_alias: str) -> Any:
     move is in progress."""
     from .transports import transports
 
-    for alias in (from_alias, to_alias):
-        if alias in transports.settings and transports[alias].reads_log:
-            raise ValueError(
-                f"Transport {alias!r} is the log transport (a preview): moving to or from it "
-                'is not supported yet (docs/internals.md, "The log transport").'
-            )
+    configured = [alias for alias in (from_alias, to_alias) if alias in transports.settings]
+    if from_alias in configured and transports[from_alias].reads_log:
+        raise ValueError(
+            f"Transport {from_alias!r} is the log transport (a preview): moving from it is not "
+            "supported, since its groups' cursors would go on reading the log past the "
+            "cutover and hand out again every event sent to the new side (docs/moving.md, "
+            '"Into the log transport").'
+        )
+    to_log = len(configured) == 2 and transports[to_alias].reads_log
+    if to_log and not into_log(transports[from_alias], transports[to_alias]):
+        raise ValueError(
+            f"Transport {to_alias!r} is the log transport (a preview): a move to it is "
+            "supported from DatabaseTransport in the same database only, whose tables it "
+            'shares (docs/moving.md, "Into the log transport").'
+        )
     current = in_progress()
     if current is not None and (current.from_alias, current.to_alias) != (from_alias, to_alias):
         raise ValueError(
@@ -570,12 +641,24 @@ def start(from_alias: str, to_alias: str) -> Any:
 
 
 def record_cutover(move: Any) -> int:
-    """Note the last logged position now that every relay has switched."""
+    """Note the last logged position now that every process has read the move. Into the
+    log transport, the groups' cursors start here, in the same transaction, under the
+    relay's lock: no relay batch straddles the snapshot they start at, and each batch
+    reads the cutover in its own transaction (``Switch.logged``; docs/moving.md, "Into
+    the log transport")."""
+    from .engine.relay import RELAY_LOCK
     from .models import EventRecord
+    from .registry import registry
+    from .transports.log import place_cursors_now
 
     using = moves_database()
-    position = EventRecord.objects.using(using).aggregate(top=Max("position"))["top"] or 0
-    type(move).objects.using(using).filter(pk=move.pk).update(cutover_position=position)
+    with transaction.atomic(using=using):
+        if into_log(transports[move.from_alias], transports[move.to_alias]):
+            with connections[using].cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RELAY_LOCK])
+            place_cursors_now(using, registry.groups())
+        position = EventRecord.objects.using(using).aggregate(top=Max("position"))["top"] or 0
+        type(move).objects.using(using).filter(pk=move.pk).update(cutover_position=position)
     move.cutover_position = position
     return int(position)
 

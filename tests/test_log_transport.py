@@ -255,19 +255,6 @@ def test_a_worker_on_the_log_transport_handles_events_without_delivery_rows(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_move_to_the_log_transport_is_refused_until_it_is_supported() -> None:
-    from django_events import moving
-
-    backends = {
-        "default": {"BACKEND": "django_events.transports.database.DatabaseTransport"},
-        "log": {"BACKEND": "django_events.transports.log.LogTransport"},
-    }
-    overridden = override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backends})
-    with overridden, pytest.raises(ValueError, match="'log' is the log transport"):
-        moving.check_start("default", "log")
-
-
-@pytest.mark.django_db(transaction=True)
 def test_a_first_group_finds_what_was_published_before_it_and_a_later_one_joins_the_front() -> None:
     transport = LogTransport("log", {})
     early = [make_event(), make_event()]

@@ -89,6 +89,28 @@ def start_cursors(using: str, groups: Sequence[str]) -> None:
         )
 
 
+def place_cursors_now(using: str, groups: Sequence[str]) -> None:
+    """Give each of ``groups``, each group with a subscription and each with a cursor a new
+    cursor at this transaction's snapshot: past every event committed so far, before every
+    one committed later, whatever its position. The move from ``DatabaseTransport`` calls
+    it under the relay's lock (docs/moving.md, "Into the log transport")."""
+    connection = connections[using]
+    cursors = sql.table(connection, "GroupCursor")
+    subscriptions = sql.table(connection, "Subscription")
+    event = sql.table(connection, "EventRecord")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH top AS (SELECT COALESCE(max(position), 0) AS pos FROM {event}), "
+            "snap AS (SELECT pg_current_snapshot()::text AS s), "
+            "g AS (SELECT unnest(%s::text[]) AS name UNION SELECT "
+            f'"group" FROM {subscriptions} UNION SELECT group_name FROM {cursors}) '
+            f"INSERT INTO {cursors} (group_name, lo, hi, pos, last, created_at) "
+            "SELECT g.name, snap.s, snap.s, top.pos, top.pos, statement_timestamp() "
+            "FROM g, snap, top",
+            [list(groups)],
+        )
+
+
 class LogTransport(DatabaseTransport):
     """Groups read the log through cursors; a claimed batch is one lease row."""
 

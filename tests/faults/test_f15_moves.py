@@ -1,4 +1,5 @@
-"""F15, moving live under load: the database to RabbitMQ and back, Redis to SNS + SQS.
+"""F15, moving live under load: the database to RabbitMQ and back, the database into the
+log transport, Redis to SNS + SQS.
 
 The scenario of tests/test_moving.py (events in flight, ordered keys among them, more
 published during the move, workers killed with SIGKILL mid-move and replaced). Where both
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from django.db import connection
 
 from ..conftest import Workers
 from ..rabbitmq_support import needs_pika
@@ -51,6 +53,23 @@ def test_f15_rabbitmq_back_to_the_database_with_both_workers_killed(
     started = time.monotonic()
     move_under_load(workers, rabbitmq_to_database, kill_ordered=True)
     add_row("F15 move RabbitMQ -> database, 2 kills", secs=time.monotonic() - started)
+
+
+@pytest.fixture
+def database_to_log() -> Iterator[dict[str, str]]:
+    with moving_between("database", "log") as env:
+        yield env
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the log transport needs PostgreSQL")
+def test_f15_database_into_the_log_transport_with_both_workers_killed(
+    workers: Workers, database_to_log: dict[str, str]
+):
+    """The two share their tables: the cursors start at the cutover (docs/moving.md,
+    "Into the log transport")."""
+    started = time.monotonic()
+    move_under_load(workers, database_to_log, kill_ordered=True)
+    add_row("F15 move database -> log transport, 2 kills", secs=time.monotonic() - started)
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 Records the move (every worker drains FROM too within a poll), waits until every process
 has seen it, records the cutover (every relay sends to TO within a poll) and waits again,
 then reports what FROM still owes until it owes nothing, and records the move as
-finished (docs/moving.md). Interrupted, it can be run again with the same aliases: it
-takes up the move in progress.
+finished (docs/moving.md). From the database transport into the log transport, which share
+their tables, the cutover also places the groups' cursors and the move finishes with it.
+Interrupted, it can be run again with the same aliases: it takes up the move in progress.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Command(BaseCommand):
             f"Moving from {move.from_alias} to {move.to_alias} (move {move.pk}): new events "
             f"go to {move.to_alias}; workers drain {move.from_alias}."
         )
+        shared = moving.into_log(old, new)
         if move.cutover_position is None:
             conf = get_settings()
             grace = options["grace"]
@@ -67,11 +69,24 @@ class Command(BaseCommand):
                 f"Every process has seen the move: new events go to {move.to_alias} after "
                 f"position {position}."
             )
-            time.sleep(grace)  # every relay sends to the new side by now
-        self._drain(old, options["interval"])
+            if not shared:
+                time.sleep(grace)  # every relay sends to the new side by now
+        if shared:
+            # Every relay batch reads the cutover under the lock it was recorded under, and
+            # what the old side owes is delivery rows, which the log transport claims first.
+            self.stdout.write(
+                f"{move.to_alias}'s cursors start at the cutover; the delivery rows written "
+                f"before it ({moving.owed(old, self._groups(old))} owed) are claimed by "
+                f"{move.to_alias} first."
+            )
+        else:
+            self._drain(old, options["interval"])
         moving.finish(move)
+        done = f"{move.from_alias} owes nothing"
+        if shared:
+            done = f"{move.to_alias} claims what {move.from_alias} owed"
         self.stdout.write(
-            f"Done: {move.from_alias} owes nothing. Make {move.to_alias!r} the default "
+            f"Done: {done}. Make {move.to_alias!r} the default "
             f"transport in your settings at your next deploy, then drop {move.from_alias!r}."
         )
 
@@ -100,10 +115,13 @@ class Command(BaseCommand):
         except TransportUnavailable as exc:
             raise CommandError(str(exc)) from None
 
+    def _groups(self, old: Transport) -> list[str]:
+        return sorted({group for _, group, _ in fan_out(old)} | set(registry.groups()))
+
     def _drain(self, old: Transport, interval: float) -> None:
         """Report what ``old`` owes until it owes nothing twice in a row, ``interval``
         apart (a relay pass that began before the switch has ended by then)."""
-        groups = sorted({group for _, group, _ in fan_out(old)} | set(registry.groups()))
+        groups = self._groups(old)
         most = 0
         zeros = 0
         last = None
