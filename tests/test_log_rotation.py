@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.core.management import call_command
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
@@ -52,15 +53,14 @@ def other_connection() -> Iterator[psycopg.Connection]:
 def rows(query: str, params: Any = ()) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
         cursor.execute(query, params)
-        return cursor.fetchall()
+        return cursor.fetchall() if cursor.description else []
 
 
 def state() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Every group's cursor and every lease, without their slots."""
-    cursors = rows(
-        "SELECT h.id, h.group_name, h.lo, h.hi, h.pos, h.last "
-        f"FROM {heads('django_events_cursor')} h ORDER BY h.id"
-    )
+    newest = heads("django_events_cursor")
+    cursors = rows(f"SELECT h.id, h.group_name, h.lo, h.hi, h.pos, h.last FROM {newest} h")  # noqa: S608
+    cursors.sort()
     leases = rows(
         "SELECT id, group_name, positions, claimed_alone, claimed_until, claimer, lease_token "
         "FROM django_events_lease ORDER BY id"
@@ -69,10 +69,8 @@ def state() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
 
 
 def slot_rows(slot: int) -> int:
-    [(count,)] = rows(
-        f"SELECT (SELECT count(*) FROM django_events_cursor_{slot}) "
-        f"+ (SELECT count(*) FROM django_events_lease_{slot})"
-    )
+    cursors, leases = f"django_events_cursor_{slot}", f"django_events_lease_{slot}"
+    [(count,)] = rows(f"SELECT (SELECT count(*) FROM {cursors}) + (SELECT count(*) FROM {leases})")  # noqa: S608
     return int(count)
 
 
@@ -242,3 +240,43 @@ def test_an_acknowledgement_waiting_for_a_rotation_finds_the_copied_lease(
 
     assert result["acked"] == claimed
     assert Lease.objects.count() == 0
+
+
+def test_0015_partitions_the_tables_both_ways_keeping_rows_and_ids() -> None:
+    """docs/internals.md, "Upgrading": the rows move, ids go on from the old sequence."""
+    listed = "SELECT id, group_name, pos FROM django_events_cursor ORDER BY id"
+    kinds = "SELECT relkind FROM pg_class WHERE relname IN ('django_events_cursor', "
+    kinds += "'django_events_lease') ORDER BY relname"
+    lease = (
+        "INSERT INTO django_events_lease (group_name, positions, claimed_alone, claimed_until, "
+        "lease_token) VALUES ('g1', '{1}', FALSE, now(), 't') RETURNING id"
+    )
+    call_command("migrate", "django_events", "0014_log_cursor", verbosity=0)
+    try:
+        rows(
+            "INSERT INTO django_events_cursor (group_name, lo, hi, pos, last, created_at) "
+            "SELECT 'g' || i, '1:1:', '1:1:', i, i, now() FROM generate_series(1, 3) AS i"
+        )
+        rows("DELETE FROM django_events_cursor WHERE pos = 3")
+        [(first,)] = rows(lease)
+        before = rows(listed)
+        assert rows(kinds) == [("r",), ("r",)]
+
+        call_command("migrate", "django_events", verbosity=0)
+        assert rows(kinds) == [("p",), ("p",)]
+        assert rows(listed) == before
+        assert slot_rows(0) == 3 and slot_rows(1) == 0
+        [(second,)] = rows(lease)
+        assert second == first + 1
+        [(top,)] = rows("SELECT max(id) FROM django_events_cursor")
+        assert rows("SELECT nextval('django_events_cursor_id_seq')") == [(top + 2,)], (
+            "the deleted row's id is not given again"
+        )
+
+        call_command("migrate", "django_events", "0014_log_cursor", verbosity=0)
+        assert rows(kinds) == [("r",), ("r",)]
+        assert rows(listed) == before
+        [(third,)] = rows(lease)
+        assert third == second + 1
+    finally:
+        call_command("migrate", verbosity=0)

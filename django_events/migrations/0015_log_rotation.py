@@ -185,7 +185,7 @@ def backwards(apps: Any, schema_editor: Any) -> None:
 
 def _rebuild(schema_editor: Any, table: str, index: str | None, *, partitioned: bool) -> None:
     """Replace ``table`` by a copy, partitioned by ``slot`` or plain, with its rows, its
-    index and its ids' sequence going on where the old one was."""
+    index, and ids going on where the old ones were."""
 
     def execute(statement: str) -> None:
         schema_editor.execute(statement, params=None)
@@ -194,25 +194,23 @@ def _rebuild(schema_editor: Any, table: str, index: str | None, *, partitioned: 
     with schema_editor.connection.cursor() as cursor:
         cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [table])
         (old_sequence,) = cursor.fetchone()
-        cursor.execute(f"SELECT last_value, is_called FROM {old_sequence}")
+        cursor.execute(f"SELECT last_value, is_called FROM {old_sequence}")  # noqa: S608 (a fixed name)
         last_value, is_called = cursor.fetchone()
+    partitioning = " PARTITION BY LIST (slot)" if partitioned else ""
+    execute(f"CREATE TABLE {new} (LIKE {table} INCLUDING DEFAULTS){partitioning}")
+    # The old sequence goes with the old table; a new one takes over from it.
+    execute(f"ALTER TABLE {new} ALTER COLUMN id DROP DEFAULT")
     if partitioned:
-        execute(f"CREATE TABLE {new} (LIKE {table} INCLUDING DEFAULTS) PARTITION BY LIST (slot)")
         for slot in (0, 1):
             execute(f"CREATE TABLE {table}_{slot} PARTITION OF {new} FOR VALUES IN ({slot})")
-    else:
-        execute(f"CREATE TABLE {new} (LIKE {table} INCLUDING DEFAULTS)")
-        # The sequence stays, owned by the new table's column.
-        execute(f"ALTER SEQUENCE {old_sequence} OWNED BY {new}.id")
-    execute(f"INSERT INTO {new} SELECT * FROM {table}")
+    execute(f"INSERT INTO {new} SELECT * FROM {table}")  # noqa: S608
     execute(f"DROP TABLE {table}")
     execute(f"ALTER TABLE {new} RENAME TO {table}")
-    if partitioned:
-        sequence = f"{table}_id_seq"
-        execute(f"CREATE SEQUENCE {sequence} OWNED BY {table}.id")
-        with schema_editor.connection.cursor() as cursor:
-            cursor.execute("SELECT setval(%s, %s, %s)", [sequence, last_value, is_called])
-        execute(f"ALTER TABLE {table} ALTER COLUMN id SET DEFAULT nextval('{sequence}')")
+    sequence = f"{table}_id_seq"
+    execute(f"CREATE SEQUENCE {sequence} OWNED BY {table}.id")
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SELECT setval(%s, %s, %s)", [sequence, last_value, is_called])
+    execute(f"ALTER TABLE {table} ALTER COLUMN id SET DEFAULT nextval('{sequence}')")
     key = "id, slot" if partitioned else "id"
     execute(f"ALTER TABLE {table} ADD CONSTRAINT {table}_pkey PRIMARY KEY ({key})")
     if index:
