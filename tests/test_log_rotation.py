@@ -119,6 +119,18 @@ def test_a_rotation_empties_the_slot_in_use_and_keeps_every_cursor_and_lease(
     assert slot_rows(used) > 0
 
 
+def test_a_slot_of_one_page_is_left_alone(log_transport: LogTransport) -> None:
+    """An idle database's cursors: nothing worth freeing, no new files every period."""
+    kept = busy(log_transport, 3)
+    assert log_transport.ack_many(kept) == kept
+    assert rotate("default")
+    files = "SELECT pg_relation_filenode('django_events_cursor_0'), "
+    files += "pg_relation_filenode('django_events_cursor_1')"
+    before = rows(files)
+    assert rotate("default")
+    assert rows(files) == before
+
+
 def test_no_event_is_lost_or_handled_twice_across_rotations(
     log_transport: LogTransport,
 ) -> None:

@@ -39,6 +39,9 @@ ROTATION_LOCK = 0x6465_7672_6F74
 TABLES = ("django_events_cursor", "django_events_lease")
 """The rotated tables; each has partitions ``_0`` and ``_1`` (migration 0015)."""
 
+PAGE = 8192
+"""Bytes: a slot of one page at most is not worth a rotation (an idle database's cursors)."""
+
 GROUP_LOCK = 1684371062
 """The first key of a group's advisory lock, ``(GROUP_LOCK, hashtext(group))``, which
 each claim takes first (migration 0015's claim function)."""
@@ -106,14 +109,15 @@ def start_cursors(using: str, groups: Sequence[str]) -> None:
 
 
 def rotate(using: str) -> bool:
-    """Empty the older slot of the cursor and lease tables by ``TRUNCATE``, which frees its
-    space whatever snapshots are held, after copying each group's cursor and every lease
-    found there into the other slot, ids kept; return whether it rotated. It gives up
-    (``False``) if another rotation runs, or if a lock is not granted within
-    ``ROTATION_WAIT``: it then waits for a claim of a group, or an acknowledgement of a
-    lease, in flight. Each claim takes its group's lock first, and every statement on
-    these tables locks both partitions before it takes its snapshot, so whatever runs
-    after the rotation finds the copies (docs/internals.md, "The log transport")."""
+    """Empty the slot of the cursor and lease tables the claims write into by ``TRUNCATE``,
+    which frees its space whatever snapshots are held, after copying each group's cursor
+    and every lease found there into the other slot, ids kept. Returns ``False`` if it
+    gave up: another rotation runs, or a lock was not granted within ``ROTATION_WAIT`` (a
+    claim of a group, or an acknowledgement, in flight); ``True`` if it rotated, or if
+    the slot holds one page at most, nothing worth freeing. Each claim takes its group's
+    lock first, and every statement on these tables locks both partitions before it
+    takes its snapshot, so whatever runs after the rotation finds the copies
+    (docs/internals.md, "The log transport")."""
     connection = connections[using]
     cursors = sql.table(connection, "GroupCursor")
     leases = sql.table(connection, "Lease")
@@ -129,11 +133,14 @@ def rotate(using: str) -> bool:
                 return False
             # The slot with more pages: the one the claims write into.
             cursor.execute(
-                "SELECT pg_relation_size(%s) + pg_relation_size(%s) < pg_relation_size(%s) "
-                "+ pg_relation_size(%s)",
+                "SELECT pg_relation_size(%s) + pg_relation_size(%s), "
+                "pg_relation_size(%s) + pg_relation_size(%s)",
                 [*names[0], *names[1]],
             )
-            old = int(cursor.fetchone()[0])
+            sizes = cursor.fetchone()
+            old = int(sizes[1] > sizes[0])
+            if sizes[old] <= PAGE:
+                return True
             old_cursors, old_leases = map(connection.ops.quote_name, names[old])
             cursor.execute(
                 f"SELECT count(pg_advisory_xact_lock(%s, hashtext(g.group_name))) FROM "
@@ -211,8 +218,8 @@ class LogTransport(DatabaseTransport):
         if now < self._rotate_at:
             return
         # A rotation that gave up tries again soon: it waits for no more than a moment.
-        rotated = rotate(self.database)
-        self._rotate_at = now + (ROTATE_EVERY if rotated else ROTATE_EVERY / 10)
+        done = rotate(self.database)
+        self._rotate_at = now + (ROTATE_EVERY if done else ROTATE_EVERY / 10)
 
     # -- worker side --------------------------------------------------------------------
 
