@@ -30,8 +30,8 @@ ROTATE_EVERY = 10.0
 """Seconds between rotations of the cursor and lease tables (``rotate``)."""
 
 ROTATION_WAIT = 0.1
-"""Seconds a rotation waits for a lock before it gives up until the next one: while it
-waits for a partition, statements on the table queue behind it."""
+"""Seconds a rotation waits for a lock before it gives up (it tries again a second later):
+while it waits for a partition, statements on the table queue behind it."""
 
 ROTATION_LOCK = 0x6465_7672_6F74
 """PostgreSQL advisory lock: one rotation at a time per database."""
