@@ -80,13 +80,16 @@ def table_stats(dbname: str, pgstattuple: bool) -> dict[str, dict[str, int]]:
     """Size, live and dead tuples of every django-events table that has been written.
 
     ``dead`` is pg_stat_user_tables.n_dead_tup (the statistics, up to a second late);
-    ``dead_exact`` is pgstattuple's count from reading every page, when installed.
+    ``dead_exact`` is pgstattuple's count from reading every page, when installed. A
+    partitioned table's partitions are summed under its name (the log transport's
+    rotated tables).
     """
     out: dict[str, dict[str, int]] = {}
     with pg.connect(dbname) as conn:
         rows = conn.execute(
-            "SELECT relid, relname, n_live_tup, n_dead_tup, pg_total_relation_size(relid), "
-            "pg_relation_size(relid), autovacuum_count "
+            "SELECT relid, COALESCE((SELECT r.relname FROM pg_class r WHERE r.oid = "
+            "pg_partition_root(relid)), relname), n_live_tup, n_dead_tup, "
+            "pg_total_relation_size(relid), pg_relation_size(relid), autovacuum_count "
             "FROM pg_stat_user_tables WHERE relname LIKE 'django\\_events\\_%%' "
             "AND n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY relname"
         ).fetchall()
@@ -105,7 +108,9 @@ def table_stats(dbname: str, pgstattuple: bool) -> dict[str, dict[str, int]]:
                 ).fetchone()
                 assert exact is not None
                 stats["live"], stats["dead_exact"] = int(exact[0]), int(exact[1])
-            out[short(name)] = stats
+            summed = out.setdefault(short(name), dict.fromkeys(stats, 0))
+            for key, value in stats.items():
+                summed[key] += value
     return out
 
 

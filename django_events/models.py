@@ -580,6 +580,9 @@ class GroupCursor(models.Model):
     pos = models.BigIntegerField(default=0)
     last = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(db_default=Now())
+    # Which of the two partitions holds the row on PostgreSQL (docs/internals.md, "The log
+    # transport", rotation); 0 elsewhere.
+    slot = models.SmallIntegerField(db_default=0)
 
     class Meta:
         db_table = "django_events_cursor"
@@ -602,6 +605,7 @@ class Lease(models.Model):
     claimed_until = models.DateTimeField()
     claimer = models.IntegerField(null=True, blank=True)  # PostgreSQL backend that claimed it
     lease_token = models.CharField(max_length=32)
+    slot = models.SmallIntegerField(db_default=0)  # as ``GroupCursor.slot``
 
     class Meta:
         db_table = "django_events_lease"

@@ -192,7 +192,7 @@ def test_a_dead_claimers_batch_comes_back_one_event_at_a_time_its_attempt_given_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_old_cursor_rows_are_pruned_and_each_groups_newest_kept(
+def test_housekeeping_rotates_old_cursor_rows_away_and_keeps_each_groups_newest(
     log_transport: LogTransport,
 ) -> None:
     for _ in range(3):

@@ -19,15 +19,32 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from django.core.checks import CheckMessage, Error
-from django.db import connections, transaction
+from django.db import OperationalError, connections, transaction
 
 from ..engine import sql
 from ..stores import DatabaseStore, Declaration, Wanted
 from .base import Claimed, GroupStatus, Outgoing, text_size, within_budget
 from .database import DatabaseTransport
 
-PRUNE_EVERY = 10.0
-"""Seconds between deletions of the cursor rows older than each group's newest."""
+ROTATE_EVERY = 10.0
+"""Seconds between rotations of the cursor and lease tables (``rotate``)."""
+
+ROTATION_WAIT = 0.1
+"""Seconds a rotation waits for a lock before it gives up (it tries again a second later):
+while it waits for a partition, statements on the table queue behind it."""
+
+ROTATION_LOCK = 0x6465_7672_6F74
+"""PostgreSQL advisory lock: one rotation at a time per database."""
+
+TABLES = ("django_events_cursor", "django_events_lease")
+"""The rotated tables; each has partitions ``_0`` and ``_1`` (migration 0015)."""
+
+PAGE = 8192
+"""Bytes: a slot of one page at most is not worth a rotation (an idle database's cursors)."""
+
+GROUP_LOCK = 1684371062
+"""The first key of a group's advisory lock, ``(GROUP_LOCK, hashtext(group))``, which
+each claim takes first (migration 0015's claim function)."""
 
 
 class LeaseReceipt(NamedTuple):
@@ -71,18 +88,20 @@ def not_passed(row: str, head: str) -> str:
 
 
 def start_cursors(using: str, groups: Sequence[str]) -> None:
-    """Give each of ``groups`` that has no cursor one where the most advanced group is, or
-    at the log's beginning if no group has one (docs/internals.md, "The log transport")."""
+    """Give each of ``groups`` that has no cursor one where the most advanced group is, in
+    its slot, or at the log's beginning if no group has one (docs/internals.md, "The log
+    transport")."""
     if not groups:
         return
     connection = connections[using]
     cursors = sql.table(connection, "GroupCursor")
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {cursors} (group_name, lo, hi, pos, last, created_at) "
-            "SELECT g, COALESCE(f.lo, '1:1:'), COALESCE(f.hi, '1:1:'), COALESCE(f.pos, 0), "
-            "COALESCE(f.last, 0), statement_timestamp() FROM unnest(%s::text[]) AS g "
-            f"LEFT JOIN (SELECT h.lo, h.hi, h.pos, h.last FROM {heads(cursors)} h "
+            f"INSERT INTO {cursors} (slot, group_name, lo, hi, pos, last, created_at) "
+            "SELECT COALESCE(f.slot, 0), g, COALESCE(f.lo, '1:1:'), COALESCE(f.hi, '1:1:'), "
+            "COALESCE(f.pos, 0), COALESCE(f.last, 0), statement_timestamp() "
+            "FROM unnest(%s::text[]) AS g "
+            f"LEFT JOIN (SELECT h.slot, h.lo, h.hi, h.pos, h.last FROM {heads(cursors)} h "
             "ORDER BY pg_snapshot_xmax(h.hi::pg_snapshot) DESC, h.pos DESC LIMIT 1) f ON TRUE "
             f"WHERE NOT EXISTS (SELECT 1 FROM {cursors} c WHERE c.group_name = g)",
             [list(groups)],
@@ -103,12 +122,76 @@ def place_cursors_now(using: str, groups: Sequence[str]) -> None:
             f"WITH top AS (SELECT COALESCE(max(position), 0) AS pos FROM {event}), "
             "snap AS (SELECT pg_current_snapshot()::text AS s), "
             "g AS (SELECT unnest(%s::text[]) AS name UNION SELECT "
-            f'"group" FROM {subscriptions} UNION SELECT group_name FROM {cursors}) '
-            f"INSERT INTO {cursors} (group_name, lo, hi, pos, last, created_at) "
-            "SELECT g.name, snap.s, snap.s, top.pos, top.pos, statement_timestamp() "
-            "FROM g, snap, top",
+            f'"group" FROM {subscriptions} UNION SELECT group_name FROM {cursors}), '
+            # Any slot keeps a cursor (a rotation copies the heads of the slot it empties):
+            # the newest cursor's, where the claims write.
+            f"slot AS (SELECT COALESCE((SELECT c.slot FROM {cursors} c ORDER BY c.id DESC "
+            "LIMIT 1), 0) AS n) "
+            f"INSERT INTO {cursors} (slot, group_name, lo, hi, pos, last, created_at) "
+            "SELECT slot.n, g.name, snap.s, snap.s, top.pos, top.pos, statement_timestamp() "
+            "FROM g, snap, top, slot",
             [list(groups)],
         )
+
+
+def rotate(using: str) -> bool:
+    """Empty the slot of the cursor and lease tables the claims write into by ``TRUNCATE``,
+    which frees its space whatever snapshots are held, after copying each group's cursor
+    and every lease found there into the other slot, ids kept. Returns ``False`` if it
+    gave up: another rotation runs, or a lock was not granted within ``ROTATION_WAIT`` (a
+    claim of a group, or an acknowledgement, in flight); ``True`` if it rotated, or if
+    the slot holds one page at most, nothing worth freeing. Each claim takes its group's
+    lock first, and every statement on these tables locks both partitions before it
+    takes its snapshot, so whatever runs after the rotation finds the copies
+    (docs/internals.md, "The log transport")."""
+    connection = connections[using]
+    cursors = sql.table(connection, "GroupCursor")
+    leases = sql.table(connection, "Lease")
+    names = [[f"{table}_{slot}" for table in TABLES] for slot in (0, 1)]
+    wait = f"{round(ROTATION_WAIT * 1000)}ms"
+    try:
+        with sql.bounded_atomic(using), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_try_advisory_xact_lock(%s), set_config('lock_timeout', %s, true)",
+                [ROTATION_LOCK, wait],
+            )
+            if not cursor.fetchone()[0]:
+                return False
+            # The slot with more pages: the one the claims write into.
+            cursor.execute(
+                "SELECT pg_relation_size(%s) + pg_relation_size(%s), "
+                "pg_relation_size(%s) + pg_relation_size(%s)",
+                [*names[0], *names[1]],
+            )
+            sizes = cursor.fetchone()
+            old = int(sizes[1] > sizes[0])
+            if sizes[old] <= PAGE:
+                return True
+            old_cursors, old_leases = map(connection.ops.quote_name, names[old])
+            cursor.execute(
+                f"SELECT count(pg_advisory_xact_lock(%s, hashtext(g.group_name))) FROM "
+                f"(SELECT DISTINCT group_name FROM {old_cursors} ORDER BY group_name) g",
+                [GROUP_LOCK],
+            )
+            cursor.execute(f"LOCK TABLE {old_cursors}, {old_leases} IN ACCESS EXCLUSIVE MODE")
+            cursor.execute(
+                f"INSERT INTO {cursors} (slot, id, group_name, lo, hi, pos, last, created_at) "
+                "SELECT 1 - h.slot, h.id, h.group_name, h.lo, h.hi, h.pos, h.last, h.created_at "
+                f"FROM {heads(cursors)} h WHERE h.slot = %s",
+                [old],
+            )
+            cursor.execute(
+                f"INSERT INTO {leases} (slot, id, group_name, positions, claimed_alone, "
+                "claimed_until, claimer, lease_token) SELECT 1 - k.slot, k.id, k.group_name, "
+                "k.positions, k.claimed_alone, k.claimed_until, k.claimer, k.lease_token "
+                f"FROM {old_leases} k"
+            )
+            cursor.execute(f"TRUNCATE {old_cursors}, {old_leases}")
+    except OperationalError as exc:
+        if sql.dialect(using).timed_out(exc):
+            return False
+        raise
+    return True
 
 
 class LogTransport(DatabaseTransport):
@@ -118,7 +201,7 @@ class LogTransport(DatabaseTransport):
 
     def __init__(self, alias: str, options: dict[str, Any], context: Any = None) -> None:
         super().__init__(alias, options, context)
-        self._pruned_at = 0.0
+        self._rotate_at = 0.0
         self._group_turn = 0
 
     def subscription_store(self) -> LogStore:
@@ -158,15 +241,11 @@ class LogTransport(DatabaseTransport):
     def housekeeping(self) -> None:
         super().housekeeping()
         now = time.monotonic()
-        if now - self._pruned_at < PRUNE_EVERY:
+        if now < self._rotate_at:
             return
-        self._pruned_at = now
-        cursors = sql.table(self._connection, "GroupCursor")
-        self._execute(
-            f"DELETE FROM {cursors} c WHERE c.id < (SELECT max(h.id) FROM {cursors} h "
-            "WHERE h.group_name = c.group_name)",
-            [],
-        )
+        # A rotation that gave up tries again soon: it waits for no more than a moment.
+        done = rotate(self.database)
+        self._rotate_at = now + (ROTATE_EVERY if done else ROTATE_EVERY / 10)
 
     # -- worker side --------------------------------------------------------------------
 
