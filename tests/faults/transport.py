@@ -1,0 +1,146 @@
+"""Which database transport the fault suite runs on, and what "claimed", "leased" and
+"owed" mean there.
+
+``DatabaseTransport`` (the default) keeps one delivery row per event and group: a
+claimed event is that row with a lease on it, and the relay moves events from the
+outbox into the log. ``LogTransport`` (``DJANGO_EVENTS_TEST_BACKEND``, tests/settings_base.py)
+has ``publish()`` write the log row itself and each group read the log through its
+cursor: a claimed batch is one row of ``django_events_lease`` listing its positions, and
+an event gets a delivery row only when it fails, waits behind its key, is released, or
+outlives its lease (docs/internals.md, "The log transport"). The tests ask these
+functions, through any DB-API cursor, rather than reading either table themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, NamedTuple
+
+LOG_TRANSPORT = os.environ.get("DJANGO_EVENTS_TEST_BACKEND", "").endswith(".LogTransport")
+"""The suite runs on the log transport."""
+
+NAME = "log" if LOG_TRANSPORT else "db"
+"""For the table's row names."""
+
+# The events of a group under a lease, with the lease's end and token, on either path:
+# delivery rows that are claimed, and the positions of the lease rows (log transport).
+_CLAIMED = (
+    "SELECT d.event_id, d.claimed_until, d.lease_token FROM django_events_delivery d "
+    "WHERE d.group_name = %s AND d.lease_token IS NOT NULL AND d.claimed_until IS NOT NULL"
+)
+_LEASED = (
+    "SELECT e.id, l.claimed_until, l.lease_token FROM django_events_lease l "
+    "CROSS JOIN LATERAL unnest(l.positions) AS p(position) "
+    "JOIN django_events_event e ON e.position = p.position WHERE l.group_name = %s"
+)
+
+
+def _claims(cursor: Any, group: str) -> list[tuple[uuid.UUID, str]]:
+    """(event, token) of each of ``group``'s events a claim holds, its lease over or not."""
+    if LOG_TRANSPORT:
+        cursor.execute(f"{_CLAIMED} UNION ALL {_LEASED}", [group, group])
+    else:
+        cursor.execute(_CLAIMED, [group])
+    return [(_uuid(e), str(t)) for e, _, t in cursor.fetchall()]
+
+
+def claimed(cursor: Any, group: str) -> int:
+    """How many of ``group``'s events a claim holds, whether its lease ran out or not."""
+    return len(_claims(cursor, group))
+
+
+def holder(cursor: Any, group: str, event_id: uuid.UUID) -> str | None:
+    """The token of the claim that holds ``event_id`` for ``group`` now, if any."""
+    tokens = [t for e, t in _claims(cursor, group) if e == event_id]
+    assert len(tokens) <= 1, f"{event_id} held twice: {tokens}"
+    return tokens[0] if tokens else None
+
+
+def owes(cursor: Any, group: str) -> bool:
+    """The transport still holds work for ``group``: a delivery row, or (log transport)
+    an event in a lease or past the group's cursor."""
+    cursor.execute(
+        "SELECT EXISTS (SELECT 1 FROM django_events_delivery WHERE group_name = %s)", [group]
+    )
+    if cursor.fetchone()[0]:
+        return True
+    if not LOG_TRANSPORT:
+        return False
+    cursor.execute(f"SELECT EXISTS ({_LEASED})", [group])
+    if cursor.fetchone()[0]:
+        return True
+    cursor.execute(f"SELECT EXISTS ({past_cursor('c.group_name = %s')})", [group])
+    return bool(cursor.fetchone()[0])
+
+
+def set_lease(cursor: Any, receipt: Any, seconds: float) -> None:
+    """Make the claim of ``receipt`` end ``seconds`` from now, by the database clock."""
+    table, key = _lease_row(receipt)
+    cursor.execute(
+        f"UPDATE {table} SET claimed_until = statement_timestamp() "  # noqa: S608
+        "+ make_interval(secs => %s) WHERE id = %s",
+        [seconds, key],
+    )
+
+
+def lease_ended(cursor: Any, receipt: Any) -> bool:
+    """The claim of ``receipt`` ran out by the database clock."""
+    table, key = _lease_row(receipt)
+    cursor.execute(
+        f"SELECT claimed_until < statement_timestamp() FROM {table} WHERE id = %s",  # noqa: S608
+        [key],
+    )
+    return bool(cursor.fetchone()[0])
+
+
+def _lease_row(receipt: Any) -> tuple[str, int]:
+    """The table and id of the row whose ``claimed_until`` is ``receipt``'s lease."""
+    from django_events.transports.log import LeaseReceipt
+
+    if isinstance(receipt, LeaseReceipt):
+        return "django_events_lease", receipt.lease
+    return "django_events_delivery", receipt[0]
+
+
+class Route(NamedTuple):
+    """Where a planted event goes: its log row's ``txid`` (SQL) and whether a delivery
+    row for the group brings it."""
+
+    txid: str
+    delivery: bool
+
+
+LOGGED_TYPE = "test.happened"
+"""The type every group of the fault suite (alpha and beta) subscribes to."""
+
+
+def route(in_delivery_row: bool) -> Route:
+    """How to plant an event, as another writer could, so that the transport under test
+    reads the hostile value where it lies. ``DatabaseTransport`` reads delivery rows
+    only: every planted event gets one. The log transport reads every group's events
+    through its cursor, so an event hostile in its log row is written there alone (its
+    own transaction's ``txid``: owed to each group subscribed to its type), while one
+    hostile in its delivery row (an attempt's count or time, a missing event, a type no
+    group subscribes to) gets that row and a log row no window reads (``NULL``, as rows
+    logged before migration 0014), which is how retries and diverted types reach it."""
+    if LOG_TRANSPORT and not in_delivery_row:
+        return Route("pg_current_xact_id()", delivery=False)
+    return Route("NULL", delivery=True)
+
+
+def past_cursor(where: str = "") -> str:
+    """SQL: the log events of a subscribed type each group's cursor ``h`` has not passed
+    (log transport), optionally only for the cursor rows ``where`` allows (alias ``c``)."""
+    from django_events.transports.log import heads, not_passed
+
+    return (
+        f"SELECT l.position FROM {heads('django_events_cursor', where)} h "  # noqa: S608
+        "JOIN django_events_event l ON l.txid >= pg_snapshot_xmin(h.lo::pg_snapshot) AND "
+        'l.type IN (SELECT s.event_type FROM django_events_subscription s WHERE s."group" '
+        f"= h.group_name) AND {not_passed('l', 'h')}"
+    )
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
