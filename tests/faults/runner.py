@@ -48,13 +48,14 @@ def apply_controls(names: list[str]) -> None:
     for name in names:
         if name == "ack_first":
             claim = DatabaseTransport.claim
-            ack = DatabaseTransport.ack
             gap = float(os.environ.get("DJANGO_EVENTS_FAULTS_ACK_GAP") or 0)
 
-            def claim_and_ack(self, *args, _claim=claim, _ack=ack, _gap=gap, **kwargs):  # type: ignore[no-untyped-def]
+            def claim_and_ack(self, *args, _claim=claim, _gap=gap, **kwargs):  # type: ignore[no-untyped-def]
                 claimed = _claim(self, *args, **kwargs)
                 for item in claimed:
-                    _ack(self, item)  # autocommit: the event is gone before it is handled
+                    # Autocommit: the event is gone before it is handled (the class's own
+                    # ack: the log transport takes a leased event out of its lease).
+                    self.ack(item)
                 if claimed and _gap:
                     time.sleep(_gap)
                 return claimed
