@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 LOG_TRANSPORT = os.environ.get("DJANGO_EVENTS_TEST_BACKEND", "").endswith(".LogTransport")
@@ -127,6 +128,60 @@ def route(in_delivery_row: bool) -> Route:
     if LOG_TRANSPORT and not in_delivery_row:
         return Route("pg_current_xact_id()", delivery=False)
     return Route("NULL", delivery=True)
+
+
+class Stall(NamedTuple):
+    """The transport's serialization point, which a stuck process can hold, and how
+    ``events_status`` sees what waits behind it."""
+
+    name: str
+    lock: str  # SQL a session runs, then sits in its transaction
+    health: Callable[[float], dict[str, float | None]]  # HEALTH reporting it after n s
+    problem: str  # words of the problem reported
+    age: Callable[[dict[str, Any]], float]  # how old the waiting work is (``--json``)
+    backlog: int  # the part of ``backlog_from`` that grows behind it
+
+
+def _oldest_pending(report: dict[str, Any]) -> float:
+    return max((g["oldest_pending_age_s"] or 0.0 for g in report["groups"].values()), default=0)
+
+
+CLAIM_LOCK = 1684371062
+"""The log transport's per-group claim lock (``django_events_log_claim``, migration 0014),
+taken as ``(CLAIM_LOCK, hashtext(group))``."""
+
+if LOG_TRANSPORT:
+    STALL = Stall(
+        name="group alpha's claim lock",
+        lock=f"SELECT pg_advisory_xact_lock({CLAIM_LOCK}, hashtext('alpha'))",
+        health=lambda after: {"MAX_PENDING_AGE": after, "MAX_OUTBOX_AGE": None},
+        problem="group alpha",
+        age=_oldest_pending,
+        backlog=1,
+    )
+    UNCOMMITTED_EVENT = (
+        "INSERT INTO django_events_event (id, position, type, version, data, metadata, "
+        "occurred_at, source, recorded_at) VALUES (gen_random_uuid(), "
+        "nextval(pg_get_serial_sequence('django_events_outbox', 'position')), "
+        "'test.unrelated', 1, '{}', '{}', now(), 'long', now())"
+    )
+else:
+    from django_events.engine.relay import RELAY_LOCK
+
+    STALL = Stall(
+        name="relay lock",
+        lock=f"SELECT pg_advisory_xact_lock({RELAY_LOCK})",
+        health=lambda after: {"MAX_OUTBOX_AGE": after, "MAX_PENDING_AGE": 300},
+        problem="outbox",
+        age=lambda report: report["outbox"]["oldest_age_s"] or 0.0,
+        backlog=0,
+    )
+    UNCOMMITTED_EVENT = (
+        "INSERT INTO django_events_outbox (event_id, type, version, data, metadata, "
+        "occurred_at, source, created_at) VALUES (gen_random_uuid(), 'test.unrelated', 1, "
+        "'{}', '', now(), 'long', now())"
+    )
+"""What a long transaction elsewhere has written: an event it has not committed yet."""
 
 
 def past_cursor(where: str = "") -> str:
