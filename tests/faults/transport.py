@@ -184,6 +184,36 @@ else:
 """What a long transaction elsewhere has written: an event it has not committed yet."""
 
 
+# What must not skip a late commit, and the naive scan (position > the highest seen) that
+# does: the relay reading the outbox, or (log transport) each group's cursor reading the log.
+NAIVE_SCAN = (
+    "SELECT position, id FROM django_events_event WHERE position > %s ORDER BY position"
+    if LOG_TRANSPORT
+    else "SELECT position, event_id FROM django_events_outbox WHERE position > %s ORDER BY position"
+)
+
+
+def take_once(seen: set[uuid.UUID]) -> None:
+    """One pass of the stage a late commit must not slip past, adding what it took to
+    ``seen``: the relay moving the outbox into the log, or (log transport) a claim of
+    group alpha's cursor, acknowledged."""
+    from django.db import connection
+
+    from django_events.engine.relay import Relay
+    from django_events.transports import transports
+
+    if LOG_TRANSPORT:
+        transport = transports["default"]
+        claimed = transport.claim(["alpha"], 100, 30)
+        transport.ack_many(claimed)
+        seen.update(c.event_id for c in claimed)
+        return
+    Relay().run_once()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM django_events_event")
+        seen.update(_uuid(e) for (e,) in cursor.fetchall())
+
+
 def past_cursor(where: str = "") -> str:
     """SQL: the log events of a subscribed type each group's cursor ``h`` has not passed
     (log transport), optionally only for the cursor rows ``where`` allows (alias ``c``)."""
