@@ -17,13 +17,14 @@ whether it committed.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .transport import LOG_TRANSPORT, past_cursor
 
 COMMITTED, ROLLED_BACK, UNKNOWN = "committed", "rolled_back", "unknown"
 
@@ -160,24 +161,6 @@ def dead_from(cursor: Any) -> set[tuple[uuid.UUID, str]]:
     return {(_uuid(e), g) for e, g in cursor.fetchall()}
 
 
-LOG_TRANSPORT = os.environ.get("DJANGO_EVENTS_TEST_BACKEND", "").endswith(".LogTransport")
-"""The suite runs on the log transport (tests/settings_base.py), whose owed events have no
-row of their own until claimed: they are counted from the groups' cursors."""
-
-
-def _past_cursors() -> str:
-    from django_events.transports.log import heads, not_passed
-
-    past = (
-        f"{heads('django_events_cursor')} h JOIN django_events_event l ON l.txid >= "
-        "pg_snapshot_xmin(h.lo::pg_snapshot) AND l.type IN (SELECT s.event_type FROM "
-        f'django_events_subscription s WHERE s."group" = h.group_name) AND '
-        f"{not_passed('l', 'h')}"
-    )
-    sums = "SELECT COALESCE(sum(cardinality(positions)), 0) + (SELECT count(*) FROM "
-    return f"{sums}{past}) FROM django_events_lease"
-
-
 def backlog_from(cursor: Any) -> tuple[int, int]:
     """(unrelayed outbox rows, events owed: delivery rows not parked, and on the log
     transport the events in leases and past each group's cursor, or every logged event
@@ -189,7 +172,10 @@ def backlog_from(cursor: Any) -> tuple[int, int]:
     if LOG_TRANSPORT:
         cursor.execute("SELECT EXISTS (SELECT 1 FROM django_events_cursor)")
         if cursor.fetchone()[0]:
-            cursor.execute(_past_cursors())
+            cursor.execute(
+                "SELECT COALESCE(sum(cardinality(positions)), 0) + (SELECT count(*) FROM "
+                f"({past_cursor()}) p) FROM django_events_lease"
+            )
         else:  # no worker has started: everything logged is owed
             cursor.execute("SELECT COUNT(*) FROM django_events_event WHERE txid IS NOT NULL")
         owed += int(cursor.fetchone()[0])

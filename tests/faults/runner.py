@@ -14,6 +14,11 @@ instead, so a test can prove that the checker sees the fault the real engine pre
     transport), so a redelivery runs the handler again.
 ``no_heartbeat``
     the heartbeat thread never renews a lease.
+``pause_after_commit``
+    ``DJANGO_EVENTS_FAULTS_PAUSE`` seconds pass after each handler's commit (a worker
+    busy between two events of a batch). On the log transport a handler's transaction
+    locks its batch's one lease row, which keeps the whole batch while a handler runs,
+    heartbeat or not: only between handlers does the lease alone keep the rest.
 ``late_attempts``
     the attempt is not counted at claim (as if counted only when a handler fails).
 ``no_precheck``
@@ -43,13 +48,14 @@ def apply_controls(names: list[str]) -> None:
     for name in names:
         if name == "ack_first":
             claim = DatabaseTransport.claim
-            ack = DatabaseTransport.ack
             gap = float(os.environ.get("DJANGO_EVENTS_FAULTS_ACK_GAP") or 0)
 
-            def claim_and_ack(self, *args, _claim=claim, _ack=ack, _gap=gap, **kwargs):  # type: ignore[no-untyped-def]
+            def claim_and_ack(self, *args, _claim=claim, _gap=gap, **kwargs):  # type: ignore[no-untyped-def]
                 claimed = _claim(self, *args, **kwargs)
                 for item in claimed:
-                    _ack(self, item)  # autocommit: the event is gone before it is handled
+                    # Autocommit: the event is gone before it is handled (the class's own
+                    # ack: the log transport takes a leased event out of its lease).
+                    self.ack(item)
                 if claimed and _gap:
                     time.sleep(_gap)
                 return claimed
@@ -63,6 +69,17 @@ def apply_controls(names: list[str]) -> None:
         elif name == "no_heartbeat":
             # Alive (a dead thread stops the worker) but never renewing.
             worker.Heartbeat.run = lambda self: self.stopped.wait()  # type: ignore[method-assign]
+        elif name == "pause_after_commit":
+            from django_events.engine import failpoints
+
+            pause = float(os.environ.get("DJANGO_EVENTS_FAULTS_PAUSE") or 0)
+
+            def paused(point: str, _hit=failpoints.hit, _pause=pause) -> None:  # type: ignore[no-untyped-def]
+                if point == "worker.after_commit":
+                    time.sleep(_pause)
+                _hit(point)
+
+            failpoints.hit = paused  # type: ignore[assignment]
         elif name == "late_attempts":
             claim = DatabaseTransport.claim
 

@@ -9,6 +9,11 @@ from another session (a relay stuck inside its transaction) for the same time:
 ``events_status`` must report the stall within 60 s, and once the lock is released the
 backlog must drain within 2 minutes. Control: with the outbox threshold disabled,
 ``events_status`` calls the same stall healthy.
+
+On the log transport (``STALL`` in tests/faults/transport.py) the long transaction has
+written a log row instead, the serialization point is a group's claim lock (a claimer
+stuck inside its claim), and ``events_status`` reports that group's oldest pending event
+(``MAX_PENDING_AGE``) rather than the outbox's.
 """
 
 from __future__ import annotations
@@ -21,10 +26,9 @@ import psycopg
 import pytest
 from django.db import connection
 
-from django_events.engine.relay import RELAY_LOCK
-
 from .checker import backlog_from, check_database, read_truth
 from .conftest import Procs, add_row, cursor_check, size, start_publishers, wait_exited
+from .transport import STALL, UNCOMMITTED_EVENT
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -32,7 +36,7 @@ GROUPS = ["alpha", "beta"]
 # Quick: room for several `events_status` runs past MAX_OUTBOX_AGE on a loaded machine.
 HOLD = size(25, 120)
 RATE = size(100, 200)
-HEALTH = {"MAX_OUTBOX_AGE": size(8, 30), "MAX_PENDING_AGE": 300}
+HEALTH = STALL.health(size(8, 30))
 
 
 def _connect() -> psycopg.Connection:
@@ -68,7 +72,7 @@ def _run(procs: Procs, tmp_path: Path, hold_sql: list[str]) -> dict:
     max_age = 0.0
     while time.monotonic() - started < HOLD:
         code, report = _status(procs, HEALTH)
-        max_age = max(max_age, report["outbox"]["oldest_age_s"] or 0.0)
+        max_age = max(max_age, STALL.age(report))
         if code == 2 and reported_at is None:
             reported_at = time.monotonic() - started
             problems = report["problems"]
@@ -106,19 +110,14 @@ def test_f10_long_transaction_does_not_hold_the_relay_back(procs: Procs, tmp_pat
     result = _run(
         procs,
         tmp_path,
-        [
-            "SELECT pg_current_xact_id()",
-            "INSERT INTO django_events_outbox (event_id, type, version, data, metadata, "
-            "occurred_at, source, created_at) VALUES (gen_random_uuid(), 'test.unrelated', 1, "
-            "'{}', '', now(), 'long', now())",
-        ],
+        ["SELECT pg_current_xact_id()", UNCOMMITTED_EVENT],
     )
     add_row(
         f"F10 long transaction {HOLD}s at {RATE}/s",
         result["report"],
         drain_s=result["drained"],
         secs=time.monotonic() - t0,
-        note=f"no horizon: oldest outbox age max {result['max_age']:.1f}s, status healthy",
+        note=f"no horizon: oldest waiting max {result['max_age']:.1f}s, status healthy",
     )
     assert result["reported_at"] is None, result["problems"]
     assert result["max_age"] < 15, result
@@ -127,22 +126,22 @@ def test_f10_long_transaction_does_not_hold_the_relay_back(procs: Procs, tmp_pat
 
 def test_f10_stuck_relay_lock_is_reported_and_the_backlog_drains(procs: Procs, tmp_path: Path):
     t0 = time.monotonic()
-    result = _run(procs, tmp_path, [f"SELECT pg_advisory_xact_lock({RELAY_LOCK})"])
+    result = _run(procs, tmp_path, [STALL.lock])
     add_row(
-        f"F10 relay lock held {HOLD}s at {RATE}/s",
+        f"F10 {STALL.name} held {HOLD}s at {RATE}/s",
         result["report"],
         drain_s=result["drained"],
         secs=time.monotonic() - t0,
         note=f"reported after {result['reported_at'] or 0:.0f}s; backlog {result['backlog']}",
     )
     add_row(
-        "F10 CONTROL status without MAX_OUTBOX_AGE",
+        "F10 CONTROL status without its threshold",
         None,
         note=f"same stall, events_status exit {result['control_code']} (healthy)",
     )
     assert result["reported_at"] is not None and result["reported_at"] <= min(60, HOLD), result
-    assert any("outbox" in p for p in result["problems"]), result["problems"]
-    assert result["backlog"][0] > 0, "the stall was real: the outbox grew"
+    assert any(STALL.problem in p for p in result["problems"]), result["problems"]
+    assert result["backlog"][STALL.backlog] > 0, "the stall was real: work waited behind it"
     assert result["control_code"] == 0, result["control_problems"]
     assert result["drained"] is not None and result["drained"] <= 120, result
     assert result["report"].clean, result["report"]

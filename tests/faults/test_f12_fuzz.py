@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 from django_events import publish
 from django_events.engine.worker import Worker
-from django_events.models import DeadLetter, Delivery, InboxRecord, OutboxMessage
+from django_events.models import DeadLetter, Delivery, InboxRecord, Lease, OutboxMessage
 from django_events.registry import registry
 from django_events.transports import transports
 
@@ -46,7 +46,9 @@ from ..sqs_server import aws_env, moto_endpoint
 from ..sqs_server import events_settings as sqs_settings
 from ..sqs_server import unique_prefix as sqs_prefix
 from ..testapp.models import Effect
+from . import transport as leases
 from .conftest import SEED, Procs, add_row, cursor_check, size
+from .transport import LOGGED_TYPE, Route, route
 
 __all__ = ["aws_env", "moto_endpoint"]  # fixtures, imported for pytest
 
@@ -140,7 +142,7 @@ def healthy(count: int) -> list[uuid.UUID]:
 
 def clean() -> None:
     """A clean slate, also after an example that failed half way (hypothesis replays)."""
-    for model in (DeadLetter, InboxRecord, Effect, OutboxMessage, Delivery):
+    for model in (DeadLetter, InboxRecord, Effect, OutboxMessage, Delivery, Lease):
         model.objects.all().delete()
 
 
@@ -219,6 +221,12 @@ def worker_stops(run: Callable[[], None], row: str) -> None:
 def report(name: str, note: str = "") -> None:
     totals = TOTALS.get(name, Counter())
     outcomes = ", ".join(f"{k[5:]} {v}" for k, v in sorted(totals.items()) if k[:5] == "dead:")
+    routes = ""
+    if totals["via log"]:
+        routes = (
+            f"; planted {totals['via log']} via the log, {totals['via delivery']} via "
+            f"delivery, {totals['unowed']} of a type alpha does not take (no outcome)"
+        )
     add_row(
         name,
         None,
@@ -227,7 +235,7 @@ def report(name: str, note: str = "") -> None:
         note=(
             f"{totals['examples']} examples: {totals['planted']} planted -> "
             f"{totals['handled']} handled + {totals['dead']} dead ({outcomes}); "
-            f"{totals['garbled']} side structures garbled; 0 worker exits{note}"
+            f"{totals['garbled']} side structures garbled; 0 worker exits{routes}{note}"
         ),
     )
 
@@ -257,32 +265,44 @@ log_rows = st.fixed_dictionaries(
         "attempts": mostly(0, st.sampled_from([1, 2**31 - 1]) | st.integers(0, 2**31 - 1)),
         "first_failed_at": mostly("NULL", odd_times),
         "missing": mostly(False, st.just(True)),
+        # On the log transport, through a delivery row (as a retry) rather than the log.
+        "via_delivery": st.sampled_from([False, False, False, True]),
     }
 )
 FIRST = 10**12
 _positions = iter(range(FIRST, 10**13))
 
 
-def plant_rows(rows: list[dict[str, Any]]) -> tuple[int, int]:
-    """Log and delivery rows as another writer could store them; a row a column refuses
-    is not planted (the database already keeps it out)."""
+def plant_rows(rows: list[dict[str, Any]], name: str) -> tuple[int, int]:
+    """Log and delivery rows as another writer could store them, each where the transport
+    under test reads it (``route``); returns how many alpha is owed. A row a column
+    refuses is not planted (the database already keeps it out); one in the log alone of
+    a type alpha does not subscribe to is owed to nobody here, and must have no outcome."""
     planted = 0
     for row in rows:
         event_id, position = uuid.uuid4(), next(_positions)
+        where = route(row["via_delivery"] or row["missing"])
         try:
-            cursor_check(lambda c, r=row, e=event_id, p=position: _insert(c, r, e, p))
+            cursor_check(
+                partial(_insert, row=row, event_id=event_id, position=position, where=where)
+            )
         except (DatabaseError, UnicodeEncodeError):  # refused by a column, or the driver
             continue
-        planted += 1
+        owed = where.delivery or row["type"] == LOGGED_TYPE
+        planted += owed
+        route_name = "via delivery" if where.delivery else "via log" if owed else "unowed"
+        TOTALS.setdefault(name, Counter()).update([route_name])
     return planted, 0
 
 
-def _insert(cursor: Any, row: dict[str, Any], event_id: uuid.UUID, position: int) -> None:
+def _insert(
+    cursor: Any, row: dict[str, Any], event_id: uuid.UUID, position: int, where: Route
+) -> None:
     if not row["missing"]:
         cursor.execute(
             "INSERT INTO django_events_event (id, position, type, key, version, data, metadata, "  # noqa: S608
-            "occurred_at, source, recorded_at) VALUES (%s, %s, %s, %s, %s, %s::jsonb, "
-            f"%s::jsonb, {row['occurred_at']}, %s, now())",
+            "occurred_at, source, recorded_at, txid) VALUES (%s, %s, %s, %s, %s, %s::jsonb, "
+            f"%s::jsonb, {row['occurred_at']}, %s, now(), {where.txid})",
             [
                 event_id,
                 position,
@@ -294,6 +314,8 @@ def _insert(cursor: Any, row: dict[str, Any], event_id: uuid.UUID, position: int
                 row["source"],
             ],
         )
+    if not where.delivery:
+        return
     cursor.execute(
         "INSERT INTO django_events_delivery (event_id, group_name, position, key, ordered, "  # noqa: S608
         "attempts, available_at, parked, last_error, created_at, first_failed_at) VALUES "
@@ -303,14 +325,11 @@ def _insert(cursor: Any, row: dict[str, Any], event_id: uuid.UUID, position: int
 
 
 def database_empty() -> bool:
-    def run(cursor: Any) -> int:
-        cursor.execute("SELECT COUNT(*) FROM django_events_delivery")
-        return int(cursor.fetchone()[0])
-
-    return cursor_check(run) == 0
+    """Nothing left for either group: no delivery row, lease or event past a cursor."""
+    return not cursor_check(lambda c: any(leases.owes(c, group) for group in GROUPS))
 
 
-DATABASE = "F12 fuzz database: log + delivery rows"
+DATABASE = f"F12 fuzz database ({leases.NAME}): log + delivery rows"
 
 
 def fuzz_database(
@@ -318,7 +337,7 @@ def fuzz_database(
 ) -> Callable[[], None]:
     def one(rows: list[dict[str, Any]]) -> None:
         try:
-            run_example(name, lambda: plant_rows(rows), database_empty, relay=False, **run)
+            run_example(name, lambda: plant_rows(rows, name), database_empty, relay=False, **run)
         finally:  # the planted log rows go: the log's top position stays the healthy one
             cursor_check(
                 lambda c: c.execute("DELETE FROM django_events_event WHERE position >= %s", [FIRST])

@@ -9,11 +9,18 @@ test below shows that), so ``relay.after_take`` covers that window. Consumer sid
 committed event is handled once per group and none is lost. Controls: acking before
 handling loses events at ``worker.after_claim``; running without the inbox (ack after
 commit) duplicates effects at ``worker.after_commit``.
+
+On the log transport ``publish()`` writes the log row itself, so the relay rows do not
+apply; a worker killed at ``worker.after_claim`` holds a lease row there (a dead
+claimer's lease, broken up into delivery rows), and the claim function's transaction
+gets rows of its own: it fails right after its lease insert, its backend terminated or
+its statement raising, and nothing of it may remain (the cursor stays where it was).
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -21,6 +28,7 @@ from django_events.engine.failpoints import EXIT_CODE
 
 from .checker import check_database
 from .conftest import Procs, add_row, cursor_check, drain_with, publish_truth, size
+from .transport import LOG_TRANSPORT
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -78,6 +86,7 @@ def test_f3_consumer_dies_at_fail_point(procs: Procs, point: str, batch: bool):
     assert report.clean and report.dead == 0, f"{report}\n{procs.logs()}"
 
 
+@pytest.mark.skipif(LOG_TRANSPORT, reason="publish() writes the log itself: no relay step")
 def test_f3_relay_dies_after_take(procs: Procs):
     started = time.monotonic()
     report = _die_then_recover(procs, "relay.after_take", True)
@@ -85,6 +94,7 @@ def test_f3_relay_dies_after_take(procs: Procs):
     assert report.clean and report.dead == 0, f"{report}\n{procs.logs()}"
 
 
+@pytest.mark.skipif(LOG_TRANSPORT, reason="publish() writes the log itself: no relay step")
 def test_f3_relay_after_publish_is_not_reached_on_the_database_transport(procs: Procs):
     truth = publish_truth(EVENTS, seed_name="f3:after_publish")
     env = procs.env(overrides=OVERRIDES, DJANGO_EVENTS_FAILPOINT="relay.after_publish")
@@ -99,6 +109,70 @@ def test_f3_relay_after_publish_is_not_reached_on_the_database_transport(procs: 
         note="not reached: publish is inside the relay's transaction",
     )
     assert report.clean, report
+
+
+# The log transport's equivalent of the relay's window: a claim is one call of its claim
+# function, whose transaction appends the group's cursor, writes the diverted delivery
+# rows and the lease row, then returns the leased events. A trigger fails that
+# transaction right after the lease row's insert, on the second claim: the backend is
+# terminated (a server process killed, a cut connection) or the statement raises.
+LEASE_FAULT = {
+    "terminated": "PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5);",
+    "error": "RAISE EXCEPTION 'fault: the claim fails after its lease insert';",
+}
+
+
+def _fail_second_lease_insert(fault: str) -> None:
+    cursor_check(
+        lambda c: c.execute(
+            "CREATE SEQUENCE fault_lease_inserts; "
+            "CREATE FUNCTION fault_lease_insert() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            f"BEGIN IF nextval('fault_lease_inserts') = 2 THEN {LEASE_FAULT[fault]} END IF; "
+            "RETURN NEW; END $$; "
+            "CREATE TRIGGER fault_lease_insert AFTER INSERT ON django_events_lease "
+            "FOR EACH ROW EXECUTE FUNCTION fault_lease_insert()"
+        )
+    )
+
+
+def _lease_fault_gone() -> int:
+    """Drop the trigger; returns how many lease inserts it saw."""
+
+    def run(cursor: Any) -> int:
+        cursor.execute("SELECT last_value FROM fault_lease_inserts")
+        seen = int(cursor.fetchone()[0])
+        cursor.execute(
+            "DROP TRIGGER fault_lease_insert ON django_events_lease; "
+            "DROP FUNCTION fault_lease_insert(); DROP SEQUENCE fault_lease_inserts"
+        )
+        return seen
+
+    return cursor_check(run)
+
+
+@pytest.mark.skipif(not LOG_TRANSPORT, reason="the log transport's claim function")
+@pytest.mark.parametrize("fault", list(LEASE_FAULT))
+def test_f3_log_claim_fails_after_its_lease_insert(procs: Procs, fault: str):
+    started = time.monotonic()
+    truth = publish_truth(EVENTS, seed_name=f"f3:lease:{fault}")
+    env = procs.env(overrides={**OVERRIDES, "BATCH_TRANSACTIONS": True})
+    _fail_second_lease_insert(fault)
+    try:
+        procs.command("dying", "consume_events", "--once", env=env)
+        code = procs.wait("dying", 60)
+    finally:
+        inserts = _lease_fault_gone()
+    assert inserts >= 2, f"the fault never fired ({inserts} lease inserts)\n{procs.logs()}"
+    drain_with(procs, "restarted", env=env, timeout=60)
+    report = cursor_check(lambda c: check_database(c, truth, GROUPS))
+    add_row(
+        f"F3 log claim {fault} after its lease insert",
+        report,
+        kills=1 if fault == "terminated" else 0,
+        secs=time.monotonic() - started,
+        note=f"first worker exit {code}",
+    )
+    assert report.clean and report.dead == 0, f"{report}\n{procs.logs()}"
 
 
 def test_f3_control_ack_before_handling_loses_events(procs: Procs):

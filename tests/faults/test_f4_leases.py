@@ -19,24 +19,15 @@ import pytest
 from django_events import publish
 from django_events.engine.relay import Relay
 from django_events.engine.worker import Worker
-from django_events.models import Delivery, InboxRecord
+from django_events.models import InboxRecord
 from django_events.transports import transports
 from tests.testapp.models import Effect
 
+from . import transport as leases
 from .checker import check_database
-from .conftest import Procs, add_row, cursor_check, scalar, wait_until
+from .conftest import Procs, add_row, cursor_check, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-
-def _set_lease(delivery_id: int, millis: int) -> None:
-    cursor_check(
-        lambda c: c.execute(
-            "UPDATE django_events_delivery SET claimed_until = statement_timestamp() "
-            "+ make_interval(secs => %s) WHERE id = %s",
-            [millis / 1000, delivery_id],
-        )
-    )
 
 
 def test_f4_claim_just_before_and_just_after_expiry():
@@ -47,15 +38,10 @@ def test_f4_claim_just_before_and_just_after_expiry():
     # Claimed alone: when its lease runs out the death counts as an attempt (a batch's
     # death would not be held against each of its events).
     [first] = transport.claim(["alpha"], 1, 30)
-    delivery_id = first.receipt[0]
-    _set_lease(delivery_id, 400)
+    cursor_check(lambda c: leases.set_lease(c, first.receipt, 0.4))
     assert transport.claim(["alpha"], 1, 30) == [], "claimed before its lease expired"
     wait_until(
-        lambda: scalar(
-            "SELECT claimed_until < statement_timestamp() FROM django_events_delivery "
-            "WHERE id = %s",
-            [delivery_id],
-        ),
+        lambda: cursor_check(lambda c: leases.lease_ended(c, first.receipt)),
         timeout=10,
         interval=0.01,
     )
@@ -63,25 +49,28 @@ def test_f4_claim_just_before_and_just_after_expiry():
     assert (second.event_id, second.attempt) == (event.id, 2)
     # The first claimant's heartbeat must not take the lease back.
     transport.renew([first], 30)
-    assert Delivery.objects.get(id=delivery_id).lease_token == second.receipt[1]
+    token = second.receipt[-1]  # (delivery, token) or (lease, position, token)
+    assert cursor_check(lambda c: leases.holder(c, "alpha", event.id)) == token
     worker.handle(first)  # too late: refused, no effect
     assert not Effect.objects.exists()
     worker.handle(second)
     state = (
         list(Effect.objects.values_list("group", "n")),
         InboxRecord.objects.filter(group_name="alpha").count(),
-        Delivery.objects.filter(group_name="alpha").count(),
+        cursor_check(lambda c: leases.owes(c, "alpha")),
     )
-    assert state == ([("alpha", 1)], 1, 0), state
+    assert state == ([("alpha", 1)], 1, False), state
     # Just after expiry in the other direction: a lease 1 ms in the past is free at once.
     publish("test.happened", {"n": 2})
     Relay().run_once()
     [third] = transport.claim(["alpha"], 1, 30)
-    _set_lease(third.receipt[0], -1)
+    cursor_check(lambda c: leases.set_lease(c, third.receipt, -0.001))
     [fourth] = transport.claim(["alpha"], 1, 30)
     assert fourth.attempt == 2
     report = cursor_check(lambda c: check_database(c, {event.id: "committed"}, ["alpha"]))
-    add_row("F4 claim at lease boundary (db clock)", report, note="expected state exact")
+    add_row(
+        f"F4 claim at lease boundary (db clock, {leases.NAME})", report, note="expected state exact"
+    )
     assert report.clean
 
 
@@ -92,10 +81,11 @@ def _slow_batch(procs: Procs, batch: bool, control: str) -> tuple[int, list, dic
     env = procs.env(
         overrides={"LEASE": 1, "BATCH_SIZE": 2, "BATCH_TRANSACTIONS": batch},
         DJANGO_EVENTS_FAULTS_CONTROL=control,
+        DJANGO_EVENTS_FAULTS_PAUSE="3",
     )
     proc = procs.command("worker", "consume_events", "--no-relay", "--group", "alpha", env=env)
     wait_until(
-        lambda: Delivery.objects.filter(group_name="alpha", attempts=1).count() == 2,
+        lambda: cursor_check(lambda c: leases.claimed(c, "alpha")) == 2,
         timeout=30,
         interval=0.02,
         what="the worker claimed both",
@@ -104,7 +94,7 @@ def _slow_batch(procs: Procs, batch: bool, control: str) -> tuple[int, list, dic
     second = Worker(["alpha"], relay=False)
     stolen = []
     deadline = time.monotonic() + 8
-    while time.monotonic() < deadline and Delivery.objects.filter(group_name="alpha").exists():
+    while time.monotonic() < deadline and cursor_check(lambda c: leases.owes(c, "alpha")):
         got = transport.claim(["alpha"], 10, 30)  # a second worker, trying all the time
         for item in got:
             stolen.append(item.event_id)
@@ -130,10 +120,35 @@ def test_f4_live_heartbeating_worker_keeps_its_events(procs: Procs, batch: bool)
     assert Effect.objects.count() == 2
 
 
-def test_f4_control_without_heartbeat_the_waiting_event_is_taken(procs: Procs):
-    _pid, stolen, pids = _slow_batch(procs, False, "no_heartbeat")
+@pytest.mark.xfail(
+    leases.LOG_TRANSPORT,
+    reason="log transport: the heartbeat skips the lease row the first handler's transaction "
+    "locks, so after a handler longer than the lease the rest of the batch's lease has run "
+    "out, and a claimant's orphan check takes it before the next beat (docs/internals.md)",
+    strict=False,
+)
+def test_f4_live_worker_keeps_its_events_when_it_pauses_between_them(procs: Procs):
+    """The heartbeating worker of the test above, one event per transaction, pausing 3 s
+    (three leases) after the first event's commit."""
+    pid, stolen, pids = _slow_batch(procs, False, "pause_after_commit")
     add_row(
-        "F4 CONTROL heartbeat disabled",
+        "F4 slow handler, then a pause, heartbeat (single)",
+        None,
+        events=2,
+        note=f"handed to a second worker: {len(stolen)}",
+    )
+    assert stolen == [], "a live worker's event was handed to a second claimant"
+    assert pids == {1: pid, 2: pid}
+
+
+def test_f4_control_without_heartbeat_the_waiting_event_is_taken(procs: Procs):
+    """On the log transport the first handler's transaction locks the batch's one lease
+    row, which keeps the waiting event too, heartbeat or not: there the control also
+    pauses the worker after that commit, when the lease alone keeps the rest."""
+    control = "no_heartbeat,pause_after_commit" if leases.LOG_TRANSPORT else "no_heartbeat"
+    _pid, stolen, pids = _slow_batch(procs, False, control)
+    add_row(
+        f"F4 CONTROL {control.replace(',', ' + ')}",
         None,
         events=2,
         note=f"handed to a second worker: {len(stolen)}",
