@@ -293,3 +293,34 @@ def test_0015_partitions_the_tables_both_ways_keeping_rows_and_ids() -> None:
         assert third == second + 1
     finally:
         call_command("migrate", verbosity=0)
+
+
+@pytest.mark.parametrize("rotates", [False, True])
+def test_housekeeping_rotates_only_when_the_option_says_so(rotates: bool) -> None:
+    """``OPTIONS["rotate"]`` (off by default): housekeeping empties the slot by rotation,
+    or, without it, deletes the cursor rows older than each group's newest."""
+    transport = LogTransport("log", {"rotate": True} if rotates else {})
+    transport.subscription_store().declare(
+        "rotation", {(group, t): ordered for t, group, ordered in SUBSCRIPTIONS}, replace=False
+    )
+    try:
+        busy(transport, 20)
+        [(used,)] = rows("SELECT DISTINCT slot FROM django_events_cursor")
+        files = f"SELECT pg_relation_filenode('django_events_cursor_{used}')"
+        before = rows(files)
+        transport.housekeeping()
+        # A rotation gives the emptied slot new files; a DELETE keeps them.
+        assert (rows(files) != before) is rotates
+        if rotates:
+            assert slot_rows(used) == 0
+        else:  # each group's newest cursor row, and nothing older
+            [(count, groups)] = rows(
+                "SELECT count(*), count(DISTINCT group_name) FROM django_events_cursor"
+            )
+            assert count == groups
+    finally:
+        transport.close()
+
+
+def test_the_rotate_option_is_off_by_default() -> None:
+    assert LogTransport("log", {}).rotates is False

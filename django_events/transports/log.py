@@ -27,7 +27,8 @@ from .base import Claimed, GroupStatus, Outgoing, text_size, within_budget
 from .database import DatabaseTransport
 
 ROTATE_EVERY = 10.0
-"""Seconds between rotations of the cursor and lease tables (``rotate``)."""
+"""Seconds between rotations of the cursor and lease tables (``rotate``), or, with
+rotation off, between deletions of the cursor rows older than each group's newest."""
 
 ROTATION_WAIT = 0.1
 """Seconds a rotation waits for a lock before it gives up (it tries again a second later):
@@ -199,8 +200,15 @@ class LogTransport(DatabaseTransport):
 
     reads_log = True
 
+    accepted_options = DatabaseTransport.accepted_options | {"rotate"}
+
     def __init__(self, alias: str, options: dict[str, Any], context: Any = None) -> None:
         super().__init__(alias, options, context)
+        self.rotates = bool(options.get("rotate", False))
+        """Empty the cursor and lease tables by rotation (``rotate``) rather than pruning
+        old cursor rows by ``DELETE``. Off by default: measured, it holds claims and
+        acknowledgements back while it waits for its locks (docs/internals.md, "The log
+        transport")."""
         self._rotate_at = 0.0
         self._group_turn = 0
 
@@ -242,6 +250,15 @@ class LogTransport(DatabaseTransport):
         super().housekeeping()
         now = time.monotonic()
         if now < self._rotate_at:
+            return
+        if not self.rotates:
+            self._rotate_at = now + ROTATE_EVERY
+            cursors = sql.table(self._connection, "GroupCursor")
+            self._execute(
+                f"DELETE FROM {cursors} c WHERE c.id < (SELECT max(h.id) FROM {cursors} h "
+                "WHERE h.group_name = c.group_name)",
+                [],
+            )
             return
         # A rotation that gave up tries again soon: it waits for no more than a moment.
         done = rotate(self.database)
@@ -371,11 +388,13 @@ class LogTransport(DatabaseTransport):
         if not leased:
             return
         leases = sql.table(self._connection, "Lease")
-        # A lease a handler's transaction holds is locked by it: skip it.
+        # A handler's transaction holds its lease with FOR KEY SHARE (``hold``), which this
+        # lock does not wait for: the batch's other events stay leased while one is
+        # handled. A lease being acknowledged is locked FOR UPDATE: skip it.
         self._execute(
             f"UPDATE {leases} SET claimed_until = statement_timestamp() + make_interval(secs => "
             f"%s) WHERE id = ANY(ARRAY(SELECT id FROM {leases} WHERE id = ANY(%s) AND "
-            "lease_token = ANY(%s) FOR UPDATE SKIP LOCKED))",
+            "lease_token = ANY(%s) FOR NO KEY UPDATE SKIP LOCKED))",
             [
                 float(lease),
                 sorted({c.receipt.lease for c in leased}),
@@ -389,9 +408,12 @@ class LogTransport(DatabaseTransport):
         if not leased:
             return held
         leases = sql.table(self._connection, "Lease")
+        # FOR KEY SHARE: no break-up (a delete) takes the lease from under the handler,
+        # and the heartbeat's renewal (an update of ``claimed_until``) is not held back,
+        # since one lease row keeps the whole batch (docs/internals.md, "The log transport").
         found = self._execute(
             f"SELECT id, lease_token, positions FROM {leases} WHERE id = ANY(%s) "
-            "ORDER BY id FOR UPDATE",
+            "ORDER BY id FOR KEY SHARE",
             [sorted({c.receipt.lease for c in leased})],
         )
         holding = {(i, p, t) for i, t, positions in found for p in positions}

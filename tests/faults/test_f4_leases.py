@@ -120,16 +120,11 @@ def test_f4_live_heartbeating_worker_keeps_its_events(procs: Procs, batch: bool)
     assert Effect.objects.count() == 2
 
 
-@pytest.mark.xfail(
-    leases.LOG_TRANSPORT,
-    reason="log transport: the heartbeat skips the lease row the first handler's transaction "
-    "locks, so after a handler longer than the lease the rest of the batch's lease has run "
-    "out, and a claimant's orphan check takes it before the next beat (docs/internals.md)",
-    strict=False,
-)
 def test_f4_live_worker_keeps_its_events_when_it_pauses_between_them(procs: Procs):
     """The heartbeating worker of the test above, one event per transaction, pausing 3 s
-    (three leases) after the first event's commit."""
+    (three leases) after the first event's commit. On the log transport the heartbeat
+    must renew the batch's lease while the first handler's transaction holds it
+    (docs/internals.md, "The log transport")."""
     pid, stolen, pids = _slow_batch(procs, False, "pause_after_commit")
     add_row(
         "F4 slow handler, then a pause, heartbeat (single)",
