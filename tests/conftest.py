@@ -214,3 +214,19 @@ def _fresh_transport() -> Iterator[None]:
     transports.reset()
     yield
     transports.reset()
+
+
+@pytest.fixture
+def other_connection() -> Iterator[Any]:
+    """A second PostgreSQL session on the test database, as another process would hold."""
+    import psycopg
+    from django.db import connection
+
+    params = connection.settings_dict
+    with psycopg.connect(
+        dbname=params["NAME"],
+        user=params["USER"],
+        host=params["HOST"],
+        port=params["PORT"] or 5432,
+    ) as other:
+        yield other

@@ -109,19 +109,6 @@ def log_transport() -> Iterator[LogTransport]:
     transport.close()
 
 
-@pytest.fixture
-def other_connection() -> Iterator[psycopg.Connection]:
-    """A second session on the test database, as another process would hold."""
-    settings = connection.settings_dict
-    with psycopg.connect(
-        dbname=settings["NAME"],
-        user=settings["USER"],
-        host=settings["HOST"],
-        port=settings["PORT"] or 5432,
-    ) as other:
-        yield other
-
-
 def insert_log_row(db: psycopg.Connection, event: Outgoing) -> None:
     db.execute(
         "INSERT INTO django_events_event (id, position, type, version, key, data, metadata, "
