@@ -8,6 +8,7 @@ uses) with the server's default settings, autovacuum on, unless a row says other
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -32,6 +33,10 @@ def cluster(*, autovacuum: bool = True, preload: str = "") -> Iterator[Any]:
     server = PrivatePostgres().init()
     with open(server.data / "postgresql.conf", "a") as conf:
         conf.write(DEFAULTS + f"autovacuum = {'on' if autovacuum else 'off'}\n")
+        # Diagnostics, e.g. "log_min_duration_statement = 100; log_directory = '/tmp/x'"
+        # (docs/performance.md, "Reproduce").
+        for line in os.environ.get("DJANGO_EVENTS_BENCH_PG_CONF", "").split(";"):
+            conf.write(line.strip() + "\n")
         if preload:
             conf.write(f"shared_preload_libraries = '{preload}'\n")
         if "pg_stat_statements" in preload:  # statements inside functions too (the claim's)

@@ -9,9 +9,14 @@ from tests.settings_postgres import DATABASES, INSTALLED_APPS
 INSTALLED_APPS = [*INSTALLED_APPS, "bench.benchapp"]
 DATABASES["default"]["NAME"] = os.environ.get("DJANGO_EVENTS_BENCH_DB", "django_events_bench")
 DJANGO_EVENTS = {"POLL_INTERVAL": 0.2, "BATCH_SIZE": 100, "RELAY_BATCH_SIZE": 1000}
+if os.environ.get("DJANGO_EVENTS_BENCH_CHARTS") == "off":  # no chart counts or lag samples
+    DJANGO_EVENTS["CHART_RETENTION"] = 0
 if os.environ.get("DJANGO_EVENTS_BENCH_TRANSPORT") == "log":  # the log transport (preview)
     DJANGO_EVENTS["TRANSPORTS"] = {
-        "default": {"BACKEND": "django_events.transports.log.LogTransport"}
+        "default": {
+            "BACKEND": "django_events.transports.log.LogTransport",
+            "OPTIONS": {"rotate": os.environ.get("DJANGO_EVENTS_BENCH_ROTATE") == "on"},
+        }
     }
 if os.environ.get("DJANGO_EVENTS_BENCH_REDIS_PREFIX"):  # R1's worker: the Redis transport
     DJANGO_EVENTS["TRANSPORTS"] = {
