@@ -16,6 +16,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_events import publish
+from django_events.engine.sql import INDEX_SCANS_ONLY, index_scans_only
 from django_events.engine.worker import Worker
 from django_events.models import (
     Delivery,
@@ -26,6 +27,7 @@ from django_events.models import (
     OutboxMessage,
 )
 from django_events.testing.contract import (
+    OTHER_TYPE,
     SUBSCRIPTIONS,
     TYPE,
     TransportContract,
@@ -35,7 +37,7 @@ from django_events.testing.contract import (
 )
 from django_events.transports import transports
 from django_events.transports.base import Claimed, Outgoing, Transport
-from django_events.transports.log import LogTransport
+from django_events.transports.log import LogTransport, heads, not_passed
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the log transport needs PostgreSQL"
@@ -266,6 +268,78 @@ def test_status_reads_the_log_for_the_groups_asked_only(log_transport: LogTransp
     status = log_transport.status(["g1"])
     assert status["g1"].pending == 3
     assert "g2" not in status  # g2 is owed the same 3 events; nobody asked
+
+
+def owed_by_definition(group: str) -> int:
+    """What ``group`` is owed, by ``not_passed`` over the whole log: the oracle the
+    status query's index walks must agree with."""
+    types = 'SELECT s.event_type FROM django_events_subscription s WHERE s."group" = h.group_name'
+    where = f"h.group_name = %s AND l.type IN ({types}) AND {not_passed('l', 'h')}"
+    log, newest = "django_events_event", heads("django_events_cursor")
+    query = f"SELECT count(*) FROM {log} l, {newest} h WHERE {where}"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(query, [group])
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_status_counts_the_open_windows_rest_the_late_committers_and_what_came_after(
+    log_transport: LogTransport, other_connection: psycopg.Connection
+) -> None:
+    """The status query finds what a group is owed in the claim's index walks, not by
+    scanning the log (docs/internals.md, "The log transport", status): each walk must
+    count what it owes, as the definition does."""
+    log_events([make_event() for _ in range(5)] + [make_event(OTHER_TYPE) for _ in range(2)])
+    early = make_event()
+    insert_log_row(other_connection, early)  # running when the claim takes its snapshot
+    got = claim_until(log_transport, ["g1"], 2, timeout=5, limit=2)
+    assert len(got) == 2
+    seen = []
+    for step in ("window", "late committer", "after hi"):
+        if step == "late committer":
+            other_connection.commit()
+        elif step == "after hi":
+            log_events([make_event(), make_event()])
+        status = log_transport.status(["g1"])["g1"]
+        seen.append((status.pending, owed_by_definition("g1"), status.in_flight))
+    assert seen == [(3, 3, 2), (4, 4, 2), (6, 6, 2)]
+    assert log_transport.status(["g1"])["g1"].oldest_pending_age_s is not None
+
+
+def log_scans() -> int:
+    """Sequential scans of the log so far, this session's included (its pending counts are
+    flushed first: PostgreSQL 15 sends them at most once a second otherwise)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+        cursor.execute("SELECT 1")  # the flush happens when the session is idle again
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'django_events_event'"
+        )
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_status_never_scans_the_whole_log_and_leaves_the_callers_settings(
+    log_transport: LogTransport,
+) -> None:
+    """On a log of any size the planner, given a bound from a cursor row, estimates a
+    third of the table and scans all of it: H1 measured 5-6 s per sample (docs/internals.md,
+    "The log transport", status). Inside the caller's transaction its settings come back."""
+    log_events([make_event() for _ in range(3)])
+    before = log_scans()
+    assert log_transport.status(["g1"])["g1"].pending == 3
+    assert log_scans() == before
+    settings = "SELECT " + ", ".join(f"current_setting('{name}')" for name in INDEX_SCANS_ONLY)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(settings)
+        before = cursor.fetchone()
+        with index_scans_only("default"):
+            cursor.execute(settings)
+            assert cursor.fetchone() == ("off", "off", "off")  # no JIT either
+        log_transport.status(["g1"])
+        cursor.execute(settings)
+        assert cursor.fetchone() == before
 
 
 @pytest.mark.django_db(transaction=True)

@@ -245,6 +245,34 @@ def bounded_atomic(using: str) -> Iterator[None]:
                 cursor.execute(f"SELECT {restore}", params)
 
 
+INDEX_SCANS_ONLY = {"enable_seqscan": "off", "enable_bitmapscan": "off", "jit": "off"}
+"""The settings of ``index_scans_only``. No JIT: a sequential scan left with no index to
+replace it is costed at 10^10 when disabled, far above JIT's thresholds, and compiling
+such a plan took 0.75 s in H1 (docs/internals.md, "The log transport", status)."""
+
+
+@contextlib.contextmanager
+def index_scans_only(using: str) -> Iterator[None]:
+    """PostgreSQL: the statements inside plan index scans only, as the log transport's
+    claim function does, in a transaction of their own or the caller's (then its
+    settings are set back at the end): a bound taken from another row (a cursor's) is
+    estimated at a third of the table, and a sequential scan of the whole log is chosen
+    (docs/internals.md, "The log transport", status)."""
+    connection = connections[using]
+    names = list(INDEX_SCANS_ONLY)
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT " + ", ".join("current_setting(%s), set_config(%s, %s, true)" for _ in names),
+            [value for name in names for value in (name, name, INDEX_SCANS_ONLY[name])],
+        )
+        previous = cursor.fetchone()[::2]
+        yield
+        cursor.execute(
+            "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in names),
+            [value for pair in zip(names, previous, strict=True) for value in pair],
+        )
+
+
 RELAXED_COMMIT = "set_config('synchronous_commit', 'off', true)"
 """Evaluated inside a PostgreSQL statement: its transaction commits without waiting for the
 disk. Used only for the engine's own bookkeeping (relaying, claiming), never for a handler's

@@ -22,6 +22,7 @@ from django.core.checks import CheckMessage, Error
 from django.db import OperationalError, connections, transaction
 
 from ..engine import sql
+from ..engine.sql import index_scans_only
 from ..stores import DatabaseStore, Declaration, Wanted
 from .base import Claimed, GroupStatus, Outgoing, text_size, within_budget
 from .database import DatabaseTransport
@@ -506,30 +507,46 @@ class LogTransport(DatabaseTransport):
 
     # -- what the admin and ``events_status`` see ---------------------------------------
 
+    def _owed(self, head: str) -> str:
+        """SQL: a one-row table, ``n`` and ``oldest`` (``recorded_at``), of the log rows of
+        its group's types the cursor ``head`` has not passed (``not_passed``), in the
+        claim's three index walks: the rest of the open window, by position up to its
+        ``last``; what committed after ``hi``, through the txid index (the xids begun
+        since ``hi``, and those running at ``hi``)."""
+        subscriptions = sql.table(self._connection, "Subscription")
+        _, event = self._tables()
+        hi, lo = f"{head}.hi::pg_snapshot", f"{head}.lo::pg_snapshot"
+        return (
+            "(SELECT count(*) AS n, min(w.recorded_at) AS oldest FROM ("
+            f"SELECT l.type, l.recorded_at FROM {event} l WHERE l.position > {head}.pos "
+            f"AND l.position <= {head}.last AND pg_visible_in_snapshot(l.txid, {hi}) "
+            f"AND NOT pg_visible_in_snapshot(l.txid, {lo}) "
+            f"UNION ALL SELECT l.type, l.recorded_at FROM {event} l "
+            f"WHERE l.txid >= pg_snapshot_xmax({hi}) "
+            f"UNION ALL SELECT l.type, l.recorded_at FROM {event} l "
+            f"WHERE l.txid = ANY(ARRAY(SELECT pg_snapshot_xip({hi})))"
+            f') w WHERE w.type IN (SELECT s.event_type FROM {subscriptions} s WHERE s."group" '
+            f"= {head}.group_name))"
+        )
+
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
         """Delivery rows as for ``DatabaseTransport``, plus, for the groups asked only, the
-        log's events past each one's cursor (pending) and its leases (in flight): a group
-        nobody consumes has its cursor far back, and counting what it is owed walks the
-        log from there (a worker's chart sample, once a minute, stalled it for seconds)."""
+        log's events past each one's cursor (pending) and its leases (in flight), found
+        the way a claim finds them: index scans only, never the whole log (a worker's
+        chart sample, once a minute, stalled it for seconds: docs/internals.md, "The log
+        transport", status)."""
         found = super().status(groups)
         cursors = sql.table(self._connection, "GroupCursor")
         leases = sql.table(self._connection, "Lease")
-        subscriptions = sql.table(self._connection, "Subscription")
-        _, event = self._tables()
-        # Past the cursor, found from its window's oldest transaction on.
-        past = (
-            f"FROM {event} l WHERE l.txid >= pg_snapshot_xmin(h.lo::pg_snapshot) "
-            f'AND l.type IN (SELECT s.event_type FROM {subscriptions} s WHERE s."group" = '
-            f"h.group_name) AND {not_passed('l', 'h')}"
-        )
-        rows = self._execute(
-            f"SELECT h.group_name, (SELECT count(*) {past}), (SELECT extract(epoch FROM "
-            f"statement_timestamp() - min(l.recorded_at)) {past}), "
-            f"(SELECT COALESCE(sum(cardinality(k.positions)), 0) FROM {leases} k WHERE "
-            "k.group_name = h.group_name AND k.claimed_until >= statement_timestamp()) FROM "
-            f"{heads(cursors, 'c.group_name = ANY(%s)')} h",
-            [list(groups)],
-        )
+        with index_scans_only(self.database):
+            rows = self._execute(
+                f"SELECT h.group_name, o.n, extract(epoch FROM statement_timestamp() - "
+                f"o.oldest), (SELECT COALESCE(sum(cardinality(k.positions)), 0) FROM {leases} "
+                "k WHERE k.group_name = h.group_name AND k.claimed_until >= "
+                f"statement_timestamp()) FROM {heads(cursors, 'c.group_name = ANY(%s)')} h "
+                f"CROSS JOIN LATERAL {self._owed('h')} o",
+                [list(groups)],
+            )
         for group, pending, age, in_flight in rows:
             was = found.get(group, GroupStatus())
             oldest = was.oldest_pending_age_s
