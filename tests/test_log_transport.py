@@ -343,6 +343,25 @@ def test_status_never_scans_the_whole_log_and_leaves_the_callers_settings(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_replay_writes_delivery_rows_only_where_no_cursor_or_lease_hands_the_event_out(
+    log_transport: LogTransport,
+) -> None:
+    """One path per event and group: a row beside the cursor or the lease would be a
+    second delivery, and two dead letters for one event if it fails."""
+    passed, leased, owed = events = [make_event() for _ in range(3)]
+    log_events(events)
+    [first] = claim_until(log_transport, ["g1"], 1, timeout=5, limit=1)
+    assert first.event_id == passed.event_id and log_transport.ack_many([first]) == [first]
+    [second] = claim_until(log_transport, ["g1"], 1, timeout=5, limit=1)
+    assert second.event_id == leased.event_id  # in a lease now, not acknowledged
+    log_transport.publish(events, [(TYPE, "g1", False)])  # a replay of all three to g1
+    assert list(Delivery.objects.values_list("event_id", flat=True)) == [passed.event_id]
+    assert log_transport.ack_many([second]) == [second]
+    rest = claim_until(log_transport, ["g1"], 3, timeout=3)
+    assert sorted(c.event_id for c in rest) == sorted([passed.event_id, owed.event_id])
+
+
+@pytest.mark.django_db(transaction=True)
 def test_retention_keeps_what_a_group_has_not_read_or_holds_in_a_lease(
     log_transport: LogTransport,
 ) -> None:

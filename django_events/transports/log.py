@@ -247,6 +247,44 @@ class LogTransport(DatabaseTransport):
         if events:
             self._wake()
 
+    def publish(
+        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    ) -> None:
+        """Delivery rows, as ``DatabaseTransport`` writes them, for the groups ``events``
+        reach by no other path: a group whose cursor has not passed an event, or whose
+        lease holds it, gets it there, and a row too would be a second delivery (two
+        dead letters for one event). A replay of what a group still owes writes nothing
+        for it (docs/internals.md, "The log transport", one path per event)."""
+        owed = self._owed_already(events, {group for _, group, _ in subscriptions})
+        if not owed:
+            super().publish(events, subscriptions)
+            return
+        for group in sorted({group for _, group, _ in subscriptions}):
+            rest = [event for event in events if (group, event.position) not in owed]
+            if rest:
+                super().publish(rest, [s for s in subscriptions if s[1] == group])
+
+    def _owed_already(
+        self, events: Sequence[Outgoing], groups: Collection[str]
+    ) -> set[tuple[str, int]]:
+        """The (group, position) pairs of ``events`` and ``groups`` that a cursor or a
+        lease of the group will hand out anyway."""
+        if not events or not groups:
+            return set()
+        cursors = sql.table(self._connection, "GroupCursor")
+        leases = sql.table(self._connection, "Lease")
+        _, event = self._tables()
+        rows = self._execute(
+            "WITH u AS (SELECT g, p FROM unnest(%s::text[]) AS g, unnest(%s::bigint[]) AS p) "
+            f"SELECT u.g, u.p FROM u JOIN {heads(cursors, 'c.group_name = ANY(%s)')} h "
+            f"ON h.group_name = u.g JOIN {event} l ON l.position = u.p "
+            f"WHERE {not_passed('l', 'h')} "
+            f"UNION SELECT u.g, u.p FROM u JOIN {leases} k ON k.group_name = u.g "
+            "AND u.p = ANY(k.positions)",
+            [sorted(groups), [e.position for e in events], sorted(groups)],
+        )
+        return {(group, int(position)) for group, position in rows}
+
     def housekeeping(self) -> None:
         super().housekeeping()
         now = time.monotonic()
