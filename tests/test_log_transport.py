@@ -1,4 +1,5 @@
-"""The log transport (preview): groups read the event log through cursors (PostgreSQL)."""
+"""The log transport (preview): groups read the event log through cursors (PostgreSQL and
+SQLite; the SQLite-only logic is tested in tests/test_log_sqlite.py)."""
 
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ from django_events.testing.contract import (
 )
 from django_events.transports import transports
 from django_events.transports.base import Claimed, Outgoing, Transport
-from django_events.transports.log import LogTransport
+from django_events.transports.log import LogTransport, place_cursors_now
 
-pytestmark = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="the log transport needs PostgreSQL"
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="snapshot windows, backends: PostgreSQL's"
 )
 
 
@@ -93,12 +94,7 @@ class TestLogContract(TransportContract):
 
 def start_over() -> None:
     """Every group's cursor moves to now, past everything logged so far."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO django_events_cursor (group_name, lo, hi, pos, last, created_at) "
-            "SELECT DISTINCT group_name, pg_current_snapshot()::text, "
-            "pg_current_snapshot()::text, 0, 0, now() FROM django_events_cursor"
-        )
+    place_cursors_now(connection.alias, [])
 
 
 @pytest.fixture
@@ -118,6 +114,7 @@ def insert_log_row(db: psycopg.Connection, event: Outgoing) -> None:
     )
 
 
+@postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_an_event_committed_late_with_a_lower_position_is_claimed_not_skipped(
     log_transport: LogTransport, other_connection: psycopg.Connection
@@ -152,6 +149,7 @@ def test_a_successful_batch_writes_one_lease_row_and_no_delivery_row(
     assert Delivery.objects.count() == 0
 
 
+@postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_a_dead_claimers_batch_comes_back_one_event_at_a_time_its_attempt_given_back(
     log_transport: LogTransport, other_connection: psycopg.Connection
@@ -212,6 +210,8 @@ def test_publish_writes_the_log_row_itself_in_the_callers_transaction(
         raise RuntimeError("rolled back")
     assert OutboxMessage.objects.count() == 0
     assert list(EventRecord.objects.values_list("id", flat=True)) == [kept.id]
+    if connection.vendor != "postgresql":
+        return
     with connection.cursor() as cursor:
         cursor.execute("SELECT txid IS NOT NULL FROM django_events_event")
         assert cursor.fetchall() == [(True,)]
