@@ -30,7 +30,7 @@ from django_events.testing.contract import (
 )
 from django_events.transports import transports
 from django_events.transports.base import Claimed
-from django_events.transports.log import LeaseReceipt, LogTransport, place_cursors_now
+from django_events.transports.log import LeaseReceipt, LogTransport, log_sql, place_cursors_now
 
 from .conftest import closing_connections
 
@@ -300,3 +300,31 @@ def test_the_claims_log_read_walks_the_position_index(log_transport: LogTranspor
         cursor.execute(f"EXPLAIN QUERY PLAN {read}")
         plan = " ".join(str(row[-1]) for row in cursor.fetchall())
     assert "position>?" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_two_claimers_of_one_group_never_take_the_same_event(
+    log_transport: LogTransport,
+) -> None:
+    """Each claim reads its group's cursor and appends the next one in one transaction
+    that holds the write lock from its first statement: no two claims read the same
+    cursor."""
+    events = [make_event() for _ in range(400)]
+    log_events(events)
+    taken: list[int] = []
+
+    def claimer() -> None:
+        while True:
+            rows = log_sql(connection.alias).claim(
+                connection.alias, "g1", 3, uuid.uuid4().hex, 30, None, False, [], []
+            )
+            if not rows:
+                return
+            taken.extend(row[1] for row in rows)
+
+    threads = [threading.Thread(target=closing_connections(claimer)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(taken) == len(set(taken)), f"{len(taken) - len(set(taken))} taken twice"
+    assert sorted(taken) == [e.position for e in events]
