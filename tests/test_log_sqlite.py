@@ -28,7 +28,7 @@ from django_events.testing.contract import (
     log_events,
     make_event,
 )
-from django_events.transports import transports
+from django_events.transports import log, transports
 from django_events.transports.base import Claimed
 from django_events.transports.log import LeaseReceipt, LogTransport, log_sql, place_cursors_now
 
@@ -328,3 +328,35 @@ def test_two_claimers_of_one_group_never_take_the_same_event(
         thread.join(60)
     assert len(taken) == len(set(taken)), f"{len(taken) - len(set(taken))} taken twice"
     assert sorted(taken) == [e.position for e in events]
+
+
+def test_a_publish_outside_a_transaction_holds_the_lock_from_its_draw_to_its_insert(
+    on_the_log_transport: LogTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In autocommit the draw would commit alone: another publisher could then draw and
+    commit a higher position, a claim pass it, and this row commit below the cursor."""
+    drawn, go = threading.Event(), threading.Event()
+    real = log.draw_positions
+
+    def draw_then_wait(using: str, count: int) -> int:
+        first = real(using, count)
+        if threading.current_thread().name == "slow":
+            drawn.set()
+            assert go.wait(30)
+        return first
+
+    monkeypatch.setattr(log, "draw_positions", draw_then_wait)
+    slow = threading.Thread(
+        target=closing_connections(lambda: publish("test.happened", {"n": 1})), name="slow"
+    )
+    fast = threading.Thread(target=closing_connections(lambda: publish("test.happened", {"n": 2})))
+    slow.start()
+    assert drawn.wait(30)
+    fast.start()
+    fast.join(0.5)
+    assert fast.is_alive(), "the second publisher waits for the first one's commit"
+    go.set()
+    slow.join(30)
+    fast.join(30)
+    got = on_the_log_transport.claim(["alpha"], 10, 30)
+    assert [c.event.data["n"] for c in got if c.event] == [1, 2]
