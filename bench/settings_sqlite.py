@@ -14,3 +14,7 @@ DATABASES = {
     }
 }
 DJANGO_EVENTS = {"POLL_INTERVAL": 0.2, "BATCH_SIZE": 100, "RELAY_BATCH_SIZE": 1000}
+if os.environ.get("DJANGO_EVENTS_BENCH_TRANSPORT") == "log":  # the log transport (preview)
+    DJANGO_EVENTS["TRANSPORTS"] = {
+        "default": {"BACKEND": "django_events.transports.log.LogTransport"}
+    }

@@ -646,6 +646,7 @@ def record_cutover(move: Any) -> int:
     relay's lock: no relay batch straddles the snapshot they start at, and each batch
     reads the cutover in its own transaction (``Switch.logged``; docs/moving.md, "Into
     the log transport")."""
+    from .engine import sql
     from .engine.relay import RELAY_LOCK
     from .models import EventRecord
     from .registry import registry
@@ -654,8 +655,11 @@ def record_cutover(move: Any) -> int:
     using = moves_database()
     with transaction.atomic(using=using):
         if into_log(transports[move.from_alias], transports[move.to_alias]):
-            with connections[using].cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RELAY_LOCK])
+            # On SQLite the write that places the cursors takes the one write lock, which
+            # every relay batch holds from its take to its commit: the same exclusion.
+            if not sql.dialect(using).one_writer:
+                with connections[using].cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RELAY_LOCK])
             place_cursors_now(using, registry.groups())
         position = EventRecord.objects.using(using).aggregate(top=Max("position"))["top"] or 0
         type(move).objects.using(using).filter(pk=move.pk).update(cutover_position=position)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import connections
+from django.db import connections, transaction
 
 from . import instrumentation, signals
 from .conf import get_settings
@@ -361,6 +361,10 @@ def _insert_into_log(
     """The log transport's publish: the log row itself, in the caller's transaction, so
     nothing is written twice and no relay moves it; the workers are woken at commit."""
     table = sql.table(connection, "EventRecord")
+    dialect = sql.dialect(connection.alias)
+    if not isinstance(dialect, sql.PostgreSQL):
+        _insert_into_log_one_writer(connection, table, dialect, events, metadata)
+        return
     for start in range(0, len(events), _ROWS_PER_STATEMENT):
         chunk = events[start : start + _ROWS_PER_STATEMENT]
         params: list[Any] = []
@@ -372,3 +376,46 @@ def _insert_into_log(
             params.append(channel)
         with connection.cursor() as cursor:
             cursor.execute(insert, params)
+
+
+def _insert_into_log_one_writer(
+    connection: Any,
+    table: str,
+    dialect: sql.Dialect,
+    events: list[tuple[Event, str]],
+    metadata: str,
+) -> None:
+    """On SQLite: positions drawn first, under the write lock the drawing takes, so they
+    commit in order (docs/internals.md, "The log transport on SQLite"). Drawn and inserted
+    in one transaction, the caller's if one is open: in autocommit the lock would end with
+    the draw, and a later writer could commit higher positions before these rows."""
+    from .transports import log
+
+    with transaction.atomic(using=connection.alias, savepoint=False):
+        position = log.draw_positions(connection.alias, len(events))
+        for start in range(0, len(events), _ROWS_PER_STATEMENT):
+            chunk = events[start : start + _ROWS_PER_STATEMENT]
+            params: list[Any] = []
+            for event, data_text in chunk:
+                params += [
+                    dialect.uuid_value(event.id),
+                    position,
+                    event.type,
+                    event.version,
+                    event.key,
+                    data_text,
+                    metadata or "{}",
+                    sql.datetime_value(connection, event.occurred_at),
+                    event.source,
+                    dialect.uuid_value(event.correlation_id),
+                    dialect.uuid_value(event.causation_id),
+                ]
+                position += 1
+            with connection.cursor() as cursor:
+                cursor.execute(_one_writer_log_insert_sql(table, dialect, len(chunk)), params)
+
+
+@functools.cache
+def _one_writer_log_insert_sql(table: str, dialect: sql.Dialect, rows: int) -> str:
+    row = f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {dialect.now()})"
+    return f"INSERT INTO {table} ({_LOG_COLUMNS}) VALUES {', '.join([row] * rows)}"

@@ -145,23 +145,12 @@ class _Table:
 
 
 def _unread(connection: Any) -> str:
-    """On PostgreSQL, the log transport's owed events, which have no delivery row: those in
-    a lease, and those of a type a group subscribes to that its cursor has not passed
-    (docs/internals.md, "The log transport"). Empty elsewhere (no cursor on SQLite)."""
-    if connection.vendor != "postgresql":
-        return ""
-    from .transports.log import heads, not_passed
+    """The log transport's owed events, which have no delivery row: those in a lease, and
+    those of a type a group subscribes to that its cursor has not passed (docs/internals.md,
+    "The log transport"). Where no cursor or lease exists, nothing is held back."""
+    from .transports.log import log_sql
 
-    leases = sql.table(connection, "Lease")
-    cursors = sql.table(connection, "GroupCursor")
-    subscriptions = sql.table(connection, "Subscription")
-    group = connection.ops.quote_name("group")
-    return (
-        f" AND NOT EXISTS (SELECT 1 FROM {leases} k WHERE t.position = ANY(k.positions))"
-        f" AND NOT EXISTS (SELECT 1 FROM {heads(cursors)} h WHERE t.type IN (SELECT "
-        f"s.event_type FROM {subscriptions} s WHERE s.{group} = h.group_name) AND "
-        f"{not_passed('t', 'h')})"
-    )
+    return log_sql(connection.alias).unread(connection)
 
 
 def _tables(connection: Any) -> dict[str, _Table]:

@@ -47,7 +47,7 @@ DJANGO_EVENTS = {
     **json.loads(os.environ.get("DJANGO_EVENTS_TEST_OVERRIDES", "{}")),
 }
 # Run the suites on another transport class for the default database transport, e.g.
-# ``DJANGO_EVENTS_TEST_BACKEND=django_events.transports.log.LogTransport`` (PostgreSQL).
+# ``DJANGO_EVENTS_TEST_BACKEND=django_events.transports.log.LogTransport``.
 if os.environ.get("DJANGO_EVENTS_TEST_BACKEND"):
     DJANGO_EVENTS.setdefault(
         "TRANSPORTS", {"default": {"BACKEND": os.environ["DJANGO_EVENTS_TEST_BACKEND"]}}

@@ -1,4 +1,5 @@
-"""The log transport (preview): groups read the event log through cursors (PostgreSQL)."""
+"""The log transport (preview): groups read the event log through cursors (PostgreSQL and
+SQLite; the SQLite-only logic is tested in tests/test_log_sqlite.py)."""
 
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ from django_events.testing.contract import (
 )
 from django_events.transports import transports
 from django_events.transports.base import Claimed, Outgoing, Transport
-from django_events.transports.log import LogTransport, heads, not_passed
+from django_events.transports.log import LogTransport, heads, not_passed, place_cursors_now
 
-pytestmark = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="the log transport needs PostgreSQL"
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="snapshot windows, backends: PostgreSQL's"
 )
 
 
@@ -95,12 +96,7 @@ class TestLogContract(TransportContract):
 
 def start_over() -> None:
     """Every group's cursor moves to now, past everything logged so far."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO django_events_cursor (group_name, lo, hi, pos, last, created_at) "
-            "SELECT DISTINCT group_name, pg_current_snapshot()::text, "
-            "pg_current_snapshot()::text, 0, 0, now() FROM django_events_cursor"
-        )
+    place_cursors_now(connection.alias, [])
 
 
 @pytest.fixture
@@ -120,6 +116,7 @@ def insert_log_row(db: psycopg.Connection, event: Outgoing) -> None:
     )
 
 
+@postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_an_event_committed_late_with_a_lower_position_is_claimed_not_skipped(
     log_transport: LogTransport, other_connection: psycopg.Connection
@@ -154,6 +151,7 @@ def test_a_successful_batch_writes_one_lease_row_and_no_delivery_row(
     assert Delivery.objects.count() == 0
 
 
+@postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_a_dead_claimers_batch_comes_back_one_event_at_a_time_its_attempt_given_back(
     log_transport: LogTransport, other_connection: psycopg.Connection
@@ -214,6 +212,8 @@ def test_publish_writes_the_log_row_itself_in_the_callers_transaction(
         raise RuntimeError("rolled back")
     assert OutboxMessage.objects.count() == 0
     assert list(EventRecord.objects.values_list("id", flat=True)) == [kept.id]
+    if connection.vendor != "postgresql":
+        return
     with connection.cursor() as cursor:
         cursor.execute("SELECT txid IS NOT NULL FROM django_events_event")
         assert cursor.fetchall() == [(True,)]
@@ -282,6 +282,7 @@ def owed_by_definition(group: str) -> int:
         return int(cursor.fetchone()[0])
 
 
+@postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_status_counts_the_open_windows_rest_the_late_committers_and_what_came_after(
     log_transport: LogTransport, other_connection: psycopg.Connection
@@ -319,6 +320,7 @@ def log_scans() -> int:
         return int(cursor.fetchone()[0])
 
 
+@postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_status_never_scans_the_whole_log_and_leaves_the_callers_settings(
     log_transport: LogTransport,

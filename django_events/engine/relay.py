@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import (
@@ -605,6 +605,8 @@ class Relay:
                 refused = {row.position for row, _, _ in bad}
                 taken = [(row, logged) for row, logged in taken if row.position not in refused]
             rows = [row for row, _ in taken]
+            if rows and self.transport.reads_log:
+                rows = _repositioned(using, rows)
             if rows:
                 cursor.executemany(
                     f"INSERT INTO {log} ({_LOG_COLUMNS}) VALUES "
@@ -691,6 +693,18 @@ class Relay:
                 max_batches=_PRUNE_BATCHES,
                 resume=self._purge_resume,
             )
+
+
+def _repositioned(using: str, rows: list[Outgoing]) -> list[Outgoing]:
+    """SQLite, for a transport whose cursors read the log: the rows with new positions,
+    drawn as ``publish()`` draws them. An outbox row keeps the position it took when it
+    was written, but ``publish()`` may have logged later events above it since, which a
+    group's cursor, a position on SQLite, has passed (docs/internals.md, "The log
+    transport on SQLite")."""
+    from ..transports.log import draw_positions
+
+    first = draw_positions(using, len(rows))
+    return [replace(row, position=first + n) for n, row in enumerate(rows)]
 
 
 QUARANTINE_GROUP = "(relay)"

@@ -8,11 +8,13 @@ Events that fail, wait behind their key (ordered subscriptions), are of a type t
 claiming worker does not handle, or were replayed or released become ordinary delivery
 rows and take the path of ``DatabaseTransport``, which this class extends. The design,
 its measurements and what each guarantee rests on: docs/internals.md, "The log
-transport". PostgreSQL only for now.
+transport". On PostgreSQL a cursor is a window of commits between two snapshots; on
+SQLite, which has one writer, a position (``SQLiteLog``).
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
@@ -90,50 +92,24 @@ def not_passed(row: str, head: str) -> str:
 
 
 def start_cursors(using: str, groups: Sequence[str]) -> None:
-    """Give each of ``groups`` that has no cursor one where the most advanced group is, in
-    its slot, or at the log's beginning if no group has one (docs/internals.md, "The log
-    transport")."""
-    if not groups:
-        return
-    connection = connections[using]
-    cursors = sql.table(connection, "GroupCursor")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {cursors} (slot, group_name, lo, hi, pos, last, created_at) "
-            "SELECT COALESCE(f.slot, 0), g, COALESCE(f.lo, '1:1:'), COALESCE(f.hi, '1:1:'), "
-            "COALESCE(f.pos, 0), COALESCE(f.last, 0), statement_timestamp() "
-            "FROM unnest(%s::text[]) AS g "
-            f"LEFT JOIN (SELECT h.slot, h.lo, h.hi, h.pos, h.last FROM {heads(cursors)} h "
-            "ORDER BY pg_snapshot_xmax(h.hi::pg_snapshot) DESC, h.pos DESC LIMIT 1) f ON TRUE "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {cursors} c WHERE c.group_name = g)",
-            [list(groups)],
-        )
+    """Give each of ``groups`` that has no cursor one where the most advanced group is, or
+    at the log's beginning if no group has one (docs/internals.md, "The log transport")."""
+    if groups:
+        log_sql(using).start_cursors(using, groups)
 
 
 def place_cursors_now(using: str, groups: Sequence[str]) -> None:
     """Give each of ``groups``, each group with a subscription and each with a cursor a new
-    cursor at this transaction's snapshot: past every event committed so far, before every
-    one committed later, whatever its position. The move from ``DatabaseTransport`` calls
-    it under the relay's lock (docs/moving.md, "Into the log transport")."""
-    connection = connections[using]
-    cursors = sql.table(connection, "GroupCursor")
-    subscriptions = sql.table(connection, "Subscription")
-    event = sql.table(connection, "EventRecord")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH top AS (SELECT COALESCE(max(position), 0) AS pos FROM {event}), "
-            "snap AS (SELECT pg_current_snapshot()::text AS s), "
-            "g AS (SELECT unnest(%s::text[]) AS name UNION SELECT "
-            f'"group" FROM {subscriptions} UNION SELECT group_name FROM {cursors}), '
-            # Any slot keeps a cursor (a rotation copies the heads of the slot it empties):
-            # the newest cursor's, where the claims write.
-            f"slot AS (SELECT COALESCE((SELECT c.slot FROM {cursors} c ORDER BY c.id DESC "
-            "LIMIT 1), 0) AS n) "
-            f"INSERT INTO {cursors} (slot, group_name, lo, hi, pos, last, created_at) "
-            "SELECT slot.n, g.name, snap.s, snap.s, top.pos, top.pos, statement_timestamp() "
-            "FROM g, snap, top, slot",
-            [list(groups)],
-        )
+    cursor past every event committed so far and before every one committed later. The
+    move from ``DatabaseTransport`` calls it in the transaction that records the cutover,
+    under the relay's lock (docs/moving.md, "Into the log transport")."""
+    log_sql(using).place_cursors_now(using, groups)
+
+
+def _execute(using: str, query: str, params: Sequence[Any]) -> Any:
+    with connections[using].cursor() as cursor:
+        cursor.execute(query, params)
+        return cursor.fetchall() if cursor.description else cursor.rowcount
 
 
 def rotate(using: str) -> bool:
@@ -213,6 +189,10 @@ class LogTransport(DatabaseTransport):
         self._rotate_at = 0.0
         self._group_turn = 0
 
+    @property
+    def _log(self) -> LogSQL:
+        return log_sql(self.database)
+
     def subscription_store(self) -> LogStore:
         if self._store is None or not isinstance(self._store, LogStore):
             self._store = LogStore(self.database)
@@ -220,13 +200,18 @@ class LogTransport(DatabaseTransport):
 
     def check(self) -> list[CheckMessage]:
         errors = super().check()
-        if self.database in connections.settings and self._connection.vendor != "postgresql":
+        if (
+            self.rotates
+            and self.database in connections.settings
+            and self._connection.vendor != "postgresql"
+        ):
             errors.append(
                 Error(
-                    f"LogTransport {self.alias!r} needs PostgreSQL (snapshot windows over the "
-                    f"log); database {self.database!r} is {self._connection.vendor}.",
-                    hint="Use django_events.transports.database.DatabaseTransport there.",
-                    id="django_events.E004",
+                    f"LogTransport {self.alias!r} sets OPTIONS['rotate'], which needs "
+                    f"PostgreSQL (partitions emptied by TRUNCATE); database {self.database!r} "
+                    f"is {self._connection.vendor}, where old cursor rows are deleted instead.",
+                    hint="Remove 'rotate' from the transport's OPTIONS.",
+                    id="django_events.E010",
                 )
             )
         return errors
@@ -271,18 +256,7 @@ class LogTransport(DatabaseTransport):
         lease of the group will hand out anyway."""
         if not events or not groups:
             return set()
-        cursors = sql.table(self._connection, "GroupCursor")
-        leases = sql.table(self._connection, "Lease")
-        _, event = self._tables()
-        rows = self._execute(
-            "WITH u AS (SELECT g, p FROM unnest(%s::text[]) AS g, unnest(%s::bigint[]) AS p) "
-            f"SELECT u.g, u.p FROM u JOIN {heads(cursors, 'c.group_name = ANY(%s)')} h "
-            f"ON h.group_name = u.g JOIN {event} l ON l.position = u.p "
-            f"WHERE {not_passed('l', 'h')} "
-            f"UNION SELECT u.g, u.p FROM u JOIN {leases} k ON k.group_name = u.g "
-            "AND u.p = ANY(k.positions)",
-            [sorted(groups), [e.position for e in events], sorted(groups)],
-        )
+        rows = self._log.owed_already(self.database, sorted(groups), [e.position for e in events])
         return {(group, int(position)) for group, position in rows}
 
     def housekeeping(self) -> None:
@@ -294,7 +268,7 @@ class LogTransport(DatabaseTransport):
             self._rotate_at = now + ROTATE_EVERY
             cursors = sql.table(self._connection, "GroupCursor")
             self._execute(
-                f"DELETE FROM {cursors} c WHERE c.id < (SELECT max(h.id) FROM {cursors} h "
+                f"DELETE FROM {cursors} AS c WHERE c.id < (SELECT max(h.id) FROM {cursors} h "
                 "WHERE h.group_name = c.group_name)",
                 [],
             )
@@ -358,9 +332,8 @@ class LogTransport(DatabaseTransport):
             # (as the relay's fan-out counts them).
             mine = sorted({t for t, g, _ in own if g == group})
             mine_ordered = sorted({t for t, g, o in own if g == group and o})
-            rows = self._execute(
-                "SELECT * FROM django_events_log_claim(%s, %s, %s, %s, %s, %s, %s, %s)",
-                [group, want, token, float(lease), handled, alone, mine, mine_ordered],
+            rows = self._log.claim(
+                self.database, group, want, token, lease, handled, alone, mine, mine_ordered
             )
             for row in rows:
                 if row[0] is None:
@@ -397,26 +370,12 @@ class LogTransport(DatabaseTransport):
         return super()._orphan(groups, lease, pairs)
 
     def _break_up_dead_leases(self) -> None:
-        """A lease whose time ran out, or whose claimer's connection is gone, becomes one
-        claimed-looking delivery row per event, with its lease, claimer and whether it was
-        claimed alone: the orphan claim then brings each back alone, and counts the death
-        as an attempt only for an event claimed alone, as for any delivery row."""
-        delivery, event = self._tables()
-        leases = sql.table(self._connection, "Lease")
-        self._execute(
-            f"WITH dead AS (DELETE FROM {leases} l WHERE l.id = ANY(ARRAY(SELECT d.id FROM "
-            f"{leases} d WHERE d.claimed_until < statement_timestamp() OR NOT EXISTS (SELECT 1 "
-            "FROM pg_stat_activity a WHERE a.pid = d.claimer) FOR UPDATE SKIP LOCKED)) "
-            "RETURNING l.*) "
-            f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, ordered, "
-            "attempts, available_at, claimed_until, claimed_alone, claimer, lease_token, parked, "
-            "last_error, created_at) SELECT e.id, d.group_name, e.type, e.position, e.key, "
-            "FALSE, 1, statement_timestamp(), d.claimed_until, d.claimed_alone, d.claimer, "
-            f"d.lease_token, FALSE, '', statement_timestamp() FROM dead d "
-            f"CROSS JOIN LATERAL unnest(d.positions) AS p(position) JOIN {event} e "
-            "ON e.position = p.position",
-            [],
-        )
+        """A lease whose time ran out, or (PostgreSQL) whose claimer's connection is gone,
+        becomes one claimed-looking delivery row per event, with its lease, claimer and
+        whether it was claimed alone: the orphan claim then brings each back alone, and
+        counts the death as an attempt only for an event claimed alone, as for any
+        delivery row."""
+        self._log.break_up_dead_leases(self.database)
 
     # -- outcomes -----------------------------------------------------------------------
 
@@ -424,37 +383,20 @@ class LogTransport(DatabaseTransport):
         rows, leased = _split(claimed)
         if rows:
             super().renew(rows, lease)
-        if not leased:
-            return
-        leases = sql.table(self._connection, "Lease")
-        # A handler's transaction holds its lease with FOR KEY SHARE (``hold``), which this
-        # lock does not wait for: the batch's other events stay leased while one is
-        # handled. A lease being acknowledged is locked FOR UPDATE: skip it.
-        self._execute(
-            f"UPDATE {leases} SET claimed_until = statement_timestamp() + make_interval(secs => "
-            f"%s) WHERE id = ANY(ARRAY(SELECT id FROM {leases} WHERE id = ANY(%s) AND "
-            "lease_token = ANY(%s) FOR NO KEY UPDATE SKIP LOCKED))",
-            [
-                float(lease),
+        if leased:
+            self._log.renew(
+                self.database,
                 sorted({c.receipt.lease for c in leased}),
                 sorted({c.receipt.token for c in leased}),
-            ],
-        )
+                lease,
+            )
 
     def hold(self, claimed: Sequence[Claimed]) -> list[Claimed]:
         rows, leased = _split(claimed)
         held = super().hold(rows) if rows else []
         if not leased:
             return held
-        leases = sql.table(self._connection, "Lease")
-        # FOR KEY SHARE: no break-up (a delete) takes the lease from under the handler,
-        # and the heartbeat's renewal (an update of ``claimed_until``) is not held back,
-        # since one lease row keeps the whole batch (docs/internals.md, "The log transport").
-        found = self._execute(
-            f"SELECT id, lease_token, positions FROM {leases} WHERE id = ANY(%s) "
-            "ORDER BY id FOR KEY SHARE",
-            [sorted({c.receipt.lease for c in leased})],
-        )
+        found = self._log.hold(self.database, sorted({c.receipt.lease for c in leased}))
         holding = {(i, p, t) for i, t, positions in found for p in positions}
         return held + [c for c in leased if tuple(c.receipt) in holding]
 
@@ -471,27 +413,7 @@ class LogTransport(DatabaseTransport):
         those whose lease still held them."""
         if not leased:
             return []
-        leases = sql.table(self._connection, "Lease")
-        rows = self._execute(
-            "WITH a AS (SELECT u.id, u.token, array_agg(u.position) AS ps FROM "
-            "unnest(%s::bigint[], %s::text[], %s::bigint[]) AS u(id, token, position) "
-            "GROUP BY u.id, u.token), "
-            f"old AS (SELECT l.id, l.positions FROM {leases} l JOIN a ON a.id = l.id "
-            "AND a.token = l.lease_token FOR UPDATE OF l), "
-            f"gone AS (DELETE FROM {leases} l USING old, a WHERE l.id = old.id AND a.id = old.id "
-            "AND old.positions <@ a.ps), "
-            f"kept AS (UPDATE {leases} l SET positions = ARRAY(SELECT p FROM "
-            "unnest(old.positions) AS p WHERE p <> ALL(a.ps) ORDER BY p) FROM old, a "
-            "WHERE l.id = old.id AND a.id = old.id AND NOT old.positions <@ a.ps) "
-            "SELECT old.id, p FROM old JOIN a ON a.id = old.id CROSS JOIN LATERAL "
-            "unnest(old.positions) AS p WHERE p = ANY(a.ps)",
-            [
-                [c.receipt.lease for c in leased],
-                [c.receipt.token for c in leased],
-                [c.receipt.position for c in leased],
-            ],
-        )
-        held = {(lease_id, position) for lease_id, position in rows}
+        held = self._log.trim(self.database, [tuple(c.receipt) for c in leased])
         return [c for c in leased if (c.receipt.lease, c.receipt.position) in held]
 
     def _return(
@@ -499,27 +421,16 @@ class LogTransport(DatabaseTransport):
     ) -> list[Claimed]:
         """Move events out of their leases into delivery rows, due in ``delay`` seconds:
         a retry (``counted``: the attempt stays counted) or a release (given back)."""
-        delivery, event = self._tables()
         with transaction.atomic(using=self.database):
             held = self._trim(leased)
             if not held:
                 return []
-            attempts = [c.attempt if counted else max(c.attempt - 1, 0) for c in held]
-            failed = "statement_timestamp()" if counted else "NULL"
-            self._execute(
-                f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, "
-                "ordered, attempts, available_at, claimed_alone, parked, last_error, "
-                "first_failed_at, created_at) SELECT e.id, u.g, e.type, e.position, e.key, "
-                "FALSE, u.a, statement_timestamp() + make_interval(secs => %s), FALSE, FALSE, "
-                f"%s, {failed}, statement_timestamp() FROM unnest(%s::bigint[], %s::text[], "
-                f"%s::integer[]) AS u(p, g, a) JOIN {event} e ON e.position = u.p",
-                [
-                    float(delay),
-                    error[:2000],
-                    [c.receipt.position for c in held],
-                    [c.group for c in held],
-                    attempts,
-                ],
+            returned = [
+                (c.receipt.position, c.group, c.attempt if counted else max(c.attempt - 1, 0))
+                for c in held
+            ]
+            self._log.to_deliveries(
+                self.database, returned, delay=delay, error=error[:2000], counted=counted
             )
         self._floor_may_be_passed()
         return held
@@ -545,28 +456,6 @@ class LogTransport(DatabaseTransport):
 
     # -- what the admin and ``events_status`` see ---------------------------------------
 
-    def _owed(self, head: str) -> str:
-        """SQL: a one-row table, ``n`` and ``oldest`` (``recorded_at``), of the log rows of
-        its group's types the cursor ``head`` has not passed (``not_passed``), in the
-        claim's three index walks: the rest of the open window, by position up to its
-        ``last``; what committed after ``hi``, through the txid index (the xids begun
-        since ``hi``, and those running at ``hi``)."""
-        subscriptions = sql.table(self._connection, "Subscription")
-        _, event = self._tables()
-        hi, lo = f"{head}.hi::pg_snapshot", f"{head}.lo::pg_snapshot"
-        return (
-            "(SELECT count(*) AS n, min(w.recorded_at) AS oldest FROM ("
-            f"SELECT l.type, l.recorded_at FROM {event} l WHERE l.position > {head}.pos "
-            f"AND l.position <= {head}.last AND pg_visible_in_snapshot(l.txid, {hi}) "
-            f"AND NOT pg_visible_in_snapshot(l.txid, {lo}) "
-            f"UNION ALL SELECT l.type, l.recorded_at FROM {event} l "
-            f"WHERE l.txid >= pg_snapshot_xmax({hi}) "
-            f"UNION ALL SELECT l.type, l.recorded_at FROM {event} l "
-            f"WHERE l.txid = ANY(ARRAY(SELECT pg_snapshot_xip({hi})))"
-            f') w WHERE w.type IN (SELECT s.event_type FROM {subscriptions} s WHERE s."group" '
-            f"= {head}.group_name))"
-        )
-
     def status(self, groups: Sequence[str]) -> dict[str, GroupStatus]:
         """Delivery rows as for ``DatabaseTransport``, plus, for the groups asked only, the
         log's events past each one's cursor (pending) and its leases (in flight), found
@@ -574,18 +463,7 @@ class LogTransport(DatabaseTransport):
         chart sample, once a minute, stalled it for seconds: docs/internals.md, "The log
         transport", status)."""
         found = super().status(groups)
-        cursors = sql.table(self._connection, "GroupCursor")
-        leases = sql.table(self._connection, "Lease")
-        with index_scans_only(self.database):
-            rows = self._execute(
-                f"SELECT h.group_name, o.n, extract(epoch FROM statement_timestamp() - "
-                f"o.oldest), (SELECT COALESCE(sum(cardinality(k.positions)), 0) FROM {leases} "
-                "k WHERE k.group_name = h.group_name AND k.claimed_until >= "
-                f"statement_timestamp()) FROM {heads(cursors, 'c.group_name = ANY(%s)')} h "
-                f"CROSS JOIN LATERAL {self._owed('h')} o",
-                [list(groups)],
-            )
-        for group, pending, age, in_flight in rows:
+        for group, pending, age, in_flight in self._log.status(self.database, groups):
             was = found.get(group, GroupStatus())
             oldest = was.oldest_pending_age_s
             if age is not None:
@@ -608,3 +486,642 @@ def _split(claimed: Sequence[Claimed]) -> tuple[list[Claimed], list[Claimed]]:
     for item in claimed:
         (leased if isinstance(item.receipt, LeaseReceipt) else rows).append(item)
     return rows, leased
+
+
+class LogSQL:
+    """The log transport's statements that differ between databases: one class per
+    database, chosen once per alias by ``log_sql(using)``, as the engine's dialects are
+    (docs/internals.md, "One class per database"). A receipt is ``(lease, position,
+    token)``; a claim returns rows shaped as the PostgreSQL claim function's: the lease
+    id (``None`` for an event diverted to a delivery row), the position, then the event's
+    stored fields (``DatabaseTransport._claimed``'s order)."""
+
+    def start_cursors(self, using: str, groups: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def place_cursors_now(self, using: str, groups: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def claim(
+        self,
+        using: str,
+        group: str,
+        want: int,
+        token: str,
+        lease: float,
+        handled: list[str] | None,
+        alone: bool,
+        mine: list[str],
+        mine_ordered: list[str],
+    ) -> list[Sequence[Any]]:
+        raise NotImplementedError
+
+    def break_up_dead_leases(self, using: str) -> None:
+        raise NotImplementedError
+
+    def renew(self, using: str, leases: list[int], tokens: list[str], lease: float) -> None:
+        raise NotImplementedError
+
+    def hold(self, using: str, leases: list[int]) -> list[tuple[int, str, list[int]]]:
+        """Each of ``leases`` still there, as ``(id, token, positions)``, kept from a
+        break-up until the caller's transaction ends."""
+        raise NotImplementedError
+
+    def trim(self, using: str, receipts: list[tuple[int, int, str]]) -> set[tuple[int, int]]:
+        """Take the receipts' positions out of their leases (one left empty is deleted);
+        return the ``(lease, position)`` pairs whose lease still held them."""
+        raise NotImplementedError
+
+    def to_deliveries(
+        self,
+        using: str,
+        returned: list[tuple[int, str, int]],
+        *,
+        delay: float,
+        error: str,
+        counted: bool,
+    ) -> None:
+        """One delivery row per ``(position, group, attempts)``, due in ``delay`` seconds."""
+        raise NotImplementedError
+
+    def status(self, using: str, groups: Sequence[str]) -> list[Sequence[Any]]:
+        """Per group of ``groups`` with a cursor: its events past the cursor, the oldest
+        one's age in seconds, and the events in its live leases."""
+        raise NotImplementedError
+
+    def unread(self, connection: Any) -> str:
+        """A condition on the log row ``t``: no lease holds it and no group's cursor still
+        owes it (retention's guard)."""
+        raise NotImplementedError
+
+    def owed_already(
+        self, using: str, groups: list[str], positions: list[int]
+    ) -> list[Sequence[Any]]:
+        """The ``(group, position)`` pairs of ``groups`` and ``positions`` that the
+        group's cursor has not passed or one of its leases holds."""
+        raise NotImplementedError
+
+
+class PostgreSQLLog(LogSQL):
+    """Cursors over windows of commits, the claim in the PL/pgSQL function
+    ``django_events_log_claim`` (migration 0015): positions are drawn before commit, so
+    commit order is not position order here."""
+
+    def start_cursors(self, using: str, groups: Sequence[str]) -> None:
+        cursors = sql.table(connections[using], "GroupCursor")
+        _execute(
+            using,
+            f"INSERT INTO {cursors} (slot, group_name, lo, hi, pos, last, created_at) "
+            "SELECT COALESCE(f.slot, 0), g, COALESCE(f.lo, '1:1:'), COALESCE(f.hi, '1:1:'), "
+            "COALESCE(f.pos, 0), COALESCE(f.last, 0), statement_timestamp() "
+            "FROM unnest(%s::text[]) AS g "
+            f"LEFT JOIN (SELECT h.slot, h.lo, h.hi, h.pos, h.last FROM {heads(cursors)} h "
+            "ORDER BY pg_snapshot_xmax(h.hi::pg_snapshot) DESC, h.pos DESC LIMIT 1) f ON TRUE "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {cursors} c WHERE c.group_name = g)",
+            [list(groups)],
+        )
+
+    def place_cursors_now(self, using: str, groups: Sequence[str]) -> None:
+        connection = connections[using]
+        cursors = sql.table(connection, "GroupCursor")
+        subscriptions = sql.table(connection, "Subscription")
+        event = sql.table(connection, "EventRecord")
+        # At this transaction's snapshot: past every event committed so far, before every
+        # one committed later, whatever its position.
+        _execute(
+            using,
+            f"WITH top AS (SELECT COALESCE(max(position), 0) AS pos FROM {event}), "
+            "snap AS (SELECT pg_current_snapshot()::text AS s), "
+            "g AS (SELECT unnest(%s::text[]) AS name UNION SELECT "
+            f'"group" FROM {subscriptions} UNION SELECT group_name FROM {cursors}), '
+            # Any slot keeps a cursor (a rotation copies the heads of the slot it empties):
+            # the newest cursor's, where the claims write.
+            f"slot AS (SELECT COALESCE((SELECT c.slot FROM {cursors} c ORDER BY c.id DESC "
+            "LIMIT 1), 0) AS n) "
+            f"INSERT INTO {cursors} (slot, group_name, lo, hi, pos, last, created_at) "
+            "SELECT slot.n, g.name, snap.s, snap.s, top.pos, top.pos, statement_timestamp() "
+            "FROM g, snap, top, slot",
+            [list(groups)],
+        )
+
+    def claim(
+        self,
+        using: str,
+        group: str,
+        want: int,
+        token: str,
+        lease: float,
+        handled: list[str] | None,
+        alone: bool,
+        mine: list[str],
+        mine_ordered: list[str],
+    ) -> list[Sequence[Any]]:
+        return _execute(
+            using,
+            "SELECT * FROM django_events_log_claim(%s, %s, %s, %s, %s, %s, %s, %s)",
+            [group, want, token, float(lease), handled, alone, mine, mine_ordered],
+        )
+
+    def break_up_dead_leases(self, using: str) -> None:
+        connection = connections[using]
+        delivery = sql.table(connection, "Delivery")
+        event = sql.table(connection, "EventRecord")
+        leases = sql.table(connection, "Lease")
+        _execute(
+            using,
+            f"WITH dead AS (DELETE FROM {leases} l WHERE l.id = ANY(ARRAY(SELECT d.id FROM "
+            f"{leases} d WHERE d.claimed_until < statement_timestamp() OR NOT EXISTS (SELECT 1 "
+            "FROM pg_stat_activity a WHERE a.pid = d.claimer) FOR UPDATE SKIP LOCKED)) "
+            "RETURNING l.*) "
+            f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, ordered, "
+            "attempts, available_at, claimed_until, claimed_alone, claimer, lease_token, parked, "
+            "last_error, created_at) SELECT e.id, d.group_name, e.type, e.position, e.key, "
+            "FALSE, 1, statement_timestamp(), d.claimed_until, d.claimed_alone, d.claimer, "
+            f"d.lease_token, FALSE, '', statement_timestamp() FROM dead d "
+            f"CROSS JOIN LATERAL unnest(d.positions) AS p(position) JOIN {event} e "
+            "ON e.position = p.position",
+            [],
+        )
+
+    def renew(self, using: str, leases: list[int], tokens: list[str], lease: float) -> None:
+        table = sql.table(connections[using], "Lease")
+        # A handler's transaction holds its lease with FOR KEY SHARE (``hold``), which this
+        # lock does not wait for: the batch's other events stay leased while one is
+        # handled. A lease being acknowledged is locked FOR UPDATE: skip it.
+        _execute(
+            using,
+            f"UPDATE {table} SET claimed_until = statement_timestamp() + make_interval(secs => "
+            f"%s) WHERE id = ANY(ARRAY(SELECT id FROM {table} WHERE id = ANY(%s) AND "
+            "lease_token = ANY(%s) FOR NO KEY UPDATE SKIP LOCKED))",
+            [float(lease), leases, tokens],
+        )
+
+    def hold(self, using: str, leases: list[int]) -> list[tuple[int, str, list[int]]]:
+        table = sql.table(connections[using], "Lease")
+        # FOR KEY SHARE: no break-up (a delete) takes the lease from under the handler,
+        # and the heartbeat's renewal (an update of ``claimed_until``) is not held back,
+        # since one lease row keeps the whole batch (docs/internals.md, "The log transport").
+        return _execute(
+            using,
+            f"SELECT id, lease_token, positions FROM {table} WHERE id = ANY(%s) "
+            "ORDER BY id FOR KEY SHARE",
+            [leases],
+        )
+
+    def trim(self, using: str, receipts: list[tuple[int, int, str]]) -> set[tuple[int, int]]:
+        table = sql.table(connections[using], "Lease")
+        rows = _execute(
+            using,
+            "WITH a AS (SELECT u.id, u.token, array_agg(u.position) AS ps FROM "
+            "unnest(%s::bigint[], %s::text[], %s::bigint[]) AS u(id, token, position) "
+            "GROUP BY u.id, u.token), "
+            f"old AS (SELECT l.id, l.positions FROM {table} l JOIN a ON a.id = l.id "
+            "AND a.token = l.lease_token FOR UPDATE OF l), "
+            f"gone AS (DELETE FROM {table} l USING old, a WHERE l.id = old.id AND a.id = old.id "
+            "AND old.positions <@ a.ps), "
+            f"kept AS (UPDATE {table} l SET positions = ARRAY(SELECT p FROM "
+            "unnest(old.positions) AS p WHERE p <> ALL(a.ps) ORDER BY p) FROM old, a "
+            "WHERE l.id = old.id AND a.id = old.id AND NOT old.positions <@ a.ps) "
+            "SELECT old.id, p FROM old JOIN a ON a.id = old.id CROSS JOIN LATERAL "
+            "unnest(old.positions) AS p WHERE p = ANY(a.ps)",
+            [[r[0] for r in receipts], [r[2] for r in receipts], [r[1] for r in receipts]],
+        )
+        return {(lease_id, position) for lease_id, position in rows}
+
+    def to_deliveries(
+        self,
+        using: str,
+        returned: list[tuple[int, str, int]],
+        *,
+        delay: float,
+        error: str,
+        counted: bool,
+    ) -> None:
+        connection = connections[using]
+        delivery = sql.table(connection, "Delivery")
+        event = sql.table(connection, "EventRecord")
+        failed = "statement_timestamp()" if counted else "NULL"
+        _execute(
+            using,
+            f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, "
+            "ordered, attempts, available_at, claimed_alone, parked, last_error, "
+            "first_failed_at, created_at) SELECT e.id, u.g, e.type, e.position, e.key, "
+            "FALSE, u.a, statement_timestamp() + make_interval(secs => %s), FALSE, FALSE, "
+            f"%s, {failed}, statement_timestamp() FROM unnest(%s::bigint[], %s::text[], "
+            f"%s::integer[]) AS u(p, g, a) JOIN {event} e ON e.position = u.p",
+            [float(delay), error, *(list(column) for column in zip(*returned, strict=True))],
+        )
+
+    def status(self, using: str, groups: Sequence[str]) -> list[Sequence[Any]]:
+        # Index scans only, never the whole log: a worker's chart sample, once a minute,
+        # stalled it for seconds (docs/internals.md, "The log transport", status).
+        connection = connections[using]
+        cursors = sql.table(connection, "GroupCursor")
+        leases = sql.table(connection, "Lease")
+        with index_scans_only(using):
+            return _execute(
+                using,
+                f"SELECT h.group_name, o.n, extract(epoch FROM statement_timestamp() - "
+                f"o.oldest), (SELECT COALESCE(sum(cardinality(k.positions)), 0) FROM {leases} "
+                "k WHERE k.group_name = h.group_name AND k.claimed_until >= "
+                f"statement_timestamp()) FROM {heads(cursors, 'c.group_name = ANY(%s)')} h "
+                f"CROSS JOIN LATERAL {self._owed(connection, 'h')} o",
+                [list(groups)],
+            )
+
+    def _owed(self, connection: Any, head: str) -> str:
+        """SQL: a one-row table, ``n`` and ``oldest`` (``recorded_at``), of the log rows of
+        its group's types the cursor ``head`` has not passed (``not_passed``), in the
+        claim's three index walks: the rest of the open window, by position up to its
+        ``last``; what committed after ``hi``, through the txid index (the xids begun
+        since ``hi``, and those running at ``hi``)."""
+        subscriptions = sql.table(connection, "Subscription")
+        event = sql.table(connection, "EventRecord")
+        hi, lo = f"{head}.hi::pg_snapshot", f"{head}.lo::pg_snapshot"
+        return (
+            "(SELECT count(*) AS n, min(w.recorded_at) AS oldest FROM ("
+            f"SELECT l.type, l.recorded_at FROM {event} l WHERE l.position > {head}.pos "
+            f"AND l.position <= {head}.last AND pg_visible_in_snapshot(l.txid, {hi}) "
+            f"AND NOT pg_visible_in_snapshot(l.txid, {lo}) "
+            f"UNION ALL SELECT l.type, l.recorded_at FROM {event} l "
+            f"WHERE l.txid >= pg_snapshot_xmax({hi}) "
+            f"UNION ALL SELECT l.type, l.recorded_at FROM {event} l "
+            f"WHERE l.txid = ANY(ARRAY(SELECT pg_snapshot_xip({hi})))"
+            f') w WHERE w.type IN (SELECT s.event_type FROM {subscriptions} s WHERE s."group" '
+            f"= {head}.group_name))"
+        )
+
+    def owed_already(
+        self, using: str, groups: list[str], positions: list[int]
+    ) -> list[Sequence[Any]]:
+        connection = connections[using]
+        cursors = sql.table(connection, "GroupCursor")
+        leases = sql.table(connection, "Lease")
+        event = sql.table(connection, "EventRecord")
+        return _execute(
+            using,
+            "WITH u AS (SELECT g, p FROM unnest(%s::text[]) AS g, unnest(%s::bigint[]) AS p) "
+            f"SELECT u.g, u.p FROM u JOIN {heads(cursors, 'c.group_name = ANY(%s)')} h "
+            f"ON h.group_name = u.g JOIN {event} l ON l.position = u.p "
+            f"WHERE {not_passed('l', 'h')} "
+            f"UNION SELECT u.g, u.p FROM u JOIN {leases} k ON k.group_name = u.g "
+            "AND u.p = ANY(k.positions)",
+            [groups, positions, groups],
+        )
+
+    def unread(self, connection: Any) -> str:
+        leases = sql.table(connection, "Lease")
+        cursors = sql.table(connection, "GroupCursor")
+        subscriptions = sql.table(connection, "Subscription")
+        group = connection.ops.quote_name("group")
+        return (
+            f" AND NOT EXISTS (SELECT 1 FROM {leases} k WHERE t.position = ANY(k.positions))"
+            f" AND NOT EXISTS (SELECT 1 FROM {heads(cursors)} h WHERE t.type IN (SELECT "
+            f"s.event_type FROM {subscriptions} s WHERE s.{group} = h.group_name) AND "
+            f"{not_passed('t', 'h')})"
+        )
+
+
+class SQLiteLog(LogSQL):
+    """One writer at a time, which holds the write lock from its first write to its
+    commit: log rows take their positions from one counter under that lock
+    (``draw_positions``), so they become visible in position order, and a cursor is a
+    position. Each claim starts with a write, so it holds the lock before it reads its
+    group's cursor (docs/internals.md, "The log transport on SQLite"). Lists travel as
+    JSON text, read by ``json_each``, as PostgreSQL's travel as arrays."""
+
+    def _top(self, event: str) -> str:
+        """SQL: the highest position drawn so far (committed: one writer)."""
+        return (
+            "max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = %s), 0), "
+            f"COALESCE((SELECT max(position) FROM {event}), 0))"
+        )
+
+    def start_cursors(self, using: str, groups: Sequence[str]) -> None:
+        cursors = sql.table(connections[using], "GroupCursor")
+        now = sql.dialect(using).now()
+        # A group's position never goes back: the highest is the most advanced group's.
+        furthest = f"COALESCE((SELECT max(f.pos) FROM {cursors} f), 0)"
+        _execute(
+            using,
+            f"INSERT INTO {cursors} (slot, group_name, lo, hi, pos, last, created_at) "
+            f"SELECT 0, g.value, '', '', {furthest}, {furthest}, {now} FROM json_each(%s) g "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {cursors} c WHERE c.group_name = g.value)",
+            [json.dumps(list(groups))],
+        )
+
+    def place_cursors_now(self, using: str, groups: Sequence[str]) -> None:
+        connection = connections[using]
+        cursors = sql.table(connection, "GroupCursor")
+        subscriptions = sql.table(connection, "Subscription")
+        event = sql.table(connection, "EventRecord")
+        now = sql.dialect(using).now()
+        top = self._top(event)
+        _execute(
+            using,
+            f"INSERT INTO {cursors} (slot, group_name, lo, hi, pos, last, created_at) "
+            f"SELECT 0, g.name, '', '', {top}, {top}, {now} FROM (SELECT value AS name FROM "
+            f'json_each(%s) UNION SELECT "group" FROM {subscriptions} UNION SELECT group_name '
+            f"FROM {cursors}) g",
+            [_COUNTER, _COUNTER, json.dumps(list(groups))],
+        )
+
+    def claim(
+        self,
+        using: str,
+        group: str,
+        want: int,
+        token: str,
+        lease: float,
+        handled: list[str] | None,
+        alone: bool,
+        mine: list[str],
+        mine_ordered: list[str],
+    ) -> list[Sequence[Any]]:
+        connection = connections[using]
+        dialect = sql.dialect(using)
+        cursors = sql.table(connection, "GroupCursor")
+        subscriptions = sql.table(connection, "Subscription")
+        event = sql.table(connection, "EventRecord")
+        delivery = sql.table(connection, "Delivery")
+        leases = sql.table(connection, "Lease")
+        now = dialect.now()
+        with transaction.atomic(using=using):
+            # A write first (the group's first cursor, if it has none): from here to the
+            # commit this claim holds the lock, so no other claim of the group reads the
+            # cursor it is about to move.
+            self.start_cursors(using, [group])
+            ((pos,),) = _execute(
+                using,
+                f"SELECT pos FROM {cursors} WHERE group_name = %s ORDER BY id DESC LIMIT 1",
+                [group],
+            )
+            # What the group subscribes to: every service's declarations, and the claiming
+            # deployment's own handlers, declared by its code even before they are stored.
+            stored = _execute(
+                using,
+                f'SELECT event_type, ordered FROM {subscriptions} WHERE "group" = %s',
+                [group],
+            )
+            in_order: dict[str, bool] = {}
+            for event_type, ordered in [*stored, *((t, t in mine_ordered) for t in mine)]:
+                in_order[event_type] = in_order.get(event_type, False) or bool(ordered)
+            if not in_order:
+                return []
+            # ``+type``: the position index, walked from the cursor, never the type index.
+            picked = _execute(
+                using,
+                f"SELECT position, type FROM {event} WHERE position > %s AND +type IN "
+                "(SELECT value FROM json_each(%s)) ORDER BY position LIMIT %s",
+                [pos, json.dumps(sorted(in_order)), want],
+            )
+            if not picked:
+                return []  # nothing new: nothing written
+            _execute(
+                using,
+                f"INSERT INTO {cursors} (slot, group_name, lo, hi, pos, last, created_at) "
+                f"VALUES (0, %s, '', '', %s, %s, {now})",
+                [group, picked[-1][0], picked[-1][0]],
+            )
+            # Ordered types, and types the claiming worker does not handle, become delivery
+            # rows: key order is kept there, and another worker takes what this one cannot.
+            diverted = {
+                position: event_type
+                for position, event_type in picked
+                if in_order[event_type] or (handled is not None and event_type not in handled)
+            }
+            if diverted:
+                ordered_types = sorted(t for t, ordered in in_order.items() if ordered)
+                _execute(
+                    using,
+                    f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, "
+                    "ordered, attempts, available_at, claimed_alone, parked, last_error, "
+                    "created_at) SELECT l.id, %s, l.type, l.position, l.key, l.type IN (SELECT "
+                    "value FROM json_each(%s)) AND l.key IS NOT NULL, 0, "
+                    f"{now}, FALSE, FALSE, '', {now} FROM {event} l WHERE l.position IN "
+                    "(SELECT value FROM json_each(%s))",
+                    [group, json.dumps(ordered_types), json.dumps(sorted(diverted))],
+                )
+            taken = [position for position, _ in picked if position not in diverted]
+            leased: list[Sequence[Any]] = []
+            if taken:
+                ((lease_id,),) = _execute(
+                    using,
+                    f"INSERT INTO {leases} (slot, group_name, positions, claimed_alone, "
+                    f"claimed_until, claimer, lease_token) VALUES (0, %s, %s, %s, "
+                    f"{dialect.now_plus()}, NULL, %s) RETURNING id",
+                    [group, json.dumps(taken), alone, dialect.seconds(lease), token],
+                )
+                leased = [
+                    (lease_id, *row)
+                    for row in _execute(
+                        using,
+                        "SELECT position, id, type, version, key, data, metadata, "
+                        f"{dialect.as_text('occurred_at')}, source, correlation_id, "
+                        f"causation_id FROM {event} WHERE position IN (SELECT value FROM "
+                        "json_each(%s)) ORDER BY position",
+                        [json.dumps(taken)],
+                    )
+                ]
+        others = [(None, p, None, t, *(None,) * 8) for p, t in sorted(diverted.items())]
+        return sorted([*leased, *others], key=lambda row: row[1])
+
+    def break_up_dead_leases(self, using: str) -> None:
+        # No backend to look up: a lease is dead when its time has run out.
+        connection = connections[using]
+        dialect = sql.dialect(using)
+        delivery = sql.table(connection, "Delivery")
+        event = sql.table(connection, "EventRecord")
+        leases = sql.table(connection, "Lease")
+        now = dialect.now()
+        with transaction.atomic(using=using):
+            dead = _execute(
+                using,
+                f"DELETE FROM {leases} WHERE claimed_until < {now} RETURNING group_name, "
+                "positions, claimed_until, claimed_alone, claimer, lease_token",
+                [],
+            )
+            for group, positions, until, alone, claimer, token in dead:
+                _execute(
+                    using,
+                    f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, "
+                    "ordered, attempts, available_at, claimed_until, claimed_alone, claimer, "
+                    "lease_token, parked, last_error, created_at) SELECT e.id, %s, e.type, "
+                    f"e.position, e.key, FALSE, 1, {now}, %s, %s, %s, %s, FALSE, '', {now} "
+                    f"FROM {event} e WHERE e.position IN (SELECT value FROM json_each(%s))",
+                    [group, until, alone, claimer, token, positions],
+                )
+
+    def renew(self, using: str, leases: list[int], tokens: list[str], lease: float) -> None:
+        dialect = sql.dialect(using)
+        table = sql.table(connections[using], "Lease")
+        _execute(
+            using,
+            f"UPDATE {table} SET claimed_until = {dialect.now_plus()} WHERE id IN (SELECT "
+            "value FROM json_each(%s)) AND lease_token IN (SELECT value FROM json_each(%s))",
+            [dialect.seconds(lease), json.dumps(leases), json.dumps(tokens)],
+        )
+
+    def hold(self, using: str, leases: list[int]) -> list[tuple[int, str, list[int]]]:
+        # Nothing to lock: a break-up writes, and waits for the handler's commit.
+        table = sql.table(connections[using], "Lease")
+        rows = _execute(
+            using,
+            f"SELECT id, lease_token, positions FROM {table} WHERE id IN (SELECT value FROM "
+            "json_each(%s)) ORDER BY id",
+            [json.dumps(leases)],
+        )
+        return [(i, token, json.loads(positions)) for i, token, positions in rows]
+
+    def trim(self, using: str, receipts: list[tuple[int, int, str]]) -> set[tuple[int, int]]:
+        table = sql.table(connections[using], "Lease")
+        acked: dict[tuple[int, str], set[int]] = {}
+        for lease_id, position, token in receipts:
+            acked.setdefault((lease_id, token), set()).add(position)
+        held: set[tuple[int, int]] = set()
+        with transaction.atomic(using=using):
+            # Read by a write that changes nothing, so the lock is held from the read on.
+            rows = _execute(
+                using,
+                f"UPDATE {table} SET positions = positions WHERE id IN (SELECT value FROM "
+                "json_each(%s)) RETURNING id, lease_token, positions",
+                [json.dumps(sorted({lease_id for lease_id, _ in acked}))],
+            )
+            for lease_id, token, positions in rows:
+                gone = acked.get((lease_id, token), set())
+                old = json.loads(positions)
+                left = [p for p in old if p not in gone]
+                if len(left) == len(old):
+                    continue
+                held |= {(lease_id, p) for p in old if p in gone}
+                if left:
+                    _execute(
+                        using,
+                        f"UPDATE {table} SET positions = %s WHERE id = %s",
+                        [json.dumps(left), lease_id],
+                    )
+                else:
+                    _execute(using, f"DELETE FROM {table} WHERE id = %s", [lease_id])
+        return held
+
+    def to_deliveries(
+        self,
+        using: str,
+        returned: list[tuple[int, str, int]],
+        *,
+        delay: float,
+        error: str,
+        counted: bool,
+    ) -> None:
+        connection = connections[using]
+        dialect = sql.dialect(using)
+        delivery = sql.table(connection, "Delivery")
+        event = sql.table(connection, "EventRecord")
+        now = dialect.now()
+        failed = now if counted else "NULL"
+        _execute(
+            using,
+            f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, "
+            "ordered, attempts, available_at, claimed_alone, parked, last_error, "
+            "first_failed_at, created_at) SELECT e.id, json_extract(u.value, '$[1]'), e.type, "
+            "e.position, e.key, FALSE, json_extract(u.value, '$[2]'), "
+            f"{dialect.now_plus()}, FALSE, FALSE, %s, {failed}, {now} FROM json_each(%s) u "
+            f"JOIN {event} e ON e.position = json_extract(u.value, '$[0]')",
+            [dialect.seconds(delay), error, json.dumps(returned)],
+        )
+
+    def status(self, using: str, groups: Sequence[str]) -> list[Sequence[Any]]:
+        connection = connections[using]
+        dialect = sql.dialect(using)
+        cursors = sql.table(connection, "GroupCursor")
+        leases = sql.table(connection, "Lease")
+        subscriptions = sql.table(connection, "Subscription")
+        event = sql.table(connection, "EventRecord")
+        past = (
+            f"FROM {event} l WHERE l.position > h.pos AND l.type IN (SELECT s.event_type "
+            f'FROM {subscriptions} s WHERE s."group" = h.group_name)'
+        )
+        return _execute(
+            using,
+            f"SELECT h.group_name, (SELECT count(*) {past}), (SELECT "
+            f"{dialect.age_seconds('min(l.recorded_at)')} {past}), (SELECT "
+            f"COALESCE(sum(json_array_length(k.positions)), 0) FROM {leases} k WHERE "
+            f"k.group_name = h.group_name AND k.claimed_until >= {dialect.now()}) FROM "
+            f"{_sqlite_heads(cursors, 'c.group_name IN (SELECT value FROM json_each(%s))')} h",
+            [json.dumps(list(groups))],
+        )
+
+    def owed_already(
+        self, using: str, groups: list[str], positions: list[int]
+    ) -> list[Sequence[Any]]:
+        connection = connections[using]
+        cursors = sql.table(connection, "GroupCursor")
+        leases = sql.table(connection, "Lease")
+        return _execute(
+            using,
+            "WITH u AS (SELECT g.value AS g, p.value AS p FROM json_each(%s) g, json_each(%s) p) "
+            f"SELECT u.g, u.p FROM u JOIN {_sqlite_heads(cursors)} h ON h.group_name = u.g "
+            f"WHERE u.p > h.pos UNION SELECT u.g, u.p FROM u JOIN {leases} k "
+            "ON k.group_name = u.g JOIN json_each(k.positions) q ON q.value = u.p",
+            [json.dumps(groups), json.dumps(positions)],
+        )
+
+    def unread(self, connection: Any) -> str:
+        leases = sql.table(connection, "Lease")
+        cursors = sql.table(connection, "GroupCursor")
+        subscriptions = sql.table(connection, "Subscription")
+        group = connection.ops.quote_name("group")
+        return (
+            f" AND NOT EXISTS (SELECT 1 FROM {leases} k, json_each(k.positions) p "
+            "WHERE p.value = t.position)"
+            f" AND NOT EXISTS (SELECT 1 FROM {_sqlite_heads(cursors)} h WHERE t.position > "
+            f"h.pos AND t.type IN (SELECT s.event_type FROM {subscriptions} s WHERE "
+            f"s.{group} = h.group_name))"
+        )
+
+
+_COUNTER = "django_events_outbox"
+"""The ``sqlite_sequence`` row whose counter log positions are drawn from on SQLite: the
+outbox's, as PostgreSQL draws them from the outbox's sequence."""
+
+
+def draw_positions(using: str, count: int) -> int:
+    """On SQLite: take ``count`` new positions for log rows about to be inserted in this
+    transaction; returns the first. The counter is the outbox's ``AUTOINCREMENT``
+    row in ``sqlite_sequence``, so an outbox row never takes a logged position, and,
+    unlike the log's highest position, it never goes back when retention deletes the
+    newest events. The statement writes, so the lock is held from here to the
+    commit: a later writer's positions are higher, and no claim runs in between."""
+    event = sql.table(connections[using], "EventRecord")
+    top = f"max(seq, COALESCE((SELECT max(position) FROM {event}), 0)) + %s"
+    rows = _execute(
+        using,
+        f"UPDATE sqlite_sequence SET seq = {top} WHERE name = %s RETURNING seq",
+        [count, _COUNTER],
+    )
+    if not rows:  # no outbox row was ever inserted
+        rows = _execute(
+            using,
+            "INSERT INTO sqlite_sequence (name, seq) SELECT %s, "
+            f"COALESCE((SELECT max(position) FROM {event}), 0) + %s RETURNING seq",
+            [_COUNTER, count],
+        )
+    return int(rows[0][0]) - count + 1
+
+
+def _sqlite_heads(cursors: str, where: str = "") -> str:
+    """SQL (SQLite): each group's newest cursor row, optionally only those ``where``
+    allows (on the rows ``c``)."""
+    where = f" WHERE {where}" if where else ""
+    return (
+        f"(SELECT * FROM {cursors} WHERE id IN (SELECT max(c.id) FROM {cursors} c{where} "
+        "GROUP BY c.group_name))"
+    )
+
+
+LOG_SQL: dict[str, LogSQL] = {"postgresql": PostgreSQLLog(), "sqlite": SQLiteLog()}
+
+
+def log_sql(using: str) -> LogSQL:
+    """The log transport's statements for database ``using``."""
+    return LOG_SQL[sql.dialect(using).vendor]
