@@ -331,6 +331,10 @@ class Switch(Transport):
         return not self.moving and self._current().to.acks_in_transaction
 
     @property
+    def ack_locks_batch(self) -> bool:  # type: ignore[override]
+        return self._current().to.ack_locks_batch
+
+    @property
     def waits_for_work(self) -> bool:  # type: ignore[override]
         return not self.moving and self._current().to.waits_for_work
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import cast
 
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -39,6 +42,7 @@ from django_events.testing.contract import (
 from django_events.transports import transports
 from django_events.transports.base import Claimed, Outgoing, Transport
 from django_events.transports.log import LogTransport, heads, not_passed, place_cursors_now
+from tests.testapp.models import Effect
 
 postgresql_only = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="snapshot windows, backends: PostgreSQL's"
@@ -241,6 +245,50 @@ def test_a_worker_on_the_log_transport_handles_events_without_delivery_rows(
     assert Delivery.objects.count() == 0 and Lease.objects.count() == 0
     handled = InboxRecord.objects.filter(group_name="alpha").values_list("event_id", flat=True)
     assert sorted(handled) == sorted([*ids, older.event_id])
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_the_heartbeat_renews_the_rest_of_a_batch_while_one_of_its_events_is_handled_alone(
+    on_the_log_transport: LogTransport, tmp_path: Path
+) -> None:
+    """One event per transaction (``BATCH_TRANSACTIONS = False``): the handler's
+    transaction holds the batch's one lease row, and the heartbeat, on a connection of its
+    own, must still renew the lease for the event waiting behind it, or it runs out while
+    the handler runs and is handed on once it commits (F4; docs/internals.md, "The log
+    transport")."""
+    started, go = tmp_path / "started", tmp_path / "go"
+    publish("test.happened", {"n": 1, "trace": str(started), "wait_for": str(go)})
+    publish("test.happened", {"n": 2})
+    first, second = claim_until(on_the_log_transport, ["alpha"], 2, timeout=5, lease=1)
+    worker = Worker(["alpha"], relay=False)
+
+    def handle_first() -> None:
+        try:
+            worker.handle(first)
+        finally:
+            connections.close_all()
+
+    handling = threading.Thread(target=handle_first)
+    handling.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started.exists(), "the first handler never started"
+        on_the_log_transport.renew([second], 60)  # the heartbeat's renewal
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT claimed_until > statement_timestamp() + interval '30 seconds' "
+                "FROM django_events_lease"
+            )
+            renewed = cursor.fetchall()
+    finally:
+        go.touch()
+        handling.join(timeout=10)
+    assert renewed == [(True,)], "the heartbeat could not renew the waiting event's lease"
+    assert on_the_log_transport.ack_many([second]) == [second]
+    assert sorted(Effect.objects.values_list("n", flat=True)) == [1]
 
 
 @pytest.mark.django_db(transaction=True)

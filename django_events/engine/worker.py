@@ -425,13 +425,16 @@ class Worker:
         ``SAVEPOINTS_PER_COMMIT`` savepoints commits, and the rest goes on in the next.
         A batch of one needs no savepoint, its transaction is one: its ack (on a
         transport that acks in the transaction) is what keeps it from other workers,
-        and anything that fails in that transaction, the handler, the inbox row or the
-        commit, rolls all of it back and is the event's failed attempt
-        (docs/internals.md, "One commit path in the worker").
+        or its ``hold`` where acking would lock what the rest of its claimed batch shares
+        (``ack_locks_batch``: the heartbeat must go on renewing it), and anything that
+        fails in that transaction, the handler, the inbox row or the commit, rolls all of
+        it back and is the event's failed attempt (docs/internals.md, "One commit path in
+        the worker").
         """
         started = time.perf_counter()
         alone = len(ready) == 1
         in_transaction = self.transport.acks_in_transaction  # read once: a move may flip it
+        acks_first = alone and not self.transport.ack_locks_batch  # else held, acked last
         done: list[Ready] = []
         failed: list[tuple[Claimed, Handler, Exception]] = []
         later: list[Ready] = []
@@ -445,7 +448,9 @@ class Worker:
             with transaction.atomic(using=self.database):
                 owned = [item for item, _, _ in ready]
                 if in_transaction:  # kept from every other worker until this commit
-                    owned = self.transport.ack_many(owned) if alone else self.transport.hold(owned)
+                    owned = (
+                        self.transport.ack_many(owned) if acks_first else self.transport.hold(owned)
+                    )
                 owned_ids = {id(item) for item in owned}
                 # Slots by the decoded event's id: a transport's event_id may be its text.
                 slots = [(item.group, event.id) for item, _, event in ready]
@@ -494,7 +499,7 @@ class Worker:
                     inbox.forget(self.database, ours)
                 unhandled_ids = {id(item) for item in unhandled}
                 acked = [item for item in owned if id(item) not in unhandled_ids]
-                if in_transaction and not alone:
+                if in_transaction and not acks_first:
                     self.transport.ack_many(acked)
                 failpoints.hit("worker.after_handler")
         except Exception as exc:

@@ -310,6 +310,12 @@ class Transport:
     acks_in_transaction: bool = False
     """``ack`` runs inside the handler's transaction, so handling and acking commit together."""
 
+    ack_locks_batch: bool = False
+    """With ``acks_in_transaction``: acking one event locks, until the transaction ends, a
+    record the rest of its claimed batch shares, which the heartbeat then cannot renew. The
+    worker holds a batch of one (``hold``) and acks it at the end, as a batch, rather than
+    acking it first (docs/internals.md, "One commit path in the worker")."""
+
     idempotent_publish: bool = False
     """Publishing an event already owed to a group adds no second delivery. Without it, the
     batch a relay sends again after a crash may deliver twice, and the inbox absorbs that."""

@@ -177,6 +177,11 @@ class LogTransport(DatabaseTransport):
 
     reads_log = True
 
+    ack_locks_batch = True
+    """Acking an event rewrites its batch's one lease row: a batch of one acked first would
+    keep the heartbeat from renewing the rest of the batch while its handler runs
+    (docs/internals.md, "The log transport")."""
+
     accepted_options = DatabaseTransport.accepted_options | {"rotate"}
 
     def __init__(self, alias: str, options: dict[str, Any], context: Any = None) -> None:
@@ -645,9 +650,10 @@ class PostgreSQLLog(LogSQL):
 
     def renew(self, using: str, leases: list[int], tokens: list[str], lease: float) -> None:
         table = sql.table(connections[using], "Lease")
-        # A handler's transaction holds its lease with FOR KEY SHARE (``hold``), which this
-        # lock does not wait for: the batch's other events stay leased while one is
-        # handled. A lease being acknowledged is locked FOR UPDATE: skip it.
+        # A handler's transaction holds its lease with FOR KEY SHARE (``hold``, a batch of
+        # one too: ``ack_locks_batch``), which this lock does not wait for: the batch's
+        # other events stay leased while one is handled. A lease being acknowledged is
+        # locked FOR UPDATE: skip it (docs/internals.md, "The log transport").
         _execute(
             using,
             f"UPDATE {table} SET claimed_until = statement_timestamp() + make_interval(secs => "
