@@ -318,6 +318,24 @@ def _native_row(event: Event, data_text: str, metadata: str) -> list[Any]:
     ]
 
 
+def _text_row(
+    connection: Any, dialect: sql.Dialect, event: Event, data_text: str, metadata: str
+) -> list[Any]:
+    """``_native_row`` for a driver that takes UUIDs and datetimes as text (SQLite)."""
+    return [
+        dialect.uuid_value(event.id),
+        event.type,
+        event.version,
+        event.key,
+        data_text,
+        metadata,
+        sql.datetime_value(connection, event.occurred_at),
+        event.source,
+        dialect.uuid_value(event.correlation_id),
+        dialect.uuid_value(event.causation_id),
+    ]
+
+
 def _insert(using: str, events: list[tuple[Event, str]], metadata: str, conf: Any) -> None:
     connection = connections[using]
     dialect = sql.dialect(using)
@@ -335,18 +353,7 @@ def _insert(using: str, events: list[tuple[Event, str]], metadata: str, conf: An
             if native:
                 params += _native_row(event, data_text, metadata)
             else:
-                params += [
-                    dialect.uuid_value(event.id),
-                    event.type,
-                    event.version,
-                    event.key,
-                    data_text,
-                    metadata,
-                    sql.datetime_value(connection, event.occurred_at),
-                    event.source,
-                    dialect.uuid_value(event.correlation_id),
-                    dialect.uuid_value(event.causation_id),
-                ]
+                params += _text_row(connection, dialect, event, data_text, metadata)
         insert = _insert_sql(table, dialect, len(chunk))
         if notify and dialect.notifies and not _notified_in_this_transaction(connection):
             insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
@@ -397,19 +404,8 @@ def _insert_into_log_one_writer(
             chunk = events[start : start + _ROWS_PER_STATEMENT]
             params: list[Any] = []
             for event, data_text in chunk:
-                params += [
-                    dialect.uuid_value(event.id),
-                    position,
-                    event.type,
-                    event.version,
-                    event.key,
-                    data_text,
-                    metadata or "{}",
-                    sql.datetime_value(connection, event.occurred_at),
-                    event.source,
-                    dialect.uuid_value(event.correlation_id),
-                    dialect.uuid_value(event.causation_id),
-                ]
+                row = _text_row(connection, dialect, event, data_text, metadata or "{}")
+                params += [row[0], position, *row[1:]]
                 position += 1
             with connection.cursor() as cursor:
                 cursor.execute(_one_writer_log_insert_sql(table, dialect, len(chunk)), params)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from .log_support import log_transport, on_the_log_transport  # noqa: F401 - fixtures
 from .otel_support import meter_reader, spans  # noqa: F401 - fixtures for every test file
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -25,16 +24,6 @@ pytestmark = [
     ),
     pytest.mark.django_db(transaction=True),
 ]
-
-
-@pytest.fixture
-def log_transport() -> Iterator[LogTransport]:
-    transport = LogTransport("log", {})
-    transport.subscription_store().declare(
-        "rotation", {(group, t): ordered for t, group, ordered in SUBSCRIPTIONS}, replace=False
-    )
-    yield transport
-    transport.close()
 
 
 def rows(query: str, params: Any = ()) -> list[tuple[Any, ...]]:

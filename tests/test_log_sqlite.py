@@ -8,13 +8,10 @@ import datetime as dt
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db import connection, transaction
-from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -23,12 +20,11 @@ from django_events.engine.relay import Relay
 from django_events.models import Delivery, EventRecord, GroupCursor, Lease, OutboxMessage
 from django_events.testing.contract import (
     KEYED_TYPE,
-    SUBSCRIPTIONS,
     claim_until,
     log_events,
     make_event,
 )
-from django_events.transports import log, transports
+from django_events.transports import log
 from django_events.transports.base import Claimed
 from django_events.transports.log import LeaseReceipt, LogTransport, log_sql, place_cursors_now
 
@@ -38,29 +34,6 @@ pytestmark = [
     pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's cursors"),
     pytest.mark.django_db(transaction=True),
 ]
-
-
-def declare(transport: LogTransport, subscriptions: list[tuple[str, str, bool]]) -> None:
-    wanted = {(group, event_type): ordered for event_type, group, ordered in subscriptions}
-    transport.subscription_store().declare("contract", wanted, replace=False)
-
-
-@pytest.fixture
-def log_transport() -> Iterator[LogTransport]:
-    transport = LogTransport("log", {})
-    declare(transport, SUBSCRIPTIONS)
-    yield transport
-    transport.close()
-
-
-@pytest.fixture
-def on_the_log_transport() -> Iterator[LogTransport]:
-    """The log transport as the default: ``publish()`` writes the log row itself."""
-    backend = {"default": {"BACKEND": "django_events.transports.log.LogTransport"}}
-    with override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backend}):
-        transport = cast(LogTransport, transports["default"])
-        declare(transport, [("test.happened", "alpha", False)])
-        yield transport
 
 
 def head(group: str) -> int:

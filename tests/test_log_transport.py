@@ -10,13 +10,10 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import cast
 
 import psycopg
 import pytest
-from django.conf import settings
 from django.db import connection, connections, transaction
-from django.test import override_settings
 from django.utils import timezone
 
 from django_events import publish
@@ -39,20 +36,15 @@ from django_events.testing.contract import (
     log_events,
     make_event,
 )
-from django_events.transports import transports
 from django_events.transports.base import Claimed, Outgoing, Transport
 from django_events.transports.log import LogTransport, heads, not_passed, place_cursors_now
 from tests.testapp.models import Effect
 
+from .log_support import declare
+
 postgresql_only = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="snapshot windows, backends: PostgreSQL's"
 )
-
-
-def declare(transport: LogTransport, subscriptions: Sequence[tuple[str, str, bool]]) -> None:
-    """Declare ``subscriptions`` in the shared store, as a deploying service does."""
-    wanted = {(group, event_type): ordered for event_type, group, ordered in subscriptions}
-    transport.subscription_store().declare("contract", wanted, replace=False)
 
 
 class TestLogContract(TransportContract):
@@ -101,14 +93,6 @@ class TestLogContract(TransportContract):
 def start_over() -> None:
     """Every group's cursor moves to now, past everything logged so far."""
     place_cursors_now(connection.alias, [])
-
-
-@pytest.fixture
-def log_transport() -> Iterator[LogTransport]:
-    transport = LogTransport("log", {})
-    declare(transport, SUBSCRIPTIONS)
-    yield transport
-    transport.close()
 
 
 def insert_log_row(db: psycopg.Connection, event: Outgoing) -> None:
@@ -194,15 +178,6 @@ def test_housekeeping_rotates_old_cursor_rows_away_and_keeps_each_groups_newest(
     log_transport.housekeeping()
     assert list(GroupCursor.objects.filter(group_name="g1")) == [newest]
     assert GroupCursor.objects.filter(group_name="g2").count() == 1
-
-
-@pytest.fixture
-def on_the_log_transport() -> Iterator[LogTransport]:
-    backend = {"default": {"BACKEND": "django_events.transports.log.LogTransport"}}
-    with override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backend}):
-        transport = cast(LogTransport, transports["default"])
-        declare(transport, [("test.happened", "alpha", False)])
-        yield transport
 
 
 @pytest.mark.django_db(transaction=True)
