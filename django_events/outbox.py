@@ -291,14 +291,32 @@ def _straight_to_log(conf: Any) -> dict[str, str | None]:
 
 
 @functools.cache
-def _log_insert_sql(table: str, rows: int) -> str:
+def _log_insert_sql(table: str, sequence: str, rows: int) -> str:
     # Positions come from the outbox's sequence, so rows an older release still writes to
-    # the outbox (and its relay moves) never take the same one.
+    # the outbox (and its relay moves) never take the same one. The sequence is named as
+    # a constant, resolved once per statement: pg_get_serial_sequence() in its place was
+    # looked up again for every row (docs/performance.md, "The log transport: what it costs").
+    literal = sequence.replace("'", "''")
     row = (
-        "(%s, nextval(pg_get_serial_sequence('django_events_outbox', 'position')), %s, %s, "
+        f"(%s, nextval('{literal}'::regclass), %s, %s, "
         "%s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, statement_timestamp())"
     )
     return f"INSERT INTO {table} ({_LOG_COLUMNS}) VALUES {', '.join([row] * rows)}"
+
+
+_position_sequences: dict[str, str] = {}
+
+
+def _position_sequence(connection: Any) -> str:
+    """The name of the outbox's position sequence in ``connection``'s database, looked up
+    once per alias (a name does not change while the process runs)."""
+    name = _position_sequences.get(connection.alias)
+    if name is None:
+        outbox = sql.table(connection, "OutboxMessage")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_get_serial_sequence(%s, 'position')", [outbox])
+            name = _position_sequences[connection.alias] = cursor.fetchone()[0]
+    return name
 
 
 def _native_row(event: Event, data_text: str, metadata: str) -> list[Any]:
@@ -377,7 +395,7 @@ def _insert_into_log(
         params: list[Any] = []
         for event, data_text in chunk:
             params += _native_row(event, data_text, metadata or "{}")
-        insert = _log_insert_sql(table, len(chunk))
+        insert = _log_insert_sql(table, _position_sequence(connection), len(chunk))
         if isinstance(channel, str) and not _notified_in_this_transaction(connection):
             insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
             params.append(channel)

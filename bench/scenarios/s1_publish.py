@@ -31,7 +31,7 @@ def run(ctx: Context) -> list[Row]:
     from django_events import publish
     from django_events.conf import get_settings
     from django_events.engine import sql
-    from django_events.outbox import _insert_sql, _log_insert_sql
+    from django_events.outbox import _insert_sql, _log_insert_sql, _position_sequence
     from tests.testapp.models import Order
 
     pg.reset_events()
@@ -60,7 +60,7 @@ def run(ctx: Context) -> list[Row]:
     # publish() writes the log row itself: that row is the floor there.
     source = get_settings().source or get_settings().service
     if pg.LOG_TRANSPORT:
-        floor_sql = _log_insert_sql(TABLE, 1)
+        floor_sql = _log_insert_sql(TABLE, _position_sequence(connection), 1)
     else:
         floor_sql = _insert_sql(TABLE, sql.dialect(connection.alias), 1)
 
