@@ -239,6 +239,7 @@ class Worker:
             self._watchdog.stop()
             self._heartbeat.stop()
             self.presence.stop()
+            self.rollup.wait(rollup.STOP_WAIT)  # the lag sample's thread: briefly, not forever
             if self._relay_thread:
                 self._relay_thread.stop()
                 self._relay_thread.join(timeout=self.poll_interval + 30)
@@ -320,7 +321,9 @@ class Worker:
 
     def _check_threads(self) -> None:
         """A worker whose heartbeat, relay or watchdog thread died would run on without
-        renewing leases, relaying or bounding calls: it stops, loudly, instead."""
+        renewing leases, relaying or bounding calls: it stops, loudly, instead. The
+        charts' lag sample thread is not among them: it ends after each sample and logs
+        its failures (rollup.py)."""
         for thread in (self._heartbeat, self._relay_thread, self._watchdog):
             if thread is not None and thread.ident is not None and not thread.is_alive():
                 logger.critical(
