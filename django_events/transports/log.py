@@ -355,7 +355,9 @@ class LogTransport(DatabaseTransport):
 
     def _leased(self, group: str, row: Sequence[Any], token: str) -> Claimed:
         lease_id, position, event_id, *stored = row
-        claimed = self._claimed((None, event_id, group, 1, None, event_id, *stored), token)
+        claimed = self._claimed(
+            (None, event_id, group, 1, None, event_id, *stored), token, log_position=position
+        )
         claimed.receipt = LeaseReceipt(lease_id, position, token)
         claimed.size = text_size(stored[3], stored[4])
         return claimed
@@ -852,7 +854,9 @@ class SQLiteLog(LogSQL):
         delivery = sql.table(connection, "Delivery")
         leases = sql.table(connection, "Lease")
         now = dialect.now()
-        with transaction.atomic(using=using):
+        # Text that is not UTF-8 (written by raw SQL) fails its own event, not the read of
+        # the batch, which would roll the claim back and stall the group for ever.
+        with transaction.atomic(using=using), sql.lenient_text(using):
             # A write first (the group's first cursor, if it has none): from here to the
             # commit this claim holds the lock, so no other claim of the group reads the
             # cursor it is about to move.
