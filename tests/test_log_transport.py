@@ -387,6 +387,22 @@ def test_a_replay_writes_delivery_rows_only_where_no_cursor_or_lease_hands_the_e
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_replay_writes_no_second_row_for_an_event_waiting_for_its_retry(
+    log_transport: LogTransport,
+) -> None:
+    """An event that failed here waits in a delivery row, passed by the cursor and in no
+    lease: the delivery row's lookup (``republish``, as on ``DatabaseTransport``) finds it."""
+    event = make_event()
+    log_events([event])
+    [claimed] = claim_until(log_transport, ["g1"], 1, timeout=5)
+    log_transport.retry_later(claimed, 0.0, "boom")
+    log_transport.republish([event], [(TYPE, "g1", False)])
+    assert Delivery.objects.filter(group_name="g1").count() == 1
+    [again] = claim_until(log_transport, ["g1"], 1, timeout=5)
+    assert (again.event_id, again.attempt) == (event.event_id, 2)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_retention_keeps_what_a_group_has_not_read_or_holds_in_a_lease(
     log_transport: LogTransport,
 ) -> None:

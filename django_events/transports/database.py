@@ -197,6 +197,27 @@ class DatabaseTransport(Transport):
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
         """Fan events out into one delivery row per subscribed group."""
+        self._fan_out(events, subscriptions, again=False)
+
+    def republish(
+        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    ) -> None:
+        """``publish`` for a replay, in the same one statement per batch, which writes no
+        row where the group has one for the event already: a row is deleted when the
+        event is done, so one still there is owed (waiting, in flight, due for a retry)
+        and would deliver it twice (docs/internals.md, "One path per event"). The relay
+        never pays for the lookup: its events are new."""
+        self._fan_out(events, subscriptions, again=True)
+
+    def _fan_out(
+        self,
+        events: Sequence[Outgoing],
+        subscriptions: Sequence[tuple[str, str, bool]],
+        *,
+        again: bool,
+    ) -> None:
+        """One delivery row per event and subscribed group; with ``again``, none where the
+        group has one for the event already."""
         by_type: dict[str, list[tuple[str, bool]]] = {}
         for event_type, group, ordered in subscriptions:
             by_type.setdefault(event_type, []).append((group, ordered))
@@ -221,12 +242,18 @@ class DatabaseTransport(Transport):
             f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, ordered, "
             "attempts, available_at, parked, last_error, created_at) "
         )
+        # With ``again``, the claim index finds the group's row at the event's position
+        # (its type, or none recorded by an older release), then its event id is checked.
+        owed = (
+            f"WHERE NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.group_name = u.g AND "
+            "d.event_type IN (u.y, '') AND d.position = u.p AND d.event_id = u.e)"
+        )
         if isinstance(dialect, sql.PostgreSQL):
             # Six arrays, whatever the batch size: a short statement for the driver to send.
             inserted = self._execute(
                 f"{columns}SELECT e, g, y, p, k, o, 0, {now}, FALSE, '', {now} FROM unnest("
                 "%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::bool[]) "
-                "AS u(e, g, y, p, k, o)",
+                f"AS u(e, g, y, p, k, o) {owed if again else ''}",
                 [list(column) for column in zip(*rows, strict=True)],
             )
         else:
@@ -235,9 +262,16 @@ class DatabaseTransport(Transport):
             for start in range(0, len(rows), 500):
                 chunk = rows[start : start + 500]
                 params = [p for row in chunk for p in (dialect.uuid_value(row[0]), *row[1:])]
-                inserted += self._execute(
-                    f"{columns}VALUES {', '.join([row_sql] * len(chunk))}", params
-                )
+                if again:  # SQLite names a VALUES list's columns column1, column2...
+                    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
+                    statement = (
+                        f"{columns}SELECT e, g, y, p, k, o, 0, {now}, FALSE, '', {now} FROM "
+                        "(SELECT column1 AS e, column2 AS g, column3 AS y, column4 AS p, "
+                        f"column5 AS k, column6 AS o FROM (VALUES {values})) AS u {owed}"
+                    )
+                else:
+                    statement = f"{columns}VALUES {', '.join([row_sql] * len(chunk))}"
+                inserted += self._execute(statement, params)
         if inserted:
             self._wake()
         self._unanalyzed += int(inserted)

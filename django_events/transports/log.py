@@ -237,22 +237,27 @@ class LogTransport(DatabaseTransport):
         if events:
             self._wake()
 
-    def publish(
-        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    def _fan_out(
+        self,
+        events: Sequence[Outgoing],
+        subscriptions: Sequence[tuple[str, str, bool]],
+        *,
+        again: bool,
     ) -> None:
         """Delivery rows, as ``DatabaseTransport`` writes them, for the groups ``events``
         reach by no other path: a group whose cursor has not passed an event, or whose
         lease holds it, gets it there, and a row too would be a second delivery (two
         dead letters for one event). A replay of what a group still owes writes nothing
-        for it (docs/internals.md, "The log transport", one path per event)."""
+        for it; ``again`` (``republish``) also skips the events a group owes in a
+        delivery row, as there (docs/internals.md, "One path per event")."""
         owed = self._owed_already(events, {group for _, group, _ in subscriptions})
         if not owed:
-            super().publish(events, subscriptions)
+            super()._fan_out(events, subscriptions, again=again)
             return
         for group in sorted({group for _, group, _ in subscriptions}):
             rest = [event for event in events if (group, event.position) not in owed]
             if rest:
-                super().publish(rest, [s for s in subscriptions if s[1] == group])
+                super()._fan_out(rest, [s for s in subscriptions if s[1] == group], again=again)
 
     def _owed_already(
         self, events: Sequence[Outgoing], groups: Collection[str]
