@@ -249,15 +249,22 @@ class LogTransport(DatabaseTransport):
         lease holds it, gets it there, and a row too would be a second delivery (two
         dead letters for one event). A replay of what a group still owes writes nothing
         for it; ``again`` (``republish``) also skips the events a group owes in a
-        delivery row, as there (docs/internals.md, "One path per event")."""
-        owed = self._owed_already(events, {group for _, group, _ in subscriptions})
-        if not owed:
-            super()._fan_out(events, subscriptions, again=again)
-            return
-        for group in sorted({group for _, group, _ in subscriptions}):
-            rest = [event for event in events if (group, event.position) not in owed]
-            if rest:
-                super()._fan_out(rest, [s for s in subscriptions if s[1] == group], again=again)
+        delivery row, as there. A group with no cursor yet gets its cursor first, in this
+        transaction: its first claim would start one where the most advanced group is,
+        perhaps before these events, and hand them out beside their rows
+        (docs/internals.md, "One path per event")."""
+        groups = sorted({group for _, group, _ in subscriptions})
+        with transaction.atomic(using=self.database):
+            self._log.start_cursors_beside_claims(self.database, groups)
+            owed = self._owed_already(events, groups)
+            if not owed:
+                super()._fan_out(events, subscriptions, again=again)
+                return
+            for group in groups:
+                rest = [event for event in events if (group, event.position) not in owed]
+                if rest:
+                    mine = [s for s in subscriptions if s[1] == group]
+                    super()._fan_out(rest, mine, again=again)
 
     def _owed_already(
         self, events: Sequence[Outgoing], groups: Collection[str]
@@ -514,6 +521,12 @@ class LogSQL:
     def place_cursors_now(self, using: str, groups: Sequence[str]) -> None:
         raise NotImplementedError
 
+    def start_cursors_beside_claims(self, using: str, groups: Sequence[str]) -> None:
+        """``start_cursors`` outside a claim (a replay's publish), in the caller's
+        transaction: a group without a cursor gets exactly one, here or by its claim,
+        never both. On SQLite any writer waits for the one before it."""
+        self.start_cursors(using, groups)
+
     def claim(
         self,
         using: str,
@@ -592,6 +605,21 @@ class PostgreSQLLog(LogSQL):
             f"WHERE NOT EXISTS (SELECT 1 FROM {cursors} c WHERE c.group_name = g)",
             [list(groups)],
         )
+
+    def start_cursors_beside_claims(self, using: str, groups: Sequence[str]) -> None:
+        cursors = sql.table(connections[using], "GroupCursor")
+        # Each claim takes its group's lock before it starts the group's cursor: taken
+        # here too, until the caller's commit, for the groups that have none (a claim
+        # that finds it taken passes on to its next group). The insert that follows,
+        # a statement of its own, sees a cursor a claim committed meanwhile.
+        missing = _execute(
+            using,
+            "SELECT g, pg_advisory_xact_lock(%s, hashtext(g)) FROM unnest(%s::text[]) AS g "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {cursors} c WHERE c.group_name = g)",
+            [GROUP_LOCK, sorted(groups)],
+        )
+        if missing:
+            self.start_cursors(using, [group for group, _ in missing])
 
     def place_cursors_now(self, using: str, groups: Sequence[str]) -> None:
         connection = connections[using]
