@@ -390,6 +390,11 @@ class Switch(Transport):
     ) -> None:
         self._current().send.publish(events, subscriptions)
 
+    def republish(
+        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    ) -> None:
+        self._current().send.republish(events, subscriptions)
+
     def publish_to_all(self, events: Sequence[Outgoing]) -> None:
         self._current().send.publish_to_all(events)
 

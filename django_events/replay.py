@@ -333,7 +333,8 @@ class Replay:
             InboxRecord.objects.using(self.using).filter(
                 group_name=self.spec.group, event_id__in=[event.event_id for event in batch]
             ).delete()
-        self.transport.publish(batch, self.subscriptions)
+        # A group that still owes an event gets no second delivery of it (one path).
+        self.transport.republish(batch, self.subscriptions)
         with transaction.atomic(using=self.using):
             ReplayProgress.objects.using(self.using).filter(pk=progress.pk).update(
                 last_position=batch[-1].position,

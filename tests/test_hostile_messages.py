@@ -16,16 +16,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 
 from django_events import publish
 from django_events.engine.worker import Worker
-from django_events.models import DeadLetter
+from django_events.models import DeadLetter, Delivery, EventRecord, GroupCursor, Lease
 from django_events.registry import registry
 from django_events.text import storable
 from django_events.transports import transports
-from django_events.transports.base import STORABLE_CHARS
+from django_events.transports.base import STORABLE_CHARS, fallback_id
+from django_events.transports.log import LogTransport, draw_positions
 
 from .redis_support import delete_prefix, events_settings, needs_redis, unique_prefix
 from .sqs_server import aws_env, moto_endpoint
@@ -320,3 +321,126 @@ def test_a_delivery_counted_to_the_top_of_its_column_is_one_dead_letter():
     handled_once(ids)
     letters = list(DeadLetter.objects.filter(group="alpha"))
     assert [(d.event_id, d.error_class) for d in letters] == [(bad, "LeaseExpired")]
+
+
+# -- the log transport on SQLite ------------------------------------------------------------
+
+DEEP = "[" * 10_000 + "]" * 10_000
+OVERSIZED = "'{\"s\": \"' || replace(hex(zeroblob(400000)), '0', 'x') || '\"}'"
+"""SQL: data of 800,000 bytes, over twice ``MAX_PAYLOAD_BYTES`` (what a claim reads)."""
+HOSTILE_LOG_ROWS: dict[str, tuple[dict[str, str], str | None]] = {
+    # name: (columns as SQL, what the dead letter's reason says; None: owed to no group)
+    "invalid JSON": ({"data": "'{not json'"}, "data is not valid JSON"),
+    "data a list": ({"data": "'[1, 2, 3]'"}, "data must be a JSON object, got list"),
+    "data null": ({"data": "'null'"}, "data must be a JSON object, got NoneType"),
+    "data a number": ({"data": "42"}, "data must be a JSON object, got int"),
+    "data nested 10,000 deep": ({"data": f"'{{\"a\": {DEEP}}}'"}, "nests deeper"),
+    "data oversized": ({"data": OVERSIZED}, "bytes, over the"),
+    "data not UTF-8": ({"data": "CAST(x'7b226e223aff7d' AS TEXT)"}, "its data is not UTF-8"),
+    "data a blob, not UTF-8": ({"data": "x'7b226e223aff7d'"}, "data is not UTF-8"),
+    "metadata a list": ({"metadata": "'[1]'"}, "metadata must be a dict"),
+    "metadata not UTF-8": ({"metadata": "CAST(x'ff' AS TEXT)"}, "its metadata is not UTF-8"),
+    "source not UTF-8": ({"source": "CAST(x'c328' AS TEXT)"}, "its source is not UTF-8"),
+    "key not UTF-8": ({"key": "CAST(x'ff' AS TEXT)"}, "its key is not UTF-8"),
+    "key empty": ({"key": "''"}, "key must be a non-empty str"),
+    "version text": ({"version": "'one'"}, "version must be a positive int"),
+    "version 0": ({"version": "0"}, "version must be a positive int"),
+    "time not a time": ({"occurred_at": "'2026-13-45 99:99:99'"}, "time is not ISO 8601"),
+    "time empty": ({"occurred_at": "''"}, "time is not ISO 8601"),
+    "time not UTF-8": ({"occurred_at": "CAST(x'ff' AS TEXT)"}, "its time is not UTF-8"),
+    "id not a UUID": ({"id": "'not-a-uuid'"}, "names event 'not-a-uuid', which is not a UUID"),
+    "id not UTF-8": ({"id": "CAST(x'fffe' AS TEXT)"}, "which is not a UUID"),
+    "id a number": ({"id": "7"}, "names event '7', which is not a UUID"),
+    "correlation id not a UUID": ({"correlation_id": "'nope'"}, "'correlation_id' is not"),
+    "type not UTF-8": ({"type": "CAST(x'ff' AS TEXT)"}, None),
+    "type of no group": ({"type": "'test.never_heard_of'"}, None),
+}
+
+
+def plant_sqlite_log_row(columns: dict[str, str]) -> uuid.UUID:
+    """A log row as raw SQL can store it on SQLite (each column an SQL expression: any
+    type, text that is not UTF-8, JSON its check would refuse), its position drawn from the
+    log's counter as every writer's is. Returns the id its dead letter names: its own, or,
+    when it has none readable, the one derived from its position."""
+    event_id = uuid.uuid4()
+    values = {
+        "id": f"'{event_id.hex}'",
+        "type": "'test.happened'",
+        "key": "NULL",
+        "version": "1",
+        "data": "'{\"n\": -1}'",
+        "metadata": "'{}'",
+        "occurred_at": "CURRENT_TIMESTAMP",
+        "source": "'hostile'",
+        "correlation_id": "NULL",
+        **columns,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        position = draw_positions("default", 1)
+        cursor.execute("PRAGMA ignore_check_constraints = 1")  # as raw SQL can
+        try:
+            cursor.execute(
+                f"INSERT INTO django_events_event ({', '.join(values)}, position, recorded_at) "  # noqa: S608
+                f"VALUES ({', '.join(values.values())}, %s, CURRENT_TIMESTAMP)",
+                [position],
+            )
+        finally:
+            cursor.execute("PRAGMA ignore_check_constraints = 0")
+    return fallback_id(f"log:{position}") if "id" in columns else event_id
+
+
+def plant_sqlite_delivery(event_id: str) -> uuid.UUID:
+    """A delivery row for alpha naming ``event_id`` (SQL), with no log row behind it;
+    returns the id its dead letter names if ``event_id`` is not a readable UUID."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO django_events_delivery (event_id, group_name, event_type, position, "  # noqa: S608
+            f"key, ordered, attempts, available_at, parked, last_error, created_at) VALUES "
+            f"({event_id}, 'alpha', 'test.happened', 1, NULL, FALSE, 0, CURRENT_TIMESTAMP, "
+            "FALSE, '', CURRENT_TIMESTAMP)"
+        )
+        delivery_id = cursor.lastrowid
+    return fallback_id(f"delivery:{delivery_id}")
+
+
+@pytest.mark.skipif(
+    connection.vendor != "sqlite",
+    reason="PostgreSQL's log rows: tests/faults F9 and F12 (make faults-quick-log)",
+)
+def test_hostile_log_rows_on_sqlite_are_one_dead_letter_each_and_the_cursor_passes_them(
+    on_the_log_transport: LogTransport,
+) -> None:
+    """The log transport on SQLite reads each group's events from the log itself: a row
+    raw SQL wrote there (bytes that are not UTF-8 included, which Python's driver refuses
+    to read) must become one dead letter with its reason, never a claim that fails and
+    rolls back for ever, and the healthy events around it must be handled."""
+    ids = healthy(2)
+    expected: dict[uuid.UUID, tuple[str, str]] = {}
+    unowed = []
+    for name, (columns, reason) in HOSTILE_LOG_ROWS.items():
+        planted = plant_sqlite_log_row(columns)
+        if reason is None:
+            unowed.append(planted)
+        else:
+            expected[planted] = (name, reason)
+        ids += healthy(1)
+    missing = uuid.uuid4()
+    plant_sqlite_delivery(f"'{missing.hex}'")
+    expected[missing] = ("missing event", "is missing from the event log")
+    garbled = plant_sqlite_delivery("CAST(x'ffff' AS TEXT)")
+    expected[garbled] = ("delivery's event id not UTF-8", "which is not a UUID")
+    ids += healthy(1)
+    run_worker(["alpha"])  # an exception here is a worker that exits
+    handled_once(ids)
+    letters = list(DeadLetter.objects.filter(group="alpha"))
+    wrong = []
+    for event_id, (name, reason) in expected.items():
+        found = [(d.error_class, d.error_message) for d in letters if d.event_id == event_id]
+        if len(found) != 1 or found[0][0] != "UndecodableEvent" or reason not in found[0][1]:
+            wrong.append((name, found))
+    assert not wrong, wrong
+    assert len(letters) == len(expected), "one dead letter each, nothing else"
+    assert not DeadLetter.objects.filter(event_id__in=unowed).exists()
+    top = max(EventRecord.objects.values_list("position", flat=True))
+    assert GroupCursor.objects.filter(group_name="alpha").latest("id").pos == top
+    assert not Lease.objects.exists() and not Delivery.objects.exists()

@@ -40,6 +40,7 @@ from django_events.transports.base import Claimed, Outgoing, Transport
 from django_events.transports.log import LogTransport, heads, not_passed, place_cursors_now
 from tests.testapp.models import Effect
 
+from .conftest import closing_connections
 from .log_support import declare
 
 postgresql_only = pytest.mark.skipif(
@@ -384,6 +385,69 @@ def test_a_replay_writes_delivery_rows_only_where_no_cursor_or_lease_hands_the_e
     assert log_transport.ack_many([second]) == [second]
     rest = claim_until(log_transport, ["g1"], 3, timeout=3)
     assert sorted(c.event_id for c in rest) == sorted([passed.event_id, owed.event_id])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_writes_no_second_row_for_an_event_waiting_for_its_retry(
+    log_transport: LogTransport,
+) -> None:
+    """An event that failed here waits in a delivery row, passed by the cursor and in no
+    lease: the delivery row's lookup (``republish``, as on ``DatabaseTransport``) finds it."""
+    event = make_event()
+    log_events([event])
+    [claimed] = claim_until(log_transport, ["g1"], 1, timeout=5)
+    log_transport.retry_later(claimed, 0.0, "boom")
+    log_transport.republish([event], [(TYPE, "g1", False)])
+    assert Delivery.objects.filter(group_name="g1").count() == 1
+    [again] = claim_until(log_transport, ["g1"], 1, timeout=5)
+    assert (again.event_id, again.attempt) == (event.event_id, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_to_a_group_with_no_cursor_yet_reaches_it_once(
+    log_transport: LogTransport,
+) -> None:
+    """A group declared before cursors existed, or whose cursor rows were deleted: its
+    first claim would start its cursor where the most advanced group is, here before the
+    last replayed event, and hand that event out beside the row the replay wrote for it.
+    The replay starts the cursor first, in its own transaction."""
+    events = [make_event() for _ in range(3)]
+    log_events(events)
+    read = claim_until(log_transport, ["g2"], 2, timeout=5, limit=2)
+    assert log_transport.ack_many(read) == read  # g2, the most advanced, is past two
+    GroupCursor.objects.filter(group_name="g1").delete()
+    log_transport.republish(events, [(TYPE, "g1", False)])
+    claimed = claim_until(log_transport, ["g1"], 4, timeout=2)
+    assert sorted(c.event_id for c in claimed) == sorted(e.event_id for e in events)
+    rows = Delivery.objects.filter(group_name="g1").values_list("event_id", flat=True)
+    assert sorted(rows) == sorted(e.event_id for e in events[:2])  # the third: the cursor's
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_no_claim_starts_a_cursor_beside_the_one_a_replay_started(
+    log_transport: LogTransport,
+) -> None:
+    """The replay holds the group's claim lock from its cursor's start to its commit: a
+    claim meanwhile, which cannot see that cursor yet, would start one of its own, and
+    whichever row has the higher id wins, even one behind what the other handed out."""
+    events = [make_event() for _ in range(2)]
+    log_events(events)
+    GroupCursor.objects.filter(group_name="g1").delete()
+    meanwhile: list[Claimed] = []
+
+    def claim() -> None:
+        meanwhile.extend(LogTransport("other", {}).claim(["g1"], 10, 30))
+
+    with transaction.atomic():
+        log_transport.republish(events[:1], [(TYPE, "g1", False)])
+        other = threading.Thread(target=closing_connections(claim))
+        other.start()
+        other.join(10)
+    assert meanwhile == [], "a claim ran beside the replay's cursor start"
+    assert GroupCursor.objects.filter(group_name="g1").count() == 1
+    claimed = claim_until(log_transport, ["g1"], 3, timeout=2)
+    assert sorted(c.event_id for c in claimed) == sorted(e.event_id for e in events)
 
 
 @pytest.mark.django_db(transaction=True)

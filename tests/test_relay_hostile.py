@@ -309,6 +309,71 @@ def test_an_outbox_row_whose_id_is_not_a_uuid_is_set_aside(
     assert_logged_in_order(healthy)
 
 
+NOT_UTF8 = ("event_id", "type", "key", "data", "metadata", "source")
+"""Outbox columns raw SQL can fill, on SQLite, with bytes Python's driver refuses to read."""
+
+sqlite_text = pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="PostgreSQL checks that text is UTF-8 as it is written"
+)
+
+
+def plant_not_utf8() -> tuple[list[uuid.UUID], dict[str, OutboxMessage]]:
+    """One outbox row per column of ``NOT_UTF8`` holding a byte that is not UTF-8 there,
+    each between two healthy events."""
+    healthy = [publish("test.happened", {"n": 0}).id]
+    planted = {}
+    for n, column in enumerate(NOT_UTF8, start=1):
+        planted[column] = plant({}, duplicate_of=healthy[0])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE django_events_outbox SET {column} = CAST(x'ff' AS TEXT) "  # noqa: S608
+                "WHERE position = %s",
+                [planted[column].position],
+            )
+        healthy.append(publish("test.happened", {"n": n}).id)
+    return healthy, planted
+
+
+def assert_not_utf8_set_aside(planted: dict[str, OutboxMessage]) -> None:
+    letters = list(DeadLetter.objects.filter(group=QUARANTINE_GROUP))
+    assert len(letters) == len(planted), [d.error_message for d in letters]
+    for column, row in planted.items():
+        [letter] = [
+            d for d in letters if d.error_message.startswith(f"Outbox row {row.position} (")
+        ]
+        assert letter.error_message.endswith(f": {column} is not UTF-8"), letter.error_message
+    assert not OutboxMessage.objects.exists(), "nothing waits in the outbox"
+
+
+@sqlite_text
+def test_outbox_text_that_is_not_utf8_is_set_aside_not_a_stalled_relay(
+    handed: tuple[Transport, list[Outgoing]],
+) -> None:
+    """Python's driver refuses to read such text: the read of every batch holding the row
+    failed, at every pass. Read as bytes, the row is set aside with its reason."""
+    transport, noted = handed
+    healthy, planted = plant_not_utf8()
+    Relay(transport=transport).run_once()
+    assert_not_utf8_set_aside(planted)
+    assert [event.event_id for event in noted] == healthy
+    assert_logged_in_order(healthy)
+
+
+@sqlite_text
+def test_outbox_text_that_is_not_utf8_is_set_aside_on_the_log_transport(
+    on_the_log_transport: Transport,
+) -> None:
+    """The relay still moves what is in the outbox into the log for the log transport,
+    with new positions (docs/internals.md, "The log transport on SQLite")."""
+    healthy, planted = plant_not_utf8()
+    run_relay()
+    assert_not_utf8_set_aside(planted)
+    assert_logged_in_order(healthy)
+    Worker(["alpha"], relay=False).run(once=True)
+    handled = Effect.objects.filter(group="alpha").values_list("event_id", flat=True)
+    assert sorted(str(e) for e in handled) == sorted(str(e) for e in healthy)
+
+
 @pytest.mark.parametrize("when", ["infinity", "99999-01-01 00:00:00+00"])
 def test_a_time_the_driver_cannot_read_does_not_stall_the_relay(
     handed: tuple[Transport, list[Outgoing]], when: str

@@ -7,6 +7,7 @@ import io
 import logging
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -23,6 +24,7 @@ from django_events.registry import Handler, registry
 from django_events.replay import Replay, ReplaySpec
 from django_events.retention import purge_expired
 from django_events.testing import deliver
+from django_events.transports import transports
 
 from .conftest import Workers, postgres_only
 from .testapp.events import record
@@ -197,16 +199,30 @@ def test_reprocess_asks_on_a_terminal(monkeypatch, answer: str, runs: bool):
     assert InboxRecord.objects.filter(group_name="alpha").exists() is not runs
 
 
-def test_event_still_pending_for_the_group_gets_a_second_delivery_handled_once():
-    publish("test.happened", {"n": 1})
-    Relay().run_once()  # alpha's delivery is pending, nothing handled yet
-
-    replay("--group", "alpha")
-    assert queued("alpha") == [1, 1], "the database transport adds a second delivery row"
+@override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 1})
+def test_an_event_the_group_still_owes_gets_no_second_delivery_a_done_one_does():
+    """One path per event (docs/internals.md): a pending or a leased event is delivered
+    once more, where it waits; a second delivery would fail too and leave a second dead
+    letter. A done one is delivered again."""
+    done = publish("test.happened", {"n": 1}).id
     deliver(["alpha"])
+    leased = publish("test.happened", {"n": 2, "fail_group": "alpha"}).id
+    pending = publish("test.happened", {"n": 3, "fail_group": "alpha"}).id
+    Relay().run_once()
+    transport = transports["default"]
+    [claimed] = transport.claim(["alpha"], 1, 30)
+    assert claimed.event_id == leased
 
-    assert [n for _, _, n in effects("alpha")] == [1], "the inbox skips the second"
-    assert not Delivery.objects.filter(group_name="alpha").exists()
+    replay("--group", "alpha", "--reprocess", "--yes")  # the done one too: its inbox goes
+
+    if not transport.reads_log:  # the log transport's cursor and lease hold two of them
+        rows = Delivery.objects.filter(group_name="alpha").values_list("event_id", flat=True)
+        assert Counter(rows) == {done: 1, leased: 1, pending: 1}
+    transport.release([claimed])
+    deliver(["alpha"])
+    letters = DeadLetter.objects.filter(group="alpha").values_list("event_id", flat=True)
+    assert Counter(letters) == {leased: 1, pending: 1}
+    assert [n for _, _, n in effects("alpha")] == [1, 1]
 
 
 @override_settings(DJANGO_EVENTS={"MAX_ATTEMPTS": 1})

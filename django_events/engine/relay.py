@@ -64,6 +64,19 @@ _OUTBOX_FIELDS = (
     "position, event_id, type, key, version, data, metadata, occurred_at, source, "
     "correlation_id, causation_id"
 )
+_TEXT_FIELDS = (
+    "event_id",
+    "type",
+    "key",
+    "data",
+    "metadata",
+    "occurred_at",
+    "source",
+    "correlation_id",
+    "causation_id",
+)
+"""An outbox row's text fields, any of which raw SQL can fill with bytes that are not UTF-8
+on SQLite (``row_problem``)."""
 _OCCURRED_AT = [name.strip() for name in _OUTBOX_FIELDS.split(",")].index("occurred_at")
 _LOG_COLUMNS = (
     "id, position, type, key, version, data, metadata, occurred_at, source, "
@@ -448,12 +461,13 @@ class Relay:
                 return self._read(cursor, using, self._plan(using, lock=""))[0]
             outbox = sql.table(connection, "OutboxMessage")
             log = sql.table(connection, "EventRecord")
-            cursor.execute(
-                f"SELECT {_OUTBOX_FIELDS}, {_logged(outbox, log)} FROM {outbox} "
-                "ORDER BY position LIMIT %s",
-                [self.batch_size],
-            )
-            return _taken(cursor.fetchall())
+            with sql.lenient_text(using):
+                cursor.execute(
+                    f"SELECT {_OUTBOX_FIELDS}, {_logged(outbox, log)} FROM {outbox} "
+                    "ORDER BY position LIMIT %s",
+                    [self.batch_size],
+                )
+                return _taken(cursor.fetchall())
 
     # -- the frontier's take on PostgreSQL ----------------------------------------------
 
@@ -595,7 +609,9 @@ class Relay:
             params: list[Any] = [self.batch_size]
         else:
             which, params = "position = %s", [position]
-        with connection.cursor() as cursor:
+        # Text that is not UTF-8 (written by raw SQL) sets its own row aside (``row_problem``)
+        # rather than failing the read of every batch that holds it.
+        with connection.cursor() as cursor, sql.lenient_text(using):
             cursor.execute(f"DELETE FROM {outbox} WHERE {which} RETURNING {_OUTBOX_FIELDS}", params)
             taken = _marked(cursor, dialect, log, cursor.fetchall())
             left = len(taken)
@@ -638,7 +654,7 @@ class Relay:
         outbox = sql.table(connection, "OutboxMessage")
         log = sql.table(connection, "EventRecord")
         lock = dialect.skip_locked
-        with connection.cursor() as cursor:
+        with connection.cursor() as cursor, sql.lenient_text(using):
             cursor.execute(
                 f"UPDATE {outbox} SET claimed_until = {dialect.now_plus()} WHERE position IN "
                 f"(SELECT position FROM {outbox} WHERE claimed_until IS NULL OR claimed_until < "
@@ -787,6 +803,9 @@ def screen(
 def row_problem(row: Outgoing, max_bytes: int) -> str | None:
     """Why an outbox row breaks the rule ``publish()`` enforces (django_events.validation),
     or None: what a consumer could not decode, or a database or transport could not keep."""
+    unreadable = [name for name in _TEXT_FIELDS if isinstance(getattr(row, name), sql.NotUTF8)]
+    if unreadable:  # SQLite keeps what raw SQL wrote (``sql.lenient_text``)
+        return f"{', '.join(unreadable)} {'is' if len(unreadable) == 1 else 'are'} not UTF-8"
     if not isinstance(_uuid_or_raw(row.event_id), uuid.UUID):
         return f"event id {str(row.event_id)[:100]!r} is not a UUID"
     try:

@@ -273,6 +273,40 @@ def index_scans_only(using: str) -> Iterator[None]:
         )
 
 
+class NotUTF8(bytes):
+    """A stored text value whose bytes are not UTF-8: SQLite keeps whatever raw SQL wrote
+    into a text column, and Python's driver then fails the fetch of every row read with
+    it. Read as this instead (``lenient_text``), it fails its own event alone."""
+
+
+def _text_or_bytes(value: bytes) -> str | NotUTF8:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return NotUTF8(value)
+
+
+@contextlib.contextmanager
+def lenient_text(using: str) -> Iterator[None]:
+    """SQLite: text read inside comes back as ``str``, or as ``NotUTF8`` where its bytes
+    are not UTF-8, rather than failing the fetch of the whole batch (and, a claim rolled
+    back, every claim after it): a hostile row is one dead letter, never a stalled group
+    (docs/internals.md, "The log transport on SQLite", hostile rows). PostgreSQL's text
+    is UTF-8 by its encoding's checks: nothing to do there."""
+    connection = connections[using]
+    if connection.vendor != "sqlite":
+        yield
+        return
+    connection.ensure_connection()
+    raw = connection.connection
+    previous = raw.text_factory
+    raw.text_factory = _text_or_bytes
+    try:
+        yield
+    finally:
+        raw.text_factory = previous
+
+
 RELAXED_COMMIT = "set_config('synchronous_commit', 'off', true)"
 """Evaluated inside a PostgreSQL statement: its transaction commits without waiting for the
 disk. Used only for the engine's own bookkeeping (relaying, claiming), never for a handler's

@@ -423,6 +423,17 @@ class Transport:
         ``idempotent_publish``; at least once otherwise."""
         raise NotImplementedError
 
+    def republish(
+        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    ) -> None:
+        """``publish`` for a replay: ``events`` again, to the groups in ``subscriptions``
+        only. A group that still owes an event (its delivery not done yet: waiting, in
+        flight, due for a retry) gets no second delivery of it, which it would run twice,
+        and dead-letter twice if it fails; one that owes it no more gets it again. By
+        default ``publish``, which keeps that promise with ``idempotent_publish``
+        (docs/internals.md, "One path per event")."""
+        self.publish(events, subscriptions)
+
     def logged(self, events: Sequence[Outgoing]) -> None:
         """The relay moved ``events`` into the event log (``reads_log`` only), in the
         transaction that is about to commit."""

@@ -60,6 +60,19 @@ floor; a full read from the lowest position comes as often as ``SCAN_SHARE`` all
 at least this far apart. A delivery that becomes claimable below its floor (a retry
 released by another worker, an event committed late) waits for the next full read."""
 _OPTIONS = {"database", "notify"}
+STORED = (
+    "id",
+    "type",
+    "version",
+    "key",
+    "data",
+    "metadata",
+    "time",
+    "source",
+    "correlation_id",
+    "causation_id",
+)
+"""The event's stored fields as a claim reads them from the log, in that order."""
 MAX_ATTEMPTS_STORED = 2**31 - 2
 """Attempts a delivery row counts up to: one below the top of a 32-bit column."""
 
@@ -184,6 +197,27 @@ class DatabaseTransport(Transport):
         self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
     ) -> None:
         """Fan events out into one delivery row per subscribed group."""
+        self._fan_out(events, subscriptions, again=False)
+
+    def republish(
+        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    ) -> None:
+        """``publish`` for a replay, in the same one statement per batch, which writes no
+        row where the group has one for the event already: a row is deleted when the
+        event is done, so one still there is owed (waiting, in flight, due for a retry)
+        and would deliver it twice (docs/internals.md, "One path per event"). The relay
+        never pays for the lookup: its events are new."""
+        self._fan_out(events, subscriptions, again=True)
+
+    def _fan_out(
+        self,
+        events: Sequence[Outgoing],
+        subscriptions: Sequence[tuple[str, str, bool]],
+        *,
+        again: bool,
+    ) -> None:
+        """One delivery row per event and subscribed group; with ``again``, none where the
+        group has one for the event already."""
         by_type: dict[str, list[tuple[str, bool]]] = {}
         for event_type, group, ordered in subscriptions:
             by_type.setdefault(event_type, []).append((group, ordered))
@@ -208,12 +242,18 @@ class DatabaseTransport(Transport):
             f"INSERT INTO {delivery} (event_id, group_name, event_type, position, key, ordered, "
             "attempts, available_at, parked, last_error, created_at) "
         )
+        # With ``again``, the claim index finds the group's row at the event's position
+        # (its type, or none recorded by an older release), then its event id is checked.
+        owed = (
+            f"WHERE NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.group_name = u.g AND "
+            "d.event_type IN (u.y, '') AND d.position = u.p AND d.event_id = u.e)"
+        )
         if isinstance(dialect, sql.PostgreSQL):
             # Six arrays, whatever the batch size: a short statement for the driver to send.
             inserted = self._execute(
                 f"{columns}SELECT e, g, y, p, k, o, 0, {now}, FALSE, '', {now} FROM unnest("
                 "%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::bool[]) "
-                "AS u(e, g, y, p, k, o)",
+                f"AS u(e, g, y, p, k, o) {owed if again else ''}",
                 [list(column) for column in zip(*rows, strict=True)],
             )
         else:
@@ -222,9 +262,16 @@ class DatabaseTransport(Transport):
             for start in range(0, len(rows), 500):
                 chunk = rows[start : start + 500]
                 params = [p for row in chunk for p in (dialect.uuid_value(row[0]), *row[1:])]
-                inserted += self._execute(
-                    f"{columns}VALUES {', '.join([row_sql] * len(chunk))}", params
-                )
+                if again:  # SQLite names a VALUES list's columns column1, column2...
+                    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
+                    statement = (
+                        f"{columns}SELECT e, g, y, p, k, o, 0, {now}, FALSE, '', {now} FROM "
+                        "(SELECT column1 AS e, column2 AS g, column3 AS y, column4 AS p, "
+                        f"column5 AS k, column6 AS o FROM (VALUES {values})) AS u {owed}"
+                    )
+                else:
+                    statement = f"{columns}VALUES {', '.join([row_sql] * len(chunk))}"
+                inserted += self._execute(statement, params)
         if inserted:
             self._wake()
         self._unanalyzed += int(inserted)
@@ -415,16 +462,19 @@ class DatabaseTransport(Transport):
                 params,
             )
         else:
-            claimed = self._execute(update, params)
-            if not claimed:
-                return []
-            ids = sorted({row[1] for row in claimed})
-            events = {
-                row[0]: row
-                for row in self._execute(
-                    f"SELECT {columns} FROM {event} e WHERE e.id IN ({sql.in_list(len(ids))})", ids
-                )
-            }
+            # Text that is not UTF-8 (written by raw SQL) fails its own event, not the fetch.
+            with sql.lenient_text(self.database):
+                claimed = self._execute(update, params)
+                if not claimed:
+                    return []
+                ids = sorted({row[1] for row in claimed if isinstance(row[1], str)})
+                events = {
+                    row[0]: row
+                    for row in self._execute(
+                        f"SELECT {columns} FROM {event} e WHERE e.id IN ({sql.in_list(len(ids))})",
+                        ids,
+                    )
+                }
             rows = [(*row, *events.get(row[1], (None,) * 10)) for row in sorted(claimed)]
         taken = within_budget((text_size(row[9], row[10]) for row in rows), max_bytes)
         if not orphans:
@@ -478,15 +528,23 @@ class DatabaseTransport(Transport):
         the floors from the lowest position."""
         self._floors_read_at = self._floors_full_at = -math.inf
 
-    def _claimed(self, row: Sequence[Any], token: str) -> Claimed:
+    def _claimed(
+        self, row: Sequence[Any], token: str, *, log_position: int | None = None
+    ) -> Claimed:
         """One claimed row as a ``Claimed``. Whatever another writer put in the log or the
         delivery row, the result is an event or a ``decode_error`` naming what is wrong:
-        never an exception, which would hand the row back to be claimed again forever."""
+        never an exception, which would hand the row back to be claimed again forever.
+        ``log_position``: the event was read from the log itself (the log transport's
+        lease), not through a delivery row; it names the row in a reason."""
         delivery_id, event_id, group, attempts, first_failed_at, *stored = row
+        if log_position is None:
+            where, fallback = f"Delivery {delivery_id}", f"delivery:{delivery_id}"
+        else:
+            where, fallback = f"The log row at position {log_position}", f"log:{log_position}"
         try:
             event_id = event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id))
         except ValueError:
-            bad_id, event_id = event_id, fallback_id(f"delivery:{delivery_id}")
+            bad_id, event_id = event_id, fallback_id(fallback)
         else:
             bad_id = None
         claimed = Claimed(
@@ -498,12 +556,17 @@ class DatabaseTransport(Transport):
             first_failed_at=_time_or_none(first_failed_at),
         )
         if bad_id is not None:
-            claimed.decode_error = storable(
-                f"Delivery {delivery_id} names event {bad_id!r}, which is not a UUID."
-            )
+            claimed.decode_error = storable(f"{where} names event {bad_id!r}, which is not a UUID.")
             return claimed
         if stored[0] is None:
             claimed.decode_error = f"Event {event_id} is missing from the event log."
+            return claimed
+        unreadable = [n for n, v in zip(STORED, stored, strict=False) if isinstance(v, sql.NotUTF8)]
+        if unreadable:
+            claimed.decode_error = storable(
+                f"Event {event_id} in the log: its {', '.join(unreadable)} "
+                f"{'is' if len(unreadable) == 1 else 'are'} not UTF-8 (written by raw SQL)."
+            )
             return claimed
         try:
             claimed.event = build_event(

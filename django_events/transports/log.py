@@ -237,22 +237,34 @@ class LogTransport(DatabaseTransport):
         if events:
             self._wake()
 
-    def publish(
-        self, events: Sequence[Outgoing], subscriptions: Sequence[tuple[str, str, bool]]
+    def _fan_out(
+        self,
+        events: Sequence[Outgoing],
+        subscriptions: Sequence[tuple[str, str, bool]],
+        *,
+        again: bool,
     ) -> None:
         """Delivery rows, as ``DatabaseTransport`` writes them, for the groups ``events``
         reach by no other path: a group whose cursor has not passed an event, or whose
         lease holds it, gets it there, and a row too would be a second delivery (two
         dead letters for one event). A replay of what a group still owes writes nothing
-        for it (docs/internals.md, "The log transport", one path per event)."""
-        owed = self._owed_already(events, {group for _, group, _ in subscriptions})
-        if not owed:
-            super().publish(events, subscriptions)
-            return
-        for group in sorted({group for _, group, _ in subscriptions}):
-            rest = [event for event in events if (group, event.position) not in owed]
-            if rest:
-                super().publish(rest, [s for s in subscriptions if s[1] == group])
+        for it; ``again`` (``republish``) also skips the events a group owes in a
+        delivery row, as there. A group with no cursor yet gets its cursor first, in this
+        transaction: its first claim would start one where the most advanced group is,
+        perhaps before these events, and hand them out beside their rows
+        (docs/internals.md, "One path per event")."""
+        groups = sorted({group for _, group, _ in subscriptions})
+        with transaction.atomic(using=self.database):
+            self._log.start_cursors_beside_claims(self.database, groups)
+            owed = self._owed_already(events, groups)
+            if not owed:
+                super()._fan_out(events, subscriptions, again=again)
+                return
+            for group in groups:
+                rest = [event for event in events if (group, event.position) not in owed]
+                if rest:
+                    mine = [s for s in subscriptions if s[1] == group]
+                    super()._fan_out(rest, mine, again=again)
 
     def _owed_already(
         self, events: Sequence[Outgoing], groups: Collection[str]
@@ -355,7 +367,9 @@ class LogTransport(DatabaseTransport):
 
     def _leased(self, group: str, row: Sequence[Any], token: str) -> Claimed:
         lease_id, position, event_id, *stored = row
-        claimed = self._claimed((None, event_id, group, 1, None, event_id, *stored), token)
+        claimed = self._claimed(
+            (None, event_id, group, 1, None, event_id, *stored), token, log_position=position
+        )
         claimed.receipt = LeaseReceipt(lease_id, position, token)
         claimed.size = text_size(stored[3], stored[4])
         return claimed
@@ -507,6 +521,12 @@ class LogSQL:
     def place_cursors_now(self, using: str, groups: Sequence[str]) -> None:
         raise NotImplementedError
 
+    def start_cursors_beside_claims(self, using: str, groups: Sequence[str]) -> None:
+        """``start_cursors`` outside a claim (a replay's publish), in the caller's
+        transaction: a group without a cursor gets exactly one, here or by its claim,
+        never both. On SQLite any writer waits for the one before it."""
+        self.start_cursors(using, groups)
+
     def claim(
         self,
         using: str,
@@ -585,6 +605,21 @@ class PostgreSQLLog(LogSQL):
             f"WHERE NOT EXISTS (SELECT 1 FROM {cursors} c WHERE c.group_name = g)",
             [list(groups)],
         )
+
+    def start_cursors_beside_claims(self, using: str, groups: Sequence[str]) -> None:
+        cursors = sql.table(connections[using], "GroupCursor")
+        # Each claim takes its group's lock before it starts the group's cursor: taken
+        # here too, until the caller's commit, for the groups that have none (a claim
+        # that finds it taken passes on to its next group). The insert that follows,
+        # a statement of its own, sees a cursor a claim committed meanwhile.
+        missing = _execute(
+            using,
+            "SELECT g, pg_advisory_xact_lock(%s, hashtext(g)) FROM unnest(%s::text[]) AS g "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {cursors} c WHERE c.group_name = g)",
+            [GROUP_LOCK, sorted(groups)],
+        )
+        if missing:
+            self.start_cursors(using, [group for group, _ in missing])
 
     def place_cursors_now(self, using: str, groups: Sequence[str]) -> None:
         connection = connections[using]
@@ -852,7 +887,9 @@ class SQLiteLog(LogSQL):
         delivery = sql.table(connection, "Delivery")
         leases = sql.table(connection, "Lease")
         now = dialect.now()
-        with transaction.atomic(using=using):
+        # Text that is not UTF-8 (written by raw SQL) fails its own event, not the read of
+        # the batch, which would roll the claim back and stall the group for ever.
+        with transaction.atomic(using=using), sql.lenient_text(using):
             # A write first (the group's first cursor, if it has none): from here to the
             # commit this claim holds the lock, so no other claim of the group reads the
             # cursor it is about to move.
