@@ -116,6 +116,7 @@ def test_a_batch_commits_after_64_savepoints_and_goes_on_in_the_next_transaction
     assert not Delivery.objects.filter(group_name="alpha").exists()
 
 
+@pytest.mark.database_transport  # its statements; the log transport adds its hold
 def test_an_event_alone_takes_the_batch_path_without_a_savepoint_or_a_row_lock():
     """A single event is committed by the batch's path as a batch of one
     (docs/internals.md, "One commit path in the worker"): its transaction is its

@@ -23,10 +23,12 @@ from django_events.registry import Handler, registry
 from django_events.replay import Replay, ReplaySpec
 from django_events.retention import purge_expired
 from django_events.testing import deliver
+from django_events.transports import transports
 
 from .conftest import Workers, postgres_only
 from .testapp.events import record
 from .testapp.models import Effect
+from .transport_support import owed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 NEW = "rebuilt"
@@ -90,7 +92,7 @@ def test_replay_into_a_new_group_rebuilds_the_state_of_live_consumption(new_grou
     assert "Replayed 9 events to rebuilt." in out
     assert [row[1:] for row in effects(NEW)] == [row[1:] for row in effects("alpha")]
     assert [row[0] for row in effects(NEW)] == [row[0] for row in effects("alpha")]
-    assert Delivery.objects.filter(group_name="beta").count() == 9, "beta got nothing more"
+    assert owed("beta") == 9, "beta got nothing more"
     assert ReplayProgress.objects.get(group_name=NEW).finished_at is not None
 
 
@@ -202,7 +204,9 @@ def test_event_still_pending_for_the_group_gets_a_second_delivery_handled_once()
     Relay().run_once()  # alpha's delivery is pending, nothing handled yet
 
     replay("--group", "alpha")
-    assert queued("alpha") == [1, 1], "the database transport adds a second delivery row"
+    # The database transport adds a second delivery row; the log transport none, since
+    # alpha's cursor hands the event out (docs/internals.md, "The log transport").
+    assert queued("alpha") == ([] if transports["default"].reads_log else [1, 1])
     deliver(["alpha"])
 
     assert [n for _, _, n in effects("alpha")] == [1], "the inbox skips the second"
@@ -243,6 +247,7 @@ def test_limit_stops_and_the_next_run_continues_without_repeating(new_group):
     assert ReplayProgress.objects.get().replayed == 10
 
 
+@pytest.mark.database_transport  # "as if alpha had just been added": its delivery rows go
 def test_killed_replay_continues_where_it_stopped(workers: Workers):
     for n in range(7):
         publish("test.happened", {"n": n})
@@ -391,9 +396,10 @@ def test_replaying_past_the_inbox_retention_says_handled_events_run_again():
 def test_bad_input_is_a_clear_error_and_writes_nothing(args: list[str], message: str):
     publish("test.happened", {"n": 1})
     Relay().run_once()
+    before = Delivery.objects.count()
     with pytest.raises(CommandError, match=message.replace("(", r"\(")):
         replay(*args)
-    assert Delivery.objects.count() == 2
+    assert Delivery.objects.count() == before
     assert not ReplayProgress.objects.exists()
 
 
