@@ -293,6 +293,27 @@ def test_status_reads_the_log_for_the_groups_asked_only(log_transport: LogTransp
     assert "g2" not in status  # g2 is owed the same 3 events; nobody asked
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_subscriptions_backlog_counts_its_cursor_and_leases_and_is_what_dropping_drops(
+    log_transport: LogTransport,
+) -> None:
+    """What a retired subscription still holds (``events_status``, the admin, W050) and what
+    unsubscribing it says it dropped ("nothing goes silently"): here it is mostly past the
+    group's cursor or in its leases, not in delivery rows."""
+    log_events([make_event() for _ in range(3)] + [make_event(OTHER_TYPE)])
+    [leased] = claim_until(log_transport, ["g1"], 1, timeout=5, limit=1)
+    expected = {("g1", TYPE): 3, ("g2", TYPE): 3, ("g3", OTHER_TYPE): 1}
+    backlog = log_transport.backlog_by_type()
+    assert {pair: backlog.get(pair) for pair in [*expected, ("g1", OTHER_TYPE)]} == {
+        **expected,
+        ("g1", OTHER_TYPE): None,
+    }
+    log_transport.retry_later(leased, 60, "boom")  # from its lease to a delivery row
+    assert log_transport.backlog_by_type()[("g1", TYPE)] == 3
+    assert log_transport.drop_backlog("g1", TYPE) == 3  # the row, and 2 past the cursor
+    assert not Delivery.objects.filter(group_name="g1").exists()
+
+
 def owed_by_definition(group: str) -> int:
     """What ``group`` is owed, by ``not_passed`` over the whole log: the oracle the
     status query's index walks must agree with."""
