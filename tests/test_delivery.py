@@ -293,6 +293,7 @@ def test_commit_order_gap_is_never_skipped():
     assert sorted(effects("alpha")) == [("alpha", 1), ("alpha", 2)]
 
 
+@pytest.mark.database_transport  # the outbox's channel
 @postgres_only
 def test_one_notify_per_publishing_transaction():
     import psycopg

@@ -229,6 +229,7 @@ def test_events_with_an_open_dead_letter_are_left_to_triage():
 # --- interrupting and continuing -------------------------------------------------------
 
 
+@pytest.mark.database_transport  # n=10 reaches the new group live by the relay's fan-out
 def test_limit_stops_and_the_next_run_continues_without_repeating(new_group):
     for n in range(10):
         publish("test.happened", {"n": n})
