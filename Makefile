@@ -2,6 +2,7 @@
 #
 #   make demo    run the example shop (creates .venv on first use)
 #   make test    run the test suite on SQLite, then on PostgreSQL
+#   make test-log  the same with the log transport as the default transport (preview)
 #   make test-newest  the same on the newest leg (Django 6.1, Python 3.13, .venv-newest),
 #                with Django's deprecation warnings as errors
 #   make lint    ruff check + ruff format --check + mypy
@@ -48,12 +49,13 @@ LINT_PATHS := django_events tests example_project examples
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv demo test test-sqlite test-postgres test-newest lint docs clean distclean \
+.PHONY: help venv demo test test-sqlite test-postgres test-log test-newest lint docs clean distclean \
 	bench bench-quick faults faults-quick faults-quick-log dist
 
 help:
 	@echo "make demo       run the example shop demo"
 	@echo "make test       run the tests on SQLite and on PostgreSQL"
+	@echo "make test-log   the same with the log transport as the default (preview)"
 	@echo "make test-newest  the same on Django 6.1 + Python 3.13 (NEWEST_PYTHON=...)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make docs       build the HTML docs"
@@ -111,6 +113,19 @@ test-sqlite: $(STAMP)
 
 test-postgres: $(STAMP)
 	$(PYTEST) --ds=tests.settings_postgres $(PYTEST_ARGS)
+
+# Both suites again with the log transport as the default transport (preview,
+# docs/testing.md): tests of DatabaseTransport's own rows run on it all the same
+# (@pytest.mark.database_transport). Not in .ci/run: CI's time budget.
+LOG_BACKEND := DJANGO_EVENTS_TEST_BACKEND=django_events.transports.log.LogTransport
+test-log: $(STAMP)
+	@status=0; \
+	echo "==> pytest on SQLite (tests.settings_sqlite), the log transport as the default"; \
+	$(LOG_BACKEND) $(PYTEST) --ds=tests.settings_sqlite $(PYTEST_ARGS) || status=1; \
+	echo "==> pytest on PostgreSQL (tests.settings_postgres), the log transport as the default"; \
+	$(LOG_BACKEND) $(PYTEST) --ds=tests.settings_postgres $(PYTEST_ARGS) || status=1; \
+	if [ $$status -ne 0 ]; then echo "make test-log: at least one suite failed" >&2; fi; \
+	exit $$status
 
 # Both suites on the newest leg; Django's deprecation warnings fail the run
 # (DJANGO_EVENTS_TEST_DEPRECATIONS=error, see tests/conftest.py).

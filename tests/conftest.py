@@ -13,14 +13,40 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.test import override_settings
 
 from .log_support import log_transport, on_the_log_transport  # noqa: F401 - fixtures
 from .otel_support import meter_reader, spans  # noqa: F401 - fixtures for every test file
 
 ROOT = Path(__file__).resolve().parent.parent
 
+DATABASE_TRANSPORT = "django_events.transports.database.DatabaseTransport"
+
+TEST_BACKEND = os.environ.get("DJANGO_EVENTS_TEST_BACKEND", "")
+"""The default transport of this run, if not ``DatabaseTransport`` (tests/settings_base.py)."""
+
+ON_THE_LOG_TRANSPORT = TEST_BACKEND.endswith(".LogTransport")
+"""The run has the log transport as its default (``make test-log``)."""
+
 
 def pytest_configure(config: Any) -> None:
+    """The run's default transport, and Django's deprecation warnings as errors."""
+    if TEST_BACKEND:
+        _default_transport(TEST_BACKEND)
+    _deprecations_as_errors(config)
+
+
+def _default_transport(backend: str) -> None:
+    """Make ``backend`` the default transport of every settings a test builds, including
+    the ``override_settings(DJANGO_EVENTS={...})`` that replace the whole setting (and so
+    drop settings_base's ``TRANSPORTS``): the library's own default is swapped, as making
+    it the default will (docs/testing.md, "The suite on the log transport")."""
+    from django_events import conf
+
+    conf.DEFAULT_TRANSPORT = backend
+
+
+def _deprecations_as_errors(config: Any) -> None:
     """``DJANGO_EVENTS_TEST_DEPRECATIONS=error``: every Django deprecation warning fails.
 
     The class names change with each Django release (RemovedInDjango70Warning,
@@ -205,6 +231,26 @@ def _no_connection_left_open(django_db_setup: Any, django_db_blocker: Any) -> It
         f"{len(left)} connection(s) to the test database left open (a thread that ran the "
         f"ORM and never closed; see closing_connections): {left}"
     )
+
+
+@pytest.fixture(autouse=True)
+def _pinned_to_the_database_transport(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """``@pytest.mark.database_transport``: the test is about ``DatabaseTransport``'s own
+    rows (the outbox the relay moves, one delivery row per event and group), so it runs
+    on that transport whatever ``DJANGO_EVENTS_TEST_BACKEND`` makes the default, in this
+    process and in the worker subprocesses it starts."""
+    if not TEST_BACKEND or request.node.get_closest_marker("database_transport") is None:
+        yield
+        return
+    from django_events import conf
+
+    monkeypatch.setattr(conf, "DEFAULT_TRANSPORT", DATABASE_TRANSPORT)
+    monkeypatch.delenv("DJANGO_EVENTS_TEST_BACKEND")
+    database = {"default": {"BACKEND": DATABASE_TRANSPORT}}
+    with override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": database}):
+        yield
 
 
 @pytest.fixture(autouse=True)

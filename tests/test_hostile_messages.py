@@ -239,6 +239,11 @@ def test_sqs_unreachable_while_deleting_a_dead_letter_does_not_stop_the_worker(
 
 
 # -- the database transport ---------------------------------------------------------------
+#
+# A log row and its delivery row, planted as DatabaseTransport keeps them: pinned to it. The
+# log transport's cursors would read the planted log row too (for every group of its type);
+# the fault suite plants each hostile value where that transport reads it
+# (tests/faults/transport.py, ``route``; F9 in ``make faults-quick-log``).
 
 
 def plant_log_row(event_id: uuid.UUID, occurred_at: str, data: str = '{"n": -1}') -> None:
@@ -273,6 +278,7 @@ def garbled_time() -> str:
     return "'2026-13-45 99:99:99'"
 
 
+@pytest.mark.database_transport
 def test_a_log_timestamp_the_driver_cannot_convert_is_one_dead_letter():
     ids = healthy()
     bad = uuid.uuid4()
@@ -284,6 +290,7 @@ def test_a_log_timestamp_the_driver_cannot_convert_is_one_dead_letter():
     assert not DeadLetter.objects.exclude(group="alpha").filter(event_id=bad).exists()
 
 
+@pytest.mark.database_transport
 def test_a_log_row_whose_data_is_not_json_is_one_dead_letter():
     if connection.vendor == "postgresql":
         pytest.skip("jsonb refuses text that is not JSON")
@@ -294,6 +301,7 @@ def test_a_log_row_whose_data_is_not_json_is_one_dead_letter():
     one_dead_letter("not valid JSON")
 
 
+@pytest.mark.database_transport
 def test_a_delivery_whose_event_id_is_garbled_is_one_dead_letter():
     if connection.vendor == "postgresql":
         pytest.skip("the uuid column refuses it")
@@ -309,6 +317,7 @@ def test_a_delivery_whose_event_id_is_garbled_is_one_dead_letter():
     one_dead_letter("not-a-uuid")
 
 
+@pytest.mark.database_transport
 def test_a_delivery_counted_to_the_top_of_its_column_is_one_dead_letter():
     ids = healthy()
     bad = uuid.uuid4()

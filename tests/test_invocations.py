@@ -102,6 +102,7 @@ def test_a_failed_handlers_on_commit_callbacks_never_run(tmp_path: Path):
     assert sorted(committed.read_text().split()) == [f"alpha:{n}" for n in (0, 1, 2, 4, 5)]
 
 
+@pytest.mark.database_transport  # its statements
 @override_settings(DJANGO_EVENTS={"BATCH_SIZE": 100})
 def test_a_batch_commits_after_64_savepoints_and_goes_on_in_the_next_transaction():
     for n in range(70):
@@ -116,6 +117,7 @@ def test_a_batch_commits_after_64_savepoints_and_goes_on_in_the_next_transaction
     assert not Delivery.objects.filter(group_name="alpha").exists()
 
 
+@pytest.mark.database_transport  # its statements; the log transport adds its hold
 def test_an_event_alone_takes_the_batch_path_without_a_savepoint_or_a_row_lock():
     """A single event is committed by the batch's path as a batch of one
     (docs/internals.md, "One commit path in the worker"): its transaction is its

@@ -247,8 +247,9 @@ def test_positions_never_go_back_when_retention_deletes_the_newest_events(
 ) -> None:
     for n in range(2):
         publish("test.happened", {"n": n})
-    got = on_the_log_transport.claim(["alpha"], 10, 30)
-    assert len(got) == 2 and on_the_log_transport.ack_many(got) == got
+    # Every group of the type reads them (beta too, when the run's default declared it).
+    while got := on_the_log_transport.claim(["alpha", "beta"], 10, 30):
+        assert on_the_log_transport.ack_many(got) == got
     EventRecord.objects.update(recorded_at=timezone.now() - dt.timedelta(days=2))
     assert retention.purge(retention.EVENTS, "default", 3600) == 2
     after = publish("test.happened", {"n": 2})

@@ -107,6 +107,7 @@ def test_a_batch_of_several_events_runs_each_handler_once(name: str) -> None:
         assert InboxRecord.objects.filter(group_name="alpha").count() == 3
 
 
+@pytest.mark.database_transport  # publish() to the outbox, then the relay
 @pytest.mark.django_db(transaction=True)
 def test_a_relayed_event_is_claimed_and_discarded_by_its_uuid(name: str) -> None:
     """The relay hands each event id over as a ``uuid.UUID`` (on SQLite too, whose driver

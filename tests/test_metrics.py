@@ -17,6 +17,9 @@ from django.test import override_settings
 from django_events import publish
 from django_events.engine.relay import Relay
 from django_events.testing import deliver
+from django_events.transports import transports
+
+from .transport_support import unrelayed
 
 parser = pytest.importorskip("prometheus_client.parser")
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,7 +35,7 @@ def some_state() -> None:
     deliver(["beta", "limited"])  # beta and limited fail until they dead-letter
     publish("test.chained", {"n": 4})
     Relay().run_once()  # alpha and chain keep theirs pending
-    publish("test.happened", {"n": 5})  # not relayed
+    unrelayed(data={"n": 5})
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -148,7 +151,9 @@ def test_the_worker_counts_what_it_did(meter_reader):
     alpha = (("group", "alpha"), ("type", "test.happened"))
     beta = (("group", "beta"), ("type", "test.happened"))
     assert points[("django_events.published", (("type", "test.happened"),))].value == 1
-    assert points[("django_events.relayed", (("database", "default"),))].value == 1
+    relayed = points.get(("django_events.relayed", (("database", "default"),)))
+    # The log transport's publish() writes the log row itself: the relay moves nothing.
+    assert (relayed.value if relayed else 0) == (0 if transports["default"].reads_log else 1)
     assert points[("django_events.handled", alpha)].value == 1
     assert ("django_events.handled", beta) not in points
     assert points[("django_events.failed", beta)].value == 5

@@ -22,6 +22,7 @@ NO_PARKING = pytest.mark.xfail(
 )
 
 
+@pytest.mark.database_transport  # the end-to-end test relays the outbox onto it
 @needs_pika()
 class TestRabbitMQContract(TransportContract):
     lease = 1.0

@@ -14,6 +14,7 @@ from django_events.transports.redis import RedisStreamsTransport
 from .redis_support import REDIS_URL, delete_prefix, needs_redis
 
 
+@pytest.mark.database_transport  # the end-to-end test relays the outbox onto it
 @needs_redis()
 class TestRedisContract(TransportContract):
     lease = 1.0  # XAUTOCLAIM idle times are in milliseconds; one second keeps it quick

@@ -186,6 +186,7 @@ def test_a_row_two_relays_set_aside_is_one_dead_letter() -> None:
     assert DeadLetter.objects.count() == 1 and not OutboxMessage.objects.exists()
 
 
+@pytest.mark.database_transport  # publish() to the outbox, then the relay
 def test_a_row_only_the_database_refuses_is_found_one_row_at_a_time(settings: Any) -> None:
     """What the shared validation cannot see (here, a source wider than its column in
     the log, on PostgreSQL) still becomes one dead letter, with the database's reason."""
@@ -214,6 +215,7 @@ def test_a_row_only_the_database_refuses_is_found_one_row_at_a_time(settings: An
     assert_logged_in_order([healthy[0], healthy[2]])
 
 
+@pytest.mark.database_transport  # publish() to the outbox, then the relay
 def test_a_healthy_batch_costs_the_same_statements_as_before() -> None:
     """The checks run only when a batch fails, or in memory on rows already read."""
     for n in range(5):
@@ -263,6 +265,7 @@ def handed(request: pytest.FixtureRequest) -> Iterator[tuple[Transport, list[Out
     InMemoryTransport("cleanup", {"name": name}).clear()
 
 
+@pytest.mark.database_transport  # publish() to the outbox, then the relay
 def test_a_transport_is_handed_each_event_id_as_a_uuid(
     handed: tuple[Transport, list[Outgoing]],
 ) -> None:
@@ -283,6 +286,7 @@ def test_a_transport_is_handed_each_event_id_as_a_uuid(
         ]
 
 
+@pytest.mark.database_transport  # publish() to the outbox, then the relay
 def test_an_outbox_row_whose_id_is_not_a_uuid_is_set_aside(
     handed: tuple[Transport, list[Outgoing]],
 ) -> None:
@@ -346,6 +350,7 @@ def assert_not_utf8_set_aside(planted: dict[str, OutboxMessage]) -> None:
 
 
 @sqlite_text
+@pytest.mark.database_transport  # publish() to the outbox, then the relay
 def test_outbox_text_that_is_not_utf8_is_set_aside_not_a_stalled_relay(
     handed: tuple[Transport, list[Outgoing]],
 ) -> None:
@@ -374,6 +379,7 @@ def test_outbox_text_that_is_not_utf8_is_set_aside_on_the_log_transport(
     assert sorted(str(e) for e in handled) == sorted(str(e) for e in healthy)
 
 
+@pytest.mark.database_transport  # publish() to the outbox, then the relay
 @pytest.mark.parametrize("when", ["infinity", "99999-01-01 00:00:00+00"])
 def test_a_time_the_driver_cannot_read_does_not_stall_the_relay(
     handed: tuple[Transport, list[Outgoing]], when: str

@@ -43,6 +43,7 @@ def _plans(take: Callable[[], Any]) -> list[str]:
     ]
 
 
+@pytest.mark.database_transport  # the relay's take from the outbox
 @pytest.mark.parametrize("path", ["move", "lease"])
 def test_a_take_looks_its_rows_up_in_the_log_by_index_never_by_a_scan(path: str) -> None:
     """``move``: the same-database move; ``lease``: the leased send to a broker."""

@@ -675,6 +675,7 @@ def test_a_worker_rides_out_an_outage_and_loses_nothing(
     assert not DeadLetter.objects.exists()
 
 
+@pytest.mark.database_transport  # counts outbox rows
 def test_the_message_limit_follows_a_change_of_settings(sqs: SnsSqsTransport):
     big = {"blob": "x" * (256 * 1024 - 1000)}
     with override_settings(DJANGO_EVENTS={}):  # the database transport: no message limit

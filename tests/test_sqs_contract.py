@@ -71,6 +71,7 @@ class _SqsContract(TransportContract):
         super().test_a_released_event_is_claimable_at_once_without_counting_an_attempt(provisioned)
 
 
+@pytest.mark.database_transport  # the end-to-end test relays the outbox onto it
 class TestSqsContract(_SqsContract):
     @pytest.mark.xfail(
         strict=False,
@@ -83,6 +84,7 @@ class TestSqsContract(_SqsContract):
         super().test_competing_claims_never_share_an_event(provisioned)
 
 
+@pytest.mark.database_transport  # the end-to-end test relays the outbox onto it
 class TestSqsFifoContract(_SqsContract):
     fifo = True
 

@@ -79,6 +79,7 @@ def assert_one_trace(exporter: Any, trace_id: str) -> dict[str, list]:
     return named
 
 
+@pytest.mark.database_transport  # the relay's span
 def test_one_trace_from_the_request_to_both_groups_on_the_database(client, spans):
     trace_id = request_publishing(client, {"n": 1})
     deliver()

@@ -14,6 +14,7 @@ from django_events.transports.database import DatabaseTransport
 from django_events.transports.memory import InMemoryTransport
 
 
+@pytest.mark.database_transport  # the end-to-end test relays the outbox onto it
 class TestInMemoryContract(TransportContract):
     lease = 0.3
     retry_delay = 0.3
@@ -26,6 +27,7 @@ class TestInMemoryContract(TransportContract):
         transport.clear()
 
 
+@pytest.mark.database_transport  # the end-to-end test relays the outbox onto it
 class TestDatabaseContract(TransportContract):
     lease = 0.5
     retry_delay = 0.5

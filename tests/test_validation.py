@@ -22,18 +22,19 @@ from django_events.exceptions import (
     PayloadTooLarge,
     UnstorableValue,
 )
-from django_events.models import EventRecord, OutboxMessage
+from django_events.models import EventRecord
 from django_events.testing import deliver
 from django_events.text import storable
 from django_events.validation import MAX_NESTING, check_storable, check_text, validate_key
 from tests.testapp.models import Effect
+from tests.transport_support import published_rows
 
 
 @pytest.fixture
 def nothing_written(db: Any) -> Any:
-    before = OutboxMessage.objects.count()
+    before = published_rows().count()
     yield
-    assert OutboxMessage.objects.count() == before
+    assert published_rows().count() == before
 
 
 # -- publish() refuses, naming the path -------------------------------------------------------

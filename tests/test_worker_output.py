@@ -108,6 +108,7 @@ def test_handlers_registered_means_no_w006():
     assert check_runtime() == []
 
 
+@pytest.mark.database_transport  # the relay's warning; the log transport has none
 def test_relay_warns_once_per_type_about_events_no_group_subscribes_to(
     caplog: pytest.LogCaptureFixture,
 ):

@@ -497,6 +497,24 @@ class LogTransport(DatabaseTransport):
             )
         return {group: found.get(group, GroupStatus()) for group in sorted({*groups, *found})}
 
+    def backlog_by_type(self) -> dict[tuple[str, str], int]:
+        """Delivery rows as ``DatabaseTransport`` counts them, plus, per group and type,
+        the log's events of a subscribed type its cursor has not passed and those in its
+        leases: what a retired subscription still holds (``events_status``, the admin,
+        W050). It walks the log from every group's cursor, as ``status()`` does for the
+        groups it is asked about (docs/internals.md, "The log transport")."""
+        found = super().backlog_by_type()
+        for group, event_type, count in self._log.backlog(self.database):
+            found[(group, event_type)] = found.get((group, event_type), 0) + int(count)
+        return found
+
+    def drop_backlog(self, group: str, event_type: str) -> int:
+        """The pair's delivery rows are deleted; its events past the group's cursor are
+        dropped by the subscription's removal itself (a claim walks the subscribed types
+        only), and counted here, so the operator is told what went."""
+        dropped = super().drop_backlog(group, event_type)
+        return dropped + int(self._log.past_cursor(self.database, group, event_type))
+
 
 def _split(claimed: Sequence[Claimed]) -> tuple[list[Claimed], list[Claimed]]:
     """The claims made from delivery rows, and those made from the log."""
@@ -572,6 +590,15 @@ class LogSQL:
     def status(self, using: str, groups: Sequence[str]) -> list[Sequence[Any]]:
         """Per group of ``groups`` with a cursor: its events past the cursor, the oldest
         one's age in seconds, and the events in its live leases."""
+        raise NotImplementedError
+
+    def backlog(self, using: str) -> list[Sequence[Any]]:
+        """``(group, type, count)``: each group's events of its subscribed types past its
+        cursor, and those in its leases (a pair may come twice: the caller adds them)."""
+        raise NotImplementedError
+
+    def past_cursor(self, using: str, group: str, event_type: str) -> int:
+        """``group``'s events of ``event_type`` past its cursor, subscribed or not."""
         raise NotImplementedError
 
     def unread(self, connection: Any) -> str:
@@ -776,21 +803,61 @@ class PostgreSQLLog(LogSQL):
         claim's three index walks: the rest of the open window, by position up to its
         ``last``; what committed after ``hi``, through the txid index (the xids begun
         since ``hi``, and those running at ``hi``)."""
-        subscriptions = sql.table(connection, "Subscription")
+        return (
+            f"(SELECT count(*) AS n, min(w.recorded_at) AS oldest FROM "
+            f"{self._walks(connection, head)} w WHERE {self._subscribed(connection, head)})"
+        )
+
+    def _walks(self, connection: Any, head: str) -> str:
+        """SQL: the log rows (``type``, ``recorded_at``) the cursor ``head`` has not passed,
+        of every type, in the claim's three index walks (``_owed``)."""
         event = sql.table(connection, "EventRecord")
         hi, lo = f"{head}.hi::pg_snapshot", f"{head}.lo::pg_snapshot"
         return (
-            "(SELECT count(*) AS n, min(w.recorded_at) AS oldest FROM ("
-            f"SELECT l.type, l.recorded_at FROM {event} l WHERE l.position > {head}.pos "
+            f"(SELECT l.type, l.recorded_at FROM {event} l WHERE l.position > {head}.pos "
             f"AND l.position <= {head}.last AND pg_visible_in_snapshot(l.txid, {hi}) "
             f"AND NOT pg_visible_in_snapshot(l.txid, {lo}) "
             f"UNION ALL SELECT l.type, l.recorded_at FROM {event} l "
             f"WHERE l.txid >= pg_snapshot_xmax({hi}) "
             f"UNION ALL SELECT l.type, l.recorded_at FROM {event} l "
-            f"WHERE l.txid = ANY(ARRAY(SELECT pg_snapshot_xip({hi})))"
-            f') w WHERE w.type IN (SELECT s.event_type FROM {subscriptions} s WHERE s."group" '
-            f"= {head}.group_name))"
+            f"WHERE l.txid = ANY(ARRAY(SELECT pg_snapshot_xip({hi}))))"
         )
+
+    def _subscribed(self, connection: Any, head: str) -> str:
+        """SQL: the walked row ``w`` is of a type the group of cursor ``head`` subscribes to."""
+        subscriptions = sql.table(connection, "Subscription")
+        return (
+            f'w.type IN (SELECT s.event_type FROM {subscriptions} s WHERE s."group" '
+            f"= {head}.group_name)"
+        )
+
+    def backlog(self, using: str) -> list[Sequence[Any]]:
+        connection = connections[using]
+        cursors = sql.table(connection, "GroupCursor")
+        leases = sql.table(connection, "Lease")
+        event = sql.table(connection, "EventRecord")
+        with index_scans_only(using):
+            return _execute(
+                using,
+                f"SELECT h.group_name, w.type, count(*) FROM {heads(cursors)} h CROSS JOIN "
+                f"LATERAL {self._walks(connection, 'h')} w WHERE "
+                f"{self._subscribed(connection, 'h')} GROUP BY h.group_name, w.type "
+                f"UNION ALL SELECT k.group_name, l.type, count(*) FROM {leases} k "
+                f"JOIN {event} l ON l.position = ANY(k.positions) GROUP BY k.group_name, l.type",
+                [],
+            )
+
+    def past_cursor(self, using: str, group: str, event_type: str) -> int:
+        connection = connections[using]
+        cursors = sql.table(connection, "GroupCursor")
+        with index_scans_only(using):
+            ((count,),) = _execute(
+                using,
+                f"SELECT count(*) FROM {heads(cursors, 'c.group_name = %s')} h CROSS JOIN "
+                f"LATERAL {self._walks(connection, 'h')} w WHERE w.type = %s",
+                [group, event_type],
+            )
+        return int(count)
 
     def owed_already(
         self, using: str, groups: list[str], positions: list[int]
@@ -1093,6 +1160,35 @@ class SQLiteLog(LogSQL):
             f"{_sqlite_heads(cursors, 'c.group_name IN (SELECT value FROM json_each(%s))')} h",
             [json.dumps(list(groups))],
         )
+
+    def backlog(self, using: str) -> list[Sequence[Any]]:
+        connection = connections[using]
+        cursors = sql.table(connection, "GroupCursor")
+        leases = sql.table(connection, "Lease")
+        subscriptions = sql.table(connection, "Subscription")
+        event = sql.table(connection, "EventRecord")
+        return _execute(
+            using,
+            f"SELECT h.group_name, l.type, count(*) FROM {_sqlite_heads(cursors)} h "
+            f"JOIN {event} l ON l.position > h.pos WHERE l.type IN (SELECT s.event_type "
+            f'FROM {subscriptions} s WHERE s."group" = h.group_name) '
+            "GROUP BY h.group_name, l.type UNION ALL SELECT k.group_name, l.type, count(*) "
+            f"FROM {leases} k, json_each(k.positions) p JOIN {event} l ON l.position = p.value "
+            "GROUP BY k.group_name, l.type",
+            [],
+        )
+
+    def past_cursor(self, using: str, group: str, event_type: str) -> int:
+        connection = connections[using]
+        cursors = sql.table(connection, "GroupCursor")
+        event = sql.table(connection, "EventRecord")
+        ((count,),) = _execute(
+            using,
+            f"SELECT count(*) FROM {_sqlite_heads(cursors, 'c.group_name = %s')} h "
+            f"JOIN {event} l ON l.position > h.pos WHERE l.type = %s",
+            [group, event_type],
+        )
+        return int(count)
 
     def owed_already(
         self, using: str, groups: list[str], positions: list[int]
