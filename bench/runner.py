@@ -470,11 +470,24 @@ def write_docs(json_path: Path, docs_path: Path) -> None:
     lines += [
         "## Reproduce",
         "",
+        "<!-- doc-test: skip the benchmarks take minutes and rewrite this page; "
+        "CI does not run them -->",
         "```console",
         "make bench         # full set, about 20 minutes; rewrites this page",
         "make bench-quick   # reduced set, a few minutes; every ratio, not this page",
         ".venv/bin/python -m bench --only S1,S4   # a subset",
         "```",
+        "",
+        "Environment variables change what a run measures: "
+        "`DJANGO_EVENTS_BENCH_TRANSPORT=log` runs every row on the log transport, "
+        '`DJANGO_EVENTS_BENCH_ROTATE=on` with its rotation on (`OPTIONS["rotate"]`), '
+        "`DJANGO_EVENTS_BENCH_CHARTS=off` without the workers' chart counts and lag samples "
+        "(`CHART_RETENTION = 0`), and `DJANGO_EVENTS_BENCH_PG_CONF` adds lines, separated by "
+        "`;`, to the private cluster's `postgresql.conf` (W1, B1, H1), e.g. "
+        '`"log_min_duration_statement = 100; logging_collector = on; '
+        "log_directory = '/tmp/h1log'\"`, or `auto_explain` with `shared_preload_libraries`: "
+        "that is how the once-a-minute stall of the log transport's lag sample was found "
+        "([Internals](internals.md#the-log-transport)).",
         "",
         "Peers come from the `bench` extra (`pip install -e '.[dev,bench]'`), never from "
         "the package itself. PostgreSQL is expected at 127.0.0.1:5432 (user postgres), as "

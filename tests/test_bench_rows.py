@@ -84,6 +84,10 @@ def test_regenerated_docs_keep_the_hand_written_section(tmp_path):
     assert "| W1 | wal |" in text and "\nold\n" not in text
     runner.write_docs(results, page)  # and again: kept once, not twice
     assert page.read_text().count(runner.KEEP) == 1
+    # The commands that rewrite the page are not run by the doc-snippet test.
+    reproduce = page.read_text().split("## Reproduce", 1)[1]
+    assert reproduce.lstrip().startswith("<!-- doc-test: skip ")
+    assert "DJANGO_EVENTS_BENCH_TRANSPORT=log" in reproduce
 
 
 def test_o1_states_are_what_their_rows_say():
