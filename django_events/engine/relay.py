@@ -803,9 +803,9 @@ def screen(
 def row_problem(row: Outgoing, max_bytes: int) -> str | None:
     """Why an outbox row breaks the rule ``publish()`` enforces (django_events.validation),
     or None: what a consumer could not decode, or a database or transport could not keep."""
-    unreadable = [name for name in _TEXT_FIELDS if isinstance(getattr(row, name), sql.NotUTF8)]
+    unreadable = sql.not_utf8((name, getattr(row, name)) for name in _TEXT_FIELDS)
     if unreadable:  # SQLite keeps what raw SQL wrote (``sql.lenient_text``)
-        return f"{', '.join(unreadable)} {'is' if len(unreadable) == 1 else 'are'} not UTF-8"
+        return unreadable
     if not isinstance(_uuid_or_raw(row.event_id), uuid.UUID):
         return f"event id {str(row.event_id)[:100]!r} is not a UUID"
     try:

@@ -9,7 +9,7 @@ input.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from typing import Any, ClassVar
 
@@ -277,6 +277,15 @@ class NotUTF8(bytes):
     """A stored text value whose bytes are not UTF-8: SQLite keeps whatever raw SQL wrote
     into a text column, and Python's driver then fails the fetch of every row read with
     it. Read as this instead (``lenient_text``), it fails its own event alone."""
+
+
+def not_utf8(fields: Iterable[tuple[str, Any]]) -> str | None:
+    """``"a, b are not UTF-8"`` for the ``(name, value)`` pairs read as ``NotUTF8``, or
+    None: the reason an event's dead letter gives."""
+    names = [name for name, value in fields if isinstance(value, NotUTF8)]
+    if not names:
+        return None
+    return f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} not UTF-8"
 
 
 def _text_or_bytes(value: bytes) -> str | NotUTF8:

@@ -561,11 +561,10 @@ class DatabaseTransport(Transport):
         if stored[0] is None:
             claimed.decode_error = f"Event {event_id} is missing from the event log."
             return claimed
-        unreadable = [n for n, v in zip(STORED, stored, strict=False) if isinstance(v, sql.NotUTF8)]
+        unreadable = sql.not_utf8(zip(STORED, stored, strict=False))
         if unreadable:
             claimed.decode_error = storable(
-                f"Event {event_id} in the log: its {', '.join(unreadable)} "
-                f"{'is' if len(unreadable) == 1 else 'are'} not UTF-8 (written by raw SQL)."
+                f"Event {event_id} in the log: its {unreadable} (written by raw SQL)."
             )
             return claimed
         try:
