@@ -5,7 +5,8 @@ Payloads may hold personal data; retention is how it leaves the database. Nothin
 group still has to handle is ever removed: an event with a delivery row (pending, in
 flight, retrying or parked), an open dead letter, or (the log transport) a lease or a
 group's cursor not yet past it stays in the log, and an inbox record
-stays while its group still has a delivery of that event (a duplicate it must skip).
+stays while its group still owes that event (a duplicate it must skip): a delivery row,
+or (the log transport) one of the group's leases or its cursor not yet past it.
 
 The log and the inbox are walked oldest first along their primary key, which follows
 their timestamps closely, and a walk stops at the first batch that reaches rows still
@@ -153,6 +154,16 @@ def _unread(connection: Any) -> str:
     return log_sql(connection.alias).unread(connection)
 
 
+def _read_by_its_group(connection: Any) -> str:
+    """The log transport's owed events of the inbox row's own group, which have no delivery
+    row: one of its leases holds the event, or its cursor has not passed it (docs/
+    internals.md, "The log transport", Retention). Where it has no cursor or lease, nothing
+    is held back."""
+    from .transports.log import log_sql
+
+    return log_sql(connection.alias).read_by_its_group(connection)
+
+
 def _tables(connection: Any) -> dict[str, _Table]:
     delivery = sql.table(connection, "Delivery")
     dead = sql.table(connection, "DeadLetter")
@@ -172,7 +183,7 @@ def _tables(connection: Any) -> dict[str, _Table]:
             "id",
             "handled_at",
             f"NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.event_id = t.event_id "
-            "AND d.group_name = t.group_name)",
+            f"AND d.group_name = t.group_name){_read_by_its_group(connection)}",
             walk_in_order=True,
         ),
         DEAD_LETTERS: _Table(

@@ -536,3 +536,57 @@ def test_retention_keeps_what_a_group_has_not_read_or_holds_in_a_lease(
     assert retention.purge(retention.EVENTS, "default", 3600) == 0  # all in leases
     assert log_transport.ack_many(claimed) == claimed
     assert retention.purge(retention.EVENTS, "default", 3600) == 3
+
+
+def old_inbox_records(events: Sequence[Outgoing], groups: Sequence[str]) -> None:
+    """Each of ``groups`` handled each of ``events`` two days ago (a first copy)."""
+    InboxRecord.objects.bulk_create(
+        InboxRecord(group_name=group, event_id=event.event_id)
+        for group in groups
+        for event in events
+    )
+    InboxRecord.objects.update(handled_at=timezone.now() - dt.timedelta(days=2))
+
+
+def inbox_left() -> list[tuple[str, uuid.UUID]]:
+    return sorted(InboxRecord.objects.values_list("group_name", "event_id"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retention_keeps_an_inbox_record_while_its_groups_cursor_has_not_passed_the_event(
+    log_transport: LogTransport,
+) -> None:
+    """A second copy of a handled event (a replay's, a move's) may still be owed through
+    the group's cursor, with no delivery row: its inbox record must stay until the cursor
+    has passed the event, or the copy runs the handler again. Per group: another group's
+    cursor holds back its own records only."""
+    from django_events import retention
+
+    events = [make_event() for _ in range(2)]
+    log_events(events)
+    old_inbox_records(events, ["g1", "g2"])
+    assert retention.purge(retention.INBOX, "default", 3600) == 0  # no cursor has passed them
+    claimed = claim_until(log_transport, ["g1"], 2, timeout=5)
+    assert log_transport.ack_many(claimed) == claimed
+    assert retention.purge(retention.INBOX, "default", 3600) == 2  # g1's
+    assert inbox_left() == sorted(("g2", e.event_id) for e in events)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retention_keeps_an_inbox_record_while_one_of_its_groups_leases_holds_the_event(
+    log_transport: LogTransport,
+) -> None:
+    """The claim moved the cursor past the event and put it in a lease: until the lease
+    lets go of it, the group may be handed it again (a lease that runs out becomes a
+    delivery row), so its inbox record stays."""
+    from django_events import retention
+
+    event = make_event()
+    log_events([event])
+    [claimed] = claim_until(log_transport, ["g1"], 1, timeout=5)
+    old_inbox_records([event], ["g1"])
+    assert Lease.objects.filter(group_name="g1").count() == 1
+    assert retention.purge(retention.INBOX, "default", 3600) == 0  # in its lease
+    assert log_transport.ack_many([claimed]) == [claimed]
+    assert retention.purge(retention.INBOX, "default", 3600) == 1
+    assert inbox_left() == []

@@ -23,7 +23,7 @@ from django_events.testing import deliver
 from django_events.testing.factories import DeadLetterFactory
 from django_events.triage import discard
 
-from .conftest import ON_THE_LOG_TRANSPORT, postgres_only
+from .conftest import postgres_only
 from .transport_support import owed
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -107,12 +107,6 @@ def test_a_bounded_purge_resumes_past_old_rows_it_must_keep():
 # --- inbox records and dead letters --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    ON_THE_LOG_TRANSPORT,
-    strict=True,
-    reason="known bug: on the log transport the inbox purge keeps an inbox row only while a "
-    "delivery row owes its event, not while the group's cursor does (make test-log)",
-)
 @override_settings(DJANGO_EVENTS={"INBOX_RETENTION": 2 * DAY})
 def test_inbox_records_go_by_age_unless_a_duplicate_is_still_pending():
     for n in range(3):

@@ -606,6 +606,14 @@ class LogSQL:
         owes it (retention's guard)."""
         raise NotImplementedError
 
+    def read_by_its_group(self, connection: Any) -> str:
+        """A condition on the inbox row ``t``: its group ``t.group_name`` is owed
+        ``t.event_id`` by none of its leases, and its cursor has passed the event's log row
+        (whatever the type: a pair declared again is owed what the cursor has not passed).
+        One primary-key lookup of the log row per inbox row; no log row, nothing owed
+        (retention's inbox guard, beside the delivery rows')."""
+        raise NotImplementedError
+
     def owed_already(
         self, using: str, groups: list[str], positions: list[int]
     ) -> list[Sequence[Any]]:
@@ -887,6 +895,23 @@ class PostgreSQLLog(LogSQL):
             f" AND NOT EXISTS (SELECT 1 FROM {heads(cursors)} h WHERE t.type IN (SELECT "
             f"s.event_type FROM {subscriptions} s WHERE s.{group} = h.group_name) AND "
             f"{not_passed('t', 'h')})"
+        )
+
+    def read_by_its_group(self, connection: Any) -> str:
+        leases = sql.table(connection, "Lease")
+        cursors = sql.table(connection, "GroupCursor")
+        event = sql.table(connection, "EventRecord")
+        # OFFSET 0 keeps this a subplan run per inbox row, one primary-key lookup of the
+        # log row: as a join, the planner hashed the whole log for each batch. LIMIT 1
+        # stops ``heads`` at the group's newest row: its DISTINCT ON otherwise reads every
+        # cursor row of the group once the newest fails the filter above it
+        # (docs/internals.md, "The log transport", Retention).
+        head = f"(SELECT * FROM {heads(cursors, 'c.group_name = t.group_name')} g LIMIT 1)"
+        return (
+            f" AND NOT EXISTS (SELECT 1 FROM {event} l WHERE l.id = t.event_id AND (EXISTS "
+            f"(SELECT 1 FROM {leases} k WHERE k.group_name = t.group_name AND l.position = "
+            f"ANY(k.positions)) OR EXISTS (SELECT 1 FROM {head} h WHERE "
+            f"{not_passed('l', 'h')})) OFFSET 0)"
         )
 
 
@@ -1216,6 +1241,18 @@ class SQLiteLog(LogSQL):
             f" AND NOT EXISTS (SELECT 1 FROM {_sqlite_heads(cursors)} h WHERE t.position > "
             f"h.pos AND t.type IN (SELECT s.event_type FROM {subscriptions} s WHERE "
             f"s.{group} = h.group_name))"
+        )
+
+    def read_by_its_group(self, connection: Any) -> str:
+        leases = sql.table(connection, "Lease")
+        cursors = sql.table(connection, "GroupCursor")
+        event = sql.table(connection, "EventRecord")
+        return (
+            f" AND NOT EXISTS (SELECT 1 FROM {event} l WHERE l.id = t.event_id AND (EXISTS "
+            f"(SELECT 1 FROM {leases} k, json_each(k.positions) p WHERE k.group_name = "
+            "t.group_name AND p.value = l.position) OR EXISTS (SELECT 1 FROM "
+            f"{_sqlite_heads(cursors, 'c.group_name = t.group_name')} h WHERE l.position > "
+            "h.pos)))"
         )
 
 
