@@ -32,6 +32,7 @@ from .envelope import encode_data
 from .exceptions import InvalidEvent
 from .models import DeadLetter, EventRecord, OutboxMessage
 from .transports import transports
+from .transports.log import keep_from_cursors
 from .triage import VIEW_PAYLOAD, event_of
 from .typed import check_data, declaration
 from .validation import check_storable
@@ -187,7 +188,10 @@ def _editable(dead: DeadLetter) -> EventRecord:
 
 def _log(original: EventRecord, data: dict[str, Any], using: str) -> uuid.UUID:
     """Write the new event into the log, at a position from the outbox's sequence (taken
-    by a row inserted and deleted in this transaction, so no relay ever sees it)."""
+    by a row inserted and deleted in this transaction, so no relay ever sees it), out of
+    every group's cursor: it is the dead letter's group's only, which its delivery row
+    (``_deliver``) carries it to, whatever the transport (docs/internals.md, "The log
+    transport", log rows for one group)."""
     new_id = uuid.uuid4()
     slot = OutboxMessage.objects.using(using).create(
         event_id=new_id, type=original.type, data="{}", occurred_at=timezone.now()
@@ -206,6 +210,7 @@ def _log(original: EventRecord, data: dict[str, Any], using: str) -> uuid.UUID:
         correlation_id=original.correlation_id or original.id,
         causation_id=original.id,
     )
+    keep_from_cursors(using, [new_id])
     return new_id
 
 

@@ -19,7 +19,6 @@ from django.test.utils import CaptureQueriesContext
 from django_events import publish
 from django_events.models import DeadLetter, Delivery, EventRecord
 from django_events.testing import deliver
-from tests.conftest import ON_THE_LOG_TRANSPORT
 from tests.deadletters import bulk, failing
 from tests.testapp import typed_events
 from tests.testapp.models import Effect
@@ -83,14 +82,14 @@ def test_permission_matrix_for_edit_and_retry(role: str):
     assert LogEntry.objects.count() == (1 if expected == 302 else 0)
 
 
-@pytest.mark.xfail(
-    ON_THE_LOG_TRANSPORT,
-    strict=True,
-    reason="known bug: on the log transport the edited copy's log row is read by every "
-    "group's cursor of its type, not only the dead letter's group (make test-log)",
-)
+# Committed, not inside one transaction: on PostgreSQL the log transport's cursors do not
+# reliably see the test transaction's own events (docs/testing.md, "Known, not fixed yet"),
+# and this test must show on either transport that the copy reaches its group only.
+@pytest.mark.django_db(transaction=True)
 def test_edit_and_retry_is_a_new_event_for_that_group_only_and_keeps_the_original():
-    dead = next(d for d in failing({"n": 7, "city": "Bern"}, groups=("alpha", "beta")))
+    dead = next(
+        d for d in failing({"n": 7, "city": "Bern"}, groups=("alpha", "beta")) if d.group == "alpha"
+    )
     original = EventRecord.objects.get(id=dead.event_id)
     client = staff_client(*VIEW, "view_payload", "edit_deadletter")
     with EDIT_ON:

@@ -242,6 +242,34 @@ def test_an_outbox_row_relayed_after_later_events_were_logged_is_not_passed(
     assert EventRecord.objects.get(id=older.event_id).position > older.position
 
 
+def test_a_row_kept_from_the_cursors_stays_out_of_their_reach_after_vacuum(
+    on_the_log_transport: LogTransport,
+) -> None:
+    """The mark (the rowid set to minus the position) is no column: ``VACUUM``, which may
+    renumber the rowids of a table with no index, must keep it on the log, which has
+    several, or every group's walk would hand the row out again."""
+    before = publish("test.happened", {"n": 1})
+    kept = publish("test.happened", {"n": 2})
+    with transaction.atomic():
+        log.keep_from_cursors(connection.alias, [kept.id])
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM")
+    assert ids(on_the_log_transport.claim(["alpha"], 10, 30)) == [before.id]
+    assert EventRecord.objects.filter(id=kept.id).exists()  # in the log, for the admin
+
+
+def test_an_event_logged_when_only_rows_kept_from_the_cursors_are_left_is_read(
+    on_the_log_transport: LogTransport,
+) -> None:
+    """SQLite gives a new row the highest rowid plus one: with only a kept row left (the
+    rest purged), that is at or below zero, and must not read as kept."""
+    kept = publish("test.happened", {"n": 1})
+    with transaction.atomic():
+        log.keep_from_cursors(connection.alias, [kept.id])
+    after = [publish("test.happened", {"n": n}) for n in range(2, 4)]
+    assert ids(on_the_log_transport.claim(["alpha"], 10, 30)) == [e.id for e in after]
+
+
 def test_positions_never_go_back_when_retention_deletes_the_newest_events(
     on_the_log_transport: LogTransport,
 ) -> None:

@@ -13,13 +13,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import connection, connections, transaction
+from django.test import override_settings
 from django.utils import timezone
 
-from django_events import publish
+from django_events import publish, retention
+from django_events.edit_retry import edit_and_retry
 from django_events.engine.sql import INDEX_SCANS_ONLY, index_scans_only
 from django_events.engine.worker import Worker
 from django_events.models import (
+    DeadLetter,
     Delivery,
     EventRecord,
     GroupCursor,
@@ -36,7 +41,8 @@ from django_events.testing.contract import (
     log_events,
     make_event,
 )
-from django_events.transports.base import Claimed, Outgoing, Transport
+from django_events.transports import transports
+from django_events.transports.base import Claimed, Outgoing, Transport, logged_events
 from django_events.transports.log import LogTransport, heads, not_passed, place_cursors_now
 from tests.testapp.models import Effect
 
@@ -590,3 +596,80 @@ def test_retention_keeps_an_inbox_record_while_one_of_its_groups_leases_holds_th
     assert log_transport.ack_many([claimed]) == [claimed]
     assert retention.purge(retention.INBOX, "default", 3600) == 1
     assert inbox_left() == []
+
+
+@pytest.fixture
+def editing() -> Iterator[LogTransport]:
+    """The log transport as the default (``publish()`` logs, drawing real positions), every
+    contract subscription declared, and edit and retry on."""
+    backend = {"default": {"BACKEND": "django_events.transports.log.LogTransport"}}
+    conf = {**settings.DJANGO_EVENTS, "TRANSPORTS": backend, "ADMIN_EDIT_RETRY": True}
+    with override_settings(DJANGO_EVENTS=conf):
+        transport = transports["default"]
+        assert isinstance(transport, LogTransport)
+        declare(transport, SUBSCRIPTIONS)
+        yield transport
+
+
+def edited_copy(transport: LogTransport) -> tuple[uuid.UUID, uuid.UUID]:
+    """An event of ``TYPE`` dead-lettered by g1 and handled by g2, then edited and retried
+    for g1: its id and the copy's."""
+    original = publish(TYPE, {"n": 1})
+    [failed] = claim_until(transport, ["g1"], 1, timeout=5)
+    assert transport.dead_letter(failed)
+    now = timezone.now()
+    dead = DeadLetter.objects.create(
+        event_id=original.id,
+        group="g1",
+        attempts=1,
+        error_class="RuntimeError",
+        first_failed_at=now,
+        last_failed_at=now,
+    )
+    [handled] = claim_until(transport, ["g2"], 1, timeout=5)
+    assert transport.ack_many([handled]) == [handled]
+    root = User.objects.create_superuser("root", password="pw")  # noqa: S106
+    copy = edit_and_retry(dead, json.dumps({"n": 2}), root).event_id
+    return original.id, copy
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_edited_copy_reaches_the_dead_letters_group_only_and_once(
+    editing: LogTransport,
+) -> None:
+    """Edit and retry logs the corrected copy for one group: its delivery row carries it
+    there, and no group's cursor reads it, neither another group of its type's (which
+    would handle an event meant for g1) nor g1's own (a second delivery beside the row)
+    (docs/internals.md, "The log transport", log rows for one group)."""
+    _, copy = edited_copy(editing)
+    assert editing.status(["g2"])["g2"].pending == 0
+    assert editing.backlog_by_type().get(("g2", TYPE), 0) == 0
+    assert editing.drop_backlog("g2", TYPE) == 0  # what unsubscribing would say it dropped
+    claimed = claim_until(editing, ["g1", "g2"], 2, timeout=1)
+    assert [(c.group, c.event_id) for c in claimed] == [("g1", copy)]
+    assert editing.ack_many(claimed) == claimed
+    later = publish(TYPE, {"n": 3})  # the cursors read on past the copy
+    claimed = claim_until(editing, ["g1", "g2"], 3, timeout=1)
+    assert sorted(c.group for c in claimed) == ["g1", "g2"]
+    assert {c.event_id for c in claimed} == {later.id}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_edited_copy_is_kept_while_owed_and_replays_to_another_group(
+    editing: LogTransport,
+) -> None:
+    """The copy stays in the log: retention keeps it while its delivery row owes it, and
+    only that long (no cursor is behind it), and a replay to another group reaches that
+    group (a delivery row: its cursor does not hand it out)."""
+    original, copy = edited_copy(editing)
+    EventRecord.objects.update(recorded_at=timezone.now() - dt.timedelta(days=2))
+    assert retention.purge(retention.EVENTS, "default", 3600) == 1  # the original only
+    [claimed] = claim_until(editing, ["g1"], 1, timeout=5)
+    assert claimed.event_id == copy
+    editing.republish(logged_events([copy], "default"), [(TYPE, "g2", False)])  # a replay
+    assert Delivery.objects.filter(group_name="g2", event_id=copy).count() == 1
+    [replayed] = claim_until(editing, ["g2"], 1, timeout=5)
+    assert replayed.event_id == copy
+    assert editing.ack_many([claimed, replayed]) == [claimed, replayed]
+    assert retention.purge(retention.EVENTS, "default", 3600) == 1  # the copy, once done
+    assert not EventRecord.objects.filter(id__in=[original, copy]).exists()

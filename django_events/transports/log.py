@@ -106,6 +106,17 @@ def place_cursors_now(using: str, groups: Sequence[str]) -> None:
     log_sql(using).place_cursors_now(using, groups)
 
 
+def keep_from_cursors(using: str, event_ids: Sequence[uuid.UUID]) -> None:
+    """Take these log rows, written in this transaction for the groups given delivery rows
+    only (edit and retry's corrected copy), out of every group's cursor: on PostgreSQL
+    ``txid`` becomes NULL, in no window; on SQLite the row's ``rowid`` becomes its position
+    negated, which no other row's is, and the position walks skip it. Replay, retention's
+    delivery-row guard and the admin read them as any row (docs/internals.md, "The log
+    transport", log rows for one group)."""
+    if event_ids:
+        log_sql(using).keep_from_cursors(using, event_ids)
+
+
 def _execute(using: str, query: str, params: Sequence[Any]) -> Any:
     with connections[using].cursor() as cursor:
         cursor.execute(query, params)
@@ -545,6 +556,10 @@ class LogSQL:
         never both. On SQLite any writer waits for the one before it."""
         self.start_cursors(using, groups)
 
+    def keep_from_cursors(self, using: str, event_ids: Sequence[uuid.UUID]) -> None:
+        """``keep_from_cursors``: mark these log rows so that no cursor reads them."""
+        raise NotImplementedError
+
     def claim(
         self,
         using: str,
@@ -677,6 +692,17 @@ class PostgreSQLLog(LogSQL):
             "SELECT slot.n, g.name, snap.s, snap.s, top.pos, top.pos, statement_timestamp() "
             "FROM g, snap, top, slot",
             [list(groups)],
+        )
+
+    def keep_from_cursors(self, using: str, event_ids: Sequence[uuid.UUID]) -> None:
+        # In no window, as the rows logged before migration 0014 (``not_passed``, the
+        # claim function): the version written with the transaction's id is never
+        # visible to another, and ``txid`` is indexed, so the update is not HOT.
+        event = sql.table(connections[using], "EventRecord")
+        _execute(
+            using,
+            f"UPDATE {event} SET txid = NULL WHERE id = ANY(%s::uuid[])",
+            [list(event_ids)],
         )
 
     def claim(
@@ -930,6 +956,22 @@ class SQLiteLog(LogSQL):
             f"COALESCE((SELECT max(position) FROM {event}), 0))"
         )
 
+    def keep_from_cursors(self, using: str, event_ids: Sequence[uuid.UUID]) -> None:
+        # The rowid, not a column: the model and the handlers never see it, and the
+        # position index holds it beside each position, so the walks test it for free
+        # (``_in_reach``). No other row's rowid is minus its position: SQLite gives a new
+        # row the highest rowid plus one, and every row logged here has a position above
+        # every logged one (``draw_positions``), so its rowid is above minus its own. Not
+        # "rowid < 0": with only such rows left, the next row's rowid is one of those.
+        # VACUUM keeps rowids: it renumbers only a table with no index.
+        event = sql.table(connections[using], "EventRecord")
+        ids = [sql.dialect(using).uuid_value(event_id) for event_id in event_ids]
+        _execute(
+            using,
+            f"UPDATE {event} SET rowid = -position WHERE id IN (SELECT value FROM json_each(%s))",
+            [json.dumps(ids)],
+        )
+
     def start_cursors(self, using: str, groups: Sequence[str]) -> None:
         cursors = sql.table(connections[using], "GroupCursor")
         now = sql.dialect(using).now()
@@ -1007,7 +1049,8 @@ class SQLiteLog(LogSQL):
             picked = _execute(
                 using,
                 f"SELECT position, type FROM {event} WHERE position > %s AND +type IN "
-                "(SELECT value FROM json_each(%s)) ORDER BY position LIMIT %s",
+                f"(SELECT value FROM json_each(%s)) AND {_in_reach('')} ORDER BY position "
+                "LIMIT %s",
                 [pos, json.dumps(sorted(in_order)), want],
             )
             if not picked:
@@ -1173,8 +1216,8 @@ class SQLiteLog(LogSQL):
         subscriptions = sql.table(connection, "Subscription")
         event = sql.table(connection, "EventRecord")
         past = (
-            f"FROM {event} l WHERE l.position > h.pos AND l.type IN (SELECT s.event_type "
-            f'FROM {subscriptions} s WHERE s."group" = h.group_name)'
+            f"FROM {event} l WHERE l.position > h.pos AND {_in_reach('l.')} AND l.type IN "
+            f'(SELECT s.event_type FROM {subscriptions} s WHERE s."group" = h.group_name)'
         )
         return _execute(
             using,
@@ -1195,7 +1238,8 @@ class SQLiteLog(LogSQL):
         return _execute(
             using,
             f"SELECT h.group_name, l.type, count(*) FROM {_sqlite_heads(cursors)} h "
-            f"JOIN {event} l ON l.position > h.pos WHERE l.type IN (SELECT s.event_type "
+            f"JOIN {event} l ON l.position > h.pos WHERE {_in_reach('l.')} AND l.type IN "
+            "(SELECT s.event_type "
             f'FROM {subscriptions} s WHERE s."group" = h.group_name) '
             "GROUP BY h.group_name, l.type UNION ALL SELECT k.group_name, l.type, count(*) "
             f"FROM {leases} k, json_each(k.positions) p JOIN {event} l ON l.position = p.value "
@@ -1210,7 +1254,7 @@ class SQLiteLog(LogSQL):
         ((count,),) = _execute(
             using,
             f"SELECT count(*) FROM {_sqlite_heads(cursors, 'c.group_name = %s')} h "
-            f"JOIN {event} l ON l.position > h.pos WHERE l.type = %s",
+            f"JOIN {event} l ON l.position > h.pos WHERE {_in_reach('l.')} AND l.type = %s",
             [group, event_type],
         )
         return int(count)
@@ -1221,11 +1265,13 @@ class SQLiteLog(LogSQL):
         connection = connections[using]
         cursors = sql.table(connection, "GroupCursor")
         leases = sql.table(connection, "Lease")
+        event = sql.table(connection, "EventRecord")
         return _execute(
             using,
             "WITH u AS (SELECT g.value AS g, p.value AS p FROM json_each(%s) g, json_each(%s) p) "
             f"SELECT u.g, u.p FROM u JOIN {_sqlite_heads(cursors)} h ON h.group_name = u.g "
-            f"WHERE u.p > h.pos UNION SELECT u.g, u.p FROM u JOIN {leases} k "
+            f"JOIN {event} l ON l.position = u.p WHERE u.p > h.pos AND {_in_reach('l.')} "
+            f"UNION SELECT u.g, u.p FROM u JOIN {leases} k "
             "ON k.group_name = u.g JOIN json_each(k.positions) q ON q.value = u.p",
             [json.dumps(groups), json.dumps(positions)],
         )
@@ -1239,8 +1285,8 @@ class SQLiteLog(LogSQL):
             f" AND NOT EXISTS (SELECT 1 FROM {leases} k, json_each(k.positions) p "
             "WHERE p.value = t.position)"
             f" AND NOT EXISTS (SELECT 1 FROM {_sqlite_heads(cursors)} h WHERE t.position > "
-            f"h.pos AND t.type IN (SELECT s.event_type FROM {subscriptions} s WHERE "
-            f"s.{group} = h.group_name))"
+            f"h.pos AND {_in_reach('t.')} AND t.type IN (SELECT s.event_type FROM "
+            f"{subscriptions} s WHERE s.{group} = h.group_name))"
         )
 
     def read_by_its_group(self, connection: Any) -> str:
@@ -1293,6 +1339,14 @@ def _sqlite_heads(cursors: str, where: str = "") -> str:
         f"(SELECT * FROM {cursors} WHERE id IN (SELECT max(c.id) FROM {cursors} c{where} "
         "GROUP BY c.group_name))"
     )
+
+
+def _in_reach(row: str) -> str:
+    """SQL (SQLite): the log row (``row`` is its alias and a dot, or empty) is one the
+    cursors read, not one logged for the groups given delivery rows only
+    (``keep_from_cursors``: ``rowid`` is minus its position). The unary ``+`` keeps the term
+    from the planner: the walks stay on the position index, whose entries hold both."""
+    return f"+{row}rowid <> -{row}position"
 
 
 LOG_SQL: dict[str, LogSQL] = {"postgresql": PostgreSQLLog(), "sqlite": SQLiteLog()}
