@@ -348,9 +348,14 @@ def test_deliver_in_the_publishing_transaction_hands_out_each_event_published_th
         assert deliver(["alpha"]) == 2
         transaction.set_rollback(True)  # the savepoint's event, its effect and its mark go
     publish("test.happened", {"n": 5})
+    assert on_the_log_transport.status(["alpha"])["alpha"].pending == 2
     assert deliver(["alpha"]) == 2, "3 again, as its handling rolled back with the savepoint; 5"
     assert sorted(Effect.objects.values_list("n", flat=True)) == [1, 3, 5]
     assert deliver(["alpha"]) == 0
+    assert on_the_log_transport.status(["alpha"])["alpha"].pending == 0, "handed: passed"
+    first = EventRecord.objects.get(data__n=1)
+    on_the_log_transport.redeliver(first.id, "alpha")  # a retry: the cursor owes it no more
+    assert Delivery.objects.filter(group_name="alpha", event_id=first.id).exists()
 
 
 @postgresql_only
@@ -673,3 +678,27 @@ def test_an_edited_copy_is_kept_while_owed_and_replays_to_another_group(
     assert editing.ack_many([claimed, replayed]) == [claimed, replayed]
     assert retention.purge(retention.EVENTS, "default", 3600) == 1  # the copy, once done
     assert not EventRecord.objects.filter(id__in=[original, copy]).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redirect_to_a_group_that_still_owes_the_event_is_its_one_delivery(
+    log_transport: LogTransport,
+) -> None:
+    """A dead letter retried or redirected (``redeliver``) to a group whose lease holds the
+    event, or whose cursor has not passed it, writes no delivery row: the group gets it
+    there, once. A group that does not subscribe to the type gets a row, as its claims
+    walk its own types only (docs/internals.md, "One path per event")."""
+    first, second = make_event(), make_event()
+    log_events([first, second])
+    [leased] = claim_until(log_transport, ["g2"], 1, timeout=5, limit=1)
+    assert leased.event_id == first.event_id
+    for event in (first, second):
+        log_transport.redeliver(event.event_id, "g2")
+        log_transport.redeliver(event.event_id, "g3")  # g3 takes OTHER_TYPE only
+    assert not Delivery.objects.filter(group_name="g2").exists()
+    assert Delivery.objects.filter(group_name="g3").count() == 2
+    assert log_transport.ack_many([leased]) == [leased]
+    claimed = claim_until(log_transport, ["g2", "g3"], 4, timeout=1)
+    assert sorted((c.group, str(c.event_id)) for c in claimed) == sorted(
+        [("g2", str(second.event_id)), ("g3", str(first.event_id)), ("g3", str(second.event_id))]
+    )

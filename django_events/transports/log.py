@@ -87,7 +87,22 @@ def not_passed(row: str, head: str) -> str:
     return (
         f"{row}.txid IS NOT NULL AND (NOT pg_visible_in_snapshot({row}.txid, "
         f"{head}.hi::pg_snapshot) OR (NOT pg_visible_in_snapshot({row}.txid, "
-        f"{head}.lo::pg_snapshot) AND {row}.position > {head}.pos))"
+        f"{head}.lo::pg_snapshot) AND {row}.position > {head}.pos)) "
+        f"AND NOT {handed_itself(row, head)}"
+    )
+
+
+def handed_itself(row: str, head: str) -> str:
+    """SQL: the log row ``row`` is one this transaction published and its claim already
+    handed to the group of cursor ``head`` (a claim inside the publishing transaction,
+    ``deliver()`` in a ``TestCase``: migration 0016 and docs/internals.md, "The log
+    transport"). Its xid is running in every snapshot the cursor stores, so the snapshots
+    alone would count it owed. The transaction's xid is read once per statement (an
+    InitPlan); for any other row the test is one comparison."""
+    mark = f"current_setting('django_events.own_' || md5({head}.group_name), true)"
+    return (
+        f"(CASE WHEN {row}.txid = (SELECT pg_current_xact_id_if_assigned()) THEN "
+        f"{row}.position <= COALESCE(NULLIF({mark}, '')::bigint, 0) ELSE FALSE END)"
     )
 
 
@@ -276,6 +291,33 @@ class LogTransport(DatabaseTransport):
                 if rest:
                     mine = [s for s in subscriptions if s[1] == group]
                     super()._fan_out(rest, mine, again=again)
+
+    def redeliver(self, event_id: uuid.UUID, group: str) -> None:
+        """``DatabaseTransport``'s delivery row (a dead letter retried or redirected),
+        unless ``group`` subscribes to the event's type and its cursor has not passed the
+        event or its lease holds it: the group gets it there, and a row too would be a
+        second delivery. A group with no cursor yet gets it first, as in ``_fan_out``
+        (docs/internals.md, "One path per event")."""
+        with transaction.atomic(using=self.database):
+            self._log.start_cursors_beside_claims(self.database, [group])
+            _, event = self._tables()
+            found = self._execute(
+                f"SELECT position, type FROM {event} WHERE id = %s",
+                [self._sql.uuid_value(event_id)],
+            )
+            owed = (
+                found
+                and self._subscribes(group, found[0][1])
+                and self._log.owed_already(self.database, [group], [found[0][0]])
+            )
+            if not owed:  # not in the log: DatabaseTransport's error says so
+                super().redeliver(event_id, group)
+
+    def _subscribes(self, group: str, event_type: str) -> bool:
+        """Whether a claim of ``group`` walks ``event_type``: a stored subscription (any
+        service's) or this deployment's own handler."""
+        pairs = [*self.subscription_store().fan_out(), *self.context.subscriptions()]
+        return any((t, g) == (event_type, group) for t, g, _ in pairs)
 
     def _owed_already(
         self, events: Sequence[Outgoing], groups: Collection[str]
@@ -852,9 +894,10 @@ class PostgreSQLLog(LogSQL):
             f"AND l.position <= {head}.last AND pg_visible_in_snapshot(l.txid, {hi}) "
             f"AND NOT pg_visible_in_snapshot(l.txid, {lo}) "
             f"UNION ALL SELECT l.type, l.recorded_at FROM {event} l "
-            f"WHERE l.txid >= pg_snapshot_xmax({hi}) "
+            f"WHERE l.txid >= pg_snapshot_xmax({hi}) AND NOT {handed_itself('l', head)} "
             f"UNION ALL SELECT l.type, l.recorded_at FROM {event} l "
-            f"WHERE l.txid = ANY(ARRAY(SELECT pg_snapshot_xip({hi}))))"
+            f"WHERE l.txid = ANY(ARRAY(SELECT pg_snapshot_xip({hi}))) "
+            f"AND NOT {handed_itself('l', head)})"
         )
 
     def _subscribed(self, connection: Any, head: str) -> str:
