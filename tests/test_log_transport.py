@@ -532,6 +532,32 @@ def test_no_claim_starts_a_cursor_beside_the_one_a_replay_started(
     assert sorted(c.event_id for c in claimed) == sorted(e.event_id for e in events)
 
 
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_no_claim_starts_a_cursor_beside_the_one_a_declaration_started(
+    log_transport: LogTransport,
+) -> None:
+    """Declaring a new group (migrate, ``setup_events``, a deploying service) starts its
+    cursor under the group's claim lock, held to the declaration's commit, as a replay
+    does (above)."""
+    events = [make_event() for _ in range(2)]
+    log_events(events)
+    meanwhile: list[Claimed] = []
+
+    def claim() -> None:
+        meanwhile.extend(LogTransport("other", {}).claim(["g9"], 10, 30))
+
+    with transaction.atomic():
+        declare(log_transport, [(TYPE, "g9", False)])
+        other = threading.Thread(target=closing_connections(claim))
+        other.start()
+        other.join(10)
+    assert meanwhile == [], "a claim ran beside the declaration's cursor start"
+    assert GroupCursor.objects.filter(group_name="g9").count() == 1
+    claimed = claim_until(log_transport, ["g9"], 3, timeout=2)
+    assert sorted(c.event_id for c in claimed) == sorted(e.event_id for e in events)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_retention_keeps_what_a_group_has_not_read_or_holds_in_a_lease(
     log_transport: LogTransport,

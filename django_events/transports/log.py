@@ -108,9 +108,12 @@ def handed_itself(row: str, head: str) -> str:
 
 def start_cursors(using: str, groups: Sequence[str]) -> None:
     """Give each of ``groups`` that has no cursor one where the most advanced group is, or
-    at the log's beginning if no group has one (docs/internals.md, "The log transport")."""
+    at the log's beginning if no group has one (docs/internals.md, "The log transport"),
+    in the caller's transaction (one of its own if there is none), under each such
+    group's claim lock to its commit: a claim meanwhile would start a cursor too."""
     if groups:
-        log_sql(using).start_cursors(using, groups)
+        with transaction.atomic(using=using):
+            log_sql(using).start_cursors_beside_claims(using, groups)
 
 
 def place_cursors_now(using: str, groups: Sequence[str]) -> None:
