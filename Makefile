@@ -50,7 +50,7 @@ LINT_PATHS := django_events tests example_project examples
 .DEFAULT_GOAL := help
 
 .PHONY: help venv demo test test-sqlite test-postgres test-log test-newest lint docs clean distclean \
-	bench bench-quick faults faults-quick faults-quick-log dist
+	bench bench-quick faults faults-quick faults-log faults-quick-log dist
 
 help:
 	@echo "make demo       run the example shop demo"
@@ -61,7 +61,7 @@ help:
 	@echo "make docs       build the HTML docs"
 	@echo "make dist       build and check the sdist and wheel (dist/)"
 	@echo "make faults     fault-injection suite at full size (faults-quick: reduced)"
-	@echo "make faults-quick-log  the reduced suite on the log transport (preview)"
+	@echo "make faults-log  the full suite on the log transport (faults-quick-log: reduced)"
 	@echo "make bench      benchmark suite, about 20 min (bench-quick: about 4 min)"
 	@echo "make clean      remove build artefacts and caches"
 	@echo "make distclean  clean and remove $(VENV)"
@@ -156,12 +156,17 @@ faults: $(STAMP)
 faults-quick: $(STAMP)
 	DJANGO_EVENTS_FAULTS=quick $(FAULTS) $(PYTEST_ARGS)
 
-# The quick suite again on the log transport (preview, docs/testing.md): the rows that run
-# on the default database transport; the Redis, SQS and RabbitMQ ones are faults-quick's.
+# The suite again on the log transport (preview, docs/testing.md): the rows that run on
+# the default database transport; the Redis, SQS and RabbitMQ ones are faults(-quick)'s.
+FAULTS_LOG := DJANGO_EVENTS_TEST_BACKEND=django_events.transports.log.LogTransport \
+	$(FAULTS) --ignore=tests/faults/test_f11_redis_restart.py \
+	--ignore=tests/faults/test_f14_rabbitmq.py -k "not redis and not sqs"
+
 faults-quick-log: $(STAMP)
-	DJANGO_EVENTS_FAULTS=quick DJANGO_EVENTS_TEST_BACKEND=django_events.transports.log.LogTransport \
-		$(FAULTS) --ignore=tests/faults/test_f11_redis_restart.py \
-		--ignore=tests/faults/test_f14_rabbitmq.py -k "not redis and not sqs" $(PYTEST_ARGS)
+	DJANGO_EVENTS_FAULTS=quick $(FAULTS_LOG) $(PYTEST_ARGS)
+
+faults-log: $(STAMP)
+	DJANGO_EVENTS_FAULTS=full $(FAULTS_LOG) $(PYTEST_ARGS)
 
 # Benchmarks (bench/): ratios against the raw driver and the peer queues, one run each.
 $(VENV_DIR)/.bench-installed: pyproject.toml $(STAMP)
