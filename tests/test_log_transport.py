@@ -505,6 +505,20 @@ def test_a_replay_to_a_group_with_no_cursor_yet_reaches_it_once(
     assert sorted(rows) == sorted(e.event_id for e in events[:2])  # the third: the cursor's
 
 
+def claimed_meanwhile(group: str) -> list[Claimed]:
+    """What a claim of ``group`` on another connection gets now, while this test's
+    transaction is open."""
+    got: list[Claimed] = []
+
+    def claim() -> None:
+        got.extend(LogTransport("other", {}).claim([group], 10, 30))
+
+    other = threading.Thread(target=closing_connections(claim))
+    other.start()
+    other.join(10)
+    return got
+
+
 @postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_no_claim_starts_a_cursor_beside_the_one_a_replay_started(
@@ -516,17 +530,9 @@ def test_no_claim_starts_a_cursor_beside_the_one_a_replay_started(
     events = [make_event() for _ in range(2)]
     log_events(events)
     GroupCursor.objects.filter(group_name="g1").delete()
-    meanwhile: list[Claimed] = []
-
-    def claim() -> None:
-        meanwhile.extend(LogTransport("other", {}).claim(["g1"], 10, 30))
-
     with transaction.atomic():
         log_transport.republish(events[:1], [(TYPE, "g1", False)])
-        other = threading.Thread(target=closing_connections(claim))
-        other.start()
-        other.join(10)
-    assert meanwhile == [], "a claim ran beside the replay's cursor start"
+        assert claimed_meanwhile("g1") == [], "a claim ran beside the replay's cursor start"
     assert GroupCursor.objects.filter(group_name="g1").count() == 1
     claimed = claim_until(log_transport, ["g1"], 3, timeout=2)
     assert sorted(c.event_id for c in claimed) == sorted(e.event_id for e in events)
@@ -542,17 +548,9 @@ def test_no_claim_starts_a_cursor_beside_the_one_a_declaration_started(
     does (above)."""
     events = [make_event() for _ in range(2)]
     log_events(events)
-    meanwhile: list[Claimed] = []
-
-    def claim() -> None:
-        meanwhile.extend(LogTransport("other", {}).claim(["g9"], 10, 30))
-
     with transaction.atomic():
         declare(log_transport, [(TYPE, "g9", False)])
-        other = threading.Thread(target=closing_connections(claim))
-        other.start()
-        other.join(10)
-    assert meanwhile == [], "a claim ran beside the declaration's cursor start"
+        assert claimed_meanwhile("g9") == [], "a claim ran beside the declaration's start"
     assert GroupCursor.objects.filter(group_name="g9").count() == 1
     claimed = claim_until(log_transport, ["g9"], 3, timeout=2)
     assert sorted(c.event_id for c in claimed) == sorted(e.event_id for e in events)
