@@ -21,13 +21,16 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.checks import CheckMessage, Error
 from django.db import DatabaseError, connections
 
 from .conf import EventsSettings, RetryPolicy, get_settings
 from .engine import sql
+
+if TYPE_CHECKING:
+    from .transports.log import LogSQL
 
 logger = logging.getLogger("django_events.retention")
 
@@ -145,29 +148,21 @@ class _Table:
     walk_in_order: bool  # the key follows the age column: stop at the first young batch
 
 
-def _unread(connection: Any) -> str:
-    """The log transport's owed events, which have no delivery row: those in a lease, and
-    those of a type a group subscribes to that its cursor has not passed (docs/internals.md,
-    "The log transport"). Where no cursor or lease exists, nothing is held back."""
+def _log_sql(connection: Any) -> LogSQL:
+    """The log transport's SQL for what it owes without a delivery row (docs/internals.md,
+    "The log transport", Retention): ``unread`` for a log row, owed to any group, in a
+    lease or past no cursor; ``read_by_its_group`` for an inbox row, owed to its own
+    group. Where no cursor or lease exists, nothing is held back."""
     from .transports.log import log_sql
 
-    return log_sql(connection.alias).unread(connection)
-
-
-def _read_by_its_group(connection: Any) -> str:
-    """The log transport's owed events of the inbox row's own group, which have no delivery
-    row: one of its leases holds the event, or its cursor has not passed it (docs/
-    internals.md, "The log transport", Retention). Where it has no cursor or lease, nothing
-    is held back."""
-    from .transports.log import log_sql
-
-    return log_sql(connection.alias).read_by_its_group(connection)
+    return log_sql(connection.alias)
 
 
 def _tables(connection: Any) -> dict[str, _Table]:
     delivery = sql.table(connection, "Delivery")
     dead = sql.table(connection, "DeadLetter")
     group = connection.ops.quote_name("group")
+    log = _log_sql(connection)
     return {
         EVENTS: _Table(
             "EventRecord",
@@ -175,7 +170,7 @@ def _tables(connection: Any) -> dict[str, _Table]:
             "recorded_at",
             f"NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.event_id = t.id) "
             f"AND NOT EXISTS (SELECT 1 FROM {dead} x WHERE x.event_id = t.id "
-            f"AND x.state = 'open'){_unread(connection)}",
+            f"AND x.state = 'open'){log.unread(connection)}",
             walk_in_order=True,
         ),
         INBOX: _Table(
@@ -183,7 +178,7 @@ def _tables(connection: Any) -> dict[str, _Table]:
             "id",
             "handled_at",
             f"NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.event_id = t.event_id "
-            f"AND d.group_name = t.group_name){_read_by_its_group(connection)}",
+            f"AND d.group_name = t.group_name){log.read_by_its_group(connection)}",
             walk_in_order=True,
         ),
         DEAD_LETTERS: _Table(

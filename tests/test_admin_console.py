@@ -82,10 +82,6 @@ def test_permission_matrix_for_edit_and_retry(role: str):
     assert LogEntry.objects.count() == (1 if expected == 302 else 0)
 
 
-# Committed, not inside one transaction: on PostgreSQL the log transport's cursors do not
-# reliably see the test transaction's own events (docs/testing.md, "Known, not fixed yet"),
-# and this test must show on either transport that the copy reaches its group only.
-@pytest.mark.django_db(transaction=True)
 def test_edit_and_retry_is_a_new_event_for_that_group_only_and_keeps_the_original():
     dead = next(
         d for d in failing({"n": 7, "city": "Bern"}, groups=("alpha", "beta")) if d.group == "alpha"

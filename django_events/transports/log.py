@@ -313,7 +313,7 @@ class LogTransport(DatabaseTransport):
                 and self._subscribes(group, found[0][1])
                 and self._log.owed_already(self.database, [group], [found[0][0]])
             )
-            if not owed:  # not in the log: DatabaseTransport's error says so
+            if not owed:  # or not in the log at all: DatabaseTransport's error says so
                 super().redeliver(event_id, group)
 
     def _subscribes(self, group: str, event_type: str) -> bool:
