@@ -77,6 +77,7 @@ class EventsSettings:
     batch_bytes: int = 4 * 1024 * 1024
     batch_transactions: bool = True
     publish_notify: bool = True
+    prepared_statements: bool = True
     admin_edit_retry: bool = False
     relay_batch_size: int = 500
     max_payload_bytes: int = 256 * 1024
@@ -115,6 +116,7 @@ _TOP_KEYS = {
     "BATCH_BYTES",
     "BATCH_TRANSACTIONS",
     "PUBLISH_NOTIFY",
+    "PREPARED_STATEMENTS",
     "ADMIN_EDIT_RETRY",
     "RELAY_BATCH_SIZE",
     "MAX_PAYLOAD_BYTES",
@@ -314,7 +316,7 @@ def parse(raw: Any) -> EventsSettings:
 
     lease = float(_number(raw, "LEASE", defaults.lease, where, minimum=1))
     flags = {}
-    for key in ("BATCH_TRANSACTIONS", "PUBLISH_NOTIFY", "ADMIN_EDIT_RETRY"):
+    for key in ("BATCH_TRANSACTIONS", "PUBLISH_NOTIFY", "PREPARED_STATEMENTS", "ADMIN_EDIT_RETRY"):
         flags[key] = raw.get(key, getattr(defaults, key.lower()))
         if not isinstance(flags[key], bool):
             raise EventsConfigurationError(f"{where}[{key!r}] must be True or False.")
@@ -333,6 +335,7 @@ def parse(raw: Any) -> EventsSettings:
             raw, "BATCH_BYTES", defaults.batch_bytes, where, minimum=1, integer=True
         ),
         batch_transactions=flags["BATCH_TRANSACTIONS"],
+        prepared_statements=flags["PREPARED_STATEMENTS"],
         publish_notify=flags["PUBLISH_NOTIFY"],
         admin_edit_retry=flags["ADMIN_EDIT_RETRY"],
         relay_batch_size=_number(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models.functions import Now
 
 if TYPE_CHECKING:
@@ -148,11 +148,14 @@ class DatabaseStore:
         return result
 
     def fan_out(self) -> FanOut:
-        from .models import Subscription
+        # Read by every relay batch: raw SQL, prepared, not the ORM's query building.
+        from .engine import sql
 
-        return list(
-            Subscription.objects.using(self.using).values_list("event_type", "group", "ordered")
-        )
+        connection = connections[self.using]
+        query = f'SELECT event_type, "group", ordered FROM {sql.table(connection, "Subscription")}'
+        with sql.cursor(connection, prepared=True) as cursor:
+            cursor.execute(query)
+            return [(event_type, group, bool(ordered)) for event_type, group, ordered in cursor]
 
     def rows(self) -> list[Subscription]:
         from .models import Subscription

@@ -7,6 +7,7 @@ unique entry and then finds it there (docs/guarantees.md, "3. Effects once").
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.db import connections
 
@@ -24,12 +25,21 @@ def record_many(using: str, slots: list[tuple[str, uuid.UUID]]) -> set[tuple[str
     connection = connections[using]
     dialect = sql.dialect(using)
     ordered = sorted(set(slots), key=lambda slot: (slot[1], slot[0]))
-    values = ", ".join([f"(%s, %s, {dialect.now()})"] * len(ordered))
-    params = [p for group, event_id in ordered for p in (group, dialect.uuid_value(event_id))]
-    with connection.cursor() as cursor:
+    params: list[Any]
+    if isinstance(dialect, sql.PostgreSQL):
+        # Two arrays, one text whatever the batch's size: a statement planned once.
+        rows_sql = (
+            f"SELECT g, e, {dialect.now()} FROM unnest(%s::text[], %s::uuid[]) "
+            "WITH ORDINALITY AS u(g, e, n) ORDER BY n"
+        )
+        params = [[group for group, _ in ordered], [event_id for _, event_id in ordered]]
+    else:
+        rows_sql = "VALUES " + ", ".join([f"(%s, %s, {dialect.now()})"] * len(ordered))
+        params = [p for group, event_id in ordered for p in (group, dialect.uuid_value(event_id))]
+    with sql.cursor(connection, prepared=True) as cursor:
         cursor.execute(
             f"INSERT INTO {sql.table(connection, 'InboxRecord')} "
-            f"(group_name, event_id, handled_at) VALUES {values} "
+            f"(group_name, event_id, handled_at) {rows_sql} "
             "ON CONFLICT (group_name, event_id) DO NOTHING RETURNING group_name, event_id",
             params,
         )

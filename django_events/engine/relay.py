@@ -564,7 +564,7 @@ class Relay:
         select, params = plan.select(
             dialect, log, "taken.position, taken.event_id, taken.type, taken.key"
         )
-        with connection.cursor() as cursor:
+        with sql.cursor(connection, prepared=True) as cursor:
             cursor.execute(
                 f"SELECT {bound}, pg_advisory_xact_lock(%s), {sql.RELAXED_COMMIT}",
                 [*bound_params, RELAY_LOCK],

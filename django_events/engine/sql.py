@@ -343,3 +343,59 @@ def in_list(count: int) -> str:
 
 def datetime_value(connection: BaseDatabaseWrapper, value: Any) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
+
+
+NEVER_BY_COUNT = 2**31 - 1
+"""psycopg's ``prepare_threshold`` on a connection Django left at None: no statement is
+prepared for having run often, only those the engine asks for (``cursor``)."""
+
+
+def cursor(connection: BaseDatabaseWrapper, *, prepared: bool = False) -> Any:
+    """``connection.cursor()``, or for a statement the engine runs on every event with the
+    same text (``prepared``), a cursor whose statements PostgreSQL parses and plans once
+    per connection: planning cost four times what running them did (docs/internals.md,
+    "Prepared statements"). Off with ``PREPARED_STATEMENTS``, on another database, or with
+    psycopg 2, and while Django logs queries; Django's wrapper stays around it, so
+    ``execute_wrappers`` see these statements as any other."""
+    if not prepared or connection.queries_logged or not _prepares(connection):
+        # Logged queries (DEBUG, assertNumQueries) keep Django's cursor: its log shows a
+        # statement's values only for statements bound on the client.
+        return connection.cursor()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        if "prepare_threshold" in connection.settings_dict.get("OPTIONS", {}):
+            return connection.cursor()  # set to None on purpose: a pooler in front
+        # Django's default, None, turns off psycopg's prepared statements altogether;
+        # a threshold never reached prepares only what asks for it (these statements).
+        raw.prepare_threshold = NEVER_BY_COUNT
+    return connection.make_cursor(_preparing_cursor()(raw))
+
+
+def _prepares(connection: BaseDatabaseWrapper) -> bool:
+    from ..conf import get_settings
+
+    return (
+        connection.vendor == "postgresql"
+        and get_settings().prepared_statements
+        and _preparing_cursor() is not None
+    )
+
+
+@cache
+def _preparing_cursor() -> Any:
+    """Django's server-binding cursor for psycopg 3, preparing every statement it runs;
+    None with psycopg 2."""
+    from django.db.backends.postgresql import base
+
+    binding = getattr(base, "ServerBindingCursor", None)
+    if binding is None:
+        return None
+
+    class PreparingCursor(binding):  # type: ignore[misc, valid-type]
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            kwargs.setdefault("prepare", True)
+            return super().execute(query, params, **kwargs)
+
+    return PreparingCursor

@@ -340,8 +340,17 @@ class Worker:
         return getattr(info, "backend_pid", None)
 
     def step(self) -> bool:
-        """Relay what is committed, then claim and handle one batch; True if anything moved."""
-        moved = self.relay.run_once() if self.relay and not self._relay_thread else 0
+        """Relay what is committed, then claim and handle one batch; True if anything moved.
+
+        A transport whose groups read the log (``reads_log``) gets new events from
+        ``publish()`` itself; its relay moves only rows an older release left in the
+        outbox, so the claim comes first and a wake-up reaches the handler without the
+        relay's round trips before it."""
+        relay = None if self._relay_thread else self.relay
+        if relay is not None and self.transport.reads_log:
+            handled = self.process_batch()
+            return bool(relay.run_once()) or bool(handled)
+        moved = relay.run_once() if relay is not None else 0
         return bool(self.process_batch()) or bool(moved)
 
     def process_batch(self) -> int:

@@ -127,8 +127,8 @@ class DatabaseTransport(Transport):
         conn = self._connection
         return sql.table(conn, "Delivery"), sql.table(conn, "EventRecord")
 
-    def _execute(self, query: str, params: Sequence[Any]) -> Any:
-        with self._connection.cursor() as cursor:
+    def _execute(self, query: str, params: Sequence[Any], *, prepared: bool = False) -> Any:
+        with sql.cursor(self._connection, prepared=prepared) as cursor:
             cursor.execute(query, params)
             return cursor.fetchall() if cursor.description else cursor.rowcount
 
@@ -255,6 +255,7 @@ class DatabaseTransport(Transport):
                 "%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::bool[]) "
                 f"AS u(e, g, y, p, k, o) {owed if again else ''}",
                 [list(column) for column in zip(*rows, strict=True)],
+                prepared=True,
             )
         else:
             inserted = 0
@@ -279,7 +280,7 @@ class DatabaseTransport(Transport):
     def _wake(self) -> None:
         """Wake the workers listening for new deliveries (PostgreSQL; SQLite polls)."""
         if self.notify and self._sql.notifies:
-            self._execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL])
+            self._execute("SELECT pg_notify(%s, '')", [DELIVERY_CHANNEL], prepared=True)
 
     def housekeeping(self) -> None:
         if self._unanalyzed >= ANALYZE_AFTER and isinstance(self._sql, sql.PostgreSQL):
@@ -460,6 +461,7 @@ class DatabaseTransport(Transport):
                 f"{sql.RELAXED_COMMIT} "
                 f"FROM d LEFT JOIN {event} e ON e.id = d.event_id ORDER BY d.id",
                 params,
+                prepared=True,
             )
         else:
             # Text that is not UTF-8 (written by raw SQL) fails its own event, not the fetch.
@@ -627,7 +629,9 @@ class DatabaseTransport(Transport):
         delivery_id, token = claimed.receipt
         return bool(
             self._execute(
-                f"DELETE FROM {delivery} WHERE id = %s AND lease_token = %s", [delivery_id, token]
+                f"DELETE FROM {delivery} WHERE id = %s AND lease_token = %s",
+                [delivery_id, token],
+                prepared=True,
             )
         )
 
@@ -640,10 +644,11 @@ class DatabaseTransport(Transport):
         held: list[Claimed] = []
         for token in sorted({token for _, token in by_receipt}):
             ids = sorted(delivery_id for delivery_id, t in by_receipt if t == token)
+            in_ids, params = self._sql.in_values("id", ids)
             rows = self._execute(
-                f"SELECT id FROM {delivery} WHERE id IN ({sql.in_list(len(ids))}) "
-                f"AND lease_token = %s ORDER BY id{lock}",
-                [*ids, token],
+                f"SELECT id FROM {delivery} WHERE {in_ids} AND lease_token = %s ORDER BY id{lock}",
+                [*params, token],
+                prepared=True,
             )
             held.extend(by_receipt[(row[0], token)] for row in rows)
         return held
@@ -659,6 +664,7 @@ class DatabaseTransport(Transport):
         rows = self._execute(
             f"DELETE FROM {delivery} WHERE {where} AND lease_token = %s RETURNING id",
             [*params, *tokens],
+            prepared=True,
         )
         token = next(iter(tokens))
         return [by_receipt[(row[0], token)] for row in rows]

@@ -135,8 +135,8 @@ def keep_from_cursors(using: str, event_ids: Sequence[uuid.UUID]) -> None:
         log_sql(using).keep_from_cursors(using, event_ids)
 
 
-def _execute(using: str, query: str, params: Sequence[Any]) -> Any:
-    with connections[using].cursor() as cursor:
+def _execute(using: str, query: str, params: Sequence[Any], *, prepared: bool = False) -> Any:
+    with sql.cursor(connections[using], prepared=prepared) as cursor:
         cursor.execute(query, params)
         return cursor.fetchall() if cursor.description else cursor.rowcount
 
@@ -766,6 +766,7 @@ class PostgreSQLLog(LogSQL):
             using,
             "SELECT * FROM django_events_log_claim(%s, %s, %s, %s, %s, %s, %s, %s)",
             [group, want, token, float(lease), handled, alone, mine, mine_ordered],
+            prepared=True,
         )
 
     def break_up_dead_leases(self, using: str) -> None:
@@ -813,6 +814,7 @@ class PostgreSQLLog(LogSQL):
             f"SELECT id, lease_token, positions FROM {table} WHERE id = ANY(%s) "
             "ORDER BY id FOR KEY SHARE",
             [leases],
+            prepared=True,
         )
 
     def trim(self, using: str, receipts: list[tuple[int, int, str]]) -> set[tuple[int, int]]:
@@ -832,6 +834,7 @@ class PostgreSQLLog(LogSQL):
             "SELECT old.id, p FROM old JOIN a ON a.id = old.id CROSS JOIN LATERAL "
             "unnest(old.positions) AS p WHERE p = ANY(a.ps)",
             [[r[0] for r in receipts], [r[2] for r in receipts], [r[1] for r in receipts]],
+            prepared=True,
         )
         return {(lease_id, position) for lease_id, position in rows}
 
