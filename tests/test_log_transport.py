@@ -43,6 +43,7 @@ from django_events.testing.contract import (
 )
 from django_events.transports import transports
 from django_events.transports.base import Claimed, Outgoing, Transport, logged_events
+from django_events.transports.database import DatabaseTransport
 from django_events.transports.log import LogTransport, heads, not_passed, place_cursors_now
 from tests.testapp.models import Effect
 
@@ -144,6 +145,34 @@ def test_a_successful_batch_writes_one_lease_row_and_no_delivery_row(
     assert log_transport.ack_many(claimed) == claimed
     assert Lease.objects.count() == 0
     assert Delivery.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_workers_claim_reads_its_cursor_first_and_delivery_rows_wait_one_call(
+    log_transport: LogTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a look at the delivery rows found none, the next claim reads the cursor
+    first and skips the rows when the cursor gave events; the call after it looks at the
+    rows first, so a retry waits one call, however much the log holds."""
+    looks: list[int] = []
+    look = DatabaseTransport._claim_waiting
+
+    def counted(self: DatabaseTransport, *args: object, **kwargs: object) -> list[Claimed]:
+        looks.append(1)
+        return look(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DatabaseTransport, "_claim_waiting", counted)
+    assert log_transport.claim(["g1"], 10, 30) == []  # the rows were looked at: none
+    log_events([make_event() for _ in range(30)])
+    looks.clear()
+    first = log_transport.claim(["g1"], 10, 30)
+    assert (len(first), len(looks)) == (10, 0)
+    log_transport.retry_later(first[0], 0, "boom")  # a delivery row, due now
+    assert log_transport.ack_many(first[1:]) == first[1:]
+    second = log_transport.claim(["g1"], 10, 30)
+    assert len(looks) == 1
+    assert first[0].event_id in {c.event_id for c in second}, "the retry waited past one call"
+    assert len(second) == 10
 
 
 @postgresql_only

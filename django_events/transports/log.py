@@ -222,6 +222,9 @@ class LogTransport(DatabaseTransport):
         transport")."""
         self._rotate_at = 0.0
         self._group_turn = 0
+        self._rows_first = True
+        """The next claim looks at delivery rows before the cursors: the last look found
+        some, or none was taken (``_claim_waiting``)."""
 
     @property
     def _log(self) -> LogSQL:
@@ -361,22 +364,38 @@ class LogTransport(DatabaseTransport):
         types: Mapping[str, Collection[str]] | None,
         max_bytes: int | None,
     ) -> list[Claimed]:
-        """Delivery rows first (retries, events waiting behind their key, given back),
-        then the groups' cursors; what a cursor diverts to delivery rows is claimed in the
-        same call when there is room."""
-        claimed = super()._claim_waiting(groups, limit, lease, pairs, types, max_bytes)
+        """Delivery rows (retries, ordered types, given back) and the groups' cursors;
+        what a cursor diverts to delivery rows is claimed in the same call when there is
+        room.
+
+        Delivery rows come first, unless the last look at them found none: then the
+        cursors do, and a call whose cursors gave events skips the rows and looks at them
+        first next time. A wake-up on an idle worker reaches the handler without a claim
+        of rows that are not there, and rows wait at most one call (docs/internals.md,
+        "The log transport", the claim's order). Key order does not depend on it: an
+        ordered type's events are all delivery rows."""
+        rows_first = self._rows_first
+        looked = found = False
+        claimed: list[Claimed] = []
+        if rows_first:
+            claimed = super()._claim_waiting(groups, limit, lease, pairs, types, max_bytes)
+            looked, found = True, bool(claimed)
         room = limit - len(claimed)
         budget = None if max_bytes is None else max_bytes - sum(c.size for c in claimed)
-        if room <= 0 or (budget is not None and budget <= 0 and claimed):
-            return claimed
-        leased, diverted = self._from_log(groups, room, lease, types, budget)
-        claimed += leased
-        room = limit - len(claimed)
-        if diverted and room > 0:
-            self._lower_floors(diverted)
+        if room > 0 and (budget is None or budget > 0 or not claimed):
+            leased, diverted = self._from_log(groups, room, lease, types, budget)
+            claimed += leased
+            room = limit - len(claimed)
+            if diverted:
+                self._lower_floors(diverted)
             budget = None if max_bytes is None else max_bytes - sum(c.size for c in claimed)
-            if budget is None or budget > 0 or not claimed:
-                claimed += super()._claim_waiting(groups, room, lease, pairs, types, budget)
+            fits = budget is None or budget > 0 or not claimed
+            if room > 0 and fits and (diverted or not (rows_first or leased)):
+                rows = super()._claim_waiting(groups, room, lease, pairs, types, budget)
+                claimed += rows
+                looked, found = True, found or bool(rows)
+            found = found or bool(diverted)
+        self._rows_first = found or not looked
         return claimed
 
     def _from_log(
