@@ -17,6 +17,7 @@ from django_events.engine.worker import Worker
 from django_events.models import DeadLetter, Delivery, EventRecord, InboxRecord, OutboxMessage
 from django_events.testing import deliver
 from django_events.transports import transports
+from django_events.transports.base import logged_events
 
 from .conftest import postgres_only
 from .testapp.models import Effect
@@ -320,6 +321,36 @@ def test_one_notify_per_publishing_transaction():
     received = list(listener.notifies(timeout=1.0))
     listener.close()
     assert len(received) == 3
+
+
+@pytest.mark.database_transport  # the delivery rows' channel
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_relay_batch_wakes_the_workers_once_and_only_when_it_wrote_delivery_rows():
+    import psycopg
+
+    settings_dict = connection.settings_dict
+    listener = psycopg.connect(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+        user=settings_dict["USER"],
+        dbname=settings_dict["NAME"],
+        autocommit=True,
+    )
+    listener.execute("LISTEN django_events_delivery")
+    try:
+        for n in range(3):
+            publish("test.happened", {"n": n})
+        assert Relay().run_once() == 3
+        assert len(list(listener.notifies(timeout=1.0))) == 1
+        publish("test.nobody", {"n": 4})  # no group subscribes: no delivery row
+        assert Relay().run_once() == 1
+        # A replay of events every group still owes writes no row: no wake-up either.
+        owed = logged_events(list(EventRecord.objects.values_list("id", flat=True)), "default")
+        transports["default"].republish(owed, [("test.happened", "alpha", False)])
+        assert list(listener.notifies(timeout=1.0)) == []
+    finally:
+        listener.close()
 
 
 def test_a_batch_shares_one_transaction_and_a_failure_is_recorded_without_a_replay():

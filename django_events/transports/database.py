@@ -250,32 +250,37 @@ class DatabaseTransport(Transport):
         )
         if isinstance(dialect, sql.PostgreSQL):
             # Six arrays, whatever the batch size: a short statement for the driver to send.
-            inserted = self._execute(
-                f"{columns}SELECT e, g, y, p, k, o, 0, {now}, FALSE, '', {now} FROM unnest("
-                "%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::bool[]) "
-                f"AS u(e, g, y, p, k, o) {owed if again else ''}",
+            # The wake-up rides in the same statement, sent only if a row went in.
+            wake = (
+                f", CASE WHEN count(*) > 0 THEN pg_notify('{DELIVERY_CHANNEL}', '') END"
+                if self.notify
+                else ""
+            )
+            ((inserted, *_),) = self._execute(
+                f"WITH i AS ({columns}SELECT e, g, y, p, k, o, 0, {now}, FALSE, '', {now} FROM "
+                "unnest(%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[], "
+                f"%s::bool[]) AS u(e, g, y, p, k, o) {owed if again else ''}RETURNING 1) "
+                f"SELECT count(*){wake} FROM i",
                 [list(column) for column in zip(*rows, strict=True)],
                 prepared=True,
             )
-        else:
-            inserted = 0
-            row_sql = f"(%s, %s, %s, %s, %s, %s, 0, {now}, FALSE, '', {now})"
-            for start in range(0, len(rows), 500):
-                chunk = rows[start : start + 500]
-                params = [p for row in chunk for p in (dialect.uuid_value(row[0]), *row[1:])]
-                if again:  # SQLite names a VALUES list's columns column1, column2...
-                    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
-                    statement = (
-                        f"{columns}SELECT e, g, y, p, k, o, 0, {now}, FALSE, '', {now} FROM "
-                        "(SELECT column1 AS e, column2 AS g, column3 AS y, column4 AS p, "
-                        f"column5 AS k, column6 AS o FROM (VALUES {values})) AS u {owed}"
-                    )
-                else:
-                    statement = f"{columns}VALUES {', '.join([row_sql] * len(chunk))}"
-                inserted += self._execute(statement, params)
-        if inserted:
-            self._wake()
-        self._unanalyzed += int(inserted)
+            self._unanalyzed += int(inserted)
+            return
+        # SQLite: chunks of VALUES, no wake-up (workers poll).
+        row_sql = f"(%s, %s, %s, %s, %s, %s, 0, {now}, FALSE, '', {now})"
+        for start in range(0, len(rows), 500):
+            chunk = rows[start : start + 500]
+            params = [p for row in chunk for p in (dialect.uuid_value(row[0]), *row[1:])]
+            if again:  # SQLite names a VALUES list's columns column1, column2...
+                values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
+                statement = (
+                    f"{columns}SELECT e, g, y, p, k, o, 0, {now}, FALSE, '', {now} FROM "
+                    "(SELECT column1 AS e, column2 AS g, column3 AS y, column4 AS p, "
+                    f"column5 AS k, column6 AS o FROM (VALUES {values})) AS u {owed}"
+                )
+            else:
+                statement = f"{columns}VALUES {', '.join([row_sql] * len(chunk))}"
+            self._execute(statement, params)
 
     def _wake(self) -> None:
         """Wake the workers listening for new deliveries (PostgreSQL; SQLite polls)."""
