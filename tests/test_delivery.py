@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection, connections, transaction
@@ -294,9 +295,8 @@ def test_commit_order_gap_is_never_skipped():
     assert sorted(effects("alpha")) == [("alpha", 1), ("alpha", 2)]
 
 
-@pytest.mark.database_transport  # the outbox's channel
-@postgres_only
-def test_one_notify_per_publishing_transaction():
+def listening(channel: str) -> Any:
+    """A connection of its own, listening on ``channel`` (autocommit: notifies arrive)."""
     import psycopg
 
     settings_dict = connection.settings_dict
@@ -307,7 +307,14 @@ def test_one_notify_per_publishing_transaction():
         dbname=settings_dict["NAME"],
         autocommit=True,
     )
-    listener.execute("LISTEN django_events_outbox")
+    listener.execute(f"LISTEN {channel}")
+    return listener
+
+
+@pytest.mark.database_transport  # the outbox's channel
+@postgres_only
+def test_one_notify_per_publishing_transaction():
+    listener = listening("django_events_outbox")
     with CaptureQueriesContext(connection) as queries, transaction.atomic():
         for n in range(5):
             publish("test.happened", {"n": n})
@@ -327,17 +334,7 @@ def test_one_notify_per_publishing_transaction():
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_relay_batch_wakes_the_workers_once_and_only_when_it_wrote_delivery_rows():
-    import psycopg
-
-    settings_dict = connection.settings_dict
-    listener = psycopg.connect(
-        host=settings_dict["HOST"],
-        port=settings_dict["PORT"],
-        user=settings_dict["USER"],
-        dbname=settings_dict["NAME"],
-        autocommit=True,
-    )
-    listener.execute("LISTEN django_events_delivery")
+    listener = listening("django_events_delivery")
     try:
         for n in range(3):
             publish("test.happened", {"n": n})
