@@ -295,26 +295,17 @@ def test_commit_order_gap_is_never_skipped():
     assert sorted(effects("alpha")) == [("alpha", 1), ("alpha", 2)]
 
 
-def listening(channel: str) -> Any:
-    """A connection of its own, listening on ``channel`` (autocommit: notifies arrive)."""
-    import psycopg
-
-    settings_dict = connection.settings_dict
-    listener = psycopg.connect(
-        host=settings_dict["HOST"],
-        port=settings_dict["PORT"],
-        user=settings_dict["USER"],
-        dbname=settings_dict["NAME"],
-        autocommit=True,
-    )
-    listener.execute(f"LISTEN {channel}")
-    return listener
+def listening(other: Any, channel: str) -> Any:
+    """``other_connection``, listening on ``channel`` (autocommit: notifies arrive)."""
+    other.autocommit = True
+    other.execute(f"LISTEN {channel}")
+    return other
 
 
 @pytest.mark.database_transport  # the outbox's channel
 @postgres_only
-def test_one_notify_per_publishing_transaction():
-    listener = listening("django_events_outbox")
+def test_one_notify_per_publishing_transaction(other_connection: Any):
+    listener = listening(other_connection, "django_events_outbox")
     with CaptureQueriesContext(connection) as queries, transaction.atomic():
         for n in range(5):
             publish("test.happened", {"n": n})
@@ -325,29 +316,26 @@ def test_one_notify_per_publishing_transaction():
             raise RuntimeError
         publish("test.happened", {"n": 6})  # the rolled-back NOTIFY must be sent again
     publish("test.happened", {"n": 7})  # autocommit: its own transaction
-    received = list(listener.notifies(timeout=1.0))
-    listener.close()
-    assert len(received) == 3
+    assert len(list(listener.notifies(timeout=1.0))) == 3
 
 
 @pytest.mark.database_transport  # the delivery rows' channel
 @postgres_only
 @pytest.mark.django_db(transaction=True)
-def test_a_relay_batch_wakes_the_workers_once_and_only_when_it_wrote_delivery_rows():
-    listener = listening("django_events_delivery")
-    try:
-        for n in range(3):
-            publish("test.happened", {"n": n})
-        assert Relay().run_once() == 3
-        assert len(list(listener.notifies(timeout=1.0))) == 1
-        publish("test.nobody", {"n": 4})  # no group subscribes: no delivery row
-        assert Relay().run_once() == 1
-        # A replay of events every group still owes writes no row: no wake-up either.
-        owed = logged_events(list(EventRecord.objects.values_list("id", flat=True)), "default")
-        transports["default"].republish(owed, [("test.happened", "alpha", False)])
-        assert list(listener.notifies(timeout=1.0)) == []
-    finally:
-        listener.close()
+def test_a_relay_batch_wakes_the_workers_once_and_only_when_it_wrote_delivery_rows(
+    other_connection: Any,
+):
+    listener = listening(other_connection, "django_events_delivery")
+    for n in range(3):
+        publish("test.happened", {"n": n})
+    assert Relay().run_once() == 3
+    assert len(list(listener.notifies(timeout=1.0))) == 1
+    publish("test.nobody", {"n": 4})  # no group subscribes: no delivery row
+    assert Relay().run_once() == 1
+    # A replay of events every group still owes writes no row: no wake-up either.
+    owed = logged_events(list(EventRecord.objects.values_list("id", flat=True)), "default")
+    transports["default"].republish(owed, [("test.happened", "alpha", False)])
+    assert list(listener.notifies(timeout=1.0)) == []
 
 
 def test_a_batch_shares_one_transaction_and_a_failure_is_recorded_without_a_replay():
