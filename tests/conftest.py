@@ -1,4 +1,4 @@
-"""Shared fixtures: the service check, and worker subprocesses on the test database."""
+"""Shared fixtures: the service checks, and worker subprocesses on the test database."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
+from . import rabbitmq_support
 from .log_support import log_transport, on_the_log_transport  # noqa: F401 - fixtures
 from .otel_support import meter_reader, spans  # noqa: F401 - fixtures for every test file
 
@@ -86,6 +87,19 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
         raise pytest.UsageError(f"{reason}; CI is set, so this fails instead of skipping.")
     for item in items:
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_runtest_setup(item: Any) -> None:
+    if item.get_closest_marker("rabbitmq"):
+        rabbitmq_support.require_broker()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Any:
+    report = yield
+    if report.failed and item.get_closest_marker("rabbitmq"):
+        rabbitmq_support.doubt_broker()
+    return report
 
 
 def vendor() -> str:

@@ -1,7 +1,8 @@
 """The shared RabbitMQ for tests: a unique prefix per test, and everything it made deleted.
 
 The broker is the machine's (``DJANGO_EVENTS_TEST_RABBITMQ_URL``, by default guest on
-127.0.0.1:5672); CI starts it (.ci/run). Tests skip only when pika is not installed.
+127.0.0.1:5672); CI starts it, or restarts it when it does not answer (.ci/run). Tests
+skip only when pika is not installed, and fail at once when the broker does not answer.
 """
 
 from __future__ import annotations
@@ -29,10 +30,54 @@ except ImportError:  # pragma: no cover - the dev extras install it
     pika = None
 
 
-def needs_pika() -> pytest.MarkDecorator:
-    return pytest.mark.skipif(
-        pika is None, reason="pika is not installed: pip install 'django-events-outbox[rabbitmq]'"
-    )
+def needs_rabbitmq() -> pytest.MarkDecorator:
+    """Mark a test that talks to the shared broker: conftest skips it without pika and
+    fails it at once, naming the cause, while the broker does not answer (``require_broker``)."""
+    return pytest.mark.rabbitmq
+
+
+PROBE_TIMEOUT = 10.0
+"""Seconds a probe waits for the broker's AMQP handshake (TCP alone is not enough: a broker
+out of sockets still completes TCP in the kernel's backlog and never answers)."""
+
+_verdict: str | None = None
+"""``"ok"`` once a probe answered, the failure once one did not, None when not known."""
+
+
+def require_broker(url: str = RABBITMQ_URL, timeout: float = PROBE_TIMEOUT) -> None:
+    """Skip without pika; fail at once when the broker did not answer its last probe.
+
+    Without this, every test of a broker that stopped answering waits out its own connection
+    timeouts, and a run of a few hundred such tests outlasts CI's budget (it did once). A
+    broker found broken stays broken for the session; ``doubt_broker`` asks for a new probe
+    after a test failed, so a broker that breaks mid-run is found by the next test."""
+    global _verdict
+    if pika is None:
+        pytest.skip("pika is not installed: pip install 'django-events-outbox[rabbitmq]'")
+    if _verdict is None:
+        params = pika.URLParameters(url)
+        params.connection_attempts = 1
+        params.socket_timeout = timeout
+        params.stack_timeout = timeout
+        try:
+            pika.BlockingConnection(params).close()
+        except Exception as exc:
+            _verdict = (
+                f"RabbitMQ at {params.host}:{params.port} did not complete an AMQP handshake "
+                f"within {timeout:g} s ({type(exc).__name__}: {exc}); every RabbitMQ test "
+                "fails from here on. .ci/run restarts a broker that does not answer."
+            )
+        else:
+            _verdict = "ok"
+    if _verdict != "ok":
+        pytest.fail(_verdict, pytrace=False)
+
+
+def doubt_broker() -> None:
+    """A RabbitMQ test failed: probe the broker again before the next one."""
+    global _verdict
+    if _verdict == "ok":
+        _verdict = None
 
 
 def unique_prefix() -> str:

@@ -24,7 +24,7 @@ import pytest
 from bench import runner
 from bench.leftovers import Ledger
 
-from .rabbitmq_support import RABBITMQ_URL, needs_pika, pika
+from .rabbitmq_support import RABBITMQ_URL, needs_rabbitmq, pika
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +79,7 @@ def existing(rq1: Any, prefixes: list[str]) -> list[str]:
     return found
 
 
-@needs_pika()
+@needs_rabbitmq()
 def test_rq1_deletes_its_queues_after_a_run(rq1):
     logs: list[str] = []
     ctx = Tiny(quick=True, log=logs.append, reps=1)
@@ -91,7 +91,7 @@ def test_rq1_deletes_its_queues_after_a_run(rq1):
     assert rq1.PREFIXES.mine() == [] and not [line for line in logs if "could not" in line]
 
 
-@needs_pika()
+@needs_rabbitmq()
 def test_rq1_deletes_its_queues_when_a_publish_fails(rq1, monkeypatch):
     """A publish that fails after its queues were declared: the exchange does not route
     an event type over AMQP's 255-byte limit, pika refuses to send it."""
@@ -115,7 +115,7 @@ time.sleep(120)
 """
 
 
-@needs_pika()
+@needs_rabbitmq()
 def test_the_next_run_deletes_what_a_killed_run_declared(rq1, tmp_path):
     """SIGKILL: no ``finally`` runs. The prefix was recorded before its queues were
     declared, with the dead process's pid; the next run deletes them."""

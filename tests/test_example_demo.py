@@ -21,7 +21,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from .rabbitmq_support import RABBITMQ_URL, delete_everything, needs_pika
+from .rabbitmq_support import RABBITMQ_URL, delete_everything, needs_rabbitmq
 from .rabbitmq_support import unique_prefix as unique_rabbitmq_prefix
 from .redis_support import needs_redis
 from .sqs_server import DUMMY_CREDENTIALS, moto_endpoint
@@ -123,7 +123,7 @@ def test_demo_on_redis_streams(tmp_path: Path):
 
 
 @on_sqlite
-@needs_pika()
+@needs_rabbitmq()
 def test_demo_on_rabbitmq(tmp_path: Path):
     """Both services: the warehouse's migrate binds its own queue to the shop's exchange."""
     from django_events.transports.rabbitmq import RabbitMQTransport

@@ -25,7 +25,7 @@ from django_events.transports import transports
 
 from .conftest import ROOT, Workers, wait_until
 from .rabbitmq_support import BACKEND as RABBIT
-from .rabbitmq_support import RABBITMQ_URL, delete_everything, needs_pika, publish_raw
+from .rabbitmq_support import RABBITMQ_URL, delete_everything, needs_rabbitmq, publish_raw
 from .redis_support import BACKEND, REDIS_URL, delete_prefix, needs_redis, unique_prefix
 from .testapp.models import Effect
 
@@ -297,7 +297,7 @@ def _relays_switching_one_after_the_other() -> dict[str, list[int]]:
     return handled_order("sequence")
 
 
-@needs_pika()
+@needs_rabbitmq()
 def test_an_event_on_the_old_side_waits_for_an_earlier_one_on_the_new(
     rabbitmq_to_database: Any,
 ):
@@ -305,7 +305,7 @@ def test_an_event_on_the_old_side_waits_for_an_earlier_one_on_the_new(
     assert _relays_switching_one_after_the_other() == {"k": [1, 2, 3]}
 
 
-@needs_pika()
+@needs_rabbitmq()
 @pytest.mark.parametrize(
     ("old", "new", "alias"),
     [("rabbitmq", "database", "default"), ("database", "rabbitmq", "new")],
@@ -343,7 +343,7 @@ def test_another_services_event_is_not_held(old: str, new: str, alias: str):
     assert handled_order("sequence") == {"k": [7]}
 
 
-@needs_pika()
+@needs_rabbitmq()
 def test_a_dead_letter_on_rabbitmq_frees_its_key_on_that_side_during_a_move(
     rabbitmq_to_database: Any,
 ):

@@ -14,7 +14,7 @@ from django_events.registry import registry
 from django_events.testing.contract import E2E_GROUP, SUBSCRIPTIONS, TransportContract
 from django_events.transports.base import Transport
 
-from .rabbitmq_support import RABBITMQ_URL, delete_everything, needs_pika, unique_prefix
+from .rabbitmq_support import RABBITMQ_URL, delete_everything, needs_rabbitmq, unique_prefix
 
 NO_PARKING = pytest.mark.xfail(
     strict=True,
@@ -23,7 +23,7 @@ NO_PARKING = pytest.mark.xfail(
 
 
 @pytest.mark.database_transport  # the end-to-end test relays the outbox onto it
-@needs_pika()
+@needs_rabbitmq()
 class TestRabbitMQContract(TransportContract):
     lease = 1.0
     retry_delay = 1.0

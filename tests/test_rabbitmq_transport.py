@@ -30,13 +30,13 @@ from .rabbitmq_support import (
     delete_everything,
     events_settings,
     free_port,
-    needs_pika,
+    needs_rabbitmq,
     publish_raw,
     unique_prefix,
 )
 from .testapp.models import Effect
 
-pytestmark = [pytest.mark.django_db(transaction=True), needs_pika()]
+pytestmark = [pytest.mark.django_db(transaction=True), needs_rabbitmq()]
 
 TYPE = "test.happened"
 

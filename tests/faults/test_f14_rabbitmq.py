@@ -28,7 +28,7 @@ from ..rabbitmq_support import (
     PrivateNode,
     delete_everything,
     events_settings,
-    needs_pika,
+    needs_rabbitmq,
     unique_prefix,
 )
 from .checker import backlog_from, check_database, read_truth
@@ -46,7 +46,7 @@ from .conftest import (
 )
 from .test_f1_kills import OVERRIDES, run_kills
 
-pytestmark = [pytest.mark.django_db(transaction=True), needs_pika()]
+pytestmark = [pytest.mark.django_db(transaction=True), needs_rabbitmq()]
 
 GROUPS = ["alpha", "beta"]
 DECLARED = ["alpha", "beta", "sequence", "chain", "limited"]  # every group tests.testapp has

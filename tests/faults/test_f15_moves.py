@@ -16,7 +16,7 @@ import pytest
 from django.db import connection
 
 from ..conftest import Workers
-from ..rabbitmq_support import needs_pika
+from ..rabbitmq_support import needs_rabbitmq
 from ..redis_support import needs_redis
 from ..sqs_server import aws_env, moto_endpoint
 from ..test_moving import move_under_load, moving_between
@@ -24,7 +24,7 @@ from .conftest import add_row
 
 __all__ = ["aws_env", "moto_endpoint"]  # fixtures, imported for pytest
 
-pytestmark = [pytest.mark.django_db(transaction=True), needs_pika(), needs_redis()]
+pytestmark = [pytest.mark.django_db(transaction=True), needs_rabbitmq(), needs_redis()]
 
 
 @pytest.fixture
