@@ -11,6 +11,8 @@ DATABASES["default"]["NAME"] = os.environ.get("DJANGO_EVENTS_BENCH_DB", "django_
 DJANGO_EVENTS = {"POLL_INTERVAL": 0.2, "BATCH_SIZE": 100, "RELAY_BATCH_SIZE": 1000}
 if os.environ.get("DJANGO_EVENTS_BENCH_CHARTS") == "off":  # no chart counts or lag samples
     DJANGO_EVENTS["CHART_RETENTION"] = 0
+if os.environ.get("DJANGO_EVENTS_BENCH_PREPARED") == "off":  # A/B of prepared statements
+    DJANGO_EVENTS["PREPARED_STATEMENTS"] = False
 if os.environ.get("DJANGO_EVENTS_BENCH_TRANSPORT") == "log":  # the log transport (preview)
     DJANGO_EVENTS["TRANSPORTS"] = {
         "default": {
