@@ -140,8 +140,6 @@ def current(store: SubscriptionStore | str) -> FanOut:
     Read from the store (or the table of the database named) at each call, or at most
     ``SUBSCRIPTIONS_CACHE`` seconds old.
     """
-    from .registry import registry
-
     if isinstance(store, str):
         store = DatabaseStore(store)
     ttl = get_settings().subscriptions_cache
@@ -154,6 +152,14 @@ def current(store: SubscriptionStore | str) -> FanOut:
         if ttl > 0:
             with _cache_lock:
                 _cache[store.key] = (started, stored)  # its age counts from before the read
+    return with_own_handlers(stored)
+
+
+def with_own_handlers(stored: FanOut) -> FanOut:
+    """``stored`` (a store's rows) with this process's own handlers, one row per (event type,
+    group); ordered if any declaration asks for it."""
+    from .registry import registry
+
     merged: dict[tuple[str, str], bool] = {}
     for event_type, group, ordered in [*stored, *registry.subscriptions()]:
         merged[(event_type, group)] = merged.get((event_type, group), False) or ordered

@@ -227,8 +227,9 @@ def test_a_healthy_batch_costs_the_same_statements_as_before() -> None:
     # relay makes first (then at most once per poll interval; docs/moving.md); on SQLite
     # the ids taken are looked up in the log by a statement of their own, not in RETURNING
     # (docs/internals.md, "The relay on SQLite"), while on PostgreSQL the wake-up rides in
-    # the delivery insert.
-    expected = 6 + 1 + 1 - (connection.vendor == "postgresql")
+    # the delivery insert and the take reads the subscriptions (docs/internals.md, "The
+    # relay's frontier").
+    expected = 6 + 1 + 1 - 2 * (connection.vendor == "postgresql")
     assert len(queries.captured_queries) == expected, [q["sql"][:60] for q in queries]
 
 

@@ -79,6 +79,22 @@ def test_relays_fan_out_to_every_services_subscriptions_once_ordered_if_any_asks
     assert "shop, warehouse" in warnings[0].msg and "ordered" in warnings[0].msg
 
 
+@pytest.mark.database_transport  # its delivery rows show the fan-out
+def test_the_relay_fans_out_to_the_stored_subscriptions_it_read_with_its_take():
+    """On PostgreSQL the take reads the table in its own statement (docs/internals.md, "The
+    relay's frontier"); a separate read on SQLite. Either way: every stored row, ordered as
+    declared, and this process's handlers."""
+    theirs = handlers(("picking", "x.y"), ("emails", "x.y", True))
+    subscriptions.declare("warehouse", theirs, store=shared())
+    event = publish("x.y", {"n": 1}, key="k")
+    assert Relay().run_once() == 1
+    fanned = Delivery.objects.filter(event_id=event.id).values_list("group_name", "ordered")
+    assert sorted(fanned) == [("emails", True), ("picking", False)]
+    publish("test.happened", {"n": 1})  # this process's handlers: alpha and beta
+    assert Relay().run_once() == 1
+    assert (owed("alpha"), owed("beta")) == (1, 1)
+
+
 def orphan() -> None:
     """A service that declared ``orders-archive`` on test.happened, then dropped it."""
     subscriptions.declare("archive", handlers((ARCHIVE, "test.happened")), store=shared())

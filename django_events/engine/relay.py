@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import (
     DatabaseError,
@@ -43,7 +43,8 @@ from .. import instrumentation, logfields, moving, retention
 from ..conf import get_settings
 from ..envelope import parse_uuid, validate_metadata, validate_type, validate_version
 from ..exceptions import InvalidEvent, PublishRefused
-from ..subscriptions import fan_out
+from ..stores import DatabaseStore, FanOut
+from ..subscriptions import fan_out, store_of, with_own_handlers
 from ..text import storable
 from ..transports.base import Outgoing, Transport
 from ..validation import check_storable, check_text, validate_key
@@ -206,11 +207,14 @@ class _Plan:
     which: str
     params: list[Any]
 
-    def select(self, dialect: sql.Dialect, log: str, columns: str) -> tuple[str, list[Any]]:
+    def select(
+        self, dialect: sql.Dialect, log: str, columns: str, subscriptions: str | None = None
+    ) -> tuple[str, list[Any]]:
         """The statement's final ``SELECT``: ``columns`` of each row of ``taken``, then the
         snapshot's ``xmin`` and ``xmax`` and the positions in the event log between the
         frontier and the highest position taken (another relay moved them: not gaps), in
-        one row of NULLs when nothing was taken."""
+        one row of NULLs when nothing was taken; last, in the first row only, the rows of
+        the ``subscriptions`` table as JSON text, when it is named (``_fan_out_in_take``)."""
         top = self.frontier.top if self.frontier is not None else None
         passed, params = "NULL::bigint[]", []
         if top is not None:
@@ -219,20 +223,42 @@ class _Plan:
                 "AND position < (SELECT max(position) FROM taken))"
             )
             params = [top]
+        stored = "NULL::text"
+        if subscriptions is not None:
+            stored = (
+                "CASE WHEN taken.position = (SELECT min(position) FROM taken) THEN (SELECT "
+                'coalesce(json_agg(json_build_array(event_type, "group", ordered)), '
+                f"'[]')::text FROM {subscriptions}) END"
+            )
         return (
-            f"SELECT {columns}, s.* FROM (SELECT {dialect.snapshot_bounds()}, {passed}) s "
-            "LEFT JOIN taken ON true ORDER BY 1",
+            f"SELECT {columns}, s.*, {stored} FROM (SELECT {dialect.snapshot_bounds()}, "
+            f"{passed}) s LEFT JOIN taken ON true ORDER BY 1",
             params,
         )
 
 
+class Take(NamedTuple):
+    """What one take moved: its rows, how many rows left the outbox (set-aside ones too),
+    and the subscriptions it read in its own snapshot (None: the relay reads them)."""
+
+    rows: list[Outgoing]
+    left: int
+    subscriptions: FanOut | None
+
+
 def _with_snapshot(
     rows: Sequence[Sequence[Any]],
-) -> tuple[list[Sequence[Any]], tuple[int, int], list[int] | None]:
+) -> tuple[list[Sequence[Any]], tuple[int, int], list[int] | None, FanOut | None]:
     """Split what ``_Plan.select`` returns: the rows taken, the snapshot bounds, the
-    positions passed."""
-    *_, xmin, xmax, passed = rows[0]
-    return [row[:-3] for row in rows if row[0] is not None], (xmin, xmax), passed
+    positions passed, and the subscriptions read with them (None when not read)."""
+    *_, xmin, xmax, passed, stored = rows[0]
+    taken = [row[:-4] for row in rows if row[0] is not None]
+    subscriptions = None
+    if stored is not None:
+        subscriptions = [
+            (kind, group, bool(ordered)) for kind, group, ordered in json.loads(stored)
+        ]
+    return taken, (xmin, xmax), passed, subscriptions
 
 
 class Relay:
@@ -297,19 +323,38 @@ class Relay:
                     raise
                 set_aside += found
 
-    def _subscriptions(self, rows: Sequence[Outgoing]) -> list[tuple[str, str, bool]]:
+    def _subscriptions(
+        self, rows: Sequence[Outgoing], stored: FanOut | None = None
+    ) -> list[tuple[str, str, bool]]:
         """Read after the rows were taken (in the same transaction, for the database
-        transport): every subscription declared before these events committed is in it.
-        None is needed where the broker fans out itself (``routes_itself``)."""
-        if self.transport.routes_itself:
+        transport), or by the take itself (``stored``): every subscription declared before
+        these events committed is in it. None is needed where the broker fans out itself
+        (``routes_itself``)."""
+        if self.transport.routes_itself or not rows:
             return []
-        return fan_out(self.transport) if rows else []
+        if stored is not None:
+            return with_own_handlers(stored)
+        return fan_out(self.transport)
+
+    def _fan_out_in_take(self, using: str) -> str | None:
+        """The subscription table the take reads with its rows, in its own snapshot: one
+        round trip less per batch (docs/internals.md, "The relay's frontier"). None where
+        the subscriptions live elsewhere, are cached (``SUBSCRIPTIONS_CACHE``) or unneeded."""
+        transport = self.transport
+        if transport.routes_itself or not transport.shares_subscriptions:
+            return None
+        if get_settings().subscriptions_cache > 0:
+            return None
+        store = store_of(transport)
+        if not isinstance(store, DatabaseStore) or store.using != using:
+            return None
+        return sql.table(connections[using], "Subscription")
 
     def _relay_batch(self, using: str) -> int:
         if self.transport.joins_outbox_transaction(using):
             with sql.bounded_atomic(using):
-                rows, left = self._take(using)
-                subscriptions = self._subscriptions(rows)
+                rows, left, stored = self._take(using)
+                subscriptions = self._subscriptions(rows, stored)
                 self._publish_logged(rows, subscriptions)
                 if rows:
                     failpoints.hit("relay.after_take")
@@ -446,8 +491,8 @@ class Relay:
         for row, _ in taken:
             try:
                 with sql.bounded_atomic(using):
-                    moved = self._take(using, row.position)[0]
-                    self._publish_logged(moved, self._subscriptions(moved))
+                    moved, _, stored = self._take(using, row.position)
+                    self._publish_logged(moved, self._subscriptions(moved, stored))
             except (DataError, IntegrityError) as refused:
                 why = f"the database refused it: {refused}"
                 set_aside(using, [(row, type(refused).__name__, why)])
@@ -515,7 +560,7 @@ class Relay:
             f"FROM {outbox} WHERE {plan.which}) {select}",
             [*plan.params, *params],
         )
-        rows, snapshot, passed = _with_snapshot(cursor.fetchall())
+        rows, snapshot, passed, _ = _with_snapshot(cursor.fetchall())
         return _taken([_with_time(row) for row in rows]), snapshot, passed
 
     def _advance(
@@ -548,7 +593,7 @@ class Relay:
 
     # -- same-database move -------------------------------------------------------------
 
-    def _take_postgresql(self, using: str, position: int | None) -> tuple[list[Outgoing], int]:
+    def _take_postgresql(self, using: str, position: int | None) -> Take:
         """The take on PostgreSQL: one statement, bounded on the server, that starts from
         the frontier when it is known (docs/internals.md, "The relay's frontier")."""
         dialect = sql.dialect(using)
@@ -562,7 +607,10 @@ class Relay:
             plan = _Plan(None, True, now, timeout, "", "position = %s", [position])
         bound, bound_params = dialect.bounded_transaction(plan.timeout)
         select, params = plan.select(
-            dialect, log, "taken.position, taken.event_id, taken.type, taken.key"
+            dialect,
+            log,
+            "taken.position, taken.event_id, taken.type, taken.key",
+            self._fan_out_in_take(using),
         )
         with sql.cursor(connection, prepared=True) as cursor:
             cursor.execute(
@@ -581,18 +629,19 @@ class Relay:
                 f"FROM parsed) {select}",
                 [*plan.params, *params],
             )
-            rows, snapshot, passed = _with_snapshot(cursor.fetchall())
+            rows, snapshot, passed, stored = _with_snapshot(cursor.fetchall())
         moved = [Outgoing(*row) for row in rows]
         positions = [row.position for row in moved]
         # Only a committed take moves the frontier: a rolled-back one left its rows.
         transaction.on_commit(
             lambda: self._advance(using, plan, positions, snapshot, passed), using=using
         )
-        return moved, len(moved)
+        return Take(moved, len(moved), stored)
 
-    def _take(self, using: str, position: int | None = None) -> tuple[list[Outgoing], int]:
+    def _take(self, using: str, position: int | None = None) -> Take:
         """Move the next batch (or the row at ``position``) into the event log; return the
-        rows moved, and how many rows left the outbox (those set aside count too).
+        rows moved, how many rows left the outbox (those set aside count too), and the
+        subscriptions when the take read them.
 
         On PostgreSQL the rows never leave the database: jsonb refuses what cannot be
         stored, and data or metadata that is not a JSON object becomes NULL, which the log
@@ -644,7 +693,8 @@ class Relay:
                         for r in rows
                     ],
                 )
-        return [Outgoing(row.position, row.event_id, row.type, row.key) for row in rows], left
+        moved = [Outgoing(row.position, row.event_id, row.type, row.key) for row in rows]
+        return Take(moved, left, None)
 
     # -- leased move to an external transport -------------------------------------------
 
