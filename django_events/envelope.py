@@ -358,7 +358,8 @@ def build_event(
         raise UndecodableEvent(
             f"Event data must be a JSON object, got {payload.__class__.__name__}."
         )
-    meta = decode_json(metadata, max_bytes, "metadata") if metadata else {}
+    # "{}" is what publish() stores for no metadata: most events; nothing to decode.
+    meta = decode_json(metadata, max_bytes, "metadata") if metadata and metadata != "{}" else {}
     if meta != {} or not isinstance(meta, dict):  # nothing to check in the usual {}
         try:
             meta = validate_metadata(meta)
@@ -384,7 +385,10 @@ def build_event(
         data=payload,
         occurred_at=occurred_at,
         source=str(source or ""),
-        correlation_id=_uuid_or_none(correlation_id, "correlation_id"),
+        # A first event is its own correlation: the same text, parsed once.
+        correlation_id=event_id
+        if correlation_id is not None and correlation_id == id
+        else _uuid_or_none(correlation_id, "correlation_id"),
         causation_id=_uuid_or_none(causation_id, "causation_id"),
         metadata=meta,
     )

@@ -26,6 +26,7 @@ def record_many(using: str, slots: list[tuple[str, uuid.UUID]]) -> set[tuple[str
     dialect = sql.dialect(using)
     ordered = sorted(set(slots), key=lambda slot: (slot[1], slot[0]))
     params: list[Any]
+    stored = {(group, event_id): (group, event_id) for group, event_id in ordered}
     if isinstance(dialect, sql.PostgreSQL):
         # Two arrays, one text whatever the batch's size: a statement planned once.
         rows_sql = (
@@ -35,7 +36,10 @@ def record_many(using: str, slots: list[tuple[str, uuid.UUID]]) -> set[tuple[str
         params = [[group for group, _ in ordered], [event_id for _, event_id in ordered]]
     else:
         rows_sql = "VALUES " + ", ".join([f"(%s, %s, {dialect.now()})"] * len(ordered))
-        params = [p for group, event_id in ordered for p in (group, dialect.uuid_value(event_id))]
+        stored = {
+            (group, dialect.uuid_value(event_id)): (group, event_id) for group, event_id in ordered
+        }
+        params = [p for slot in stored for p in slot]
     with sql.cursor(connection, prepared=True) as cursor:
         cursor.execute(
             f"INSERT INTO {sql.table(connection, 'InboxRecord')} "
@@ -44,10 +48,8 @@ def record_many(using: str, slots: list[tuple[str, uuid.UUID]]) -> set[tuple[str
             params,
         )
         rows = cursor.fetchall()
-    return {
-        (group, event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id)))
-        for group, event_id in rows
-    }
+    # The slots given, not the values read back: no UUID parsed again per event.
+    return {stored[(group, event_id)] for group, event_id in rows}
 
 
 def forget(using: str, slots: list[tuple[str, uuid.UUID]]) -> None:

@@ -22,7 +22,7 @@ from django.db import connections
 from django.utils.dateparse import parse_datetime
 
 from ..engine import sql
-from ..envelope import build_event
+from ..envelope import build_event, parse_uuid
 from ..stores import DatabaseStore
 from ..text import storable
 from .base import (
@@ -543,15 +543,15 @@ class DatabaseTransport(Transport):
         never an exception, which would hand the row back to be claimed again forever.
         ``log_position``: the event was read from the log itself (the log transport's
         lease), not through a delivery row; it names the row in a reason."""
-        delivery_id, event_id, group, attempts, first_failed_at, *stored = row
+        delivery_id, raw_id, group, attempts, first_failed_at, *stored = row
         if log_position is None:
             where, fallback = f"Delivery {delivery_id}", f"delivery:{delivery_id}"
         else:
             where, fallback = f"The log row at position {log_position}", f"log:{log_position}"
         try:
-            event_id = event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id))
+            event_id = raw_id if isinstance(raw_id, uuid.UUID) else parse_uuid(str(raw_id))
         except ValueError:
-            bad_id, event_id = event_id, fallback_id(fallback)
+            bad_id, event_id = raw_id, fallback_id(fallback)
         else:
             bad_id = None
         claimed = Claimed(
@@ -576,7 +576,7 @@ class DatabaseTransport(Transport):
             return claimed
         try:
             claimed.event = build_event(
-                id=stored[0],
+                id=event_id if stored[0] == raw_id else stored[0],  # the same id, parsed once
                 type=stored[1],
                 version=stored[2],
                 key=stored[3],
@@ -584,7 +584,7 @@ class DatabaseTransport(Transport):
                 metadata=stored[5],
                 occurred_at=stored[6],
                 source=stored[7],
-                correlation_id=stored[8],
+                correlation_id=event_id if stored[8] == stored[0] else stored[8],
                 causation_id=stored[9],
                 max_bytes=self.context.max_payload_bytes * 2,
             )
