@@ -108,6 +108,8 @@ def apply_controls(names: list[str]) -> None:
             from django_events.registry import registry
 
             relay.fan_out = lambda transport: registry.subscriptions()  # type: ignore[assignment]
+            # Nor does the take read the shared table (docs/internals.md, "The relay's frontier").
+            relay.Relay._fan_out_in_take = lambda self, using: None  # type: ignore[method-assign]
         elif name == "no_decode_defence":
             from django_events.exceptions import UndecodableEvent
             from django_events.transports import base, database, memory
