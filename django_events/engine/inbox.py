@@ -25,8 +25,11 @@ def record_many(using: str, slots: list[tuple[str, uuid.UUID]]) -> set[tuple[str
     connection = connections[using]
     dialect = sql.dialect(using)
     ordered = sorted(set(slots), key=lambda slot: (slot[1], slot[0]))
+    # Each slot by the form the database reads back (PostgreSQL: the UUID; SQLite: its hex).
+    stored = {
+        (group, dialect.uuid_value(event_id)): (group, event_id) for group, event_id in ordered
+    }
     params: list[Any]
-    stored = {(group, event_id): (group, event_id) for group, event_id in ordered}
     if isinstance(dialect, sql.PostgreSQL):
         # Two arrays, one text whatever the batch's size: a statement planned once.
         rows_sql = (
@@ -36,9 +39,6 @@ def record_many(using: str, slots: list[tuple[str, uuid.UUID]]) -> set[tuple[str
         params = [[group for group, _ in ordered], [event_id for _, event_id in ordered]]
     else:
         rows_sql = "VALUES " + ", ".join([f"(%s, %s, {dialect.now()})"] * len(ordered))
-        stored = {
-            (group, dialect.uuid_value(event_id)): (group, event_id) for group, event_id in ordered
-        }
         params = [p for slot in stored for p in slot]
     with sql.cursor(connection, prepared=True) as cursor:
         cursor.execute(
