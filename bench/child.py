@@ -197,25 +197,66 @@ def sqlite_e2e(args: dict[str, Any]) -> Any:
         return {"seconds": _sqlite_raw(path, n)}
     os.environ["BENCH_SQLITE_PATH"] = path
     django_setup("bench.settings_sqlite")
-    from django.db import transaction
+    from django.db import connection, transaction
 
     from bench import pg
     from django_events import publish
     from django_events.engine.worker import Worker
 
+    assert connection.vendor == "sqlite", connection.vendor
     payload = dict(pg.PAYLOAD)
+    if mode == "floor":
+        return {"seconds": _sqlite_floor(n, payload)}
     t0 = time.perf_counter()
     for start in range(0, n, 100):
         with transaction.atomic():
             for i in range(start, min(n, start + 100)):
                 payload["order_id"] = i
                 publish("bench.noop", payload)
-    from django.db import connection
-
-    assert connection.vendor == "sqlite", connection.vendor
+    published = time.perf_counter()
     handled = Worker(["bench"]).run(once=True)
     assert handled == n, (handled, n)
-    return {"seconds": time.perf_counter() - t0}
+    return {"seconds": time.perf_counter() - t0, "publish_seconds": published - t0}
+
+
+def _sqlite_floor(n: int, payload: dict[str, Any]) -> float:
+    """S10's floor: the outbox rows ``publish()`` writes (same columns and values), one raw
+    INSERT each through Django's cursor, 100 per transaction; no validation, nothing
+    relayed or consumed. Below this no publish through Django's cursor can go."""
+    import datetime as dt
+    import uuid
+
+    from django.db import connection, transaction
+
+    from django_events.conf import get_settings
+    from django_events.engine import sql
+    from django_events.outbox import _insert_sql
+
+    insert = _insert_sql(sql.table(connection, "OutboxMessage"), sql.dialect("default"), 1)
+    source = get_settings().source or get_settings().service
+    t0 = time.perf_counter()
+    for start in range(0, n, 100):
+        with transaction.atomic():
+            for i in range(start, min(n, start + 100)):
+                payload["order_id"] = i
+                event_id = uuid.uuid4().hex
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        insert,
+                        [
+                            event_id,
+                            "bench.noop",
+                            1,
+                            None,
+                            json.dumps(payload),
+                            "",
+                            sql.datetime_value(connection, dt.datetime.now(dt.timezone.utc)),
+                            source,
+                            event_id,
+                            None,
+                        ],
+                    )
+    return time.perf_counter() - t0
 
 
 def _sqlite_raw(path: str, n: int) -> float:

@@ -291,17 +291,32 @@ def _straight_to_log(conf: Any) -> dict[str, str | None]:
 
 
 @functools.cache
-def _log_insert_sql(table: str, sequence: str, rows: int) -> str:
-    # Positions come from the outbox's sequence, so rows an older release still writes to
-    # the outbox (and its relay moves) never take the same one. The sequence is named as
-    # a constant, resolved once per statement: pg_get_serial_sequence() in its place was
-    # looked up again for every row (docs/performance.md, "The log transport: what it costs").
+def _log_insert_sql(table: str, sequence: str) -> str:
+    """One log row (PostgreSQL). Positions come from the outbox's sequence, so rows an
+    older release still writes to the outbox (and its relay moves) never take the same
+    one. The sequence is named as a constant, resolved once per statement:
+    pg_get_serial_sequence() in its place was looked up again for every row
+    (docs/performance.md, "The log transport: what it costs")."""
     literal = sequence.replace("'", "''")
-    row = (
-        f"(%s, nextval('{literal}'::regclass), %s, %s, "
-        "%s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, statement_timestamp())"
+    return (
+        f"INSERT INTO {table} ({_LOG_COLUMNS}) VALUES (%s, nextval('{literal}'::regclass), "
+        "%s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, statement_timestamp())"
     )
-    return f"INSERT INTO {table} ({_LOG_COLUMNS}) VALUES {', '.join([row] * rows)}"
+
+
+@functools.cache
+def _log_document_insert_sql(table: str, sequence: str) -> str:
+    """Several log rows from one JSON document (``_document``), as ``_log_insert_sql``
+    writes one. Positions follow the document's order: PostgreSQL evaluates a volatile
+    output column (nextval) after the ORDER BY's sort."""
+    literal = sequence.replace("'", "''")
+    return (
+        f"INSERT INTO {table} ({_LOG_COLUMNS}) SELECT (r->>0)::uuid, "
+        f"nextval('{literal}'::regclass), r->>1, (r->>2)::int, r->>3, (r->>4)::jsonb, "
+        "%s::jsonb, (r->>5)::timestamptz, r->>6, (r->>7)::uuid, (r->>8)::uuid, "
+        "statement_timestamp() FROM json_array_elements(%s::json) WITH ORDINALITY AS a(r, n) "
+        "ORDER BY n"
+    )
 
 
 _position_sequences: dict[str, str] = {}
@@ -354,6 +369,42 @@ def _text_row(
     ]
 
 
+@functools.cache
+def _document_insert_sql(table: str) -> str:
+    """Several outbox rows from one JSON document (``_document``), PostgreSQL; positions
+    in the document's order."""
+    return (
+        f"INSERT INTO {table} ({_COLUMNS}) SELECT (r->>0)::uuid, r->>1, (r->>2)::int, r->>3, "
+        "r->>4, %s, (r->>5)::timestamptz, r->>6, (r->>7)::uuid, (r->>8)::uuid, "
+        "statement_timestamp() FROM json_array_elements(%s::json) WITH ORDINALITY AS a(r, n) "
+        "ORDER BY n"
+    )
+
+
+def _document(events: list[tuple[Event, str]]) -> str:
+    """The events' values as one JSON array of rows (``_native_row``'s order, metadata
+    left out), for a statement that inserts them all from it: one parameter, encoded by
+    the C encoder, where the driver's own array dumper escaped each text in Python."""
+    return json.dumps(
+        [
+            [
+                str(event.id),
+                event.type,
+                event.version,
+                event.key,
+                text,
+                event.occurred_at.isoformat(),
+                event.source,
+                None if event.correlation_id is None else str(event.correlation_id),
+                None if event.causation_id is None else str(event.causation_id),
+            ]
+            for event, text in events
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
 def _insert(using: str, events: list[tuple[Event, str]], metadata: str, conf: Any) -> None:
     connection = connections[using]
     dialect = sql.dialect(using)
@@ -362,17 +413,7 @@ def _insert(using: str, events: list[tuple[Event, str]], metadata: str, conf: An
     if using in straight:
         _insert_into_log(connection, events, metadata, notify and straight[using])
         return
-    table = sql.table(connection, "OutboxMessage")
-    native = dialect.native_params  # UUIDs and datetimes go as they are; SQLite wants text
-    for start in range(0, len(events), _ROWS_PER_STATEMENT):
-        chunk = events[start : start + _ROWS_PER_STATEMENT]
-        params: list[Any] = []
-        for event, data_text in chunk:
-            if native:
-                params += _native_row(event, data_text, metadata)
-            else:
-                params += _text_row(connection, dialect, event, data_text, metadata)
-        insert = _insert_sql(table, dialect, len(chunk))
+    for insert, params in _outbox_inserts(connection, dialect, events, metadata):
         if notify and dialect.notifies and not _notified_in_this_transaction(connection):
             insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
             params.append(OUTBOX_CHANNEL)
@@ -380,27 +421,54 @@ def _insert(using: str, events: list[tuple[Event, str]], metadata: str, conf: An
             cursor.execute(insert, params)
 
 
+def _outbox_inserts(
+    connection: Any, dialect: sql.Dialect, events: list[tuple[Event, str]], metadata: str
+) -> list[tuple[str, list[Any]]]:
+    """The statements that insert ``events`` into the outbox, with their parameters.
+
+    On PostgreSQL several events go as one JSON document (``_document``): one short
+    statement, which the driver parses once, where a VALUES list of ten parameters a row
+    was parsed again by the driver on every call (docs/internals.md, "Publishing many
+    events"). SQLite takes VALUES lists, its values as text."""
+    table = sql.table(connection, "OutboxMessage")
+    if isinstance(dialect, sql.PostgreSQL):
+        if len(events) > 1:
+            return [(_document_insert_sql(table), [metadata, _document(events)])]
+        return [(_insert_sql(table, dialect, 1), _native_row(*events[0], metadata))]
+    statements = []
+    for start in range(0, len(events), _ROWS_PER_STATEMENT):
+        chunk = events[start : start + _ROWS_PER_STATEMENT]
+        params: list[Any] = []
+        for event, data_text in chunk:
+            params += _text_row(connection, dialect, event, data_text, metadata)
+        statements.append((_insert_sql(table, dialect, len(chunk)), params))
+    return statements
+
+
 def _insert_into_log(
     connection: Any, events: list[tuple[Event, str]], metadata: str, channel: str | bool | None
 ) -> None:
     """The log transport's publish: the log row itself, in the caller's transaction, so
-    nothing is written twice and no relay moves it; the workers are woken at commit."""
+    nothing is written twice and no relay moves it; the workers are woken at commit.
+    Several events go as one JSON document, as into the outbox (``_outbox_inserts``)."""
     table = sql.table(connection, "EventRecord")
     dialect = sql.dialect(connection.alias)
     if not isinstance(dialect, sql.PostgreSQL):
         _insert_into_log_one_writer(connection, table, dialect, events, metadata)
         return
-    for start in range(0, len(events), _ROWS_PER_STATEMENT):
-        chunk = events[start : start + _ROWS_PER_STATEMENT]
-        params: list[Any] = []
-        for event, data_text in chunk:
-            params += _native_row(event, data_text, metadata or "{}")
-        insert = _log_insert_sql(table, _position_sequence(connection), len(chunk))
-        if isinstance(channel, str) and not _notified_in_this_transaction(connection):
-            insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
-            params.append(channel)
-        with connection.cursor() as cursor:
-            cursor.execute(insert, params)
+    sequence = _position_sequence(connection)
+    metadata = metadata or "{}"
+    if len(events) > 1:
+        insert = _log_document_insert_sql(table, sequence)
+        params = [metadata, _document(events)]
+    else:
+        insert = _log_insert_sql(table, sequence)
+        params = _native_row(*events[0], metadata)
+    if isinstance(channel, str) and not _notified_in_this_transaction(connection):
+        insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
+        params.append(channel)
+    with connection.cursor() as cursor:
+        cursor.execute(insert, params)
 
 
 def _insert_into_log_one_writer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -474,6 +475,44 @@ def test_publish_many_writes_all_in_one_statement_in_order():
     deliver()
     assert sorted(effects("alpha")) == [("alpha", n) for n in range(3)]
     assert effects("sequence") == [("sequence", 3)]
+
+
+def test_publish_many_stores_each_event_as_returned_in_the_order_given():
+    """Many events go as one statement (on PostgreSQL, one JSON document): every value
+    arrives as publish_many() returned it, awkward text included, positions in order."""
+    from django_events import publish_many
+    from django_events.outbox import handling
+
+    awkward = {"q": 'say "hi"\\', "u": "Grüße, 東京 🎉", "esc": "\\u0000 is text", "n": None}
+    specs: list[Any] = [
+        ("test.noted", {**awkward, "i": i}, None if i % 3 else f"key-{i}") for i in range(40)
+    ]
+    cause = publish("test.happened", {"n": 0})
+    with transaction.atomic(), handling(cause):
+        events = publish_many(specs, metadata={"tenant": "t-1"})
+        events += publish_many(specs[:2])  # a second statement in the transaction
+    events += publish_many(specs[:3], version=1)
+    model = EventRecord if transports["default"].reads_log else OutboxMessage
+    id_field = "id" if model is EventRecord else "event_id"
+    rows = list(model.objects.exclude(**{id_field: cause.id}).order_by("position"))
+    assert [getattr(row, id_field) for row in rows] == [e.id for e in events]
+    for row, event in zip(rows, events, strict=True):
+        data = row.data if model is EventRecord else json.loads(row.data)
+        metadata = row.metadata if model is EventRecord else json.loads(row.metadata or "{}")
+        assert (row.type, row.version, row.key, data, metadata) == (
+            event.type,
+            event.version,
+            event.key,
+            event.data,
+            event.metadata,
+        )
+        assert (row.occurred_at, row.source) == (event.occurred_at, event.source)
+        assert (row.correlation_id, row.causation_id) == (
+            event.correlation_id,
+            event.causation_id,
+        )
+    assert events[0].causation_id == cause.id and events[0].metadata == {"tenant": "t-1"}
+    assert events[-1].correlation_id == events[-1].id and events[-1].causation_id is None
 
 
 def test_publish_many_writes_nothing_if_one_event_is_invalid():

@@ -44,13 +44,23 @@ def run(ctx: Context) -> list[Row]:
             )
             return n / got["seconds"]
 
+        publishing: list[float] = []
+
         def events() -> float:
             got = pg.run_child(
                 "sqlite_e2e", {"path": fresh("events.sqlite3", True), "n": n, "mode": "events"}
             )
+            publishing.append(n / got["publish_seconds"])
             return n / got["seconds"]
 
-        got = alternate(ctx, {"raw": raw, "events": events})
+        def floor() -> float:
+            got = pg.run_child(
+                "sqlite_e2e", {"path": fresh("floor.sqlite3", True), "n": n, "mode": "floor"}
+            )
+            return n / got["seconds"]
+
+        got = alternate(ctx, {"raw": raw, "events": events, "floor": floor})
+        del publishing[0]  # the warm-up's
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [
@@ -68,5 +78,31 @@ def run(ctx: Context) -> list[Row]:
             "Django's defaults; transaction_mode IMMEDIATE); the worker runs in-process "
             "(Worker.run(once=True)); the raw baseline claims and handles 100 events per "
             "transaction, the least work the same rows allow",
+        ),
+        ratio_row(
+            "S10.floor",
+            "the floor: publishing alone, the same outbox rows by raw INSERTs through "
+            "Django's cursor",
+            BASELINE + ", end to end",
+            "throughput",
+            "events/s",
+            got["floor"],
+            got["raw"],
+            None,
+            higher_is_better=True,
+            notes="reference: the most S10 could reach if publish() added nothing to its "
+            "INSERT and relaying and consuming cost nothing (docs/performance.md, S10)",
+        ),
+        ratio_row(
+            "S10.publish",
+            "publish() alone (S10's first phase) against the floor",
+            "the floor",
+            "throughput",
+            "events/s",
+            publishing,
+            got["floor"],
+            None,
+            higher_is_better=True,
+            notes="reference: what publish() costs above its INSERT through Django's cursor",
         ),
     ]

@@ -60,7 +60,7 @@ def run(ctx: Context) -> list[Row]:
     # publish() writes the log row itself: that row is the floor there.
     source = get_settings().source or get_settings().service
     if pg.LOG_TRANSPORT:
-        floor_sql = _log_insert_sql(TABLE, _position_sequence(connection), 1)
+        floor_sql = _log_insert_sql(TABLE, _position_sequence(connection))
     else:
         floor_sql = _insert_sql(TABLE, sql.dialect(connection.alias), 1)
 
