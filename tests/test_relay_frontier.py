@@ -119,6 +119,41 @@ def test_a_row_committed_late_below_the_frontier_is_relayed(raw: psycopg.Connect
     assert list(Effect.objects.values_list("group", "n")) == [("alpha", 7)]
 
 
+def test_positions_another_relay_moved_come_back_once_per_take_not_once_per_row(monkeypatch):
+    """A relay whose frontier another relay has passed learns the positions that one
+    moved from its next take: in the take's first row only. In every row, a batch of
+    1,000 behind a few thousand moved positions came back as megabytes, sorted on disk
+    (docs/internals.md, "The relay's frontier")."""
+    from django_events.engine import relay as relay_module
+
+    behind, ahead = Relay(batch_size=5), Relay()
+    _settled(behind)
+    _settled(ahead)
+    moved_by_other = [publish("test.happened", {"n": n}) for n in range(30)]
+    ahead.run_once()
+    for n in range(10):
+        publish("test.happened", {"n": 100 + n})
+    returned: list[list[Any]] = []
+    split = relay_module._with_snapshot
+
+    def spy(rows: Any) -> Any:
+        returned.append([row[-2] for row in rows])  # each row's passed positions
+        return split(rows)
+
+    monkeypatch.setattr(relay_module, "_with_snapshot", spy)
+    behind.relay_batch("default")
+    (passed_per_row,) = returned
+    assert len(passed_per_row) == 5
+    other = set(
+        EventRecord.objects.filter(id__in=[e.id for e in moved_by_other]).values_list(
+            "position", flat=True
+        )
+    )
+    assert other <= set(passed_per_row[0])
+    assert passed_per_row[1:] == [None] * 4
+    assert not other & set(behind._frontiers["default"].gaps)  # not gaps: in the log
+
+
 @needs_redis()
 def test_a_send_that_fails_leaves_the_frontier_where_it_was():
     """A broker's relay moves the frontier only once the rows it read have left the

@@ -210,29 +210,34 @@ class _Plan:
     def select(
         self, dialect: sql.Dialect, log: str, columns: str, subscriptions: str | None = None
     ) -> tuple[str, list[Any]]:
-        """The statement's final ``SELECT``: ``columns`` of each row of ``taken``, then the
-        snapshot's ``xmin`` and ``xmax`` and the positions in the event log between the
-        frontier and the highest position taken (another relay moved them: not gaps), in
-        one row of NULLs when nothing was taken; last, in the first row only, the rows of
-        the ``subscriptions`` table as JSON text, when it is named (``_fan_out_in_take``)."""
+        """The statement's final ``SELECT``: ``columns`` of each row of ``taken`` (the
+        first of them its position), then the snapshot's ``xmin`` and ``xmax``, in one row
+        of NULLs when nothing was taken. Then, in the first row only (the others carry
+        NULLs): the positions in the event log between the frontier and the highest
+        position taken (another relay moved them: not gaps), and the rows of the
+        ``subscriptions`` table as JSON text, when it is named (``_fan_out_in_take``).
+        In every row, the positions were a copy of the whole list: a relay whose frontier
+        had fallen a few thousand positions behind another's got a batch of 1,000 rows
+        back with that list 1,000 times (docs/internals.md, "The relay's frontier")."""
         top = self.frontier.top if self.frontier is not None else None
+        first = "taken.position = (SELECT min(position) FROM taken)"
         passed, params = "NULL::bigint[]", []
         if top is not None:
             passed = (
-                f"ARRAY(SELECT position FROM {log} WHERE position > %s "
-                "AND position < (SELECT max(position) FROM taken))"
+                f"CASE WHEN {first} THEN ARRAY(SELECT position FROM {log} WHERE position > %s "
+                "AND position < (SELECT max(position) FROM taken)) END"
             )
             params = [top]
         stored = "NULL::text"
         if subscriptions is not None:
             stored = (
-                "CASE WHEN taken.position = (SELECT min(position) FROM taken) THEN (SELECT "
+                f"CASE WHEN {first} THEN (SELECT "
                 'coalesce(json_agg(json_build_array(event_type, "group", ordered)), '
                 f"'[]')::text FROM {subscriptions}) END"
             )
         return (
-            f"SELECT {columns}, s.*, {stored} FROM (SELECT {dialect.snapshot_bounds()}, "
-            f"{passed}) s LEFT JOIN taken ON true ORDER BY 1",
+            f"SELECT {columns}, s.*, {passed}, {stored} FROM (SELECT "
+            f"{dialect.snapshot_bounds()}) s LEFT JOIN taken ON true ORDER BY 1",
             params,
         )
 
