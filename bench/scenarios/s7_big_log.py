@@ -24,10 +24,12 @@ def build_big(rows: int) -> float:
     pg.recreate_database(BIG_DB, template=pg.BENCH_DB)
     with pg.connect(BIG_DB) as conn:
         conn.execute(
-            "INSERT INTO django_events_event (id, position, type, key, version, data, metadata, "
+            "INSERT INTO django_events_event (id, position, type, key, version, data, metadata, "  # noqa: S608 - fixed SQL
             "occurred_at, source, correlation_id, causation_id, recorded_at) "
             "SELECT u, g, 'bench.noop', NULL, 1, %s::jsonb, '{}'::jsonb, now(), 'bench', u, "
-            "NULL, now() FROM (SELECT g, gen_random_uuid() AS u "
+            "NULL, now() FROM (SELECT g, "
+            # A day ago, 256 events a millisecond: older than every event published later.
+            f"{pg.uuid7_sql(f'{pg.NOW_MS} - 86400000 + g / 256', 'g')} AS u "
             "FROM generate_series(1, %s) g) s",
             [pg.PAYLOAD_TEXT, rows],
         )
