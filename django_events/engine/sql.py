@@ -54,9 +54,6 @@ class Dialect:
     """The database lets one transaction write at a time, so writers need no lock against
     each other (retention's purge lock, the dead-letter counters' locks): a strategy,
     not a spelling."""
-    native_params: ClassVar[bool] = False
-    """The driver takes UUIDs and aware datetimes as parameters as they are, so a hot
-    path passes them without converting each (``uuid_value``, ``datetime_value``)."""
 
     def now(self) -> str:
         """Database time; every due time and lease is the database's, never the worker's."""
@@ -129,7 +126,6 @@ class PostgreSQL(Dialect):
     for_update = " FOR UPDATE"
     backend_pid = "pg_backend_pid()"
     notifies = True
-    native_params = True
 
     def now(self) -> str:
         return "statement_timestamp()"  # per statement, so leases move in long transactions
