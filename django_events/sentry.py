@@ -10,6 +10,7 @@ hook is one check and a shared no-op context (docs/observability.md, "Sentry").
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING
@@ -24,6 +25,11 @@ try:  # the one import guard: everything below checks ``sentry_sdk``
     from sentry_sdk.utils import event_from_exception
 except ImportError:  # pragma: no cover - exercised by the install without sentry_sdk
     sentry_sdk = None  # type: ignore[assignment]
+    _PASS_OPTIONS = False
+else:
+    # sentry-sdk 2 takes the client's options as an argument; 3 reads them itself and
+    # refuses the argument (a TypeError that replaced the handler's exception).
+    _PASS_OPTIONS = "client_options" in inspect.signature(event_from_exception).parameters
 
 PREFIX = "django_events."  # Sentry has an ``event_id`` of its own: the tags say whose
 MECHANISM = {"type": "django_events", "handled": False}
@@ -54,9 +60,7 @@ def _reporting(claimed: Claimed) -> Iterator[None]:
         try:
             yield
         except Exception as exc:
-            client = sentry_sdk.get_client()
-            event, hint = event_from_exception(
-                exc, client_options=client.options, mechanism=MECHANISM
-            )
+            options = {"client_options": sentry_sdk.get_client().options} if _PASS_OPTIONS else {}
+            event, hint = event_from_exception(exc, mechanism=MECHANISM, **options)
             scope.capture_event(event, hint=hint)
             raise
