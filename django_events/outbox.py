@@ -310,13 +310,8 @@ def _log_document_insert_sql(table: str, sequence: str) -> str:
     writes one. Positions follow the document's order: PostgreSQL evaluates a volatile
     output column (nextval) after the ORDER BY's sort."""
     literal = sequence.replace("'", "''")
-    return (
-        f"INSERT INTO {table} ({_LOG_COLUMNS}) SELECT (r->>0)::uuid, "
-        f"nextval('{literal}'::regclass), r->>1, (r->>2)::int, r->>3, (r->>4)::jsonb, "
-        "%s::jsonb, (r->>5)::timestamptz, r->>6, (r->>7)::uuid, (r->>8)::uuid, "
-        "statement_timestamp() FROM json_array_elements(%s::json) WITH ORDINALITY AS a(r, n) "
-        "ORDER BY n"
-    )
+    rows = _from_document(f"nextval('{literal}'::regclass), ", "::jsonb")
+    return f"INSERT INTO {table} ({_LOG_COLUMNS}) {rows}"
 
 
 _position_sequences: dict[str, str] = {}
@@ -373,9 +368,17 @@ def _text_row(
 def _document_insert_sql(table: str) -> str:
     """Several outbox rows from one JSON document (``_document``), PostgreSQL; positions
     in the document's order."""
+    return f"INSERT INTO {table} ({_COLUMNS}) {_from_document('', '')}"
+
+
+def _from_document(position: str, json_type: str) -> str:
+    """SQL (PostgreSQL): the rows of a ``_document`` (the first parameter: the metadata
+    every row shares; the second: the document), in its order and in the columns of
+    ``_COLUMNS``, with ``position`` (an expression and a comma, or empty) after the id,
+    and data and metadata cast to ``json_type`` (empty: text)."""
     return (
-        f"INSERT INTO {table} ({_COLUMNS}) SELECT (r->>0)::uuid, r->>1, (r->>2)::int, r->>3, "
-        "r->>4, %s, (r->>5)::timestamptz, r->>6, (r->>7)::uuid, (r->>8)::uuid, "
+        f"SELECT (r->>0)::uuid, {position}r->>1, (r->>2)::int, r->>3, (r->>4){json_type}, "
+        f"%s{json_type}, (r->>5)::timestamptz, r->>6, (r->>7)::uuid, (r->>8)::uuid, "
         "statement_timestamp() FROM json_array_elements(%s::json) WITH ORDINALITY AS a(r, n) "
         "ORDER BY n"
     )
