@@ -8,6 +8,7 @@
 #   make lint    ruff check + ruff format --check + mypy
 #   make docs    build the Sphinx docs into docs/_build/html
 #   make dist    build sdist + wheel into dist/, twine check, install the wheel in a clean venv
+#   make constraints  refresh constraints.txt (the dev tools' pinned versions)
 #   make clean   remove build artefacts and caches (keeps .venv)
 #   make distclean   clean + remove .venv
 #
@@ -20,6 +21,15 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 # Extra pip flags for the venv install (e.g. PIP_FLAGS= for the full pip log).
 PIP_FLAGS ?= --quiet
+# The dev tools' versions the suite last passed with (docs/testing.md, "Pinned
+# dependencies"). `make test CONSTRAINTS=` installs the newest releases instead;
+# `make constraints` refreshes the file from them.
+CONSTRAINTS ?= constraints.txt
+# The oldest Python the pins resolve on (some of their releases need 3.11): an older venv
+# gets the newest releases instead, with a note.
+CONSTRAINTS_PYTHON := 3.11
+comma := ,
+CONSTRAINTS_APPLY := import sys; sys.exit(sys.version_info < ($(subst .,$(comma),$(CONSTRAINTS_PYTHON))))
 
 VENV_DIR := $(abspath $(VENV))
 VENV_BIN := $(VENV_DIR)/bin
@@ -49,7 +59,7 @@ LINT_PATHS := django_events tests example_project examples
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv demo test test-sqlite test-postgres test-log test-newest lint docs clean distclean \
+.PHONY: help venv constraints demo test test-sqlite test-postgres test-log test-newest lint docs clean distclean \
 	bench bench-quick faults faults-quick faults-log faults-quick-log dist
 
 help:
@@ -63,6 +73,7 @@ help:
 	@echo "make faults     fault-injection suite at full size (faults-quick: reduced)"
 	@echo "make faults-log  the full suite on the log transport (faults-quick-log: reduced)"
 	@echo "make bench      benchmark suite, about 20 min (bench-quick: about 4 min)"
+	@echo "make constraints  pin the newest dev tools in constraints.txt"
 	@echo "make clean      remove build artefacts and caches"
 	@echo "make distclean  clean and remove $(VENV)"
 
@@ -70,7 +81,7 @@ venv: $(STAMP)
 
 # Python 3.10+ is required. The check runs on the bootstrap interpreter before
 # the venv is created, and on the venv's interpreter when the venv already exists.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { \
 		echo "error: '$(PYTHON)' not found. django-events needs Python 3.10 or newer;" >&2; \
 		echo "       install it or run e.g. 'make PYTHON=/path/to/python3.12 ...'." >&2; \
@@ -92,8 +103,25 @@ $(STAMP): pyproject.toml
 		exit 1; }
 	@echo "Installing django-events (editable) with its dev tools into $(VENV_DIR)..."
 	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) --upgrade pip
-	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) -e ".[dev]"
+	@if [ -z "$(CONSTRAINTS)" ]; then constrain=""; \
+	elif "$(VENV_PYTHON)" -c '$(CONSTRAINTS_APPLY)'; then constrain='-c $(abspath $(CONSTRAINTS))'; \
+	else constrain=""; echo "note: $(CONSTRAINTS) pins releases for Python $(CONSTRAINTS_PYTHON)" \
+		"and newer; this venv's is older, so it gets the newest releases"; fi; \
+	echo "\"$(VENV_PYTHON)\" -m pip install $(PIP_FLAGS) -e \".[dev]\" $$constrain"; \
+	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) -e ".[dev]" $$constrain
 	@touch "$@"
+
+# The newest release of every dev tool, in a throwaway venv, frozen into $(CONSTRAINTS).
+constraints:
+	@$(PYTHON) -c '$(CONSTRAINTS_APPLY)' || { echo "error: freeze on Python" \
+		"$(CONSTRAINTS_PYTHON) (the oldest the pins serve): make constraints PYTHON=..." >&2; exit 1; }
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
+	.venv-constraints/bin/python -m pip install $(PIP_FLAGS) -e ".[dev]"
+	.venv-constraints/bin/python .ci/freeze-constraints > constraints.txt
+	rm -rf .venv-constraints
+	@echo "constraints.txt refreshed; run 'make test' on it before committing"
 
 demo: $(STAMP)
 	cd example_project && "$(VENV_PYTHON)" manage.py demo
@@ -170,7 +198,8 @@ faults-log: $(STAMP)
 
 # Benchmarks (bench/): ratios against the raw driver and the peer queues, one run each.
 $(VENV_DIR)/.bench-installed: pyproject.toml $(STAMP)
-	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) -e ".[dev,bench]"
+	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) -e ".[dev,bench]" \
+		$$("$(VENV_PYTHON)" -c '$(CONSTRAINTS_APPLY)' && [ -n "$(CONSTRAINTS)" ] && echo '-c $(abspath $(CONSTRAINTS))')
 	@touch "$@"
 
 bench: $(VENV_DIR)/.bench-installed
