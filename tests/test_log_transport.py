@@ -15,6 +15,8 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from django.db import connection, connections, transaction
 from django.test import override_settings
 from django.utils import timezone
@@ -317,6 +319,42 @@ def test_a_first_group_finds_what_was_published_before_it_and_a_later_one_joins_
     [joined] = claim_until(transport, ["g9"], 1, timeout=5)
     assert joined.event_id == later.event_id
     assert transport.claim(["g9"], 10, 30) == []
+
+
+def handled_by_database_transport(kind: str, event: Outgoing) -> None:
+    """What an installation on ``DatabaseTransport`` leaves beside its log: delivery rows
+    its relay fanned out, or inbox records of what its workers handled."""
+    if kind == "deliveries":
+        DatabaseTransport("db", {}).publish([event], SUBSCRIPTIONS)
+    else:
+        InboxRecord.objects.create(group_name="g1", event_id=event.event_id)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["deliveries", "inbox"])
+def test_naming_it_the_default_where_another_transport_delivered_is_refused_until_cursors_exist(
+    kind: str,
+) -> None:
+    """Setting ``BACKEND`` alone on a database ``DatabaseTransport`` served: no group has
+    a cursor, so each first claim would start at the log's beginning and hand out again
+    what was handled. ``consume_events`` refuses to start (E011, its runtime checks); a
+    fresh database's log passes (its first worker must find those events), and so does
+    one whose cursors the move's cutover placed (docs/internals.md, the switch's guard)."""
+    GroupCursor.objects.all().delete()  # the run's setup starts some on the log transport
+    transport = LogTransport("log", {})
+    event = make_event()
+    log_events([event])
+    assert "django_events.E011" not in [e.id for e in transport.check_server()], "fresh"
+    handled_by_database_transport(kind, event)
+    [refused] = [e for e in transport.check_server() if e.id == "django_events.E011"]
+    assert "move_transport" in str(refused.hint)
+    backend = {"default": {"BACKEND": "django_events.transports.log.LogTransport"}}
+    with override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backend}):
+        with pytest.raises(SystemCheckError, match="E011"):
+            call_command("consume_events", "--once", "--group", "alpha", skip_checks=False)
+        place_cursors_now(connection.alias, ["alpha"])  # as the move's cutover does
+        assert "django_events.E011" not in [e.id for e in transport.check_server()]
+        call_command("consume_events", "--once", "--group", "alpha", skip_checks=False)
 
 
 @pytest.mark.django_db(transaction=True)

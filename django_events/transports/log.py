@@ -21,7 +21,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from django.core.checks import CheckMessage, Error
-from django.db import OperationalError, connections, transaction
+from django.db import DatabaseError, OperationalError, connections, transaction
 
 from ..engine import sql
 from ..engine.sql import index_scans_only
@@ -114,6 +114,29 @@ def start_cursors(using: str, groups: Sequence[str]) -> None:
     if groups:
         with transaction.atomic(using=using):
             log_sql(using).start_cursors_beside_claims(using, groups)
+
+
+def delivered_elsewhere(using: str) -> bool:
+    """Whether ``using``'s log holds events a transport without cursors has handled: no
+    group has a cursor and no move is under way, yet the inbox, the delivery rows or the
+    dead letters hold something. Here a group's cursor is written before any of its
+    events is handed out (a claim or a fan-out starts it), so that history is another
+    transport's, and a first claim would start at the log's beginning (the check E011;
+    docs/internals.md, "The log transport", the switch's guard)."""
+    from ..models import DeadLetter, Delivery, EventRecord, GroupCursor, InboxRecord, Move
+
+    try:
+        if GroupCursor.objects.using(using).exists():
+            return False
+        if not EventRecord.objects.using(using).exists():
+            return False
+        # A move into this transport shares its database, where its row is.
+        if Move.objects.using(using).filter(finished_at__isnull=True).exists():
+            return False
+        handled = (InboxRecord, Delivery, DeadLetter)
+        return any(model.objects.using(using).exists() for model in handled)
+    except DatabaseError:  # not migrated yet: `migrate` and the worker say so
+        return False
 
 
 def place_cursors_now(using: str, groups: Sequence[str]) -> None:
@@ -249,6 +272,25 @@ class LogTransport(DatabaseTransport):
                     f"is {self._connection.vendor}, where old cursor rows are deleted instead.",
                     hint="Remove 'rotate' from the transport's OPTIONS.",
                     id="django_events.E010",
+                )
+            )
+        return errors
+
+    def check_server(self) -> list[CheckMessage]:
+        errors = super().check_server()
+        if self.database in connections.settings and delivered_elsewhere(self.database):
+            errors.append(
+                Error(
+                    f"LogTransport {self.alias!r}: database {self.database!r} holds events "
+                    "another transport has handled (inbox records, delivery rows or dead "
+                    "letters) and no group has a cursor yet, so each group's first claim "
+                    "would start at the log's beginning and hand out again every event "
+                    "logged since migration 0014.",
+                    hint="Switch with the recorded move, which starts the cursors at its "
+                    "cutover: keep DatabaseTransport as 'default', add this transport under "
+                    "another alias and run 'manage.py move_transport default <alias>' "
+                    '(docs/moving.md, "Into the log transport").',
+                    id="django_events.E011",
                 )
             )
         return errors
