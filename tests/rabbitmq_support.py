@@ -189,7 +189,9 @@ class PrivateNode:
 
     def stop(self) -> None:
         """Stop the node: SIGTERM to the Erlang VM (its pid file: the Debian wrapper runs
-        it as another user, in a session of its own), SIGKILL after 60 s."""
+        it as another user, in a session of its own), SIGKILL after 60 s. Done when the VM
+        itself is gone, not only the wrapper and the port: ``su`` exits while the VM is
+        still closing its connections, and a test's claim then found one still open."""
         if self.process is None:
             return
         pid_file = self.directory / "node.pid"
@@ -204,12 +206,23 @@ class PrivateNode:
             except subprocess.TimeoutExpired:
                 continue
             deadline = time.monotonic() + 60
-            while self.answering() and time.monotonic() < deadline:
+            while (self.answering() or _running(pid)) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if not self.answering():
+            if not self.answering() and not _running(pid):
                 break
         pid_file.unlink(missing_ok=True)
         self.process = None
+
+
+def _running(pid: int | None) -> bool:
+    """Whether ``pid`` is a live process (a zombie has closed its sockets already)."""
+    if pid is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def free_port() -> int:
