@@ -30,6 +30,9 @@ CONSTRAINTS ?= constraints.txt
 CONSTRAINTS_PYTHON := 3.11
 comma := ,
 CONSTRAINTS_APPLY := import sys; sys.exit(sys.version_info < ($(subst .,$(comma),$(CONSTRAINTS_PYTHON))))
+# pip's `-c FILE` where the pins apply, nothing elsewhere (a shell expansion, run by pip's line).
+CONSTRAIN = $$("$(VENV_PYTHON)" -c '$(CONSTRAINTS_APPLY)' && [ -n "$(CONSTRAINTS)" ] \
+	&& echo '-c $(abspath $(CONSTRAINTS))')
 
 VENV_DIR := $(abspath $(VENV))
 VENV_BIN := $(VENV_DIR)/bin
@@ -103,12 +106,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 		exit 1; }
 	@echo "Installing django-events (editable) with its dev tools into $(VENV_DIR)..."
 	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) --upgrade pip
-	@if [ -z "$(CONSTRAINTS)" ]; then constrain=""; \
-	elif "$(VENV_PYTHON)" -c '$(CONSTRAINTS_APPLY)'; then constrain='-c $(abspath $(CONSTRAINTS))'; \
-	else constrain=""; echo "note: $(CONSTRAINTS) pins releases for Python $(CONSTRAINTS_PYTHON)" \
-		"and newer; this venv's is older, so it gets the newest releases"; fi; \
-	echo "\"$(VENV_PYTHON)\" -m pip install $(PIP_FLAGS) -e \".[dev]\" $$constrain"; \
-	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) -e ".[dev]" $$constrain
+	@[ -z "$(CONSTRAINTS)" ] || "$(VENV_PYTHON)" -c '$(CONSTRAINTS_APPLY)' || echo "note:" \
+		"$(CONSTRAINTS) pins releases for Python $(CONSTRAINTS_PYTHON) and newer; this" \
+		"venv's is older, so it gets the newest releases"
+	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) -e ".[dev]" $(CONSTRAIN)
 	@touch "$@"
 
 # The newest release of every dev tool, in a throwaway venv, frozen into $(CONSTRAINTS).
@@ -198,8 +199,7 @@ faults-log: $(STAMP)
 
 # Benchmarks (bench/): ratios against the raw driver and the peer queues, one run each.
 $(VENV_DIR)/.bench-installed: pyproject.toml $(STAMP)
-	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) -e ".[dev,bench]" \
-		$$("$(VENV_PYTHON)" -c '$(CONSTRAINTS_APPLY)' && [ -n "$(CONSTRAINTS)" ] && echo '-c $(abspath $(CONSTRAINTS))')
+	"$(VENV_PYTHON)" -m pip install $(PIP_FLAGS) -e ".[dev,bench]" $(CONSTRAIN)
 	@touch "$@"
 
 bench: $(VENV_DIR)/.bench-installed
