@@ -94,12 +94,14 @@ def pytest_runtest_setup(item: Any) -> None:
         rabbitmq_support.require_broker()
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: Any, call: Any) -> Any:
-    report = yield
-    if report.failed and item.get_closest_marker("rabbitmq"):
-        rabbitmq_support.doubt_broker()
-    return report
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """A shared RabbitMQ restarted mid-run is said loudly: it went silent, and why is work."""
+    if not rabbitmq_support.restarts:
+        return
+    terminalreporter.section("the shared RabbitMQ stopped answering and was restarted", red=True)
+    for output in rabbitmq_support.restarts:
+        for line in output.splitlines():
+            terminalreporter.write_line(line)
 
 
 def vendor() -> str:

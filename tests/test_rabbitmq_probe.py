@@ -1,12 +1,19 @@
 """The suite's broker probe (tests/rabbitmq_support.py): a broker that takes TCP connections
 and never answers fails the RabbitMQ tests at once, instead of each one waiting out its
-connection timeouts (a CI run once outlasted its budget that way)."""
+connection timeouts (a CI run once outlasted its budget that way); one that went silent
+since the last test is found by the next; CI's restart command brings it back."""
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 import socket
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -15,9 +22,11 @@ from .rabbitmq_support import RABBITMQ_URL, needs_rabbitmq
 
 
 @pytest.fixture
-def fresh_verdict(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The probe's verdict for this test alone: the session's stays as it was."""
-    monkeypatch.setattr(rabbitmq_support, "_verdict", None)
+def fresh_probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The probe's state for this test alone: the session's stays as it was."""
+    monkeypatch.setattr(rabbitmq_support, "_broken", None)
+    monkeypatch.setattr(rabbitmq_support, "restarts", [])
+    monkeypatch.setattr(rabbitmq_support, "ENSURE", "")
     yield
 
 
@@ -30,9 +39,53 @@ def silent_broker() -> Iterator[str]:
         yield f"amqp://guest:guest@127.0.0.1:{sock.getsockname()[1]}/%2F"
 
 
+class Relay:
+    """The shared broker behind a port of its own, silent (accepting and never answering,
+    as the wedged broker did) while the file ``silent`` exists."""
+
+    def __init__(self, directory: Path) -> None:
+        self.silent = directory / "silent"
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.listener.getsockname()[1]}/%2F"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                if self.silent.exists():
+                    self.held.append(client)
+                    continue
+                target = urlsplit(RABBITMQ_URL)
+                upstream = socket.create_connection((target.hostname, target.port or 5672))
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError), source, sink:
+            while data := source.recv(65536):
+                sink.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.held:
+            sock.close()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Relay]:
+    """A ``Relay`` that the probe takes for the shared broker."""
+    relay = Relay(tmp_path)
+    monkeypatch.setattr(rabbitmq_support, "RABBITMQ_URL", relay.url)
+    yield relay
+    relay.close()
+
+
 @needs_rabbitmq()
 def test_a_silent_broker_fails_the_first_test_after_the_probe_and_the_next_at_once(
-    fresh_verdict: None, silent_broker: str
+    fresh_probe: None, silent_broker: str
 ):
     with pytest.raises(pytest.fail.Exception, match="did not complete an AMQP handshake"):
         rabbitmq_support.require_broker(silent_broker, timeout=1.0)
@@ -43,10 +96,31 @@ def test_a_silent_broker_fails_the_first_test_after_the_probe_and_the_next_at_on
 
 
 @needs_rabbitmq()
-def test_an_answering_broker_is_probed_again_only_after_a_failed_test(fresh_verdict: None):
-    rabbitmq_support.require_broker()
-    assert rabbitmq_support._verdict == "ok"
-    rabbitmq_support.doubt_broker()
-    assert rabbitmq_support._verdict is None, "a failure asks for a new probe"
-    rabbitmq_support.require_broker()
-    assert rabbitmq_support._verdict == "ok"
+def test_a_broker_that_went_silent_since_the_last_test_fails_the_next_with_the_reason(
+    fresh_probe: None, relay: Relay
+):
+    rabbitmq_support.require_broker(relay.url, timeout=1.0)
+    relay.silent.touch()
+    with pytest.raises(pytest.fail.Exception, match="did not complete an AMQP handshake"):
+        rabbitmq_support.require_broker(relay.url, timeout=1.0)
+    assert rabbitmq_support.restarts == [], "nothing to restart with: ENSURE is not set"
+
+
+@needs_rabbitmq()
+def test_ci_restarts_a_silent_broker_and_the_run_goes_on_and_says_so(
+    fresh_probe: None, relay: Relay, monkeypatch: pytest.MonkeyPatch
+):
+    """``ENSURE`` is what brings the broker back (here: the relay forwards again); the
+    restart's output is kept for the run's summary, and a run asks for two at most."""
+    forward_again = f"import os; os.remove({str(relay.silent)!r}); print('back')"
+    bring_back = shlex.join([sys.executable, "-c", forward_again])
+    monkeypatch.setattr(rabbitmq_support, "ENSURE", bring_back)
+    for _ in range(rabbitmq_support.MAX_RESTARTS):
+        relay.silent.touch()
+        rabbitmq_support.require_broker(relay.url, timeout=1.0)
+    assert len(rabbitmq_support.restarts) == rabbitmq_support.MAX_RESTARTS
+    assert all("(exit 0):\nback" in output for output in rabbitmq_support.restarts)
+    relay.silent.touch()
+    with pytest.raises(pytest.fail.Exception, match="did not complete an AMQP handshake"):
+        rabbitmq_support.require_broker(relay.url, timeout=1.0)
+    assert relay.silent.exists(), "no third restart"
