@@ -13,7 +13,9 @@ the new transport the default and drop the old alias.
 From the database transport into the log transport, which share their tables, there is
 one side at a time instead: the cutover places every group's cursor under the relay's
 lock, and each relay batch reads it under that lock (docs/moving.md, "Into the log
-transport").
+transport"). Out of the log transport, to a broker, publishers write the outbox from the
+cutover (``leaving_log``) and the broker's relay logs outside the cursors (docs/moving.md,
+"Out of the log transport").
 """
 
 from __future__ import annotations
@@ -123,6 +125,33 @@ def route_now(default: Transport) -> Route:
     # that no count showed, or a relay that had not switched, leaves nothing behind there.
     old = transports[move.from_alias] if move.from_alias in configured else None
     return Route(transports[move.to_alias], old, move=move.pk)
+
+
+_leaving_log: dict[str, tuple[float, bool]] = {}
+"""``{database: (when read, whether publishers there write the outbox)}``: the moves' state
+as ``publish()`` reads it, once per poll interval (``leaving_log``)."""
+
+
+def leaving_log(using: str) -> bool:
+    """Whether a move out of the log transport in ``using`` has reached its cutover, so
+    ``publish()`` writes the outbox (for the relays, which send to the broker) instead of
+    the log (for the cursors). Read once per poll interval and process: until a publisher
+    reads it, its events go into the log, where the old side's cursors hand them out, one
+    path still (docs/moving.md, "Out of the log transport")."""
+    now = time.monotonic()
+    cached = _leaving_log.get(using)
+    if cached is not None and now - cached[0] < get_settings().poll_interval:
+        return cached[1]
+    move = latest_move(using)
+    leaving = (
+        move is not None
+        and move.cutover_position is not None
+        and all(alias in transports.settings for alias in (move.from_alias, move.to_alias))
+        and transports[move.from_alias].reads_log
+        and not transports[move.to_alias].reads_log
+    )
+    _leaving_log[using] = (now, leaving)
+    return leaving
 
 
 def cut_over(route: Route) -> bool:
@@ -616,12 +645,11 @@ def check_start(from_alias: str, to_alias: str) -> Any:
     from .transports import transports
 
     configured = [alias for alias in (from_alias, to_alias) if alias in transports.settings]
-    if from_alias in configured and transports[from_alias].reads_log:
+    if len(configured) == 2 and transports[from_alias].reads_log and not _to_a_broker(to_alias):
         raise ValueError(
-            f"Transport {from_alias!r} is the log transport (a preview): moving from it is not "
-            "supported, since its groups' cursors would go on reading the log past the "
-            "cutover and hand out again every event sent to the new side (docs/moving.md, "
-            '"Into the log transport").'
+            f"Transport {from_alias!r} is the log transport (a preview): it moves to a broker "
+            f"only. {to_alias!r} writes its events into the same log, where the cursors "
+            'would hand them out again (docs/moving.md, "Out of the log transport").'
         )
     to_log = len(configured) == 2 and transports[to_alias].reads_log
     if to_log and not into_log(transports[from_alias], transports[to_alias]):
@@ -639,6 +667,14 @@ def check_start(from_alias: str, to_alias: str) -> Any:
     return current
 
 
+def _to_a_broker(alias: str) -> bool:
+    """Whether ``alias`` sends through a broker: its relay logs what it sent outside every
+    cursor (``Relay._complete``), so a move out of the log transport may reach it."""
+    from .transports.database import DatabaseTransport
+
+    return not isinstance(transports[alias], DatabaseTransport)
+
+
 def start(from_alias: str, to_alias: str) -> Any:
     """Record a move (or return the one in progress between the same transports)."""
     from .models import Move
@@ -646,6 +682,7 @@ def start(from_alias: str, to_alias: str) -> Any:
     current = check_start(from_alias, to_alias)
     if current is not None:
         return current
+    _leaving_log.clear()
     return Move.objects.using(moves_database()).create(from_alias=from_alias, to_alias=to_alias)
 
 
@@ -673,6 +710,7 @@ def record_cutover(move: Any) -> int:
         position = EventRecord.objects.using(using).aggregate(top=Max("position"))["top"] or 0
         type(move).objects.using(using).filter(pk=move.pk).update(cutover_position=position)
     move.cutover_position = position
+    _leaving_log.clear()
     return int(position)
 
 

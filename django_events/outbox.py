@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from . import instrumentation, signals
+from . import instrumentation, moving, signals
 from .conf import get_settings
 from .engine import sql
 from .envelope import (
@@ -413,7 +413,7 @@ def _insert(using: str, events: list[tuple[Event, str]], metadata: str, conf: An
     dialect = sql.dialect(using)
     notify = conf.publish_notify
     straight = _straight_to_log(conf)
-    if using in straight:
+    if using in straight and not moving.leaving_log(using):
         _insert_into_log(connection, events, metadata, notify and straight[using])
         return
     for insert, params in _outbox_inserts(connection, dialect, events, metadata):

@@ -246,12 +246,11 @@ def test_the_command_moves_into_the_log_transport_and_places_every_cursor(
 @pytest.mark.parametrize(
     ("old", "new", "why"),
     [
-        ("log", "default", "moving from it is not supported"),
-        ("log", "memory", "moving from it is not supported"),
+        ("log", "default", "it moves to a broker only"),
         ("memory", "log", "supported from DatabaseTransport in the same database only"),
     ],
 )
-def test_moves_out_of_the_log_transport_or_into_it_from_a_broker_are_refused_saying_why(
+def test_moves_out_of_the_log_transport_into_its_log_or_into_it_from_a_broker_are_refused(
     old: str, new: str, why: str
 ):
     backends: dict[str, Any] = {**BACKENDS, "memory": MEMORY}

@@ -21,6 +21,7 @@ from django_events.engine.relay import Relay
 from django_events.engine.worker import Worker
 from django_events.exceptions import EventsConfigurationError
 from django_events.models import DeadLetter, Move
+from django_events.registry import registry
 from django_events.transports import transports
 
 from .conftest import ROOT, Workers, wait_until
@@ -134,6 +135,17 @@ def test_the_move_is_followed_by_every_worker_and_loses_nothing_through_a_kill(
     workers: Workers, two_transports: dict[str, str]
 ):
     move_under_load(workers, two_transports, kill_ordered=False)
+
+
+def test_out_of_the_log_transport_every_worker_follows_and_nothing_is_lost(workers: Workers):
+    """From the log transport (publishers write the log, cursors read it) to Redis: from
+    the cutover, publishers write the outbox and relays send to Redis, logging outside the
+    cursors (docs/moving.md, "Out of the log transport")."""
+    with moving_between("log", "redis") as env:
+        # Every group's cursor, as `migrate` starts them (its declaration, post_migrate):
+        # the test database was flushed under the database transport's settings.
+        transports["default"].setup(registry.subscriptions())
+        move_under_load(workers, env, kill_ordered=False)
 
 
 def move_under_load(workers: Workers, env: dict[str, str], *, kill_ordered: bool) -> None:

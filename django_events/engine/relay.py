@@ -728,21 +728,25 @@ class Relay:
         postgresql = isinstance(dialect, sql.PostgreSQL)
         data = "data::jsonb" if postgresql else "data"
         metadata = "COALESCE(NULLIF(metadata, ''), '{}')" + ("::jsonb" if postgresql else "")
+        # Logged outside every log-transport cursor (``txid`` NULL; on SQLite the rowid
+        # minus the position, as ``log.keep_from_cursors`` writes them): this transport
+        # delivered them, and during a move out of the log transport its cursors must not
+        # hand them out again (docs/moving.md, "Out of the log transport").
         with connection.cursor() as cursor:
             if postgresql:
                 cursor.execute(
                     f"WITH moved AS (DELETE FROM {outbox} WHERE position = ANY(%s) "
-                    f"RETURNING {_OUTBOX_FIELDS}) INSERT INTO {log} ({_LOG_COLUMNS}) "
+                    f"RETURNING {_OUTBOX_FIELDS}) INSERT INTO {log} ({_LOG_COLUMNS}, txid) "
                     f"SELECT event_id, position, type, key, version, {data}, {metadata}, "
-                    "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
-                    f"FROM moved ON CONFLICT DO NOTHING",
+                    "occurred_at, source, correlation_id, causation_id, statement_timestamp(), "
+                    "NULL FROM moved ON CONFLICT DO NOTHING",
                     [positions],
                 )
                 return
             cursor.execute(
-                f"INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, type, key, "
-                f"version, {data}, {metadata}, occurred_at, source, correlation_id, causation_id, "
-                f"{dialect.now()} FROM {outbox} "
+                f"INSERT INTO {log} (rowid, {_LOG_COLUMNS}) SELECT -position, event_id, "
+                f"position, type, key, version, {data}, {metadata}, occurred_at, source, "
+                f"correlation_id, causation_id, {dialect.now()} FROM {outbox} "
                 f"WHERE position IN ({sql.in_list(len(positions))}) "
                 "ON CONFLICT DO NOTHING",
                 positions,
