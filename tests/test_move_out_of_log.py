@@ -7,7 +7,6 @@ delivery, and the move must not make one."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from django_events.registry import registry
 from django_events.transports import transports
 
 from .conftest import closing_connections
-from .test_move_to_log import GROUPS, MEMORY, RETRY, burst, owed_per_group, relay
+from .test_move_to_log import GROUPS, MEMORY, burst, drain, owed_per_group, relay
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,17 +63,6 @@ def handle_once(switch: moving.Switch, claims: Counter[tuple[str, uuid.UUID]]) -
     return len(got)
 
 
-def drain(switch: moving.Switch, claims: Counter[tuple[str, uuid.UUID]]) -> None:
-    """``handle_once`` until nothing is handed out twice in a row, the retries' delay apart."""
-    idle = 0
-    while idle < 2:
-        if handle_once(switch, claims):
-            idle = 0
-        else:
-            idle += 1
-            time.sleep(RETRY * 2)
-
-
 def on_the_broker(group: str) -> int:
     return transports["broker"].status([group])[group].pending
 
@@ -98,7 +86,7 @@ def test_every_event_is_claimed_once_per_group_across_a_move_to_a_broker(log_and
     burst(3, "after")
     relay().run_once()
     assert on_the_broker("alpha") == 3
-    drain(switch, claims)
+    drain(switch, claims, handle_once)
     assert set(claims) == owed_per_group(set())
     assert max(claims.values()) == 1, [key for key, n in claims.items() if n > 1]
 
@@ -127,7 +115,7 @@ def test_the_command_moves_to_a_broker_and_drains_the_cursors(log_and_broker: No
         target=closing_connections(lambda: call_command("move_transport", *MOVE, stdout=out))
     )
     command.start()
-    drain(moving.Switch(transports["default"], ttl=0), claims)
+    drain(moving.Switch(transports["default"], ttl=0), claims, handle_once)
     command.join(60)
     assert not command.is_alive() and "Done: default owes nothing" in out.getvalue(), out.getvalue()
     assert Move.objects.get().finished_at is not None

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import StringIO
 from typing import Any
 
@@ -73,12 +73,18 @@ def claim_once(switch: moving.Switch, claims: Counter[tuple[str, uuid.UUID]]) ->
     return len(got)
 
 
-def drain(switch: moving.Switch, claims: Counter[tuple[str, uuid.UUID]]) -> None:
-    """Claim through ``switch``, counting in ``claims`` and acknowledging, until nothing
-    is handed out twice in a row, the retries' delay apart."""
+Step = Callable[[moving.Switch, Counter[tuple[str, uuid.UUID]]], int]
+
+
+def drain(
+    switch: moving.Switch, claims: Counter[tuple[str, uuid.UUID]], step: Step = claim_once
+) -> None:
+    """Claim through ``switch`` (one ``step``: by default ``claim_once``), counting in
+    ``claims`` and acknowledging, until nothing is handed out twice in a row, the retries'
+    delay apart."""
     idle = 0
     while idle < 2:
-        if claim_once(switch, claims):
+        if step(switch, claims):
             idle = 0
         else:
             idle += 1
