@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from django_events import publish, retention
 from django_events.edit_retry import edit_and_retry
+from django_events.engine.relay import Relay
 from django_events.engine.sql import INDEX_SCANS_ONLY, index_scans_only
 from django_events.engine.worker import Worker
 from django_events.models import (
@@ -33,6 +34,7 @@ from django_events.models import (
     InboxRecord,
     Lease,
     OutboxMessage,
+    Subscription,
 )
 from django_events.testing.contract import (
     OTHER_TYPE,
@@ -355,6 +357,30 @@ def test_naming_it_the_default_where_another_transport_delivered_is_refused_unti
         place_cursors_now(connection.alias, ["alpha"])  # as the move's cutover does
         assert "django_events.E011" not in [e.id for e in transport.check_server()]
         call_command("consume_events", "--once", "--group", "alpha", skip_checks=False)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_groups_declared_before_the_switch_start_together_at_the_logs_beginning() -> None:
+    """``migrate`` on the database transport declared the groups (no cursor: its store
+    starts none), events were published, nobody consumed (so E011 lets the switch pass),
+    then ``BACKEND`` named the log transport. Whichever group claims first, each gets
+    every event: their cursors start together (``LogTransport._start_declared``), where
+    the first claim used to start only its own and the next group where it had got to."""
+    GroupCursor.objects.all().delete()  # the run's setup starts some on the log transport
+    declared = set(Subscription.objects.values_list("group", flat=True))
+    assert {"alpha", "beta"} <= declared, "the flush's post_migrate declared them"
+    ids = {publish("test.happened", {"n": n}).id for n in range(3)}
+    backend = {"default": {"BACKEND": "django_events.transports.log.LogTransport"}}
+    with override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": backend}):
+        transports.reset()
+        try:
+            Relay().run_once()
+            first = transports["default"].claim(["beta"], 10, 30.0)
+            second = LogTransport("default", {}).claim(["alpha"], 10, 30.0)  # another worker
+        finally:
+            transports.reset()
+    assert {c.event_id for c in first} == ids
+    assert {c.event_id for c in second} == ids, "the second group's cursor skipped them"
 
 
 @pytest.mark.django_db(transaction=True)

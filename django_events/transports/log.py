@@ -248,6 +248,9 @@ class LogTransport(DatabaseTransport):
         self._rows_first = True
         """The next claim looks at delivery rows before the cursors: the last look found
         some, or none was taken (``_claim_waiting``)."""
+        self._declared_started = False
+        """Every declared group's cursor has been started, once, before the first claim
+        (``_start_declared``)."""
 
     @property
     def _log(self) -> LogSQL:
@@ -450,6 +453,8 @@ class LogTransport(DatabaseTransport):
     ) -> tuple[list[Claimed], list[tuple[str, str, int]]]:
         """Claim up to ``limit`` events from the groups' cursors, groups taking turns at
         coming first; returns them and the ``(group, type, position)`` of those diverted."""
+        if not self._declared_started:
+            self._start_declared()
         self._group_turn = (self._group_turn + 1) % len(groups)
         turned = [*groups[self._group_turn :], *groups[: self._group_turn]]
         claimed: list[Claimed] = []
@@ -481,6 +486,22 @@ class LogTransport(DatabaseTransport):
                 self.release(claimed[taken:])
                 claimed = claimed[:taken]
         return claimed, diverted
+
+    def _start_declared(self) -> None:
+        """Start the cursor of every group declared here (the subscriptions of every
+        service, and this deployment's own) that has none, before this process's first
+        claim. Groups declared under another transport's store (``migrate`` on the
+        database transport, before ``BACKEND`` named this one) have no cursor: without
+        this, the first group to claim would start at the log's beginning and each of the
+        others where that one had got to, past events it never saw. Started together they
+        all start at the beginning; a group declared later starts where the most advanced
+        is, as before (docs/internals.md, "The log transport", a group's first cursor)."""
+        from ..models import Subscription
+
+        declared = set(Subscription.objects.using(self.database).values_list("group", flat=True))
+        own = {group for _, group, _ in self.context.subscriptions()}
+        start_cursors(self.database, sorted(declared | own))
+        self._declared_started = True
 
     def _leased(self, group: str, row: Sequence[Any], token: str) -> Claimed:
         lease_id, position, event_id, *stored = row
