@@ -99,7 +99,7 @@ def _ensure() -> str:
     """Run ``ENSURE``; what it printed, for the run's summary."""
     try:
         done = subprocess.run(
-            shlex.split(ENSURE), capture_output=True, text=True, timeout=300, check=False
+            shlex.split(ENSURE), capture_output=True, text=True, timeout=600, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{ENSURE}: {exc}"
