@@ -495,7 +495,7 @@ class LogTransport(DatabaseTransport):
         this, the first group to claim would start at the log's beginning and each of the
         others where that one had got to, past events it never saw. Started together they
         all start at the beginning; a group declared later starts where the most advanced
-        is, as before (docs/internals.md, "The log transport", a group's first cursor)."""
+        is, as before (docs/internals.md, "The log transport", "A group's start")."""
         from ..models import Subscription
 
         declared = set(Subscription.objects.using(self.database).values_list("group", flat=True))
