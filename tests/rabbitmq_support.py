@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from bench.leftovers import Ledger
+
 RABBITMQ_URL = os.environ.get(
     "DJANGO_EVENTS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"
 )
@@ -54,6 +56,12 @@ _broken: str | None = None
 restarts: list[str] = []
 """What each restart this run asked for printed: conftest's summary shows them."""
 
+PREFIXES = Ledger("test-rabbitmq")
+"""Every prefix a test declares under, until its teardown deleted what it made: a run killed
+before its teardowns leaves its queues, which the next run deletes (``_delete_orphans``)."""
+
+_orphans_deleted = False
+
 
 def require_broker(url: str = RABBITMQ_URL, timeout: float = PROBE_TIMEOUT) -> None:
     """Skip without pika; fail at once while the broker does not answer.
@@ -75,6 +83,8 @@ def require_broker(url: str = RABBITMQ_URL, timeout: float = PROBE_TIMEOUT) -> N
         _broken = failure
     if _broken is not None:
         pytest.fail(_broken, pytrace=False)
+    if not _orphans_deleted and url == RABBITMQ_URL:
+        _delete_orphans()
 
 
 def _probe(url: str, timeout: float) -> str | None:
@@ -107,26 +117,74 @@ def _ensure() -> str:
 
 
 def unique_prefix() -> str:
-    return f"de-test.{uuid.uuid4().hex[:12]}"
+    return recorded(f"de-test.{uuid.uuid4().hex[:12]}")
 
 
-def delete_everything(transport: Any, groups: Iterable[str]) -> None:
-    """Delete the queues and exchanges ``transport`` made for ``groups`` and its delays."""
+def recorded(prefix: str) -> str:
+    """``prefix``, written down before anything is declared under it (``PREFIXES``)."""
+    PREFIXES.add(prefix)
+    return prefix
+
+
+def _delete_orphans() -> None:
+    """Delete the queues and exchanges under the prefixes of runs that are gone (killed
+    before their teardowns), once a run. Their names come from ``rabbitmqctl`` (AMQP
+    cannot list them); where it is missing or fails, they stay recorded for a later run."""
+    global _orphans_deleted
+    _orphans_deleted = True
+    orphans = PREFIXES.orphans()
+    if not orphans:
+        return
+    try:
+        queues, exchanges = (_listed(kind) for kind in ("list_queues", "list_exchanges"))
+    except (OSError, subprocess.SubprocessError):
+        return
+    ours = tuple(f"{prefix}." for prefix in orphans)
+    _delete(
+        [name for name in queues if name.startswith(ours)],
+        [name for name in exchanges if name in orphans or name.startswith(ours)],
+    )
+    for prefix in orphans:
+        PREFIXES.remove(prefix)
+
+
+def _listed(kind: str) -> list[str]:
+    done = subprocess.run(
+        ["rabbitmqctl", kind, "-q", "name"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+
+
+def _delete(queues: Iterable[str], exchanges: Iterable[str]) -> None:
+    """Delete ``queues`` and ``exchanges``, each on a channel of its own (a missing one
+    closes its channel)."""
     assert pika is not None
     connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
     try:
-        names = [transport.queue(g, dead=dead) for g in groups for dead in (False, True)]
-        delays = [transport.delay_queue(ms) for ms in transport._delays]
-        for name in [*names, *delays]:
-            channel = connection.channel()
+        for name in queues:
             with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                channel.queue_delete(name)
-        for name in [transport.exchange, *delays]:
-            channel = connection.channel()
+                connection.channel().queue_delete(name)
+        for name in exchanges:
             with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                channel.exchange_delete(name)
+                connection.channel().exchange_delete(name)
     finally:
         connection.close()
+
+
+def delete_everything(transport: Any, groups: Iterable[str]) -> None:
+    """Delete the queues and exchanges ``transport`` made for ``groups``, for every group
+    it declared (``setup`` declares the whole registry's, typed handlers' groups among
+    them), and its delays; then forget its prefix (``PREFIXES``)."""
+    every = sorted({*groups, *(group for group, _ in transport._declared)})
+    names = [transport.queue(g, dead=dead) for g in every for dead in (False, True)]
+    delays = [transport.delay_queue(ms) for ms in transport._delays]
+    _delete([*names, *delays], [transport.exchange, *delays])
+    PREFIXES.remove(transport.prefix)
 
 
 BACKEND = "django_events.transports.rabbitmq.RabbitMQTransport"

@@ -26,7 +26,7 @@ from django_events.transports import transports
 
 from .conftest import ROOT, Workers, wait_until
 from .rabbitmq_support import BACKEND as RABBIT
-from .rabbitmq_support import RABBITMQ_URL, delete_everything, needs_rabbitmq, publish_raw
+from .rabbitmq_support import RABBITMQ_URL, delete_everything, needs_rabbitmq, publish_raw, recorded
 from .redis_support import BACKEND, REDIS_URL, delete_prefix, needs_redis, unique_prefix
 from .testapp.models import Effect
 
@@ -44,7 +44,7 @@ TRANSPORTS = {
     },
     "rabbitmq": lambda prefix, endpoint: {
         "BACKEND": RABBIT,
-        "OPTIONS": {"url": RABBITMQ_URL, "prefix": prefix.replace(":", ".")},
+        "OPTIONS": {"url": RABBITMQ_URL, "prefix": recorded(prefix.replace(":", "."))},
     },
     "sqs": lambda prefix, endpoint: {  # FIFO: it keeps per-key order
         "BACKEND": "django_events.transports.sqs.SnsSqsTransport",

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import shutil
 import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -124,3 +126,60 @@ def test_ci_restarts_a_silent_broker_and_the_run_goes_on_and_says_so(
     with pytest.raises(pytest.fail.Exception, match="did not complete an AMQP handshake"):
         rabbitmq_support.require_broker(relay.url, timeout=1.0)
     assert relay.silent.exists(), "no third restart"
+
+
+def _exists(declare: str, name: str) -> bool:
+    """Whether the shared broker has a queue (``declare="queue_declare"``) or exchange
+    named ``name``: a passive declare of a missing one closes its channel."""
+    assert rabbitmq_support.pika is not None
+    connection = rabbitmq_support.pika.BlockingConnection(
+        rabbitmq_support.pika.URLParameters(RABBITMQ_URL)
+    )
+    try:
+        getattr(connection.channel(), declare)(name, passive=True)
+        return True
+    except rabbitmq_support.pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        connection.close()
+
+
+@needs_rabbitmq()
+@pytest.mark.skipif(
+    shutil.which("rabbitmqctl") is None, reason="the orphans' names come from rabbitmqctl"
+)
+def test_a_killed_runs_queues_are_deleted_by_the_next_run_and_a_live_runs_are_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A run killed before its teardowns leaves its queues on the shared broker; the next
+    run's first RabbitMQ test deletes them (by the ledger of prefixes), and leaves those of
+    a run still going (this one, here) where they are."""
+    ledger = rabbitmq_support.Ledger("test-rabbitmq", tmp_path)
+    monkeypatch.setattr(rabbitmq_support, "PREFIXES", ledger)
+    monkeypatch.setattr(rabbitmq_support, "_orphans_deleted", False)
+    dead, live = (f"de-test.{uuid.uuid4().hex[:12]}" for _ in range(2))
+    # pid_max is at most 2**22: no process has this pid, as none has a killed run's.
+    ledger.path.write_text(f"{2**22 + 1} {dead}\n")
+    rabbitmq_support.recorded(live)
+    assert rabbitmq_support.pika is not None
+    connection = rabbitmq_support.pika.BlockingConnection(
+        rabbitmq_support.pika.URLParameters(RABBITMQ_URL)
+    )
+    try:
+        channel = connection.channel()
+        for prefix in (dead, live):
+            channel.exchange_declare(prefix, "topic")
+            channel.queue_declare(
+                f"{prefix}.alpha", durable=True, arguments={"x-queue-type": "quorum"}
+            )
+    finally:
+        connection.close()
+    try:
+        rabbitmq_support.require_broker()
+        assert not _exists("queue_declare", f"{dead}.alpha")
+        assert not _exists("exchange_declare", dead)
+        assert _exists("queue_declare", f"{live}.alpha")
+        assert _exists("exchange_declare", live)
+        assert ledger.orphans() == [] and ledger.mine() == [live]
+    finally:
+        rabbitmq_support._delete([f"{p}.alpha" for p in (dead, live)], [dead, live])
