@@ -100,7 +100,9 @@ def _probe(url: str, timeout: float) -> str | None:
         return (
             f"RabbitMQ at {params.host}:{params.port} did not complete an AMQP handshake "
             f"within {timeout:g} s ({type(exc).__name__}: {exc}); every RabbitMQ test "
-            "fails from here on. .ci/run restarts a broker that does not answer."
+            "fails from here on. A node whose file handles are spent (about three per "
+            "quorum queue: rabbitmqctl eval 'file_handle_cache:info().') answers TCP and "
+            "nothing else; .ci/rabbitmq ensure deletes what earlier runs left, or restarts it."
         )
     return None
 
