@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -211,6 +212,22 @@ def test_a_broker_out_of_reach_is_transport_unavailable():
         away.status(["alpha"])
     assert away.setup([(TYPE, "alpha", False)], dry_run=True), "a dry run needs no broker"
     away.close()
+
+
+def test_a_broker_that_takes_the_connection_and_never_answers_is_named_so(monkeypatch):
+    """A node out of file handles completes TCP in the kernel and never answers AMQP: the
+    error says that, not a bare timeout (docs/transport-rabbitmq.md, "Sizing the broker")."""
+    from django_events.transports.rabbitmq import RabbitMQTransport, link
+
+    monkeypatch.setattr(link, "HANDSHAKE_TIMEOUT", 1.0)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"amqp://guest:guest@127.0.0.1:{silent.getsockname()[1]}/%2F"
+        away = RabbitMQTransport("silent", {"url": url})
+        with pytest.raises(TransportUnavailable, match="did not complete the AMQP handshake"):
+            away.claim(["alpha"], 10, 30)
+        away.close()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
 
 from ...exceptions import TransportUnavailable
 from ..base import translating
@@ -18,6 +19,8 @@ from ..base import translating
 if TYPE_CHECKING:
     from .transport import RabbitMQTransport
 
+HANDSHAKE_TIMEOUT = 15.0
+"""Seconds a connection may take, TCP and the AMQP handshake together (pika's default)."""
 CONFIRM_TIMEOUT = 30.0
 """Seconds a publish waits for the broker's confirms before it counts as unavailable."""
 CONFIRM_POLL = 0.05
@@ -31,7 +34,19 @@ R = TypeVar("R")
 
 
 def _unavailable(exc: Exception) -> str | None:
-    """The broker out of reach (or a connection it closed) is ``TransportUnavailable``."""
+    """The broker out of reach (or a connection it closed) is ``TransportUnavailable``; one
+    that took the TCP connection and never answered is named as such, since its port looks
+    open to every other check."""
+    # pika raises it, or an AMQPConnectionError holding it, depending on the path.
+    if isinstance(exc, AMQPConnectorStackTimeout) or any(
+        isinstance(arg, AMQPConnectorStackTimeout) for arg in getattr(exc, "args", ())
+    ):
+        return (
+            f"RabbitMQ is unavailable: it took the TCP connection and did not complete the "
+            f"AMQP handshake within {HANDSHAKE_TIMEOUT:g} s ({exc}). A node that has spent its "
+            "file handles (about three per quorum queue) does this, as does a stopped one: "
+            'docs/transport-rabbitmq.md, "Sizing the broker: file handles".'
+        )
     if isinstance(exc, UNAVAILABLE):
         return f"RabbitMQ is unavailable: {type(exc).__name__}: {exc}"
     return None
@@ -78,6 +93,7 @@ class Link:
             params.blocked_connection_timeout = CONFIRM_TIMEOUT
             params.connection_attempts = 1
             params.socket_timeout = 5
+            params.stack_timeout = HANDSHAKE_TIMEOUT
             self.connection = pika.BlockingConnection(params)
             self.generation += 1
         if self.channel is None or not self.channel.is_open:
