@@ -178,6 +178,29 @@ def _delete(queues: Iterable[str], exchanges: Iterable[str]) -> None:
         connection.close()
 
 
+def existing(queues: Iterable[str] = (), exchanges: Iterable[str] = ()) -> list[str]:
+    """The names among ``queues`` and ``exchanges`` the shared broker has, found by passive
+    declares (a missing one closes its channel with 404; any other reply is a failure)."""
+    assert pika is not None
+    found = []
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        wanted = [
+            *(("queue_declare", q) for q in queues),
+            *(("exchange_declare", e) for e in exchanges),
+        ]
+        for declare, name in wanted:
+            try:
+                getattr(connection.channel(), declare)(name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                assert exc.reply_code == 404, exc
+            else:
+                found.append(name)
+    finally:
+        connection.close()
+    return found
+
+
 def delete_everything(transport: Any, groups: Iterable[str]) -> None:
     """Delete the queues and exchanges ``transport`` made for ``groups``, for every group
     it declared (``setup`` declares the whole registry's, typed handlers' groups among

@@ -25,6 +25,7 @@ from bench import runner
 from bench.leftovers import Ledger
 
 from .rabbitmq_support import RABBITMQ_URL, needs_rabbitmq, pika
+from .rabbitmq_support import existing as existing_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,21 +63,7 @@ def rq1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
 
 def existing(rq1: Any, prefixes: list[str]) -> list[str]:
     """The queues RQ1 may declare under ``prefixes`` that the broker has."""
-    assert pika is not None
-    found = []
-    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
-    try:
-        for prefix in prefixes:
-            for queue in rq1.names(prefix)[0]:
-                try:
-                    connection.channel().queue_declare(queue, passive=True)
-                except pika.exceptions.ChannelClosedByBroker as exc:
-                    assert exc.reply_code == 404, exc
-                else:
-                    found.append(queue)
-    finally:
-        connection.close()
-    return found
+    return existing_names(queues=[queue for prefix in prefixes for queue in rq1.names(prefix)[0]])
 
 
 @needs_rabbitmq()

@@ -128,22 +128,6 @@ def test_ci_restarts_a_silent_broker_and_the_run_goes_on_and_says_so(
     assert relay.silent.exists(), "no third restart"
 
 
-def _exists(declare: str, name: str) -> bool:
-    """Whether the shared broker has a queue (``declare="queue_declare"``) or exchange
-    named ``name``: a passive declare of a missing one closes its channel."""
-    assert rabbitmq_support.pika is not None
-    connection = rabbitmq_support.pika.BlockingConnection(
-        rabbitmq_support.pika.URLParameters(RABBITMQ_URL)
-    )
-    try:
-        getattr(connection.channel(), declare)(name, passive=True)
-        return True
-    except rabbitmq_support.pika.exceptions.ChannelClosedByBroker:
-        return False
-    finally:
-        connection.close()
-
-
 @needs_rabbitmq()
 @pytest.mark.skipif(
     shutil.which("rabbitmqctl") is None, reason="the orphans' names come from rabbitmqctl"
@@ -176,10 +160,8 @@ def test_a_killed_runs_queues_are_deleted_by_the_next_run_and_a_live_runs_are_no
         connection.close()
     try:
         rabbitmq_support.require_broker()
-        assert not _exists("queue_declare", f"{dead}.alpha")
-        assert not _exists("exchange_declare", dead)
-        assert _exists("queue_declare", f"{live}.alpha")
-        assert _exists("exchange_declare", live)
+        queues, exchanges = [f"{dead}.alpha", f"{live}.alpha"], [dead, live]
+        assert rabbitmq_support.existing(queues, exchanges) == [f"{live}.alpha", live]
         assert ledger.orphans() == [] and ledger.mine() == [live]
     finally:
         rabbitmq_support._delete([f"{p}.alpha" for p in (dead, live)], [dead, live])

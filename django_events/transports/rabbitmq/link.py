@@ -37,10 +37,8 @@ def _unavailable(exc: Exception) -> str | None:
     """The broker out of reach (or a connection it closed) is ``TransportUnavailable``; one
     that took the TCP connection and never answered is named as such, since its port looks
     open to every other check."""
-    # pika raises it, or an AMQPConnectionError holding it, depending on the path.
-    if isinstance(exc, AMQPConnectorStackTimeout) or any(
-        isinstance(arg, AMQPConnectorStackTimeout) for arg in getattr(exc, "args", ())
-    ):
+    # pika's blocking connection raises an AMQPConnectionError holding the timeout.
+    if any(isinstance(part, AMQPConnectorStackTimeout) for part in (exc, *exc.args)):
         return (
             f"RabbitMQ is unavailable: it took the TCP connection and did not complete the "
             f"AMQP handshake within {HANDSHAKE_TIMEOUT:g} s ({exc}). A node that has spent its "
