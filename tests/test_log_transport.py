@@ -4,6 +4,7 @@ SQLite; the SQLite-only logic is tested in tests/test_log_sqlite.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import threading
 import time
@@ -48,7 +49,13 @@ from django_events.testing.contract import (
 from django_events.transports import transports
 from django_events.transports.base import Claimed, Outgoing, Transport, logged_events
 from django_events.transports.database import DatabaseTransport
-from django_events.transports.log import LogTransport, heads, not_passed, place_cursors_now
+from django_events.transports.log import (
+    LogTransport,
+    heads,
+    log_sql,
+    not_passed,
+    place_cursors_now,
+)
 from tests.testapp.models import Effect
 
 from .conftest import closing_connections
@@ -381,6 +388,82 @@ def test_groups_declared_before_the_switch_start_together_at_the_logs_beginning(
             transports.reset()
     assert {c.event_id for c in first} == ids
     assert {c.event_id for c in second} == ids, "the second group's cursor skipped them"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_the_database_transport_logs_are_outside_every_cursor() -> None:
+    """``DatabaseTransport`` carries its events in delivery rows: the log rows its relay
+    writes are in no cursor's reach (``txid`` NULL; on SQLite the rowid minus the
+    position), so cursors started or resumed later (the log transport named again after
+    a way out and back) do not hand them out again, and on PostgreSQL they take no entry
+    in the txid index. The log transport's relay writes rows its cursors read
+    (docs/internals.md, "Log rows outside the cursors")."""
+    GroupCursor.objects.all().delete()  # the run's setup starts some on the log transport
+    delivered = {publish("test.happened", {"n": n}).id for n in range(3)}
+    Relay(DatabaseTransport("default", {})).run_once()
+    rows = Delivery.objects.filter(group_name="alpha")
+    assert set(rows.values_list("event_id", flat=True)) == delivered
+    Delivery.objects.all().delete()  # handled
+    log = LogTransport("default", {})
+    assert log.claim(["alpha"], 10, 30.0) == [], "a cursor from the log's beginning"
+    later = publish("test.happened", {"n": 3}).id
+    Relay(log).run_once()
+    assert [c.event_id for c in claim_until(log, ["alpha"], 1, timeout=5)] == [later]
+    with connection.cursor() as cursor:
+        reach = "txid IS NOT NULL" if connection.vendor == "postgresql" else "rowid <> -position"
+        cursor.execute(f"SELECT id, {reach} FROM django_events_event")  # noqa: S608
+        found = {uuid.UUID(str(event_id)): bool(reached) for event_id, reached in cursor}
+    assert found == {**dict.fromkeys(delivered, False), later: True}
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_the_cursors_walks_use_the_partial_txid_index(log_transport: LogTransport) -> None:
+    """Migration 0017 keeps only the rows cursors read in the txid index (``txid IS NOT
+    NULL``): each walk past a cursor's ``hi`` must still be an index scan of it, which
+    PostgreSQL allows only where it proves the walk's ``txid`` comparisons non-null."""
+    log_events([make_event() for _ in range(3)])
+    claim_until(log_transport, ["g1"], 1, timeout=5, limit=1)
+    walks = log_sql(connection.alias)._walks(connection, "h")  # type: ignore[attr-defined]
+    with connection.cursor() as cursor, transaction.atomic():
+        cursor.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+        cursor.execute(
+            f"EXPLAIN SELECT * FROM {heads('django_events_cursor', '')} h "  # noqa: S608
+            f"CROSS JOIN LATERAL {walks} w"
+        )
+        plan = "\n".join(line for (line,) in cursor.fetchall())
+    assert plan.count("Index Scan using django_events_event_txid_set") == 2, plan
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_0017_makes_the_txid_index_partial_both_ways_and_runs_again() -> None:
+    """docs/internals.md, "Upgrading": built beside the old index, which goes; a second
+    run (as after an interruption) finds its work done; back, the full index returns."""
+    listed = (
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'django_events_event' "
+        "AND indexdef LIKE '%(txid)%'"
+    )
+
+    def txid_indexes() -> list[tuple[str, str]]:
+        with connection.cursor() as cursor:
+            cursor.execute(listed)
+            return [(name, definition.rpartition(" USING ")[2]) for name, definition in cursor]
+
+    call_command("migrate", "django_events", "0016_own_events", verbosity=0)
+    try:
+        assert txid_indexes() == [("django_events_event_txid", "btree (txid)")]
+        call_command("migrate", "django_events", verbosity=0)
+        partial = [("django_events_event_txid_set", "btree (txid) WHERE (txid IS NOT NULL)")]
+        assert txid_indexes() == partial
+        with connection.schema_editor(atomic=False) as editor:
+            migration = importlib.import_module("django_events.migrations.0017_partial_txid_index")
+            migration.forwards(None, editor)
+        assert txid_indexes() == partial
+        call_command("migrate", "django_events", "0016_own_events", verbosity=0)
+        assert txid_indexes() == [("django_events_event_txid", "btree (txid)")]
+    finally:
+        call_command("migrate", verbosity=0)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -617,6 +617,10 @@ class Relay:
             "taken.position, taken.event_id, taken.type, taken.key",
             self._fan_out_in_take(using),
         )
+        # ``txid`` (the column's default, the transaction's id) only where cursors read
+        # the log; NULL, in no window and outside the log's partial txid index, where
+        # delivery rows carry the events (docs/internals.md, "Log rows outside the cursors").
+        txid = "pg_current_xact_id()" if self.transport.reads_log else "NULL"
         with sql.cursor(connection, prepared=True) as cursor:
             cursor.execute(
                 f"SELECT {bound}, pg_advisory_xact_lock(%s), {sql.RELAXED_COMMIT}",
@@ -627,11 +631,11 @@ class Relay:
                 f"RETURNING {_OUTBOX_FIELDS}), "
                 "parsed AS MATERIALIZED (SELECT *, data::jsonb AS d, "
                 "COALESCE(NULLIF(metadata, ''), '{}')::jsonb AS m FROM taken), "
-                f"logged AS (INSERT INTO {log} ({_LOG_COLUMNS}) SELECT event_id, position, "
-                "type, key, version, CASE WHEN jsonb_typeof(d) = 'object' THEN d END, "
+                f"logged AS (INSERT INTO {log} ({_LOG_COLUMNS}, txid) SELECT event_id, "
+                "position, type, key, version, CASE WHEN jsonb_typeof(d) = 'object' THEN d END, "
                 "CASE WHEN jsonb_typeof(m) = 'object' THEN m END, "
-                "occurred_at, source, correlation_id, causation_id, statement_timestamp() "
-                f"FROM parsed) {select}",
+                "occurred_at, source, correlation_id, causation_id, statement_timestamp(), "
+                f"{txid} FROM parsed) {select}",
                 [*plan.params, *params],
             )
             rows, snapshot, passed, stored = _with_snapshot(cursor.fetchall())
@@ -675,14 +679,19 @@ class Relay:
                 refused = {row.position for row, _, _ in bad}
                 taken = [(row, logged) for row, logged in taken if row.position not in refused]
             rows = [row for row, _ in taken]
-            if rows and self.transport.reads_log:
+            reads_log = self.transport.reads_log
+            if rows and reads_log:
                 rows = _repositioned(using, rows)
             if rows:
+                # Where delivery rows carry the events, each row's rowid is minus its
+                # position, which the cursors skip (docs/internals.md, "Log rows outside
+                # the cursors"); where cursors read the log, the next rowid.
                 cursor.executemany(
-                    f"INSERT INTO {log} ({_LOG_COLUMNS}) VALUES "
-                    f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {dialect.now()})",
+                    f"INSERT INTO {log} (rowid, {_LOG_COLUMNS}) VALUES "
+                    f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {dialect.now()})",
                     [
                         (
+                            None if reads_log else -r.position,
                             dialect.uuid_value(r.event_id),
                             r.position,
                             r.type,
