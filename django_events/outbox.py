@@ -416,36 +416,56 @@ def _insert(using: str, events: list[tuple[Event, str]], metadata: str, conf: An
     if using in straight and not moving.leaving_log(using):
         _insert_into_log(connection, events, metadata, notify and straight[using])
         return
-    for insert, params in _outbox_inserts(connection, dialect, events, metadata):
-        if notify and dialect.notifies and not _notified_in_this_transaction(connection):
-            insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
-            params.append(OUTBOX_CHANNEL)
-        with connection.cursor() as cursor:
-            cursor.execute(insert, params)
-
-
-def _outbox_inserts(
-    connection: Any, dialect: sql.Dialect, events: list[tuple[Event, str]], metadata: str
-) -> list[tuple[str, list[Any]]]:
-    """The statements that insert ``events`` into the outbox, with their parameters.
-
-    On PostgreSQL several events go as one JSON document (``_document``): one short
-    statement, which the driver parses once, where a VALUES list of ten parameters a row
-    was parsed again by the driver on every call (docs/internals.md, "Publishing many
-    events"). SQLite takes VALUES lists, its values as text."""
     table = sql.table(connection, "OutboxMessage")
     if isinstance(dialect, sql.PostgreSQL):
-        if len(events) > 1:
-            return [(_document_insert_sql(table), [metadata, _document(events)])]
-        return [(_insert_sql(table, dialect, 1), _native_row(*events[0], metadata))]
-    statements = []
+        channel = OUTBOX_CHANNEL if notify else None
+        one_row, document = _insert_sql(table, dialect, 1), _document_insert_sql(table)
+        _write_rows(connection, one_row, document, events, metadata, channel)
+        return
+    # SQLite: VALUES lists, values as text; Python's sqlite3 binds them in C and caches
+    # statements by their text.
     for start in range(0, len(events), _ROWS_PER_STATEMENT):
         chunk = events[start : start + _ROWS_PER_STATEMENT]
         params: list[Any] = []
         for event, data_text in chunk:
             params += _text_row(connection, dialect, event, data_text, metadata)
-        statements.append((_insert_sql(table, dialect, len(chunk)), params))
-    return statements
+        with connection.cursor() as cursor:
+            cursor.execute(_insert_sql(table, dialect, len(chunk)), params)
+
+
+def _write_rows(
+    connection: Any,
+    one_row: str,
+    document: str,
+    events: list[tuple[Event, str]],
+    metadata: str,
+    channel: str | None,
+) -> None:
+    """Insert ``events`` on PostgreSQL, the outbox's rows or the log's (docs/internals.md,
+    "Publishing many events"). ``one_row`` takes one event's ``_native_row`` and is
+    prepared once per connection; several events run it through ``executemany``, which
+    psycopg pipelines in one round trip, each row bound on the server. Where statements
+    are not prepared (Django logging queries, ``PREPARED_STATEMENTS`` off, a pooler's
+    ``prepare_threshold``), Django's client-side cursor would quote every row in Python:
+    several events go as one JSON ``document`` instead. The transaction's first publish
+    wakes the relays or workers listening on ``channel`` at commit."""
+    wake = None if channel is None or _notified_in_this_transaction(connection) else channel
+    with sql.cursor(connection, prepared=True) as cursor:
+        if len(events) > 1 and sql.binds_on_server(cursor):
+            # All or nothing in autocommit too, as the one statement was.
+            with transaction.atomic(using=connection.alias, savepoint=False):
+                cursor.executemany(one_row, [_native_row(*event, metadata) for event in events])
+                if wake:
+                    cursor.execute("SELECT pg_notify(%s, '')", [wake])
+            return
+        if len(events) > 1:
+            insert, params = document, [metadata, _document(events)]
+        else:
+            insert, params = one_row, _native_row(*events[0], metadata)
+        if wake:
+            insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
+            params.append(wake)
+        cursor.execute(insert, params)
 
 
 def _insert_into_log(
@@ -453,25 +473,21 @@ def _insert_into_log(
 ) -> None:
     """The log transport's publish: the log row itself, in the caller's transaction, so
     nothing is written twice and no relay moves it; the workers are woken at commit.
-    Several events go as one JSON document, as into the outbox (``_outbox_inserts``)."""
+    Several events go as the outbox's do (``_write_rows``)."""
     table = sql.table(connection, "EventRecord")
     dialect = sql.dialect(connection.alias)
     if not isinstance(dialect, sql.PostgreSQL):
         _insert_into_log_one_writer(connection, table, dialect, events, metadata)
         return
     sequence = _position_sequence(connection)
-    metadata = metadata or "{}"
-    if len(events) > 1:
-        insert = _log_document_insert_sql(table, sequence)
-        params = [metadata, _document(events)]
-    else:
-        insert = _log_insert_sql(table, sequence)
-        params = _native_row(*events[0], metadata)
-    if isinstance(channel, str) and not _notified_in_this_transaction(connection):
-        insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify(%s, '') FROM i LIMIT 1"
-        params.append(channel)
-    with connection.cursor() as cursor:
-        cursor.execute(insert, params)
+    _write_rows(
+        connection,
+        _log_insert_sql(table, sequence),
+        _log_document_insert_sql(table, sequence),
+        events,
+        metadata or "{}",
+        channel if isinstance(channel, str) else None,
+    )
 
 
 def _insert_into_log_one_writer(

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection, connections, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, connections, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
@@ -477,9 +478,28 @@ def test_publish_many_writes_all_in_one_statement_in_order():
     assert effects("sequence") == [("sequence", 3)]
 
 
-def test_publish_many_stores_each_event_as_returned_in_the_order_given():
-    """Many events go as one statement (on PostgreSQL, one JSON document): every value
-    arrives as publish_many() returned it, awkward text included, positions in order."""
+@pytest.mark.parametrize("prepared", [True, False], ids=["executemany", "document"])
+def test_publish_many_stores_each_event_as_returned_in_the_order_given(prepared: bool) -> None:
+    """On PostgreSQL many events go through one prepared row statement, pipelined by
+    ``executemany``, or as one JSON document where statements are not prepared (SQLite:
+    VALUES lists either way): every value arrives as publish_many() returned it, awkward
+    text included, positions in order."""
+    conf = {**settings.DJANGO_EVENTS, "PREPARED_STATEMENTS": prepared}
+    ran: list[bool] = []  # whether each insert into the table went through executemany
+
+    def watch(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if "INSERT INTO" in sql:
+            ran.append(many)
+        return execute(sql, params, many, context)
+
+    with override_settings(DJANGO_EVENTS=conf), connection.execute_wrapper(watch):
+        stores_each_event_as_returned_in_the_order_given()
+    # The publish() of the cause, then three publish_many() calls of several events.
+    pipelined = prepared and connection.vendor == "postgresql"
+    assert ran == [False, *[pipelined] * 3], ran
+
+
+def stores_each_event_as_returned_in_the_order_given() -> None:
     from django_events import publish_many
     from django_events.outbox import handling
 
@@ -521,6 +541,30 @@ def test_publish_many_writes_nothing_if_one_event_is_invalid():
 
     with pytest.raises(InvalidEventType):
         publish_many([("test.happened", {"n": 1}), ("Not A Type", {"n": 2})])
+    assert not OutboxMessage.objects.exists() and not EventRecord.objects.exists()
+
+
+@postgres_only
+@pytest.mark.parametrize("prepared", [True, False], ids=["executemany", "document"])
+def test_publish_many_outside_a_transaction_writes_all_or_nothing(prepared: bool) -> None:
+    """In autocommit, a row the database refuses (here a check constraint) after others
+    went in leaves none of them: the rows are inserted in one transaction of their own."""
+    from django_events import publish_many
+
+    table = (EventRecord if transports["default"].reads_log else OutboxMessage)._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"ALTER TABLE {table} ADD CONSTRAINT no_poison CHECK (data::text NOT LIKE '%%poison%%')"
+        )
+    conf = {**settings.DJANGO_EVENTS, "PREPARED_STATEMENTS": prepared}
+    try:
+        with override_settings(DJANGO_EVENTS=conf), pytest.raises(IntegrityError):
+            publish_many(
+                [("test.happened", {"n": n}) for n in range(3)] + [("test.happened", {"poison": 1})]
+            )
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT no_poison")
     assert not OutboxMessage.objects.exists() and not EventRecord.objects.exists()
 
 

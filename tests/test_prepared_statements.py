@@ -34,9 +34,11 @@ def handle_one() -> None:
     assert Effect.objects.filter(group="alpha").count() == 1
 
 
-def test_the_claim_and_the_inbox_insert_are_prepared() -> None:
+def test_the_publish_the_claim_and_the_inbox_insert_are_prepared() -> None:
     handle_one()
     statements = prepared()
+    written = "django_events_event" if transports["default"].reads_log else "django_events_outbox"
+    assert any(f'INSERT INTO "{written}"' in text for text in statements), statements
     claim = (
         "django_events_log_claim"
         if transports["default"].reads_log

@@ -175,8 +175,9 @@ def run(ctx: Context) -> list[Row]:
             None,
             higher_is_better=False,
             notes=f"reference: atomic(): create(); then the {ROW} publish() writes, same columns "
-            "and values, one raw INSERT through Django's cursor, no NOTIFY, no validation; "
-            "below this no outbox can go (#14 measured 1.28-1.38x for the outbox row)",
+            "and values, one raw INSERT through Django's cursor (bound on the client and "
+            "planned at each call), no NOTIFY, no validation (#14 measured 1.28-1.38x for the "
+            "outbox row); publish() prepares its INSERT, which plans it once per connection",
         ),
         ratio_row(
             "S1.vs-floor",

@@ -369,6 +369,14 @@ def cursor(connection: BaseDatabaseWrapper, *, prepared: bool = False) -> Any:
     return connection.make_cursor(_preparing_cursor()(raw))
 
 
+def binds_on_server(cursor: Any) -> bool:
+    """Whether ``cursor`` (from ``cursor()``) binds its parameters on the server, where
+    ``executemany`` sends every row in one pipelined round trip; Django's client-side
+    cursor quotes each row into the statement's text in Python instead."""
+    preparing = _preparing_cursor()
+    return preparing is not None and isinstance(cursor.cursor, preparing)
+
+
 def _prepares(connection: BaseDatabaseWrapper) -> bool:
     from ..conf import get_settings
 
