@@ -50,6 +50,7 @@ from django_events.transports import transports
 from django_events.transports.base import Claimed, Outgoing, Transport, logged_events
 from django_events.transports.database import DatabaseTransport
 from django_events.transports.log import (
+    GROUP_LOCK,
     LogTransport,
     heads,
     log_sql,
@@ -464,6 +465,73 @@ def test_0017_makes_the_txid_index_partial_both_ways_and_runs_again() -> None:
         assert txid_indexes() == [("django_events_event_txid", "btree (txid)")]
     finally:
         call_command("migrate", verbosity=0)
+
+
+def hold_group_lock(db: psycopg.Connection, group: str) -> None:
+    """``db`` takes ``group``'s claim lock, as a claim in progress holds it, until its
+    transaction ends."""
+    db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [GROUP_LOCK, group])
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_waits_for_its_group_while_another_claim_holds_it(
+    log_transport: LogTransport, other_connection: psycopg.Connection
+) -> None:
+    """A claim holds its group's lock for about a millisecond. One that found it taken
+    returned nothing, and its worker, taking the group for idle, waited a whole poll
+    interval with the events there (docs/internals.md, "The log transport"): it waits for
+    the lock instead, and the caller's lock_timeout is left as it was."""
+    log_events([make_event() for _ in range(3)])
+    hold_group_lock(other_connection, "g1")
+    threading.Timer(0.05, other_connection.commit).start()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL lock_timeout = '7s'")
+        claimed = log_transport.claim(["g1"], 10, 30)
+        cursor.execute("SHOW lock_timeout")
+        assert cursor.fetchone() == ("7s",)
+    assert len(claimed) == 3
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_gives_up_on_a_group_locked_longer_than_a_claim_takes(
+    log_transport: LogTransport, other_connection: psycopg.Connection
+) -> None:
+    """A lock held for long (a rotation, a claim inside a test's transaction) sends the
+    claim on to its next group after a short wait, not forever; the caller's
+    lock_timeout, which the wait replaced for a moment, is back."""
+    log_events([make_event() for _ in range(3)])
+    hold_group_lock(other_connection, "g1")
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '7s'")
+            assert [c.group for c in log_transport.claim(["g1", "g2"], 10, 30)] == ["g2"] * 3
+            cursor.execute("SHOW lock_timeout")
+            assert cursor.fetchone() == ("7s",)
+    finally:
+        other_connection.commit()
+    assert len(claim_until(log_transport, ["g1"], 3, timeout=5, limit=10)) == 3
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_0018_the_claims_lock_wait_both_ways() -> None:
+    """Back to 0017 the claim tries the lock once again; forwards it waits."""
+
+    def waits() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT prosrc FROM pg_proc WHERE proname = 'django_events_log_claim'")
+            (source,) = cursor.fetchone()
+        return "pg_advisory_xact_lock(" in source and "pg_try_advisory_xact_lock(" not in source
+
+    assert waits()
+    call_command("migrate", "django_events", "0017_partial_txid_index", verbosity=0)
+    try:
+        assert not waits()
+    finally:
+        call_command("migrate", verbosity=0)
+    assert waits()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -787,7 +787,8 @@ class PostgreSQLLog(LogSQL):
         cursors = sql.table(connections[using], "GroupCursor")
         # Each claim takes its group's lock before it starts the group's cursor: taken
         # here too, until the caller's commit, for the groups that have none (a claim
-        # that finds it taken passes on to its next group). The insert that follows,
+        # that finds it taken waits for it briefly, then passes on to its next group;
+        # docs/internals.md, "The log transport"). The insert that follows,
         # a statement of its own, sees a cursor a claim committed meanwhile.
         missing = _execute(
             using,
