@@ -498,13 +498,14 @@ def _insert_into_log_one_writer(
     metadata: str,
 ) -> None:
     """On SQLite: positions drawn first, under the write lock the drawing takes, so they
-    commit in order (docs/internals.md, "The log transport on SQLite"). Drawn and inserted
-    in one transaction, the caller's if one is open: in autocommit the lock would end with
-    the draw, and a later writer could commit higher positions before these rows."""
+    commit in order (docs/internals.md, "The log transport on SQLite"), and once per
+    transaction where it can (``log.take_positions``). Drawn and inserted in one
+    transaction, the caller's if one is open: in autocommit the lock would end with the
+    draw, and a later writer could commit higher positions before these rows."""
     from .transports import log
 
     with transaction.atomic(using=connection.alias, savepoint=False):
-        position = log.draw_positions(connection.alias, len(events))
+        position = log.take_positions(connection, len(events))
         for start in range(0, len(events), _ROWS_PER_STATEMENT):
             chunk = events[start : start + _ROWS_PER_STATEMENT]
             params: list[Any] = []

@@ -362,3 +362,94 @@ def test_a_publish_outside_a_transaction_holds_the_lock_from_its_draw_to_its_ins
     fast.join(30)
     got = on_the_log_transport.claim(["alpha"], 10, 30)
     assert [c.event.data["n"] for c in got if c.event] == [1, 2]
+
+
+def _draws(queries: CaptureQueriesContext) -> int:
+    return sum(q["sql"].startswith("UPDATE sqlite_sequence") for q in queries.captured_queries)
+
+
+def _position(event_id: uuid.UUID) -> int:
+    return EventRecord.objects.get(id=event_id).position
+
+
+def _published_elsewhere() -> int:
+    """The position of an event another connection publishes and commits now."""
+    got: list[uuid.UUID] = []
+    other = threading.Thread(
+        target=closing_connections(lambda: got.append(publish("test.happened", {"n": -1}).id))
+    )
+    other.start()
+    other.join(30)
+    return _position(got[0])
+
+
+def test_a_transaction_publishing_one_at_a_time_draws_positions_a_few_times(
+    on_the_log_transport: LogTransport,
+) -> None:
+    """Each later draw takes as many ahead as were drawn before: 100 publishes, 7 draws
+    (1, 2, 4, ... 64 positions), where each publish drew its own."""
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        events = [publish("test.happened", {"n": n}) for n in range(100)]
+    assert _draws(queries) == 7
+    positions = [_position(e.id) for e in events]
+    assert positions == sorted(set(positions))
+    got = on_the_log_transport.claim(["alpha"], 100, 30)
+    assert ids(got) == [e.id for e in events]
+
+
+@pytest.mark.parametrize("ending", ["commit", "rollback"])
+def test_positions_drawn_ahead_are_not_used_after_the_transaction_ends(
+    on_the_log_transport: LogTransport, ending: str
+) -> None:
+    """After a commit the lock is gone: another writer may commit higher positions first.
+    After a rollback the draw is undone: another writer may draw the same positions."""
+    try:
+        with transaction.atomic():
+            for n in range(3):  # the third draws ahead: two positions, one left
+                publish("test.happened", {"n": n})
+            if ending == "rollback":
+                raise RuntimeError
+    except RuntimeError:
+        pass
+    elsewhere = _published_elsewhere()
+    with transaction.atomic():
+        later = publish("test.happened", {"n": 3})
+    assert _position(later.id) > elsewhere
+
+
+def test_positions_drawn_in_a_savepoint_rolled_back_are_drawn_again(
+    on_the_log_transport: LogTransport,
+) -> None:
+    """The rollback to the savepoint undoes the counter's rise: positions taken from the
+    undone draw would sit above the counter, where an outbox row could take them."""
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                publish("test.happened", {"n": 1})
+                publish("test.happened", {"n": 2})  # draws one ahead
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        kept = publish("test.happened", {"n": 3})
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = 'django_events_outbox'")
+        [(counter,)] = cursor.fetchall()
+    assert counter >= _position(kept.id)
+
+
+def test_a_transaction_the_application_commits_itself_draws_at_every_publish(
+    on_the_log_transport: LogTransport,
+) -> None:
+    """With autocommit off, ``commit()`` replaces nothing Django keeps: no drawn position
+    outlives a publish, or the next transaction would reuse it unlocked."""
+    transaction.set_autocommit(False)
+    try:
+        for n in range(2):
+            publish("test.happened", {"n": n})
+        transaction.commit()
+        elsewhere = _published_elsewhere()
+        later = publish("test.happened", {"n": 2})
+        transaction.commit()
+    finally:
+        transaction.set_autocommit(True)
+    assert _position(later.id) > elsewhere

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import weakref
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -1461,6 +1462,65 @@ def draw_positions(using: str, count: int) -> int:
             [_COUNTER, count],
         )
     return int(rows[0][0]) - count + 1
+
+
+POSITIONS_AT_MOST = 1024
+"""The most positions one draw of ``take_positions`` takes ahead for its transaction."""
+
+
+class _Drawn:
+    """Positions a transaction drew and has not used yet, and what identifies it."""
+
+    __slots__ = ("commit_hooks", "end", "next", "raw", "taken")
+
+    def __init__(self, connection: Any, first: int, end: int, taken: int) -> None:
+        self.commit_hooks, self.raw = connection.run_on_commit, connection.connection
+        self.next, self.end, self.taken = first, end, taken
+
+    def of(self, connection: Any) -> bool:
+        """Whether ``connection`` is still in the transaction that drew these."""
+        return (
+            self.commit_hooks is connection.run_on_commit
+            and self.raw is connection.connection
+            and connection.in_atomic_block
+            and connection.commit_on_exit
+        )
+
+
+_drawn: weakref.WeakKeyDictionary[Any, _Drawn] = weakref.WeakKeyDictionary()
+
+
+def take_positions(connection: Any, count: int) -> int:
+    """On SQLite: ``count`` positions for log rows ``publish()`` inserts now, inside an
+    ``atomic()`` block; returns the first.
+
+    The transaction's first call draws (``draw_positions``), which holds the write lock
+    until the commit; later calls in the same transaction take positions already drawn,
+    without a statement: a transaction publishing events one ``publish()`` at a time
+    paid a draw for each. Once those run out it draws again, as many ahead as it has
+    drawn so far (at most ``POSITIONS_AT_MOST``), so the positions left unused at the
+    commit, gaps no walk depends on, are fewer than those used (docs/internals.md, "The
+    log transport on SQLite").
+
+    A transaction is known by Django's list of commit hooks, which every commit,
+    rollback, rollback to a savepoint and reconnection replaces with a new list: the
+    positions drawn may then have been rolled back, or committed with the lock released,
+    and are drawn anew. Where the application commits by itself (autocommit turned off,
+    ``commit_on_exit`` false) nothing marks the end of a transaction: every call draws."""
+    drawn = _drawn.get(connection)
+    if drawn is not None and not drawn.of(connection):
+        drawn = None
+    if drawn is not None and drawn.next + count <= drawn.end:
+        first = drawn.next
+        drawn.next += count
+        return first
+    before = drawn.taken if drawn is not None else 0
+    ahead = min(before, POSITIONS_AT_MOST)
+    first = draw_positions(connection.alias, count + ahead)
+    _drawn[connection] = _Drawn(
+        connection, first + count, first + count + ahead, before + count + ahead
+    )
+    return first
 
 
 def _sqlite_heads(cursors: str, where: str = "") -> str:
