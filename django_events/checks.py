@@ -3,15 +3,16 @@
 E001 invalid DJANGO_EVENTS · E002 transport cannot be loaded · E003 missing optional
 dependency · E004 unsupported database · E005 SQLite too old · E006 handler for a group
 not in GROUPS · E007 OUTBOX_DATABASES names an unknown database · E008 ordered handler on
-a transport without ordering · E009 an outbox database the transport cannot
-read · W001 no LISTEN/NOTIFY driver · W002 GROUPS entry without
-handlers · W003-W005 Redis persistence, eviction, reachability · W006 no handlers at
-all · W020 event type named
-like a command · W021 schema snapshot missing or broken without a version bump · W022 a
-version with no upcaster to the next · E030 INBOX_RETENTION within the redelivery
-window · E040-E042 SNS/SQS transport (database, region, queue names and filter policies) ·
-W050 an orphaned subscription · W051 a group declared by several services (W05x read the
-database: they run with ``migrate`` and ``check --database``).
+a transport without ordering · E009 an outbox database the transport cannot read ·
+E010-E011 the log transport's (rotation on SQLite; a first claim that would hand out
+again what another transport handled) · W001 no LISTEN/NOTIFY driver · W002 GROUPS entry
+without handlers · W003-W005 Redis persistence, eviction, reachability · W006 no handlers
+at all · W007 no transport named · W020 event type named like a command · W021 schema
+snapshot missing or broken without a version bump · W022 a version with no upcaster to
+the next · E030 INBOX_RETENTION within the redelivery window · E040-E042 SNS/SQS
+transport (database, region, queue names and filter policies) · W050 an orphaned
+subscription · W051 a group declared by several services (W05x read the database: they
+run with ``migrate`` and ``check --database``).
 
 W003-W006 are deployment checks under the tag ``django_events_runtime``: they need the
 transport's server or concern a process that delivers events, so ``check --deploy``,
@@ -26,6 +27,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
+from . import conf as conf_module
 from .conf import EventsSettings, get_settings
 from .exceptions import EventsConfigurationError, TransportUnavailable
 
@@ -47,7 +49,7 @@ def check_events(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     from .registry import registry
     from .transports import transports
 
-    errors: list[CheckMessage] = []
+    errors: list[CheckMessage] = unnamed_transport()
     try:
         transport = transports["default"]
     except EventsConfigurationError as exc:
@@ -110,6 +112,28 @@ def check_events(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
     errors.extend(check_retention(conf))
     return errors
+
+
+def unnamed_transport() -> list[CheckMessage]:
+    """W007: without ``TRANSPORTS`` the first-generation database transport serves, so
+    that an upgrade never switches a running installation's engine without the recorded
+    move; a new project should name the log transport instead (docs/settings.md,
+    "Which transport a project gets")."""
+    if "TRANSPORTS" in (getattr(settings, "DJANGO_EVENTS", None) or {}):
+        return []
+    return [
+        Warning(
+            f"DJANGO_EVENTS['TRANSPORTS'] is not set, so 'default' is "
+            f"{conf_module.DEFAULT_TRANSPORT}, the default kept for installations that "
+            "never named a transport.",
+            hint="Name the transport. A new project: DJANGO_EVENTS['TRANSPORTS'] = "
+            "{'default': {'BACKEND': 'django_events.transports.log.LogTransport'}}. "
+            "An installation that has been running names "
+            "'django_events.transports.database.DatabaseTransport' to keep it, and moves "
+            "with 'manage.py move_transport' (docs/moving.md, \"Into the log transport\").",
+            id="django_events.W007",
+        )
+    ]
 
 
 def check_runtime(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:

@@ -46,12 +46,20 @@ DJANGO_EVENTS = {
     # Worker subprocesses started by a test get that test's overrides through this.
     **json.loads(os.environ.get("DJANGO_EVENTS_TEST_OVERRIDES", "{}")),
 }
-# Run the suites on another transport class for the default database transport, e.g.
+# Named, as every project should (check W007); another class for the default database
+# transport runs the suites on it, e.g.
 # ``DJANGO_EVENTS_TEST_BACKEND=django_events.transports.log.LogTransport``.
-if os.environ.get("DJANGO_EVENTS_TEST_BACKEND"):
-    DJANGO_EVENTS.setdefault(
-        "TRANSPORTS", {"default": {"BACKEND": os.environ["DJANGO_EVENTS_TEST_BACKEND"]}}
-    )
+DJANGO_EVENTS.setdefault(
+    "TRANSPORTS",
+    {
+        "default": {
+            "BACKEND": os.environ.get(
+                "DJANGO_EVENTS_TEST_BACKEND",
+                "django_events.transports.database.DatabaseTransport",
+            )
+        }
+    },
+)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -27,9 +27,13 @@ def groups_of_test_app() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture
 def checked() -> Any:
-    """Runs the django-events checks under ``DJANGO_EVENTS=raw``; returns the messages."""
+    """Runs the django-events checks under ``DJANGO_EVENTS=raw``; returns the messages.
+    A ``raw`` dict without ``TRANSPORTS`` names the default one, as a project should
+    (W007), unless ``named=False``."""
 
-    def run(raw: Any) -> list[CheckMessage]:
+    def run(raw: Any, *, named: bool = True) -> list[CheckMessage]:
+        if named and isinstance(raw, dict) and "TRANSPORTS" not in raw:
+            raw = {**backend(DEFAULT_TRANSPORT), **raw}
         with override_settings(DJANGO_EVENTS=raw):
             return check_events()
 
@@ -64,6 +68,25 @@ def ids(messages: list[CheckMessage]) -> list[str]:
 def test_test_configuration_passes_every_check(checked: Any) -> None:
     assert check_events() == []
     assert checked({}) == []
+
+
+# --- W007 -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [None, {}, {"GROUPS": {}}])
+def test_no_transport_named_is_w007_naming_both_choices(checked: Any, raw: Any) -> None:
+    [message] = checked(raw, named=False)
+    assert message.id == "django_events.W007"
+    assert message.level == WARNING
+    assert DEFAULT_TRANSPORT in message.msg
+    assert "django_events.transports.log.LogTransport" in message.hint
+    assert "django_events.transports.database.DatabaseTransport" in message.hint
+    assert "move_transport" in message.hint
+
+
+@pytest.mark.parametrize("path", ["django_events.transports.log.LogTransport", DEFAULT_TRANSPORT])
+def test_a_named_transport_silences_w007(checked: Any, path: str) -> None:
+    assert "django_events.W007" not in ids(checked(backend(path)))
 
 
 # Django 6's `check` reads the database's features (JSONField support on SQLite).
