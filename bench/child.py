@@ -220,19 +220,30 @@ def sqlite_e2e(args: dict[str, Any]) -> Any:
 
 
 def _sqlite_floor(n: int, payload: dict[str, Any]) -> float:
-    """S10's floor: the outbox rows ``publish()`` writes (same columns and values), one raw
-    INSERT each through Django's cursor, 100 per transaction; no validation, nothing
-    relayed or consumed. Below this no publish through Django's cursor can go."""
+    """S10's floor: the rows ``publish()`` writes (same columns and values: the outbox's,
+    or the log's on the log transport, its position counted here), one raw INSERT each
+    through Django's cursor, 100 per transaction; no validation, no position drawn,
+    nothing relayed or consumed. Below this no publish through Django's cursor can go."""
     import datetime as dt
     import uuid
 
     from django.db import connection, transaction
 
+    from bench import pg
     from django_events.conf import get_settings
     from django_events.engine import sql
-    from django_events.outbox import _insert_sql
+    from django_events.outbox import _insert_sql, _one_writer_log_insert_sql
 
-    insert = _insert_sql(sql.table(connection, "OutboxMessage"), sql.dialect("default"), 1)
+    dialect = sql.dialect("default")
+    if pg.LOG_TRANSPORT:
+        from django.db.models import Max
+
+        from django_events.models import EventRecord
+
+        insert = _one_writer_log_insert_sql(sql.table(connection, "EventRecord"), dialect, 1)
+        position = EventRecord.objects.aggregate(top=Max("position"))["top"] or 0
+    else:
+        insert = _insert_sql(sql.table(connection, "OutboxMessage"), dialect, 1)
     source = get_settings().source or get_settings().service
     t0 = time.perf_counter()
     for start in range(0, n, 100):
@@ -240,22 +251,24 @@ def _sqlite_floor(n: int, payload: dict[str, Any]) -> float:
             for i in range(start, min(n, start + 100)):
                 payload["order_id"] = i
                 event_id = uuid.uuid4().hex
+                row = [
+                    event_id,
+                    "bench.noop",
+                    1,
+                    None,
+                    json.dumps(payload),
+                    "",
+                    sql.datetime_value(connection, dt.datetime.now(dt.timezone.utc)),
+                    source,
+                    event_id,
+                    None,
+                ]
+                if pg.LOG_TRANSPORT:
+                    position += 1
+                    row[1:1] = [position]
+                    row[6] = "{}"  # metadata, as publish() writes it into the log
                 with connection.cursor() as cursor:
-                    cursor.execute(
-                        insert,
-                        [
-                            event_id,
-                            "bench.noop",
-                            1,
-                            None,
-                            json.dumps(payload),
-                            "",
-                            sql.datetime_value(connection, dt.datetime.now(dt.timezone.utc)),
-                            source,
-                            event_id,
-                            None,
-                        ],
-                    )
+                    cursor.execute(insert, row)
     return time.perf_counter() - t0
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from bench import engine
 from bench.leftovers import Ledger
 from bench.runner import ROOT
 
@@ -21,8 +22,8 @@ HOST = os.environ.get("PGHOST", "127.0.0.1")
 PORT = os.environ.get("PGPORT", "5432")
 USER = os.environ.get("PGUSER", "postgres")
 BENCH_DB = os.environ.get("DJANGO_EVENTS_BENCH_DB", "django_events_bench")
-LOG_TRANSPORT = os.environ.get("DJANGO_EVENTS_BENCH_TRANSPORT") == "log"
-"""The engine runs on the log transport (bench/settings.py)."""
+LOG_TRANSPORT = engine.LOG
+"""The engine runs on the log transport (bench/engine.py: the default)."""
 SHARED_PORT = PORT  # the machine's server; on_port() points elsewhere for a while
 DATABASES = Ledger("postgresql")  # what this and earlier runs created on the shared server
 
@@ -95,6 +96,17 @@ def drop_databases(names: Sequence[str], log: Callable[[str], None]) -> None:
             drop_database(name)
         except Exception as exc:
             log(f"could not drop database {name!r}: {exc}")
+
+
+def publishing_through(backend: str, options: dict[str, Any]) -> Any:
+    """Settings for this process's ``publish()`` that name the broker a row's workers run
+    (``enable()``, then ``disable()``): on the log transport, the benchmark's default,
+    ``publish()`` would write the event log, which no broker's relay reads."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    transports = {"default": {"BACKEND": backend, "OPTIONS": options}}
+    return override_settings(DJANGO_EVENTS={**settings.DJANGO_EVENTS, "TRANSPORTS": transports})
 
 
 def env(**extra: str) -> dict[str, str]:

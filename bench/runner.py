@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.engine import BACKENDS
+from bench.engine import NAME as ENGINE
+
 TIMES = "\u00d7"  # the multiplication sign
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
@@ -355,6 +358,7 @@ def write_json(path: Path, rows: Sequence[Row], mode: str, durations: dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "mode": mode,
+        "transport": BACKENDS[ENGINE],
         "machine": machine(),
         "durations_s": {k: round(v, 1) for k, v in durations.items()},
         "total_s": round(sum(durations.values()), 1),
@@ -450,6 +454,8 @@ def write_docs(json_path: Path, docs_path: Path) -> None:
         f"- Python {m['python']}, Django {m['django']}",
         f"- {m['platform']}",
         f"- Run: {m['date']}, mode `{doc['mode']}`, {doc['total_s']:.0f} s in all",
+        f"- Level 0 engine: `{doc.get('transport', BACKENDS['database'])}` "
+        "(`DJANGO_EVENTS_BENCH_TRANSPORT`, see [Reproduce](#reproduce))",
         "",
         "## Results",
         "",
@@ -479,7 +485,9 @@ def write_docs(json_path: Path, docs_path: Path) -> None:
         "```",
         "",
         "Environment variables change what a run measures: "
-        "`DJANGO_EVENTS_BENCH_TRANSPORT=log` runs every row on the log transport, "
+        "`DJANGO_EVENTS_BENCH_TRANSPORT` picks the Level 0 engine every row runs on, `log` "
+        "(the default: the log transport, which a new project names) or `database` (the "
+        "first-generation database transport), "
         '`DJANGO_EVENTS_BENCH_ROTATE=on` with its rotation on (`OPTIONS["rotate"]`), '
         "`DJANGO_EVENTS_BENCH_CHARTS=off` without the workers' chart counts and lag samples "
         "(`CHART_RETENTION = 0`), and `DJANGO_EVENTS_BENCH_PG_CONF` adds lines, separated by "

@@ -2,7 +2,7 @@
 
 import os
 
-from bench import otel
+from bench import engine, otel
 from tests.settings_postgres import *  # noqa: F403
 from tests.settings_postgres import DATABASES, INSTALLED_APPS
 
@@ -13,13 +13,14 @@ if os.environ.get("DJANGO_EVENTS_BENCH_CHARTS") == "off":  # no chart counts or 
     DJANGO_EVENTS["CHART_RETENTION"] = 0
 if os.environ.get("DJANGO_EVENTS_BENCH_PREPARED") == "off":  # A/B of prepared statements
     DJANGO_EVENTS["PREPARED_STATEMENTS"] = False
-if os.environ.get("DJANGO_EVENTS_BENCH_TRANSPORT") == "log":  # the log transport (preview)
-    DJANGO_EVENTS["TRANSPORTS"] = {
-        "default": {
-            "BACKEND": "django_events.transports.log.LogTransport",
-            "OPTIONS": {"rotate": os.environ.get("DJANGO_EVENTS_BENCH_ROTATE") == "on"},
-        }
+DJANGO_EVENTS["TRANSPORTS"] = {  # the Level 0 engine measured (bench/engine.py)
+    "default": {
+        "BACKEND": engine.BACKENDS[engine.NAME],
+        "OPTIONS": {"rotate": os.environ.get("DJANGO_EVENTS_BENCH_ROTATE") == "on"}
+        if engine.LOG
+        else {},
     }
+}
 if os.environ.get("DJANGO_EVENTS_BENCH_REDIS_PREFIX"):  # R1's worker: the Redis transport
     DJANGO_EVENTS["TRANSPORTS"] = {
         "default": {

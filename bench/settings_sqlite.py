@@ -2,6 +2,7 @@
 
 import os
 
+from bench import engine
 from tests.settings_sqlite import *  # noqa: F403
 from tests.settings_sqlite import INSTALLED_APPS
 
@@ -14,7 +15,4 @@ DATABASES = {
     }
 }
 DJANGO_EVENTS = {"POLL_INTERVAL": 0.2, "BATCH_SIZE": 100, "RELAY_BATCH_SIZE": 1000}
-if os.environ.get("DJANGO_EVENTS_BENCH_TRANSPORT") == "log":  # the log transport (preview)
-    DJANGO_EVENTS["TRANSPORTS"] = {
-        "default": {"BACKEND": "django_events.transports.log.LogTransport"}
-    }
+DJANGO_EVENTS["TRANSPORTS"] = {"default": {"BACKEND": engine.BACKENDS[engine.NAME]}}

@@ -87,7 +87,8 @@ def test_regenerated_docs_keep_the_hand_written_section(tmp_path):
     # The commands that rewrite the page are not run by the doc-snippet test.
     reproduce = page.read_text().split("## Reproduce", 1)[1]
     assert reproduce.lstrip().startswith("<!-- doc-test: skip ")
-    assert "DJANGO_EVENTS_BENCH_TRANSPORT=log" in reproduce
+    assert "`DJANGO_EVENTS_BENCH_TRANSPORT` picks the Level 0 engine" in reproduce
+    assert "Level 0 engine: `django_events.transports." in text
 
 
 def test_o1_states_are_what_their_rows_say():

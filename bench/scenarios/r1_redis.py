@@ -293,6 +293,10 @@ def latency_rows(ctx: Context) -> list[Row]:
     )
     p50: dict[str, list[float]] = {"raw": [], "events": []}
     p99: dict[str, list[float]] = {"raw": [], "events": []}
+    publishing = pg.publishing_through(
+        "django_events.transports.redis.RedisStreamsTransport", {"url": URL, "prefix": prefix}
+    )
+    publishing.enable()
     try:
         assert raw.stdout is not None and raw.stdout.readline().strip() == "ready"
         events_round(20, files["events"], 10_000_000)  # waits for the worker; warms up
@@ -314,6 +318,7 @@ def latency_rows(ctx: Context) -> list[Row]:
                 )
                 time.sleep(0.2)
     finally:
+        publishing.disable()
         pg.stop([worker, raw])
         for path in files.values():
             os.unlink(path)

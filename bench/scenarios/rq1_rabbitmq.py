@@ -365,6 +365,10 @@ def latency_rows(ctx: Context) -> list[Row]:
     p50: dict[str, list[float]] = {"raw": [], "events": []}
     p99: dict[str, list[float]] = {"raw": [], "events": []}
     publisher = _connection()
+    publishing = pg.publishing_through(
+        "django_events.transports.rabbitmq.RabbitMQTransport", {"url": URL, "prefix": prefix}
+    )
+    publishing.enable()
     try:
         assert raw.stdout is not None and raw.stdout.readline().strip() == "ready"
         channel = publisher.channel()
@@ -388,6 +392,7 @@ def latency_rows(ctx: Context) -> list[Row]:
                 )
                 time.sleep(0.2)
     finally:
+        publishing.disable()
         pg.stop([worker, raw])
         with contextlib.suppress(Exception):
             publisher.channel().queue_delete(raw_queue)

@@ -81,8 +81,8 @@ def run(ctx: Context) -> list[Row]:
         ),
         ratio_row(
             "S10.floor",
-            "the floor: publishing alone, the same outbox rows by raw INSERTs through "
-            "Django's cursor",
+            "the floor: publishing alone, the rows publish() writes (the outbox's, or the "
+            "log's on the log transport) by raw INSERTs through Django's cursor",
             BASELINE + ", end to end",
             "throughput",
             "events/s",
