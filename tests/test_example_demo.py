@@ -1,7 +1,8 @@
 """The example project's demo, run the way its README says (``manage.py demo`` in a
-subprocess), on each transport by settings alone: the database (its own SQLite file, or
-its own PostgreSQL database), Redis Streams, RabbitMQ and SNS + SQS (moto's server). The demo is the
-same code every time; only the environment that picks the transport changes.
+subprocess), on each transport by settings alone: the log transport (its own SQLite file,
+or its own PostgreSQL database), the first-generation database transport, Redis Streams,
+RabbitMQ and SNS + SQS (moto's server). The demo is the same code every time; only the
+environment that picks the transport changes.
 
 On every transport the demo has two services: the shop and the warehouse, a second
 Django project run in its own processes, whose group ``picking`` gets every order: on
@@ -86,6 +87,13 @@ def test_demo_on_the_database(tmp_path: Path):
     assert_the_shop_ran(output)
     assert_both_services_ran(output)
     assert "nothing to set up" in output.lower(), output
+
+
+@on_sqlite
+def test_demo_on_the_first_generation_database_transport(tmp_path: Path):
+    output = run_demo(tmp_path, DJANGO_EVENTS_TRANSPORT="database")
+    assert_the_shop_ran(output)
+    assert_both_services_ran(output)
 
 
 @pytest.fixture

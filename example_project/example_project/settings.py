@@ -86,17 +86,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 
-# django-events: one database transport (the outbox table doubles as the queue)
-# and three consumer groups for the `order.placed` event. The CRM group gives up
-# after three attempts, retrying immediately, so the demo reaches its dead
-# letter within one run.
+# django-events: the log transport, the database as the queue (each event is one row of
+# the event log, which every consumer group reads through a cursor of its own), and three
+# consumer groups for the `order.placed` event. The CRM group gives up after three
+# attempts, retrying immediately, so the demo reaches its dead letter within one run.
 DJANGO_EVENTS = {
     # This project's name among the services sharing the event store (the warehouse,
     # ../warehouse_project, is the other).
     "SERVICE": "shop",
     "TRANSPORTS": {
         "default": {
-            "BACKEND": "django_events.transports.database.DatabaseTransport",
+            "BACKEND": "django_events.transports.log.LogTransport",
             "OPTIONS": {},
         },
     },
@@ -110,10 +110,18 @@ DJANGO_EVENTS = {
     "SCHEMA_DIR": BASE_DIR / "events",
 }
 
+# The first-generation database transport (an outbox the relay moves, a delivery row per
+# event and group): `DJANGO_EVENTS_TRANSPORT=database python manage.py demo`.
+if os.environ.get("DJANGO_EVENTS_TRANSPORT") == "database":
+    DJANGO_EVENTS["TRANSPORTS"]["default"] = {
+        "BACKEND": "django_events.transports.database.DatabaseTransport",
+        "OPTIONS": {},
+    }
+
 # Level 1, by settings alone: `DJANGO_EVENTS_TRANSPORT=redis python manage.py demo` runs the
 # same shop on Redis Streams (DJANGO_EVENTS_REDIS_URL, default the local Redis). No handler
 # or publishing code changes; `manage.py setup_events` creates the streams ahead of time.
-if os.environ.get("DJANGO_EVENTS_TRANSPORT", "database") == "redis":
+if os.environ.get("DJANGO_EVENTS_TRANSPORT") == "redis":
     DJANGO_EVENTS["TRANSPORTS"]["default"] = {
         "BACKEND": "django_events.transports.redis.RedisStreamsTransport",
         "OPTIONS": {
@@ -125,7 +133,7 @@ if os.environ.get("DJANGO_EVENTS_TRANSPORT", "database") == "redis":
 # Level 3, RabbitMQ, by settings alone: `DJANGO_EVENTS_TRANSPORT=rabbitmq python manage.py demo`
 # (DJANGO_EVENTS_RABBITMQ_URL, default guest on the local broker). `setup_events` declares
 # the exchange, the queues and their bindings.
-if os.environ.get("DJANGO_EVENTS_TRANSPORT", "database") == "rabbitmq":
+if os.environ.get("DJANGO_EVENTS_TRANSPORT") == "rabbitmq":
     DJANGO_EVENTS["TRANSPORTS"]["default"] = {
         "BACKEND": "django_events.transports.rabbitmq.RabbitMQTransport",
         "OPTIONS": {

@@ -12,9 +12,9 @@ CENT = Decimal("0.01")
 def place_order(email: str, total: Decimal | str | int, kind: str = Order.Kind.RETAIL) -> Order:
     """Create an order and publish `order.placed` (v2) in the same transaction.
 
-    The event goes into the outbox table inside the `atomic()` block: either the
-    order and its event are both committed, or neither is. Consumers run later,
-    in `consume_events`, never inside this request.
+    The event is written (into the event log, on the log transport) inside the
+    `atomic()` block: either the order and its event are both committed, or neither
+    is. Consumers run later, in `consume_events`, never inside this request.
     """
     amount = Decimal(str(total)).quantize(CENT)
     with transaction.atomic():

@@ -3,8 +3,9 @@
 Another team's code: it reads the event's JSON (`order_id` and `kind` are in every
 version the shop has published) instead of importing the shop's typed contracts. The
 warehouse declares this subscription when it runs `migrate`, and from then on every
-`order.placed` reaches `picking`, whichever service's relay moves the shop's outbox
-(docs/services.md).
+`order.placed` reaches `picking`, read from the event log through the group's own cursor
+(on the database transport, whichever service's relay moves the shop's outbox;
+docs/services.md).
 """
 
 import logging

@@ -19,7 +19,9 @@ from django_events.models import (
     DeadLetter,
     Delivery,
     EventRecord,
+    GroupCursor,
     InboxRecord,
+    Lease,
     OutboxMessage,
     StreamCheckpoint,
     Subscription,
@@ -44,6 +46,8 @@ EVENT_MODELS = [
     DeadLetter,
     InboxRecord,
     Delivery,
+    Lease,
+    GroupCursor,
     EventRecord,
     OutboxMessage,
     StreamCheckpoint,
@@ -165,8 +169,9 @@ class Command(BaseCommand):
 
     def consume(self) -> None:
         if settings.EXAMPLE_WAREHOUSE:
-            # The warehouse's worker runs first: its relay moves the shop's outbox and fans
-            # each order out to the shop's groups as well as to its own `picking`.
+            # The warehouse's worker runs first: on the log transport it reads the orders
+            # from the event log through `picking`'s cursor (on the database transport its
+            # relay moves the shop's outbox and fans each order out to every group).
             self.stdout.write(self.style.MIGRATE_LABEL("  warehouse:"))
             self.warehouse("consume_events", "--once")
             self.stdout.write(self.style.MIGRATE_LABEL("  shop:"))
