@@ -2,7 +2,7 @@
 #
 #   make demo    run the example shop (creates .venv on first use)
 #   make test    run the test suite on SQLite, then on PostgreSQL
-#   make test-log  the same with the log transport as the default transport (preview)
+#   make test-log  the same with the log transport as the default transport
 #   make test-newest  the same on the newest leg (Django 6.1, Python 3.13, .venv-newest),
 #                with Django's deprecation warnings as errors
 #   make lint    ruff check + ruff format --check + mypy
@@ -69,7 +69,7 @@ LINT_PATHS := django_events tests example_project examples
 help:
 	@echo "make demo       run the example shop demo"
 	@echo "make test       run the tests on SQLite and on PostgreSQL"
-	@echo "make test-log   the same with the log transport as the default (preview)"
+	@echo "make test-log   the same with the log transport as the default"
 	@echo "make test-log-postgres  its PostgreSQL suite alone (CI runs it)"
 	@echo "make test-newest  the same on Django 6.1 + Python 3.13 (NEWEST_PYTHON=...)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
@@ -145,8 +145,8 @@ test-sqlite: $(STAMP)
 test-postgres: $(STAMP)
 	$(PYTEST) --ds=tests.settings_postgres $(PYTEST_ARGS)
 
-# Both suites again with the log transport as the default transport (preview,
-# docs/testing.md): tests of DatabaseTransport's own rows run on it all the same
+# Both suites again with the log transport as the default transport
+# (docs/testing.md): tests of DatabaseTransport's own rows run on it all the same
 # (@pytest.mark.database_transport). .ci/run runs the PostgreSQL one (test-log-postgres)
 # when time allows; both do not fit CI's budget.
 LOG_BACKEND := DJANGO_EVENTS_TEST_BACKEND=django_events.transports.log.LogTransport
@@ -191,7 +191,7 @@ faults: $(STAMP)
 faults-quick: $(STAMP)
 	DJANGO_EVENTS_FAULTS=quick $(FAULTS) $(PYTEST_ARGS)
 
-# The suite again on the log transport (preview, docs/testing.md): the rows that run on
+# The suite again on the log transport (docs/testing.md): the rows that run on
 # the default database transport; the Redis, SQS and RabbitMQ ones are faults(-quick)'s.
 FAULTS_LOG := DJANGO_EVENTS_TEST_BACKEND=django_events.transports.log.LogTransport \
 	$(FAULTS) --ignore=tests/faults/test_f11_redis_restart.py \

@@ -647,14 +647,14 @@ def check_start(from_alias: str, to_alias: str) -> Any:
     configured = [alias for alias in (from_alias, to_alias) if alias in transports.settings]
     if len(configured) == 2 and transports[from_alias].reads_log and not _to_a_broker(to_alias):
         raise ValueError(
-            f"Transport {from_alias!r} is the log transport (a preview): it moves to a broker "
+            f"Transport {from_alias!r} is the log transport: it moves to a broker "
             f"only. {to_alias!r} writes its events into the same log, where the cursors "
             'would hand them out again (docs/moving.md, "Out of the log transport").'
         )
     to_log = len(configured) == 2 and transports[to_alias].reads_log
     if to_log and not into_log(transports[from_alias], transports[to_alias]):
         raise ValueError(
-            f"Transport {to_alias!r} is the log transport (a preview): a move to it is "
+            f"Transport {to_alias!r} is the log transport: a move to it is "
             "supported from DatabaseTransport in the same database only, whose tables it "
             'shares (docs/moving.md, "Into the log transport").'
         )

@@ -1,4 +1,4 @@
-"""The log transport (preview): groups read the event log through cursors (PostgreSQL and
+"""The log transport: groups read the event log through cursors (PostgreSQL and
 SQLite; the SQLite-only logic is tested in tests/test_log_sqlite.py)."""
 
 from __future__ import annotations

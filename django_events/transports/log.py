@@ -1,4 +1,4 @@
-"""Level 0, second generation (preview): each group reads the event log through a cursor.
+"""Level 0, second generation: each group reads the event log through a cursor.
 
 Today's database transport writes one delivery row per event and group, updates it at
 the claim and deletes it at the acknowledgement. Here a group's progress is a cursor
