@@ -16,4 +16,5 @@ if NAME not in BACKENDS:
     raise SystemExit(
         f"DJANGO_EVENTS_BENCH_TRANSPORT={NAME!r}: expected one of {', '.join(BACKENDS)}."
     )
+BACKEND = BACKENDS[NAME]
 LOG = NAME == "log"

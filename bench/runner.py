@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.engine import BACKENDS
-from bench.engine import NAME as ENGINE
+from bench.engine import BACKEND, BACKENDS
 
 TIMES = "\u00d7"  # the multiplication sign
 ROOT = Path(__file__).resolve().parent.parent
@@ -358,7 +357,7 @@ def write_json(path: Path, rows: Sequence[Row], mode: str, durations: dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "mode": mode,
-        "transport": BACKENDS[ENGINE],
+        "transport": BACKEND,
         "machine": machine(),
         "durations_s": {k: round(v, 1) for k, v in durations.items()},
         "total_s": round(sum(durations.values()), 1),

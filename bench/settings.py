@@ -15,7 +15,7 @@ if os.environ.get("DJANGO_EVENTS_BENCH_PREPARED") == "off":  # A/B of prepared s
     DJANGO_EVENTS["PREPARED_STATEMENTS"] = False
 DJANGO_EVENTS["TRANSPORTS"] = {  # the Level 0 engine measured (bench/engine.py)
     "default": {
-        "BACKEND": engine.BACKENDS[engine.NAME],
+        "BACKEND": engine.BACKEND,
         "OPTIONS": {"rotate": os.environ.get("DJANGO_EVENTS_BENCH_ROTATE") == "on"}
         if engine.LOG
         else {},
