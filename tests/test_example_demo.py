@@ -92,6 +92,7 @@ def test_demo_on_the_database(tmp_path: Path):
 @on_sqlite
 def test_demo_on_the_first_generation_database_transport(tmp_path: Path):
     output = run_demo(tmp_path, DJANGO_EVENTS_TRANSPORT="database")
+    assert "DatabaseTransport (default): nothing to set up" in output, output
     assert_the_shop_ran(output)
     assert_both_services_ran(output)
 
